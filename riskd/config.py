@@ -1,0 +1,269 @@
+"""One configuration root: TOML file < environment (RISKD_<SECTION>__<KEY>) < init.
+
+Unknown keys, wrong types and impossible values are errors naming the key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEFAULT_CONFIG = Path("config/riskd.toml")
+
+
+class ConfigError(ValueError):
+    """A configuration file or environment variable that cannot be used."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class FeedSettings(Section):
+    kind: Literal["replay", "polymarket", "kalshi", "websocket"] = "replay"
+    path: Path = Path("data/tapes/polymarket_midterms_2022")
+    speed: float = Field(600.0, ge=0.0)
+    # Ticks before this time are replayed as fast as possible (estimator warm-up),
+    # the rest at `speed`: a demo reaches the interesting part without skipping history.
+    fast_forward_until: str | None = None
+    exit_at_end: bool = False
+    url: str = ""
+    metadata: bool = True
+    markets: list[str] = Field(default_factory=list)
+
+
+class MarketsSettings(Section):
+    file: Path | None = Path("data/tapes/polymarket_midterms_2022/markets.json")
+    # Inline market tables, same keys as the markets file; the file wins on conflicts.
+    inline: list[dict[str, Any]] = Field(default_factory=list)
+    # Track markets the feed sends that are not listed (unknown resolution time,
+    # flagged). Off: such ticks are counted as rejected and dropped.
+    discover: bool = False
+
+
+class ModelSettings(Section):
+    """Spec model.md sections 2-4; the defaults are the spec's."""
+
+    confidence: float = Field(0.99, gt=0.5, lt=1.0)
+    liquidation_horizon_s: float = Field(300.0, gt=0.0)
+    k_liquidity: float = Field(3.0, ge=0.0)
+    default_tau_s: float = Field(2_592_000.0, gt=0.0)
+    h_min_s: float = Field(60.0, gt=0.0)
+    eps: float = Field(1e-4, gt=0.0, lt=0.01)
+    dt_min_s: float = Field(1.0, gt=0.0)
+    k_jump: float = Field(4.0, gt=0.0)
+    jump_min_move: float = Field(0.03, ge=0.0, lt=1.0)
+    sigma_halflife_s: float = Field(86_400.0, gt=0.0)
+    # Short: a jump says "this market is moving now" (jumps cluster on news nights);
+    # the long-run rate is lambda_prior.
+    jump_halflife_s: float = Field(3_600.0, gt=0.0)
+    noise_halflife_ticks: float = Field(20.0, gt=0.0)
+    gap_halflife_ticks: float = Field(10.0, gt=0.0)
+    # Logit units per sqrt(second): 2e-4 is ~0.06 logit per day, a calm market.
+    sigma_prior: float = Field(2e-4, gt=0.0)
+    sigma_floor: float = Field(5e-5, gt=0.0)
+    # One surprise per 30 days until the market shows its own rate.
+    lambda_prior: float = Field(1.0 / (30 * 86_400.0), ge=0.0)
+    J_floor: float = Field(0.5, gt=0.0)
+    jump_size_weight: float = Field(0.3, gt=0.0, le=1.0)
+    maintenance_ratio: float = Field(0.5, gt=0.0, lt=1.0)
+    m_floor: float = Field(0.02, gt=0.0, le=1.0)
+    fee_loading: float = Field(0.5, ge=0.0)
+    z_slip: float = Field(3.0, gt=0.0)
+    h_exec_s: float = Field(60.0, gt=0.0)
+    nodes: int = Field(12, ge=4, le=64)
+    warmup_s: float = Field(0.0, ge=0.0)
+
+    @field_validator("nodes")
+    @classmethod
+    def _even_nodes(cls, v: int) -> int:
+        # An odd rule has a node at z = 0, a zero-loss atom that can sit in the tail.
+        if v % 2:
+            raise ValueError("must be even")
+        return v
+
+
+class LimitsSettings(Section):
+    max_leverage: float = Field(20.0, ge=1.0)
+    max_slippage: float = Field(0.05, gt=0.0, lt=1.0)
+    fee_floor_hourly: float = Field(1e-5, ge=0.0)
+
+
+class GovernorSettings(Section):
+    publish_interval_s: float = Field(1.0, gt=0.0)
+    deadband: float = Field(0.02, ge=0.0, lt=1.0)
+    max_loosen_step: float = Field(0.10, gt=0.0)
+    loosen_interval_s: float = Field(60.0, gt=0.0)
+    jump_cooldown_s: float = Field(600.0, ge=0.0)
+    halt_after_jump_s: float = Field(0.0, ge=0.0)
+    freeze_before_resolution_s: float = Field(3600.0, ge=0.0)
+    stale_after_s: float = Field(30.0, gt=0.0)
+    ttl_s: float = Field(60.0, gt=0.0)
+
+    @model_validator(mode="after")
+    def _ttl_covers_cycle(self) -> GovernorSettings:
+        if self.ttl_s <= self.publish_interval_s:
+            raise ValueError("governor.ttl_s must exceed governor.publish_interval_s")
+        return self
+
+
+class JsonlPublisherSettings(Section):
+    path: Path = Path("var/audit.jsonl")
+    fsync: bool = False
+
+
+class HttpPublisherSettings(Section):
+    url: str
+    secret: SecretStr = SecretStr("")
+    secret_file: Path | None = None
+    timeout_s: float = Field(5.0, gt=0.0)
+
+    def secret_bytes(self) -> bytes:
+        if self.secret_file is not None:
+            return self.secret_file.read_bytes().strip()
+        return self.secret.get_secret_value().encode()
+
+
+class PublisherSettings(Section):
+    instance: str = "riskd-a"
+    jsonl: JsonlPublisherSettings | None = Field(default_factory=JsonlPublisherSettings)
+    http: HttpPublisherSettings | None = None
+
+
+class ServerSettings(Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(8787, ge=0, le=65535)
+    admin_token: SecretStr = SecretStr("")
+    max_market_series: int = Field(10_000, ge=0)
+
+
+class StateSettings(Section):
+    dir: Path = Path("var/state")
+    snapshot_interval_s: float = Field(10.0, gt=0.0)
+
+
+class LogSettings(Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="RISKD_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_assignment=True,
+    )
+
+    feed: FeedSettings = Field(default_factory=FeedSettings)
+    markets: MarketsSettings = Field(default_factory=MarketsSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    governor: GovernorSettings = Field(default_factory=GovernorSettings)
+    publisher: PublisherSettings = Field(default_factory=PublisherSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    state: StateSettings = Field(default_factory=StateSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _LOADING.get("path")
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+
+# pydantic-settings asks the class, not the instance, for its sources: the file
+# being loaded is handed over here for the duration of one load_settings call.
+_LOADING: dict[str, Path | None] = {}
+
+
+def load_settings(path: str | Path | None = None, *, required: bool = False) -> Settings:
+    """Read the TOML file (if present) with env overrides; raise ConfigError naming the key."""
+    toml_path: Path | None = Path(path) if path is not None else DEFAULT_CONFIG
+    assert toml_path is not None
+    if not toml_path.exists():
+        if required or path is not None:
+            raise ConfigError(f"{toml_path}: config file not found")
+        toml_path = None  # the embedded defaults
+    else:
+        _check_toml(toml_path)
+    _LOADING["path"] = toml_path
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, toml_path)) from None
+    finally:
+        _LOADING.pop("path", None)
+
+
+def _check_toml(path: Path) -> None:
+    import tomllib
+
+    try:
+        with path.open("rb") as fh:
+            tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+
+
+def _describe(exc: ValidationError, path: Path | None) -> str:
+    where = str(path) if path is not None else "embedded defaults"
+    lines = [f"{where}: invalid configuration"]
+    for err in exc.errors():
+        key = ".".join(str(part) for part in err["loc"]) or "(root)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        env = "RISKD_" + "__".join(str(p).upper() for p in err["loc"])
+        source = f" (or env {env})" if key != "(root)" and env in os.environ else ""
+        lines.append(f"  {key}{source}: {msg}")
+    return "\n".join(lines)
+
+
+def masked(settings: Settings) -> dict[str, Any]:
+    """The effective settings as plain data, every secret replaced by '***'."""
+    data = json.loads(settings.model_dump_json())  # SecretStr dumps as '**********'
+    for secret in _secret_paths(settings):
+        node: Any = data
+        for part in secret[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and node.get(secret[-1]):
+            node[secret[-1]] = "***"
+    return data
+
+
+def _secret_paths(settings: Settings) -> list[tuple[str, ...]]:
+    paths: list[tuple[str, ...]] = [("server", "admin_token")]
+    if settings.publisher.http is not None:
+        paths.append(("publisher", "http", "secret"))
+    return paths

@@ -1,0 +1,56 @@
+"""The one small contract every publisher sink implements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+
+
+@dataclass
+class Batch:
+    """One published message: the envelope of interfaces.md around changed sets."""
+
+    instance: str
+    seq: int
+    generated_at: str
+    params: list[dict[str, Any]]
+    _body: bytes | None = field(default=None, repr=False)
+
+    def body(self) -> bytes:
+        if self._body is None:
+            self._body = orjson.dumps(
+                {
+                    "source": "riskd",
+                    "instance": self.instance,
+                    "seq": self.seq,
+                    "generated_at": self.generated_at,
+                    "params": self.params,
+                }
+            )
+        return self._body
+
+
+class Publisher(Protocol):
+    """A sink for batches. `submit` never blocks the cycle; `drain` flushes on shutdown."""
+
+    name: str
+
+    async def start(self) -> None: ...
+
+    def submit(self, batch: Batch) -> None: ...
+
+    async def drain(self, timeout: float) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def healthy(self) -> bool:
+        """False while the last attempt to deliver failed."""
+        ...
+
+
+class PublishStats(Protocol):
+    """Where publishers report outcomes (the metrics module implements it)."""
+
+    def published(self, publisher: str, result: str, latency_s: float | None) -> None: ...

@@ -1,0 +1,65 @@
+"""The daemon's HTTP API: health, readiness, current parameters, Prometheus metrics."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+if TYPE_CHECKING:
+    from riskd.app import Daemon
+
+DAEMON: web.AppKey[Daemon] = web.AppKey("daemon")
+
+
+def make_app(daemon: Daemon) -> web.Application:
+    app = web.Application()
+    app[DAEMON] = daemon
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/v1/params", params_all)
+    app.router.add_get("/v1/params/{market}", params_one)
+    return app
+
+
+def _json(data: object, status: int = 200) -> web.Response:
+    import orjson
+
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+async def healthz(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON]
+    alive, why = daemon.alive()
+    return _json({"status": "ok" if alive else "stuck", "detail": why}, 200 if alive else 503)
+
+
+async def readyz(request: web.Request) -> web.Response:
+    ready, reasons = request.app[DAEMON].ready()
+    return _json({"ready": ready, "reasons": reasons}, 200 if ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[DAEMON].metrics.registry)
+    resp = web.Response(body=body)
+    resp.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+    resp.charset = "utf-8"
+    return resp
+
+
+async def params_all(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON]
+    current = daemon.engine.current
+    return _json({"generated_at": daemon.now_iso(), "params": list(current.values())})
+
+
+async def params_one(request: web.Request) -> web.Response:
+    market = request.match_info["market"]
+    entry = request.app[DAEMON].engine.current.get(market)
+    if entry is None:
+        return _json({"error": f"unknown market {market!r}"}, 404)
+    return _json(entry)
+
+
