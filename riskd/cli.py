@@ -25,6 +25,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-c", "--config", type=Path, help="config file (default config/riskd.toml)")
     check = sub.add_parser("check-config", help="validate a config and print it, secrets masked")
     check.add_argument("-c", "--config", type=Path)
+    bt = sub.add_parser("backtest", help="compare leverage policies on a tape or a directory")
+    bt.add_argument("tape", type=Path, help="tape file (CSV/JSONL, .gz) or directory of tapes")
+    bt.add_argument("--markets", type=Path, help="markets file (default: beside the tape)")
+    bt.add_argument("-c", "--config", type=Path)
+    bt.add_argument("--json", action="store_true", help="print the JSON report")
+    bt.add_argument("--plot", type=Path, metavar="OUT.png", help="write a PNG of the first market")
+    bt.add_argument("--settle", action=argparse.BooleanOptionalAction, default=None,
+                    help="settle at the outcome at resolution (default: when outcomes are known)")
     return parser
 
 
@@ -33,6 +41,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(args.config)
+        if args.command == "backtest":
+            return _backtest(args)
         if args.command == "check-config":
             settings = load_settings(args.config)
             print(json.dumps(masked(settings), indent=2))
@@ -41,6 +51,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"riskd: {exc}", file=sys.stderr)
         return 2
     return 1
+
+
+def _backtest(args: argparse.Namespace) -> int:
+    from riskd.backtest import runner
+
+    settings = load_settings(args.config)
+    if not args.tape.exists():
+        raise TapeError(f"{args.tape}: no such tape file or directory")
+    settle = args.settle
+    if settle is None:
+        settle = (args.markets or runner.find_markets_file(args.tape)) is not None
+    results, sim, elapsed = runner.run(args.tape, settings, args.markets, settle=settle,
+                                       record=args.plot is not None)
+    for r in results:
+        for report in r.reports:
+            if report.rejected:
+                print(report.summary(), file=sys.stderr)
+    if args.json:
+        docs = [r.as_dict() for r in results]
+        if len(docs) == 1:
+            print(json.dumps(docs[0], indent=2))
+        else:
+            total = {k: v.as_dict() for k, v in runner.totals(results).items()}
+            print(json.dumps({"tapes": docs, "totals": {"policies": total}}, indent=2))
+    else:
+        print(runner.table(results))
+        rows = sum(r.ticks for r in results)
+        print(f"\n{rows} rows, {len(sim.ids)} markets, simulated in {elapsed:.2f} s "
+              f"({rows / max(elapsed, 1e-9):,.0f} rows/s); settlement "
+              f"{'at outcomes' if settle else 'at last prices'}")
+    if args.plot is not None:
+        from riskd.backtest.plot import plot
+
+        plot(sim, args.plot)
+    return 0
 
 
 def _run(config: Path | None) -> int:

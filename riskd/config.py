@@ -91,6 +91,9 @@ class ModelSettings(Section):
     h_exec_s: float = Field(60.0, gt=0.0)
     nodes: int = Field(12, ge=4, le=64)
     warmup_s: float = Field(0.0, ge=0.0)
+    # A market stays at its fail-safe values until it has shown this many prices:
+    # two prices say nothing about how often it trades.
+    warmup_ticks: int = Field(10, ge=2)
 
     @field_validator("nodes")
     @classmethod

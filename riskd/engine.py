@@ -6,8 +6,8 @@ and turns one cycle's model output into the published JSON entries. No I/O.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -20,6 +20,9 @@ from riskd.model.parameters import SIDES, reason_names
 from riskd.timeutil import iso
 
 DEFAULT_TICK_SIZE = 0.01
+ALL = slice(None)  # every market; else an index array
+Index = slice | np.ndarray
+S = TypeVar("S", estimator.EstimatorState, GovernorState)
 
 
 @dataclass
@@ -61,12 +64,12 @@ class Engine:
         self.last_targets: parameters.Targets | None = None
         self.now = float("-inf")  # the latest event time seen
         for market in markets.values():
-            self._add(market.id, market)
+            self.add_market(market.id, market)
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def _add(self, market_id: str, meta: Market | None) -> int:
+    def add_market(self, market_id: str, meta: Market | None) -> int:
         i = len(self.ids)
         self.ids.append(market_id)
         self.index[market_id] = i
@@ -106,8 +109,7 @@ class Engine:
     def ingest(self, ticks: list[Tick]) -> IngestResult:
         """Apply ticks in order; each market's ticks are applied one round at a time."""
         result = IngestResult()
-        rounds: list[list[tuple[int, Tick]]] = []
-        seen: dict[int, int] = {}
+        accepted: list[tuple[int, Tick]] = []
         last_t = self.est.t
         for tick in ticks:
             i = self.index.get(tick.market)
@@ -115,7 +117,7 @@ class Engine:
                 if not self.discover:
                     result.reject("unknown_market")
                     continue
-                i = self._add(tick.market, None)
+                i = self.add_market(tick.market, None)
                 last_t = self.est.t
             if not (0.0 <= tick.price <= 1.0) or not np.isfinite(tick.ts):
                 result.reject("bad_price")
@@ -123,77 +125,77 @@ class Engine:
             if tick.ts < last_t[i]:
                 result.reject("out_of_order")
                 continue
-            r = seen.get(i, 0)
-            seen[i] = r + 1
-            if r == len(rounds):
-                rounds.append([])
-            rounds[r].append((i, tick))
-        for batch in rounds:
-            result.jumps += self._apply(batch)
+            accepted.append((i, tick))
+        for batch in rounds(accepted):
+            jumps = self.apply(*tick_arrays(batch))
+            result.jumps += int(jumps.sum())
             result.accepted += len(batch)
         return result
 
-    def _apply(self, batch: list[tuple[int, Tick]]) -> int:
-        n = len(batch)
-        idx = np.fromiter((i for i, _ in batch), np.int64, n)
-        t = np.fromiter((tk.ts for _, tk in batch), np.float64, n)
-        price = np.fromiter((tk.price for _, tk in batch), np.float64, n)
-        bid = np.fromiter((np.nan if tk.bid is None else tk.bid for _, tk in batch), np.float64, n)
-        ask = np.fromiter((np.nan if tk.ask is None else tk.ask for _, tk in batch), np.float64, n)
-        depth = np.fromiter((np.nan if tk.depth is None else tk.depth for _, tk in batch),
-                            np.float64, n)
-        both = ~np.isnan(bid) & ~np.isnan(ask)
-        # Spec section 2: the mid of the best bid/ask when there is a book, else the print.
-        p = np.where(both, 0.5 * (bid + ask), price)
-        half_spread = np.where(both, 0.5 * (ask - bid), 0.0)
+    def apply(self, idx: np.ndarray, t: np.ndarray, p: np.ndarray, half_spread: np.ndarray,
+              depth: np.ndarray) -> np.ndarray:
+        """One tick for each of the distinct markets `idx`; returns the jump mask."""
         self.first_t[idx] = np.fmin(self.first_t[idx], t)
         jumps = estimator.update(self.est, self.settings.model, idx, t, p, half_spread, depth)
         self.now = max(self.now, float(t.max()))
-        return int(jumps.sum())
+        return jumps
 
-    def conditions(self, now: float) -> Conditions:
+    def conditions(self, now: float | np.ndarray, idx: Index = ALL) -> Conditions:
         cfg = self.settings.model
-        warm = (self.est.ticks >= 2) & (now - self.first_t >= cfg.warmup_s)
+        warm = (self.est.ticks[idx] >= cfg.warmup_ticks) & (now - self.first_t[idx] >= cfg.warmup_s)
         return Conditions(
-            last_tick_t=self.est.t,
-            last_jump_t=self.est.last_jump_t,
-            event_t=self.event_t,
-            resolve_t=self.resolve_t,
+            last_tick_t=self.est.t[idx],
+            last_jump_t=self.est.last_jump_t[idx],
+            event_t=self.event_t[idx],
+            resolve_t=self.resolve_t[idx],
             warm=warm,
-            fee_floor=self.fee_floor,
+            fee_floor=self.fee_floor[idx],
         )
 
-    def inputs_at(self, now: float) -> parameters.RiskInputs:
-        return parameters.risk_inputs(self.est, now, self.event_t, self.settings.model)
+    def inputs_at(self, now: float | np.ndarray, idx: Index = ALL) -> parameters.RiskInputs:
+        est = self.est if idx is ALL else _take(self.est, idx)
+        return parameters.risk_inputs(est, now, self.event_t[idx], self.settings.model)
 
-    def targets(self, now: float, detail: bool = False) -> tuple[parameters.RiskInputs,
-                                                                  parameters.Targets]:
-        inp = self.inputs_at(now)
+    def targets(self, now: float | np.ndarray, idx: Index = ALL, detail: bool = False
+                ) -> tuple[parameters.RiskInputs, parameters.Targets]:
+        inp = self.inputs_at(now, idx)
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-            tg = parameters.compute(inp, self.settings.model, self.max_leverage,
-                                    self.max_slippage, self.fee_floor, detail=detail)
+            tg = parameters.compute(inp, self.settings.model, self.max_leverage[idx],
+                                    self.max_slippage[idx], self.fee_floor[idx], detail=detail)
         return inp, tg
 
-    def cycle(self, now: float) -> CycleResult:
-        """One publish cycle at `now`: model for every market, governor, changed entries."""
+    def govern(self, now: float | np.ndarray, idx: Index = ALL
+               ) -> tuple[parameters.RiskInputs, governor.Decision]:
+        """Model and governor at `now` (one time, or one per market of `idx`)."""
+        inp, tg = self.targets(now, idx)
+        gov = self.gov if idx is ALL else _take(self.gov, idx)
+        decision = governor.step(gov, self.settings.governor, now, tg, self.conditions(now, idx))
+        if idx is not ALL:
+            _put(self.gov, idx, gov)
+        self.last_targets = tg
+        return inp, decision
+
+    def cycle(self, now: float, idx: Index = ALL) -> CycleResult:
+        """One publish cycle at `now` for all markets, or only those in `idx`."""
         if not self.ids:
             return CycleResult(now=now, entries=[], tightened=0)
-        inp, tg = self.targets(now)
-        decision = governor.step(self.gov, self.settings.governor, now, tg, self.conditions(now))
-        self.last_targets = tg
-        entries = [self._entry(int(i), inp) for i in np.flatnonzero(decision.publish)]
+        inp, decision = self.govern(now, idx)
+        rows = np.arange(len(self.ids))[idx]
+        entries = [self._entry(int(rows[k]), inp, int(k))
+                   for k in np.flatnonzero(decision.publish)]
         for entry in entries:
             self.current[entry["market"]] = entry
         return CycleResult(now=now, entries=entries, tightened=int(decision.tightened.sum()))
 
-    def _entry(self, i: int, inp: parameters.RiskInputs) -> dict[str, Any]:
+    def _entry(self, i: int, inp: parameters.RiskInputs, k: int) -> dict[str, Any]:
+        """Market i's published set; row k of `inp` holds its inputs."""
         g = self.gov
-        p = float(inp.p[i])
+        p = float(inp.p[k])
         value = (p, 1.0 - p)
         lev = g.leverage[i]
         im = [value[s] / lev[s] for s in range(2)]
         ratio = self.settings.model.maintenance_ratio
-        tau = float(inp.tau[i])
+        tau = float(inp.tau[k])
         return {
             "market": self.ids[i],
             "version": int(g.version[i]),
@@ -209,12 +211,53 @@ class Engine:
             "inputs": {
                 "p": _sig(p),
                 "tau_s": round(tau, 3),
-                "sigma": _sig(float(inp.sigma[i])),
-                "lambda": _sig(float(inp.lam[i])),
-                "J": _sig(float(inp.J[i])),
-                "h_s": round(float(inp.h[i]), 3),
+                "sigma": _sig(float(inp.sigma[k])),
+                "lambda": _sig(float(inp.lam[k])),
+                "J": _sig(float(inp.J[k])),
+                "h_s": round(float(inp.h[k]), 3),
             },
         }
+
+
+def rounds(pairs: list[tuple[int, Tick]]) -> list[list[tuple[int, Tick]]]:
+    """Split ticks into rounds of distinct markets, keeping each market's order."""
+    out: list[list[tuple[int, Tick]]] = []
+    seen: dict[int, int] = {}
+    for i, tick in pairs:
+        r = seen.get(i, 0)
+        seen[i] = r + 1
+        if r == len(out):
+            out.append([])
+        out[r].append((i, tick))
+    return out
+
+
+def tick_arrays(batch: list[tuple[int, Tick]]
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """idx, t, p, half_spread, depth of a round (spec section 2: p is the mid when there
+    is a book, else the print)."""
+    n = len(batch)
+    idx = np.fromiter((i for i, _ in batch), np.int64, n)
+    t = np.fromiter((tk.ts for _, tk in batch), np.float64, n)
+    price = np.fromiter((tk.price for _, tk in batch), np.float64, n)
+    bid = np.fromiter((np.nan if tk.bid is None else tk.bid for _, tk in batch), np.float64, n)
+    ask = np.fromiter((np.nan if tk.ask is None else tk.ask for _, tk in batch), np.float64, n)
+    depth = np.fromiter((np.nan if tk.depth is None else tk.depth for _, tk in batch),
+                        np.float64, n)
+    both = ~np.isnan(bid) & ~np.isnan(ask)
+    p = np.where(both, 0.5 * (bid + ask), price)
+    half_spread = np.where(both, 0.5 * (ask - bid), 0.0)
+    return idx, t, p, half_spread, depth
+
+
+def _take(state: S, idx: Index) -> S:
+    """A copy of the rows `idx` of a struct-of-arrays state."""
+    return type(state)(**{f.name: getattr(state, f.name)[idx] for f in fields(state)})
+
+
+def _put(state: S, idx: Index, part: S) -> None:
+    for f in fields(state):
+        getattr(state, f.name)[idx] = getattr(part, f.name)
 
 
 def _sig(x: float, digits: int = 6) -> float:

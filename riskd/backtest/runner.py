@@ -1,0 +1,129 @@
+"""`riskd backtest`: tapes through the model, governor and trader simulation; the report."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from riskd.backtest.policies import all_policies
+from riskd.backtest.simulate import Simulation, Tally, simulate
+from riskd.config import Settings
+from riskd.feeds.base import Tick
+from riskd.markets import Market, MarketsError, load_markets
+from riskd.tape import Tape, TapeReport, tape_kind
+
+MARKETS_FILES = ("markets.json", "markets.toml")
+
+
+@dataclass
+class TapeResult:
+    name: str
+    markets: list[str]
+    ticks: int
+    rejected_rows: int
+    reports: list[TapeReport]
+    tallies: dict[str, Tally]  # policy -> summed over the tape's markets
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "tape": self.name,
+            "markets": len(self.markets),
+            "ticks": self.ticks,
+            "rejected_rows": self.rejected_rows,
+            "policies": {name: t.as_dict() for name, t in self.tallies.items()},
+        }
+
+
+def find_markets_file(tape: Path) -> Path | None:
+    """The markets file beside a tape (or inside a tape directory), if any."""
+    folder = tape if tape.is_dir() else tape.parent
+    for name in MARKETS_FILES:
+        if (folder / name).exists():
+            return folder / name
+    return None
+
+
+def tape_files(path: Path) -> list[Path]:
+    if path.is_dir():
+        return sorted(p for p in path.iterdir() if p.is_file() and tape_kind(p) is not None
+                      and p.name not in MARKETS_FILES)
+    return [path]
+
+
+def run(path: Path, settings: Settings, markets_file: Path | None = None,
+        settle: bool = False, record: bool = False) -> tuple[list[TapeResult], Simulation,
+                                                             float]:
+    """Backtest a tape, or every tape of a directory at once (one row per tape).
+
+    Markets are independent in the model, so a directory is simulated in one
+    pass over the merged tape and split by tape afterwards.
+    """
+    if markets_file is None:
+        markets_file = find_markets_file(path)
+    if markets_file is None:
+        if settle:
+            raise MarketsError(f"{path}: --settle needs outcomes: no markets file given "
+                               f"(--markets) or found beside the tape ({', '.join(MARKETS_FILES)})")
+        markets: dict[str, Market] = {}
+    else:
+        markets = load_markets(markets_file)
+    files = tape_files(path)
+    tapes = [Tape(f) for f in files]
+    # First pass: which markets each tape holds (cheap next to the simulation).
+    per_file: list[list[Tick]] = [list(tp) for tp in tapes]
+    ids: list[str] = []
+    owner: dict[str, int] = {}
+    for k, ticks in enumerate(per_file):
+        for tick in ticks:
+            if tick.market not in owner:
+                owner[tick.market] = k
+                ids.append(tick.market)
+    merged = sorted((tick for ticks in per_file for tick in ticks), key=lambda tk: tk.ts)
+    policies = all_policies(settings, markets)
+    started = time.perf_counter()
+    sim = simulate(merged, ids, markets, policies, settle=settle, record=record)
+    elapsed = time.perf_counter() - started
+    results = []
+    for k, f in enumerate(files):
+        mine = [i for i, m in enumerate(ids) if owner[m] == k]
+        tallies: dict[str, Tally] = {}
+        for pol in policies:
+            total = Tally()
+            for i in mine:
+                total.add(sim.tallies[pol.name][i])
+            tallies[pol.name] = total
+        results.append(TapeResult(
+            name=f.name, markets=[ids[i] for i in mine], ticks=len(per_file[k]),
+            rejected_rows=tapes[k].rejected_total, reports=tapes[k].reports, tallies=tallies,
+        ))
+    return results, sim, elapsed
+
+
+def totals(results: list[TapeResult]) -> dict[str, Tally]:
+    out: dict[str, Tally] = {}
+    for r in results:
+        for name, tally in r.tallies.items():
+            out.setdefault(name, Tally()).add(tally)
+    return out
+
+
+COLUMNS = ("bad_debt", "fees", "lp_pnl", "mean_max_leverage", "share_leveraged",
+           "liquidations", "worst_jump_loss")
+
+
+def table(results: list[TapeResult]) -> str:
+    """A readable policy table: one row per tape and policy, totals when several tapes."""
+    head = f"{'tape':<44} {'policy':<12} " + " ".join(f"{c:>17}" for c in COLUMNS)
+    lines = [head, "-" * len(head)]
+    rows = [(r.name, r.tallies) for r in results]
+    if len(results) > 1:
+        rows.append(("TOTAL", totals(results)))
+    for name, tallies in rows:
+        for policy, tally in tallies.items():
+            d = tally.as_dict()
+            cells = " ".join(f"{d[c]:>17.4f}" if isinstance(d[c], float) else f"{d[c]:>17}"
+                             for c in COLUMNS)
+            lines.append(f"{name[:44]:<44} {policy:<12} {cells}")
+    return "\n".join(lines)
