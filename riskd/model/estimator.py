@@ -146,14 +146,13 @@ def update(
     state.last_jump_t[idx] = np.where(jump, t, state.last_jump_t[idx])
     state.jumps[idx] += jump
 
-    # Step 5: how long this market goes between prices. The EWMA runs on log(dt):
-    # the typical gap, which an overnight pause does not swamp (docs/model.md).
+    # Step 5: how long this market goes between prices. Arithmetic, not geometric:
+    # a liquidation waits for the next price, and long pauses are what it waits through.
     a_gap = 1.0 - 2.0 ** (-1.0 / cfg.gap_halflife_ticks)
-    log_gap = np.log(state.gap[idx])
-    log_dt = np.log(dt)
+    gap = state.gap[idx]
+    real_dt = np.maximum(t - t_prev, 0.0)
     state.gap[idx] = np.where(
-        first, np.nan,
-        np.exp(np.where(np.isnan(log_gap), log_dt, (1 - a_gap) * log_gap + a_gap * log_dt)),
+        first, np.nan, np.where(np.isnan(gap), real_dt, (1 - a_gap) * gap + a_gap * real_dt)
     )
 
     state.x[idx] = x
