@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from riskd.backtest.policies import Offer, Policy
+import numpy as np
+
+from riskd.backtest.policies import Offer, Policy, Riskd
 from riskd.feeds.base import Tick
 from riskd.markets import Market
 
@@ -78,6 +80,7 @@ class Simulation:
     ids: list[str]
     tallies: dict[str, list[Tally]]  # policy -> per market
     series: list[Series] | None
+    jump_times: list[list[float]]  # jumps riskd's estimator detected, per market
     ticks: int = 0
 
 
@@ -156,7 +159,13 @@ def simulate(
                     continue
                 value = p_end if s == 0 else 1.0 - p_end
                 tallies[pol.name][i].loss(pos_s.debt - pos_s.shares * value)
-    return Simulation(ids=ids, tallies=tallies, series=series, ticks=count)
+    jump_times: list[list[float]] = [[] for _ in ids]
+    for pol in policies:
+        if isinstance(pol, Riskd):
+            for jump_row in np.flatnonzero(pol.jump).tolist():
+                jump_times[index[ticks[jump_row].market]].append(ticks[jump_row].ts)
+    return Simulation(ids=ids, tallies=tallies, series=series, jump_times=jump_times,
+                      ticks=count)
 
 
 def _accrue(pos: list[Position | None], offer: Offer, dt: float, tally: Tally) -> None:
