@@ -93,7 +93,7 @@ class Decision:
 def step(
     state: GovernorState,
     cfg: GovernorSettings,
-    now: float,
+    now: float | np.ndarray,
     targets: Targets,
     cond: Conditions,
 ) -> Decision:
@@ -106,7 +106,7 @@ def step(
 def _step(
     state: GovernorState,
     cfg: GovernorSettings,
-    now: float,
+    now: float | np.ndarray,
     targets: Targets,
     cond: Conditions,
 ) -> Decision:
@@ -215,9 +215,11 @@ def _step(
     state.slippage[publish] = slip_new[publish]
     state.mode[publish] = mode_t[publish]
     state.reasons[publish] = reasons[publish]
-    state.published_at[publish] = now
-    state.valid_until[publish] = now + cfg.ttl_s
-    state.changed_at[moved] = now
+    # `now` may be one time for all, or one per market (the backtest's rounds).
+    at = np.broadcast_to(np.asarray(now, dtype=np.float64), (m,))
+    state.published_at[publish] = at[publish]
+    state.valid_until[publish] = at[publish] + cfg.ttl_s
+    state.changed_at[moved] = at[moved]
     state.version[publish] += 1
     return Decision(publish=publish, tightened=tightened & publish)
 
