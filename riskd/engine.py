@@ -164,12 +164,19 @@ class Engine:
                                     self.max_slippage[idx], self.fee_floor[idx], detail=detail)
         return inp, tg
 
-    def govern(self, now: float | np.ndarray, idx: Index = ALL
+    def govern(self, now: float | np.ndarray, idx: Index = ALL,
+               computed: tuple[parameters.RiskInputs, parameters.Targets] | None = None,
+               cond: Conditions | None = None,
                ) -> tuple[parameters.RiskInputs, governor.Decision]:
-        """Model and governor at `now` (one time, or one per market of `idx`)."""
-        inp, tg = self.targets(now, idx)
+        """Model and governor at `now` (one time, or one per market of `idx`).
+
+        The backtest passes targets it computed for many rounds at once, with the
+        conditions it captured at each round."""
+        inp, tg = computed if computed is not None else self.targets(now, idx)
+        if cond is None:
+            cond = self.conditions(now, idx)
         gov = self.gov if idx is ALL else _take(self.gov, idx)
-        decision = governor.step(gov, self.settings.governor, now, tg, self.conditions(now, idx))
+        decision = governor.step(gov, self.settings.governor, now, tg, cond)
         if idx is not ALL:
             _put(self.gov, idx, gov)
         self.last_targets = tg

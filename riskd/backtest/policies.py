@@ -8,8 +8,8 @@ per hour per unit lent, and the liquidation slippage limit (None: any price).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, fields
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -17,6 +17,7 @@ from riskd.config import Settings
 from riskd.engine import Engine, rounds, tick_arrays
 from riskd.feeds.base import Tick
 from riskd.markets import Market
+from riskd.model import parameters
 from riskd.model.governor import NORMAL
 from riskd.model.parameters import BIT
 
@@ -137,11 +138,28 @@ class Riskd:
             i = eng.index.get(tick.market)
             pairs.append((eng.add_market(tick.market, None) if i is None else i, tick))
         row_of = {id(tick): r for r, tick in enumerate(ticks)}
+        # Pass 1, sequential: the estimator, round by round; capture what the model and
+        # the governor need at each round.
+        steps = []
         for batch in rounds(pairs):
             idx, t, p, half_spread, depth = tick_arrays(batch)
             rows = np.fromiter((row_of[id(tk)] for _, tk in batch), np.int64, len(batch))
             self.jump[rows] = eng.apply(idx, t, p, half_spread, depth)
-            eng.govern(t, idx)
+            steps.append((idx, t, rows, eng.inputs_at(t, idx), eng.conditions(t, idx)))
+        if not steps:
+            return
+        # Pass 2, vectorised: the scenario model for every row at once (it has no state).
+        every = np.concatenate([s[0] for s in steps])
+        inputs = _stack([s[3] for s in steps])
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            targets = parameters.compute(inputs, eng.settings.model, eng.max_leverage[every],
+                                         eng.max_slippage[every], eng.fee_floor[every])
+        # Pass 3, sequential: the governor, round by round.
+        start = 0
+        for idx, t, rows, inp, cond in steps:
+            part = slice(start, start + len(idx))
+            start += len(idx)
+            eng.govern(t, idx, computed=(inp, _rows(targets, part)), cond=cond)
             g = eng.gov
             self.leverage[rows] = g.leverage[idx]
             self.fee[rows] = g.fee[idx]
@@ -166,6 +184,19 @@ class Riskd:
             expires_after=self.stale_after_s,
             fallback=fail_safe,
         )
+
+
+def _stack(parts: list[parameters.RiskInputs]) -> parameters.RiskInputs:
+    return parameters.RiskInputs(**{f.name: np.concatenate([getattr(p, f.name) for p in parts])
+                                    for f in fields(parameters.RiskInputs)})
+
+
+def _rows(targets: parameters.Targets, part: slice) -> parameters.Targets:
+    sliced: dict[str, Any] = {}
+    for f in fields(parameters.Targets):
+        value = getattr(targets, f.name)
+        sliced[f.name] = None if value is None else value[part]
+    return parameters.Targets(**sliced)
 
 
 def all_policies(settings: Settings, markets: dict[str, Market]) -> list[Policy]:
