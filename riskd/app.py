@@ -199,11 +199,26 @@ class Daemon:
         if self.settings.server.enabled:
             runner = web.AppRunner(make_app(self), access_log=None, handle_signals=False)
             await runner.setup()
-            site = web.TCPSite(runner, self.settings.server.host, self.settings.server.port)
-            await site.start()
-            log.info("API on http://%s:%d", self.settings.server.host, self.settings.server.port)
-        for pub in self.publishers:
-            await pub.start()
+            host, port = self.settings.server.host, self.settings.server.port
+            site = web.TCPSite(runner, host, port)
+            try:
+                await site.start()
+            except OSError as exc:  # port taken, address not local: the config's to fix
+                await runner.cleanup()
+                raise ConfigError(f"server.port: cannot listen on {host}:{port}: "
+                                  f"{exc.strerror or exc}") from None
+            log.info("API on http://%s:%d", host, runner.addresses[0][1])
+        started: list[Publisher] = []
+        try:
+            for pub in self.publishers:
+                await pub.start()
+                started.append(pub)
+        except OSError as exc:  # e.g. the audit log's directory cannot be created
+            for pub in started:
+                await pub.close()
+            if runner is not None:
+                await runner.cleanup()
+            raise ConfigError(f"publisher.{pub.name}: cannot start: {exc}") from None
 
         feed_task: asyncio.Task[object] = asyncio.create_task(self._consume(), name="feed")
         cycle_task: asyncio.Task[object] = asyncio.create_task(self._cycles(), name="cycle")

@@ -139,9 +139,24 @@ class HttpPublisherSettings(Section):
     secret_file: Path | None = None
     timeout_s: float = Field(5.0, gt=0.0)
 
+    @field_validator("secret_file")
+    @classmethod
+    def _readable(cls, v: Path | None) -> Path | None:
+        # Checked at load, so check-config and SIGHUP refuse it, not the first publish.
+        if v is not None:
+            try:
+                v.read_bytes()
+            except OSError as exc:
+                raise ValueError(f"cannot read {v}: {exc.strerror}") from None
+        return v
+
     def secret_bytes(self) -> bytes:
         if self.secret_file is not None:
-            return self.secret_file.read_bytes().strip()
+            try:
+                return self.secret_file.read_bytes().strip()
+            except OSError as exc:
+                raise ConfigError(f"publisher.http.secret_file: cannot read "
+                                  f"{self.secret_file}: {exc.strerror}") from None
         return self.secret.get_secret_value().encode()
 
 
