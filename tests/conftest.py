@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import csv
 import hashlib
 import hmac
 import json
@@ -146,8 +147,8 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 def tape_rows(path: Path) -> list[list[str]]:
     """Data rows of a CSV tape (header dropped)."""
-    lines = path.read_text(encoding="utf-8").splitlines()
-    return [line.split(",") for line in lines[1:] if line.strip()]
+    with path.open(encoding="utf-8", newline="") as fh:
+        return [row for row in list(csv.reader(fh))[1:] if row]
 
 
 def parse_time(text: str) -> float:
@@ -402,7 +403,7 @@ class Receiver:
     fail_status: int | None = None
     hang: bool = False  # hold every request until the receiver closes
     messages: list[Received] = field(default_factory=list)
-    attempt_seqs: list[int] = field(default_factory=list)  # every authentic request
+    attempts: list[dict[str, Any]] = field(default_factory=list)  # every authentic body
     rejected: int = 0
     failed: int = 0
     stale_sets: int = 0
@@ -452,7 +453,7 @@ class Receiver:
             self.rejected += 1
             return web.json_response({"error": "content type"}, status=415)
         body = json.loads(raw)
-        self.attempt_seqs.append(body["seq"])
+        self.attempts.append(body)
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         if self.hang:
@@ -484,7 +485,8 @@ class Receiver:
             seqs.append(body["seq"])
         assert all(b > a for a, b in zip(seqs, seqs[1:], strict=False)), seqs
         # Every request (retries are new messages) took the next seq, from 1.
-        assert self.attempt_seqs == list(range(1, len(self.attempt_seqs) + 1))
+        attempt_seqs = [b["seq"] for b in self.attempts]
+        assert attempt_seqs == list(range(1, len(attempt_seqs) + 1))
         assert self.stale_sets == 0, "an older set was sent after a newer one"
         assert_versions_increase(self.batches())
 

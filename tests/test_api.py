@@ -3,6 +3,7 @@ app is served on 127.0.0.1 (and a real exchange receiver where publishing matter
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -154,10 +155,49 @@ async def test_readyz_reports_a_failing_publisher(
 
     await wait_until(caught_up, what="the exchange to hold the current sets")
     receiver.check_all()
+    # A retry resends the newest set per market, never an older one than already sent.
+    sent: dict[str, int] = {}
+    for body in receiver.attempts:
+        for entry in body["params"]:
+            assert entry["version"] >= sent.get(entry["market"], 0), entry
+            sent[entry["market"]] = entry["version"]
     text = (await http_get(d.url + "/metrics"))[2]
     assert (sample(text, "riskd_publishes_total", publisher="http", result="retry") or 0) >= 1
     assert (sample(text, "riskd_publishes_total", publisher="http", result="ok") or 0) >= 1
     assert await d.stop() == 0
+
+
+async def test_permanent_rejection_is_not_retried(
+    tmp_path: Path,
+    in_process: Any,
+    receiver: Receiver,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RISKD_PUBLISHER__HTTP__SECRET", SECRET)
+    receiver.fail_status = 400  # a 4xx other than 408/429: permanent
+    d = await in_process(base_config(tmp_path, 0, publisher={"http": {"url": receiver.url}}))
+    d.start()
+
+    async def failing() -> bool:
+        status, body = await d.get_json("/readyz")
+        return status == 503 and "publisher_failing:http" in body["reasons"]
+
+    await wait_until(failing, what="/readyz publisher_failing:http")
+    await wait_until(lambda: settled_feed(d), what="the replay to end")
+    await asyncio.sleep(0.5)  # a retry, if there were one, would come within this
+    text = (await http_get(d.url + "/metrics"))[2]
+    rejected = sample(text, "riskd_publishes_total", publisher="http", result="rejected")
+    assert rejected == len(receiver.attempts) >= 1
+    assert sample(text, "riskd_publishes_total", publisher="http", result="retry") is None
+    # Each set went out once: nothing rejected was sent again.
+    sent = [(e["market"], e["version"]) for b in receiver.attempts for e in b["params"]]
+    assert len(sent) == len(set(sent))
+    assert not receiver.messages
+    assert await d.stop() == 0
+
+
+async def settled_feed(d: InProcessDaemon) -> bool:
+    return bool(d.daemon.feed.finished and d.daemon.seq >= 1)
 
 
 # Metric names of interfaces.md, by when the daemon has samples for them.

@@ -87,7 +87,7 @@ async def test_sigterm_with_a_hanging_exchange_exits_0_in_time(
     daemon = await start_daemon(doc, env=SECRET_ENV)
 
     async def stuck() -> bool:
-        return len(receiver.attempt_seqs) >= 1 and audit_lines(tmp_path / "audit.jsonl") >= 1
+        return len(receiver.attempts) >= 1 and audit_lines(tmp_path / "audit.jsonl") >= 1
 
     await wait_until(stuck, what="a publish in flight")
     status, body = await daemon.get_json("/healthz")
@@ -110,7 +110,7 @@ async def test_second_sigint_forces_the_exit(
     daemon = await start_daemon(doc, env=SECRET_ENV)
 
     async def stuck() -> bool:
-        return len(receiver.attempt_seqs) >= 1
+        return len(receiver.attempts) >= 1
 
     await wait_until(stuck, what="a publish in flight")
     daemon.send(signal.SIGINT)
