@@ -13,6 +13,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -61,7 +62,9 @@ class Daemon:
         self.metrics.watch(self.engine, settings.server.max_market_series)
         self.feed = make_feed(settings)
         self.publishers: list[Publisher] = self._make_publishers(settings)
+        self.metrics.register_publishers([p.name for p in self.publishers])
         self.seq = 0
+        self._modes: dict[str, str] = {}  # market -> published mode, for change events
         self.stop = asyncio.Event()
         self._last_loop = time.monotonic()
         # Receive time of the oldest tick whose effect is not yet published.
@@ -110,21 +113,24 @@ class Daemon:
 
     async def _consume(self) -> None:
         venue = self.feed.venue
-        async for batch in self.feed.ticks():
-            received = time.time()
-            result = self.engine.ingest(batch)
-            if result.accepted:
-                self.metrics.ticks.labels(venue).inc(result.accepted)
-                last = max(t.ts for t in batch)
-                self.metrics.feed_last.labels(venue).set(last)
-                if self._unpublished_since is None:
+        self.metrics.feed_started(venue)
+        try:
+            async for batch in self.feed.ticks():
+                received = time.time()
+                result = self.engine.ingest(batch)
+                if result.accepted and self._unpublished_since is None:
                     self._unpublished_since = received
-            for reason, n in result.rejected.items():
-                self.metrics.rejected.labels(venue, reason).inc(n)
-            self.metrics.sync_rejected(venue, self.feed.rejected())
+                # Metrics per batch, never per tick; feeds yield ticks in arrival order.
+                self.metrics.feed_batch(venue, result.accepted, result.rejected, received,
+                                        batch[-1].ts if batch else math.nan, self.now())
+                self.metrics.sync_rejected(venue, self.feed.rejected())
+        finally:
+            self.metrics.feed_ended(venue)
         self.metrics.sync_rejected(venue, self.feed.rejected())
         self._feed_done = True
-        log.info("feed ended: %s", _summary(self.feed))
+        rejected = self.feed.rejected()
+        log.info("feed ended: %s", _summary(self.feed),
+                 extra={"venue": venue, "rejected": rejected} if rejected else {"venue": venue})
         if self.settings.feed.exit_at_end:
             self.stop.set()
 
@@ -147,8 +153,21 @@ class Daemon:
         self.metrics.cycle.observe(time.perf_counter() - started)
         self.metrics.markets.set(len(self.engine))
         if result.entries:
+            self._log_mode_changes(result.entries)
             self._publish(Batch(self.settings.publisher.instance, self.seq + 1, iso(now),
                                 result.entries))
+
+    def _log_mode_changes(self, entries: list[dict[str, Any]]) -> None:
+        """One event per market whose published mode changed, with its reasons."""
+        for entry in entries:
+            market, mode = entry["market"], entry["mode"]
+            before = self._modes.get(market)
+            if mode != before:
+                self._modes[market] = mode
+                log.info("market %s: mode %s", market, mode, extra={
+                    "market": market, "mode": mode, "previous_mode": before,
+                    "reason": ",".join(entry["reasons"]) or "none",
+                    "max_leverage": max(entry["max_leverage"].values())})
 
     def _publish(self, batch: Batch) -> None:
         self.seq = batch.seq
@@ -241,8 +260,9 @@ class Daemon:
         if runner is not None:
             await runner.cleanup()
         for task in failed:
-            exc = task.exception()
-            log.error("%s stopped unexpectedly: %r", task.get_name(), exc)
+            error = task.exception()
+            log.error("%s stopped unexpectedly: %r", task.get_name(), error,
+                      extra={"reason": type(error).__name__})
             return 1
         log.info("stopped cleanly after %d batches", self.seq)
         return 0

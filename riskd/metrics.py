@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -21,26 +23,42 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 
 
 class Metrics:
-    """Process-level metrics on an injected registry (never the global one in tests)."""
+    """Process-level metrics on an injected registry (never the global one in tests).
+
+    Updated per batch, per cycle and per publish, never per tick; per-market model
+    state is read at scrape time by `EngineCollector`. Metric names are a contract
+    (docs/interfaces.md); dashboards and alert rules (grafana/, deploy/prometheus/)
+    use them.
+    """
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
-        self.build_info = Gauge("riskd_build_info", "riskd build", ["version"], registry=registry)
+        self.build_info = Gauge("riskd_build_info", "riskd build; the value is always 1",
+                                ["version"], registry=registry)
         self.build_info.labels(__version__).set(1)
+        ProcessCollector(registry=registry)  # process_start_time_seconds, memory, CPU
         self.ticks = Counter("riskd_ticks", "Ticks accepted", ["venue"], registry=registry)
         self.rejected = Counter("riskd_ticks_rejected", "Ticks rejected", ["venue", "reason"],
                                 registry=registry)
-        self.feed_connected = Gauge("riskd_feed_connected", "1 while the feed is connected",
+        self.feed_connected = Gauge("riskd_feed_connected", "1 while the feed is connected "
+                                    "(a replay: while its tape is being played)",
                                     ["venue"], registry=registry)
-        self.feed_lag = Gauge("riskd_feed_lag_seconds", "Receive time minus event time of the "
-                              "latest tick", ["venue"], registry=registry)
+        self.feed_lag = Gauge("riskd_feed_lag_seconds", "Daemon clock at receipt minus event "
+                              "time of the latest tick (a replay's clock is event time)",
+                              ["venue"], registry=registry)
         self.feed_last = Gauge("riskd_feed_last_message_timestamp_seconds",
-                               "Event time of the latest tick", ["venue"], registry=registry)
+                               "Wall-clock time the latest batch of ticks arrived",
+                               ["venue"], registry=registry)
+        self.reconnects = Counter("riskd_feed_reconnects", "Feed reconnections", ["venue"],
+                                  registry=registry)
         self.publishes = Counter("riskd_publishes", "Publish attempts", ["publisher", "result"],
                                  registry=registry)
         self.publish_latency = Histogram("riskd_publish_latency_seconds", "Publish latency",
                                          ["publisher"], buckets=LATENCY_BUCKETS,
                                          registry=registry)
+        self.circuit_open = Gauge("riskd_publisher_circuit_open",
+                                  "1 while the publisher's circuit breaker is open",
+                                  ["publisher"], registry=registry)
         self.tick_to_publish = Histogram("riskd_tick_to_publish_seconds",
                                          "Tick receive to publish of its effect",
                                          buckets=LATENCY_BUCKETS, registry=registry)
@@ -52,12 +70,45 @@ class Metrics:
         self.last_publish = Gauge("riskd_last_publish_timestamp_seconds",
                                   "Daemon-clock time of the latest published batch",
                                   registry=registry)
+        self.snapshot_failures = Counter("riskd_snapshot_failures",
+                                         "State snapshots that could not be written",
+                                         registry=registry)
+        self.last_snapshot = Gauge("riskd_last_snapshot_timestamp_seconds",
+                                   "Wall-clock time of the latest state snapshot written; "
+                                   "0 before the first", registry=registry)
         self._rejected_seen: dict[tuple[str, str], int] = {}
+        self._feeds: dict[str, _FeedChildren] = {}
 
-    def published(self, publisher: str, result: str, latency_s: float | None) -> None:
-        self.publishes.labels(publisher, result).inc()
-        if latency_s is not None:
-            self.publish_latency.labels(publisher).observe(latency_s)
+    # --- feed ---------------------------------------------------------------
+
+    def feed_started(self, venue: str) -> None:
+        """The venue's series exist (at zero) from the start; its feed is connected."""
+        children = self._feed(venue)
+        children.connected.set(1)
+
+    def feed_ended(self, venue: str) -> None:
+        self._feed(venue).connected.set(0)
+
+    def feed_batch(self, venue: str, accepted: int, rejected: dict[str, int],
+                   received: float, latest_event: float, now: float) -> None:
+        """One batch from the feed (never called per tick): counts, arrival, lag."""
+        children = self._feed(venue)
+        if accepted:
+            children.ticks.inc(accepted)
+        for reason, n in rejected.items():
+            self.rejected.labels(venue, reason).inc(n)
+        children.last.set(received)
+        if math.isfinite(now) and math.isfinite(latest_event):
+            children.lag.set(max(0.0, now - latest_event))
+
+    def _feed(self, venue: str) -> _FeedChildren:
+        children = self._feeds.get(venue)
+        if children is None:  # label lookups once per venue, not per batch
+            children = _FeedChildren(self.ticks.labels(venue), self.feed_connected.labels(venue),
+                                     self.feed_lag.labels(venue), self.feed_last.labels(venue))
+            self.reconnects.labels(venue)
+            self._feeds[venue] = children
+        return children
 
     def sync_rejected(self, venue: str, counts: dict[str, int]) -> None:
         """Bring the rejection counters up to a source's cumulative counts."""
@@ -68,12 +119,47 @@ class Metrics:
                 self.rejected.labels(venue, reason).inc(delta)
                 self._rejected_seen[key] = total
 
+    # --- publishers and state -------------------------------------------------
+
+    def register_publishers(self, names: list[str]) -> None:
+        """Each configured publisher's series exist from the start, its circuit closed."""
+        for name in names:
+            self.circuit_open.labels(name).set(0)
+            self.publish_latency.labels(name)
+
+    def published(self, publisher: str, result: str, latency_s: float | None) -> None:
+        self.publishes.labels(publisher, result).inc()
+        if latency_s is not None:
+            self.publish_latency.labels(publisher).observe(latency_s)
+
+    def circuit(self, publisher: str, is_open: bool) -> None:
+        self.circuit_open.labels(publisher).set(1 if is_open else 0)
+
+    def snapshot_written(self, wall_time: float) -> None:
+        self.last_snapshot.set(wall_time)
+
+    def snapshot_failed(self) -> None:
+        self.snapshot_failures.inc()
+
     def watch(self, engine: Engine, max_series: int) -> None:
         self.registry.register(EngineCollector(engine, max_series))
 
 
+@dataclass(frozen=True)
+class _FeedChildren:
+    ticks: Counter
+    connected: Gauge
+    lag: Gauge
+    last: Gauge
+
+
 class EngineCollector(Collector):
-    """Per-market series read from the engine's arrays at scrape time, capped."""
+    """Per-market series read from the engine's arrays at scrape time, capped.
+
+    The first `max_series` markets are exported; the rest are counted in
+    `riskd_market_series_dropped`. The governor settings the alert rules compare
+    against are exported here too, so they follow a SIGHUP reload.
+    """
 
     def __init__(self, engine: Engine, max_series: int) -> None:
         self.engine = engine
@@ -82,10 +168,21 @@ class EngineCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         e = self.engine
         n = min(len(e), self.max_series)
-        dropped = GaugeMetricFamily("riskd_market_series_dropped",
-                                    "Markets beyond server.max_market_series, not exported")
-        dropped.add_metric([], float(len(e) - n))
-        yield dropped
+        yield _gauge("riskd_market_series_limit",
+                     "[server] max_market_series: markets whose series are exported",
+                     float(self.max_series))
+        yield _gauge("riskd_market_series_dropped",
+                     "Markets beyond [server] max_market_series, whose series are not exported",
+                     float(len(e) - n))
+        cfg = e.settings
+        yield _gauge("riskd_governor_stale_after_seconds",
+                     "[governor] stale_after_s: a market without a tick this long is stale",
+                     cfg.governor.stale_after_s)
+        yield _gauge("riskd_governor_freeze_before_resolution_seconds",
+                     "[governor] freeze_before_resolution_s: 1x this long before the event",
+                     cfg.governor.freeze_before_resolution_s)
+        yield _gauge("riskd_snapshot_interval_seconds",
+                     "[state] snapshot_interval_s", cfg.state.snapshot_interval_s)
         lev = GaugeMetricFamily("riskd_max_leverage", "Published max leverage",
                                 labels=["market", "side"])
         fee = GaugeMetricFamily("riskd_fee_rate_hourly", "Published borrow fee per hour",
@@ -104,7 +201,7 @@ class EngineCollector(Collector):
                                  labels=["market", "mode"])
         if n:
             now = e.now
-            inp = e.inputs_at(now) if np.isfinite(now) else None
+            inp = e.inputs_at(now, slice(0, n)) if np.isfinite(now) else None
             g = e.gov
             for i in range(n):
                 mid = e.ids[i]
@@ -122,3 +219,9 @@ class EngineCollector(Collector):
                     lam.add_metric([mid], float(inp.lam[i]))
                 jumps.add_metric([mid], float(e.est.jumps[i]))
         yield from (lev, fee, slip, prob, tau, vol, lam, jumps, mode)
+
+
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, documentation)
+    family.add_metric([], value)
+    return family
