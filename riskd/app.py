@@ -175,7 +175,8 @@ class Daemon:
             try:
                 pub.submit(batch)
             except Exception:  # one sink failing never blocks another
-                log.exception("publisher %s failed to take a batch", pub.name)
+                log.exception("publisher %s failed to take a batch", pub.name,
+                              extra={"publisher": pub.name, "reason": "submit_failed"})
         self.metrics.last_publish.set(self.now())
         if self._unpublished_since is not None:
             self.metrics.tick_to_publish.observe(time.time() - self._unpublished_since)
@@ -188,7 +189,8 @@ class Daemon:
         try:
             settings = load_settings(self.config_path)
         except ConfigError as exc:
-            log.error("config reload rejected, keeping the old config:\n%s", exc)
+            log.error("config reload rejected, keeping the old config:\n%s", exc,
+                      extra={"reason": "invalid_config"})
             self.metrics.reloads.labels("error").inc()
             return False
         self.engine.reconfigure(settings)
@@ -207,7 +209,7 @@ class Daemon:
             if interrupts > 1:  # a second signal forces the exit (uvicorn's convention)
                 log.warning("second %s: exiting now", signame)
                 os._exit(1)
-            log.info("%s: draining", signame)
+            log.info("%s: draining", signame, extra={"reason": signame})
             self.stop.set()
 
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from riskd import __version__
-from riskd.config import ConfigError, load_settings, masked
+from riskd.config import ConfigError, Settings, load_settings, masked
 from riskd.markets import MarketsError
 from riskd.tape import TapeError
 
@@ -93,13 +93,24 @@ def _run(config: Path | None) -> int:
     from riskd.app import Daemon
 
     settings = load_settings(config)
-    logs.setup(settings.log.level, settings.log.format)
+    logs.setup(settings.log.level, settings.log.format, secret_values(settings))
 
     async def go() -> int:
         daemon = Daemon(settings, config)
         return await daemon.run()
 
     return asyncio.run(go())
+
+
+def secret_values(settings: Settings) -> list[str]:
+    """Every configured secret, for the log filter to mask wherever it appears."""
+    values = [settings.server.admin_token.get_secret_value()]
+    http = settings.publisher.http
+    if http is not None:
+        values.append(http.secret.get_secret_value())
+        if http.secret_file is not None:
+            values.append(http.secret_bytes().decode(errors="replace"))
+    return [v for v in values if v]
 
 
 if __name__ == "__main__":

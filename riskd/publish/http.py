@@ -75,7 +75,8 @@ class HttpPublisher:
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
         except TimeoutError:
-            log.warning("http publisher: %d markets unsent at shutdown", len(self._pending))
+            log.warning("http publisher: %d markets unsent at shutdown", len(self._pending),
+                        extra={"publisher": self.name, "reason": "shutdown_deadline"})
 
     async def close(self) -> None:
         if self._task is not None:
@@ -124,7 +125,8 @@ class HttpPublisher:
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError) as exc:
             self._ok = False
-            log.warning("http publish failed, will retry: %s", type(exc).__name__)
+            log.warning("http publish failed, will retry: %s", type(exc).__name__,
+                        extra={"publisher": self.name, "reason": type(exc).__name__})
             self.stats.published(self.name, "retry", None)
             return "retry"
         latency = time.perf_counter() - started
@@ -134,11 +136,13 @@ class HttpPublisher:
             return "ok"
         if status in RETRYABLE or status >= 500:
             self._ok = False
-            log.warning("http publish got %d, will retry", status)
+            log.warning("http publish got %d, will retry", status,
+                        extra={"publisher": self.name, "reason": f"http_{status}"})
             self.stats.published(self.name, "retry", latency)
             return "retry"
         self._ok = False
-        log.error("http publish rejected with %d: %s", status, text[:500])
+        log.error("http publish rejected with %d: %s", status, text[:500],
+                  extra={"publisher": self.name, "reason": f"http_{status}"})
         self.stats.published(self.name, "rejected", latency)
         return "rejected"
 

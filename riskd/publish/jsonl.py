@@ -37,8 +37,8 @@ class JsonlPublisher:
         except OSError as exc:
             # The audit log failing must not stop the exchange from getting parameters.
             self._ok = False
-            log.error("audit log write failed", extra={"path": str(self.path),
-                                                      "error": exc.strerror})
+            log.error("audit log write failed", extra={
+                "publisher": self.name, "path": str(self.path), "reason": exc.strerror})
             self.stats.published(self.name, "error", None)
             return
         self._ok = True
