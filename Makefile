@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench backtests lint clean
+.PHONY: run test test-tools bench backtests lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +17,13 @@ $(STAMP): pyproject.toml | $(BIN)/python
 run: $(STAMP)
 	$(BIN)/riskd run -c config/riskd.toml
 
-test: $(STAMP)
+test: $(STAMP) test-tools
 	$(BIN)/python -m pytest -q
+
+# prometheus and promtool for tests/test_monitoring.py: Debian's `prometheus` package,
+# installed only when missing (as root or with passwordless sudo; CI runs as root).
+test-tools:
+	@bash scripts/ensure-prometheus.sh
 
 bench: $(STAMP)
 	$(BIN)/python scripts/bench.py
