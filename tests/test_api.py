@@ -32,7 +32,7 @@ FED_MARKETS = {r[1] for r in tape_rows(FED_CSV)}
 
 async def ready(d: InProcessDaemon) -> bool:
     status, body = await d.get_json("/readyz")
-    return status == 200 and body == {"ready": True, "reasons": []}
+    return status == 200 and body["ready"] is True and body["reasons"] == []
 
 
 async def settled(d: InProcessDaemon) -> bool:

@@ -30,6 +30,12 @@ class ReplayFeed:
         self._last_ts = float("-inf")
         self._next_ts = float("-inf")
         self._anchor: tuple[float, float] | None = None  # (event time, loop time)
+        self._resume_after = float("-inf")
+
+    def resume_after(self, clock: float) -> None:
+        """Restarting from a snapshot taken at `clock`: skip what it already holds."""
+        self._resume_after = clock
+        self._last_ts = max(self._last_ts, clock)
 
     def now(self) -> float:
         """Event time now: between ticks it runs at `speed`, never past the next tick."""
@@ -51,6 +57,8 @@ class ReplayFeed:
         batch: list[Tick] = []
         ff = self.fast_forward_until
         for tick in self.tape:
+            if tick.ts < self._resume_after:
+                continue
             paced = self.speed > 0 and (ff is None or tick.ts >= ff)
             if paced:
                 if self._anchor is None:

@@ -1,0 +1,234 @@
+"""Crash-safe state snapshots: every market's estimator and governor state, seqs, versions.
+
+Written atomically (temp file, fsync, rename, fsync of the directory) as an
+.npz (no pickle; zip CRCs detect corruption) with a JSON header carrying the
+schema version. A snapshot that is corrupt, too old or of another schema is
+never trusted: the daemon starts conservatively, and a corrupt file is moved
+aside. Nothing here can make the published values looser.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import time
+import zipfile
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from riskd.engine import Engine
+from riskd.model.governor import MODES
+
+log = logging.getLogger(__name__)
+
+SCHEMA = 1
+FILE = "snapshot.npz"
+
+
+@dataclass
+class Loaded:
+    """What start-up found; `trusted` means the engine state was restored."""
+
+    status: str  # restored | none | stale | schema | corrupt | unreadable
+    message: str
+    trusted: bool = False
+    clock: float = float("-inf")  # the daemon clock when the snapshot was written
+    seqs: dict[str, int] = field(default_factory=dict)  # publisher/sink -> last seq
+    markets: int = 0
+    # When the last seqs and versions are lost, new ones start above this (wall-clock
+    # milliseconds) so that a receiver still takes them as newer.
+    floor: int = 0
+
+
+class StateStore:
+    def __init__(self, directory: Path, max_age_s: float) -> None:
+        self.dir = directory
+        self.path = directory / FILE
+        self.max_age_s = max_age_s
+
+    # --- writing -------------------------------------------------------------
+
+    def save(self, engine: Engine, clock: float, seqs: dict[str, int]) -> None:
+        """Write a snapshot atomically; raises OSError (the caller counts it)."""
+        header = {
+            "schema": SCHEMA,
+            "written_at": time.time(),
+            "clock": clock if np.isfinite(clock) else None,
+            "seqs": seqs,
+            "ids": engine.ids,
+        }
+        arrays: dict[str, np.ndarray] = {
+            "header": np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
+            "first_t": engine.first_t,
+        }
+        for f in fields(engine.est):
+            arrays["est_" + f.name] = getattr(engine.est, f.name)
+        for f in fields(engine.gov):
+            arrays["gov_" + f.name] = getattr(engine.gov, f.name)
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)  # type: ignore[arg-type]
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.dir / f".{FILE}.{os.getpid()}.tmp"
+        try:
+            with tmp.open("wb") as fh:
+                fh.write(buf.getbuffer())
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        fd = os.open(self.dir, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # the rename itself must survive a power cut
+        finally:
+            os.close(fd)
+
+    # --- reading -------------------------------------------------------------
+
+    def load(self, engine: Engine) -> Loaded:
+        """Restore the engine from the snapshot when it can be trusted."""
+        if not self.path.exists():
+            if not self.dir.exists():
+                return Loaded("none", f"no state directory {self.dir}: starting fresh")
+            return Loaded("none", f"no snapshot in {self.dir}: starting fresh")
+        try:
+            # Our own handle: np.load leaks its file when the zip is broken.
+            with self.path.open("rb") as fh, np.load(fh, allow_pickle=False) as npz:
+                data = {name: npz[name] for name in npz.files}
+            header = json.loads(bytes(data["header"]).decode())
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
+            if isinstance(exc, PermissionError):
+                return Loaded("unreadable", f"{self.path}: cannot read ({exc.strerror}): "
+                              "starting conservatively", floor=_wall_ms())
+            return self._corrupt(f"{type(exc).__name__}: {exc}")
+        seqs = {str(k): int(v) for k, v in (header.get("seqs") or {}).items()}
+        clock = header.get("clock")
+        clock = float(clock) if isinstance(clock, int | float) else float("-inf")
+        if header.get("schema") != SCHEMA:
+            return Loaded("schema", f"{self.path}: schema {header.get('schema')!r}, this "
+                          f"build reads {SCHEMA}: starting conservatively", seqs=seqs,
+                          floor=_wall_ms())
+        age = time.time() - float(header.get("written_at", 0.0))
+        if not age <= self.max_age_s:
+            # The model state is too old to trust, but seqs and versions must go on rising.
+            versions = data.get("gov_version")
+            if versions is not None and len(versions) == len(header["ids"]):
+                for market_id, version in zip(header["ids"], versions.tolist(), strict=True):
+                    i = engine.index.get(market_id)
+                    if i is not None:
+                        engine.gov.version[i] = max(int(engine.gov.version[i]), int(version))
+            return Loaded("stale", f"{self.path}: {age:.0f} s old, more than state.max_age_s "
+                          f"= {self.max_age_s:.0f}: starting conservatively", seqs=seqs)
+        try:
+            restored = _restore(engine, header["ids"], data)
+        except (KeyError, ValueError, IndexError) as exc:
+            return self._corrupt(f"inconsistent arrays: {exc}")
+        return Loaded("restored", f"restored {restored} markets from {self.path} "
+                      f"({age:.0f} s old)", trusted=True, clock=clock, seqs=seqs,
+                      markets=restored)
+
+    def _corrupt(self, why: str) -> Loaded:
+        aside = self.path.with_name(f"{FILE}.corrupt-{int(time.time())}")
+        try:
+            os.replace(self.path, aside)
+            where = f"moved aside to {aside.name}"
+        except OSError as exc:
+            where = f"could not move it aside: {exc.strerror}"
+        return Loaded("corrupt", f"{self.path}: corrupt snapshot ({why}); {where}; "
+                      "starting conservatively", floor=_wall_ms())
+
+
+def _wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _restore(engine: Engine, ids: list[str], data: dict[str, Any]) -> int:
+    """Copy each market's rows into the engine, by id; markets no longer configured
+    (and not discoverable) are dropped."""
+    n = len(ids)
+    for prefix, state in (("est_", engine.est), ("gov_", engine.gov)):
+        for f in fields(state):
+            if data[prefix + f.name].shape[0] != n:
+                raise ValueError(f"{prefix}{f.name} has {data[prefix + f.name].shape[0]} "
+                                 f"rows for {n} markets")
+    src, dst = [], []
+    for k, market_id in enumerate(ids):
+        i = engine.index.get(market_id)
+        if i is None:
+            if not engine.discover:
+                continue
+            i = engine.add_market(market_id, None)
+        src.append(k)
+        dst.append(i)
+    s, d = np.array(src, dtype=np.int64), np.array(dst, dtype=np.int64)
+    for prefix, state in (("est_", engine.est), ("gov_", engine.gov)):
+        for f in fields(state):
+            # Static per-market settings come from the config of this run, not the snapshot.
+            if f.name == "tick_size":
+                continue
+            getattr(state, f.name)[d] = data[prefix + f.name][s]
+    engine.first_t[d] = data["first_t"][s]
+    finite = engine.est.t[d]
+    if finite.size and np.isfinite(finite).any():
+        engine.now = max(engine.now, float(np.nanmax(finite)))
+    return len(dst)
+
+
+def tighten_from_audit(engine: Engine, path: Path, tail_bytes: int = 8 << 20) -> int:
+    """Hold each market's governor state at least as tight as its last audited publish.
+
+    A snapshot is taken every few seconds; what was published after it and before a
+    crash is in the audit log. Starting from the tighter of the two means a restart
+    never publishes looser than the governor allowed before the crash. Returns the
+    number of markets the audit log tightened."""
+    try:
+        with path.open("rb") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, size - tail_bytes))
+            tail = fh.read()
+    except OSError:
+        return 0
+    latest: dict[str, dict[str, Any]] = {}
+    lines = tail.split(b"\n")
+    if size > tail_bytes:
+        lines = lines[1:]  # the first line is cut by the seek
+    for line in lines:
+        try:
+            batch = json.loads(line)
+            entries = batch["params"]
+        except (ValueError, KeyError, TypeError):
+            continue  # a torn last line, or not a batch
+        for entry in entries:
+            if isinstance(entry, dict) and isinstance(entry.get("market"), str):
+                latest[entry["market"]] = entry
+    g = engine.gov
+    tightened = 0
+    for market_id, entry in latest.items():
+        i = engine.index.get(market_id)
+        if i is None:
+            continue
+        try:
+            lev = np.array([float(entry["max_leverage"]["long"]),
+                            float(entry["max_leverage"]["short"])])
+            fee = np.array([float(entry["fee_rate_hourly"]["long"]),
+                            float(entry["fee_rate_hourly"]["short"])])
+            slip = float(entry["max_slippage"])
+            mode = MODES.index(entry["mode"])
+            version = int(entry["version"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        before = (g.leverage[i].copy(), g.fee[i].copy(), g.slippage[i], g.mode[i])
+        never = g.mode[i] < 0
+        g.leverage[i] = lev if never else np.fmin(g.leverage[i], lev)
+        g.fee[i] = fee if never else np.fmax(g.fee[i], fee)
+        g.slippage[i] = slip if never else min(g.slippage[i], slip)
+        g.mode[i] = max(int(g.mode[i]), mode)
+        g.version[i] = max(int(g.version[i]), version)
+        if never or not (np.array_equal(before[0], g.leverage[i]) and before[3] == g.mode[i]):
+            tightened += 1
+    return tightened

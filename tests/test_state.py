@@ -1,0 +1,245 @@
+"""State snapshots, restarts and the kill -9 drill (issue 6)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import base_config, free_port, wait_until
+
+from riskd.config import Settings
+from riskd.engine import Engine
+from riskd.feeds.base import Tick
+from riskd.publish.jsonl import read_audit, repair_tail
+from riskd.state import SCHEMA, StateStore, tighten_from_audit
+from riskd.timeutil import parse_iso
+
+ROOT = Path(__file__).resolve().parent.parent
+MIDTERMS = ROOT / "data/tapes/polymarket_midterms_2022"
+
+
+def _engine(ticks: int = 40) -> Engine:
+    settings = Settings()
+    engine = Engine(settings, {}, discover=True)
+    rng = np.random.default_rng(1)
+    for k in range(ticks):
+        for m, p0 in (("a", 0.3), ("b", 0.6), ("c", 0.9)):
+            engine.ingest([Tick(m, 1_700_000_000.0 + 60 * k,
+                                float(np.clip(p0 + rng.normal(0, 0.01), 0.01, 0.99)))])
+    engine.cycle(1_700_000_000.0 + 60 * (ticks - 1))
+    return engine
+
+
+def test_snapshot_round_trip_restores_every_array(tmp_path: Path) -> None:
+    engine = _engine()
+    store = StateStore(tmp_path / "state", max_age_s=60)
+    store.save(engine, clock=engine.now, seqs={"batch": 17, "http": 5})
+    fresh = Engine(Settings(), {}, discover=True)
+    loaded = store.load(fresh)
+    assert loaded.trusted and loaded.status == "restored" and loaded.markets == 3
+    assert loaded.seqs == {"batch": 17, "http": 5} and loaded.clock == engine.now
+    for name in ("x", "t", "sigma2", "lam", "J2", "gap", "ticks", "jumps"):
+        np.testing.assert_array_equal(getattr(fresh.est, name), getattr(engine.est, name))
+    for name in ("leverage", "fee", "slippage", "mode", "version", "changed_at"):
+        np.testing.assert_array_equal(getattr(fresh.gov, name), getattr(engine.gov, name))
+    # No temp file is left behind by the atomic write.
+    assert [p.name for p in (tmp_path / "state").iterdir()] == ["snapshot.npz"]
+
+
+def test_corrupt_snapshot_is_moved_aside_and_nothing_restored(tmp_path: Path) -> None:
+    engine = _engine()
+    store = StateStore(tmp_path, max_age_s=60)
+    store.save(engine, clock=engine.now, seqs={"batch": 3})
+    data = store.path.read_bytes()
+    store.path.write_bytes(data[: len(data) // 2] + b"\x00" * 64)
+    fresh = Engine(Settings(), {}, discover=True)
+    loaded = store.load(fresh)
+    assert loaded.status == "corrupt" and not loaded.trusted
+    assert loaded.floor > 1_600_000_000_000  # seqs restart above anything sent before
+    assert len(fresh) == 0 and not store.path.exists()
+    assert len(list(tmp_path.glob("snapshot.npz.corrupt-*"))) == 1
+
+
+def test_old_schema_and_old_age_are_not_trusted(tmp_path: Path) -> None:
+    engine = _engine()
+    store = StateStore(tmp_path, max_age_s=60)
+    store.save(engine, clock=engine.now, seqs={"batch": 9})
+    with np.load(store.path) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    header = json.loads(bytes(arrays["header"]).decode())
+
+    header["written_at"] -= 3600
+    arrays["header"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
+    np.savez(store.path, **arrays)
+    fresh = Engine(Settings(), {}, discover=False)
+    for m in ("a", "b", "c"):
+        fresh.add_market(m, None)
+    stale = store.load(fresh)
+    assert stale.status == "stale" and not stale.trusted and stale.seqs == {"batch": 9}
+    assert np.all(fresh.est.ticks == 0)  # model state not taken
+    np.testing.assert_array_equal(fresh.gov.version, engine.gov.version)  # versions are
+
+    header["schema"] = SCHEMA + 1
+    arrays["header"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
+    np.savez(store.path, **arrays)
+    other = store.load(Engine(Settings(), {}, discover=True))
+    assert other.status == "schema" and not other.trusted and other.floor > 0
+
+
+def test_missing_state_directory_starts_fresh(tmp_path: Path) -> None:
+    loaded = StateStore(tmp_path / "nowhere", 60).load(Engine(Settings(), {}, discover=True))
+    assert loaded.status == "none" and not loaded.trusted and loaded.floor == 0
+
+
+def test_audit_log_tail_holds_the_governor_tight(tmp_path: Path) -> None:
+    engine = _engine()
+    audit = tmp_path / "audit.jsonl"
+    entry: dict[str, Any] = {
+        "market": "b", "version": 999, "mode": "reduce_only",
+        "max_leverage": {"long": 1.0, "short": 1.0},
+        "fee_rate_hourly": {"long": 0.5, "short": 0.5}, "max_slippage": 0.0001,
+    }
+    audit.write_text(json.dumps({"seq": 1, "params": [entry]}) + "\n" + '{"seq": 2, "par')
+    i = engine.index["b"]
+    assert engine.gov.leverage[i].max() > 1.0
+    assert tighten_from_audit(engine, audit) == 1
+    assert engine.gov.leverage[i].tolist() == [1.0, 1.0]
+    assert engine.gov.fee[i].tolist() == [0.5, 0.5]
+    assert engine.gov.version[i] == 999 and engine.gov.mode[i] == 1
+
+
+def test_torn_audit_line_is_cut_and_skipped(tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    log.write_bytes(b'{"seq": 1}\n{"seq": 2}\n{"seq": 3, "par')
+    assert [b["seq"] for b in read_audit(log)] == [1, 2]
+    assert repair_tail(log) == len(b'{"seq": 3, "par')
+    assert log.read_bytes() == b'{"seq": 1}\n{"seq": 2}\n'
+    assert repair_tail(log) == 0
+
+
+def _drill_config(tmp_path: Path, port: int) -> dict[str, Any]:
+    return base_config(
+        tmp_path, port,
+        feed={"path": str(MIDTERMS), "speed": 86400.0,
+              "fast_forward_until": "2022-10-15T00:00:00Z"},
+        markets={"file": str(MIDTERMS / "markets.json")},
+        # Loosening one step per 5 event-days keeps the bound below tight enough to bite.
+        governor={"publish_interval_s": 0.05, "loosen_interval_s": 432000.0,
+                  "max_loosen_step": 0.1},
+        state={"snapshot_interval_s": 0.2},
+    )
+
+
+async def test_kill_9_drill(tmp_path: Path, start_daemon: Any) -> None:
+    """Run, kill -9 mid-replay, restart: never looser than the governor allowed, seq and
+    version keep rising, the audit log parses completely."""
+    port = free_port()
+    doc = _drill_config(tmp_path, port)
+    audit = Path(doc["publisher"]["jsonl"]["path"])
+    first = await start_daemon(doc)
+
+    async def published_enough() -> bool:
+        return audit.exists() and audit.read_bytes().count(b"\n") >= 30
+
+    await wait_until(published_enough, 30.0, what="30 batches")
+    first.proc.send_signal(signal.SIGKILL)
+    assert await first.wait_exit(5.0) == -signal.SIGKILL
+    before = list(read_audit(audit))
+    assert (tmp_path / "state" / "snapshot.npz").exists()
+
+    second = await start_daemon(doc, name="riskd2.toml")
+    _, ready = await second.get_json("/readyz")
+    assert ready["state"] == "restored"
+
+    async def more() -> bool:
+        return len(list(read_audit(audit))) >= len(before) + 20
+
+    await wait_until(more, 30.0, what="20 batches after the restart")
+    second.send(signal.SIGINT)
+    assert await second.wait_exit(5.0) == 0
+
+    batches = list(read_audit(audit))  # raises on any bad line: the log parses completely
+    assert batches[: len(before)] == before
+    after = batches[len(before):]
+    seqs = [b["seq"] for b in batches]
+    assert all(b > a for a, b in zip(seqs, seqs[1:], strict=False))
+    last_before: dict[str, tuple[float, dict[str, Any]]] = {}
+    for batch in before:
+        for entry in batch["params"]:
+            last_before[entry["market"]] = (parse_iso(batch["generated_at"]), entry)
+    step, interval = 0.1, 432000.0
+    checked = 0
+    for batch in after:
+        t = parse_iso(batch["generated_at"])
+        for entry in batch["params"]:
+            if entry["market"] not in last_before:
+                continue
+            t0, old = last_before[entry["market"]]
+            assert entry["version"] > old["version"]
+            steps = max(0.0, np.floor((t - t0) / interval))
+            for side in ("long", "short"):
+                bound = old["max_leverage"][side] * (1 + step) ** steps + 0.01
+                assert entry["max_leverage"][side] <= bound, (entry["market"], side)
+            checked += 1
+    assert checked > 20
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "schema", "unwritable"])
+async def test_daemon_starts_conservatively_on_bad_state(
+    tmp_path: Path, start_daemon: Any, damage: str
+) -> None:
+    port = free_port()
+    # Paced (10 event-hours per second) so that cycles run during the warm-up.
+    doc = base_config(tmp_path, port, state={"snapshot_interval_s": 0.1},
+                      feed={"speed": 36000.0})
+    state = Path(doc["state"]["dir"])
+    if damage == "unwritable":
+        # Root writes anywhere, so a path under a regular file stands in for a read-only
+        # directory: every snapshot write fails the same way.
+        blocker = tmp_path / "blocker"
+        blocker.write_text("not a directory")
+        doc["state"]["dir"] = str(blocker / "state")
+    else:
+        engine = _engine()
+        store = StateStore(state, 60)
+        store.save(engine, engine.now, {"batch": 5})
+        if damage == "corrupt":
+            store.path.write_bytes(b"PK\x03\x04 definitely not a snapshot")
+        else:
+            with np.load(store.path) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+            header = json.loads(bytes(arrays["header"]).decode())
+            header["schema"] = 0
+            arrays["header"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
+            np.savez(store.path, **arrays)
+    daemon = await start_daemon(doc)
+    _, ready = await daemon.get_json("/readyz")
+    assert ready["state"] == {"corrupt": "corrupt", "schema": "schema",
+                              "unwritable": "none"}[damage]
+    if damage == "unwritable":
+        async def failing() -> bool:
+            return (await daemon.metric("riskd_snapshot_failures_total") or 0) >= 2
+        await wait_until(failing, 10.0, what="snapshot failures counted")
+    if damage == "corrupt":
+        assert list(state.glob("snapshot.npz.corrupt-*"))
+    # Fresh start: every market begins at its fail-safe values while it warms up.
+    await asyncio.sleep(1.5)
+    _, params = await daemon.get_json("/v1/params")
+    daemon.send(signal.SIGTERM)
+    assert await daemon.wait_exit(5.0) == 0
+    batches = list(read_audit(Path(doc["publisher"]["jsonl"]["path"])))
+    assert batches and batches[0]["seq"] > (1000 if damage != "unwritable" else 0)
+    first_seen: dict[str, dict[str, Any]] = {}
+    for batch in batches:
+        for entry in batch["params"]:
+            first_seen.setdefault(entry["market"], entry)
+    for entry in first_seen.values():
+        assert entry["max_leverage"] == {"long": 1.0, "short": 1.0}
+        assert entry["mode"] == "reduce_only" and "warming_up" in entry["reasons"]
+    assert params["params"]
+
