@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from riskd.config import ConfigError, Settings, load_settings
 from riskd.engine import Engine
-from riskd.feeds.base import Feed
+from riskd.feeds.base import EventSource, Feed, MarketEvent
 from riskd.feeds.replay import ReplayFeed
 from riskd.markets import Market, load_markets, parse_markets
 from riskd.metrics import Metrics
@@ -44,12 +44,21 @@ def load_market_table(settings: Settings) -> dict[str, Market]:
     return markets
 
 
-def make_feed(settings: Settings) -> Feed:
+def make_feeds(settings: Settings, metrics: Metrics | None = None,
+               markets: dict[str, Market] | None = None) -> list[Feed]:
+    """The feeds of `[feed] kind`: a replay, or one or more live venues."""
     cfg = settings.feed
     if cfg.kind == "replay":
         ff = parse_iso(cfg.fast_forward_until) if cfg.fast_forward_until else None
-        return ReplayFeed(cfg.path, cfg.speed, ff)
-    raise ConfigError(f"feed.kind = {cfg.kind!r} is not available in this build")
+        return [ReplayFeed(cfg.path, cfg.speed, ff)]
+    from riskd.feeds.registry import live_feeds
+
+    table = markets if markets is not None else load_market_table(settings)
+    return list(live_feeds(settings, table, metrics))
+
+
+def make_feed(settings: Settings) -> Feed:
+    return make_feeds(settings)[0]
 
 
 class Daemon:
@@ -60,7 +69,8 @@ class Daemon:
         self.engine = Engine(settings, markets, discover=settings.markets.discover)
         self.metrics = Metrics(CollectorRegistry())
         self.metrics.watch(self.engine, settings.server.max_market_series)
-        self.feed = make_feed(settings)
+        self.feeds = make_feeds(settings, self.metrics, markets)
+        self.feed = self.feeds[0]
         self.publishers: list[Publisher] = self._make_publishers(settings)
         self.metrics.register_publishers([p.name for p in self.publishers])
         self.seq = 0
@@ -112,27 +122,52 @@ class Daemon:
     # --- the three stages -------------------------------------------------
 
     async def _consume(self) -> None:
-        venue = self.feed.venue
+        if len(self.feeds) == 1:
+            await self._consume_feed(self.feed)
+        else:  # several venues at once, each market bound to one of them
+            async with asyncio.TaskGroup() as group:
+                for feed in self.feeds:
+                    group.create_task(self._consume_feed(feed), name=f"feed-{feed.venue}")
+        self._feed_done = True
+        if self.settings.feed.exit_at_end:
+            self.stop.set()
+
+    def _apply_events(self, events: list[MarketEvent]) -> None:
+        """Venue facts that are not prices: listed markets, tick sizes, resolutions."""
+        for event in events:
+            if event.kind == "listed" and event.meta is not None:
+                if event.market not in self.engine.index:  # the markets file wins
+                    self.engine.add_market(event.market, event.meta)
+                    log.info("market listed by the venue", extra={"market": event.market})
+            elif event.kind == "tick_size" and event.tick_size is not None:
+                self.engine.set_tick_size(event.market, event.tick_size)
+            elif event.kind == "resolved":
+                # At once: never later than the daemon clock, whatever the venue's clock.
+                if self.engine.mark_resolved(event.market, min(event.ts, self.now())):
+                    log.info("market resolved by the venue", extra={"market": event.market})
+
+    async def _consume_feed(self, feed: Feed) -> None:
+        venue = feed.venue
+        events = feed if isinstance(feed, EventSource) else None
         self.metrics.feed_started(venue)
         try:
-            async for batch in self.feed.ticks():
+            async for batch in feed.ticks():
                 received = time.time()
+                if events is not None:
+                    self._apply_events(events.take_events())
                 result = self.engine.ingest(batch)
                 if result.accepted and self._unpublished_since is None:
                     self._unpublished_since = received
                 # Metrics per batch, never per tick; feeds yield ticks in arrival order.
                 self.metrics.feed_batch(venue, result.accepted, result.rejected, received,
                                         batch[-1].ts if batch else math.nan, self.now())
-                self.metrics.sync_rejected(venue, self.feed.rejected())
+                self.metrics.sync_rejected(venue, feed.rejected())
         finally:
             self.metrics.feed_ended(venue)
-        self.metrics.sync_rejected(venue, self.feed.rejected())
-        self._feed_done = True
-        rejected = self.feed.rejected()
-        log.info("feed ended: %s", _summary(self.feed),
+        self.metrics.sync_rejected(venue, feed.rejected())
+        rejected = feed.rejected()
+        log.info("feed ended: %s", _summary(feed),
                  extra={"venue": venue, "rejected": rejected} if rejected else {"venue": venue})
-        if self.settings.feed.exit_at_end:
-            self.stop.set()
 
     async def _cycles(self) -> None:
         while not self.stop.is_set():

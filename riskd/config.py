@@ -26,6 +26,10 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from riskd.feeds.kalshi.config import KalshiSettings
+from riskd.feeds.polymarket.config import PolymarketSettings
+from riskd.feeds.websocket.config import WebsocketFeedSettings
+
 DEFAULT_CONFIG = Path("config/riskd.toml")
 
 
@@ -37,17 +41,46 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+LiveKind = Literal["polymarket", "kalshi", "websocket"]
+
+
 class FeedSettings(Section):
-    kind: Literal["replay", "polymarket", "kalshi", "websocket"] = "replay"
+    # One kind, or several live kinds at once (e.g. ["polymarket", "kalshi"]): a
+    # market with ids on several venues follows the first kind listed.
+    kind: Literal["replay", "polymarket", "kalshi", "websocket"] | list[LiveKind] = "replay"
     path: Path = Path("data/tapes/polymarket_midterms_2022")
     speed: float = Field(600.0, ge=0.0)
     # Ticks before this time are replayed as fast as possible (estimator warm-up),
     # the rest at `speed`: a demo reaches the interesting part without skipping history.
     fast_forward_until: str | None = None
     exit_at_end: bool = False
+    # Live feeds: overrides [feed.<kind>] url when one live kind is configured.
     url: str = ""
+    # Live feeds: look markets up on the venue's REST API (resolution times, tokens).
     metadata: bool = True
+    # Live feeds: only these market ids of the markets file (empty: every market
+    # with the venue's ids).
     markets: list[str] = Field(default_factory=list)
+    polymarket: PolymarketSettings = Field(default_factory=PolymarketSettings)
+    kalshi: KalshiSettings = Field(default_factory=KalshiSettings)
+    websocket: WebsocketFeedSettings = Field(default_factory=WebsocketFeedSettings)
+
+    def kinds(self) -> list[str]:
+        return [self.kind] if isinstance(self.kind, str) else list(self.kind)
+
+    @model_validator(mode="after")
+    def _live(self) -> FeedSettings:
+        kinds = self.kinds()
+        if not kinds:
+            raise ValueError("feed.kind: name at least one feed")
+        if len(set(kinds)) != len(kinds):
+            raise ValueError("feed.kind: a kind is listed twice")
+        if len(kinds) > 1 and self.url:
+            raise ValueError("feed.url: ambiguous with several kinds; "
+                             "set [feed.<kind>] url instead")
+        if "kalshi" in kinds and (missing := self.kalshi.missing_credentials()):
+            raise ValueError("feed.kind = kalshi needs " + " and ".join(missing))
+        return self
 
 
 class MarketsSettings(Section):
@@ -281,7 +314,7 @@ def masked(settings: Settings) -> dict[str, Any]:
 
 
 def _secret_paths(settings: Settings) -> list[tuple[str, ...]]:
-    paths: list[tuple[str, ...]] = [("server", "admin_token")]
+    paths: list[tuple[str, ...]] = [("server", "admin_token"), ("feed", "kalshi", "private_key")]
     if settings.publisher.http is not None:
         paths.append(("publisher", "http", "secret"))
     return paths

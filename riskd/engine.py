@@ -94,6 +94,24 @@ class Engine:
             setattr(self, name, np.append(getattr(self, name), value))
         return i
 
+    def mark_resolved(self, market_id: str, ts: float) -> bool:
+        """The venue says the market is over at `ts`: from then on it is resolved (1x,
+        reduce-only, spec section 5) whatever the markets file said. False if unknown."""
+        i = self.index.get(market_id)
+        if i is None:
+            return False
+        self.resolve_t[i] = np.fmin(self.resolve_t[i], ts)
+        self.event_t[i] = np.fmin(self.event_t[i], ts)
+        return True
+
+    def set_tick_size(self, market_id: str, tick_size: float) -> bool:
+        """The venue changed the market's tick size (the estimator's noise floor)."""
+        i = self.index.get(market_id)
+        if i is None:
+            return False
+        self.est.tick_size[i] = tick_size
+        return True
+
     def reconfigure(self, settings: Settings) -> None:
         """Take new settings (SIGHUP); per-market overrides from the markets file stay."""
         lim = settings.limits

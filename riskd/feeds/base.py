@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from riskd.markets import Market
 
 
 @dataclass(slots=True, frozen=True)
@@ -30,4 +33,25 @@ class Feed(Protocol):
 
     def rejected(self) -> dict[str, int]:
         """Counts of rejected inputs by reason, since start."""
+        ...
+
+
+@dataclass(slots=True, frozen=True)
+class MarketEvent:
+    """A venue fact that is not a price: a market listed by the venue's metadata
+    (`meta`), a new tick size, or the market's resolution (it is over at `ts`)."""
+
+    market: str
+    ts: float  # event time, unix seconds
+    kind: Literal["listed", "tick_size", "resolved"]
+    tick_size: float | None = None
+    meta: Market | None = None
+
+
+@runtime_checkable
+class EventSource(Protocol):
+    """A feed that also reports venue events (the live feeds)."""
+
+    def take_events(self) -> list[MarketEvent]:
+        """The events received since the last call, in arrival order."""
         ...

@@ -1,0 +1,158 @@
+"""What every venue codec shares: its output, strict number parsing, and the rules
+for when a book becomes a tick. Pure: no sockets, no clock (times are arguments).
+
+A codec is sans-I/O (after websockets' `protocol.py`): `on_connect()` gives the
+frames to send after each (re)connect, `decode(text, received)` turns one received
+frame into ticks, venue events, rejection reasons and frames to send back.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from riskd.feeds.base import MarketEvent, Tick
+
+# A venue timestamp may go back by this much (coarse clocks, e.g. whole seconds on
+# one channel and milliseconds on another): the tick keeps the later time. Further
+# back is rejected as out of order.
+TS_TOLERANCE_S = 1.0
+
+
+class BadMessage(ValueError):
+    """A message that cannot be used; `reason` labels the rejection counter."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(detail or reason)
+        self.reason = reason
+
+
+@dataclass
+class Decoded:
+    ticks: list[Tick] = field(default_factory=list)
+    events: list[MarketEvent] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)
+    replies: list[str] = field(default_factory=list)  # frames to send back
+
+    def extend(self, other: Decoded) -> None:
+        self.ticks += other.ticks
+        self.events += other.events
+        self.rejected += other.rejected
+        self.replies += other.replies
+
+
+class Codec(Protocol):
+    def on_connect(self) -> list[str]:
+        """Frames to send on a fresh connection (the subscriptions); resets the state
+        that does not survive a reconnect (books, sequence numbers)."""
+        ...
+
+    def decode(self, text: str | bytes, received: float) -> Decoded:
+        """One received frame; `received` is the wall time it arrived."""
+        ...
+
+
+def number(value: Any, reason: str = "bad_number") -> float:
+    """A finite float from a JSON number or a numeric string (venues send both)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise BadMessage(reason, f"expected a number, got {value!r}")
+    try:
+        x = float(value)
+    except ValueError:
+        raise BadMessage(reason, f"not a number: {value!r}") from None
+    if not math.isfinite(x):
+        raise BadMessage(reason, f"not finite: {value!r}")
+    return x
+
+
+def probability(value: Any) -> float:
+    """A price in [0, 1]."""
+    x = number(value, "bad_price")
+    if not 0.0 <= x <= 1.0:
+        raise BadMessage("bad_price", f"price {value!r} outside [0, 1]")
+    return x
+
+
+def complement(p: float) -> float:
+    """1 - p, rounded so that venue decimals stay decimals (1 - 0.41 is 0.59)."""
+    return round(1.0 - p, 10)
+
+
+def text(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise BadMessage("bad_message", f"{what}: expected a non-empty string, got {value!r}")
+    return value
+
+
+def ms_time(value: Any) -> float:
+    """Unix seconds from a millisecond timestamp (number or string)."""
+    x = number(value, "bad_timestamp")
+    if x <= 0:
+        raise BadMessage("bad_timestamp", f"timestamp {value!r}")
+    return x / 1000.0
+
+
+@dataclass(slots=True)
+class Quote:
+    """The top of one market's YES book: what a tick is made of."""
+
+    bid: float | None
+    ask: float | None
+    depth: float | None = None
+
+
+class TickMaker:
+    """Per market: a tick only when the top of the book moved or a trade printed, with
+    event times that never go back. Shared by the venue codecs."""
+
+    def __init__(self) -> None:
+        self._last_quote: dict[str, tuple[float | None, float | None]] = {}
+        self._last_ts: dict[str, float] = {}
+
+    def reset(self) -> None:
+        """A new connection: the first quote of each market is news again."""
+        self._last_quote.clear()
+
+    def forget(self, market: str) -> None:
+        self._last_quote.pop(market, None)
+
+    def quote(self, market: str, ts: float, quote: Quote, last: float | None,
+              out: Decoded) -> None:
+        """A book update: a tick if the best bid or ask changed."""
+        key = (quote.bid, quote.ask)
+        if self._last_quote.get(market) == key:
+            return
+        self._emit(market, ts, quote, last, out, key)
+
+    def trade(self, market: str, ts: float, price: float, quote: Quote | None,
+              out: Decoded) -> None:
+        """A trade: always a price observation."""
+        q = quote or Quote(None, None)
+        self._emit(market, ts, q, price, out, (q.bid, q.ask))
+
+    def _emit(self, market: str, ts: float, q: Quote, last: float | None, out: Decoded,
+              key: tuple[float | None, float | None]) -> None:
+        bid, ask = q.bid, q.ask
+        if bid is not None and ask is not None and bid > ask:
+            out.rejected.append("crossed_book")
+            return
+        if bid is not None and ask is not None:
+            price = 0.5 * (bid + ask)
+        elif last is not None:
+            # One side only: the last print, kept inside what the book allows.
+            price = max(last, bid) if bid is not None else last
+            price = min(price, ask) if ask is not None else price
+        elif bid is not None or ask is not None:
+            price = bid if bid is not None else ask  # type: ignore[assignment]
+        else:
+            return  # an empty book says nothing about the price
+        prev = self._last_ts.get(market)
+        if prev is not None and ts < prev:
+            if ts < prev - TS_TOLERANCE_S:
+                out.rejected.append("out_of_order")
+                return
+            ts = prev
+        self._last_ts[market] = ts
+        self._last_quote[market] = key
+        out.ticks.append(Tick(market, ts, price, bid, ask, q.depth))

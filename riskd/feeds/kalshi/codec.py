@@ -1,0 +1,317 @@
+"""Kalshi websocket v2: frames in, YES ticks and venue events out. Pure.
+
+Channels `ticker` (no sequence numbers) and `orderbook_delta` (a snapshot, then
+deltas, numbered per subscription `sid` by `seq`: a gap means the book can no longer
+be trusted, so the codec drops those books and asks, in its replies, to unsubscribe
+and subscribe again; the markets send no book ticks until the new snapshot).
+Books are bids only, per side: the YES ask is 1 - the best NO bid. Prices come as
+legacy integer cents (`price`, `yes_bid`, `[cents, count]` levels) and/or dollar
+strings (`price_dollars`, `yes_dollars`, `yes_dollars_fp`, `delta_fp`); the dollar
+fields win when both are sent.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from riskd.feeds.base import MarketEvent
+from riskd.feeds.codec import (
+    BadMessage,
+    Decoded,
+    Quote,
+    TickMaker,
+    complement,
+    number,
+    probability,
+    text,
+)
+from riskd.markets import Market
+
+SEQUENCED = frozenset({"orderbook_snapshot", "orderbook_delta"})
+IGNORED = frozenset({"ok", "unsubscribed", "list_subscriptions"})
+RESOLVED_EVENTS = frozenset({"determined", "settled"})
+# Channels that take no market list (they cover every market).
+ALL_MARKET_CHANNELS = frozenset({"market_lifecycle_v2"})
+
+
+@dataclass
+class Book:
+    yes: dict[float, float] = field(default_factory=dict)  # YES bids: price -> contracts
+    no: dict[float, float] = field(default_factory=dict)  # NO bids
+
+    def quote(self) -> Quote:
+        bid = max(self.yes) if self.yes else None
+        no_bid = max(self.no) if self.no else None
+        ask = None if no_bid is None else complement(no_bid)
+        sizes = [s for s in (self.yes.get(bid) if bid is not None else None,
+                             self.no.get(no_bid) if no_bid is not None else None)
+                 if s is not None]
+        return Quote(bid, ask, min(sizes) if sizes else None)
+
+
+@dataclass
+class Subscription:
+    channel: str
+    tickers: list[str]
+
+
+def price(msg: dict[str, Any], name: str) -> float | None:
+    """A price field as dollars, from `<name>_dollars` or legacy cents `<name>`."""
+    for key in (f"{name}_dollars", f"{name}_dollars_fp"):
+        if msg.get(key) not in (None, ""):
+            return probability(msg[key])
+    if msg.get(name) is not None:
+        return probability(number(msg[name], "bad_price") / 100.0)
+    return None
+
+
+def quantity(msg: dict[str, Any], name: str) -> float:
+    for key in (f"{name}_fp", name):
+        if msg.get(key) is not None:
+            return number(msg[key], "bad_size")
+    raise BadMessage("bad_message", f"no {name}")
+
+
+def event_time(msg: dict[str, Any], received: float) -> float:
+    """`ts_ms` (ms), else `ts` (unix seconds or ISO 8601), else `received`."""
+    if msg.get("ts_ms") is not None:
+        return number(msg["ts_ms"], "bad_timestamp") / 1000.0
+    ts = msg.get("ts")
+    if ts is None:
+        return received
+    if isinstance(ts, str) and not ts.replace(".", "", 1).isdigit():
+        try:
+            return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            raise BadMessage("bad_timestamp", f"ts {ts!r}") from None
+    x = number(ts, "bad_timestamp")
+    return x / 1000.0 if x > 1e11 else x  # milliseconds sent in `ts`
+
+
+def levels(msg: dict[str, Any], side: str) -> dict[float, float]:
+    """A snapshot side: `<side>_dollars_fp` / `<side>_dollars` ([dollars, count]) or
+    legacy `<side>` ([cents, count])."""
+    for key, cents in ((f"{side}_dollars_fp", False), (f"{side}_dollars", False), (side, True)):
+        raw = msg.get(key)
+        if raw is None:
+            continue
+        if not isinstance(raw, list):
+            raise BadMessage("bad_message", f"{key}: expected a list")
+        book: dict[float, float] = {}
+        for level in raw:
+            if not isinstance(level, list) or len(level) != 2:
+                raise BadMessage("bad_message", f"{key}: expected [price, count] pairs")
+            p = number(level[0], "bad_price")
+            p = probability(p / 100.0 if cents else p)
+            q = number(level[1], "bad_size")
+            if q > 0:
+                book[p] = q
+        return book
+    return {}
+
+
+class KalshiCodec:
+    """Tickers -> market ids; the subscriptions, sequence numbers and books of one
+    connection."""
+
+    def __init__(self, tickers: dict[str, str], channels: Iterable[str]) -> None:
+        self.tickers = tickers
+        self.channels = list(channels)
+        self.books: dict[str, Book] = {}
+        self.maker = TickMaker()
+        self.last_price: dict[str, float] = {}  # per ticker, from the ticker channel
+        self.subscriptions: dict[int, Subscription] = {}  # by sid
+        self.seq: dict[int, int] = {}
+        self._pending: dict[int, Subscription] = {}  # by command id
+        self._dropped: set[int] = set()  # sids unsubscribed after a gap
+        self._next_id = 1
+        self.resubscribes = 0
+        # The venue's clock: the latest `ts` seen. A message without one (a snapshot)
+        # is dated by it, so one market's ticks do not mix two clocks.
+        self.clock: float | None = None
+
+    @classmethod
+    def for_markets(cls, markets: Iterable[Market], channels: Iterable[str]) -> KalshiCodec:
+        codec = cls({}, channels)
+        codec.bind(markets)
+        return codec
+
+    def bind(self, markets: Iterable[Market]) -> None:
+        """Follow these markets' tickers (from the next connection on)."""
+        self.tickers = {m.kalshi_ticker: m.id for m in markets if m.kalshi_ticker}
+
+    def on_connect(self) -> list[str]:
+        self.books.clear()
+        self.maker.reset()
+        self.subscriptions.clear()
+        self.seq.clear()
+        self._pending.clear()
+        self._dropped.clear()
+        if not self.tickers:
+            return []
+        tickers = sorted(self.tickers)
+        return [self._command("subscribe", channel=ch, tickers=tickers) for ch in self.channels]
+
+    def _command(self, cmd: str, channel: str = "", tickers: list[str] | None = None,
+                 sid: int | None = None) -> str:
+        cid = self._next_id
+        self._next_id += 1
+        params: dict[str, Any]
+        if cmd == "subscribe":
+            self._pending[cid] = Subscription(channel, tickers or [])
+            params = {"channels": [channel]}
+            if channel not in ALL_MARKET_CHANNELS:
+                params["market_tickers"] = tickers
+        else:
+            params = {"sids": [sid]}
+        return json.dumps({"id": cid, "cmd": cmd, "params": params})
+
+    def decode(self, frame: str | bytes, received: float) -> Decoded:
+        out = Decoded()
+        try:
+            doc = json.loads(frame)
+        except ValueError:
+            out.rejected.append("bad_json")
+            return out
+        try:
+            self._message(doc, received, out)
+        except BadMessage as exc:
+            out.rejected.append(exc.reason)
+        return out
+
+    # --- one message ----------------------------------------------------------------
+
+    def _message(self, doc: Any, received: float, out: Decoded) -> None:
+        if not isinstance(doc, dict):
+            raise BadMessage("bad_message", "expected an object")
+        kind = doc.get("type")
+        msg = doc.get("msg")
+        if kind in IGNORED:
+            return
+        if kind == "subscribed":
+            self._subscribed(doc)
+            return
+        if kind == "error":
+            raise BadMessage("venue_error", str(msg))
+        if not isinstance(msg, dict):
+            raise BadMessage("bad_message", "msg: expected an object")
+        if kind in SEQUENCED and not self._in_sequence(doc, out):
+            return
+        if kind == "market_lifecycle_v2":
+            self._lifecycle(msg, received, out)
+            return
+        ticker = text(msg.get("market_ticker"), "market_ticker")
+        market = self.tickers.get(ticker)
+        if market is None:
+            raise BadMessage("unknown_ticker", ticker)
+        ts = event_time(msg, math.nan)
+        if math.isnan(ts):
+            ts = received if self.clock is None else self.clock
+        else:
+            self.clock = ts if self.clock is None else max(self.clock, ts)
+        if kind == "orderbook_snapshot":
+            self.books[ticker] = Book(levels(msg, "yes"), levels(msg, "no"))
+            self.maker.forget(market)
+            self.maker.quote(market, ts, self.books[ticker].quote(), self.last_price.get(ticker),
+                             out)
+        elif kind == "orderbook_delta":
+            book = self.books.get(ticker)
+            if book is None:
+                return  # no snapshot yet (or a gap is being repaired): nothing to apply to
+            side = msg.get("side")
+            if side not in ("yes", "no"):
+                raise BadMessage("bad_message", f"side {side!r}")
+            p = price(msg, "price")
+            if p is None:
+                raise BadMessage("bad_message", "no price")
+            delta = quantity(msg, "delta")
+            levels_ = book.yes if side == "yes" else book.no
+            left = levels_.get(p, 0.0) + delta
+            if left > 1e-9:
+                levels_[p] = left
+            else:
+                levels_.pop(p, None)
+            self.maker.quote(market, ts, book.quote(), self.last_price.get(ticker), out)
+        elif kind == "ticker":
+            bid, ask, last = price(msg, "yes_bid"), price(msg, "yes_ask"), price(msg, "price")
+            # An empty side is sent as a bid of 0 or an ask of 1.
+            quote = Quote(bid if bid else None, ask if ask is not None and ask < 1.0 else None)
+            book = self.books.get(ticker)
+            if book is not None:
+                quote.depth = book.quote().depth
+            last = last if last else None  # 0: never traded
+            traded = last is not None and last != self.last_price.get(ticker)
+            if last is not None:
+                self.last_price[ticker] = last
+            if traded and last is not None:
+                self.maker.trade(market, ts, last, quote, out)
+            else:
+                self.maker.quote(market, ts, quote, last, out)
+        elif kind == "trade":
+            p = price(msg, "yes_price")
+            if p is None:
+                raise BadMessage("bad_message", "no yes_price")
+            book = self.books.get(ticker)
+            self.maker.trade(market, ts, p, None if book is None else book.quote(), out)
+        else:
+            raise BadMessage("unknown_event", f"type {kind!r}")
+
+    def _subscribed(self, doc: dict[str, Any]) -> None:
+        msg = doc.get("msg")
+        if not isinstance(msg, dict):
+            raise BadMessage("bad_message", "subscribed without msg")
+        sid = msg.get("sid")
+        if not isinstance(sid, int) or isinstance(sid, bool):
+            raise BadMessage("bad_message", f"sid {sid!r}")
+        cid = doc.get("id")
+        sub = self._pending.pop(cid, None) if isinstance(cid, int) else None
+        if sub is None:
+            sub = Subscription(str(msg.get("channel", "")), sorted(self.tickers))
+        self.subscriptions[sid] = sub
+
+    def _in_sequence(self, doc: dict[str, Any], out: Decoded) -> bool:
+        sid, seq = doc.get("sid"), doc.get("seq")
+        if not isinstance(seq, int) or isinstance(seq, bool) or not isinstance(sid, int):
+            raise BadMessage("bad_message", f"sid/seq {sid!r}/{seq!r}")
+        if sid in self._dropped:
+            return False  # still in flight from a subscription we dropped
+        if sid not in self.subscriptions:
+            # A book message before its `subscribed` confirmation: take it as ours.
+            if any(s.channel == "orderbook_delta" for s in self._pending.values()):
+                self.subscriptions[sid] = Subscription("orderbook_delta", sorted(self.tickers))
+            else:
+                return False  # not a book subscription of ours
+        last = self.seq.get(sid)
+        if last is not None and seq != last + 1:
+            out.rejected.append("seq_gap")
+            self._resubscribe(sid, out)
+            return False
+        self.seq[sid] = seq
+        return True
+
+    def _resubscribe(self, sid: int, out: Decoded) -> None:
+        sub = self.subscriptions.pop(sid)
+        self.seq.pop(sid, None)
+        self._dropped.add(sid)
+        for ticker in sub.tickers:
+            self.books.pop(ticker, None)
+            market = self.tickers.get(ticker)
+            if market is not None:
+                self.maker.forget(market)
+        self.resubscribes += 1
+        out.replies.append(self._command("unsubscribe", sid=sid))
+        out.replies.append(self._command("subscribe", channel=sub.channel, tickers=sub.tickers))
+
+    def _lifecycle(self, msg: dict[str, Any], received: float, out: Decoded) -> None:
+        ticker = msg.get("market_ticker")
+        market = self.tickers.get(ticker) if isinstance(ticker, str) else None
+        if market is None or msg.get("event_type") not in RESOLVED_EVENTS:
+            return  # lifecycle of markets we do not follow, or not an ending
+        raw = msg.get("determination_ts") or msg.get("settled_ts")
+        ts = number(raw, "bad_timestamp") if raw is not None else received
+        out.events.append(MarketEvent(market, ts, "resolved"))

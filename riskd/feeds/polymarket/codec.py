@@ -1,0 +1,299 @@
+"""Polymarket CLOB market channel: frames in, YES ticks and venue events out. Pure.
+
+One book per subscribed asset (token), from `book` snapshots and `price_change`
+updates (the batched `price_changes[]` form with `best_bid`/`best_ask`, and the
+older single-level forms); `best_bid_ask` and `last_trade_price` events;
+`tick_size_change` and `market_resolved` become venue events. Numbers arrive as
+strings and timestamps in milliseconds. Both tokens of a market map to its id: a
+NO price q is a YES probability 1 - q (the NO bid is 1 - the YES ask).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from riskd.feeds.base import MarketEvent
+from riskd.feeds.codec import (
+    BadMessage,
+    Decoded,
+    Quote,
+    TickMaker,
+    complement,
+    ms_time,
+    number,
+    probability,
+    text,
+)
+from riskd.markets import Market
+
+# Known events riskd does not use.
+IGNORED_EVENTS = frozenset({"new_market"})
+# Text frames that are not JSON: the answer to our PING, and the venue's complaint
+# about a bad subscription.
+PONG = frozenset({"PONG", "pong"})
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    market: str
+    no: bool  # the NO token: its prices are 1 - YES
+
+
+@dataclass
+class Book:
+    """One token's order book: price -> size per side."""
+
+    bids: dict[float, float] = field(default_factory=dict)
+    asks: dict[float, float] = field(default_factory=dict)
+    # The venue's own best bid/ask when it sends them (authoritative over the levels).
+    top: tuple[float | None, float | None] | None = None
+    complete: bool = False  # a snapshot arrived: the levels are the whole book
+
+    def set_level(self, side: str, price: float, size: float) -> None:
+        levels = self.bids if side == "BUY" else self.asks
+        if size > 0:
+            levels[price] = size
+        else:
+            levels.pop(price, None)
+
+    def quote(self) -> Quote | None:
+        """The top of this token's book, or None if it is not known."""
+        if self.top is not None:
+            bid, ask = self.top
+        elif self.complete:
+            bid = max(self.bids) if self.bids else None
+            ask = min(self.asks) if self.asks else None
+        else:
+            return None
+        sizes = [s for s in (self.bids.get(bid) if bid is not None else None,
+                             self.asks.get(ask) if ask is not None else None) if s is not None]
+        return Quote(bid, ask, min(sizes) if sizes else None)
+
+
+def _venue_top(bid_raw: Any, ask_raw: Any) -> tuple[float | None, float | None]:
+    """best_bid/best_ask as sent: 0 means no bid, 1 (or 0) means no ask."""
+    bid = probability(bid_raw) if bid_raw not in (None, "") else None
+    ask = probability(ask_raw) if ask_raw not in (None, "") else None
+    return (bid if bid else None, ask if ask and ask < 1.0 else None)
+
+
+def _yes(quote: Quote, no: bool) -> Quote:
+    if not no:
+        return quote
+    return Quote(None if quote.ask is None else complement(quote.ask),
+                 None if quote.bid is None else complement(quote.bid), quote.depth)
+
+
+class PolymarketCodec:
+    """Subscribed tokens -> market ids; keeps the books of one connection."""
+
+    def __init__(self, assets: dict[str, Binding], custom_feature_enabled: bool = True) -> None:
+        self.assets: dict[str, Binding] = {}
+        self.tokens: dict[str, list[str]] = {}  # market -> its subscribed tokens
+        self._set_assets(assets)
+        self.custom_feature_enabled = custom_feature_enabled
+        self.books: dict[str, Book] = {}
+        self.last_trade: dict[str, float] = {}  # per market, as YES
+        self.maker = TickMaker()
+
+    @classmethod
+    def for_markets(cls, markets: Iterable[Market], custom_feature_enabled: bool = True
+                    ) -> PolymarketCodec:
+        codec = cls({}, custom_feature_enabled)
+        codec.bind(markets)
+        return codec
+
+    def bind(self, markets: Iterable[Market]) -> None:
+        """Follow these markets' tokens (from the next connection on)."""
+        assets: dict[str, Binding] = {}
+        for m in markets:
+            if m.polymarket_yes_token:
+                assets[m.polymarket_yes_token] = Binding(m.id, no=False)
+            if m.polymarket_no_token:
+                assets[m.polymarket_no_token] = Binding(m.id, no=True)
+        self._set_assets(assets)
+
+    def _set_assets(self, assets: dict[str, Binding]) -> None:
+        self.assets = assets
+        self.tokens = {}
+        for token, binding in assets.items():
+            self.tokens.setdefault(binding.market, []).append(token)
+
+    def on_connect(self) -> list[str]:
+        self.books.clear()
+        self.maker.reset()
+        if not self.assets:
+            return []
+        sub: dict[str, Any] = {"assets_ids": sorted(self.assets), "type": "market"}
+        if self.custom_feature_enabled:
+            sub["custom_feature_enabled"] = True
+        return [json.dumps(sub)]
+
+    def decode(self, frame: str | bytes, received: float) -> Decoded:
+        out = Decoded()
+        if isinstance(frame, bytes):
+            try:
+                frame = frame.decode()
+            except UnicodeDecodeError:
+                out.rejected.append("bad_json")
+                return out
+        stripped = frame.strip()
+        if stripped in PONG:
+            return out
+        try:
+            doc = json.loads(stripped)
+        except ValueError:
+            # Not JSON: the venue's plain-text errors ("INVALID OPERATION") or garbage.
+            out.rejected.append("bad_json")
+            return out
+        events = doc if isinstance(doc, list) else [doc]
+        touched: dict[str, tuple[float, str]] = {}  # market -> (ts, token) of its last update
+        for event in events:
+            try:
+                self._event(event, out, touched)
+            except BadMessage as exc:
+                out.rejected.append(exc.reason)
+        for market, (ts, token) in touched.items():
+            quote = self._quote(token)
+            if quote is None:
+                continue
+            self.maker.quote(market, ts, quote, self.last_trade.get(market), out)
+        return out
+
+    def _quote(self, token: str) -> Quote | None:
+        """The market's YES top of book: from this token's book, else its sibling's."""
+        binding = self.assets[token]
+        for t in (token, *self.tokens[binding.market]):
+            book = self.books.get(t)
+            quote = book.quote() if book is not None else None
+            if quote is not None:
+                return _yes(quote, self.assets[t].no)
+        return None
+
+    # --- one event ----------------------------------------------------------------
+
+    def _binding(self, event: dict[str, Any]) -> tuple[str, Binding]:
+        token = text(event.get("asset_id"), "asset_id")
+        binding = self.assets.get(token)
+        if binding is None:
+            raise BadMessage("unknown_asset", f"asset {token} is not subscribed")
+        return token, binding
+
+    def _event(self, event: Any, out: Decoded, touched: dict[str, tuple[float, str]]) -> None:
+        if not isinstance(event, dict):
+            raise BadMessage("bad_message", f"expected an object, got {type(event).__name__}")
+        kind = event.get("event_type")
+        if kind == "book":
+            self._book(event, touched)
+        elif kind == "price_change":
+            self._price_change(event, touched)
+        elif kind == "best_bid_ask":
+            token, binding = self._binding(event)
+            ts = ms_time(event.get("timestamp"))
+            book = self.books.setdefault(token, Book())
+            book.top = _venue_top(event.get("best_bid"), event.get("best_ask"))
+            touched[binding.market] = (ts, token)
+        elif kind == "last_trade_price":
+            token, binding = self._binding(event)
+            ts = ms_time(event.get("timestamp"))
+            price = probability(event.get("price"))
+            yes_price = complement(price) if binding.no else price
+            self.last_trade[binding.market] = yes_price
+            touched.pop(binding.market, None)  # the trade tick carries the book too
+            self.maker.trade(binding.market, ts, yes_price, self._quote(token), out)
+        elif kind == "tick_size_change":
+            _, binding = self._binding(event)
+            ts = ms_time(event.get("timestamp"))
+            tick = number(event.get("new_tick_size"), "bad_tick_size")
+            if not 0.0 < tick < 1.0:
+                raise BadMessage("bad_tick_size", f"tick size {tick}")
+            out.events.append(MarketEvent(binding.market, ts, "tick_size", tick_size=tick))
+        elif kind == "market_resolved":
+            ts = ms_time(event.get("timestamp"))
+            tokens = event.get("assets_ids") or []
+            if not isinstance(tokens, list):
+                raise BadMessage("bad_message", "assets_ids: expected a list")
+            tokens = tokens + [event.get("winning_asset_id")]
+            markets = {self.assets[t].market for t in tokens
+                       if isinstance(t, str) and t in self.assets}
+            if not markets:
+                raise BadMessage("unknown_asset", "market_resolved for no subscribed token")
+            for market in sorted(markets):
+                out.events.append(MarketEvent(market, ts, "resolved"))
+        elif kind in IGNORED_EVENTS:
+            return
+        else:
+            raise BadMessage("unknown_event", f"event_type {kind!r}")
+
+    def _book(self, event: dict[str, Any], touched: dict[str, tuple[float, str]]) -> None:
+        token, binding = self._binding(event)
+        ts = ms_time(event.get("timestamp"))
+        book = Book(complete=True)
+        for side, key in (("BUY", "bids"), ("SELL", "asks")):
+            levels = event.get(key)
+            if levels is None:
+                levels = event.get("buys" if key == "bids" else "sells", [])
+            if not isinstance(levels, list):
+                raise BadMessage("bad_message", f"{key}: expected a list")
+            for level in levels:
+                if not isinstance(level, dict):
+                    raise BadMessage("bad_message", f"{key}: expected price/size objects")
+                book.set_level(side, probability(level.get("price")),
+                               number(level.get("size"), "bad_size"))
+        last = event.get("last_trade_price")
+        if last not in (None, ""):
+            q = probability(last)
+            self.last_trade[binding.market] = complement(q) if binding.no else q
+        self.books[token] = book
+        touched[binding.market] = (ts, token)
+
+    def _price_change(self, event: dict[str, Any], touched: dict[str, tuple[float, str]]
+                      ) -> None:
+        ts = ms_time(event.get("timestamp"))
+        changes = event.get("price_changes")
+        if changes is not None:  # the batched form (since Sept 2025)
+            if not isinstance(changes, list):
+                raise BadMessage("bad_message", "price_changes: expected a list")
+            parsed = []
+            for change in changes:
+                if not isinstance(change, dict):
+                    raise BadMessage("bad_message", "price_changes: expected objects")
+                token = text(change.get("asset_id"), "asset_id")
+                level = self._level(change)
+                top = None
+                if "best_bid" in change or "best_ask" in change:
+                    top = _venue_top(change.get("best_bid"), change.get("best_ask"))
+                parsed.append((token, level, top))
+            # All or nothing: a bad entry leaves the books as they were.
+            for token, (side, price, size), top in parsed:
+                binding = self.assets.get(token)
+                if binding is None:
+                    continue  # the other token of a market we follow by one token only
+                book = self.books.setdefault(token, Book())
+                book.set_level(side, price, size)
+                book.top = top
+                touched[binding.market] = (ts, token)
+            return
+        token, binding = self._binding(event)
+        if "changes" in event:  # 2024: one token, several levels
+            raw = event["changes"]
+            if not isinstance(raw, list) or not all(isinstance(c, dict) for c in raw):
+                raise BadMessage("bad_message", "changes: expected a list of objects")
+            levels = [self._level(c) for c in raw]
+        else:  # the single-level form
+            levels = [self._level(event)]
+        book = self.books.setdefault(token, Book())
+        for side, price, size in levels:
+            book.set_level(side, price, size)
+        book.top = None
+        touched[binding.market] = (ts, token)
+
+    @staticmethod
+    def _level(change: dict[str, Any]) -> tuple[str, float, float]:
+        side = change.get("side")
+        if side not in ("BUY", "SELL"):
+            raise BadMessage("bad_message", f"side {side!r}")
+        return side, probability(change.get("price")), number(change.get("size"), "bad_size")

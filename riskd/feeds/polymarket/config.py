@@ -1,0 +1,25 @@
+"""`[feed.polymarket]`: the CLOB market channel and the Gamma metadata API."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from riskd.feeds.settings import ConnectionSettings
+
+POLYMARKET_WS_URL = "wss://ws-subscriptions-clob.polymarket.com/ws/market"
+GAMMA_URL = "https://gamma-api.polymarket.com"
+
+
+class PolymarketSettings(ConnectionSettings):
+    url: str = POLYMARKET_WS_URL
+    gamma_url: str = GAMMA_URL
+    # The venue drops connections that send nothing: a text "PING" every 10 s
+    # (answered by "PONG", which also keeps the read timeout from firing).
+    ping_interval_s: float = Field(10.0, gt=0.0)
+    read_timeout_s: float = Field(30.0, gt=0.0)
+    # best_bid_ask, new_market and market_resolved events.
+    custom_feature_enabled: bool = True
+    # Markets to follow besides those of the markets file: condition ids (0x...),
+    # CLOB token ids or slugs, looked up on Gamma (needs [feed] metadata = true).
+    markets: list[str] = Field(default_factory=list)
+    gamma_page_size: int = Field(100, ge=1, le=500)

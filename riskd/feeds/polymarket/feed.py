@@ -1,0 +1,58 @@
+"""Polymarket's live feed: the CLOB market channel, markets looked up on Gamma."""
+
+from __future__ import annotations
+
+import random
+from typing import TYPE_CHECKING
+
+import aiohttp
+
+from riskd.feeds.connection import WebsocketFeed
+from riskd.feeds.metadata import fetch_polymarket, listing_events, merge, split_polymarket_ids
+from riskd.feeds.polymarket.codec import PolymarketCodec
+from riskd.feeds.polymarket.config import PolymarketSettings
+from riskd.markets import Market
+
+if TYPE_CHECKING:
+    from riskd.metrics import Metrics
+
+
+class PolymarketFeed(WebsocketFeed):
+    codec: PolymarketCodec
+
+    def __init__(
+        self,
+        settings: PolymarketSettings,
+        markets: dict[str, Market],
+        *,
+        url: str = "",
+        metadata: bool = True,
+        metrics: Metrics | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        codec = PolymarketCodec.for_markets(markets.values(), settings.custom_feature_enabled)
+        super().__init__("polymarket", url or settings.url, codec, settings, metrics,
+                         ping_text="PING", ping_interval_s=settings.ping_interval_s, rng=rng)
+        self.cfg = settings
+        self.markets = dict(markets)
+        self.metadata = metadata
+
+    async def prepare(self) -> None:
+        if not self.metadata:
+            return
+        tokens, conditions, slugs = split_polymarket_ids(self.cfg.markets)
+        tokens += [t for m in self.markets.values()
+                   for t in (m.polymarket_yes_token, m.polymarket_no_token) if t]
+        if not (tokens or conditions or slugs):
+            return
+        timeout = aiohttp.ClientTimeout(total=self.cfg.http_timeout_s)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            lookup = await fetch_polymarket(session, self.cfg.gamma_url, token_ids=tokens,
+                                            condition_ids=conditions, slugs=slugs,
+                                            page_size=self.cfg.gamma_page_size)
+        for reason, n in lookup.rejected.items():
+            self.count(reason, n)
+        merged = merge(self.markets, lookup.markets)
+        self._events += listing_events(self.markets, merged, self.now())
+        self.markets = merged
+        self.codec.bind(merged.values())

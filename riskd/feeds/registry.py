@@ -1,0 +1,87 @@
+"""Live feeds by name (`[feed] kind`), each market id bound to one feed."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from riskd.config import ConfigError, Settings
+from riskd.feeds.connection import WebsocketFeed
+from riskd.markets import Market
+
+if TYPE_CHECKING:
+    from riskd.metrics import Metrics
+
+Builder = Callable[[Settings, dict[str, Market], str, "Metrics | None"], WebsocketFeed]
+
+
+def _polymarket(settings: Settings, markets: dict[str, Market], url: str,
+                metrics: Metrics | None) -> WebsocketFeed:
+    from riskd.feeds.polymarket.feed import PolymarketFeed
+
+    cfg = settings.feed
+    if not markets and not (cfg.metadata and cfg.polymarket.markets):
+        raise ConfigError("feed.kind = polymarket: no market to follow; bind markets in the "
+                          "markets file (polymarket_yes_token / polymarket_no_token) or list "
+                          "them in [feed.polymarket] markets (with [feed] metadata = true)")
+    return PolymarketFeed(cfg.polymarket, markets, url=url, metadata=cfg.metadata,
+                          metrics=metrics)
+
+
+def _kalshi(settings: Settings, markets: dict[str, Market], url: str,
+            metrics: Metrics | None) -> WebsocketFeed:
+    from riskd.feeds.kalshi.auth import BadKey
+    from riskd.feeds.kalshi.feed import KalshiFeed
+
+    cfg = settings.feed
+    if not markets and not (cfg.metadata and cfg.kalshi.markets):
+        raise ConfigError("feed.kind = kalshi: no market to follow; bind markets in the "
+                          "markets file (kalshi_ticker) or list tickers in [feed.kalshi] "
+                          "markets (with [feed] metadata = true)")
+    try:
+        return KalshiFeed(cfg.kalshi, markets, url=url, metadata=cfg.metadata, metrics=metrics)
+    except BadKey as exc:
+        where = "private_key_path" if cfg.kalshi.private_key_path else "private_key"
+        raise ConfigError(f"feed.kalshi.{where}: {exc}") from None
+
+
+def _websocket(settings: Settings, markets: dict[str, Market], url: str,
+               metrics: Metrics | None) -> WebsocketFeed:
+    from riskd.feeds.websocket.feed import GenericWebsocketFeed
+
+    feed = GenericWebsocketFeed(settings.feed.websocket, url=url, metrics=metrics)
+    if not feed.url:
+        raise ConfigError("feed.kind = websocket: set [feed.websocket] url (or [feed] url)")
+    return feed
+
+
+BUILDERS: dict[str, Builder] = {"polymarket": _polymarket, "kalshi": _kalshi,
+                                "websocket": _websocket}
+
+# Which markets a venue can serve: those with its ids. The generic feed sends its
+# own market ids, so nothing is bound to it.
+BINDS: dict[str, Callable[[Market], bool]] = {
+    "polymarket": lambda m: bool(m.polymarket_yes_token or m.polymarket_no_token),
+    "kalshi": lambda m: bool(m.kalshi_ticker),
+    "websocket": lambda m: False,
+}
+
+
+def live_feeds(settings: Settings, markets: dict[str, Market], metrics: Metrics | None = None
+               ) -> list[WebsocketFeed]:
+    """One feed per live kind; a market with ids on several venues goes to the first."""
+    cfg = settings.feed
+    kinds = cfg.kinds()
+    follow = set(cfg.markets)
+    unknown = sorted(follow - markets.keys())
+    if unknown:
+        raise ConfigError(f"feed.markets: not in the markets file: {', '.join(unknown)}")
+    pool = {mid: m for mid, m in markets.items() if not follow or mid in follow}
+    feeds: list[WebsocketFeed] = []
+    taken: set[str] = set()
+    for kind in kinds:
+        bound = {mid: m for mid, m in pool.items() if mid not in taken and BINDS[kind](m)}
+        taken |= bound.keys()
+        feeds.append(BUILDERS[kind](settings, bound, cfg.url if len(kinds) == 1 else "",
+                                    metrics))
+    return feeds
