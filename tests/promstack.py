@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 import pytest
 import yaml
-from conftest import REPO, clean_env, free_port, write_config
+from conftest import FED_CSV, REPO, clean_env, free_port, write_config
 from prometheus_client.parser import text_string_to_metric_families
 
 DASHBOARD = REPO / "grafana" / "dashboards" / "riskd.json"
@@ -250,6 +250,19 @@ class Exposition:
             for s in family.samples:
                 labels.setdefault(s.name, set()).update(k for k in s.labels if k != "le")
         return cls(names, labels, types)
+
+
+def broken_tape(path: Path) -> Path:
+    """The Fed tape plus rows the tape reader and the engine reject."""
+    rows = FED_CSV.read_text(encoding="utf-8").rstrip("\n").split("\n")
+    rows += [
+        "2025-12-07T05:00:00Z,fed-dec2025-nochange-poly,1.5,,,",  # bad_price (tape)
+        "2025-12-07T05:00:00Z,fed-dec2025-nochange-kalshi,0.07,0.09,0.05,",  # bad_bid_ask
+        "2025-12-07T05:00:00Z,not-a-listed-market,0.5,,,",  # unknown_market (engine)
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return path
 
 
 # --- waiting ----------------------------------------------------------------------

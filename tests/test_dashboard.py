@@ -22,6 +22,7 @@ from promstack import (
     Exposition,
     Riskd,
     alert_rules,
+    broken_tape,
     dashboard_queries,
     datasource_uid,
     load_dashboard,
@@ -32,7 +33,6 @@ from promstack import (
     variables_used,
     wait_for,
 )
-from test_monitoring import _broken_tape
 
 COMPOSE = DASHBOARD.parents[2] / "docker-compose.yml"
 
@@ -43,7 +43,7 @@ def exposition(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exposition]
     HTTP and reloaded its config: every family riskd declares, most with samples."""
     base = tmp_path_factory.mktemp("exposition")
     exchange = Exchange()
-    tape = _broken_tape(base / "tape" / "fed.csv")
+    tape = broken_tape(base / "tape" / "fed.csv")
     daemon = Riskd(base, merge(base_config(base, free_port()), {
         "feed": {"path": str(tape)},
         "publisher": {"http": {"url": exchange.url, "secret": "dashboard-test"}},
