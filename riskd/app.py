@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import orjson
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
@@ -24,9 +25,11 @@ from riskd.feeds.base import EventSource, Feed, MarketEvent
 from riskd.feeds.replay import ReplayFeed
 from riskd.markets import Market, load_markets, parse_markets
 from riskd.metrics import Metrics
+from riskd.overrides import OverrideError, OverrideStore
 from riskd.publish.base import Batch, Publisher
-from riskd.publish.http import HttpPublisher
+from riskd.publish.http import DeliveryPolicy, HttpPublisher
 from riskd.publish.jsonl import JsonlPublisher
+from riskd.publish.websocket import WebsocketPublisher
 from riskd.server import make_app
 from riskd.timeutil import iso, parse_iso
 
@@ -67,6 +70,14 @@ class Daemon:
         self.config_path = config_path
         markets = load_market_table(settings)
         self.engine = Engine(settings, markets, discover=settings.markets.discover)
+        # Admin overrides survive restarts: <[state] dir>/overrides.json (riskd/overrides.py).
+        self.overrides = OverrideStore(settings.state.dir)
+        try:
+            self.engine.overrides = self.overrides.load()
+        except OverrideError as exc:
+            raise ConfigError(f"state.dir: {exc}") from None
+        self.stream: WebsocketPublisher | None = None
+        self.reload_error: str | None = None  # why the last reload was refused
         self.metrics = Metrics(CollectorRegistry())
         self.metrics.watch(self.engine, settings.server.max_market_series)
         self.feeds = make_feeds(settings, self.metrics, markets)
@@ -88,8 +99,19 @@ class Daemon:
             pubs.append(JsonlPublisher(cfg.jsonl.path, self.metrics, cfg.jsonl.fsync))
         if cfg.http is not None:
             pubs.append(HttpPublisher(cfg.http.url, cfg.http.secret_bytes(), cfg.instance,
-                                      self.metrics, cfg.http.timeout_s))
+                                      self.metrics, cfg.http.timeout_s,
+                                      DeliveryPolicy.from_settings(cfg.http)))
+        if cfg.websocket is not None:
+            self.stream = WebsocketPublisher(cfg.websocket, self.metrics, self.stream_snapshot)
+            pubs.append(self.stream)
         return pubs
+
+    def stream_snapshot(self) -> bytes:
+        """What a /v1/stream client gets on connect: every current set, marked snapshot."""
+        return orjson.dumps({
+            "source": "riskd", "instance": self.settings.publisher.instance, "seq": self.seq,
+            "generated_at": self.now_iso(), "snapshot": True,
+            "params": list(self.engine.current.values())})
 
     # --- clock and health -------------------------------------------------
 
@@ -190,7 +212,7 @@ class Daemon:
         if result.entries:
             self._log_mode_changes(result.entries)
             self._publish(Batch(self.settings.publisher.instance, self.seq + 1, iso(now),
-                                result.entries))
+                                result.entries, tightened=result.tightened_markets))
 
     def _log_mode_changes(self, entries: list[dict[str, Any]]) -> None:
         """One event per market whose published mode changed, with its reasons."""
@@ -227,7 +249,9 @@ class Daemon:
             log.error("config reload rejected, keeping the old config:\n%s", exc,
                       extra={"reason": "invalid_config"})
             self.metrics.reloads.labels("error").inc()
+            self.reload_error = str(exc)
             return False
+        self.reload_error = None
         self.engine.reconfigure(settings)
         self.settings = settings
         self.metrics.reloads.labels("ok").inc()
@@ -290,9 +314,9 @@ class Daemon:
             task.cancel()
         await asyncio.gather(feed_task, cycle_task, return_exceptions=True)
         self.cycle()
-        deadline = SHUTDOWN_DEADLINE_S
+        # All at once: a hanging exchange never eats the audit log's or the stream's time.
+        await asyncio.gather(*(pub.drain(SHUTDOWN_DEADLINE_S) for pub in self.publishers))
         for pub in self.publishers:
-            await pub.drain(deadline / max(1, len(self.publishers)))
             await pub.close()
         if runner is not None:
             await runner.cleanup()

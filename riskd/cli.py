@@ -33,6 +33,17 @@ def _parser() -> argparse.ArgumentParser:
     bt.add_argument("--plot", type=Path, metavar="OUT.png", help="write a PNG of the first market")
     bt.add_argument("--settle", action=argparse.BooleanOptionalAction, default=None,
                     help="settle at the outcome at resolution (default: when outcomes are known)")
+    ex = sub.add_parser("explain", help="why a market has its current parameters")
+    ex.add_argument("market")
+    ex.add_argument("--url", help="the daemon's API (default: [server] host and port of -c)")
+    ex.add_argument("-c", "--config", type=Path)
+    ex.add_argument("--json", action="store_true", help="print the JSON document")
+    rc = sub.add_parser("receiver", help="run the reference exchange receiver")
+    from riskd.receiver import add_arguments
+
+    add_arguments(rc)
+    rc.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                    default="info")
     return parser
 
 
@@ -47,6 +58,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings = load_settings(args.config)
             print(json.dumps(masked(settings), indent=2))
             return 0
+        if args.command == "explain":
+            return _explain(args)
+        if args.command == "receiver":
+            return _receiver(args)
     except USER_ERRORS as exc:
         print(f"riskd: {exc}", file=sys.stderr)
         return 2
@@ -102,9 +117,62 @@ def _run(config: Path | None) -> int:
     return asyncio.run(go())
 
 
+def _explain(args: argparse.Namespace) -> int:
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    from riskd.explain import format_text
+
+    url = args.url
+    if url is None:
+        server = load_settings(args.config).server
+        host = "127.0.0.1" if server.host in ("0.0.0.0", "::", "") else server.host
+        url = f"http://{host}:{server.port}"
+    target = f"{url.rstrip('/')}/v1/explain/{urllib.parse.quote(args.market, safe='')}"
+    try:
+        with urllib.request.urlopen(target, timeout=10) as resp:
+            doc = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            detail = json.loads(exc.read()).get("error", exc.reason)
+        except ValueError:
+            detail = exc.reason
+        print(f"riskd: {target}: {exc.code} {detail}", file=sys.stderr)
+        return 2 if exc.code == 404 else 1
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        print(f"riskd: cannot reach the daemon at {url}: {reason}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        sys.stdout.write(format_text(doc))
+    return 0
+
+
+def _receiver(args: argparse.Namespace) -> int:
+    from riskd import logs
+    from riskd.receiver import ReceiverError, config_from_args, serve
+
+    try:
+        cfg = config_from_args(args)
+    except ReceiverError as exc:
+        print(f"riskd: {exc}", file=sys.stderr)
+        return 2
+    logs.setup(args.log_level, "text", [cfg.secret.decode(errors="replace")])
+    try:
+        return asyncio.run(serve(cfg, args.host, args.port, args.path))
+    except ReceiverError as exc:
+        print(f"riskd: {exc}", file=sys.stderr)
+        return 2
+
+
 def secret_values(settings: Settings) -> list[str]:
     """Every configured secret, for the log filter to mask wherever it appears."""
     values = [settings.server.admin_token.get_secret_value()]
+    if settings.publisher.websocket is not None:
+        values.append(settings.publisher.websocket.token.get_secret_value())
     http = settings.publisher.http
     if http is not None:
         values.append(http.secret.get_secret_value())

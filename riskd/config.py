@@ -171,6 +171,18 @@ class HttpPublisherSettings(Section):
     secret: SecretStr = SecretStr("")
     secret_file: Path | None = None
     timeout_s: float = Field(5.0, gt=0.0)
+    # Markets per request; more changed markets go in several requests, tightened first.
+    max_batch: int = Field(500, ge=1)
+    # Retries: capped exponential backoff with jitter, never sooner than Retry-After
+    # (itself capped at retry_after_max_s).
+    backoff_initial_s: float = Field(0.1, gt=0.0)
+    backoff_max_s: float = Field(10.0, gt=0.0)
+    retry_after_max_s: float = Field(60.0, ge=0.0)
+    # Circuit breaker: open after this many consecutive retryable failures, probe
+    # after circuit_reset_s (doubling up to circuit_max_reset_s while probes fail).
+    circuit_failures: int = Field(5, ge=1)
+    circuit_reset_s: float = Field(5.0, gt=0.0)
+    circuit_max_reset_s: float = Field(60.0, gt=0.0)
 
     @field_validator("secret_file")
     @classmethod
@@ -193,10 +205,20 @@ class HttpPublisherSettings(Section):
         return self.secret.get_secret_value().encode()
 
 
+class WebsocketPublisherSettings(Section):
+    """`/v1/stream` on the daemon's server: a snapshot on connect, then every batch."""
+
+    token: SecretStr = SecretStr("")  # empty: no token needed; else Authorization: Bearer
+    # Batches queued for one client; a client that falls further behind is disconnected.
+    max_backlog: int = Field(256, ge=1)
+    max_clients: int = Field(64, ge=1)
+
+
 class PublisherSettings(Section):
     instance: str = "riskd-a"
     jsonl: JsonlPublisherSettings | None = Field(default_factory=JsonlPublisherSettings)
     http: HttpPublisherSettings | None = None
+    websocket: WebsocketPublisherSettings | None = None
 
 
 class ServerSettings(Section):
@@ -205,6 +227,9 @@ class ServerSettings(Section):
     port: int = Field(8787, ge=0, le=65535)
     admin_token: SecretStr = SecretStr("")
     max_market_series: int = Field(10_000, ge=0)
+    # Admin overrides may only tighten relative to the model unless this is true;
+    # then an override with "loosen": true replaces the model's leverage target.
+    allow_loosen: bool = False
 
 
 class StateSettings(Section):
@@ -317,4 +342,6 @@ def _secret_paths(settings: Settings) -> list[tuple[str, ...]]:
     paths: list[tuple[str, ...]] = [("server", "admin_token"), ("feed", "kalshi", "private_key")]
     if settings.publisher.http is not None:
         paths.append(("publisher", "http", "secret"))
+    if settings.publisher.websocket is not None:
+        paths.append(("publisher", "websocket", "token"))
     return paths

@@ -17,6 +17,7 @@ from riskd.markets import Market
 from riskd.model import estimator, governor, parameters
 from riskd.model.governor import MODES, Conditions, GovernorState
 from riskd.model.parameters import SIDES, reason_names
+from riskd.overrides import Override
 from riskd.timeutil import iso
 
 DEFAULT_TICK_SIZE = 0.01
@@ -40,6 +41,7 @@ class CycleResult:
     now: float
     entries: list[dict[str, Any]]  # published sets, one per market that changed
     tightened: int  # markets tightened in this cycle
+    tightened_markets: frozenset[str] = frozenset()  # their ids: publishers send them first
 
 
 class Engine:
@@ -61,6 +63,7 @@ class Engine:
         self.max_slippage = np.zeros(0)
         self.fee_floor = np.zeros(0)
         self.current: dict[str, dict[str, Any]] = {}
+        self.overrides: dict[str, Override] = {}  # market id -> admin override
         self.last_targets: parameters.Targets | None = None
         self.now = float("-inf")  # the latest event time seen
         for market in markets.values():
@@ -168,7 +171,52 @@ class Engine:
             resolve_t=self.resolve_t[idx],
             warm=warm,
             fee_floor=self.fee_floor[idx],
+            **self._override_conditions(idx),
         )
+
+    def _overridden(self, idx: Index) -> list[tuple[int, Override]]:
+        """(row of `idx`, override) for each market of `idx` with an admin override."""
+        if not self.overrides:
+            return []
+        rows = None if idx is ALL else np.arange(len(self.ids))[idx]
+        out = []
+        for market, override in self.overrides.items():
+            i = self.index.get(market)
+            if i is None:
+                continue  # not (yet) known: applies once the market appears
+            if rows is None:
+                out.append((i, override))
+            else:
+                out.extend((int(k), override) for k in np.flatnonzero(rows == i))
+        return out
+
+    def _override_conditions(self, idx: Index) -> dict[str, np.ndarray]:
+        """Mode floors and leverage caps of the overrides (riskd/overrides.py)."""
+        found = self._overridden(idx)
+        if not found:
+            return {}
+        n = len(self.est.t[idx])
+        floor = np.zeros(n, np.int64)
+        cap = np.full((n, 2), np.inf)
+        pins = self.settings.server.allow_loosen
+        for k, override in found:
+            floor[k] = override.mode_floor()
+            if override.max_leverage is not None and not (override.loosen and pins):
+                cap[k] = override.max_leverage
+        return {"mode_floor": floor, "leverage_cap": cap}
+
+    def _leverage_pins(self, idx: Index) -> np.ndarray | None:
+        """Leverage targets of loosening overrides (nan: the model's), when allowed."""
+        if not self.settings.server.allow_loosen:
+            return None
+        found = [(k, o) for k, o in self._overridden(idx)
+                 if o.loosen and o.max_leverage is not None]
+        if not found:
+            return None
+        pin = np.full(len(self.est.t[idx]), np.nan)
+        for k, override in found:
+            pin[k] = override.max_leverage
+        return pin
 
     def inputs_at(self, now: float | np.ndarray, idx: Index = ALL) -> parameters.RiskInputs:
         est = self.est if idx is ALL else _take(self.est, idx)
@@ -179,7 +227,8 @@ class Engine:
         inp = self.inputs_at(now, idx)
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             tg = parameters.compute(inp, self.settings.model, self.max_leverage[idx],
-                                    self.max_slippage[idx], self.fee_floor[idx], detail=detail)
+                                    self.max_slippage[idx], self.fee_floor[idx], detail=detail,
+                                    leverage_pin=self._leverage_pins(idx))
         return inp, tg
 
     def govern(self, now: float | np.ndarray, idx: Index = ALL,
@@ -210,7 +259,9 @@ class Engine:
                    for k in np.flatnonzero(decision.publish)]
         for entry in entries:
             self.current[entry["market"]] = entry
-        return CycleResult(now=now, entries=entries, tightened=int(decision.tightened.sum()))
+        tightened = frozenset(self.ids[int(rows[k])] for k in np.flatnonzero(decision.tightened))
+        return CycleResult(now=now, entries=entries, tightened=len(tightened),
+                           tightened_markets=tightened)
 
     def _entry(self, i: int, inp: parameters.RiskInputs, k: int) -> dict[str, Any]:
         """Market i's published set; row k of `inp` holds its inputs."""

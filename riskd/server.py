@@ -1,4 +1,5 @@
-"""The daemon's HTTP API: health, readiness, current parameters, Prometheus metrics."""
+"""The daemon's HTTP API: health, readiness, current parameters, Prometheus metrics,
+explain, the admin API (riskd/admin.py) and the stream (riskd/publish/websocket.py)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from riskd import admin
+from riskd.explain import explain
 
 if TYPE_CHECKING:
     from riskd.app import Daemon
@@ -21,6 +25,10 @@ def make_app(daemon: Daemon) -> web.Application:
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/v1/params", params_all)
     app.router.add_get("/v1/params/{market}", params_one)
+    app.router.add_get("/v1/explain/{market}", explain_one)
+    admin.add_routes(app, DAEMON)
+    if daemon.stream is not None:
+        app.router.add_get("/v1/stream", daemon.stream.handle)
     return app
 
 
@@ -61,5 +69,14 @@ async def params_one(request: web.Request) -> web.Response:
     if entry is None:
         return _json({"error": f"unknown market {market!r}"}, 404)
     return _json(entry)
+
+
+async def explain_one(request: web.Request) -> web.Response:
+    market = request.match_info["market"]
+    daemon = request.app[DAEMON]
+    doc = explain(daemon.engine, market, daemon.now())
+    if doc is None:
+        return _json({"error": f"unknown market {market!r}"}, 404)
+    return _json(doc)
 
 

@@ -98,6 +98,7 @@ def compute(
     max_slippage: np.ndarray,
     fee_floor: np.ndarray,
     detail: bool = False,
+    leverage_pin: np.ndarray | None = None,
 ) -> Targets:
     """Section 4 for all markets at once."""
     q = scenarios.resolution_probability(inp.h, inp.tau, cfg.h_min_s)
@@ -120,6 +121,9 @@ def compute(
         es_side = np.sum(loss * w, axis=1)
         margin = np.clip(es_side, cfg.m_floor * value, value)
         lev_side = np.clip(value / margin, 1.0, max_leverage)
+        if leverage_pin is not None:  # an operator's loosening override (riskd/overrides.py)
+            lev_side = np.where(np.isnan(leverage_pin), lev_side,
+                                np.clip(leverage_pin, 1.0, max_leverage))
         im_side = value / lev_side
         debt = value - im_side
         # The lender's loss past the bankruptcy price: the fair put premium (section 4).
@@ -142,6 +146,8 @@ def compute(
     reasons |= np.where(np.minimum(inp.p, 1 - inp.p) < 0.05, BIT["extreme_probability"], 0)
     reasons |= np.where(inp.sigma > 4.0 * cfg.sigma_prior, BIT["high_volatility"], 0)
     reasons |= np.where(inp.h > cfg.liquidation_horizon_s, BIT["thin_market"], 0)
+    if leverage_pin is not None:
+        reasons |= np.where(np.isnan(leverage_pin), 0, BIT["config_override"])
     return Targets(
         max_leverage=lev, initial_margin=im, maintenance_margin=cfg.maintenance_ratio * im,
         fee_rate_hourly=fee, max_slippage=slip, q=q, reasons=reasons, es=es,

@@ -16,6 +16,9 @@ class Batch:
     seq: int
     generated_at: str
     params: list[dict[str, Any]]
+    # Markets whose set in this batch is tighter than their previous one (the
+    # governor's `Decision.tightened`): publishers send these first. Not in the body.
+    tightened: frozenset[str] = frozenset()
     _body: bytes | None = field(default=None, repr=False)
 
     def body(self) -> bytes:
@@ -54,3 +57,5 @@ class PublishStats(Protocol):
     """Where publishers report outcomes (the metrics module implements it)."""
 
     def published(self, publisher: str, result: str, latency_s: float | None) -> None: ...
+
+    def circuit(self, publisher: str, is_open: bool) -> None: ...

@@ -1,4 +1,21 @@
-"""HTTP publisher: signed POSTs of batches to the exchange, newest values coalesced."""
+"""HTTP publisher: signed POSTs of parameter sets to the exchange (interfaces.md).
+
+One request is in flight at a time. While it is in flight, retrying or waiting for
+the circuit breaker, newer sets replace older ones for the same market
+(coalescing), so an older set is never sent after a newer one and what waits is at
+most one set per market: memory is bounded by the market count, whatever the
+outage length. Markets whose newest set tightened go first, in requests of at most
+`max_batch` markets, ahead of any pure loosening. Every request takes the next
+`seq` (`Idempotency-Key: <instance>:<seq>`); `seq` is a plain attribute the state
+snapshot reads and restores before `start`.
+
+Outcomes are classified in riskd/publish/retry.py: 2xx delivered; 408, 429, 5xx,
+timeouts and connection errors retried with capped exponential backoff and
+jitter, never sooner than `Retry-After`; other 4xx permanent (logged with the
+response body, counted as `rejected`, not retried). After `circuit_failures`
+consecutive retryable failures the circuit opens: no request for
+`circuit_reset_s`, then one probe; its success closes the circuit.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +23,31 @@ import asyncio
 import hashlib
 import hmac
 import logging
-import random
 import time
-from typing import Any
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import orjson
 
 from riskd.publish.base import Batch, PublishStats
+from riskd.publish.retry import (
+    CircuitBreaker,
+    Outcome,
+    backoff,
+    classify_error,
+    classify_status,
+    error_reason,
+    retry_after,
+)
+
+if TYPE_CHECKING:
+    from riskd.config import HttpPublisherSettings
 
 log = logging.getLogger(__name__)
 
-RETRYABLE = {408, 429}
-BACKOFF_MIN_S = 0.1
-BACKOFF_MAX_S = 10.0
+BODY_LOG_CHARS = 500
 
 
 def sign(secret: bytes, timestamp: str, body: bytes) -> str:
@@ -28,26 +56,63 @@ def sign(secret: bytes, timestamp: str, body: bytes) -> str:
     return f"sha256={digest}"
 
 
-def backoff(attempt: int) -> float:
-    """Capped exponential delay with full jitter."""
-    return random.uniform(0.0, min(BACKOFF_MAX_S, BACKOFF_MIN_S * 2.0**attempt))
+@dataclass(frozen=True)
+class DeliveryPolicy:
+    """Batching, retry and circuit-breaker settings (`[publisher.http]`)."""
+
+    max_batch: int = 500
+    backoff_initial_s: float = 0.1
+    backoff_max_s: float = 10.0
+    retry_after_max_s: float = 60.0
+    circuit_failures: int = 5
+    circuit_reset_s: float = 5.0
+    circuit_max_reset_s: float = 60.0
+
+    @classmethod
+    def from_settings(cls, cfg: HttpPublisherSettings) -> DeliveryPolicy:
+        return cls(
+            max_batch=cfg.max_batch,
+            backoff_initial_s=cfg.backoff_initial_s,
+            backoff_max_s=cfg.backoff_max_s,
+            retry_after_max_s=cfg.retry_after_max_s,
+            circuit_failures=cfg.circuit_failures,
+            circuit_reset_s=cfg.circuit_reset_s,
+            circuit_max_reset_s=max(cfg.circuit_max_reset_s, cfg.circuit_reset_s),
+        )
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """What one request came to: its outcome, status (None without a response) and
+    the wait the exchange asked for."""
+
+    outcome: Outcome
+    status: int | None = None
+    retry_after_s: float | None = None
 
 
 class HttpPublisher:
-    """Sends every batch; while a send is in flight or retrying, newer values for the
-    same market replace older ones, so an older set is never sent after a newer one."""
+    """Sends the newest set of every market that changed, coalesced while busy."""
 
     name = "http"
 
     def __init__(self, url: str, secret: bytes, instance: str, stats: PublishStats,
-                 timeout_s: float = 5.0) -> None:
+                 timeout_s: float = 5.0, policy: DeliveryPolicy | None = None) -> None:
         self.url = url
         self._secret = secret
         self.instance = instance
         self.stats = stats
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self.seq = 0
+        self.policy = policy or DeliveryPolicy()
+        self.seq = 0  # the last seq sent; restored from the state snapshot before start
+        # market -> newest set not yet delivered; at most one per market.
         self._pending: dict[str, dict[str, Any]] = {}
+        # Pending markets whose newest set tightened (an ordered set): sent first.
+        self._tight: dict[str, None] = {}
+        # market -> highest version delivered: a set not newer is never sent.
+        self._delivered: dict[str, int] = {}
+        self.breaker = CircuitBreaker(self.policy.circuit_failures, self.policy.circuit_reset_s,
+                                      self.policy.circuit_max_reset_s)
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -56,6 +121,8 @@ class HttpPublisher:
         self._ok = True
         self._generated_at = ""
 
+    # --- the Publisher protocol ------------------------------------------------
+
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(timeout=self.timeout)
         self._task = asyncio.create_task(self._run(), name="publish-http")
@@ -63,13 +130,20 @@ class HttpPublisher:
     def submit(self, batch: Batch) -> None:
         self._generated_at = batch.generated_at  # the daemon clock: event time in replay
         for entry in batch.params:
-            self._pending[entry["market"]] = entry
+            market = entry["market"]
+            if entry["version"] <= self._delivered.get(market, 0):
+                continue
+            self._pending[market] = entry
+            # Sticky until sent: a newer set replacing a tightening one may be looser
+            # than it, but is still tighter than what the exchange holds.
+            if market in batch.tightened:
+                self._tight[market] = None
         if self._pending:
             self._idle.clear()
             self._wake.set()
 
     def healthy(self) -> bool:
-        return self._ok
+        return self._ok and not self.breaker.is_open
 
     async def drain(self, timeout: float) -> None:
         try:
@@ -85,31 +159,86 @@ class HttpPublisher:
         if self._session is not None:
             await self._session.close()
 
+    # --- inspection ------------------------------------------------------------
+
+    def backlog(self) -> int:
+        """Markets waiting to be sent (never more than the market count)."""
+        return len(self._pending)
+
+    # --- the sender -------------------------------------------------------------
+
+    def _take(self) -> dict[str, dict[str, Any]]:
+        """Up to max_batch pending markets, tightened ones first, oldest waiting first."""
+        limit = self.policy.max_batch
+        order: list[str] = list(self._tight)[:limit]
+        if len(order) < limit:
+            for market in self._pending:
+                if market not in self._tight:
+                    order.append(market)
+                    if len(order) == limit:
+                        break
+        taken = {m: self._pending.pop(m) for m in order}
+        for market in order:
+            self._tight.pop(market, None)
+        return taken
+
+    def _put_back(self, taken: dict[str, dict[str, Any]], tight: set[str]) -> None:
+        """After a retryable failure: what nothing newer replaced meanwhile waits again."""
+        for market, entry in taken.items():
+            if market not in self._pending:
+                self._pending[market] = entry
+                if market in tight:
+                    self._tight[market] = None
+            elif market in tight:
+                self._tight[market] = None
+
     async def _run(self) -> None:
-        attempt = 0
+        delays: Iterator[float] | None = None
         while True:
             if not self._pending:
                 self._idle.set()
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            taken, self._pending = self._pending, {}
-            self.seq += 1
-            result = await self._post(list(taken.values()))
-            if result == "retry":
-                # Put back only what nothing newer has replaced meanwhile.
+            wait = self.breaker.wait_s(time.monotonic())
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue
+            tight = set(self._tight)
+            taken = self._take()
+            attempt = await self._post(taken, bool(tight & taken.keys()))
+            if attempt.outcome is Outcome.RETRY:
+                self._put_back(taken, tight)
+                if self.breaker.failure(time.monotonic()):
+                    self.stats.circuit(self.name, True)
+                    log.error("http publisher: circuit open after %d consecutive failures",
+                              self.breaker.consecutive,
+                              extra={"publisher": self.name, "reason": "circuit_open"})
+                if delays is None:
+                    delays = backoff(self.policy.backoff_initial_s, self.policy.backoff_max_s)
+                delay = next(delays)
+                if attempt.retry_after_s is not None:
+                    delay = max(delay, attempt.retry_after_s)
+                # An open circuit waits in the loop above (and may wait longer).
+                await asyncio.sleep(delay)
+                continue
+            delays = None
+            # A permanent refusal still means the exchange is up and answering.
+            if self.breaker.success():
+                self.stats.circuit(self.name, False)
+                log.info("http publisher: circuit closed, the exchange answers again",
+                         extra={"publisher": self.name, "reason": "circuit_closed"})
+            if attempt.outcome is Outcome.DELIVERED:
                 for market, entry in taken.items():
-                    self._pending.setdefault(market, entry)
-                await asyncio.sleep(backoff(attempt))
-                attempt += 1
-            else:
-                attempt = 0
+                    self._delivered[market] = max(self._delivered.get(market, 0),
+                                                  int(entry["version"]))
 
-    async def _post(self, params: list[dict[str, Any]]) -> str:
+    async def _post(self, taken: dict[str, dict[str, Any]], tightens: bool) -> Attempt:
         assert self._session is not None
+        self.seq += 1
         body = orjson.dumps({
             "source": "riskd", "instance": self.instance, "seq": self.seq,
-            "generated_at": self._generated_at, "params": params,
+            "generated_at": self._generated_at, "params": list(taken.values()),
         })
         ts = str(int(time.time()))
         headers = {
@@ -118,31 +247,38 @@ class HttpPublisher:
             "X-Riskd-Timestamp": ts,
             "X-Riskd-Signature": sign(self._secret, ts, body),
         }
+        extra: dict[str, Any] = {"publisher": self.name, "seq": self.seq,
+                                 "markets": len(taken), "tightens": tightens}
         started = time.perf_counter()
         try:
             async with self._session.post(self.url, data=body, headers=headers) as resp:
-                text = await resp.text()
+                text = await resp.text(errors="replace")
                 status = resp.status
-        except (aiohttp.ClientError, TimeoutError) as exc:
+                wait_header = resp.headers.get("Retry-After")
+        except Exception as exc:
+            if classify_error(exc) is None:
+                raise
             self._ok = False
-            log.warning("http publish failed, will retry: %s", type(exc).__name__,
-                        extra={"publisher": self.name, "reason": type(exc).__name__})
-            self.stats.published(self.name, "retry", None)
-            return "retry"
+            reason = error_reason(exc)
+            level = logging.DEBUG if self.breaker.is_open else logging.WARNING
+            log.log(level, "http publish failed (%s), will retry", reason,
+                    extra={**extra, "reason": reason})
+            self.stats.published(self.name, Outcome.RETRY.value, None)
+            return Attempt(Outcome.RETRY)
         latency = time.perf_counter() - started
-        if 200 <= status < 300:
+        outcome = classify_status(status)
+        self.stats.published(self.name, outcome.value, latency)
+        extra["reason"] = f"http_{status}"
+        if outcome is Outcome.DELIVERED:
             self._ok = True
-            self.stats.published(self.name, "ok", latency)
-            return "ok"
-        if status in RETRYABLE or status >= 500:
-            self._ok = False
-            log.warning("http publish got %d, will retry", status,
-                        extra={"publisher": self.name, "reason": f"http_{status}"})
-            self.stats.published(self.name, "retry", latency)
-            return "retry"
+            return Attempt(outcome, status)
         self._ok = False
-        log.error("http publish rejected with %d: %s", status, text[:500],
-                  extra={"publisher": self.name, "reason": f"http_{status}"})
-        self.stats.published(self.name, "rejected", latency)
-        return "rejected"
-
+        if outcome is Outcome.RETRY:
+            wait = retry_after(wait_header, time.time(), self.policy.retry_after_max_s)
+            level = logging.DEBUG if self.breaker.is_open else logging.WARNING
+            log.log(level, "http publish got %d, will retry%s", status,
+                    f" after {wait:g} s (Retry-After)" if wait is not None else "", extra=extra)
+            return Attempt(outcome, status, wait)
+        log.error("http publish refused with %d (not retried): %s", status,
+                  text[:BODY_LOG_CHARS], extra=extra)
+        return Attempt(outcome, status)

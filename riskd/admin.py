@@ -1,0 +1,102 @@
+"""The admin API (interfaces.md): reload, per-market overrides. Every route needs
+`Authorization: Bearer <[server] admin_token>` (constant-time comparison); with
+no token configured the admin API is disabled (403)."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from riskd.auth import bearer_matches
+from riskd.overrides import OverrideError, parse_request
+
+if TYPE_CHECKING:
+    from riskd.app import Daemon
+
+log = logging.getLogger("riskd.admin")
+
+ACTOR_HEADER = "X-Riskd-Actor"  # who, for the audit trail (the token is shared)
+
+
+def add_routes(app: web.Application, daemon_key: web.AppKey[Daemon]) -> None:
+    handlers = _Handlers(daemon_key)
+    app.router.add_post("/v1/admin/reload", handlers.reload)
+    app.router.add_post("/v1/admin/override", handlers.override)
+    app.router.add_get("/v1/admin/overrides", handlers.overrides)
+
+
+def _error(message: str, status: int, **headers: str) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers or None)
+
+
+class _Handlers:
+    def __init__(self, daemon_key: web.AppKey[Daemon]) -> None:
+        self.key = daemon_key
+
+    def _authorized(self, request: web.Request) -> tuple[Daemon, web.Response | None]:
+        daemon = request.app[self.key]
+        token = daemon.settings.server.admin_token.get_secret_value()
+        if not token:
+            return daemon, _error("the admin API is disabled: set [server] admin_token", 403)
+        if not bearer_matches(request.headers.get("Authorization"), token):
+            log.warning("admin request refused: missing or wrong token",
+                        extra={"reason": "unauthorized", "path": request.path})
+            return daemon, _error("a valid bearer token is required", 401,
+                                  **{"WWW-Authenticate": "Bearer"})
+        return daemon, None
+
+    async def reload(self, request: web.Request) -> web.Response:
+        daemon, refused = self._authorized(request)
+        if refused is not None:
+            return refused
+        if daemon.reload():
+            return web.json_response({"reloaded": True})
+        return web.json_response({"reloaded": False, "error": daemon.reload_error},
+                                 status=422)
+
+    async def overrides(self, request: web.Request) -> web.Response:
+        daemon, refused = self._authorized(request)
+        if refused is not None:
+            return refused
+        return web.json_response({
+            "allow_loosen": daemon.settings.server.allow_loosen,
+            "overrides": {m: o.as_dict() for m, o in daemon.overrides.overrides.items()},
+        })
+
+    async def override(self, request: web.Request) -> web.Response:
+        daemon, refused = self._authorized(request)
+        if refused is not None:
+            return refused
+        try:
+            body: Any = await request.json()
+        except ValueError:
+            return _error("the body must be JSON", 400)
+        try:
+            market, override = parse_request(body)
+        except OverrideError as exc:
+            return _error(str(exc), 400)
+        engine = daemon.engine
+        if market not in engine.index and not (override is None
+                                               and market in daemon.overrides.overrides):
+            return _error(f"unknown market {market!r}", 404)
+        if override is not None and override.loosen and not daemon.settings.server.allow_loosen:
+            return _error("an override may only tighten: loosening needs "
+                          "[server] allow_loosen = true", 403)
+        actor = request.headers.get(ACTOR_HEADER) or f"admin@{request.remote}"
+        try:
+            before = daemon.overrides.set(market, override, actor)
+        except OSError as exc:
+            log.error("override not stored: %s", exc.strerror or exc,
+                      extra={"market": market, "reason": "override_not_persisted"})
+            return _error(f"cannot persist the override: {exc.strerror or exc}", 500)
+        engine.overrides = daemon.overrides.overrides
+        log.warning("override %s for %s by %s", "cleared" if override is None else "set",
+                    market, actor, extra={"market": market, "reason": "config_override"})
+        stored = daemon.overrides.overrides.get(market)
+        return web.json_response({
+            "market": market,
+            "override": stored.as_dict() if stored else None,
+            "previous": before.as_dict() if before else None,
+        })

@@ -1,0 +1,226 @@
+"""Why a market has its parameters: `GET /v1/explain/{market}` and `riskd explain`.
+
+Read-only: the model is evaluated for the one market at the daemon clock with the
+scenario-group detail (spec section 4), and the governor's conditions (section 5)
+are restated from the same state the next cycle will use.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from riskd.model.governor import MODES
+from riskd.model.parameters import SIDES, reason_names
+from riskd.model.scenarios import GROUP_NAMES
+from riskd.timeutil import iso
+
+if TYPE_CHECKING:
+    from riskd.engine import Engine
+
+
+def _num(x: float, digits: int = 6) -> float | None:
+    x = float(x)
+    return float(f"{x:.{digits}g}") if math.isfinite(x) else None
+
+
+def _time(t: float) -> str | None:
+    return iso(float(t)) if math.isfinite(float(t)) else None
+
+
+def explain(engine: Engine, market: str, now: float) -> dict[str, Any] | None:
+    """The explanation document of `market` at `now`; None if the market is unknown."""
+    i = engine.index.get(market)
+    if i is None:
+        return None
+    est = engine.est
+    meta = engine.meta[i]
+    doc: dict[str, Any] = {
+        "market": market,
+        "title": meta.title if meta else "",
+        "now": _time(now),
+        "event_at": _time(engine.event_t[i]),
+        "resolves_at": _time(engine.resolve_t[i]),
+        "published": engine.current.get(market),
+    }
+    doc["estimator"] = {
+        "ticks": int(est.ticks[i]),
+        "jumps": int(est.jumps[i]),
+        "last_tick_at": _time(est.t[i]),
+        "last_jump_at": _time(est.last_jump_t[i]),
+        "sigma2_per_s": _num(est.sigma2[i]),
+        "lambda_per_s": _num(est.lam[i]),
+        "J2": _num(est.J2[i]),
+        "noise2": _num(est.noise2[i]),
+        "gap_s": _num(est.gap[i]),
+        "half_spread": _num(est.half_spread[i]),
+        "depth": _num(est.depth[i]),
+        "tick_size": _num(est.tick_size[i]),
+    }
+    if not math.isfinite(now):
+        doc.update(inputs=None, model=None, governor=_governor(engine, i, now, None))
+        return doc
+    idx = np.array([i])
+    inp, tg = engine.targets(now, idx, detail=True)
+    doc["inputs"] = {
+        "p": _num(inp.p[0]), "tau_s": _num(inp.tau[0]), "sigma": _num(inp.sigma[0]),
+        "lambda": _num(inp.lam[0]), "J": _num(inp.J[0]), "gap_s": _num(inp.gap[0]),
+        "h_s": _num(inp.h[0]), "half_spread": _num(inp.half_spread[0]),
+    }
+    sides: dict[str, Any] = {}
+    for s, side in enumerate(SIDES):
+        entry: dict[str, Any] = {
+            "max_leverage": _num(tg.max_leverage[0, s]),
+            "initial_margin": _num(tg.initial_margin[0, s]),
+            "maintenance_margin": _num(tg.maintenance_margin[0, s]),
+            "expected_shortfall": _num(tg.es[0, s]),
+            "fee_rate_hourly": _num(tg.fee_rate_hourly[0, s]),
+        }
+        if tg.es_by_group is not None and tg.fee_by_group is not None:
+            entry["margin_by_group"] = {name: _num(tg.es_by_group[0, s, k])
+                                        for k, name in enumerate(GROUP_NAMES)}
+            entry["fee_by_group"] = {name: _num(tg.fee_by_group[0, s, k])
+                                     for k, name in enumerate(GROUP_NAMES)}
+        sides[side] = entry
+    doc["model"] = {
+        "q_resolution_within_h": _num(tg.q[0]),
+        "max_slippage": _num(tg.max_slippage[0]),
+        "reasons": reason_names(int(tg.reasons[0])),
+        "sides": sides,
+        "note": ("targets before the governor; margin_by_group splits the expected "
+                 "shortfall by scenario group (resolution, news jump, diffusion), "
+                 "fee_by_group the lender's premium before the fee floor"),
+    }
+    doc["governor"] = _governor(engine, i, now, tg.max_leverage[0])
+    return doc
+
+
+def _governor(engine: Engine, i: int, now: float, target_lev: np.ndarray | None
+              ) -> dict[str, Any]:
+    gcfg = engine.settings.governor
+    est, g = engine.est, engine.gov
+    last_tick, last_jump = float(est.t[i]), float(est.last_jump_t[i])
+    event_t, resolve_t = float(engine.event_t[i]), float(engine.resolve_t[i])
+    since_tick = now - last_tick
+    since_jump = now - last_jump
+    cooldown_until = last_jump + gcfg.jump_cooldown_s
+    halt_until = last_jump + gcfg.halt_after_jump_s
+    freeze_from = event_t - gcfg.freeze_before_resolution_s
+    resolved = now >= resolve_t
+    cond = engine.conditions(now, np.array([i]))
+    out: dict[str, Any] = {
+        "mode": MODES[int(g.mode[i])] if g.mode[i] >= 0 else None,
+        "version": int(g.version[i]),
+        "published_at": _time(g.published_at[i]),
+        "valid_until": _time(g.valid_until[i]),
+        "last_change_at": _time(g.changed_at[i]),
+        "reasons": reason_names(int(g.reasons[i])),
+        "stale": {"active": not (since_tick < gcfg.stale_after_s),
+                  "since_last_tick_s": _num(since_tick), "after_s": gcfg.stale_after_s},
+        "warming_up": not bool(cond.warm[0]),
+        "jump_cooldown": {"active": bool(since_jump < gcfg.jump_cooldown_s),
+                          "until": _time(cooldown_until)},
+        "halt": {"active": bool(since_jump < gcfg.halt_after_jump_s),
+                 "until": _time(halt_until) if gcfg.halt_after_jump_s > 0 else None},
+        "freeze": {"active": bool(now >= freeze_from and not resolved),
+                   "from": _time(freeze_from)},
+        "resolved": bool(resolved),
+        "override": None,
+    }
+    override = engine.overrides.get(engine.ids[i])
+    if override is not None:
+        out["override"] = override.as_dict()
+    pending: dict[str, Any] = {}
+    if target_lev is not None and g.mode[i] >= 0:
+        anchor = max(np.nan_to_num(g.changed_at[i], nan=-np.inf),
+                     cooldown_until if math.isfinite(last_jump) else -np.inf)
+        for s, side in enumerate(SIDES):
+            published, target = float(g.leverage[i, s]), float(target_lev[s])
+            if target > published * (1.0 + 1e-9):
+                pending[side] = {
+                    "published_max_leverage": _num(published),
+                    "target_max_leverage": _num(target),
+                    "next_step_max_leverage": _num(min(target,
+                                                       published * (1 + gcfg.max_loosen_step))),
+                    "next_step_not_before": _time(anchor + gcfg.loosen_interval_s)
+                    if math.isfinite(anchor) else None,
+                }
+    out["pending_loosening"] = pending or None
+    out["loosening"] = {"max_step": gcfg.max_loosen_step, "interval_s": gcfg.loosen_interval_s,
+                        "deadband": gcfg.deadband}
+    return out
+
+
+def format_text(doc: dict[str, Any]) -> str:
+    """The explanation as a few readable blocks (`riskd explain`)."""
+    lines: list[str] = []
+    title = f" ({doc['title']})" if doc.get("title") else ""
+    lines.append(f"market {doc['market']}{title} at {doc.get('now')}")
+    lines.append(f"  event at {doc.get('event_at')}, resolves at {doc.get('resolves_at')}")
+    pub = doc.get("published")
+    if pub:
+        lev, fee = pub["max_leverage"], pub["fee_rate_hourly"]
+        lines.append(f"published v{pub['version']}: mode {pub['mode']}, max leverage "
+                     f"long {lev['long']}x / short {lev['short']}x, fee/h long "
+                     f"{fee['long']:.3g} / short {fee['short']:.3g}, max slippage "
+                     f"{pub['max_slippage']:.3g}, valid until {pub['valid_until']}")
+        lines.append(f"  reasons: {', '.join(pub['reasons']) or 'none'}")
+    else:
+        lines.append("published: nothing yet")
+    inp = doc.get("inputs")
+    if inp:
+        lines.append("inputs: " + ", ".join(f"{k} {_fmt(v)}" for k, v in inp.items()))
+    e = doc["estimator"]
+    lines.append(f"estimator: {e['ticks']} ticks, {e['jumps']} jumps, last tick "
+                 f"{e['last_tick_at']}, last jump {e['last_jump_at']}")
+    model = doc.get("model")
+    if model:
+        lines.append(f"model (before the governor): q(resolution within h) "
+                     f"{_fmt(model['q_resolution_within_h'])}, max slippage "
+                     f"{_fmt(model['max_slippage'])}, reasons "
+                     f"{', '.join(model['reasons']) or 'none'}")
+        lines.append(f"  {'side':<6} {'lev':>7} {'margin':>9} {'ES':>9}  "
+                     + "  ".join(f"{g + ' ES':>14}" for g in GROUP_NAMES)
+                     + f"  {'fee/h':>10}  " + "  ".join(f"{g + ' fee':>15}" for g in GROUP_NAMES))
+        for side, s in model["sides"].items():
+            row = (f"  {side:<6} {_fmt(s['max_leverage']):>7} {_fmt(s['initial_margin']):>9} "
+                   f"{_fmt(s['expected_shortfall']):>9}  ")
+            row += "  ".join(f"{_fmt(s.get('margin_by_group', {}).get(g)):>14}"
+                             for g in GROUP_NAMES)
+            row += f"  {_fmt(s['fee_rate_hourly']):>10}  "
+            row += "  ".join(f"{_fmt(s.get('fee_by_group', {}).get(g)):>15}"
+                             for g in GROUP_NAMES)
+            lines.append(row)
+    gov = doc["governor"]
+    active = [name for name in ("stale", "jump_cooldown", "halt", "freeze")
+              if gov[name]["active"]]
+    if gov["warming_up"]:
+        active.append("warming_up")
+    if gov["resolved"]:
+        active.append("resolved")
+    lines.append(f"governor: v{gov['version']} mode {gov['mode']}, active: "
+                 f"{', '.join(active) or 'nothing'}")
+    if gov["jump_cooldown"]["active"]:
+        lines.append(f"  jump cool-down until {gov['jump_cooldown']['until']}")
+    if gov["freeze"]["from"]:
+        lines.append(f"  resolution freeze from {gov['freeze']['from']}")
+    for side, p in (gov.get("pending_loosening") or {}).items():
+        lines.append(f"  pending loosening {side}: {_fmt(p['published_max_leverage'])}x -> "
+                     f"target {_fmt(p['target_max_leverage'])}x, next step "
+                     f"{_fmt(p['next_step_max_leverage'])}x not before "
+                     f"{p['next_step_not_before']}")
+    if gov.get("override"):
+        o = gov["override"]
+        lines.append(f"  override: mode {o['mode']}, max leverage {o['max_leverage']}, "
+                     f"loosen {o['loosen']}, by {o['actor'] or '?'}: {o['note'] or '-'}")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)

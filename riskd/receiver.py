@@ -1,0 +1,323 @@
+"""The reference receiver: the exchange side of the HTTP publisher (`riskd receiver`).
+
+An exchange can run it, or read it as the specification of what receiving
+riskd's parameters means (interfaces.md):
+
+1. Authenticate: `X-Riskd-Signature` is `sha256=` + hex HMAC-SHA256 of
+   "<X-Riskd-Timestamp>.<raw body>" with the shared secret, compared in constant
+   time; the timestamp (wall-clock unix seconds) must be within `max_skew_s` of
+   the receiver's clock. Failures get 401 and change nothing.
+2. Refuse replays: `seq` must be higher than the last accepted `seq` of the same
+   `instance` (409 otherwise) and `Idempotency-Key` must be `<instance>:<seq>`.
+   riskd's `seq` and `version` survive its restarts, so this never locks it out;
+   a receiver restart forgets them (it then takes whatever comes next).
+3. Apply per market only what is newer: an entry replaces the current set only if
+   its `version` is higher; older or equal ones are counted and dropped (a retried
+   request whose first attempt did arrive carries the same versions).
+4. Dead man's switch: a set is in force until its `valid_until`; after that,
+   with nothing newer, the market falls back to the configured safe parameters.
+   Expiry is judged by the receiver's clock: `wall` (default, what an exchange
+   runs) or `feed`: the newest `generated_at` accepted plus the wall time since it
+   arrived. A replayed tape stamps sets with the tape's event time, so in `wall`
+   mode every set of a replay is already expired; `feed` mode follows the
+   daemon's clock while it publishes and still expires everything, in real time,
+   when it stops.
+
+`GET /params` (and `/params/{market}`) is what is in force now; `GET /stats` the
+counters; `GET /healthz` liveness. The core (`ReceiverState`) does no I/O.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import hmac
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+from aiohttp import web
+
+from riskd.model.governor import MODES
+from riskd.timeutil import iso, parse_iso
+
+log = logging.getLogger("riskd.receiver")
+
+SECRET_ENV = "RISKD_RECEIVER_SECRET"
+Clock = Literal["wall", "feed"]
+
+
+class ReceiverError(ValueError):
+    """Bad receiver settings (a usage error: exit 2)."""
+
+
+@dataclass(frozen=True)
+class SafeParams:
+    """What the exchange applies to a market whose set expired (its own safe values)."""
+
+    mode: str = "reduce_only"
+    max_leverage: float = 1.0
+    fee_rate_hourly: float = 0.001
+    max_slippage: float = 0.01
+
+
+@dataclass(frozen=True)
+class ReceiverConfig:
+    secret: bytes
+    max_skew_s: float = 300.0
+    clock: Clock = "wall"
+    safe: SafeParams = field(default_factory=SafeParams)
+    instance: str | None = None  # accept only this instance (None: any)
+    max_body_bytes: int = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Verdict:
+    status: int
+    body: dict[str, Any]
+
+
+def signature(secret: bytes, timestamp: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret, timestamp.encode() + b"." + body,
+                                hashlib.sha256).hexdigest()
+
+
+class ReceiverState:
+    """Authentication, replay protection, newest-wins storage and expiry, without I/O."""
+
+    def __init__(self, cfg: ReceiverConfig) -> None:
+        self.cfg = cfg
+        self.last_seq: dict[str, int] = {}
+        self.current: dict[str, dict[str, Any]] = {}  # market -> newest accepted set
+        self._expiry: dict[str, float] = {}  # market -> valid_until, unix seconds
+        self.newest_generated = float("-inf")  # unix seconds
+        self._newest_wall = 0.0  # wall time at which newest_generated arrived
+        self.stats: dict[str, Any] = {"accepted": 0, "applied_sets": 0, "stale_sets": 0,
+                                      "rejected": {}}
+
+    def _reject(self, status: int, reason: str, detail: str) -> Verdict:
+        rejected = self.stats["rejected"]
+        rejected[reason] = rejected.get(reason, 0) + 1
+        return Verdict(status, {"error": detail, "reason": reason})
+
+    def receive(self, headers: dict[str, str], raw: bytes, wall_now: float) -> Verdict:
+        """One POST: verify, check for replay, apply; the verdict is the HTTP answer."""
+        ts = headers.get("X-Riskd-Timestamp", "")
+        given = headers.get("X-Riskd-Signature", "")
+        if not ts.isdigit():
+            return self._reject(401, "bad_timestamp", "X-Riskd-Timestamp must be unix seconds")
+        expected = signature(self.cfg.secret, ts, raw)
+        if not hmac.compare_digest(expected.encode(), given.encode()):
+            return self._reject(401, "bad_signature", "bad signature")
+        if abs(wall_now - int(ts)) > self.cfg.max_skew_s:
+            return self._reject(401, "stale_timestamp",
+                                f"timestamp outside +-{self.cfg.max_skew_s:g} s")
+        try:
+            doc = orjson.loads(raw)
+            instance, seq, params = doc["instance"], doc["seq"], doc["params"]
+            generated = parse_iso(doc["generated_at"]) if doc.get("generated_at") else None
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            return self._reject(400, "bad_body", f"not a riskd batch: {exc}")
+        if not isinstance(instance, str) or not isinstance(seq, int) \
+                or not isinstance(params, list):
+            return self._reject(400, "bad_body", "instance, seq, params have the wrong types")
+        if self.cfg.instance is not None and instance != self.cfg.instance:
+            return self._reject(403, "unknown_instance", f"instance {instance!r} not accepted")
+        if headers.get("Idempotency-Key") != f"{instance}:{seq}":
+            return self._reject(400, "bad_idempotency_key",
+                                "Idempotency-Key must be <instance>:<seq>")
+        last = self.last_seq.get(instance)
+        if last is not None and seq <= last:
+            return self._reject(409, "replayed_seq",
+                                f"seq {seq} is not newer than {last} for {instance!r}")
+        checked: list[tuple[dict[str, Any], float]] = []
+        for entry in params:
+            try:
+                market, version = entry["market"], entry["version"]
+                expiry = parse_iso(entry["valid_until"])
+            except (KeyError, TypeError, ValueError) as exc:
+                return self._reject(400, "bad_body", f"bad parameter set: {exc}")
+            if not isinstance(market, str) or not isinstance(version, int):
+                return self._reject(400, "bad_body", "market and version have the wrong types")
+            checked.append((entry, expiry))
+        # Only a whole, valid message moves anything.
+        self.last_seq[instance] = seq
+        self.stats["accepted"] += 1
+        if generated is not None and generated > self.newest_generated:
+            self.newest_generated, self._newest_wall = generated, wall_now
+        applied = stale = 0
+        for entry, expiry in checked:
+            market = entry["market"]
+            have = self.current.get(market)
+            if have is not None and entry["version"] <= have["version"]:
+                stale += 1
+                continue
+            self.current[market] = entry
+            self._expiry[market] = expiry
+            applied += 1
+        self.stats["applied_sets"] += applied
+        self.stats["stale_sets"] += stale
+        return Verdict(200, {"ok": True, "applied": applied, "stale": stale})
+
+    def clock(self, wall_now: float) -> float:
+        """The time valid_until is judged by (see the module docstring)."""
+        if self.cfg.clock == "wall" or self.newest_generated == float("-inf"):
+            return wall_now
+        return self.newest_generated + max(0.0, wall_now - self._newest_wall)
+
+    def in_force(self, market: str, wall_now: float) -> dict[str, Any] | None:
+        entry = self.current.get(market)
+        if entry is None:
+            return None
+        if self.clock(wall_now) < self._expiry[market]:
+            return {**entry, "source": "riskd"}
+        return self._safe(entry)
+
+    def _safe(self, entry: dict[str, Any]) -> dict[str, Any]:
+        safe = self.cfg.safe
+        out: dict[str, Any] = {
+            "market": entry["market"],
+            "source": "safe",
+            "reason": "expired",
+            "expired_version": entry["version"],
+            "expired_at": entry["valid_until"],
+            "mode": safe.mode,
+            "max_leverage": {"long": safe.max_leverage, "short": safe.max_leverage},
+            "fee_rate_hourly": {"long": safe.fee_rate_hourly, "short": safe.fee_rate_hourly},
+            "max_slippage": safe.max_slippage,
+        }
+        p = (entry.get("inputs") or {}).get("p")
+        if isinstance(p, int | float):
+            im = {"long": p / safe.max_leverage, "short": (1.0 - p) / safe.max_leverage}
+            ratio = _maintenance_ratio(entry)
+            out["initial_margin"] = im
+            out["maintenance_margin"] = {s: ratio * v for s, v in im.items()}
+        return out
+
+    def params(self, wall_now: float) -> dict[str, Any]:
+        clock = self.clock(wall_now)
+        return {
+            "clock": iso(clock) if clock != float("-inf") else None,
+            "clock_kind": self.cfg.clock,
+            "params": [p for m in self.current if (p := self.in_force(m, wall_now))],
+        }
+
+
+def _maintenance_ratio(entry: dict[str, Any]) -> float:
+    try:
+        return float(entry["maintenance_margin"]["long"]) / float(entry["initial_margin"]["long"])
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return 0.5
+
+
+# --- the aiohttp shell ----------------------------------------------------------------
+
+STATE: web.AppKey[ReceiverState] = web.AppKey("receiver_state")
+
+
+def make_app(cfg: ReceiverConfig, path: str = "/risk-params",
+             wall_clock: Any = time.time) -> web.Application:
+    app = web.Application(client_max_size=cfg.max_body_bytes)
+    app[STATE] = ReceiverState(cfg)
+
+    async def post(request: web.Request) -> web.Response:
+        if request.content_type != "application/json":
+            return web.json_response({"error": "Content-Type must be application/json"},
+                                     status=415)
+        raw = await request.read()
+        verdict = app[STATE].receive(dict(request.headers), raw, wall_clock())
+        if verdict.status != 200:
+            log.warning("refused a message: %s", verdict.body["reason"],
+                        extra={"reason": verdict.body["reason"]})
+        return web.json_response(verdict.body, status=verdict.status)
+
+    async def params(request: web.Request) -> web.Response:
+        return web.json_response(app[STATE].params(wall_clock()))
+
+    async def params_one(request: web.Request) -> web.Response:
+        market = request.match_info["market"]
+        entry = app[STATE].in_force(market, wall_clock())
+        if entry is None:
+            return web.json_response({"error": f"unknown market {market!r}"}, status=404)
+        return web.json_response(entry)
+
+    async def stats(request: web.Request) -> web.Response:
+        state = app[STATE]
+        return web.json_response({**state.stats, "last_seq": state.last_seq})
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    app.router.add_post(path, post)
+    app.router.add_get("/params", params)
+    app.router.add_get("/params/{market}", params_one)
+    app.router.add_get("/stats", stats)
+    app.router.add_get("/healthz", healthz)
+    return app
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9000)
+    parser.add_argument("--path", default="/risk-params", help="the POST path riskd sends to")
+    parser.add_argument("--secret-file", type=Path,
+                        help=f"file holding the shared secret (default: env {SECRET_ENV})")
+    parser.add_argument("--max-skew-s", type=float, default=300.0,
+                        help="accepted clock difference on X-Riskd-Timestamp")
+    parser.add_argument("--clock", choices=("wall", "feed"), default="wall",
+                        help="judge valid_until by wall time, or by the newest generated_at "
+                             "seen plus wall time since (for replays)")
+    parser.add_argument("--instance", help="accept only this riskd instance")
+    parser.add_argument("--safe-mode", choices=MODES, default="reduce_only")
+    parser.add_argument("--safe-max-leverage", type=float, default=1.0)
+    parser.add_argument("--safe-fee-rate-hourly", type=float, default=0.001)
+    parser.add_argument("--safe-max-slippage", type=float, default=0.01)
+
+
+def config_from_args(args: argparse.Namespace) -> ReceiverConfig:
+    if args.secret_file is not None:
+        try:
+            secret = args.secret_file.read_bytes().strip()
+        except OSError as exc:
+            raise ReceiverError(f"--secret-file: cannot read {args.secret_file}: "
+                                f"{exc.strerror}") from None
+    else:
+        secret = os.environ.get(SECRET_ENV, "").encode()
+    if not secret:
+        raise ReceiverError(f"no shared secret: set {SECRET_ENV} or --secret-file")
+    if args.safe_max_leverage < 1.0:
+        raise ReceiverError("--safe-max-leverage must be >= 1")
+    if args.max_skew_s <= 0:
+        raise ReceiverError("--max-skew-s must be > 0")
+    safe = SafeParams(args.safe_mode, args.safe_max_leverage, args.safe_fee_rate_hourly,
+                      args.safe_max_slippage)
+    return ReceiverConfig(secret=secret, max_skew_s=args.max_skew_s, clock=args.clock,
+                          safe=safe, instance=args.instance)
+
+
+async def serve(cfg: ReceiverConfig, host: str, port: int, path: str) -> int:
+    """Run until SIGINT/SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    runner = web.AppRunner(make_app(cfg, path), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ReceiverError(f"--port: cannot listen on {host}:{port}: "
+                            f"{exc.strerror or exc}") from None
+    log.info("receiver on http://%s:%d%s (clock: %s)", host, runner.addresses[0][1], path,
+             cfg.clock)
+    await stop.wait()
+    await runner.cleanup()
+    return 0
