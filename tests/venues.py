@@ -1,0 +1,262 @@
+"""Venue servers for the feed tests: real `websockets` servers on 127.0.0.1 that speak
+Polymarket's CLOB market channel and Kalshi's websocket v2 (signed handshake,
+subscribe commands, snapshots then deltas), and an aiohttp server for the venues'
+REST market lists. They replay the recorded messages of tests/fixtures/ws with the
+event times moved to now (the daemon runs on wall time)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+WS = Path(__file__).parent / "fixtures" / "ws"
+
+
+def fixture_docs(name: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (WS / name).read_text(encoding="utf-8").splitlines()]
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class VenueServer:
+    """What both websocket venues share: connections, what they received, control."""
+
+    path: str
+    server: Server | None = None
+    url: str = ""
+    connections: list[ServerConnection] = field(default_factory=list)
+    received: list[str] = field(default_factory=list)  # every text frame, in order
+    handshakes: int = 0
+    # While False, the server answers nothing but the protocol (pongs): a silent venue.
+    talking: bool = True
+
+    async def start(self) -> None:
+        self.server = await serve(self._handler, "127.0.0.1", 0,
+                                  process_request=self._process_request)
+        port = self.server.sockets[0].getsockname()[1]
+        self.url = f"ws://127.0.0.1:{port}{self.path}"
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+    def _process_request(self, connection: ServerConnection, request: Request
+                         ) -> Response | None:
+        if request.path != self.path:
+            return connection.respond(404, "no such path\n")
+        problem = self.check_handshake(request.headers)
+        if problem:
+            return connection.respond(401, problem + "\n")
+        self.handshakes += 1
+        return None
+
+    def check_handshake(self, headers: Headers) -> str:
+        return ""
+
+    async def _handler(self, connection: ServerConnection) -> None:
+        self.connections.append(connection)
+        with contextlib.suppress(ConnectionClosed):
+            async for frame in connection:
+                assert isinstance(frame, str)
+                self.received.append(frame)
+                await self.on_frame(connection, frame)
+
+    async def on_frame(self, connection: ServerConnection, frame: str) -> None:
+        raise NotImplementedError
+
+    async def send(self, frame: str | dict[str, Any] | list[Any]) -> None:
+        """To every open connection."""
+        text = frame if isinstance(frame, str) else json.dumps(frame)
+        for conn in list(self.connections):
+            with contextlib.suppress(ConnectionClosed):
+                await conn.send(text)
+
+    def drop(self) -> None:
+        """Cut every connection mid-stream, as a network failure would (no close frame)."""
+        for conn in self.connections:
+            conn.transport.abort()
+        self.connections.clear()
+
+    def frames(self, where: Callable[[str], bool] = lambda f: True) -> list[str]:
+        return [f for f in self.received if where(f)]
+
+
+class PolymarketServer(VenueServer):
+    """The CLOB market channel: a subscription by asset ids, then the book of each
+    subscribed asset (recorded), then whatever the test sends; PING -> PONG."""
+
+    def __init__(self) -> None:
+        super().__init__(path="/ws/market")
+        self.books = {d["asset_id"]: d for d in fixture_docs("polymarket_book.jsonl")}
+
+    def subscriptions(self) -> list[dict[str, Any]]:
+        return [json.loads(f) for f in self.received if f.startswith("{")]
+
+    def pings(self) -> int:
+        return sum(1 for f in self.received if f == "PING")
+
+    async def on_frame(self, connection: ServerConnection, frame: str) -> None:
+        if frame == "PING":
+            await connection.send("PONG")
+            return
+        sub = json.loads(frame)
+        if not self.talking:
+            return
+        books = [{**self.books[a], "timestamp": str(now_ms())}
+                 for a in sub["assets_ids"] if a in self.books]
+        await connection.send(json.dumps(books))  # the initial dump is one JSON array
+
+
+def private_key_pem(key: rsa.RSAPrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+class KalshiServer(VenueServer):
+    """Websocket v2: the handshake must carry a valid RSA-PSS signature of the key
+    `key_id`; `subscribe` commands are confirmed with a new sid, and an
+    `orderbook_delta` subscription starts with a snapshot per ticker (seq 1)."""
+
+    def __init__(self, key_id: str, public_key: rsa.RSAPublicKey,
+                 books: dict[str, dict[str, Any]]) -> None:
+        super().__init__(path="/trade-api/ws/v2")
+        self.key_id = key_id
+        self.public_key = public_key
+        self.books = books  # ticker -> snapshot msg (yes/no levels)
+        self.next_sid = 1
+        self.seq: dict[int, int] = {}
+        self.book_sids: list[int] = []
+        self.rejected_handshakes = 0
+
+    def check_handshake(self, headers: Headers) -> str:
+        ts = headers.get("KALSHI-ACCESS-TIMESTAMP", "")
+        sig = headers.get("KALSHI-ACCESS-SIGNATURE", "")
+        if headers.get("KALSHI-ACCESS-KEY") != self.key_id or not ts.isdigit():
+            self.rejected_handshakes += 1
+            return "unknown key"
+        if abs(int(ts) - now_ms()) > 10_000:
+            self.rejected_handshakes += 1
+            return "stale timestamp"
+        try:
+            self.public_key.verify(
+                base64.b64decode(sig), f"{ts}GET{self.path}".encode(),
+                padding.PSS(mgf=padding.MGF1(hashes.SHA256()),
+                            salt_length=padding.PSS.DIGEST_LENGTH),
+                hashes.SHA256())
+        except (InvalidSignature, ValueError):
+            self.rejected_handshakes += 1
+            return "bad signature"
+        return ""
+
+    def commands(self, cmd: str | None = None) -> list[dict[str, Any]]:
+        out = [json.loads(f) for f in self.received]
+        return [c for c in out if cmd is None or c.get("cmd") == cmd]
+
+    async def on_frame(self, connection: ServerConnection, frame: str) -> None:
+        doc = json.loads(frame)
+        if doc.get("cmd") == "unsubscribe":
+            await connection.send(json.dumps({"id": doc["id"], "type": "unsubscribed",
+                                              "sid": doc["params"]["sids"][0]}))
+            return
+        (channel,) = doc["params"]["channels"]
+        sid = self.next_sid
+        self.next_sid += 1
+        await connection.send(json.dumps({"id": doc["id"], "type": "subscribed",
+                                          "msg": {"channel": channel, "sid": sid}}))
+        if channel == "orderbook_delta":
+            self.book_sids.append(sid)
+            self.seq[sid] = 0
+            for ticker in doc["params"]["market_tickers"]:
+                if ticker in self.books:
+                    await connection.send(self.sequenced(sid, "orderbook_snapshot",
+                                                         {"market_ticker": ticker,
+                                                          **self.books[ticker]}))
+
+    def sequenced(self, sid: int, kind: str, msg: dict[str, Any], skip: int = 0) -> str:
+        self.seq[sid] += 1 + skip
+        return json.dumps({"type": kind, "sid": sid, "seq": self.seq[sid], "msg": msg})
+
+
+@dataclass
+class RestServer:
+    """Gamma-shaped (`/markets`, a JSON list, limit/offset) and Kalshi-shaped
+    (`/markets`, {"markets": [...], "cursor": ...}) market lists, paginated."""
+
+    gamma: list[dict[str, Any]] = field(default_factory=list)
+    kalshi: list[dict[str, Any]] = field(default_factory=list)
+    requests: list[tuple[str, list[tuple[str, str]]]] = field(default_factory=list)
+    url: str = ""
+    _runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/gamma/markets", self._gamma)
+        app.router.add_get("/kalshi/trade-api/v2/markets", self._kalshi)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _gamma(self, request: web.Request) -> web.Response:
+        query = list(request.query.items())
+        self.requests.append(("gamma", query))
+        wanted = {v for k, v in query if k in ("clob_token_ids", "condition_ids", "slug")}
+
+        def matches(entry: dict[str, Any]) -> bool:
+            try:
+                tokens = set(json.loads(entry.get("clobTokenIds", "[]")))
+            except ValueError:
+                tokens = set()
+            return bool(wanted & (tokens | {entry.get("conditionId"), entry.get("slug")}))
+
+        hits = [e for e in self.gamma if matches(e)]
+        limit, offset = int(request.query["limit"]), int(request.query["offset"])
+        return web.json_response(hits[offset:offset + limit])
+
+    async def _kalshi(self, request: web.Request) -> web.Response:
+        query = list(request.query.items())
+        self.requests.append(("kalshi", query))
+        tickers = set(request.query["tickers"].split(","))
+        hits = [e for e in self.kalshi if e.get("ticker") in tickers or "ticker" not in e]
+        limit = int(request.query["limit"])
+        start = int(request.query.get("cursor") or 0)
+        page = hits[start:start + limit]
+        more = start + limit < len(hits)
+        return web.json_response({"markets": page, "cursor": str(start + limit) if more else ""})
+
+
+async def until(check: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
+    """Poll a sync check until it is truthy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.01)
