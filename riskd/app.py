@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -31,6 +32,7 @@ from riskd.publish.http import DeliveryPolicy, HttpPublisher
 from riskd.publish.jsonl import JsonlPublisher
 from riskd.publish.websocket import WebsocketPublisher
 from riskd.server import make_app
+from riskd.state import StateStore, tighten_from_audit
 from riskd.timeutil import iso, parse_iso
 
 log = logging.getLogger("riskd")
@@ -85,6 +87,10 @@ class Daemon:
         self.publishers: list[Publisher] = self._make_publishers(settings)
         self.metrics.register_publishers([p.name for p in self.publishers])
         self.seq = 0
+        self.store = (StateStore(settings.state.dir, settings.state.max_age_s)
+                      if settings.state.enabled else None)
+        self.state_status = "disabled"  # what start-up made of the snapshot, for /readyz
+        self._snapshot_errors = 0
         self._modes: dict[str, str] = {}  # market -> published mode, for change events
         self.stop = asyncio.Event()
         self._last_loop = time.monotonic()
@@ -96,7 +102,8 @@ class Daemon:
         pubs: list[Publisher] = []
         cfg = settings.publisher
         if cfg.jsonl is not None:
-            pubs.append(JsonlPublisher(cfg.jsonl.path, self.metrics, cfg.jsonl.fsync))
+            pubs.append(JsonlPublisher(cfg.jsonl.path, self.metrics, cfg.jsonl.fsync,
+                                       cfg.jsonl.max_bytes, cfg.jsonl.backups))
         if cfg.http is not None:
             pubs.append(HttpPublisher(cfg.http.url, cfg.http.secret_bytes(), cfg.instance,
                                       self.metrics, cfg.http.timeout_s,
@@ -239,6 +246,74 @@ class Daemon:
             self.metrics.tick_to_publish.observe(time.time() - self._unpublished_since)
             self._unpublished_since = None
 
+    # --- state -------------------------------------------------------------
+
+    def _seq_gap(self) -> int:
+        """How far seqs and versions may have run ahead of the last snapshot: at most one
+        batch per cycle (and a few HTTP messages per batch) between two snapshots."""
+        g, s = self.settings.governor, self.settings.state
+        return int(8 * s.snapshot_interval_s / g.publish_interval_s) + 1000
+
+    def _seqs(self) -> dict[str, int]:
+        seqs = {"batch": self.seq}
+        for pub in self.publishers:
+            seq = getattr(pub, "seq", None)
+            if isinstance(seq, int):
+                seqs[pub.name] = seq
+        return seqs
+
+    def restore(self) -> None:
+        """Load the snapshot: continue from it when trusted, else start conservatively.
+
+        Either way seqs and versions only rise, so the exchange takes what comes next."""
+        if self.store is None:
+            return
+        loaded = self.store.load(self.engine)
+        self.state_status = loaded.status
+        quiet = loaded.status in ("restored", "none")
+        log.log(logging.INFO if quiet else logging.WARNING, "state: %s", loaded.message,
+                extra={"reason": f"state_{loaded.status}"})
+        gap = self._seq_gap()
+        if "batch" in loaded.seqs:
+            self.seq = loaded.seqs["batch"] + gap
+        self.seq = max(self.seq, loaded.floor)
+        for pub in self.publishers:
+            if isinstance(getattr(pub, "seq", None), int):
+                last = loaded.seqs.get(pub.name)
+                pub.seq = max(0 if last is None else last + gap, loaded.floor)  # type: ignore[attr-defined]
+        audit = self.settings.publisher.jsonl
+        if audit is not None:
+            held = tighten_from_audit(self.engine, audit.path)
+            if held:
+                log.info("state: %d markets held at their last audited values", held)
+        version = self.engine.gov.version
+        version[version > 0] += gap
+        np.maximum(version, loaded.floor, out=version)
+        if loaded.trusted and isinstance(self.feed, ReplayFeed):
+            self.feed.resume_after(loaded.clock)
+
+    def snapshot(self) -> None:
+        if self.store is None:
+            return
+        try:
+            self.store.save(self.engine, self.now(), self._seqs())
+        except OSError as exc:
+            self.metrics.snapshot_failed()
+            self._snapshot_errors += 1
+            if self._snapshot_errors in (1, 10, 100) or self._snapshot_errors % 1000 == 0:
+                log.error("state snapshot failed (%d so far): %s", self._snapshot_errors,
+                          exc.strerror or exc, extra={"reason": "snapshot_failed",
+                                                      "path": str(self.store.path)})
+            return
+        self.metrics.snapshot_written(time.time())
+
+    async def _snapshots(self) -> None:
+        while not self.stop.is_set():
+            try:
+                await asyncio.wait_for(self.stop.wait(), self.settings.state.snapshot_interval_s)
+            except TimeoutError:
+                self.snapshot()
+
     # --- lifecycle --------------------------------------------------------
 
     def reload(self) -> bool:
@@ -300,6 +375,8 @@ class Daemon:
                 await runner.cleanup()
             raise ConfigError(f"publisher.{pub.name}: cannot start: {exc}") from None
 
+        self.restore()
+        snapshot_task = asyncio.create_task(self._snapshots(), name="snapshots")
         feed_task: asyncio.Task[object] = asyncio.create_task(self._consume(), name="feed")
         cycle_task: asyncio.Task[object] = asyncio.create_task(self._cycles(), name="cycle")
         stop_task: asyncio.Task[object] = asyncio.create_task(self.stop.wait())
@@ -310,14 +387,15 @@ class Daemon:
             await stop_task  # the feed ended: keep serving the last state until told to stop
         # Shutdown order: stop the feed, publish the final batch, drain, close the server.
         self.stop.set()
-        for task in (feed_task, cycle_task):
+        for task in (feed_task, cycle_task, snapshot_task):
             task.cancel()
-        await asyncio.gather(feed_task, cycle_task, return_exceptions=True)
+        await asyncio.gather(feed_task, cycle_task, snapshot_task, return_exceptions=True)
         self.cycle()
         # All at once: a hanging exchange never eats the audit log's or the stream's time.
         await asyncio.gather(*(pub.drain(SHUTDOWN_DEADLINE_S) for pub in self.publishers))
         for pub in self.publishers:
             await pub.close()
+        self.snapshot()
         if runner is not None:
             await runner.cleanup()
         for task in failed:

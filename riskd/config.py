@@ -123,7 +123,8 @@ class ModelSettings(Section):
     z_slip: float = Field(3.0, gt=0.0)
     h_exec_s: float = Field(60.0, gt=0.0)
     nodes: int = Field(12, ge=4, le=64)
-    warmup_s: float = Field(0.0, ge=0.0)
+    # After a fresh start every market holds its fail-safe values this long.
+    warmup_s: float = Field(60.0, ge=0.0)
     # A market stays at its fail-safe values until it has shown this many prices:
     # two prices say nothing about how often it trades.
     warmup_ticks: int = Field(10, ge=2)
@@ -163,7 +164,9 @@ class GovernorSettings(Section):
 
 class JsonlPublisherSettings(Section):
     path: Path = Path("var/audit.jsonl")
-    fsync: bool = False
+    fsync: bool = False  # fsync after every batch (else flush only: the OS writes it back)
+    max_bytes: int = Field(64 * 1024 * 1024, ge=0)  # rotate beyond this; 0 never
+    backups: int = Field(5, ge=0)  # rotated files kept
 
 
 class HttpPublisherSettings(Section):
@@ -233,8 +236,11 @@ class ServerSettings(Section):
 
 
 class StateSettings(Section):
+    enabled: bool = True
     dir: Path = Path("var/state")
     snapshot_interval_s: float = Field(10.0, gt=0.0)
+    # An older snapshot is not trusted: the daemon starts at fail-safe values.
+    max_age_s: float = Field(300.0, gt=0.0)
 
 
 class LogSettings(Section):

@@ -45,8 +45,10 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    ready, reasons = request.app[DAEMON].ready()
-    return _json({"ready": ready, "reasons": reasons}, 200 if ready else 503)
+    daemon = request.app[DAEMON]
+    ready, reasons = daemon.ready()
+    body = {"ready": ready, "reasons": reasons, "state": daemon.state_status}
+    return _json(body, 200 if ready else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:
