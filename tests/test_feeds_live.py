@@ -494,3 +494,35 @@ async def test_generic_websocket_feed_with_a_field_mapping(tmp_path: Path,
     finally:
         server.drop()
         await server.close()
+
+
+# --- several feeds at once ---------------------------------------------------------------------
+
+
+async def test_polymarket_and_kalshi_at_once(
+        tmp_path: Path, in_process: Any, polymarket: PolymarketServer, kalshi: KalshiServer,
+        kalshi_key: rsa.RSAPrivateKey) -> None:
+    doc = live_config(tmp_path, [
+        # The same event on two venues: one market id per venue, each on its own feed.
+        {"id": "pm-x", "resolves_at": RESOLVES, "polymarket_yes_token": PM_YES},
+        {"id": "k-btc", "resolves_at": RESOLVES, "kalshi_ticker": KALSHI_TICKER},
+    ], {"kind": ["polymarket", "kalshi"], "metadata": False,
+        "polymarket": {**FAST, "url": polymarket.url},
+        "kalshi": {**FAST, "url": kalshi.url, "key_id": "riskd-test-key",
+                   "private_key_path": str(write_key(tmp_path, kalshi_key))}})
+    d = await in_process(doc)
+    d.start()
+    await wait_until(lambda: price_is(d, "pm-x", 0.465), what="the Polymarket market")
+    await wait_until(lambda: price_is(d, "k-btc", 0.58), what="the Kalshi market")
+    assert polymarket.subscriptions()[0]["assets_ids"] == [PM_YES]
+    for venue in ("polymarket", "kalshi"):
+        assert (await metric(d, "riskd_ticks_total", venue=venue) or 0) >= 1, venue
+        assert await metric(d, "riskd_feed_connected", venue=venue) == 1, venue
+    # One venue failing leaves the other running.
+    polymarket.drop()
+    await until(lambda: len(polymarket.subscriptions()) == 2, what="the resubscription")
+    (sid,) = kalshi.book_sids
+    await kalshi.send(kalshi.sequenced(sid, "orderbook_delta", {
+        "market_ticker": KALSHI_TICKER, "price": 58, "delta": 40, "side": "yes"}))
+    await wait_until(lambda: price_is(d, "k-btc", 0.585), what="Kalshi during the outage")
+    assert await metric(d, "riskd_feed_reconnects_total", venue="kalshi") == 0
