@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -191,7 +192,7 @@ async def test_kill_9_drill(tmp_path: Path, start_daemon: Any) -> None:
 
 @pytest.mark.parametrize("damage", ["corrupt", "schema", "unwritable"])
 async def test_daemon_starts_conservatively_on_bad_state(
-    tmp_path: Path, start_daemon: Any, damage: str
+    tmp_path: Path, start_daemon: Any, damage: str, request: pytest.FixtureRequest
 ) -> None:
     port = free_port()
     # Paced (10 event-hours per second) so that cycles run during the warm-up.
@@ -199,11 +200,11 @@ async def test_daemon_starts_conservatively_on_bad_state(
                       feed={"speed": 36000.0})
     state = Path(doc["state"]["dir"])
     if damage == "unwritable":
-        # Root writes anywhere, so a path under a regular file stands in for a read-only
-        # directory: every snapshot write fails the same way.
-        blocker = tmp_path / "blocker"
-        blocker.write_text("not a directory")
-        doc["state"]["dir"] = str(blocker / "state")
+        # Root ignores permission bits; the immutable attribute makes the directory
+        # read-only even for root (ext4), so every snapshot write fails.
+        state.mkdir(parents=True)
+        subprocess.run(["chattr", "+i", str(state)], check=True)
+        request.addfinalizer(lambda: subprocess.run(["chattr", "-i", str(state)], check=True))
     else:
         engine = _engine()
         store = StateStore(state, 60)
