@@ -116,3 +116,20 @@ def test_an_unusable_private_key_is_a_config_error(tmp_path: Path) -> None:
         make_feeds(s, markets={"kal": market("kal", kalshi_ticker="KX")})
     assert "feed.kalshi.private_key_path" in str(err.value)
     assert "c2VjcmV0" not in str(err.value)
+
+
+def test_the_example_live_configs_load(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                       pem: bytes) -> None:
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)  # the examples name their markets file relative to the repo
+    s = load_settings(root / "config/examples/polymarket.toml")
+    assert s.feed.kinds() == ["polymarket"] and s.feed.metadata
+    (feed,) = make_feeds(s)
+    assert isinstance(feed, PolymarketFeed) and feed.ping_interval_s == 10.0
+    key = tmp_path / "k.pem"
+    key.write_bytes(pem)
+    monkeypatch.setenv("RISKD_FEED__KALSHI__KEY_ID", "key-1")
+    monkeypatch.setenv("RISKD_FEED__KALSHI__PRIVATE_KEY_PATH", str(key))
+    s = load_settings(root / "config/examples/kalshi.toml")
+    (feed,) = make_feeds(s)
+    assert isinstance(feed, KalshiFeed) and feed.sign_path == "/trade-api/ws/v2"

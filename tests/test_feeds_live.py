@@ -318,7 +318,8 @@ async def test_kalshi_signed_feed_book_ticker_and_seq_gap(
     assert kalshi.handshakes == 1  # a resubscription, not a reconnection
 
 
-async def test_kalshi_wrong_key_is_fatal(tmp_path: Path, kalshi: KalshiServer) -> None:
+async def test_kalshi_wrong_key_is_fatal(tmp_path: Path, in_process: Any,
+                                         kalshi: KalshiServer) -> None:
     other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     cfg = KalshiSettings(**FAST, url=kalshi.url, key_id="riskd-test-key",
                          private_key_path=write_key(tmp_path, other))
@@ -329,6 +330,18 @@ async def test_kalshi_wrong_key_is_fatal(tmp_path: Path, kalshi: KalshiServer) -
             pass
     assert "401" in str(err.value)
     assert kalshi.rejected_handshakes == 1 and kalshi.handshakes == 0
+
+    # In the daemon: it stops with exit status 1 instead of retrying forever.
+    doc = live_config(tmp_path, [{"id": "k-btc", "resolves_at": RESOLVES,
+                                  "kalshi_ticker": KALSHI_TICKER}], {
+        "kind": "kalshi", "url": kalshi.url, "metadata": False,
+        "kalshi": {**FAST, "key_id": "riskd-test-key",
+                   "private_key_path": str(write_key(tmp_path, other))}})
+    d = await in_process(doc)
+    d.start()
+    assert d.task is not None
+    assert await asyncio.wait_for(d.task, 5.0) == 1
+    assert kalshi.rejected_handshakes == 2
 
 
 # --- metadata ------------------------------------------------------------------------------

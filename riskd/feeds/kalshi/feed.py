@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from typing import TYPE_CHECKING
@@ -15,6 +16,8 @@ from riskd.feeds.kalshi.codec import KalshiCodec
 from riskd.feeds.kalshi.config import KalshiSettings
 from riskd.feeds.metadata import fetch_kalshi, listing_events, merge
 from riskd.markets import Market
+
+log = logging.getLogger("riskd.feeds")
 
 if TYPE_CHECKING:
     from riskd.metrics import Metrics
@@ -63,3 +66,5 @@ class KalshiFeed(WebsocketFeed):
         self._events += listing_events(self.markets, merged, self.now())
         self.markets = merged
         self.codec.bind(merged.values())
+        if not merged:
+            log.warning("%s: no market found to follow", self.venue)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from typing import TYPE_CHECKING
 
@@ -12,6 +13,8 @@ from riskd.feeds.metadata import fetch_polymarket, listing_events, merge, split_
 from riskd.feeds.polymarket.codec import PolymarketCodec
 from riskd.feeds.polymarket.config import PolymarketSettings
 from riskd.markets import Market
+
+log = logging.getLogger("riskd.feeds")
 
 if TYPE_CHECKING:
     from riskd.metrics import Metrics
@@ -56,3 +59,5 @@ class PolymarketFeed(WebsocketFeed):
         self._events += listing_events(self.markets, merged, self.now())
         self.markets = merged
         self.codec.bind(merged.values())
+        if not merged:
+            log.warning("%s: no market found to follow", self.venue)
