@@ -303,7 +303,12 @@ def test_kalshi_seq_gap_resubscribes_and_waits_for_a_new_snapshot() -> None:
     # The old subscription's deltas still in flight are dropped, not applied.
     late = json.loads(lines[2])
     late["seq"] = 6
-    assert codec.decode(json.dumps(late), RECEIVED) .ticks == []
+    assert codec.decode(json.dumps(late), RECEIVED).ticks == []
+    # Nor does the ticker channel price the market until the book is whole again.
+    ticker_msg = {"type": "ticker", "sid": 1, "msg": {
+        "market_ticker": ticker, "price_dollars": "0.5000", "yes_bid_dollars": "0.4900",
+        "yes_ask_dollars": "0.5100", "ts": 1770897995}}
+    assert codec.decode(json.dumps(ticker_msg), RECEIVED).ticks == []
     # The new subscription: confirmed, a snapshot, and the book ticks again.
     codec.decode(json.dumps({"id": sub["id"], "type": "subscribed",
                              "msg": {"channel": "orderbook_delta", "sid": 7}}), RECEIVED)

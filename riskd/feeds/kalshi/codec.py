@@ -3,7 +3,8 @@
 Channels `ticker` (no sequence numbers) and `orderbook_delta` (a snapshot, then
 deltas, numbered per subscription `sid` by `seq`: a gap means the book can no longer
 be trusted, so the codec drops those books and asks, in its replies, to unsubscribe
-and subscribe again; the markets send no book ticks until the new snapshot).
+and subscribe again; those markets give no ticks at all until the new snapshot, and
+go to their fail-safe values if it does not come within `governor.stale_after_s`).
 Books are bids only, per side: the YES ask is 1 - the best NO bid. Prices come as
 legacy integer cents (`price`, `yes_bid`, `[cents, count]` levels) and/or dollar
 strings (`price_dollars`, `yes_dollars`, `yes_dollars_fp`, `delta_fp`); the dollar
@@ -18,6 +19,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+
+import orjson
 
 from riskd.feeds.base import MarketEvent
 from riskd.feeds.codec import (
@@ -129,6 +132,9 @@ class KalshiCodec:
         self.seq: dict[int, int] = {}
         self._pending: dict[int, Subscription] = {}  # by command id
         self._dropped: set[int] = set()  # sids unsubscribed after a gap
+        # Tickers whose book broke (a seq gap): no ticks from any channel until the
+        # new snapshot, so the market goes stale rather than trade on a broken book.
+        self.awaiting: set[str] = set()
         self._next_id = 1
         self.resubscribes = 0
         # The venue's clock: the latest `ts` seen. A message without one (a snapshot)
@@ -152,6 +158,7 @@ class KalshiCodec:
         self.seq.clear()
         self._pending.clear()
         self._dropped.clear()
+        self.awaiting.clear()
         if not self.tickers:
             return []
         tickers = sorted(self.tickers)
@@ -174,7 +181,7 @@ class KalshiCodec:
     def decode(self, frame: str | bytes, received: float) -> Decoded:
         out = Decoded()
         try:
-            doc = json.loads(frame)
+            doc = orjson.loads(frame)
         except ValueError:
             out.rejected.append("bad_json")
             return out
@@ -216,6 +223,7 @@ class KalshiCodec:
             self.clock = ts if self.clock is None else max(self.clock, ts)
         if kind == "orderbook_snapshot":
             self.books[ticker] = Book(levels(msg, "yes"), levels(msg, "no"))
+            self.awaiting.discard(ticker)
             self.maker.forget(market)
             self.maker.quote(market, ts, self.books[ticker].quote(), self.last_price.get(ticker),
                              out)
@@ -248,6 +256,8 @@ class KalshiCodec:
             traded = last is not None and last != self.last_price.get(ticker)
             if last is not None:
                 self.last_price[ticker] = last
+            if ticker in self.awaiting:
+                return
             if traded and last is not None:
                 self.maker.trade(market, ts, last, quote, out)
             else:
@@ -256,6 +266,8 @@ class KalshiCodec:
             p = price(msg, "yes_price")
             if p is None:
                 raise BadMessage("bad_message", "no yes_price")
+            if ticker in self.awaiting:
+                return
             book = self.books.get(ticker)
             self.maker.trade(market, ts, p, None if book is None else book.quote(), out)
         else:
@@ -300,6 +312,7 @@ class KalshiCodec:
         self._dropped.add(sid)
         for ticker in sub.tickers:
             self.books.pop(ticker, None)
+            self.awaiting.add(ticker)
             market = self.tickers.get(ticker)
             if market is not None:
                 self.maker.forget(market)

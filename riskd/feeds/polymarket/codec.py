@@ -15,6 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from riskd.feeds.base import MarketEvent
 from riskd.feeds.codec import (
     BadMessage,
@@ -144,7 +146,7 @@ class PolymarketCodec:
         if stripped in PONG:
             return out
         try:
-            doc = json.loads(stripped)
+            doc = orjson.loads(stripped)
         except ValueError:
             # Not JSON: the venue's plain-text errors ("INVALID OPERATION") or garbage.
             out.rejected.append("bad_json")

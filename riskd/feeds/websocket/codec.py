@@ -7,9 +7,10 @@ timestamp are, and the timestamp's unit.
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Any
+
+import orjson
 
 from riskd.feeds.codec import BadMessage, Decoded, Quote, TickMaker, number, probability
 from riskd.feeds.websocket.config import WebsocketFeedSettings
@@ -48,7 +49,7 @@ class WebsocketCodec:
         if cfg.ping_text and isinstance(frame, str) and not frame.lstrip().startswith(("{", "[")):
             return out  # the answer to our ping: any plain-text frame
         try:
-            doc = json.loads(frame)
+            doc = orjson.loads(frame)
         except ValueError:
             out.rejected.append("bad_json")
             return out
