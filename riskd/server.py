@@ -29,7 +29,14 @@ def make_app(daemon: Daemon) -> web.Application:
     admin.add_routes(app, DAEMON)
     if daemon.stream is not None:
         app.router.add_get("/v1/stream", daemon.stream.handle)
+        app.on_shutdown.append(_close_stream)  # open streams would hold the shutdown up
     return app
+
+
+async def _close_stream(app: web.Application) -> None:
+    stream = app[DAEMON].stream
+    if stream is not None:
+        await stream.close()
 
 
 def _json(data: object, status: int = 200) -> web.Response:
