@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from riskd.model.governor import MODES
+from riskd.model.governor import LEVERAGE_STEP, MODES
 from riskd.model.parameters import SIDES, reason_names
 from riskd.model.scenarios import GROUP_NAMES
 from riskd.timeutil import iso
@@ -137,15 +137,19 @@ def _governor(engine: Engine, i: int, now: float, target_lev: np.ndarray | None
         anchor = max(np.nan_to_num(g.changed_at[i], nan=-np.inf),
                      cooldown_until if math.isfinite(last_jump) else -np.inf)
         for s, side in enumerate(SIDES):
-            published, target = float(g.leverage[i, s]), float(target_lev[s])
-            if target > published * (1.0 + 1e-9):
+            published = float(g.leverage[i, s])
+            # Published values move in LEVERAGE_STEP steps (rounded down).
+            target = math.floor(float(target_lev[s]) / LEVERAGE_STEP + 1e-9) * LEVERAGE_STEP
+            if target > published + 1e-9:
+                step = min(target, published * (1 + gcfg.max_loosen_step))
                 pending[side] = {
                     "published_max_leverage": _num(published),
                     "target_max_leverage": _num(target),
-                    "next_step_max_leverage": _num(min(target,
-                                                       published * (1 + gcfg.max_loosen_step))),
+                    "next_step_max_leverage": _num(step),
                     "next_step_not_before": _time(anchor + gcfg.loosen_interval_s)
                     if math.isfinite(anchor) else None,
+                    # A step smaller than the deadband is not published on its own.
+                    "held_by_deadband": step / published - 1.0 < gcfg.deadband,
                 }
     out["pending_loosening"] = pending or None
     out["loosening"] = {"max_step": gcfg.max_loosen_step, "interval_s": gcfg.loosen_interval_s,
@@ -207,10 +211,11 @@ def format_text(doc: dict[str, Any]) -> str:
     if gov["freeze"]["from"]:
         lines.append(f"  resolution freeze from {gov['freeze']['from']}")
     for side, p in (gov.get("pending_loosening") or {}).items():
+        held = " (under the deadband: held)" if p["held_by_deadband"] else ""
         lines.append(f"  pending loosening {side}: {_fmt(p['published_max_leverage'])}x -> "
                      f"target {_fmt(p['target_max_leverage'])}x, next step "
                      f"{_fmt(p['next_step_max_leverage'])}x not before "
-                     f"{p['next_step_not_before']}")
+                     f"{p['next_step_not_before']}{held}")
     if gov.get("override"):
         o = gov["override"]
         lines.append(f"  override: mode {o['mode']}, max leverage {o['max_leverage']}, "
