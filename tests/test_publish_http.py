@@ -24,6 +24,9 @@ from conftest import (
 from exchange import Exchange, Step, check_delivery
 from prometheus_client import CollectorRegistry
 
+from riskd.config import Settings
+from riskd.engine import Engine
+from riskd.feeds.base import Tick
 from riskd.metrics import Metrics
 from riskd.publish.base import Batch
 from riskd.publish.http import DeliveryPolicy, HttpPublisher
@@ -359,3 +362,24 @@ def test_circuit_breaker_opens_probes_and_closes() -> None:
     assert breaker.success()  # a probe got through: closed
     assert not breaker.is_open and breaker.wait_s(3.3) == 0.0
     assert not breaker.success()
+
+
+def test_the_engine_names_the_markets_that_tightened(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What `Batch.tightened` carries: the governor's `Decision.tightened`, by market id."""
+    monkeypatch.delenv("RISKD_PUBLISHER__HTTP__SECRET")
+    settings = Settings(markets={"file": None, "discover": True},
+                        governor={"stale_after_s": 30.0})
+    engine = Engine(settings, {}, discover=True)
+    for k in range(40):
+        engine.ingest([Tick(f"m{m}", T0 + 10 * k, 0.5 + 0.002 * (k % 2)) for m in range(3)])
+        engine.cycle(T0 + 10 * k)
+    before = {m: e["max_leverage"]["long"] for m, e in engine.current.items()}
+    assert min(before.values()) > 1.0
+    # m0 keeps trading; m1 and m2 go silent past stale_after_s: fail-safe values (1x).
+    engine.ingest([Tick("m0", T0 + 400, 0.5)])
+    result = engine.cycle(T0 + 425)
+    assert {"m1", "m2"} <= result.tightened_markets
+    assert result.tightened_markets <= {e["market"] for e in result.entries}
+    assert result.tightened == len(result.tightened_markets)
+    for market in ("m1", "m2"):
+        assert engine.current[market]["max_leverage"]["long"] == 1.0 < before[market]
