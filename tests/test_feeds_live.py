@@ -455,6 +455,28 @@ async def test_polymarket_markets_from_gamma_join_the_markets_file(
     await wait_until(lambda: price_is(d, listed, 0.135), what="a listed market priced")
 
 
+async def test_a_failed_lookup_is_retried_while_the_feed_runs(
+        tmp_path: Path, in_process: Any, polymarket: PolymarketServer, rest: RestServer) -> None:
+    listed = "0x02330ccbfc1a90b7330ed35f27fadb01b64f5e523bfaaa5329ff0da249f836c1"
+    token = next(b["asset_id"] for b in polymarket.books.values() if b["market"] == listed)
+    rest.gamma = [gamma_entry(listed, [token, "1"], "2031-06-01T12:00:00Z", "Listed")]
+    rest.failures = 1
+    doc = pm_config(tmp_path, polymarket.url, gamma_url=rest.url + "/gamma",
+                    markets=[listed], metadata_retry_s=0.2)
+    doc["feed"]["metadata"] = True
+    d = await in_process(doc)
+    d.start()
+    # Gamma is down: prices from the markets file's market meanwhile.
+    await wait_until(lambda: price_is(d, "pm-x", 0.465), what="the file's market priced")
+    assert polymarket.subscriptions()[0]["assets_ids"] == sorted([PM_YES, PM_NO])
+    assert await metric(d, "riskd_ticks_rejected_total", venue="polymarket",
+                        reason="metadata_unavailable") == 1
+    # The retry finds the listed market; riskd subscribes again, with its token.
+    await until(lambda: len(polymarket.subscriptions()) == 2, what="a second subscription")
+    assert token in polymarket.subscriptions()[1]["assets_ids"]
+    await wait_until(lambda: price_is(d, listed, 0.135), what="the listed market priced")
+
+
 async def test_metadata_off_uses_the_markets_file_alone(
         tmp_path: Path, in_process: Any, polymarket: PolymarketServer, rest: RestServer) -> None:
     rest.gamma = [gamma_entry(f"0x{'a' * 64}", ["55558439202698150487746672855322717857013777460"

@@ -205,6 +205,7 @@ class RestServer:
     gamma: list[dict[str, Any]] = field(default_factory=list)
     kalshi: list[dict[str, Any]] = field(default_factory=list)
     requests: list[tuple[str, list[tuple[str, str]]]] = field(default_factory=list)
+    failures: int = 0  # answer this many requests with 503 first
     url: str = ""
     _runner: web.AppRunner | None = None
 
@@ -225,6 +226,9 @@ class RestServer:
     async def _gamma(self, request: web.Request) -> web.Response:
         query = list(request.query.items())
         self.requests.append(("gamma", query))
+        if self.failures > 0:
+            self.failures -= 1
+            return web.json_response({"error": "try later"}, status=503)
         wanted = {v for k, v in query if k in ("clob_token_ids", "condition_ids", "slug")}
 
         def matches(entry: dict[str, Any]) -> bool:

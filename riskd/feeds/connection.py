@@ -50,10 +50,16 @@ class SilentConnection(Exception):
     """No message within the read timeout."""
 
 
+class Resubscribe(Exception):
+    """A metadata lookup that had failed came through: connect again to subscribe."""
+
+
 def classify(exc: BaseException) -> str | None:
     """The reason label of a retryable connection error, or None if it is fatal."""
     if isinstance(exc, SilentConnection):
         return "read_timeout"
+    if isinstance(exc, Resubscribe):
+        return "resubscribe"
     if isinstance(exc, ConnectionClosed):
         frame = exc.rcvd or exc.sent
         if frame is not None and frame.code == MESSAGE_TOO_BIG:
@@ -105,6 +111,8 @@ class WebsocketFeed:
         self._rejected: dict[str, int] = {}
         self._events: list[MarketEvent] = []
         self._prepared = False
+        self._prepare_at = 0.0  # monotonic time of the next lookup attempt
+        self._lookup: asyncio.Task[None] | None = None
 
     # --- the Feed protocol ------------------------------------------------------------
 
@@ -146,17 +154,17 @@ class WebsocketFeed:
     async def ticks(self) -> AsyncIterator[list[Tick]]:
         self._set_connected(False)  # until the first handshake succeeds
         delays = self._backoff()
-        first = True
+        at_once = True
         while True:
-            if not first:
+            if not at_once:
                 delay = next(delays)
                 log.info("%s: reconnecting in %.2fs", self.venue, delay)
                 await asyncio.sleep(delay)
-            first = False
+            at_once = False
             if not self._prepared:
                 await self._prepare()
-                if self._events:
-                    yield []  # let the daemon take the listed markets before any price
+            if self._events:
+                yield []  # let the daemon take the listed markets before any price
             healthy = False
             try:
                 async with contextlib.aclosing(self._session()) as session:
@@ -173,7 +181,12 @@ class WebsocketFeed:
                 if reason == "message_too_big":
                     self.count(reason)
                     yield []  # so the daemon counts it now
-                log.warning("%s: connection lost (%s): %s", self.venue, reason, self.last_error)
+                if reason == "resubscribe":
+                    at_once = True
+                    log.info("%s: metadata found, connecting again to subscribe", self.venue)
+                else:
+                    log.warning("%s: connection lost (%s): %s", self.venue, reason,
+                                self.last_error)
             finally:
                 self._set_connected(False)
             if healthy:
@@ -184,10 +197,23 @@ class WebsocketFeed:
             await self.prepare()
         except Exception as exc:  # noqa: BLE001 - metadata is optional, prices are not
             self.count("metadata_unavailable")
+            self._prepare_at = time.monotonic() + self.settings.metadata_retry_s
             log.warning("%s: metadata lookup failed, using the markets file alone "
-                        "(will retry before the next connection): %s", self.venue, exc)
+                        "(retrying in %gs): %s", self.venue, self.settings.metadata_retry_s,
+                        exc)
         else:
             self._prepared = True
+
+    def _check_lookup(self) -> None:
+        """While connected without metadata: retry the lookup in the background, and
+        connect again (to subscribe to what it found) once it succeeds."""
+        if self._lookup is not None:
+            if self._lookup.done():
+                self._lookup = None
+                if self._prepared:
+                    raise Resubscribe("metadata lookup succeeded")
+        elif not self._prepared and time.monotonic() >= self._prepare_at:
+            self._lookup = asyncio.create_task(self._prepare(), name=f"{self.venue}-metadata")
 
     async def _session(self) -> AsyncGenerator[list[Tick]]:
         s = self.settings
@@ -224,11 +250,14 @@ class WebsocketFeed:
                     batch = self._take(decoded)
                     if batch is not None:
                         yield batch
+                    self._check_lookup()
             finally:
-                if pinger is not None:
-                    pinger.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await pinger
+                for task in (pinger, self._lookup):
+                    if task is not None:
+                        task.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await task
+                self._lookup = None
 
     def _take(self, decoded: Decoded) -> list[Tick] | None:
         """The ticks to yield, or None when the frame changed nothing the daemon sees."""

@@ -27,8 +27,10 @@ class ConnectionSettings(VenueSection):
     backoff_max_s: float = Field(30.0, gt=0.0)
     backoff_factor: float = Field(2.0, ge=1.0)
     backoff_jitter: float = Field(0.5, ge=0.0, le=1.0)
-    # Timeout of one metadata (REST) request.
+    # Timeout of one metadata (REST) request, and the wait before retrying a failed
+    # lookup (meanwhile the feed runs on the markets file alone).
     http_timeout_s: float = Field(10.0, gt=0.0)
+    metadata_retry_s: float = Field(60.0, gt=0.0)
 
     @model_validator(mode="after")
     def _backoff_order(self) -> ConnectionSettings:

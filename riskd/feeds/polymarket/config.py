@@ -17,6 +17,8 @@ class PolymarketSettings(ConnectionSettings):
     # (answered by "PONG", which also keeps the read timeout from firing).
     ping_interval_s: float = Field(10.0, gt=0.0)
     read_timeout_s: float = Field(30.0, gt=0.0)
+    # The first message is one JSON array with the book of every subscribed token.
+    max_message_bytes: int = Field(64 * 2**20, ge=1024)
     # best_bid_ask, new_market and market_resolved events.
     custom_feature_enabled: bool = True
     # Markets to follow besides those of the markets file: condition ids (0x...),
