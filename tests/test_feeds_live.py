@@ -449,6 +449,9 @@ async def test_polymarket_markets_from_gamma_join_the_markets_file(
     settings: Settings = d.daemon.settings
     assert entry is not None and "unknown_resolution" in entry["reasons"]
     assert entry["inputs"]["tau_s"] == settings.model.default_tau_s
+    status, why = await d.get_json(f"/v1/explain/{undated}")  # flagged there too
+    assert status == 200 and why["event_at"] is None and why["resolves_at"] is None
+    assert "unknown_resolution" in why["published"]["reasons"]
     assert await metric(d, "riskd_ticks_rejected_total", venue="polymarket",
                         reason="metadata_bad_entry") == 1
     # Their recorded books price them.
