@@ -107,15 +107,17 @@ def test_each_market_is_bound_to_one_feed(tmp_path: Path, pem: bytes) -> None:
         make_feeds(s, markets={"kal": markets["kal"]})
 
 
-def test_an_unusable_private_key_is_a_config_error(tmp_path: Path) -> None:
+def test_an_unusable_private_key_is_a_config_error(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     key = tmp_path / "k.pem"
     key.write_text("-----BEGIN PRIVATE KEY-----\nc2VjcmV0\n-----END PRIVATE KEY-----\n")
-    s = load(tmp_path, {"feed": {"kind": "kalshi",
-                                 "kalshi": {"key_id": "k", "private_key_path": str(key)}}})
-    with pytest.raises(ConfigError) as err:
-        make_feeds(s, markets={"kal": market("kal", kalshi_ticker="KX")})
-    assert "feed.kalshi.private_key_path" in str(err.value)
-    assert "c2VjcmV0" not in str(err.value)
+    msg = error(tmp_path, {"feed": {"kind": "kalshi",
+                                    "kalshi": {"key_id": "k", "private_key_path": str(key)}}})
+    assert "feed.kalshi" in msg and "private_key_path: not an unencrypted PEM" in msg
+    assert "c2VjcmV0" not in msg
+    monkeypatch.setenv("RISKD_FEED__KALSHI__PRIVATE_KEY", "c2VjcmV0")
+    msg = error(tmp_path, {"feed": {"kind": "kalshi", "kalshi": {"key_id": "k"}}})
+    assert "private_key: not an unencrypted PEM" in msg and "c2VjcmV0" not in msg
 
 
 def test_the_example_live_configs_load(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,

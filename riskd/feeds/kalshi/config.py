@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from riskd.feeds.settings import ConnectionSettings
 
@@ -39,6 +39,19 @@ class KalshiSettings(ConnectionSettings):
             except OSError as exc:
                 raise ValueError(f"cannot read {v}: {exc.strerror}") from None
         return v
+
+    @model_validator(mode="after")
+    def _usable_key(self) -> KalshiSettings:
+        # Parsed at load, so check-config and SIGHUP refuse a bad key (never shown).
+        if self.private_key_path is not None or self.private_key.get_secret_value():
+            from riskd.feeds.kalshi.auth import BadKey, load_private_key
+
+            where = "private_key_path" if self.private_key_path is not None else "private_key"
+            try:
+                load_private_key(self.private_key_pem())
+            except BadKey as exc:
+                raise ValueError(f"{where}: {exc}") from None
+        return self
 
     def private_key_pem(self) -> bytes:
         if self.private_key_path is not None:
