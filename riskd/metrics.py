@@ -47,7 +47,7 @@ class Metrics:
                               "time of the latest tick (a replay's clock is event time)",
                               ["venue"], registry=registry)
         self.feed_last = Gauge("riskd_feed_last_message_timestamp_seconds",
-                               "Wall-clock time the latest batch of ticks arrived",
+                               "Wall-clock time the latest accepted ticks arrived",
                                ["venue"], registry=registry)
         self.reconnects = Counter("riskd_feed_reconnects", "Feed reconnections", ["venue"],
                                   registry=registry)
@@ -93,10 +93,11 @@ class Metrics:
                    received: float, latest_event: float, now: float) -> None:
         """One batch from the feed (never called per tick): counts, arrival, lag."""
         children = self._feed(venue)
-        if accepted:
-            children.ticks.inc(accepted)
         for reason, n in rejected.items():
             self.rejected.labels(venue, reason).inc(n)
+        if not accepted:  # events, rejects or nothing: no price arrived, not fresher
+            return
+        children.ticks.inc(accepted)
         children.last.set(received)
         if math.isfinite(now) and math.isfinite(latest_event):
             children.lag.set(max(0.0, now - latest_event))

@@ -109,3 +109,19 @@ def test_the_per_tick_path_has_no_metric_updates() -> None:
     for path in paths:
         imported = _imports(path)
         assert not {"prometheus_client", "riskd.metrics"} & imported, path
+
+
+def test_only_accepted_ticks_make_the_feed_fresher() -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    metrics.feed_started("polymarket")
+    metrics.feed_batch("polymarket", 2, {}, received=50.0, latest_event=49.0, now=50.5)
+    # A batch of venue events or rejected input only: counted, but no price arrived.
+    metrics.feed_batch("polymarket", 0, {"unknown_market": 4}, received=60.0,
+                       latest_event=59.0, now=60.0)
+    labels = {"venue": "polymarket"}
+    assert registry.get_sample_value("riskd_feed_last_message_timestamp_seconds", labels) == 50
+    assert registry.get_sample_value("riskd_feed_lag_seconds", labels) == 1.5
+    assert registry.get_sample_value("riskd_ticks_total", labels) == 2
+    assert registry.get_sample_value("riskd_ticks_rejected_total",
+                                     {"venue": "polymarket", "reason": "unknown_market"}) == 4
