@@ -206,7 +206,14 @@ class HttpPublisher:
                 continue
             tight = set(self._tight)
             taken = self._take()
-            attempt = await self._post(taken, bool(tight & taken.keys()))
+            try:
+                attempt = await self._post(taken, bool(tight & taken.keys()))
+            except Exception:  # a bug (classify_error): drop these sets, keep the sender
+                self._ok = False
+                log.exception("http publisher: could not send %d sets", len(taken),
+                              extra={"publisher": self.name, "reason": "publisher_error"})
+                self.stats.published(self.name, "error", None)
+                continue
             if attempt.outcome is Outcome.RETRY:
                 self._put_back(taken, tight)
                 if self.breaker.failure(time.monotonic()):
@@ -251,7 +258,10 @@ class HttpPublisher:
                                  "markets": len(taken), "tightens": tightens}
         started = time.perf_counter()
         try:
-            async with self._session.post(self.url, data=body, headers=headers) as resp:
+            # A redirect is answered as it is (permanent): signed parameters go to the
+            # configured URL only.
+            async with self._session.post(self.url, data=body, headers=headers,
+                                          allow_redirects=False) as resp:
                 text = await resp.text(errors="replace")
                 status = resp.status
                 wait_header = resp.headers.get("Retry-After")

@@ -74,12 +74,10 @@ class WebsocketPublisher:
         return True  # a dashboard going away is not the daemon's failure
 
     async def drain(self, timeout: float) -> None:
-        async def flushed() -> None:
-            while any(not c.queue.empty() for c in self.clients):
-                await asyncio.sleep(0.01)
-
+        """Until every client has been sent what is queued for it (or the deadline)."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(flushed(), timeout)
+            await asyncio.wait_for(asyncio.gather(*(c.queue.join() for c in self.clients)),
+                                   timeout)
 
     async def close(self) -> None:
         self._stopped = True
@@ -124,6 +122,7 @@ class WebsocketPublisher:
             while True:
                 message = await client.queue.get()
                 await client.ws.send_frame(message, WSMsgType.TEXT)
+                client.queue.task_done()
         except (ConnectionError, RuntimeError):
             pass  # the client went away: the handler cleans up
 
