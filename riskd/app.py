@@ -81,7 +81,7 @@ class Daemon:
         self.stream: WebsocketPublisher | None = None
         self.reload_error: str | None = None  # why the last reload was refused
         self.metrics = Metrics(CollectorRegistry())
-        self.metrics.watch(self.engine, settings.server.max_market_series)
+        self.metrics.watch(self.engine, settings.server.max_market_series, clock=self.now)
         self.feeds = make_feeds(settings, self.metrics, markets)
         self.feed = self.feeds[0]
         self.publishers: list[Publisher] = self._make_publishers(settings)

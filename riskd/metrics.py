@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -142,8 +142,11 @@ class Metrics:
     def snapshot_failed(self) -> None:
         self.snapshot_failures.inc()
 
-    def watch(self, engine: Engine, max_series: int) -> None:
-        self.registry.register(EngineCollector(engine, max_series))
+    def watch(self, engine: Engine, max_series: int,
+              clock: Callable[[], float] | None = None) -> None:
+        """Export the engine's markets at scrape time, their inputs at `clock()` (the
+        daemon clock, as the governor sees it); without a clock, at the latest tick."""
+        self.registry.register(EngineCollector(engine, max_series, clock))
 
 
 @dataclass(frozen=True)
@@ -162,9 +165,11 @@ class EngineCollector(Collector):
     against are exported here too, so they follow a SIGHUP reload.
     """
 
-    def __init__(self, engine: Engine, max_series: int) -> None:
+    def __init__(self, engine: Engine, max_series: int,
+                 clock: Callable[[], float] | None = None) -> None:
         self.engine = engine
         self.max_series = max_series
+        self.clock = clock
 
     def collect(self) -> Iterator[Metric]:
         e = self.engine
@@ -201,7 +206,9 @@ class EngineCollector(Collector):
         mode = GaugeMetricFamily("riskd_market_mode", "1 for the published mode",
                                  labels=["market", "mode"])
         if n:
-            now = e.now
+            now = self.clock() if self.clock is not None else e.now
+            if not np.isfinite(now):
+                now = e.now
             inp = e.inputs_at(now, slice(0, n)) if np.isfinite(now) else None
             g = e.gov
             for i in range(n):
