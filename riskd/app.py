@@ -289,6 +289,9 @@ class Daemon:
         version = self.engine.gov.version
         version[version > 0] += gap
         np.maximum(version, loaded.floor, out=version)
+        # Republish everything in the first cycle: the exchange hears from the new
+        # process at once, and the API has the current sets again.
+        self.engine.gov.valid_until[:] = np.nan
         if loaded.trusted and isinstance(self.feed, ReplayFeed):
             self.feed.resume_after(loaded.clock)
 

@@ -161,6 +161,8 @@ async def test_kill_9_drill(tmp_path: Path, start_daemon: Any) -> None:
         return len(list(read_audit(audit))) >= len(before) + 20
 
     await wait_until(more, 30.0, what="20 batches after the restart")
+    _, listing = await second.get_json("/v1/params")
+    assert len(listing["params"]) == 39  # every market republished by the new process
     second.send(signal.SIGINT)
     assert await second.wait_exit(5.0) == 0
 
