@@ -14,7 +14,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from riskd.feeds.backoff import backoff
+from riskd.backoff import backoff
 from riskd.feeds.base import Tick
 from riskd.feeds.kalshi.auth import BadKey, KalshiSigner, load_private_key
 from riskd.feeds.kalshi.codec import KalshiCodec

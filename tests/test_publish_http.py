@@ -24,6 +24,7 @@ from conftest import (
 from exchange import Exchange, Step, check_delivery
 from prometheus_client import CollectorRegistry
 
+from riskd.backoff import backoff
 from riskd.config import Settings
 from riskd.engine import Engine
 from riskd.feeds.base import Tick
@@ -33,7 +34,6 @@ from riskd.publish.http import DeliveryPolicy, HttpPublisher
 from riskd.publish.retry import (
     CircuitBreaker,
     Outcome,
-    backoff,
     classify_error,
     classify_status,
     retry_after,

@@ -28,7 +28,7 @@ from websockets.exceptions import (
     InvalidURI,
 )
 
-from riskd.feeds.backoff import backoff
+from riskd.backoff import backoff
 from riskd.feeds.base import MarketEvent, Tick
 from riskd.feeds.codec import Codec, Decoded
 from riskd.feeds.settings import ConnectionSettings

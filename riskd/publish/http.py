@@ -31,11 +31,11 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import orjson
 
+from riskd.backoff import backoff
 from riskd.publish.base import Batch, PublishStats
 from riskd.publish.retry import (
     CircuitBreaker,
     Outcome,
-    backoff,
     classify_error,
     classify_status,
     error_reason,

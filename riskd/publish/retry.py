@@ -10,8 +10,6 @@ breaker is a small state machine whose clock is an argument.
 from __future__ import annotations
 
 import enum
-import random
-from collections.abc import Iterator
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
@@ -52,24 +50,6 @@ def error_reason(exc: BaseException) -> str:
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return "disconnected"
     return type(exc).__name__
-
-
-def backoff(
-    initial_s: float = 0.1,
-    max_s: float = 10.0,
-    factor: float = 2.0,
-    jitter: float = 0.5,
-    rng: random.Random | None = None,
-) -> Iterator[float]:
-    """Capped exponential delays, each shortened by a random fraction up to `jitter`
-    (websockets' `client.py::backoff`); a fresh generator after each success."""
-    if initial_s <= 0 or max_s < initial_s or factor < 1.0 or not 0.0 <= jitter <= 1.0:
-        raise ValueError("backoff: need 0 < initial_s <= max_s, factor >= 1, 0 <= jitter <= 1")
-    draw = (rng or random.Random()).random
-    delay = initial_s
-    while True:
-        yield delay * (1.0 - jitter * draw())
-        delay = min(delay * factor, max_s)
 
 
 def retry_after(value: str | None, now: float, limit: float) -> float | None:

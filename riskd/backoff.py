@@ -1,7 +1,8 @@
-"""Reconnect delays: capped exponential backoff with jitter, as a pure generator.
+"""Retry delays: capped exponential backoff with jitter, as a pure generator.
 
-After websockets' `client.py::backoff`: the connection shell takes the next delay
-after each failure and starts a fresh generator once a connection delivered data.
+After websockets' `client.py::backoff`: a feed's connection shell and the HTTP
+publisher take the next delay after each failure and start a fresh generator after
+a success.
 No I/O, no clock: the random source is an argument, so tests are deterministic.
 """
 
