@@ -39,6 +39,7 @@ class GovernorState:
     published_at: np.ndarray
     valid_until: np.ndarray
     changed_at: np.ndarray  # last time leverage/fee/slippage moved: anchors loosening steps
+    idle_at: np.ndarray  # last cycle with nothing waiting to loosen: also anchors them
     version: np.ndarray  # (m,) int64
 
     @classmethod
@@ -63,6 +64,7 @@ class GovernorState:
             "published_at": (np.nan, np.float64, (k,)),
             "valid_until": (np.nan, np.float64, (k,)),
             "changed_at": (np.nan, np.float64, (k,)),
+            "idle_at": (np.nan, np.float64, (k,)),
             "version": (0, np.int64, (k,)),
         }
         for name, (value, dtype, shape) in init.items():
@@ -158,9 +160,13 @@ def _step(
 
     first = state.mode < 0
     prev_lev, prev_fee, prev_slip = state.leverage, state.fee, state.slippage
-    # Loosening: one bounded step per interval, counted from the last change or
-    # from the end of a jump cool-down, whichever is later (section 5).
-    anchor = np.fmax(state.changed_at, cond.last_jump_t + cfg.jump_cooldown_s)
+    # Loosening: one bounded step per interval, counted from the last change, the
+    # end of a jump cool-down or the last cycle at which nothing waited to loosen,
+    # whichever is latest (section 5). Sparse cycles (the backtest's) compound the
+    # steps of the time between them; a market whose targets sat at the published
+    # values saves none up for one burst (property 6.6).
+    anchor = np.fmax(np.fmax(state.changed_at, state.idle_at),
+                     cond.last_jump_t + cfg.jump_cooldown_s)
     steps = np.floor(np.nan_to_num((now - anchor) / cfg.loosen_interval_s, nan=0.0))
     steps = np.clip(np.where(cooldown, 0.0, steps), 0.0, 64.0)
     grow = (1.0 + cfg.max_loosen_step) ** steps
@@ -168,6 +174,9 @@ def _step(
     lev_up = np.minimum(lev_t, prev_lev * grow[:, None])
     lev_up = np.floor(lev_up / LEVERAGE_STEP + 1e-9) * LEVERAGE_STEP
     lev_new = np.where(lev_t <= prev_lev, lev_t, np.maximum(lev_up, prev_lev))
+    # A first publish takes the targets; before the fee below, so that a first
+    # publish at 1x (warming up, no data yet) carries the fee floor too.
+    lev_new = np.where(first[:, None], lev_t, lev_new)
     slip_up = np.minimum(slip_t, prev_slip * grow)
     slip_new = np.where(slip_t <= prev_slip, slip_t, np.maximum(slip_up, prev_slip))
     # The fee follows the published leverage: at 1x nothing is lent (property 5).
@@ -176,7 +185,6 @@ def _step(
     fee_down = np.maximum(fee_t, prev_fee / grow[:, None])
     fee_new = np.where(fee_t >= prev_fee, fee_t, np.where(lev_new <= 1.0, fee_t, fee_down))
 
-    lev_new = np.where(first[:, None], lev_t, lev_new)
     slip_new = np.where(first, slip_t, slip_new)
     fee_new = np.where(first[:, None], fee_t, fee_new)
 
@@ -221,6 +229,14 @@ def _step(
     state.valid_until[publish] = at[publish] + cfg.ttl_s
     state.changed_at[moved] = at[moved]
     state.version[publish] += 1
+    # Idle: no target looser than what is now in force by the deadband or more.
+    pub_lev, pub_fee, pub_slip = state.leverage, state.fee, state.slippage
+    want = np.maximum(
+        np.max(np.maximum(lev_t / pub_lev - 1.0, pub_fee / fee_t - 1.0), axis=1),
+        slip_t / pub_slip - 1.0,
+    )
+    idle = ~((want > 0.0) & (want >= cfg.deadband))
+    state.idle_at[idle] = at[idle]
     return Decision(publish=publish, tightened=tightened & publish)
 
 

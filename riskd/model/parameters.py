@@ -115,11 +115,26 @@ def compute(
         if side == LONG:
             value, value_h = inp.p, sc.p_h
         else:
-            value, value_h = 1.0 - inp.p, 1.0 - sc.p_h
+            value, value_h = 1.0 - inp.p, sc.p_h_no
         loss = value[:, None] - value_h
         w = scenarios.tail_weights(loss, sc.prob, cfg.confidence)
         es_side = np.sum(loss * w, axis=1)
-        margin = np.clip(es_side, cfg.m_floor * value, value)
+        # The resolution event is margined in full: no liquidation can act on it, so
+        # its share q of the position is held at its value and the rest at the ES of
+        # the scenarios a liquidation can meet. Without this a near-certain market
+        # (losing outcome less likely than 1 - confidence) gets looser as tau falls,
+        # because the resolution atoms crowd the news/diffusion tail out of the ES,
+        # and keeps leverage > 1 at tau = 0 (spec property 6.3). ES is concave in q
+        # and meets this chord at q = 0 and, when the losing outcome is at least
+        # 1 - confidence likely, at q = 1: there the ES is above it, unchanged.
+        es_liquid = np.sum(loss * scenarios.tail_weights(loss, sc.prob_liquid, cfg.confidence),
+                           axis=1)
+        settle = q * value + (1.0 - q) * es_liquid
+        margin = np.clip(np.maximum(es_side, settle), cfg.m_floor * value, value)
+        # ES sums weights that add to 1 only to rounding: a margin within rounding of
+        # the value is the value (leverage exactly 1, nothing lent, property 6.5), not
+        # a loan of 1e-16 priced at the full gap premium.
+        margin = np.where(margin >= (1.0 - 1e-12) * value, value, margin)
         lev_side = np.clip(value / margin, 1.0, max_leverage)
         if leverage_pin is not None:  # an operator's loosening override (riskd/overrides.py)
             lev_side = np.where(np.isnan(leverage_pin), lev_side,
