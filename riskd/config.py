@@ -29,6 +29,7 @@ from pydantic_settings import (
 from riskd.feeds.kalshi.config import KalshiSettings
 from riskd.feeds.polymarket.config import PolymarketSettings
 from riskd.feeds.websocket.config import WebsocketFeedSettings
+from riskd.validators import readable_file
 
 DEFAULT_CONFIG = Path("config/riskd.toml")
 
@@ -187,16 +188,7 @@ class HttpPublisherSettings(Section):
     circuit_reset_s: float = Field(5.0, gt=0.0)
     circuit_max_reset_s: float = Field(60.0, gt=0.0)
 
-    @field_validator("secret_file")
-    @classmethod
-    def _readable(cls, v: Path | None) -> Path | None:
-        # Checked at load, so check-config and SIGHUP refuse it, not the first publish.
-        if v is not None:
-            try:
-                v.read_bytes()
-            except OSError as exc:
-                raise ValueError(f"cannot read {v}: {exc.strerror}") from None
-        return v
+    _readable = field_validator("secret_file")(readable_file)
 
     def secret_bytes(self) -> bytes:
         if self.secret_file is not None:

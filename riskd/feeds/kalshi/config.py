@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from riskd.feeds.settings import ConnectionSettings
+from riskd.validators import readable_file
 
 KALSHI_WS_URL = "wss://api.elections.kalshi.com/trade-api/ws/v2"
 KALSHI_REST_URL = "https://api.elections.kalshi.com/trade-api/v2"
@@ -29,16 +30,7 @@ class KalshiSettings(ConnectionSettings):
     markets: list[str] = Field(default_factory=list)
     rest_page_size: int = Field(200, ge=1, le=1000)
 
-    @field_validator("private_key_path")
-    @classmethod
-    def _readable(cls, v: Path | None) -> Path | None:
-        # Checked at load, so check-config and SIGHUP refuse it, not the first connect.
-        if v is not None:
-            try:
-                v.read_bytes()
-            except OSError as exc:
-                raise ValueError(f"cannot read {v}: {exc.strerror}") from None
-        return v
+    _readable = field_validator("private_key_path")(readable_file)
 
     @model_validator(mode="after")
     def _usable_key(self) -> KalshiSettings:
