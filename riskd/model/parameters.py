@@ -58,7 +58,7 @@ class RiskInputs:
 
 
 def risk_inputs(
-    state: EstimatorState, now: float, event_t: np.ndarray, cfg: ModelSettings
+    state: EstimatorState, now: float | np.ndarray, event_t: np.ndarray, cfg: ModelSettings
 ) -> RiskInputs:
     """Effective values at `now` (section 3 end, section 4 horizon, section 2 tau)."""
     p = np.clip(expit(state.x), cfg.eps, 1.0 - cfg.eps)
@@ -67,7 +67,9 @@ def risk_inputs(
     sigma = np.maximum(np.sqrt(state.sigma2), cfg.sigma_floor)
     lam = np.maximum(state.lambda_at(now, cfg), cfg.lambda_prior)
     J = np.maximum(np.sqrt(state.J2), cfg.J_floor)
-    gap = state.gap
+    # The silence since the last price is evidence about the wait for the next one.
+    since = np.maximum(np.nan_to_num(now - state.t, nan=0.0), 0.0)
+    gap = np.fmax(state.gap, since)
     h = np.maximum(cfg.liquidation_horizon_s, cfg.k_liquidity * np.nan_to_num(gap, nan=0.0))
     return RiskInputs(
         p=p, x=np.log(p) - np.log1p(-p), tau=tau, sigma=sigma, lam=lam, J=J, gap=gap, h=h,
