@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from riskd.model.governor import LEVERAGE_STEP, MODES
+from riskd.model.governor import LEVERAGE_STEP, MODES, loosening_anchor
 from riskd.model.parameters import SIDES, reason_names
 from riskd.model.scenarios import GROUP_NAMES
 from riskd.timeutil import iso
@@ -134,8 +134,7 @@ def _governor(engine: Engine, i: int, now: float, target_lev: np.ndarray | None
         out["override"] = override.as_dict()
     pending: dict[str, Any] = {}
     if target_lev is not None and g.mode[i] >= 0:
-        anchor = max(np.nan_to_num(g.changed_at[i], nan=-np.inf),
-                     cooldown_until if math.isfinite(last_jump) else -np.inf)
+        anchor = float(loosening_anchor(g, engine.est.last_jump_t, gcfg.jump_cooldown_s)[i])
         for s, side in enumerate(SIDES):
             published = float(g.leverage[i, s])
             # Published values move in LEVERAGE_STEP steps (rounded down).

@@ -151,11 +151,15 @@ def _restore(engine: Engine, ids: list[str], data: dict[str, Any]) -> int:
     """Copy each market's rows into the engine, by id; markets no longer configured
     (and not discoverable) are dropped."""
     n = len(ids)
-    for prefix, state in (("est_", engine.est), ("gov_", engine.gov)):
-        for f in fields(state):
-            if data[prefix + f.name].shape[0] != n:
-                raise ValueError(f"{prefix}{f.name} has {data[prefix + f.name].shape[0]} "
-                                 f"rows for {n} markets")
+    # A field this build has and the snapshot lacks (added since) keeps its fresh value:
+    # every state field starts at "unknown", which the governor reads conservatively.
+    names = [(prefix, state, f.name) for prefix, state in (("est_", engine.est),
+                                                            ("gov_", engine.gov))
+             for f in fields(state) if prefix + f.name in data]
+    for prefix, _, name in names:
+        if data[prefix + name].shape[0] != n:
+            raise ValueError(f"{prefix}{name} has {data[prefix + name].shape[0]} "
+                             f"rows for {n} markets")
     src, dst = [], []
     for k, market_id in enumerate(ids):
         i = engine.index.get(market_id)
@@ -166,12 +170,10 @@ def _restore(engine: Engine, ids: list[str], data: dict[str, Any]) -> int:
         src.append(k)
         dst.append(i)
     s, d = np.array(src, dtype=np.int64), np.array(dst, dtype=np.int64)
-    for prefix, state in (("est_", engine.est), ("gov_", engine.gov)):
-        for f in fields(state):
-            # Static per-market settings come from the config of this run, not the snapshot.
-            if f.name == "tick_size":
-                continue
-            getattr(state, f.name)[d] = data[prefix + f.name][s]
+    for prefix, state, name in names:
+        # Static per-market settings come from the config of this run, not the snapshot.
+        if name != "tick_size":
+            getattr(state, name)[d] = data[prefix + name][s]
     engine.first_t[d] = data["first_t"][s]
     finite = engine.est.t[d]
     if finite.size and np.isfinite(finite).any():

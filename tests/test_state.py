@@ -246,3 +246,18 @@ async def test_daemon_starts_conservatively_on_bad_state(
         assert entry["mode"] == "reduce_only" and "warming_up" in entry["reasons"]
     assert params["params"]
 
+
+
+def test_snapshot_without_a_newer_field_restores_the_rest(tmp_path: Path) -> None:
+    """A field added since the snapshot was written starts at its fresh value."""
+    engine = _engine()
+    store = StateStore(tmp_path, max_age_s=60)
+    store.save(engine, clock=engine.now, seqs={"batch": 4})
+    with np.load(store.path) as npz:
+        arrays = {k: npz[k] for k in npz.files if k != "gov_idle_at"}
+    np.savez(store.path, **arrays)
+    fresh = Engine(Settings(), {}, discover=True)
+    loaded = store.load(fresh)
+    assert loaded.trusted and loaded.markets == 3
+    np.testing.assert_array_equal(fresh.gov.leverage, engine.gov.leverage)
+    assert np.all(np.isnan(fresh.gov.idle_at))

@@ -165,8 +165,7 @@ def _step(
     # whichever is latest (section 5). Sparse cycles (the backtest's) compound the
     # steps of the time between them; a market whose targets sat at the published
     # values saves none up for one burst (property 6.6).
-    anchor = np.fmax(np.fmax(state.changed_at, state.idle_at),
-                     cond.last_jump_t + cfg.jump_cooldown_s)
+    anchor = loosening_anchor(state, cond.last_jump_t, cfg.jump_cooldown_s)
     steps = np.floor(np.nan_to_num((now - anchor) / cfg.loosen_interval_s, nan=0.0))
     steps = np.clip(np.where(cooldown, 0.0, steps), 0.0, 64.0)
     grow = (1.0 + cfg.max_loosen_step) ** steps
@@ -238,6 +237,12 @@ def _step(
     idle = ~((want > 0.0) & (want >= cfg.deadband))
     state.idle_at[idle] = at[idle]
     return Decision(publish=publish, tightened=tightened & publish)
+
+
+def loosening_anchor(state: GovernorState, last_jump_t: np.ndarray, cooldown_s: float
+                     ) -> np.ndarray:
+    """When the loosening steps start counting (section 5); nan: not yet."""
+    return np.fmax(np.fmax(state.changed_at, state.idle_at), last_jump_t + cooldown_s)
 
 
 def _round_up(fee: np.ndarray) -> np.ndarray:
