@@ -150,7 +150,9 @@ def warmed(p0: float, tick_size: float, seed: int = 7) -> EstimatorState:
 def winsor_bound(state: EstimatorState, p_new: float, dt: float) -> float:
     """The largest sigma2 one tick can leave: the EWMA with the sample at the threshold
     (spec section 3 steps 1-3; noise2 is the signed Roll estimate)."""
-    s0sq = (state.tick_size[0] / (p_new * (1 - p_new))) ** 2 + max(state.noise2[0], 0.0)
+    p_old = float(expit(state.x)[0])
+    slope = max(p_new * (1 - p_new), p_old * (1 - p_old))  # the less extreme price
+    s0sq = (state.tick_size[0] / slope) ** 2 + max(state.noise2[0], 0.0)
     thr2 = CFG.k_jump**2 * (state.sigma2[0] * dt + s0sq)
     w = np.exp(-LN2 * dt / CFG.sigma_halflife_s)
     return float(w * state.sigma2[0] + (1 - w) * (thr2 - 2 * state.noise2[0]) / dt)
@@ -159,8 +161,7 @@ def winsor_bound(state: EstimatorState, p_new: float, dt: float) -> float:
 def test_a_huge_move_is_winsorised() -> None:
     """p 0.5 -> 0.95 in one minute (+2.9 logit) is a jump, and it moves sigma2 at most
     as far as a sample at the threshold would: here under +25%, where the raw dx^2
-    would have multiplied sigma2 by more than 100. (Tick size 0.001: the noise floor
-    is the tick in logit units at the new price, and a cent is ~1 logit at 0.99.)"""
+    would have multiplied sigma2 by more than 100."""
     state = warmed(0.5, 0.001)
     before = state.sigma2[0]
     t = state.t[0] + 60.0
@@ -173,6 +174,20 @@ def test_a_huge_move_is_winsorised() -> None:
     assert jump[0]
     assert state.sigma2[0] <= bound * (1 + 1e-12)
     assert state.sigma2[0] < 1.25 * before
+
+
+def test_a_jump_to_an_extreme_on_a_cent_tick_is_winsorised() -> None:
+    """0.5 -> 0.99 with a one-cent tick: the noise floor is taken at the less extreme
+    price, so the jump's own tick size in logit units (about 1 at 0.99) does not widen
+    its threshold: sigma2 moves by under 2x (taken at 0.99 it moved by ~236x)."""
+    state = warmed(0.5, 0.01)
+    before = state.sigma2[0]
+    bound = winsor_bound(state, 0.99, 60.0)
+    t = state.t[0] + 60.0
+    jump = estimator.update(state, CFG, np.array([0]), np.array([t]), np.array([0.99]))
+    assert jump[0]
+    assert state.sigma2[0] <= bound * (1 + 1e-12)
+    assert state.sigma2[0] < 2.0 * before
 
 
 def test_a_large_non_jump_move_is_winsorised_not_excluded() -> None:

@@ -118,11 +118,14 @@ def update(
     dt = np.maximum(np.where(first, cfg.dt_min_s, t - t_prev), cfg.dt_min_s)
     x_prev = np.where(first, x, state.x[idx])
     dx = x - x_prev
-    dp = np.abs(p - expit(x_prev))
 
-    # Step 1: noise floor in logit units.
+    # Step 1: noise floor in logit units, at the less extreme of the two prices: a jump
+    # to 0.99 must not widen its own threshold by the tick's size in logit terms there.
     noise2 = state.noise2[idx]
-    s0sq = (state.tick_size[idx] / (p * (1.0 - p))) ** 2 + np.maximum(noise2, 0.0)
+    p_prev = expit(x_prev)
+    slope = np.maximum(p * (1.0 - p), p_prev * (1.0 - p_prev))
+    dp = np.abs(p - p_prev)
+    s0sq = (state.tick_size[idx] / slope) ** 2 + np.maximum(noise2, 0.0)
     # Step 2: a jump is a move beyond k standard deviations that also matters in money.
     sigma2 = state.sigma2[idx]
     thr2 = cfg.k_jump**2 * (sigma2 * dt + s0sq)
