@@ -97,6 +97,7 @@ class Daemon:
         # Receive time of the oldest tick whose effect is not yet published.
         self._unpublished_since: float | None = None
         self._feed_done = False
+        self._tallies: dict[str, FeedTally] = {}  # venue -> what came since the last cycle
 
     def _make_publishers(self, settings: Settings) -> list[Publisher]:
         pubs: list[Publisher] = []
@@ -118,7 +119,7 @@ class Daemon:
         return orjson.dumps({
             "source": "riskd", "instance": self.settings.publisher.instance, "seq": self.seq,
             "generated_at": self.now_iso(), "snapshot": True,
-            "params": list(self.engine.current.values())})
+            "params": self.engine.current.sets()})
 
     # --- clock and health -------------------------------------------------
 
@@ -179,21 +180,24 @@ class Daemon:
         venue = feed.venue
         events = feed if isinstance(feed, EventSource) else None
         self.metrics.feed_started(venue)
+        tally = self._tallies[venue] = FeedTally(feed)
         try:
             async for batch in feed.ticks():
                 received = time.time()
                 if events is not None:
                     self._apply_events(events.take_events())
-                result = self.engine.ingest(batch)
-                if result.accepted and self._unpublished_since is None:
-                    self._unpublished_since = received
-                # Metrics per batch, never per tick; feeds yield ticks in arrival order.
-                self.metrics.feed_batch(venue, result.accepted, result.rejected, received,
-                                        batch[-1].ts if batch else math.nan, self.now())
-                self.metrics.sync_rejected(venue, feed.rejected())
+                # Checked now, applied by the next cycle in one pass with the others.
+                result = self.engine.enqueue(batch)
+                if result.accepted:
+                    if self._unpublished_since is None:
+                        self._unpublished_since = received
+                    # Feeds yield ticks in arrival order.
+                    tally.took(result.accepted, received, batch[-1].ts, self.now())
+                if result.rejected:
+                    tally.rejected(result.rejected)
         finally:
+            self._flush_tally(tally)
             self.metrics.feed_ended(venue)
-        self.metrics.sync_rejected(venue, feed.rejected())
         rejected = feed.rejected()
         log.info("feed ended: %s", _summary(feed),
                  extra={"venue": venue, "rejected": rejected} if rejected else {"venue": venue})
@@ -212,6 +216,8 @@ class Daemon:
         now = self.now()
         if not math.isfinite(now):
             return
+        for tally in self._tallies.values():
+            self._flush_tally(tally)
         started = time.perf_counter()
         result = self.engine.cycle(now)
         self.metrics.cycle.observe(time.perf_counter() - started)
@@ -220,6 +226,15 @@ class Daemon:
             self._log_mode_changes(result.entries)
             self._publish(Batch(self.settings.publisher.instance, self.seq + 1, iso(now),
                                 result.entries, tightened=result.tightened_markets))
+
+    def _flush_tally(self, tally: FeedTally) -> None:
+        """A feed's metrics, once per cycle: never per message or tick."""
+        venue = tally.feed.venue
+        if tally.accepted or tally.rejects:
+            self.metrics.feed_batch(venue, tally.accepted, tally.rejects, tally.received,
+                                    tally.latest_event, tally.now)
+            tally.reset()
+        self.metrics.sync_rejected(venue, tally.feed.rejected())
 
     def _log_mode_changes(self, entries: list[dict[str, Any]]) -> None:
         """One event per market whose published mode changed, with its reasons."""
@@ -292,12 +307,14 @@ class Daemon:
         # Republish everything in the first cycle: the exchange hears from the new
         # process at once, and the API has the current sets again.
         self.engine.gov.valid_until[:] = np.nan
+        self.engine.invalidate()
         if loaded.trusted and isinstance(self.feed, ReplayFeed):
             self.feed.resume_after(loaded.clock)
 
     def snapshot(self) -> None:
         if self.store is None:
             return
+        self.engine.flush()  # the snapshot holds every tick taken before its clock
         try:
             self.store.save(self.engine, self.now(), self._seqs())
         except OSError as exc:
@@ -408,6 +425,28 @@ class Daemon:
             return 1
         log.info("stopped cleanly after %d batches", self.seq)
         return 0
+
+
+class FeedTally:
+    """What one feed delivered since its metrics were last updated."""
+
+    def __init__(self, feed: Feed) -> None:
+        self.feed = feed
+        self.reset()
+
+    def reset(self) -> None:
+        self.accepted = 0
+        self.rejects: dict[str, int] = {}
+        # Of the latest batch with accepted ticks: wall time, newest event, daemon clock.
+        self.received = self.latest_event = self.now = math.nan
+
+    def took(self, accepted: int, received: float, latest_event: float, now: float) -> None:
+        self.accepted += accepted
+        self.received, self.latest_event, self.now = received, latest_event, now
+
+    def rejected(self, counts: dict[str, int]) -> None:
+        for reason, n in counts.items():
+            self.rejects[reason] = self.rejects.get(reason, 0) + n
 
 
 def _summary(feed: Feed) -> str:

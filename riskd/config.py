@@ -155,6 +155,10 @@ class GovernorSettings(Section):
     freeze_before_resolution_s: float = Field(3600.0, ge=0.0)
     stale_after_s: float = Field(30.0, gt=0.0)
     ttl_s: float = Field(60.0, gt=0.0)
+    # A cycle evaluates the markets that ticked or whose time-driven conditions came due;
+    # every other market is still evaluated at least this often (its time to resolution
+    # and jump intensity drift without ticks).
+    reevaluate_s: float = Field(5.0, gt=0.0)
 
     @model_validator(mode="after")
     def _ttl_covers_cycle(self) -> GovernorSettings:

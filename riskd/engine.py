@@ -6,6 +6,8 @@ and turns one cycle's model output into the published JSON entries. No I/O.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
@@ -22,6 +24,9 @@ from riskd.timeutil import iso
 
 DEFAULT_TICK_SIZE = 0.01
 ALL = slice(None)  # every market; else an index array
+# The published inputs kept per market (RiskInputs fields), in `published_inputs` order.
+INPUTS = ("p", "tau", "sigma", "lam", "J", "h")
+EVALUATE_CHUNK = 4096  # markets per model pass: bounds the scenario arrays' memory
 Index = slice | np.ndarray
 S = TypeVar("S", estimator.EstimatorState, GovernorState)
 
@@ -62,40 +67,83 @@ class Engine:
         self.max_leverage = np.zeros(0)
         self.max_slippage = np.zeros(0)
         self.fee_floor = np.zeros(0)
-        self.current: dict[str, dict[str, Any]] = {}
-        self.overrides: dict[str, Override] = {}  # market id -> admin override
-        self.last_targets: parameters.Targets | None = None
+        # When each market must be evaluated again without a tick: the next time one of
+        # the governor's time-driven conditions can change (-inf: at the next cycle).
+        self.due_t = np.zeros(0)
+        self.idle = np.zeros(0, bool)  # nothing waited to loosen at its last evaluation
+        # The inputs (INPUTS) of the set each market last published in this process;
+        # `current` renders the published sets from them and the governor state.
+        self.published = np.zeros(0, bool)
+        self.published_inputs = np.zeros((0, len(INPUTS)))
+        self.current = PublishedSets(self)
+        self.overrides = {}  # market id -> admin override
         self.now = float("-inf")  # the latest event time seen
-        for market in markets.values():
-            self.add_market(market.id, market)
+        # Ticks taken since the last cycle (`enqueue`), applied in one pass by `flush`,
+        # and the event time of each market's newest one.
+        self._pending: list[tuple[int, Tick]] = []
+        self._pending_t: dict[int, float] = {}
+        self._sweep = 0  # where the next slow re-evaluation of every market goes on
+        self._last_cycle = float("nan")
+        self._add([(m.id, m) for m in markets.values()])
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def add_market(self, market_id: str, meta: Market | None) -> int:
-        i = len(self.ids)
-        self.ids.append(market_id)
-        self.index[market_id] = i
-        self.meta.append(meta)
+        return self._add([(market_id, meta)])
+
+    def _add(self, markets: list[tuple[str, Market | None]]) -> int:
+        """Append markets (one array copy for all of them); returns the first's index."""
+        first = len(self.ids)
+        n = first + len(markets)
         lim = self.settings.limits
-        tick = (meta.tick_size if meta and meta.tick_size else None) or DEFAULT_TICK_SIZE
-        self.est.grow(i + 1, self.settings.model, tick)
-        self.gov.grow(i + 1)
+        self.est.grow(n, self.settings.model, DEFAULT_TICK_SIZE)
+        self.gov.grow(n)
 
         def opt(value: float | None, default: float) -> float:
             return default if value is None else value
 
-        row = {
-            "event_t": opt(meta.event_at if meta else None, np.nan),
-            "resolve_t": opt(meta.resolves_at if meta else None, np.nan),
-            "first_t": np.nan,
-            "max_leverage": opt(meta.max_leverage if meta else None, lim.max_leverage),
-            "max_slippage": opt(meta.max_slippage if meta else None, lim.max_slippage),
-            "fee_floor": opt(meta.fee_floor_hourly if meta else None, lim.fee_floor_hourly),
-        }
-        for name, value in row.items():
-            setattr(self, name, np.append(getattr(self, name), value))
-        return i
+        columns: dict[str, list[float]] = {name: [] for name in (
+            "event_t", "resolve_t", "max_leverage", "max_slippage", "fee_floor")}
+        for k, (market_id, meta) in enumerate(markets, first):
+            self.ids.append(market_id)
+            self.index[market_id] = k
+            self.meta.append(meta)
+            if meta is not None and meta.tick_size:
+                self.est.tick_size[k] = meta.tick_size
+            columns["event_t"].append(opt(meta.event_at if meta else None, np.nan))
+            columns["resolve_t"].append(opt(meta.resolves_at if meta else None, np.nan))
+            columns["max_leverage"].append(opt(meta.max_leverage if meta else None,
+                                               lim.max_leverage))
+            columns["max_slippage"].append(opt(meta.max_slippage if meta else None,
+                                               lim.max_slippage))
+            columns["fee_floor"].append(opt(meta.fee_floor_hourly if meta else None,
+                                            lim.fee_floor_hourly))
+        k = len(markets)
+        for name, values in columns.items():
+            setattr(self, name, np.concatenate([getattr(self, name), values]))
+        self.first_t = np.concatenate([self.first_t, np.full(k, np.nan)])
+        self.due_t = np.concatenate([self.due_t, np.full(k, -np.inf)])
+        self.idle = np.concatenate([self.idle, np.zeros(k, bool)])
+        self.published = np.concatenate([self.published, np.zeros(k, bool)])
+        self.published_inputs = np.concatenate([self.published_inputs,
+                                                np.full((k, len(INPUTS)), np.nan)])
+        return first
+
+    @property
+    def overrides(self) -> dict[str, Override]:
+        return self._overrides
+
+    @overrides.setter
+    def overrides(self, value: dict[str, Override]) -> None:
+        """New admin overrides: every market is evaluated at the next cycle."""
+        self._overrides = value
+        self.invalidate()
+
+    def invalidate(self) -> None:
+        """Evaluate every market at the next cycle: after anything that changed the
+        state or settings the schedule was computed from (a restore, a reload)."""
+        self.due_t[:] = -np.inf
 
     def mark_resolved(self, market_id: str, ts: float) -> bool:
         """The venue says the market is over at `ts`: from then on it is resolved (1x,
@@ -105,6 +153,7 @@ class Engine:
             return False
         self.resolve_t[i] = np.fmin(self.resolve_t[i], ts)
         self.event_t[i] = np.fmin(self.event_t[i], ts)
+        self.due_t[i] = -np.inf
         return True
 
     def set_tick_size(self, market_id: str, tick_size: float) -> bool:
@@ -112,6 +161,7 @@ class Engine:
         i = self.index.get(market_id)
         if i is None:
             return False
+        self.flush()  # the ticks before the change were priced with the old tick size
         self.est.tick_size[i] = tick_size
         return True
 
@@ -126,37 +176,57 @@ class Engine:
             ff = meta.fee_floor_hourly if meta else None
             self.fee_floor[i] = lim.fee_floor_hourly if ff is None else ff
         self.settings = settings
+        self.invalidate()
 
     def ingest(self, ticks: list[Tick]) -> IngestResult:
-        """Apply ticks in order; each market's ticks are applied one round at a time."""
+        """Apply ticks in order, at once (`enqueue` then `flush`)."""
+        result = self.enqueue(ticks)
+        result.jumps = self.flush()
+        return result
+
+    def enqueue(self, ticks: list[Tick]) -> IngestResult:
+        """Check ticks and keep them for the next `flush` (the daemon's next cycle): the
+        estimator then takes every market's ticks in order, in one vectorised pass per
+        round, instead of one pass per feed message."""
         result = IngestResult()
-        accepted: list[tuple[int, Tick]] = []
-        last_t = self.est.t
+        index, pending, newest = self.index, self._pending, self._pending_t
+        applied_t = self.est.t
         for tick in ticks:
-            i = self.index.get(tick.market)
+            i = index.get(tick.market)
             if i is None:
                 if not self.discover:
                     result.reject("unknown_market")
                     continue
                 i = self.add_market(tick.market, None)
-                last_t = self.est.t
-            if not (0.0 <= tick.price <= 1.0) or not np.isfinite(tick.ts):
+                applied_t = self.est.t
+            ts = tick.ts
+            if not (0.0 <= tick.price <= 1.0) or not ts - ts == 0.0:  # nan or infinite
                 result.reject("bad_price")
                 continue
-            if tick.ts < last_t[i]:
+            if ts < newest.get(i, applied_t[i]):  # nan (no tick yet) compares false
                 result.reject("out_of_order")
                 continue
-            accepted.append((i, tick))
-        for batch in rounds(accepted):
-            jumps = self.apply(*tick_arrays(batch))
-            result.jumps += int(jumps.sum())
-            result.accepted += len(batch)
+            newest[i] = ts
+            pending.append((i, tick))
+        result.accepted = len(ticks) - sum(result.rejected.values())
         return result
+
+    def flush(self) -> int:
+        """Apply the enqueued ticks; returns the number of jumps they carried."""
+        if not self._pending:
+            return 0
+        pending, self._pending = self._pending, []
+        self._pending_t.clear()
+        jumps = 0
+        for batch in rounds(pending):
+            jumps += int(self.apply(*tick_arrays(batch)).sum())
+        return jumps
 
     def apply(self, idx: np.ndarray, t: np.ndarray, p: np.ndarray, half_spread: np.ndarray,
               depth: np.ndarray) -> np.ndarray:
         """One tick for each of the distinct markets `idx`; returns the jump mask."""
         self.first_t[idx] = np.fmin(self.first_t[idx], t)
+        self.due_t[idx] = -np.inf
         jumps = estimator.update(self.est, self.settings.model, idx, t, p, half_spread, depth)
         self.now = max(self.now, float(t.max()))
         return jumps
@@ -246,53 +316,131 @@ class Engine:
         decision = governor.step(gov, self.settings.governor, now, tg, cond)
         if idx is not ALL:
             _put(self.gov, idx, gov)
-        self.last_targets = tg
         return inp, decision
 
-    def cycle(self, now: float, idx: Index = ALL) -> CycleResult:
-        """One publish cycle at `now` for all markets, or only those in `idx`."""
+    def cycle(self, now: float, idx: Index | None = None) -> CycleResult:
+        """One publish cycle at `now`: the enqueued ticks are applied, then the markets
+        that ticked, those whose time-driven conditions came due (`governor.next_change`)
+        and this cycle's share of the slow sweep are evaluated; with `idx`, those markets
+        (ALL: every market) instead."""
+        self.flush()
+        previous, self._last_cycle = self._last_cycle, now
         if not self.ids:
             return CycleResult(now=now, entries=[], tightened=0)
-        inp, decision = self.govern(now, idx)
-        rows = np.arange(len(self.ids))[idx]
-        entries = [self._entry(int(rows[k]), inp, int(k))
-                   for k in np.flatnonzero(decision.publish)]
-        for entry in entries:
-            self.current[entry["market"]] = entry
-        tightened = frozenset(self.ids[int(rows[k])] for k in np.flatnonzero(decision.tightened))
-        return CycleResult(now=now, entries=entries, tightened=len(tightened),
-                           tightened_markets=tightened)
+        rows = self._due(now, previous) if idx is None else np.arange(len(self.ids))[idx]
+        # A market skipped while idle would have moved its idle anchor at each skipped
+        # cycle (section 5): the latest of them was the previous one.
+        if math.isfinite(previous) and previous < now:
+            was_idle = rows[self.idle[rows]]
+            self.gov.idle_at[was_idle] = np.fmax(self.gov.idle_at[was_idle], previous)
+        entries: list[dict[str, Any]] = []
+        tightened: list[str] = []
+        for start in range(0, len(rows), EVALUATE_CHUNK):
+            part = rows[start:start + EVALUATE_CHUNK]
+            cond = self.conditions(now, part)
+            inp, decision = self.govern(now, part, cond=cond)
+            published = part[decision.publish]
+            self.published[published] = True
+            self.published_inputs[published] = np.stack(
+                [getattr(inp, name)[decision.publish] for name in INPUTS], axis=1)
+            entries += self.render(published)
+            tightened += [self.ids[i] for i in part[decision.tightened].tolist()]
+            self._schedule(now, part, cond)
+        markets = frozenset(tightened)
+        return CycleResult(now=now, entries=entries, tightened=len(markets),
+                           tightened_markets=markets)
 
-    def _entry(self, i: int, inp: parameters.RiskInputs, k: int) -> dict[str, Any]:
-        """Market i's published set; row k of `inp` holds its inputs."""
+    def _due(self, now: float, previous: float) -> np.ndarray:
+        """The markets to evaluate at `now`: those due, and the sweep's share (every
+        market at least every `reevaluate_s`: tau and lambda drift without ticks)."""
+        n = len(self.ids)
+        due = self.due_t <= now
+        if math.isfinite(previous) and now > previous:
+            share = min(n, math.ceil(n * (now - previous) / self.settings.governor.reevaluate_s))
+            stop = self._sweep + share
+            due[self._sweep:stop] = True
+            if stop > n:
+                due[:stop - n] = True
+            self._sweep = stop % n
+        return np.flatnonzero(due)
+
+    def _schedule(self, now: float, rows: np.ndarray, cond: Conditions) -> None:
+        """After evaluating `rows` at `now`: when each must be evaluated again."""
+        cfg = self.settings.model
+        warm_at = np.where(self.est.ticks[rows] >= cfg.warmup_ticks,
+                           self.first_t[rows] + cfg.warmup_s, np.nan)
+        gov = _take(self.gov, rows)
+        self.due_t[rows] = governor.next_change(gov, self.settings.governor, now, cond, warm_at)
+        self.idle[rows] = gov.idle_at == now
+
+    def render(self, rows: np.ndarray) -> list[dict[str, Any]]:
+        """The sets markets `rows` last published (interfaces.md): the governor state
+        and the inputs their publish recorded."""
+        if not len(rows):
+            return []
         g = self.gov
-        p = float(inp.p[k])
-        value = (p, 1.0 - p)
-        lev = g.leverage[i]
-        im = [value[s] / lev[s] for s in range(2)]
+        inputs = self.published_inputs[rows]
+        value = np.stack([inputs[:, 0], 1.0 - inputs[:, 0]], axis=1)
+        lev = g.leverage[rows]
+        im = value / lev
         ratio = self.settings.model.maintenance_ratio
-        tau = float(inp.tau[k])
-        return {
-            "market": self.ids[i],
-            "version": int(g.version[i]),
-            "mode": MODES[int(g.mode[i])],
-            "max_leverage": {SIDES[s]: round(float(lev[s]), 2) for s in range(2)},
-            "initial_margin": {SIDES[s]: _sig(im[s]) for s in range(2)},
-            "maintenance_margin": {SIDES[s]: _sig(ratio * im[s]) for s in range(2)},
-            "fee_rate_hourly": {SIDES[s]: _sig(float(g.fee[i, s])) for s in range(2)},
-            "max_slippage": _sig(float(g.slippage[i])),
-            "oi_cap": None,
-            "valid_until": iso(float(g.valid_until[i])),
-            "reasons": reason_names(int(g.reasons[i])),
-            "inputs": {
-                "p": _sig(p),
-                "tau_s": round(tau, 3),
-                "sigma": _sig(float(inp.sigma[k])),
-                "lambda": _sig(float(inp.lam[k])),
-                "J": _sig(float(inp.J[k])),
-                "h_s": round(float(inp.h[k]), 3),
-            },
-        }
+        ids = self.ids
+        out = []
+        for i, version, mode, lev_i, im_i, fee, slip, until, reasons, inp in zip(
+                rows.tolist(), g.version[rows].tolist(), g.mode[rows].tolist(), lev.tolist(),
+                im.tolist(), g.fee[rows].tolist(), g.slippage[rows].tolist(),
+                g.valid_until[rows].tolist(), g.reasons[rows].tolist(), inputs.tolist(),
+                strict=True):
+            p, tau, sigma, lam, jump, h = inp
+            out.append({
+                "market": ids[i],
+                "version": version,
+                "mode": MODES[mode],
+                "max_leverage": {SIDES[0]: round(lev_i[0], 2), SIDES[1]: round(lev_i[1], 2)},
+                "initial_margin": {SIDES[0]: _sig(im_i[0]), SIDES[1]: _sig(im_i[1])},
+                "maintenance_margin": {SIDES[0]: _sig(ratio * im_i[0]),
+                                       SIDES[1]: _sig(ratio * im_i[1])},
+                "fee_rate_hourly": {SIDES[0]: _sig(fee[0]), SIDES[1]: _sig(fee[1])},
+                "max_slippage": _sig(slip),
+                "oi_cap": None,
+                "valid_until": _iso(until),
+                "reasons": _reason_names(reasons),
+                "inputs": {
+                    "p": _sig(p),
+                    "tau_s": round(tau, 3),
+                    "sigma": _sig(sigma),
+                    "lambda": _sig(lam),
+                    "J": _sig(jump),
+                    "h_s": round(h, 3),
+                },
+            })
+        return out
+
+
+class PublishedSets(Mapping[str, dict[str, Any]]):
+    """`engine.current`: market id -> the set it last published in this process, made
+    from the engine's arrays when asked for (not kept: a dict per market costs KiBs)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def __getitem__(self, market: str) -> dict[str, Any]:
+        e = self._engine
+        i = e.index.get(market)
+        if i is None or not e.published[i]:
+            raise KeyError(market)
+        return e.render(np.array([i]))[0]
+
+    def __iter__(self) -> Iterator[str]:
+        ids = self._engine.ids
+        return (ids[i] for i in np.flatnonzero(self._engine.published).tolist())
+
+    def __len__(self) -> int:
+        return int(np.count_nonzero(self._engine.published))
+
+    def sets(self) -> list[dict[str, Any]]:
+        """Every set, made in one pass."""
+        return self._engine.render(np.flatnonzero(self._engine.published))
 
 
 def rounds(pairs: list[tuple[int, Tick]]) -> list[list[tuple[int, Tick]]]:
@@ -339,3 +487,20 @@ def _put(state: S, idx: Index, part: S) -> None:
 def _sig(x: float, digits: int = 6) -> float:
     """Round to significant digits for a readable payload (values are already governed)."""
     return float(f"{x:.{digits}g}")
+
+
+def _iso(t: float, cache: dict[float, str] = {}) -> str:  # noqa: B006 - a cache on purpose
+    """iso(t), remembered: the sets published in one cycle share their valid_until."""
+    text = cache.get(t)
+    if text is None:
+        if len(cache) > 256:
+            cache.clear()
+        text = cache[t] = iso(t)
+    return text
+
+
+def _reason_names(mask: int, cache: dict[int, tuple[str, ...]] = {}) -> list[str]:  # noqa: B006
+    names = cache.get(mask)
+    if names is None:
+        names = cache[mask] = tuple(reason_names(mask))
+    return list(names)

@@ -68,8 +68,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def params_all(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON]
-    current = daemon.engine.current
-    return _json({"generated_at": daemon.now_iso(), "params": list(current.values())})
+    return _json({"generated_at": daemon.now_iso(), "params": daemon.engine.current.sets()})
 
 
 async def params_one(request: web.Request) -> web.Response:

@@ -204,8 +204,7 @@ def _step(
     fee_new = np.where(small[:, None], np.maximum(fee_new, prev_fee), fee_new)
     slip_new = np.where(small, np.minimum(slip_new, prev_slip), slip_new)
 
-    refresh_margin = max(2.0 * cfg.publish_interval_s, cfg.ttl_s / 4.0)
-    expiring = ~(state.valid_until - now > refresh_margin)
+    expiring = ~(state.valid_until - now > refresh_margin(cfg))
     publish = (
         first | tightened | loosened | (mode_t != state.mode)
         | (reasons != state.reasons) | expiring
@@ -243,6 +242,39 @@ def loosening_anchor(state: GovernorState, last_jump_t: np.ndarray, cooldown_s: 
                      ) -> np.ndarray:
     """When the loosening steps start counting (section 5); nan: not yet."""
     return np.fmax(np.fmax(state.changed_at, state.idle_at), last_jump_t + cooldown_s)
+
+
+def refresh_margin(cfg: GovernorSettings) -> float:
+    """A set is republished when less than this is left of its validity."""
+    return max(2.0 * cfg.publish_interval_s, cfg.ttl_s / 4.0)
+
+
+def next_change(state: GovernorState, cfg: GovernorSettings, now: float, cond: Conditions,
+                warm_at: np.ndarray) -> np.ndarray:
+    """Right after `step` at `now`: the first time after `now` at which `step` could decide
+    otherwise for the same targets and conditions (inf: never). These are the time-driven
+    rules of section 5: staleness, the end of warm-up (`warm_at`), the resolution freeze,
+    resolution, the end of a jump cool-down or halt, the refresh before valid_until, and
+    the next loosening step of a market that waits to loosen. A caller may skip a market
+    until then, or until its targets move (a tick, or the slow drift of tau and lambda)."""
+    with np.errstate(invalid="ignore"):
+        waiting = state.idle_at != now
+        anchor = loosening_anchor(state, cond.last_jump_t, cfg.jump_cooldown_s)
+        steps = np.floor((now - anchor) / cfg.loosen_interval_s) + 1.0
+        times = (
+            cond.last_tick_t + cfg.stale_after_s,
+            warm_at,
+            cond.event_t - cfg.freeze_before_resolution_s,
+            cond.resolve_t,
+            cond.last_jump_t + cfg.jump_cooldown_s,
+            cond.last_jump_t + cfg.halt_after_jump_s,
+            np.where(waiting, anchor + steps * cfg.loosen_interval_s, np.nan),
+            state.valid_until - refresh_margin(cfg),
+        )
+        due = np.full(len(state), np.inf)
+        for t in times:
+            due = np.where(t > now, np.fmin(due, t), due)
+    return due
 
 
 def _round_up(fee: np.ndarray) -> np.ndarray:
