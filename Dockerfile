@@ -20,10 +20,11 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY riskd ./riskd
 # Makefile's install (a venv, pip upgraded, the project from pyproject.toml), without
-# the test/plot/dev extras and not editable: the image carries no source tree.
+# the test/plot/dev extras and not editable: the image carries no source tree. The
+# fast extra is uvloop, which `riskd run` uses when it is installed.
 RUN python -m venv /opt/riskd \
  && /opt/riskd/bin/pip install --quiet --upgrade pip \
- && /opt/riskd/bin/pip install --quiet .
+ && /opt/riskd/bin/pip install --quiet ".[fast]"
 
 FROM ${PYTHON_IMAGE}
 ENV PATH=/opt/riskd/bin:$PATH \

@@ -11,7 +11,7 @@ $(BIN)/python:
 
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,plot,dev]'
+	$(BIN)/pip install --quiet -e '.[test,plot,dev,fast]'
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -25,8 +25,10 @@ test: $(STAMP) test-tools
 test-tools:
 	@bash scripts/ensure-prometheus.sh
 
+# Speed figures (docs/performance.md): the backtest, then riskd against a local venue
+# (scripts/bench_live.py; ~6 minutes). `make bench ARGS=--quick` for a short run.
 bench: $(STAMP)
-	$(BIN)/python scripts/bench.py
+	$(BIN)/python scripts/bench.py $(ARGS)
 
 backtests: $(STAMP)
 	$(BIN)/python scripts/backtests.py

@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from riskd import __version__
@@ -114,7 +114,18 @@ def _run(config: Path | None) -> int:
         daemon = Daemon(settings, config)
         return await daemon.run()
 
-    return asyncio.run(go())
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        return runner.run(go())
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop when it is installed (`pip install riskd[fast]`), else
+    asyncio's own."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 def _explain(args: argparse.Namespace) -> int:

@@ -317,23 +317,27 @@ def scrape(port: int) -> dict[str, float]:
     out: dict[str, float] = {}
     for line in text.splitlines():
         if line.startswith(("riskd_ticks_total", "riskd_cycle_seconds",
-                            "riskd_tick_to_publish_seconds", "riskd_publishes_total")):
+                            "riskd_tick_to_publish_seconds", "riskd_publishes_total",
+                            "riskd_publish_latency_seconds")):
             name, value = line.rsplit(" ", 1)
             out[name] = float(value)
     return out
 
 
-def histogram(before: dict[str, float], after: dict[str, float], name: str
+def histogram(before: dict[str, float], after: dict[str, float], name: str, labels: str = ""
               ) -> tuple[float, float, int]:
-    """(mean, p99 upper bucket bound, count) of a histogram between two scrapes."""
-    count = after.get(f"{name}_count", 0.0) - before.get(f"{name}_count", 0.0)
-    total = after.get(f"{name}_sum", 0.0) - before.get(f"{name}_sum", 0.0)
+    """(mean, p99 upper bucket bound, count) of a histogram between two scrapes;
+    `labels` as in the exposition ('publisher="http"')."""
+    tail = f"{{{labels}}}" if labels else ""
+    count = after.get(f"{name}_count{tail}", 0.0) - before.get(f"{name}_count{tail}", 0.0)
+    total = after.get(f"{name}_sum{tail}", 0.0) - before.get(f"{name}_sum{tail}", 0.0)
     if count <= 0:
         return float("nan"), float("nan"), 0
     buckets = []
+    prefix = f"{name}_bucket{{{labels + ',' if labels else ''}le="
     for key, value in after.items():
-        if key.startswith(f"{name}_bucket"):
-            bound = key.split('le="', 1)[1].split('"', 1)[0]
+        if key.startswith(prefix):
+            bound = key[len(prefix):].split('"', 2)[1]
             buckets.append((float(bound), value - before.get(key, 0.0)))
     p99 = next((b for b, c in sorted(buckets) if c >= 0.99 * count), float("inf"))
     return total / count, p99, int(count)
@@ -531,10 +535,16 @@ async def run_riskd(folder: Path, universe: Universe, venue: Venue, exchange: Ex
         result.sets_per_s = (sets1 - sets0) / (t1 - t0)
         mean, p99, _ = histogram(before, after, "riskd_cycle_seconds")
         result.cycle_ms = (mean * 1e3, p99 * 1e3)
+        if os.environ.get("BENCH_TIMELINE"):
+            print("publish latency", histogram(before, after, "riskd_publish_latency_seconds",
+                                               'publisher="http"'))
         _, p99, _ = histogram(before, after, "riskd_tick_to_publish_seconds")
         result.histogram_p99_ms = p99 * 1e3
-        lat = sorted(exchange.probe_seen[m] - t for m, t in venue.probe_sent.items()
-                     if m in exchange.probe_seen)
+        timeline = sorted((t, exchange.probe_seen[m] - t) for m, t in venue.probe_sent.items()
+                          if m in exchange.probe_seen)
+        if os.environ.get("BENCH_TIMELINE"):
+            (folder.parent / f"timeline-{universe.n}.json").write_text(json.dumps(timeline))
+        lat = sorted(d for _, d in timeline)
         result.probes = (len(lat), len(venue.probe_sent))
         if lat:
             p99_lat = lat[min(len(lat) - 1, int(0.99 * len(lat)))]
@@ -697,6 +707,39 @@ async def main_async(args: argparse.Namespace) -> list[Result]:
     return results
 
 
+def cpus() -> str:
+    """The CPU model and count, for the record."""
+    model = ""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    return f"{os.cpu_count()} x {model or 'unknown CPU'}"
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--markets", type=lambda s: [int(x) for x in s.split(",")],
+                        default=list(MARKET_COUNTS))
+    parser.add_argument("--seconds", type=float, default=8.0, help="per measured phase")
+    parser.add_argument("--raw-seconds", type=float, default=4.0)
+    parser.add_argument("--repeat", type=int, default=2, help="best of this many runs")
+    parser.add_argument("--quick", action="store_true", help="short phases, one run")
+    parser.add_argument("--profile", type=Path, help="py-spy the saturated phase into DIR")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.seconds, args.raw_seconds, args.repeat = 4.0, 2.0, 1
+    return args
+
+
+def run(args: argparse.Namespace) -> None:
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
+    loop_policy()
+    asyncio.run(main_async(args))
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "profile-summary":
         for name in sys.argv[2:]:
@@ -706,22 +749,7 @@ def main() -> None:
         loop_policy()
         asyncio.run(raw_client(sys.argv[2], float(sys.argv[3]), float(sys.argv[4])))
         return
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--markets", type=lambda s: [int(x) for x in s.split(",")],
-                        default=list(MARKET_COUNTS))
-    parser.add_argument("--seconds", type=float, default=8.0, help="per measured phase")
-    parser.add_argument("--raw-seconds", type=float, default=4.0)
-    parser.add_argument("--repeat", type=int, default=1, help="best of this many runs")
-    parser.add_argument("--quick", action="store_true", help="short phases, one run")
-    parser.add_argument("--profile", type=Path, help="py-spy the saturated phase into DIR")
-    parser.add_argument("--json", type=Path, help="write the results here")
-    args = parser.parse_args()
-    if args.quick:
-        args.seconds, args.raw_seconds, args.repeat = 4.0, 2.0, 1
-    if args.profile is not None:
-        args.profile.mkdir(parents=True, exist_ok=True)
-    loop_policy()
-    asyncio.run(main_async(args))
+    run(parse_args(sys.argv[1:]))
 
 
 if __name__ == "__main__":

@@ -113,6 +113,7 @@ class WebsocketFeed:
         self._prepared = False
         self._prepare_at = 0.0  # monotonic time of the next lookup attempt
         self._lookup: asyncio.Task[None] | None = None
+        self._last_frame = 0.0  # loop time the last frame arrived (the read timeout's)
 
     # --- the Feed protocol ------------------------------------------------------------
 
@@ -236,14 +237,20 @@ class WebsocketFeed:
             pinger = None
             if self.ping_text and self.ping_interval_s > 0:
                 pinger = asyncio.create_task(self._ping(ws), name=f"{self.venue}-ping")
+            loop = asyncio.get_running_loop()
+            self._last_frame = loop.time()
+            watchdog = asyncio.create_task(self._watchdog(ws, s.read_timeout_s),
+                                           name=f"{self.venue}-read-timeout")
             try:
                 while True:
                     try:
-                        async with asyncio.timeout(s.read_timeout_s):
-                            frame = await ws.recv()
-                    except TimeoutError:
-                        raise SilentConnection(
-                            f"nothing received for {s.read_timeout_s:g}s") from None
+                        frame = await ws.recv()
+                    except ConnectionClosed:
+                        if watchdog.done():
+                            raise SilentConnection(
+                                f"nothing received for {s.read_timeout_s:g}s") from None
+                        raise
+                    self._last_frame = loop.time()
                     decoded = self.codec.decode(frame, time.time())
                     for reply in decoded.replies:
                         await ws.send(reply)
@@ -252,7 +259,7 @@ class WebsocketFeed:
                         yield batch
                     self._check_lookup()
             finally:
-                for task in (pinger, self._lookup):
+                for task in (pinger, watchdog, self._lookup):
                     if task is not None:
                         task.cancel()
                         with contextlib.suppress(asyncio.CancelledError):
@@ -267,6 +274,15 @@ class WebsocketFeed:
         if decoded.ticks or decoded.events or decoded.rejected:
             return decoded.ticks
         return None
+
+    async def _watchdog(self, ws: ClientConnection, timeout: float) -> None:
+        """The read timeout: drops the connection once nothing was received for `timeout`
+        seconds (`_session` then raises SilentConnection). One timer per timeout period,
+        not one per frame."""
+        loop = asyncio.get_running_loop()
+        while (silent := loop.time() - self._last_frame) < timeout:
+            await asyncio.sleep(timeout - silent)
+        ws.transport.abort()
 
     async def _ping(self, ws: ClientConnection) -> None:
         with contextlib.suppress(ConnectionClosed):
