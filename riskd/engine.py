@@ -381,17 +381,23 @@ class Engine:
         g = self.gov
         inputs = self.published_inputs[rows]
         value = np.stack([inputs[:, 0], 1.0 - inputs[:, 0]], axis=1)
-        lev = g.leverage[rows]
-        im = value / lev
+        im = value / g.leverage[rows]
         ratio = self.settings.model.maintenance_ratio
+        # Readable numbers (interfaces.md), rounded for all the rows at once.
+        lev = round_places(g.leverage[rows], 2).tolist()
+        im_mm = round_sig(np.concatenate([im, ratio * im], axis=1)).tolist()
+        fee = round_sig(g.fee[rows]).tolist()
+        slip = round_sig(g.slippage[rows]).tolist()
+        inp = round_sig(inputs)
+        for k in (INPUTS.index("tau"), INPUTS.index("h")):
+            inp[:, k] = round_places(inputs[:, k], 3)
         ids = self.ids
         out = []
-        for i, version, mode, lev_i, im_i, fee, slip, until, reasons, inp in zip(
-                rows.tolist(), g.version[rows].tolist(), g.mode[rows].tolist(), lev.tolist(),
-                im.tolist(), g.fee[rows].tolist(), g.slippage[rows].tolist(),
-                g.valid_until[rows].tolist(), g.reasons[rows].tolist(), inputs.tolist(),
-                strict=True):
-            p, tau, sigma, lam, jump, h = inp
+        for i, version, mode, lev_i, margins, fee_i, slip_i, until, reasons, inp_i in zip(
+                rows.tolist(), g.version[rows].tolist(), g.mode[rows].tolist(), lev, im_mm,
+                fee, slip, g.valid_until[rows].tolist(), g.reasons[rows].tolist(),
+                inp.tolist(), strict=True):
+            p, tau, sigma, lam, jump, h = inp_i
             out.append({
                 "market": ids[i],
                 "version": version,
@@ -484,9 +490,41 @@ def _put(state: S, idx: Index, part: S) -> None:
         getattr(state, f.name)[idx] = getattr(part, f.name)
 
 
-def _sig(x: float, digits: int = 6) -> float:
-    """Round to significant digits for a readable payload (values are already governed)."""
-    return float(f"{x:.{digits}g}")
+def round_places(x: np.ndarray, places: int | np.ndarray) -> np.ndarray:
+    """Python's round(v, places) of every value: the float nearest to v rounded to that
+    many decimal places, half to even on v's exact binary value.
+
+    Scaled by a power of ten, rounded and scaled back, which is exact (the quotient or
+    product of two exact numbers, correctly rounded) except where the scaled value lies
+    within rounding error of a half: those few go through round() itself."""
+    x = np.asarray(x, dtype=np.float64)
+    places = np.broadcast_to(np.asarray(places, dtype=np.int64), x.shape)
+    out = x.copy()
+    regular = np.isfinite(x) & (x != 0.0)
+    exact = regular & (np.abs(places) <= 22)  # 10**22 is the largest exact power of ten
+    for sign in (1, -1):
+        mask = exact & (places * sign >= 0)
+        if not mask.any():
+            continue
+        scale = 10.0 ** (sign * places[mask])
+        y = x[mask] * scale if sign > 0 else x[mask] / scale
+        near_half = np.abs(y - np.floor(y) - 0.5) <= np.abs(y) * 4e-16
+        rounded = np.rint(y)
+        out[mask] = np.where(near_half, np.nan, rounded / scale if sign > 0 else rounded * scale)
+    slow = regular & (~exact | np.isnan(out))
+    out[slow] = [round(v, p) for v, p in zip(x[slow].tolist(), places[slow].tolist(),
+                                                strict=True)]
+    return out
+
+
+def round_sig(x: np.ndarray, digits: int = 6) -> np.ndarray:
+    """float(f"{v:.{digits}g}") of every value: rounded to significant digits, for a
+    readable payload (values are already governed)."""
+    x = np.asarray(x, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        exponent = np.floor(np.log10(np.abs(x)))
+    places = np.where(np.isfinite(exponent), digits - 1 - exponent, 0).astype(np.int64)
+    return round_places(x, places)
 
 
 def _iso(t: float, cache: dict[float, str] = {}) -> str:  # noqa: B006 - a cache on purpose
