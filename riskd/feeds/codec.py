@@ -8,7 +8,6 @@ frame into ticks, venue events, rejection reasons and frames to send back.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -55,13 +54,15 @@ class Codec(Protocol):
 
 def number(value: Any, reason: str = "bad_number") -> float:
     """A finite float from a JSON number or a numeric string (venues send both)."""
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
+    kind = type(value)  # the exact types JSON gives first: this runs for every number
+    if kind is not str and kind is not float and kind is not int and (
+            isinstance(value, bool) or not isinstance(value, int | float | str)):
         raise BadMessage(reason, f"expected a number, got {value!r}")
     try:
         x = float(value)
     except ValueError:
         raise BadMessage(reason, f"not a number: {value!r}") from None
-    if not math.isfinite(x):
+    if x - x != 0.0:  # inf or nan
         raise BadMessage(reason, f"not finite: {value!r}")
     return x
 

@@ -44,7 +44,7 @@ class Binding:
     no: bool  # the NO token: its prices are 1 - YES
 
 
-@dataclass
+@dataclass(slots=True)
 class Book:
     """One token's order book: price -> size per side."""
 
@@ -70,9 +70,11 @@ class Book:
             ask = min(self.asks) if self.asks else None
         else:
             return None
-        sizes = [s for s in (self.bids.get(bid) if bid is not None else None,
-                             self.asks.get(ask) if ask is not None else None) if s is not None]
-        return Quote(bid, ask, min(sizes) if sizes else None)
+        bid_size = None if bid is None else self.bids.get(bid)
+        ask_size = None if ask is None else self.asks.get(ask)
+        depth = bid_size if ask_size is None else ask_size if bid_size is None \
+            else min(bid_size, ask_size)
+        return Quote(bid, ask, depth)
 
 
 def _venue_top(bid_raw: Any, ask_raw: Any) -> tuple[float | None, float | None]:
@@ -142,11 +144,10 @@ class PolymarketCodec:
             except UnicodeDecodeError:
                 out.rejected.append("bad_json")
                 return out
-        stripped = frame.strip()
-        if stripped in PONG:
+        if len(frame) < 16 and frame.strip() in PONG:
             return out
         try:
-            doc = orjson.loads(stripped)
+            doc = orjson.loads(frame)  # surrounding whitespace is fine
         except ValueError:
             # Not JSON: the venue's plain-text errors ("INVALID OPERATION") or garbage.
             out.rejected.append("bad_json")
@@ -168,7 +169,11 @@ class PolymarketCodec:
     def _quote(self, token: str) -> Quote | None:
         """The market's YES top of book: from this token's book, else its sibling's."""
         binding = self.assets[token]
-        for t in (token, *self.tokens[binding.market]):
+        book = self.books.get(token)
+        quote = book.quote() if book is not None else None
+        if quote is not None:
+            return _yes(quote, binding.no)
+        for t in self.tokens[binding.market]:
             book = self.books.get(t)
             quote = book.quote() if book is not None else None
             if quote is not None:
@@ -274,7 +279,7 @@ class PolymarketCodec:
                 binding = self.assets.get(token)
                 if binding is None:
                     continue  # the other token of a market we follow by one token only
-                book = self.books.setdefault(token, Book())
+                book = self._book_of(token, binding)
                 book.set_level(side, price, size)
                 book.top = top
                 touched[binding.market] = (ts, token)
@@ -287,11 +292,20 @@ class PolymarketCodec:
             levels = [self._level(c) for c in raw]
         else:  # the single-level form
             levels = [self._level(event)]
-        book = self.books.setdefault(token, Book())
+        book = self._book_of(token, binding)
         for side, price, size in levels:
             book.set_level(side, price, size)
         book.top = None
         touched[binding.market] = (ts, token)
+
+    def _book_of(self, token: str, binding: Binding) -> Book:
+        """The token's book, made on its first update (keyed by the subscribed token's
+        own string, not the copy each message carries)."""
+        book = self.books.get(token)
+        if book is None:
+            key = next((t for t in self.tokens[binding.market] if t == token), token)
+            book = self.books[key] = Book()
+        return book
 
     @staticmethod
     def _level(change: dict[str, Any]) -> tuple[str, float, float]:
