@@ -181,13 +181,16 @@ class Daemon:
         events = feed if isinstance(feed, EventSource) else None
         self.metrics.feed_started(venue)
         tally = self._tallies[venue] = FeedTally(feed)
+        # Live ticks are judged against the wall clock (`[feed] max_future_s`); a
+        # replay's clock is the tape itself.
+        live = not isinstance(feed, ReplayFeed)
         try:
             async for batch in feed.ticks():
                 received = time.time()
                 if events is not None:
                     self._apply_events(events.take_events())
                 # Checked now, applied by the next cycle in one pass with the others.
-                result = self.engine.enqueue(batch)
+                result = self.engine.enqueue(batch, received if live else None)
                 if result.accepted:
                     if self._unpublished_since is None:
                         self._unpublished_since = received

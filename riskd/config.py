@@ -23,6 +23,7 @@ from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
@@ -39,7 +40,8 @@ class ConfigError(ValueError):
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # No inf or nan anywhere: TOML has literals for them, no setting means them.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 LiveKind = Literal["polymarket", "kalshi", "websocket"]
@@ -62,6 +64,10 @@ class FeedSettings(Section):
     # Live feeds: only these market ids of the markets file (empty: every market
     # with the venue's ids).
     markets: list[str] = Field(default_factory=list)
+    # Live feeds: a tick stamped further ahead of its arrival (wall time) than this
+    # is rejected (`future_ts`), so a venue's clock error cannot make later, honest
+    # prices look out of order. A replay's clock is the tape: not checked there.
+    max_future_s: float = Field(5.0, gt=0.0)
     polymarket: PolymarketSettings = Field(default_factory=PolymarketSettings)
     kalshi: KalshiSettings = Field(default_factory=KalshiSettings)
     websocket: WebsocketFeedSettings = Field(default_factory=WebsocketFeedSettings)
@@ -91,6 +97,9 @@ class MarketsSettings(Section):
     # Track markets the feed sends that are not listed (unknown resolution time,
     # flagged). Off: such ticks are counted as rejected and dropped.
     discover: bool = False
+    # At most this many markets are discovered; ticks of further new ids are counted
+    # (`discover_limit`) and dropped, so a feed sending endless ids cannot grow memory.
+    discover_max: int = Field(10_000, ge=0)
 
 
 class ModelSettings(Section):
@@ -250,6 +259,7 @@ class Settings(BaseSettings):
         env_nested_delimiter="__",
         extra="forbid",
         validate_assignment=True,
+        allow_inf_nan=False,
     )
 
     feed: FeedSettings = Field(default_factory=FeedSettings)
@@ -298,6 +308,9 @@ def load_settings(path: str | Path | None = None, *, required: bool = False) -> 
         return Settings()
     except ValidationError as exc:
         raise ConfigError(_describe(exc, toml_path)) from None
+    except SettingsError as exc:  # e.g. an environment variable that is not valid JSON
+        raise ConfigError(f"{toml_path or 'environment'}: invalid configuration: {exc}") \
+            from None
     finally:
         _LOADING.pop("path", None)
 
@@ -308,7 +321,7 @@ def _check_toml(path: Path) -> None:
     try:
         with path.open("rb") as fh:
             tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from riskd.config import Settings
-from riskd.feeds.base import Tick
+from riskd.feeds.base import MAX_DEPTH, Tick
 from riskd.markets import Market
 from riskd.model import estimator, governor, parameters
 from riskd.model.governor import MODES, Conditions, GovernorState
@@ -27,6 +27,12 @@ ALL = slice(None)  # every market; else an index array
 # The published inputs kept per market (RiskInputs fields), in `published_inputs` order.
 INPUTS = ("p", "tau", "sigma", "lam", "J", "h")
 EVALUATE_CHUNK = 4096  # markets per model pass: bounds the scenario arrays' memory
+# Ticks waiting for the next cycle at most: beyond it `enqueue` applies them at once
+# (the overflow policy of the feed -> engine queue: nothing is dropped or coalesced,
+# the jump detector sees every price; memory stays bounded whatever the tick rate).
+MAX_PENDING = 200_000
+# Unix seconds beyond ~year 5138 are not a time (the tape reader's bound too).
+TS_MAX = 1e11
 Index = slice | np.ndarray
 S = TypeVar("S", estimator.EstimatorState, GovernorState)
 
@@ -84,6 +90,7 @@ class Engine:
         self._pending_t: dict[int, float] = {}
         self._sweep = 0  # where the next slow re-evaluation of every market goes on
         self._last_cycle = float("nan")
+        self.discovered = 0  # markets added without metadata (discovery)
         self._add([(m.id, m) for m in markets.values()])
 
     def __len__(self) -> int:
@@ -106,6 +113,8 @@ class Engine:
         columns: dict[str, list[float]] = {name: [] for name in (
             "event_t", "resolve_t", "max_leverage", "max_slippage", "fee_floor")}
         for k, (market_id, meta) in enumerate(markets, first):
+            if meta is None:
+                self.discovered += 1
             self.ids.append(market_id)
             self.index[market_id] = k
             self.meta.append(meta)
@@ -178,31 +187,47 @@ class Engine:
         self.settings = settings
         self.invalidate()
 
-    def ingest(self, ticks: list[Tick]) -> IngestResult:
+    def ingest(self, ticks: list[Tick], now: float | None = None) -> IngestResult:
         """Apply ticks in order, at once (`enqueue` then `flush`)."""
-        result = self.enqueue(ticks)
+        result = self.enqueue(ticks, now)
         result.jumps = self.flush()
         return result
 
-    def enqueue(self, ticks: list[Tick]) -> IngestResult:
+    def enqueue(self, ticks: list[Tick], now: float | None = None) -> IngestResult:
         """Check ticks and keep them for the next `flush` (the daemon's next cycle): the
         estimator then takes every market's ticks in order, in one vectorised pass per
-        round, instead of one pass per feed message."""
+        round, instead of one pass per feed message.
+
+        The model's boundary: only valid ticks are kept (`check_tick`), the others are
+        counted by reason. `now` is the wall time a live feed's batch arrived: a tick
+        further ahead than `[feed] max_future_s` is rejected (`future_ts`); a replay
+        passes None (its clock is the tape). Ticks of markets not listed are dropped
+        (`unknown_market`) unless `[markets] discover`, up to `discover_max` markets
+        (then `discover_limit`)."""
         result = IngestResult()
+        if len(self._pending) + len(ticks) > MAX_PENDING:
+            self.flush()
         index, pending, newest = self.index, self._pending, self._pending_t
         applied_t = self.est.t
+        latest = TS_MAX if now is None else min(TS_MAX, now + self.settings.feed.max_future_s)
         for tick in ticks:
+            ts = tick.ts
+            if not (0.0 < ts <= latest and 0.0 <= tick.price <= 1.0 and tick.market) or \
+                    tick.bid is not None or tick.ask is not None or tick.depth is not None:
+                reason = check_tick(tick, latest)
+                if reason is not None:
+                    result.reject(reason)
+                    continue
             i = index.get(tick.market)
             if i is None:
                 if not self.discover:
                     result.reject("unknown_market")
                     continue
+                if self.discovered >= self.settings.markets.discover_max:
+                    result.reject("discover_limit")
+                    continue
                 i = self.add_market(tick.market, None)
                 applied_t = self.est.t
-            ts = tick.ts
-            if not (0.0 <= tick.price <= 1.0) or not ts - ts == 0.0:  # nan or infinite
-                result.reject("bad_price")
-                continue
             if ts < newest.get(i, applied_t[i]):  # nan (no tick yet) compares false
                 result.reject("out_of_order")
                 continue
@@ -447,6 +472,27 @@ class PublishedSets(Mapping[str, dict[str, Any]]):
     def sets(self) -> list[dict[str, Any]]:
         """Every set, made in one pass."""
         return self._engine.render(np.flatnonzero(self._engine.published))
+
+
+def check_tick(tick: Tick, latest: float = TS_MAX) -> str | None:
+    """Why `tick` must not reach the model, or None: a time in (0, latest], a price in
+    [0, 1], bid and ask in [0, 1] with bid <= ask, a depth in [0, MAX_DEPTH], a market
+    id. The tape reader's reasons. (NaN fails every comparison, so every check.)"""
+    ts = tick.ts
+    if not 0.0 < ts <= latest:
+        return "future_ts" if latest < ts < TS_MAX else "bad_ts"
+    if not 0.0 <= tick.price <= 1.0:
+        return "bad_price"
+    bid, ask, depth = tick.bid, tick.ask, tick.depth
+    if (bid is not None and not 0.0 <= bid <= 1.0) or \
+            (ask is not None and not 0.0 <= ask <= 1.0) or \
+            (bid is not None and ask is not None and bid > ask):
+        return "bad_bid_ask"
+    if depth is not None and not 0.0 <= depth <= MAX_DEPTH:
+        return "bad_depth"
+    if not tick.market:
+        return "bad_market"
+    return None
 
 
 def rounds(pairs: list[tuple[int, Tick]]) -> list[list[tuple[int, Tick]]]:

@@ -12,13 +12,14 @@ import gzip
 import heapq
 import json
 import math
+import zlib
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from types import MemberDescriptorType
 from typing import IO
 
-from riskd.feeds.base import Tick
+from riskd.feeds.base import MAX_DEPTH, Tick
 
 __all__ = [
     "MAX_EXAMPLES",
@@ -36,6 +37,8 @@ OPTIONAL = ("bid", "ask", "depth")
 
 # Sanity bound on unix seconds: anything beyond ~year 5138 is almost surely milliseconds.
 _TS_MAX = 1e11
+# A file that cannot be read on: I/O errors, a truncated or corrupt gzip stream, bad UTF-8.
+_READ_ERRORS = (OSError, EOFError, UnicodeDecodeError, zlib.error)
 
 _CSV_SUFFIXES = (".csv", ".csv.gz")
 _JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".ndjson", ".ndjson.gz")
@@ -215,7 +218,7 @@ def _ts(raw: object) -> float:
         t = float(raw)
     else:
         raise _Bad("bad_ts", f"ts {raw!r} is neither unix seconds nor ISO 8601")
-    if not 0.0 <= t < _TS_MAX:
+    if not 0.0 < t < _TS_MAX:
         raise _Bad("bad_ts", f"ts {raw!r} is not unix seconds (non-finite or out of range)")
     return t
 
@@ -261,8 +264,8 @@ def _tick(
     depth = None
     if not _absent(raw_depth):
         depth = _num(raw_depth, "depth", "bad_depth")
-        if not 0.0 <= depth < math.inf:
-            raise _Bad("bad_depth", f"depth {raw_depth!r} is not a finite number >= 0")
+        if not 0.0 <= depth <= MAX_DEPTH:
+            raise _Bad("bad_depth", f"depth {raw_depth!r} is not a number in [0, {MAX_DEPTH:g}]")
     return _make_tick(market, ts, price, bid, ask, depth)
 
 
@@ -311,7 +314,7 @@ def _iter_csv(path: Path, report: TapeReport) -> Iterator[Tick]:
             high = -math.inf  # latest accepted ts of any market
             # Locals: name lookups are a measurable share of the per-row cost.
             fromiso = _fromisoformat
-            inf = math.inf
+            max_depth = MAX_DEPTH
             ts_max = _TS_MAX
             tick_ = _make_tick
             float_ = float
@@ -336,7 +339,7 @@ def _iter_csv(path: Path, report: TapeReport) -> Iterator[Tick]:
                         ts = float_(s)
                     price = float_(row[i_p])
                     market = row[i_m].strip()
-                    if 0.0 <= ts < ts_max and 0.0 <= price <= 1.0 and market:
+                    if 0.0 < ts < ts_max and 0.0 <= price <= 1.0 and market:
                         if has_opt:
                             b = None if i_b is None else row[i_b]
                             a = None if i_a is None else row[i_a]
@@ -348,7 +351,7 @@ def _iter_csv(path: Path, report: TapeReport) -> Iterator[Tick]:
                                 (bid is None or 0.0 <= bid <= 1.0)
                                 and (ask is None or 0.0 <= ask <= 1.0)
                                 and (bid is None or ask is None or bid <= ask)
-                                and (depth is None or 0.0 <= depth < inf)
+                                and (depth is None or 0.0 <= depth <= max_depth)
                             ):
                                 tick = tick_(market, ts, price, bid, ask, depth)
                         else:
@@ -381,7 +384,7 @@ def _iter_csv(path: Path, report: TapeReport) -> Iterator[Tick]:
                     high = ts
                 report.accepted += 1
                 yield tick
-    except (OSError, EOFError, UnicodeDecodeError, csv.Error) as exc:
+    except (*_READ_ERRORS, csv.Error) as exc:
         raise _fatal(path, exc, reader.line_num if reader else None) from exc
 
 
@@ -420,7 +423,7 @@ def _iter_jsonl(path: Path, report: TapeReport) -> Iterator[Tick]:
                 if order.admit(tick, line):
                     report.accepted += 1
                     yield tick
-    except (OSError, EOFError, UnicodeDecodeError) as exc:
+    except _READ_ERRORS as exc:
         raise _fatal(path, exc, line or None) from exc
 
 
@@ -438,7 +441,7 @@ def _check_readable(path: Path) -> None:
                 _read_header(path, csv.reader(f))
             else:
                 f.readline()
-    except (OSError, EOFError, UnicodeDecodeError, csv.Error) as exc:
+    except (*_READ_ERRORS, csv.Error) as exc:
         raise _fatal(path, exc) from exc
 
 

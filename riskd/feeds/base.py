@@ -10,6 +10,12 @@ if TYPE_CHECKING:
     from riskd.markets import Market
 
 
+# Depth (size at the top of the book, in contracts or shares) beyond this is absurd:
+# no prediction market has a trillion contracts at one price. Rejected as `bad_depth`
+# (`bad_size` for a book level) by the tape reader, the codecs and the engine.
+MAX_DEPTH = 1e12
+
+
 @dataclass(slots=True, frozen=True)
 class Tick:
     """A normalised price observation: what every feed and the tape reader produce."""

@@ -8,15 +8,28 @@ frame into ticks, venue events, rejection reasons and frames to send back.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from riskd.feeds.base import MarketEvent, Tick
+from riskd.feeds.base import MAX_DEPTH, MarketEvent, Tick
 
 # A venue timestamp may go back by this much (coarse clocks, e.g. whole seconds on
 # one channel and milliseconds on another): the tick keeps the later time. Further
 # back is rejected as out of order.
 TS_TOLERANCE_S = 1.0
+# A venue timestamp further ahead of the frame's arrival than this is rejected
+# (`future_ts`): it would make the market's later, honest prices look out of order.
+# `[feed] max_future_s` sets it for the live feeds.
+MAX_FUTURE_S = 5.0
+# Price levels kept per side of one book. Real books have at most one level per tick
+# (9,999 at Polymarket's finest 0.0001); beyond the cap the level furthest from the
+# top is dropped, so a venue sending endless distinct prices cannot grow memory.
+MAX_LEVELS = 10_000
+# Markets whose last quote and time a TickMaker remembers (the generic feed takes
+# market ids from the messages): beyond it the least recently updated is forgotten
+# (the engine still holds every known market's order).
+MAX_MARKETS = 100_000
 
 
 class BadMessage(ValueError):
@@ -86,6 +99,29 @@ def text(value: Any, what: str) -> str:
     return value
 
 
+def size(value: Any) -> float:
+    """A finite size (contracts or shares) of at most MAX_DEPTH in magnitude; a
+    negative size is the venue's own business (a removal, a delta)."""
+    x = number(value, "bad_size")
+    if abs(x) > MAX_DEPTH:
+        raise BadMessage("bad_size", f"size {value!r} is absurd")
+    return x
+
+
+def put_level(levels: dict[float, float], price: float, qty: float, bids: bool) -> None:
+    """Set one level of a book side (qty <= 0 removes it), keeping at most MAX_LEVELS:
+    when full, a new level better than the worst replaces it, a worse one is ignored."""
+    if qty <= 0:
+        levels.pop(price, None)
+        return
+    if price not in levels and len(levels) >= MAX_LEVELS:
+        worst = min(levels) if bids else max(levels)
+        if (price <= worst) if bids else (price >= worst):
+            return
+        del levels[worst]
+    levels[price] = qty
+
+
 def ms_time(value: Any) -> float:
     """Unix seconds from a millisecond timestamp (number or string)."""
     x = number(value, "bad_timestamp")
@@ -105,11 +141,17 @@ class Quote:
 
 class TickMaker:
     """Per market: a tick only when the top of the book moved or a trade printed, with
-    event times that never go back. Shared by the venue codecs."""
+    event times that never go back and never beyond `max_future_s` ahead of the
+    frame's arrival (`received`, set by the codec for each frame). Shared by the
+    venue codecs."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_future_s: float = MAX_FUTURE_S, max_markets: int = MAX_MARKETS
+                 ) -> None:
         self._last_quote: dict[str, tuple[float | None, float | None]] = {}
         self._last_ts: dict[str, float] = {}
+        self.max_future_s = max_future_s
+        self.max_markets = max_markets
+        self.received = math.inf  # arrival (wall) time of the frame being decoded
 
     def reset(self) -> None:
         """A new connection: the first quote of each market is news again."""
@@ -148,12 +190,26 @@ class TickMaker:
             price = bid if bid is not None else ask  # type: ignore[assignment]
         else:
             return  # an empty book says nothing about the price
-        prev = self._last_ts.get(market)
+        if not ts > 0.0:
+            out.rejected.append("bad_timestamp")
+            return
+        if ts > self.received + self.max_future_s:
+            out.rejected.append("future_ts")
+            return
+        if q.depth is not None and not 0.0 <= q.depth <= MAX_DEPTH:
+            out.rejected.append("bad_size")
+            return
+        prev = self._last_ts.pop(market, None)  # re-inserted: least recently used first
         if prev is not None and ts < prev:
             if ts < prev - TS_TOLERANCE_S:
+                self._last_ts[market] = prev
                 out.rejected.append("out_of_order")
                 return
             ts = prev
+        if prev is None and len(self._last_ts) >= self.max_markets:
+            oldest = next(iter(self._last_ts))
+            del self._last_ts[oldest]
+            self._last_quote.pop(oldest, None)
         self._last_ts[market] = ts
         self._last_quote[market] = key
         out.ticks.append(Tick(market, ts, price, bid, ask, q.depth))

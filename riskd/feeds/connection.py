@@ -251,7 +251,7 @@ class WebsocketFeed:
                                 f"nothing received for {s.read_timeout_s:g}s") from None
                         raise
                     self._last_frame = loop.time()
-                    decoded = self.codec.decode(frame, time.time())
+                    decoded = self._decode(frame)
                     for reply in decoded.replies:
                         await ws.send(reply)
                     batch = self._take(decoded)
@@ -265,6 +265,19 @@ class WebsocketFeed:
                         with contextlib.suppress(asyncio.CancelledError):
                             await task
                 self._lookup = None
+
+    def _decode(self, frame: str | bytes) -> Decoded:
+        """The codec's reading of one frame. A codec that raises (a bug: bad input is
+        rejected by reason) costs that frame only, counted as `decode_error`, never the
+        connection or the daemon."""
+        try:
+            return self.codec.decode(frame, time.time())
+        except Exception:  # noqa: BLE001 - one hostile frame must not stop the feed
+            errors = self._rejected.get("decode_error", 0) + 1
+            if errors in (1, 10, 100) or errors % 1000 == 0:
+                log.exception("%s: could not decode a frame (%d so far)", self.venue, errors,
+                              extra={"venue": self.venue, "reason": "decode_error"})
+            return Decoded(rejected=["decode_error"])
 
     def _take(self, decoded: Decoded) -> list[Tick] | None:
         """The ticks to yield, or None when the frame changed nothing the daemon sees."""

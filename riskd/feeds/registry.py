@@ -25,7 +25,7 @@ def _polymarket(settings: Settings, markets: dict[str, Market], url: str,
                           "markets file (polymarket_yes_token / polymarket_no_token) or list "
                           "them in [feed.polymarket] markets (with [feed] metadata = true)")
     return PolymarketFeed(cfg.polymarket, markets, url=url, metadata=cfg.metadata,
-                          metrics=metrics)
+                          metrics=metrics, max_future_s=cfg.max_future_s)
 
 
 def _kalshi(settings: Settings, markets: dict[str, Market], url: str,
@@ -39,7 +39,8 @@ def _kalshi(settings: Settings, markets: dict[str, Market], url: str,
                           "markets file (kalshi_ticker) or list tickers in [feed.kalshi] "
                           "markets (with [feed] metadata = true)")
     try:
-        return KalshiFeed(cfg.kalshi, markets, url=url, metadata=cfg.metadata, metrics=metrics)
+        return KalshiFeed(cfg.kalshi, markets, url=url, metadata=cfg.metadata, metrics=metrics,
+                          max_future_s=cfg.max_future_s)
     except BadKey as exc:
         where = "private_key_path" if cfg.kalshi.private_key_path else "private_key"
         raise ConfigError(f"feed.kalshi.{where}: {exc}") from None
@@ -49,7 +50,8 @@ def _websocket(settings: Settings, markets: dict[str, Market], url: str,
                metrics: Metrics | None) -> WebsocketFeed:
     from riskd.feeds.websocket.feed import GenericWebsocketFeed
 
-    feed = GenericWebsocketFeed(settings.feed.websocket, url=url, metrics=metrics)
+    feed = GenericWebsocketFeed(settings.feed.websocket, url=url, metrics=metrics,
+                                max_future_s=settings.feed.max_future_s)
     if not feed.url:
         raise ConfigError("feed.kind = websocket: set [feed.websocket] url (or [feed] url)")
     return feed

@@ -24,6 +24,8 @@ import orjson
 
 from riskd.feeds.base import MarketEvent
 from riskd.feeds.codec import (
+    MAX_FUTURE_S,
+    MAX_LEVELS,
     BadMessage,
     Decoded,
     Quote,
@@ -31,6 +33,8 @@ from riskd.feeds.codec import (
     complement,
     number,
     probability,
+    put_level,
+    size,
     text,
 )
 from riskd.markets import Market
@@ -40,6 +44,9 @@ IGNORED = frozenset({"ok", "unsubscribed", "list_subscriptions"})
 RESOLVED_EVENTS = frozenset({"determined", "settled"})
 # Channels that take no market list (they cover every market).
 ALL_MARKET_CHANNELS = frozenset({"market_lifecycle_v2"})
+# Subscriptions (and unanswered subscribe commands, and dropped sids) remembered per
+# connection: riskd makes a handful; a venue confirming endless sids grows nothing.
+MAX_SUBSCRIPTIONS = 256
 
 
 @dataclass
@@ -76,7 +83,7 @@ def price(msg: dict[str, Any], name: str) -> float | None:
 def quantity(msg: dict[str, Any], name: str) -> float:
     for key in (f"{name}_fp", name):
         if msg.get(key) is not None:
-            return number(msg[key], "bad_size")
+            return size(msg[key])
     raise BadMessage("bad_message", f"no {name}")
 
 
@@ -111,9 +118,11 @@ def levels(msg: dict[str, Any], side: str) -> dict[float, float]:
                 raise BadMessage("bad_message", f"{key}: expected [price, count] pairs")
             p = number(level[0], "bad_price")
             p = probability(p / 100.0 if cents else p)
-            q = number(level[1], "bad_size")
+            q = size(level[1])
             if q > 0:
                 book[p] = q
+        if len(book) > MAX_LEVELS:  # keep the best levels (bids: the highest prices)
+            book = dict(sorted(book.items(), reverse=True)[:MAX_LEVELS])
         return book
     return {}
 
@@ -122,16 +131,17 @@ class KalshiCodec:
     """Tickers -> market ids; the subscriptions, sequence numbers and books of one
     connection."""
 
-    def __init__(self, tickers: dict[str, str], channels: Iterable[str]) -> None:
+    def __init__(self, tickers: dict[str, str], channels: Iterable[str],
+                 max_future_s: float = MAX_FUTURE_S) -> None:
         self.tickers = tickers
         self.channels = list(channels)
         self.books: dict[str, Book] = {}
-        self.maker = TickMaker()
+        self.maker = TickMaker(max_future_s)
         self.last_price: dict[str, float] = {}  # per ticker, from the ticker channel
         self.subscriptions: dict[int, Subscription] = {}  # by sid
         self.seq: dict[int, int] = {}
         self._pending: dict[int, Subscription] = {}  # by command id
-        self._dropped: set[int] = set()  # sids unsubscribed after a gap
+        self._dropped: dict[int, None] = {}  # sids unsubscribed after a gap (ordered)
         # Tickers whose book broke (a seq gap): no ticks from any channel until the
         # new snapshot, so the market goes stale rather than trade on a broken book.
         self.awaiting: set[str] = set()
@@ -142,8 +152,9 @@ class KalshiCodec:
         self.clock: float | None = None
 
     @classmethod
-    def for_markets(cls, markets: Iterable[Market], channels: Iterable[str]) -> KalshiCodec:
-        codec = cls({}, channels)
+    def for_markets(cls, markets: Iterable[Market], channels: Iterable[str],
+                    max_future_s: float = MAX_FUTURE_S) -> KalshiCodec:
+        codec = cls({}, channels, max_future_s)
         codec.bind(markets)
         return codec
 
@@ -170,6 +181,7 @@ class KalshiCodec:
         self._next_id += 1
         params: dict[str, Any]
         if cmd == "subscribe":
+            _bounded(self._pending)
             self._pending[cid] = Subscription(channel, tickers or [])
             params = {"channels": [channel]}
             if channel not in ALL_MARKET_CHANNELS:
@@ -180,6 +192,7 @@ class KalshiCodec:
 
     def decode(self, frame: str | bytes, received: float) -> Decoded:
         out = Decoded()
+        self.maker.received = received
         try:
             doc = orjson.loads(frame)
         except ValueError:
@@ -198,6 +211,8 @@ class KalshiCodec:
             raise BadMessage("bad_message", "expected an object")
         kind = doc.get("type")
         msg = doc.get("msg")
+        if not isinstance(kind, str):
+            raise BadMessage("bad_message", f"type {kind!r}")
         if kind in IGNORED:
             return
         if kind == "subscribed":
@@ -219,6 +234,9 @@ class KalshiCodec:
         ts = event_time(msg, math.nan)
         if math.isnan(ts):
             ts = received if self.clock is None else self.clock
+        elif ts > received + self.maker.max_future_s:
+            # Before it moves the venue clock, which dates the messages without a time.
+            raise BadMessage("future_ts", f"ts {ts} ahead of arrival {received}")
         else:
             self.clock = ts if self.clock is None else max(self.clock, ts)
         if kind == "orderbook_snapshot":
@@ -240,10 +258,7 @@ class KalshiCodec:
             delta = quantity(msg, "delta")
             levels_ = book.yes if side == "yes" else book.no
             left = levels_.get(p, 0.0) + delta
-            if left > 1e-9:
-                levels_[p] = left
-            else:
-                levels_.pop(p, None)
+            put_level(levels_, p, left if left > 1e-9 else 0.0, bids=True)
             self.maker.quote(market, ts, book.quote(), self.last_price.get(ticker), out)
         elif kind == "ticker":
             bid, ask, last = price(msg, "yes_bid"), price(msg, "yes_ask"), price(msg, "price")
@@ -284,6 +299,8 @@ class KalshiCodec:
         sub = self._pending.pop(cid, None) if isinstance(cid, int) else None
         if sub is None:
             sub = Subscription(str(msg.get("channel", "")), sorted(self.tickers))
+        if sid not in self.subscriptions:
+            self._room_for_subscription()
         self.subscriptions[sid] = sub
 
     def _in_sequence(self, doc: dict[str, Any], out: Decoded) -> bool:
@@ -295,6 +312,7 @@ class KalshiCodec:
         if sid not in self.subscriptions:
             # A book message before its `subscribed` confirmation: take it as ours.
             if any(s.channel == "orderbook_delta" for s in self._pending.values()):
+                self._room_for_subscription()
                 self.subscriptions[sid] = Subscription("orderbook_delta", sorted(self.tickers))
             else:
                 return False  # not a book subscription of ours
@@ -306,10 +324,17 @@ class KalshiCodec:
         self.seq[sid] = seq
         return True
 
+    def _room_for_subscription(self) -> None:
+        while len(self.subscriptions) >= MAX_SUBSCRIPTIONS:
+            oldest = next(iter(self.subscriptions))
+            del self.subscriptions[oldest]
+            self.seq.pop(oldest, None)
+
     def _resubscribe(self, sid: int, out: Decoded) -> None:
         sub = self.subscriptions.pop(sid)
         self.seq.pop(sid, None)
-        self._dropped.add(sid)
+        _bounded(self._dropped)
+        self._dropped[sid] = None
         for ticker in sub.tickers:
             self.books.pop(ticker, None)
             self.awaiting.add(ticker)
@@ -328,3 +353,10 @@ class KalshiCodec:
         raw = msg.get("determination_ts") or msg.get("settled_ts")
         ts = number(raw, "bad_timestamp") if raw is not None else received
         out.events.append(MarketEvent(market, ts, "resolved"))
+
+
+def _bounded(table: dict[int, Any]) -> None:
+    """Make room for one more entry: forget the oldest beyond MAX_SUBSCRIPTIONS."""
+    while len(table) >= MAX_SUBSCRIPTIONS:
+        oldest = next(iter(table))
+        del table[oldest]

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from riskd.feeds.codec import MAX_FUTURE_S
 from riskd.feeds.connection import WebsocketFeed
 from riskd.feeds.kalshi.auth import KalshiSigner, load_private_key
 from riskd.feeds.kalshi.codec import KalshiCodec
@@ -35,8 +36,9 @@ class KalshiFeed(WebsocketFeed):
         metadata: bool = True,
         metrics: Metrics | None = None,
         rng: random.Random | None = None,
+        max_future_s: float = MAX_FUTURE_S,
     ) -> None:
-        codec = KalshiCodec.for_markets(markets.values(), settings.channels)
+        codec = KalshiCodec.for_markets(markets.values(), settings.channels, max_future_s)
         super().__init__("kalshi", url or settings.url, codec, settings, metrics, rng=rng)
         self.cfg = settings
         self.markets = dict(markets)

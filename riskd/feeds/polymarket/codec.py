@@ -19,6 +19,7 @@ import orjson
 
 from riskd.feeds.base import MarketEvent
 from riskd.feeds.codec import (
+    MAX_FUTURE_S,
     BadMessage,
     Decoded,
     Quote,
@@ -27,6 +28,8 @@ from riskd.feeds.codec import (
     ms_time,
     number,
     probability,
+    put_level,
+    size,
     text,
 )
 from riskd.markets import Market
@@ -54,12 +57,9 @@ class Book:
     top: tuple[float | None, float | None] | None = None
     complete: bool = False  # a snapshot arrived: the levels are the whole book
 
-    def set_level(self, side: str, price: float, size: float) -> None:
-        levels = self.bids if side == "BUY" else self.asks
-        if size > 0:
-            levels[price] = size
-        else:
-            levels.pop(price, None)
+    def set_level(self, side: str, price: float, qty: float) -> None:
+        bids = side == "BUY"
+        put_level(self.bids if bids else self.asks, price, qty, bids)
 
     def quote(self) -> Quote | None:
         """The top of this token's book, or None if it is not known."""
@@ -94,19 +94,20 @@ def _yes(quote: Quote, no: bool) -> Quote:
 class PolymarketCodec:
     """Subscribed tokens -> market ids; keeps the books of one connection."""
 
-    def __init__(self, assets: dict[str, Binding], custom_feature_enabled: bool = True) -> None:
+    def __init__(self, assets: dict[str, Binding], custom_feature_enabled: bool = True,
+                 max_future_s: float = MAX_FUTURE_S) -> None:
         self.assets: dict[str, Binding] = {}
         self.tokens: dict[str, list[str]] = {}  # market -> its subscribed tokens
         self._set_assets(assets)
         self.custom_feature_enabled = custom_feature_enabled
         self.books: dict[str, Book] = {}
         self.last_trade: dict[str, float] = {}  # per market, as YES
-        self.maker = TickMaker()
+        self.maker = TickMaker(max_future_s)
 
     @classmethod
-    def for_markets(cls, markets: Iterable[Market], custom_feature_enabled: bool = True
-                    ) -> PolymarketCodec:
-        codec = cls({}, custom_feature_enabled)
+    def for_markets(cls, markets: Iterable[Market], custom_feature_enabled: bool = True,
+                    max_future_s: float = MAX_FUTURE_S) -> PolymarketCodec:
+        codec = cls({}, custom_feature_enabled, max_future_s)
         codec.bind(markets)
         return codec
 
@@ -138,6 +139,7 @@ class PolymarketCodec:
 
     def decode(self, frame: str | bytes, received: float) -> Decoded:
         out = Decoded()
+        self.maker.received = received
         if isinstance(frame, bytes):
             try:
                 frame = frame.decode()
@@ -193,6 +195,8 @@ class PolymarketCodec:
         if not isinstance(event, dict):
             raise BadMessage("bad_message", f"expected an object, got {type(event).__name__}")
         kind = event.get("event_type")
+        if not isinstance(kind, str):
+            raise BadMessage("bad_message", f"event_type {kind!r}")
         if kind == "book":
             self._book(event, touched)
         elif kind == "price_change":
@@ -248,8 +252,7 @@ class PolymarketCodec:
             for level in levels:
                 if not isinstance(level, dict):
                     raise BadMessage("bad_message", f"{key}: expected price/size objects")
-                book.set_level(side, probability(level.get("price")),
-                               number(level.get("size"), "bad_size"))
+                book.set_level(side, probability(level.get("price")), size(level.get("size")))
         last = event.get("last_trade_price")
         if last not in (None, ""):
             q = probability(last)
@@ -312,4 +315,4 @@ class PolymarketCodec:
         side = change.get("side")
         if side not in ("BUY", "SELL"):
             raise BadMessage("bad_message", f"side {side!r}")
-        return side, probability(change.get("price")), number(change.get("size"), "bad_size")
+        return side, probability(change.get("price")), size(change.get("size"))

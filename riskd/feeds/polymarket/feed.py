@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
+from riskd.feeds.codec import MAX_FUTURE_S
 from riskd.feeds.connection import WebsocketFeed
 from riskd.feeds.metadata import fetch_polymarket, listing_events, merge, split_polymarket_ids
 from riskd.feeds.polymarket.codec import PolymarketCodec
@@ -32,8 +33,10 @@ class PolymarketFeed(WebsocketFeed):
         metadata: bool = True,
         metrics: Metrics | None = None,
         rng: random.Random | None = None,
+        max_future_s: float = MAX_FUTURE_S,
     ) -> None:
-        codec = PolymarketCodec.for_markets(markets.values(), settings.custom_feature_enabled)
+        codec = PolymarketCodec.for_markets(markets.values(), settings.custom_feature_enabled,
+                                            max_future_s)
         super().__init__("polymarket", url or settings.url, codec, settings, metrics,
                          ping_text="PING", ping_interval_s=settings.ping_interval_s, rng=rng)
         self.cfg = settings

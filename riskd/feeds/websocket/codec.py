@@ -12,7 +12,16 @@ from typing import Any
 
 import orjson
 
-from riskd.feeds.codec import BadMessage, Decoded, Quote, TickMaker, number, probability
+from riskd.feeds.codec import (
+    MAX_FUTURE_S,
+    BadMessage,
+    Decoded,
+    Quote,
+    TickMaker,
+    number,
+    probability,
+    size,
+)
 from riskd.feeds.websocket.config import WebsocketFeedSettings
 
 _UNIT = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
@@ -35,9 +44,9 @@ def lookup(doc: Any, path: str) -> Any:
 
 
 class WebsocketCodec:
-    def __init__(self, cfg: WebsocketFeedSettings) -> None:
+    def __init__(self, cfg: WebsocketFeedSettings, max_future_s: float = MAX_FUTURE_S) -> None:
         self.cfg = cfg
-        self.maker = TickMaker()
+        self.maker = TickMaker(max_future_s)
 
     def on_connect(self) -> list[str]:
         self.maker.reset()
@@ -45,6 +54,7 @@ class WebsocketCodec:
 
     def decode(self, frame: str | bytes, received: float) -> Decoded:
         out = Decoded()
+        self.maker.received = received
         cfg = self.cfg
         if cfg.ping_text and isinstance(frame, str) and not frame.lstrip().startswith(("{", "[")):
             return out  # the answer to our ping: any plain-text frame
@@ -94,7 +104,7 @@ class WebsocketCodec:
         if price is None and (bid is None or ask is None):
             raise BadMessage("bad_message", "no price, and not both bid and ask")
         depth_raw = self._field(item, f.depth)
-        depth = None if depth_raw is None else number(depth_raw, "bad_size")
+        depth = None if depth_raw is None else size(depth_raw)
         if depth is not None and depth < 0:
             raise BadMessage("bad_size", f"depth {depth}")
         ts = self._time(item, received)
