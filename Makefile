@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-tools bench backtests lint clean
+.PHONY: run test test-tools bench backtests lint clean fuzz soak
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,19 @@ bench: $(STAMP)
 
 backtests: $(STAMP)
 	$(BIN)/python scripts/backtests.py
+
+# The fuzz tests with a larger budget and fresh random examples each run (CI runs a
+# fixed, derandomized budget). FUZZ_EXAMPLES per test; failures print a reproducer.
+FUZZ_EXAMPLES ?= 20000
+fuzz: $(STAMP)
+	RISKD_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q \
+		--timeout=0 tests/test_fuzz.py
+
+# Not in CI: riskd against a flapping venue and a flapping exchange for SOAK_DURATION
+# seconds (default one hour); checks RSS growth and the audit log (docs/reliability.md).
+SOAK_DURATION ?= 3600
+soak: $(STAMP)
+	$(BIN)/python scripts/soak.py --duration $(SOAK_DURATION)
 
 lint: $(STAMP)
 	$(BIN)/ruff check riskd tests
