@@ -19,13 +19,17 @@ import json
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import numpy as np
+import pytest
+from aiohttp import web
 from conftest import base_config, http_get, sample, wait_until
 from venues import VenueServer, now_ms
 
 from riskd import engine as engine_module
 from riskd.config import Settings
 from riskd.engine import Engine
+from riskd.feeds import metadata
 from riskd.feeds.base import Tick
 from riskd.markets import Market
 
@@ -171,3 +175,27 @@ async def _equals(value: Any, want: float) -> bool:
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_an_oversized_metadata_response_is_refused(monkeypatch: Any) -> None:
+    """The venues' REST market lists are read with a size limit too."""
+    monkeypatch.setattr(metadata, "MAX_RESPONSE_BYTES", 1 << 16)
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.json_response([{"pad": "x" * (1 << 17)}])
+
+    app = web.Application()
+    app.router.add_get("/markets", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/markets"
+    try:
+        async with aiohttp.ClientSession() as session:
+            with pytest.raises(metadata.MetadataError, match="larger than"):
+                await metadata._get(session, url, [])
+            monkeypatch.setattr(metadata, "MAX_RESPONSE_BYTES", 1 << 20)
+            assert len(await metadata._get(session, url, [])) == 1
+    finally:
+        await runner.cleanup()

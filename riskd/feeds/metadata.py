@@ -27,6 +27,9 @@ from riskd.markets import Market
 UNKNOWN = math.nan  # an unknown time: the engine treats nan as "not known"
 CONDITION_ID = re.compile(r"^0x[0-9a-fA-F]{64}$")
 IDS_PER_REQUEST = 50  # keeps query strings short
+# A market-list response larger than this is refused (a page of 500 markets is a few
+# MiB): a broken or hostile API cannot make the daemon buffer without limit.
+MAX_RESPONSE_BYTES = 32 * 2**20
 
 
 class MetadataError(RuntimeError):
@@ -187,7 +190,13 @@ async def _get(session: aiohttp.ClientSession, url: str, params: list[tuple[str,
         async with session.get(url, params=params) as resp:
             if resp.status != 200:
                 raise MetadataError(f"GET {url}: HTTP {resp.status}")
-            return await resp.json(content_type=None)
+            body = bytearray()
+            async for chunk in resp.content.iter_chunked(1 << 16):
+                body += chunk
+                if len(body) > MAX_RESPONSE_BYTES:
+                    raise MetadataError(f"GET {url}: response larger than "
+                                        f"{MAX_RESPONSE_BYTES} bytes")
+            return json.loads(body)
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
         raise MetadataError(f"GET {url}: {type(exc).__name__}: {exc}") from None
 
