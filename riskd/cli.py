@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -112,6 +113,9 @@ def _run(config: Path | None) -> int:
 
     async def go() -> int:
         daemon = Daemon(settings, config)
+        # The markets, their bindings and arrays live as long as the process: out of
+        # the collector's way (a full collection no longer walks them).
+        gc.freeze()
         return await daemon.run()
 
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:

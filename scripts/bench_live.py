@@ -27,7 +27,10 @@ Against it, in separate processes:
    - RSS from /proc at the end, per market above a 1-market riskd's RSS.
 
 Figures depend on the machine and on whatever else runs on it: each figure is
-the best of `--repeat` runs.
+the best of `--repeat` runs. `--profile DIR` records riskd with py-spy during the
+saturated phase (BENCH_PROFILE_PHASE=paced: the latency phase) and `profile-summary
+FILE` prints where the samples went; BENCH_DETAIL=1 prints riskd's feed lag during
+the latency phase and writes every probe's times to $TMPDIR/timeline-N.json.
 """
 
 from __future__ import annotations
@@ -259,6 +262,7 @@ class Exchange:
         self.sets = 0
         self.bytes = 0
         self.probe_seen: dict[str, float] = {}
+        self.generated: list[tuple[float, str]] = []  # (arrival, generated_at) with probes
         self._runner: web.AppRunner | None = None
         self.url = ""
 
@@ -281,7 +285,9 @@ class Exchange:
         self.bytes += len(body)
         self.sets += body.count(b'"market":')
         if b'"market":"probe' in body:
-            for entry in orjson.loads(body)["params"]:
+            doc = orjson.loads(body)
+            self.generated.append((arrived, doc["generated_at"]))
+            for entry in doc["params"]:
                 market = entry["market"]
                 if (market.startswith("probe") and "jump_detected" in entry["reasons"]
                         and market not in self.probe_seen):
@@ -318,7 +324,7 @@ def scrape(port: int) -> dict[str, float]:
     for line in text.splitlines():
         if line.startswith(("riskd_ticks_total", "riskd_cycle_seconds",
                             "riskd_tick_to_publish_seconds", "riskd_publishes_total",
-                            "riskd_publish_latency_seconds")):
+                            "riskd_publish_latency_seconds", "riskd_feed_lag_seconds")):
             name, value = line.rsplit(" ", 1)
             out[name] = float(value)
     return out
@@ -408,6 +414,7 @@ class Result:
     rss: int = 0
     startup_s: float = float("nan")
     histogram_p99_ms: float = float("nan")  # riskd_tick_to_publish_seconds (paced)
+    paced_cpu: float = float("nan")  # riskd's CPU share during the paced phase
 
     def better(self, other: Result) -> Result:
         """Best of two runs, figure by figure."""
@@ -434,6 +441,7 @@ class Result:
             rss=min(self.rss, other.rss) if self.rss and other.rss else self.rss or other.rss,
             startup_s=lo(self.startup_s, other.startup_s),
             histogram_p99_ms=lo(self.histogram_p99_ms, other.histogram_p99_ms),
+            paced_cpu=lo(self.paced_cpu, other.paced_cpu),
         )
 
 
@@ -468,7 +476,8 @@ async def raw_client(url: str, warm_s: float, seconds: float) -> None:
 
 
 async def run_riskd(folder: Path, universe: Universe, venue: Venue, exchange: Exchange,
-                    seconds: float, result: Result, profile: Path | None) -> None:
+                    seconds: float, result: Result, profile: Path | None,
+                    load: float = 0.25) -> None:
     port = free_port()
     config = riskd_config(folder, venue.url, exchange.url, port)
     log = (folder / "riskd.log").open("wb")
@@ -494,7 +503,7 @@ async def run_riskd(folder: Path, universe: Universe, venue: Venue, exchange: Ex
         # Saturated: as fast as riskd reads.
         venue.set_mode("saturate")
         await asyncio.sleep(min(2.0, seconds / 2))
-        if profile is not None:
+        if profile is not None and os.environ.get("BENCH_PROFILE_PHASE") != "paced":
             profiler = subprocess.Popen(["py-spy", "record", "-p", str(proc.pid), "-d",
                                          str(int(seconds)), "-r", "200", "-f", "raw",
                                          "-o", str(profile)],
@@ -520,30 +529,44 @@ async def run_riskd(folder: Path, universe: Universe, venue: Venue, exchange: Ex
             if now == last:
                 break
             last = now
-        rate = 0.5 * result.ticks_per_s
+        rate = load * result.ticks_per_s
         loop = asyncio.get_running_loop()
         begin = loop.time() + 0.5
         span = max(seconds - 1.0, 1.0)
         probe_at = [begin + (j + 0.5) * span / universe.probes for j in range(universe.probes)]
         before, sets0, t0 = scrape(port), exchange.sets, time.monotonic()
+        cpu0 = cpu_seconds(proc.pid)
         venue.set_mode("paced", rate, probe_at)
-        await asyncio.sleep(seconds + 0.5)
+        if profile is not None and os.environ.get("BENCH_PROFILE_PHASE") == "paced":
+            profiler = subprocess.Popen(["py-spy", "record", "-p", str(proc.pid), "-d",
+                                         str(int(seconds)), "-r", "200", "-f", "raw",
+                                         "-o", str(profile)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if os.environ.get("BENCH_DETAIL"):
+            for _ in range(int(seconds * 2)):
+                await asyncio.sleep(0.5)
+                print("feed lag", scrape(port).get('riskd_feed_lag_seconds{venue="polymarket"}'))
+            await asyncio.sleep(0.5)
+        else:
+            await asyncio.sleep(seconds + 0.5)
         await asyncio.sleep(0.5)  # the last probes' publishes
         after, sets1, t1 = scrape(port), exchange.sets, time.monotonic()
+        result.paced_cpu = (cpu_seconds(proc.pid) - cpu0) / (t1 - t0)
         venue.set_mode("idle")
         result.paced_per_s = (after.get(key, 0) - before.get(key, 0)) / (t1 - t0)
         result.sets_per_s = (sets1 - sets0) / (t1 - t0)
         mean, p99, _ = histogram(before, after, "riskd_cycle_seconds")
         result.cycle_ms = (mean * 1e3, p99 * 1e3)
-        if os.environ.get("BENCH_TIMELINE"):
+        if os.environ.get("BENCH_DETAIL"):
             print("publish latency", histogram(before, after, "riskd_publish_latency_seconds",
                                                'publisher="http"'))
         _, p99, _ = histogram(before, after, "riskd_tick_to_publish_seconds")
         result.histogram_p99_ms = p99 * 1e3
         timeline = sorted((t, exchange.probe_seen[m] - t) for m, t in venue.probe_sent.items()
                           if m in exchange.probe_seen)
-        if os.environ.get("BENCH_TIMELINE"):
-            (folder.parent / f"timeline-{universe.n}.json").write_text(json.dumps(timeline))
+        if os.environ.get("BENCH_DETAIL"):
+            (folder.parent / f"timeline-{universe.n}.json").write_text(json.dumps(
+                {"probes": timeline, "generated": exchange.generated}))
         lat = sorted(d for _, d in timeline)
         result.probes = (len(lat), len(venue.probe_sent))
         if lat:
@@ -570,8 +593,8 @@ def _ok(port: int) -> bool:
         return False
 
 
-async def one_size(n: int, seconds: float, raw_seconds: float, profile: Path | None
-                   ) -> Result:
+async def one_size(n: int, seconds: float, raw_seconds: float, profile: Path | None,
+                   load: float) -> Result:
     probes = min(n // 4, 1000)
     universe = Universe(n, probes)
     result = Result(markets=n)
@@ -590,7 +613,8 @@ async def one_size(n: int, seconds: float, raw_seconds: float, profile: Path | N
             exchange = Exchange()
             await exchange.start()
             try:
-                await run_riskd(folder, universe, venue, exchange, seconds, result, profile)
+                await run_riskd(folder, universe, venue, exchange, seconds, result, profile,
+                                load)
             finally:
                 await exchange.close()
         finally:
@@ -674,8 +698,8 @@ def _bound(ms: float) -> str:
 
 async def main_async(args: argparse.Namespace) -> list[Result]:
     loop_name = type(asyncio.get_running_loop()).__module__.split(".")[0]
-    print(f"live: event loop {loop_name}; {args.seconds:g} s per phase, best of {args.repeat}",
-          flush=True)
+    print(f"live: event loop {loop_name}; {args.seconds:g} s per phase, latency at "
+          f"{args.load:.0%} of the saturated rate; best of {args.repeat}", flush=True)
     base = await baseline_rss()
     print(f"baseline RSS (riskd with 4 markets): {base / 2**20:.1f} MiB", flush=True)
     results = []
@@ -684,10 +708,11 @@ async def main_async(args: argparse.Namespace) -> list[Result]:
         for k in range(args.repeat):
             profile = args.profile / f"riskd-{n}.folded" \
                 if args.profile is not None and k == 0 else None
-            r = await one_size(n, args.seconds, args.raw_seconds, profile)
+            r = await one_size(n, args.seconds, args.raw_seconds, profile, args.load)
             best = r if best is None else best.better(r)
             print(f"  {n:,} markets, run {k + 1}: raw {r.raw_per_s:,.0f}/s, riskd "
-                  f"{r.ticks_per_s:,.0f}/s, p99 {r.latency_ms[1]:.1f} ms, "
+                  f"{r.ticks_per_s:,.0f}/s, p99 {r.latency_ms[1]:.1f} ms (riskd's own "
+                  f"{_bound(r.histogram_p99_ms)}), paced CPU {r.paced_cpu:.0%}, "
                   f"startup {r.startup_s:.1f} s", flush=True)
         assert best is not None
         results.append(best)
@@ -696,7 +721,7 @@ async def main_async(args: argparse.Namespace) -> list[Result]:
     print()
     print("raw/s: frames/s a bare websockets+orjson client takes; riskd/s: ticks/s riskd "
           "sustains, saturated; ratio = riskd/raw;\nCPU s/Mtick: riskd's CPU over the "
-          "saturated window; paced/s: the load of the latency phase (half of riskd/s);\n"
+          "saturated window; paced/s: the load of the latency phase (--load x riskd/s);\n"
           "p50/p99/max: venue write of a jump -> exchange receipt of the HTTP request "
           "carrying it (probes seen/sent);\ncycle ms: riskd_cycle_seconds mean/p99 bucket "
           "(paced), sat cyc: mean saturated; sets/s: parameter sets the exchange got "
@@ -724,6 +749,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=8.0, help="per measured phase")
     parser.add_argument("--raw-seconds", type=float, default=4.0)
     parser.add_argument("--repeat", type=int, default=2, help="best of this many runs")
+    parser.add_argument("--load", type=float, default=0.25,
+                        help="the latency phase's rate, as a share of the saturated rate")
     parser.add_argument("--quick", action="store_true", help="short phases, one run")
     parser.add_argument("--profile", type=Path, help="py-spy the saturated phase into DIR")
     parser.add_argument("--json", type=Path, help="write the results here")
