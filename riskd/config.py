@@ -167,7 +167,7 @@ class GovernorSettings(Section):
     # A cycle evaluates the markets that ticked or whose time-driven conditions came due;
     # every other market is still evaluated at least this often (its time to resolution
     # and jump intensity drift without ticks).
-    reevaluate_s: float = Field(5.0, gt=0.0)
+    reevaluate_s: float = Field(30.0, gt=0.0)
 
     @model_validator(mode="after")
     def _ttl_covers_cycle(self) -> GovernorSettings:

@@ -717,6 +717,8 @@ async def main_async(args: argparse.Namespace) -> list[Result]:
         assert best is not None
         results.append(best)
     print()
+    print("load average (1, 5, 15 min) at the end: " +
+          ", ".join(f"{x:.2f}" for x in os.getloadavg()) + f" on {os.cpu_count()} CPUs")
     print(table(results, base))
     print()
     print("raw/s: frames/s a bare websockets+orjson client takes; riskd/s: ticks/s riskd "
