@@ -113,7 +113,8 @@ class WebsocketFeed:
         self._prepared = False
         self._prepare_at = 0.0  # monotonic time of the next lookup attempt
         self._lookup: asyncio.Task[None] | None = None
-        self._last_frame = 0.0  # loop time the last frame arrived (the read timeout's)
+        # Loop time `_session` began waiting for the next message (None: not waiting).
+        self._waiting_since: float | None = None
 
     # --- the Feed protocol ------------------------------------------------------------
 
@@ -238,11 +239,11 @@ class WebsocketFeed:
             if self.ping_text and self.ping_interval_s > 0:
                 pinger = asyncio.create_task(self._ping(ws), name=f"{self.venue}-ping")
             loop = asyncio.get_running_loop()
-            self._last_frame = loop.time()
             watchdog = asyncio.create_task(self._watchdog(ws, s.read_timeout_s),
                                            name=f"{self.venue}-read-timeout")
             try:
                 while True:
+                    self._waiting_since = loop.time()
                     try:
                         frame = await ws.recv()
                     except ConnectionClosed:
@@ -250,7 +251,7 @@ class WebsocketFeed:
                             raise SilentConnection(
                                 f"nothing received for {s.read_timeout_s:g}s") from None
                         raise
-                    self._last_frame = loop.time()
+                    self._waiting_since = None
                     decoded = self._decode(frame)
                     for reply in decoded.replies:
                         await ws.send(reply)
@@ -289,11 +290,15 @@ class WebsocketFeed:
         return None
 
     async def _watchdog(self, ws: ClientConnection, timeout: float) -> None:
-        """The read timeout: drops the connection once nothing was received for `timeout`
-        seconds (`_session` then raises SilentConnection). One timer per timeout period,
-        not one per frame."""
+        """The read timeout: drops the connection once a wait for a message lasted
+        `timeout` seconds (`_session` then raises SilentConnection). One timer per
+        timeout period, not one per message."""
         loop = asyncio.get_running_loop()
-        while (silent := loop.time() - self._last_frame) < timeout:
+        while True:
+            since = self._waiting_since
+            silent = 0.0 if since is None else loop.time() - since
+            if silent >= timeout:
+                break
             await asyncio.sleep(timeout - silent)
         ws.transport.abort()
 
