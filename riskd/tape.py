@@ -215,7 +215,10 @@ def _ts(raw: object) -> float:
             except ValueError:
                 t = _iso(raw, s)  # e.g. the basic format 20221109T000000Z
     elif isinstance(raw, int | float) and not isinstance(raw, bool):
-        t = float(raw)
+        try:
+            t = float(raw)
+        except OverflowError:  # a JSON integer beyond any float
+            raise _Bad("bad_ts", f"ts {raw!r} is out of range") from None
     else:
         raise _Bad("bad_ts", f"ts {raw!r} is neither unix seconds nor ISO 8601")
     if not 0.0 < t < _TS_MAX:
@@ -228,7 +231,7 @@ def _num(raw: object, name: str, reason: str) -> float:
         raise _Bad(reason, f"{name} {raw!r} is not a number")
     try:
         return float(raw)
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: a JSON integer beyond any float
         raise _Bad(reason, f"{name} {raw!r} is not a number") from None
 
 

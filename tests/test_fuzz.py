@@ -795,3 +795,20 @@ def test_the_generic_feed_forgets_markets_beyond_its_cap() -> None:
     frame = [{"market": f"id-{i}", "price": 0.5, "ts": RECEIVED * 1000} for i in range(5000)]
     assert len(codec.decode(json.dumps(frame), RECEIVED).ticks) == 5000
     assert len(codec.maker._last_ts) == 1000 and len(codec.maker._last_quote) == 1000
+
+
+def test_tape_rejects_json_integers_beyond_any_float(tmp_path: Path) -> None:
+    """Found by `make fuzz` (20,000 examples): OverflowError out of the JSONL reader."""
+    path = tmp_path / "t.jsonl"
+    huge = "1" + "0" * 400
+    path.write_text(f'{{"ts": {huge}, "market": "a", "price": 0.5}}\n'
+                    f'{{"ts": 1700000000, "market": "a", "price": {huge}}}\n'
+                    f'{{"ts": 1700000000, "market": "a", "price": 0.5, "depth": {huge}}}\n'
+                    '{"ts": 1700000001, "market": "a", "price": 0.5}\n')
+    tape = Tape(path)
+    assert [t.ts for t in tape] == [1700000001.0]
+    assert tape.reports[0].by_reason == {"bad_ts": 1, "bad_price": 1, "bad_depth": 1}
+    from riskd.feeds.codec import BadMessage, number
+
+    with pytest.raises(BadMessage):
+        number(10**400)

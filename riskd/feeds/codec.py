@@ -73,7 +73,7 @@ def number(value: Any, reason: str = "bad_number") -> float:
         raise BadMessage(reason, f"expected a number, got {value!r}")
     try:
         x = float(value)
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: an integer beyond any float
         raise BadMessage(reason, f"not a number: {value!r}") from None
     if x - x != 0.0:  # inf or nan
         raise BadMessage(reason, f"not finite: {value!r}")
