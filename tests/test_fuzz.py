@@ -423,7 +423,7 @@ def tape_bytes(draw: st.DrawFn) -> tuple[str, bytes]:
     return name, data
 
 
-@budget(300)
+@budget(200)
 @given(tape=tape_bytes())
 def test_tape_reader_survives_mutated_files(tape: tuple[str, bytes]) -> None:
     name, data = tape
@@ -633,7 +633,7 @@ def _walk_floats(node: Any) -> Iterator[float]:
             yield from _walk_floats(v)
 
 
-@budget(300)
+@budget(200)
 @given(doc=config_docs(), mangle=st.integers(0, 7), data=st.data(),
        env=st.dictionaries(st.sampled_from([
            "RISKD_FEED__KIND", "RISKD_FEED__SPEED", "RISKD_GOVERNOR__TTL_S",
