@@ -199,3 +199,29 @@ async def test_an_oversized_metadata_response_is_refused(monkeypatch: Any) -> No
             assert len(await metadata._get(session, url, [])) == 1
     finally:
         await runner.cleanup()
+
+
+async def test_the_audit_log_rotates_into_a_bounded_number_of_files(tmp_path: Path) -> None:
+    from riskd.publish.base import Batch
+    from riskd.publish.jsonl import JsonlPublisher, read_audit
+
+    class Stats:
+        def published(self, publisher: str, result: str, latency_s: float | None) -> None:
+            pass
+
+        def circuit(self, publisher: str, is_open: bool) -> None:
+            pass
+
+    path = tmp_path / "audit.jsonl"
+    pub = JsonlPublisher(path, Stats(), max_bytes=2000, backups=3)
+    await pub.start()
+    entry = {"market": "a", "version": 1, "pad": "x" * 400}
+    for seq in range(1, 101):
+        pub.submit(Batch("i", seq, "2026-01-01T00:00:00Z", [entry]))
+    await pub.close()
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["audit.jsonl", "audit.jsonl.1", "audit.jsonl.2", "audit.jsonl.3"]
+    seqs = [b["seq"] for name in ("audit.jsonl.3", "audit.jsonl.2", "audit.jsonl.1",
+                                  "audit.jsonl") for b in read_audit(tmp_path / name)]
+    assert seqs == list(range(seqs[0], 101))  # the newest kept, in order, no gap
+    assert all(p.stat().st_size <= 2000 + 600 for p in tmp_path.iterdir())
