@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from riskd.jit import njit
 from riskd.model import scenarios
 from riskd.model.estimator import EstimatorState, expit
 
@@ -102,58 +103,27 @@ def compute(
     detail: bool = False,
     leverage_pin: np.ndarray | None = None,
 ) -> Targets:
-    """Section 4 for all markets at once."""
+    """Section 4 for all markets at once: margins, leverage and fee per market and side
+    in one compiled pass (`_margins_and_fees`), slippage and reasons vectorised."""
     q = scenarios.resolution_probability(inp.h, inp.tau, cfg.h_min_s)
-    sc = scenarios.build(inp.p, inp.x, inp.sigma, inp.lam, inp.J, inp.h, q, cfg.nodes)
-    h_hours = inp.h / 3600.0
     m = inp.p.shape[0]
+    z, w = scenarios.gauss_hermite(cfg.nodes)
     lev = np.empty((m, 2))
     im = np.empty((m, 2))
     fee = np.empty((m, 2))
     es = np.empty((m, 2))
-    es_g = np.zeros((m, 2, 3)) if detail else None
-    fee_g = np.zeros((m, 2, 3)) if detail else None
-    for side in (LONG, SHORT):
-        if side == LONG:
-            value, value_h = inp.p, sc.p_h
-        else:
-            value, value_h = 1.0 - inp.p, sc.p_h_no
-        loss = value[:, None] - value_h
-        w = scenarios.tail_weights(loss, sc.prob, cfg.confidence)
-        es_side = np.sum(loss * w, axis=1)
-        # The resolution event is margined in full: no liquidation can act on it, so
-        # its share q of the position is held at its value and the rest at the ES of
-        # the scenarios a liquidation can meet. Without this a near-certain market
-        # (losing outcome less likely than 1 - confidence) gets looser as tau falls,
-        # because the resolution atoms crowd the news/diffusion tail out of the ES,
-        # and keeps leverage > 1 at tau = 0 (spec property 6.3). ES is concave in q
-        # and meets this chord at q = 0 and, when the losing outcome is at least
-        # 1 - confidence likely, at q = 1: there the ES is above it, unchanged.
-        es_liquid = np.sum(loss * scenarios.tail_weights(loss, sc.prob_liquid, cfg.confidence),
-                           axis=1)
-        settle = q * value + (1.0 - q) * es_liquid
-        margin = np.clip(np.maximum(es_side, settle), cfg.m_floor * value, value)
-        # ES sums weights that add to 1 only to rounding: a margin within rounding of
-        # the value is the value (leverage exactly 1, nothing lent, property 6.5), not
-        # a loan of 1e-16 priced at the full gap premium.
-        margin = np.where(margin >= (1.0 - 1e-12) * value, value, margin)
-        lev_side = np.clip(value / margin, 1.0, max_leverage)
-        if leverage_pin is not None:  # an operator's loosening override (riskd/overrides.py)
-            lev_side = np.where(np.isnan(leverage_pin), lev_side,
-                                np.clip(leverage_pin, 1.0, max_leverage))
-        im_side = value / lev_side
-        debt = value - im_side
-        # The lender's loss past the bankruptcy price: the fair put premium (section 4).
-        shortfall = sc.prob * np.maximum(debt[:, None] - value_h, 0.0)
-        lent = debt > 0.0
-        scale = np.where(lent, (1.0 + cfg.fee_loading) / np.where(lent, debt, 1.0) / h_hours, 0.0)
-        fee[:, side] = np.maximum(np.sum(shortfall, axis=1) * scale, fee_floor)
-        lev[:, side], im[:, side], es[:, side] = lev_side, im_side, es_side
-        if es_g is not None and fee_g is not None:
-            for g in range(3):
-                in_g = sc.group == g
-                es_g[:, side, g] = np.sum((loss * w)[:, in_g], axis=1)
-                fee_g[:, side, g] = np.sum(shortfall[:, in_g], axis=1) * scale
+    es_g = np.zeros((m if detail else 0, 2, 3))
+    fee_g = np.zeros((m if detail else 0, 2, 3))
+    pin = np.full(m, np.nan) if leverage_pin is None else leverage_pin
+    _margins_and_fees(
+        np.ascontiguousarray(inp.p, np.float64), np.ascontiguousarray(inp.x, np.float64),
+        np.ascontiguousarray(inp.sigma, np.float64), np.ascontiguousarray(inp.lam, np.float64),
+        np.ascontiguousarray(inp.J, np.float64), np.ascontiguousarray(inp.h, np.float64),
+        np.ascontiguousarray(q, np.float64),
+        np.broadcast_to(np.asarray(max_leverage, np.float64), (m,)).copy(),
+        np.broadcast_to(np.asarray(fee_floor, np.float64), (m,)).copy(),
+        np.ascontiguousarray(pin, np.float64), z, w, scenarios.groups(cfg.nodes),
+        cfg.confidence, cfg.m_floor, cfg.fee_loading, detail, lev, im, fee, es, es_g, fee_g)
 
     price_vol = inp.p * (1.0 - inp.p) * inp.sigma
     slip = np.clip(
@@ -168,5 +138,78 @@ def compute(
     return Targets(
         max_leverage=lev, initial_margin=im, maintenance_margin=cfg.maintenance_ratio * im,
         fee_rate_hourly=fee, max_slippage=slip, q=q, reasons=reasons, es=es,
-        es_by_group=es_g, fee_by_group=fee_g,
+        es_by_group=es_g if detail else None, fee_by_group=fee_g if detail else None,
     )
+
+
+@njit
+def _margins_and_fees(p: np.ndarray, x: np.ndarray, sigma: np.ndarray, lam: np.ndarray,
+                      J: np.ndarray, h: np.ndarray, q: np.ndarray, max_leverage: np.ndarray,
+                      fee_floor: np.ndarray, pin: np.ndarray, z: np.ndarray, w: np.ndarray,
+                      group: np.ndarray, confidence: float, m_floor: float,
+                      fee_loading: float, detail: bool, lev: np.ndarray, im: np.ndarray,
+                      fee: np.ndarray, es: np.ndarray, es_g: np.ndarray, fee_g: np.ndarray
+                      ) -> None:
+    """Section 4 per market and side, into lev, im, fee, es (and the group split)."""
+    s = 2 + 2 * z.shape[0]
+    p_h, p_h_no = np.empty(s), np.empty(s)
+    prob, prob_liquid = np.empty(s), np.empty(s)
+    loss, order = np.empty(s), np.empty(s, np.int64)
+    w_all, w_liquid = np.empty(s), np.empty(s)
+    for i in range(p.shape[0]):
+        if np.isnan(p[i] + x[i] + sigma[i] + lam[i] + J[i] + h[i] + q[i]):
+            # No model without its inputs: nan targets are the governor's model_error.
+            lev[i, :] = np.nan
+            im[i, :] = np.nan
+            fee[i, :] = np.nan
+            es[i, :] = np.nan
+            continue
+        scenarios.fill(p[i], x[i], sigma[i], lam[i], J[i], h[i], q[i], z, w,
+                       p_h, p_h_no, prob, prob_liquid)
+        h_hours = h[i] / 3600.0
+        for side in range(2):
+            value = p[i] if side == LONG else 1.0 - p[i]
+            value_h = p_h if side == LONG else p_h_no
+            for k in range(s):
+                loss[k] = value - value_h[k]
+            scenarios.worst_first(loss, order)
+            scenarios.tail_weights(prob, order, confidence, w_all)
+            scenarios.tail_weights(prob_liquid, order, confidence, w_liquid)
+            es_side = 0.0
+            es_liquid = 0.0
+            for k in range(s):
+                es_side += loss[k] * w_all[k]
+                es_liquid += loss[k] * w_liquid[k]
+            # The resolution event is margined in full: no liquidation can act on it,
+            # so its share q of the position is held at its value and the rest at the
+            # ES of the scenarios a liquidation can meet. Without this a near-certain
+            # market (losing outcome less likely than 1 - confidence) gets looser as
+            # tau falls, because the resolution atoms crowd the news/diffusion tail out
+            # of the ES, and keeps leverage > 1 at tau = 0 (spec property 6.3). ES is
+            # concave in q and meets this chord at q = 0 and, when the losing outcome
+            # is at least 1 - confidence likely, at q = 1: there the ES is above it.
+            settle = q[i] * value + (1.0 - q[i]) * es_liquid
+            margin = min(max(max(es_side, settle), m_floor * value), value)
+            # ES sums weights that add to 1 only to rounding: a margin within rounding
+            # of the value is the value (leverage exactly 1, nothing lent, property
+            # 6.5), not a loan of 1e-16 priced at the full gap premium.
+            if margin >= (1.0 - 1e-12) * value:
+                margin = value
+            lev_side = min(max(value / margin, 1.0), max_leverage[i])
+            if not np.isnan(pin[i]):  # an operator's loosening override (overrides.py)
+                lev_side = min(max(pin[i], 1.0), max_leverage[i])
+            im_side = value / lev_side
+            debt = value - im_side
+            # The lender's loss past the bankruptcy price: the fair put premium.
+            scale = (1.0 + fee_loading) / debt / h_hours if debt > 0.0 else 0.0
+            premium = 0.0
+            for k in range(s):
+                premium += prob[k] * max(debt - value_h[k], 0.0)
+            if detail:  # explain's split by scenario group
+                for k in range(s):
+                    es_g[i, side, group[k]] += loss[k] * w_all[k]
+                    fee_g[i, side, group[k]] += prob[k] * max(debt - value_h[k], 0.0) * scale
+            fee[i, side] = max(premium * scale, fee_floor[i])
+            lev[i, side], im[i, side], es[i, side] = lev_side, im_side, es_side
+            if np.isnan(es_side + es_liquid + premium):  # inf - inf on the way: no model
+                lev[i, side] = im[i, side] = fee[i, side] = es[i, side] = np.nan

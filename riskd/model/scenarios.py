@@ -1,17 +1,22 @@
 """Scenario distribution of the price after the liquidation horizon (spec section 4).
 
-For every market at once: an array of prices p_h (markets x scenarios) with
-probabilities, in the spirit of SPAN / Prisma scenario arrays.
+Per market: prices p_h over 2 + 2 * nodes scenarios with probabilities, in the
+spirit of SPAN / Prisma scenario arrays, and the expected shortfall of a loss
+over them. Written per market and compiled (numba): a market's 26 scenarios are
+too few for numpy's per-call cost to pay off, and parameters.py loops over
+markets in one compiled pass.
+
+Scenario columns: 0 and 1 the resolution atoms (YES, NO), then `nodes` news-jump
+nodes, then `nodes` diffusion nodes (Gauss-Hermite, ascending z).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 
-from riskd.model.estimator import expit
+from riskd.jit import njit
 
 RESOLUTION, JUMP, DIFFUSION = 0, 1, 2
 GROUP_NAMES = ("resolution", "jump", "diffusion")
@@ -27,15 +32,12 @@ def gauss_hermite(n: int) -> tuple[np.ndarray, np.ndarray]:
     return z, w
 
 
-@dataclass(frozen=True)
-class Scenarios:
-    p_h: np.ndarray  # (markets, S) price after h
-    p_h_no: np.ndarray  # (markets, S) 1 - p_h, computed without cancellation near p_h = 1
-    prob: np.ndarray  # (markets, S) probabilities, rows sum to 1
-    group: np.ndarray  # (S,) RESOLUTION | JUMP | DIFFUSION
-    # (markets, S) probabilities given no resolution event inside h (resolution
-    # columns 0, rows sum to 1): the scenarios a liquidation can still act on.
-    prob_liquid: np.ndarray
+@lru_cache(maxsize=8)
+def groups(nodes: int) -> np.ndarray:
+    """The group of each scenario column."""
+    g = np.array([RESOLUTION] * 2 + [JUMP] * nodes + [DIFFUSION] * nodes, np.int64)
+    g.setflags(write=False)
+    return g
 
 
 def resolution_probability(h: np.ndarray, tau: np.ndarray, h_min: float) -> np.ndarray:
@@ -47,63 +49,97 @@ def resolution_probability(h: np.ndarray, tau: np.ndarray, h_min: float) -> np.n
     return np.minimum(1.0, h / np.maximum(tau, np.minimum(h_min, h)))
 
 
-def build(
-    p: np.ndarray,
-    x: np.ndarray,
-    sigma: np.ndarray,
-    lam: np.ndarray,
-    J: np.ndarray,
-    h: np.ndarray,
-    q: np.ndarray,
-    nodes: int,
-) -> Scenarios:
-    """The three groups of section 4: resolution event, news jump, diffusion."""
-    z, w = gauss_hermite(nodes)
+@njit
+def expit(x: float) -> float:
+    # exp(-logaddexp(0, -x)) is 1/(1+exp(-x)) without overflow at either end.
+    return np.exp(-np.logaddexp(0.0, -x))
+
+
+@njit
+def fill(p: float, x: float, sigma: float, lam: float, J: float, h: float, q: float,
+         z: np.ndarray, w: np.ndarray, p_h: np.ndarray, p_h_no: np.ndarray,
+         prob: np.ndarray, prob_liquid: np.ndarray) -> None:
+    """One market's scenarios (section 4: resolution event, news jump, diffusion).
+
+    prob sums to 1; prob_liquid is the distribution given no resolution event inside
+    h (resolution columns 0): the scenarios a liquidation can still act on."""
+    n = z.shape[0]
     diff_scale = sigma * np.sqrt(h)
     # A jump is never narrower than the diffusion over the same horizon: then more
     # jump intensity always means more tail risk (property 4 holds by construction).
-    jump_scale = np.maximum(J, diff_scale)
+    jump_scale = max(J, diff_scale)
     p_jump_liquid = -np.expm1(-lam * h)
     p_jump = (1.0 - q) * p_jump_liquid
     p_diff = (1.0 - q) - p_jump
-
-    m = p.shape[0]
-    x_h = np.empty((m, 2 * nodes))
-    x_h[:, :nodes] = x[:, None] + jump_scale[:, None] * z
-    x_h[:, nodes:] = x[:, None] + diff_scale[:, None] * z
-    p_h = np.empty((m, 2 + 2 * nodes))
-    p_h_no = np.empty_like(p_h)
-    prob = np.empty_like(p_h)
-    p_h[:, 0], p_h_no[:, 0] = 1.0, 0.0
-    p_h[:, 1], p_h_no[:, 1] = 0.0, 1.0
-    prob[:, 0] = q * p  # the price is a martingale: YES with probability p
-    prob[:, 1] = q * (1.0 - p)
-    # NO's value as expit(-x_h), not 1 - p_h: exact in relative terms at both ends,
-    # so long NO at p is long YES at 1 - p to rounding (property 6.2).
-    p_h[:, 2:] = expit(x_h)
-    p_h_no[:, 2:] = expit(-x_h)
-    prob[:, 2 : 2 + nodes] = p_jump[:, None] * w
-    prob[:, 2 + nodes :] = p_diff[:, None] * w
-    group = np.array([RESOLUTION] * 2 + [JUMP] * nodes + [DIFFUSION] * nodes)
-    prob_liquid = np.zeros_like(prob)
-    prob_liquid[:, 2 : 2 + nodes] = p_jump_liquid[:, None] * w
-    prob_liquid[:, 2 + nodes :] = (1.0 - p_jump_liquid)[:, None] * w
-    return Scenarios(
-        p_h=p_h, p_h_no=p_h_no, prob=prob, group=group, prob_liquid=prob_liquid
-    )
+    p_h[0], p_h_no[0], prob[0], prob_liquid[0] = 1.0, 0.0, q * p, 0.0
+    p_h[1], p_h_no[1], prob[1], prob_liquid[1] = 0.0, 1.0, q * (1.0 - p), 0.0
+    for k in range(n):
+        _node(x + jump_scale * z[k], p_jump * w[k], p_jump_liquid * w[k], 2 + k,
+              p_h, p_h_no, prob, prob_liquid)
+        _node(x + diff_scale * z[k], p_diff * w[k], (1.0 - p_jump_liquid) * w[k], 2 + n + k,
+              p_h, p_h_no, prob, prob_liquid)
 
 
-def tail_weights(loss: np.ndarray, prob: np.ndarray, alpha: float) -> np.ndarray:
+@njit
+def _node(x_h: float, mass: float, liquid: float, col: int, p_h: np.ndarray,
+          p_h_no: np.ndarray, prob: np.ndarray, prob_liquid: np.ndarray) -> None:
+    # YES and NO values from one exp of -|x_h|: each side's value is a quotient
+    # without cancellation, exact in relative terms at both ends, so long NO at p is
+    # long YES at 1 - p to rounding (property 6.2).
+    e = np.exp(-abs(x_h))
+    big, small = 1.0 / (1.0 + e), e / (1.0 + e)
+    p_h[col], p_h_no[col] = (big, small) if x_h >= 0.0 else (small, big)
+    prob[col] = mass
+    prob_liquid[col] = liquid
+
+
+@njit
+def worst_first(loss: np.ndarray, order: np.ndarray) -> None:
+    """Scenario columns by descending loss, ties in column order (a stable sort).
+
+    Insertion sort from the order the scenarios' structure predicts (each group is
+    monotone in z), so it is linear unless rounding reorders neighbours."""
+    n = (loss.shape[0] - 2) // 2
+    # The prediction: the larger-loss resolution atom, the jump and diffusion nodes
+    # merged by loss, the other atom.
+    first, last = (1, 0) if loss[1] >= loss[0] else (0, 1)
+    order[0] = first
+    j, d, k = 0, 0, 1
+    down = loss[2] >= loss[1 + n] if n > 0 else True  # losses fall with z: long YES
+    while j < n or d < n:
+        jc = 2 + (j if down else n - 1 - j)
+        dc = 2 + n + (d if down else n - 1 - d)
+        if d >= n or (j < n and loss[jc] >= loss[dc]):
+            order[k] = jc
+            j += 1
+        else:
+            order[k] = dc
+            d += 1
+        k += 1
+    order[k] = last
+    for a in range(1, order.shape[0]):
+        col = order[a]
+        b = a - 1
+        while b >= 0 and (loss[order[b]] < loss[col]
+                          or (loss[order[b]] == loss[col] and order[b] > col)):
+            order[b + 1] = order[b]
+            b -= 1
+        order[b + 1] = col
+
+
+@njit
+def tail_weights(prob: np.ndarray, order: np.ndarray, alpha: float, weights: np.ndarray
+                 ) -> None:
     """Weight of each scenario in the worst (1 - alpha) of the distribution, summing to 1.
 
     Expected shortfall is sum(loss * weights); the atom on the boundary counts in
-    part, so ES is exact for a discrete distribution.
-    """
+    part, so ES is exact for a discrete distribution."""
     tail = 1.0 - alpha
-    order = np.argsort(-loss, axis=1, kind="stable")
-    p_sorted = np.take_along_axis(prob, order, axis=1)
-    before = np.cumsum(p_sorted, axis=1) - p_sorted
-    take_sorted = np.clip(tail - before, 0.0, p_sorted) / tail
-    weights = np.empty_like(take_sorted)
-    np.put_along_axis(weights, order, take_sorted, axis=1)
-    return weights
+    weights[:] = 0.0
+    cum = 0.0
+    for col in order:
+        cum += prob[col]
+        before = cum - prob[col]
+        if before >= tail:
+            break
+        weights[col] = min(max(tail - before, 0.0), prob[col]) / tail

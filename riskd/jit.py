@@ -1,0 +1,70 @@
+"""Compiled per-market loops: `njit`, and where their machine code is cached.
+
+The model's recursions and per-market scenario sums are loops over a few dozen
+numbers per market, where numpy's per-call cost is everything; numba compiles
+them. Compiling takes seconds, so the machine code is cached on disk, and two
+things about numba's cache need care here:
+- it is keyed on the source file of each compiled function only, so after an
+  edit to a kernel that another file's kernel calls, the caller's cached code
+  would run the old callee: the cache lives in a directory named after a hash of
+  riskd's own sources, and any change to them starts a fresh one;
+- it needs a writable directory (site-packages is often read-only in a
+  deployment): NUMBA_CACHE_DIR when set, else the user's cache directory, else
+  the temp directory; with none writable, kernels compile at each start.
+Same semantics as numpy for float errors (division by zero gives inf or nan).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numba
+
+PACKAGE = Path(__file__).resolve().parent
+
+
+def _sources_hash() -> str:
+    digest = hashlib.sha256()
+    for path in sorted(PACKAGE.rglob("*.py")):
+        digest.update(path.relative_to(PACKAGE).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _writable(folder: Path) -> bool:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
+def cache_dir() -> Path | None:
+    """Where compiled kernels are kept (None: nowhere writable, compile at each start)."""
+    try:
+        xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    except RuntimeError:  # no home directory
+        xdg = ""
+    bases = [os.environ.get("NUMBA_CACHE_DIR"), xdg and str(Path(xdg) / "riskd"),
+             str(Path(tempfile.gettempdir()) / f"riskd-{os.getuid()}")]
+    tag = f"numba-{numba.__version__}-{_sources_hash()}"
+    for base in bases:
+        if base and _writable(Path(base) / tag):
+            return Path(base) / tag
+    return None
+
+
+CACHE_DIR = cache_dir()
+if CACHE_DIR is not None:
+    numba.config.CACHE_DIR = str(CACHE_DIR)  # type: ignore[attr-defined]
+
+
+def njit(fn: Callable[..., Any]) -> Any:
+    """numba.njit with the cache above and numpy's float error semantics."""
+    return numba.njit(cache=CACHE_DIR is not None, error_model="numpy")(fn)
