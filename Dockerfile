@@ -41,6 +41,9 @@ COPY config/riskd.toml /etc/riskd/riskd.toml
 WORKDIR /var/lib/riskd
 RUN ln -s /opt/riskd/share/data data
 USER riskd
+# Compile the model's kernels into riskd's cache (~/.cache/riskd, riskd/jit.py) at build
+# time, so that a container start loads machine code instead of compiling it.
+RUN riskd backtest data/tapes/fed_dec2025 > /dev/null
 EXPOSE 8787
 # /healthz answers 200 while the daemon's loop runs. Another port: set RISKD_HEALTHCHECK_URL.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=15s --retries=3 \
