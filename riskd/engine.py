@@ -35,6 +35,7 @@ MAX_PENDING = 200_000
 TS_MAX = 1e11
 Index = slice | np.ndarray
 S = TypeVar("S", estimator.EstimatorState, GovernorState)
+T = TypeVar("T")
 
 
 @dataclass
@@ -237,22 +238,22 @@ class Engine:
         return result
 
     def flush(self) -> int:
-        """Apply the enqueued ticks; returns the number of jumps they carried."""
+        """Apply the enqueued ticks, in one pass; returns the number of jumps they carried."""
         if not self._pending:
             return 0
         pending, self._pending = self._pending, []
         self._pending_t.clear()
-        jumps = 0
-        for batch in rounds(pending):
-            jumps += int(self.apply(*tick_arrays(batch)).sum())
-        return jumps
+        return int(self.apply(*tick_arrays(pending)).sum())
 
     def apply(self, idx: np.ndarray, t: np.ndarray, p: np.ndarray, half_spread: np.ndarray,
-              depth: np.ndarray) -> np.ndarray:
-        """One tick for each of the distinct markets `idx`; returns the jump mask."""
-        self.first_t[idx] = np.fmin(self.first_t[idx], t)
+              depth: np.ndarray, record: estimator.EstimatorState | None = None
+              ) -> np.ndarray:
+        """The ticks (idx[k], ...) in order, a market possibly several times; returns the
+        jump mask (`record`: see `estimator.update`)."""
+        np.fmin.at(self.first_t, idx, t)
         self.due_t[idx] = -np.inf
-        jumps = estimator.update(self.est, self.settings.model, idx, t, p, half_spread, depth)
+        jumps = estimator.update(self.est, self.settings.model, idx, t, p, half_spread, depth,
+                                 record=record)
         self.now = max(self.now, float(t.max()))
         return jumps
 
@@ -488,9 +489,10 @@ def check_tick(tick: Tick, latest: float = TS_MAX) -> str | None:
     return None
 
 
-def rounds(pairs: list[tuple[int, Tick]]) -> list[list[tuple[int, Tick]]]:
-    """Split ticks into rounds of distinct markets, keeping each market's order."""
-    out: list[list[tuple[int, Tick]]] = []
+def rounds(pairs: list[tuple[int, T]]) -> list[list[tuple[int, T]]]:
+    """Split (market, item) pairs into rounds of distinct markets, keeping each market's
+    order."""
+    out: list[list[tuple[int, T]]] = []
     seen: dict[int, int] = {}
     for i, tick in pairs:
         r = seen.get(i, 0)

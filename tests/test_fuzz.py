@@ -470,8 +470,10 @@ def model_guard() -> Iterator[list[int]]:
     update: Callable[..., np.ndarray] = estimator.update
 
     def checked(state: Any, cfg: Any, idx: np.ndarray, t: np.ndarray, p: np.ndarray,
-                half_spread: np.ndarray, depth: np.ndarray | None = None) -> np.ndarray:
-        assert len(set(idx.tolist())) == len(idx)
+                half_spread: np.ndarray, depth: np.ndarray | None = None,
+                record: Any = None) -> np.ndarray:
+        # A market may appear several times (ticks apply in order), never out of range.
+        assert ((idx >= 0) & (idx < len(state.t))).all()
         assert np.isfinite(t).all() and (t > 0).all()
         assert np.isfinite(p).all() and ((p >= 0) & (p <= 1)).all()
         assert np.isfinite(half_spread).all() and ((half_spread >= 0) & (half_spread <= 0.5)).all()
@@ -479,7 +481,7 @@ def model_guard() -> Iterator[list[int]]:
             known = depth[~np.isnan(depth)]
             assert ((known >= 0) & (known <= MAX_DEPTH)).all()
         applied[0] += len(idx)
-        return update(state, cfg, idx, t, p, half_spread, depth)
+        return update(state, cfg, idx, t, p, half_spread, depth, record=record)
 
     with mock.patch.object(estimator, "update", checked):
         yield applied

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -18,7 +18,8 @@ from riskd.engine import Engine, rounds, tick_arrays
 from riskd.feeds.base import Tick
 from riskd.markets import Market
 from riskd.model import parameters
-from riskd.model.governor import NORMAL
+from riskd.model.estimator import EstimatorState
+from riskd.model.governor import NORMAL, Conditions
 from riskd.model.parameters import BIT
 
 # The perpetual-futures baseline: 0.01% per 8 hours.
@@ -133,39 +134,38 @@ class Riskd:
         self.reasons = np.zeros(n, np.int64)
         self.jump = np.zeros(n, bool)
         self._market = [tick.market for tick in ticks]
-        pairs = []
-        for tick in ticks:
-            i = eng.index.get(tick.market)
-            pairs.append((eng.add_market(tick.market, None) if i is None else i, tick))
-        row_of = {id(tick): r for r, tick in enumerate(ticks)}
-        # Pass 1, sequential: the estimator, round by round; capture what the model and
-        # the governor need at each round.
-        steps = []
-        for batch in rounds(pairs):
-            idx, t, p, half_spread, depth = tick_arrays(batch)
-            rows = np.fromiter((row_of[id(tk)] for _, tk in batch), np.int64, len(batch))
-            self.jump[rows] = eng.apply(idx, t, p, half_spread, depth)
-            steps.append((idx, t, rows, eng.inputs_at(t, idx), eng.conditions(t, idx)))
-        if not steps:
+        idx = np.fromiter((eng.index[tk.market] if tk.market in eng.index
+                           else eng.add_market(tk.market, None) for tk in ticks), np.int64, n)
+        if n == 0:
             return
-        # Pass 2, vectorised: the scenario model for every row at once (it has no state).
-        every = np.concatenate([s[0] for s in steps])
-        inputs = _stack([s[3] for s in steps])
+        _, t, p, half_spread, depth = tick_arrays([(0, tk) for tk in ticks])
+        # Pass 1, one compiled pass in time order: the estimator, recording each market's
+        # state right after each of its ticks.
+        rec = EstimatorState(**{f.name: np.empty(n, getattr(eng.est, f.name).dtype)
+                                for f in fields(EstimatorState)})
+        self.jump[:] = eng.apply(idx, t, p, half_spread, depth, record=rec)
+        # Pass 2, vectorised: what the model and the governor see at every row.
+        model = eng.settings.model
+        inputs = parameters.risk_inputs(rec, t, eng.event_t[idx], model)
+        warm = (rec.ticks >= model.warmup_ticks) & (t - eng.first_t[idx] >= model.warmup_s)
+        conds = Conditions(last_tick_t=rec.t, last_jump_t=rec.last_jump_t,
+                           event_t=eng.event_t[idx], resolve_t=eng.resolve_t[idx], warm=warm,
+                           fee_floor=eng.fee_floor[idx])
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-            targets = parameters.compute(inputs, eng.settings.model, eng.max_leverage[every],
-                                         eng.max_slippage[every], eng.fee_floor[every])
-        # Pass 3, sequential: the governor, round by round.
-        start = 0
-        for idx, t, rows, inp, cond in steps:
-            part = slice(start, start + len(idx))
-            start += len(idx)
-            eng.govern(t, idx, computed=(inp, _rows(targets, part)), cond=cond)
+            targets = parameters.compute(inputs, model, eng.max_leverage[idx],
+                                         eng.max_slippage[idx], eng.fee_floor[idx])
+        # Pass 3, sequential: the governor, round by round (the k-th row of every market).
+        for batch in rounds([(m, r) for r, m in enumerate(idx.tolist())]):
+            rows = np.fromiter((r for _, r in batch), np.int64, len(batch))
+            i = idx[rows]
+            eng.govern(t[rows], i, computed=(_rows(inputs, rows), _rows(targets, rows)),
+                       cond=_rows(conds, rows))
             g = eng.gov
-            self.leverage[rows] = g.leverage[idx]
-            self.fee[rows] = g.fee[idx]
-            self.slippage[rows] = g.slippage[idx]
-            self.mode[rows] = g.mode[idx]
-            self.reasons[rows] = g.reasons[idx]
+            self.leverage[rows] = g.leverage[i]
+            self.fee[rows] = g.fee[i]
+            self.slippage[rows] = g.slippage[i]
+            self.mode[rows] = g.mode[i]
+            self.reasons[rows] = g.reasons[i]
 
     def offer(self, row: int, t: float, p: float, open_interest: float) -> Offer:
         if self.mode[row] < 0:  # nothing published yet: no leverage
@@ -186,17 +186,16 @@ class Riskd:
         )
 
 
-def _stack(parts: list[parameters.RiskInputs]) -> parameters.RiskInputs:
-    return parameters.RiskInputs(**{f.name: np.concatenate([getattr(p, f.name) for p in parts])
-                                    for f in fields(parameters.RiskInputs)})
+R = TypeVar("R", parameters.RiskInputs, parameters.Targets, Conditions)
 
 
-def _rows(targets: parameters.Targets, part: slice) -> parameters.Targets:
+def _rows(data: R, rows: np.ndarray) -> R:
+    """The rows `rows` of a struct of per-row arrays (None fields stay None)."""
     sliced: dict[str, Any] = {}
-    for f in fields(parameters.Targets):
-        value = getattr(targets, f.name)
-        sliced[f.name] = None if value is None else value[part]
-    return parameters.Targets(**sliced)
+    for f in fields(data):
+        value = getattr(data, f.name)
+        sliced[f.name] = None if value is None else value[rows]
+    return type(data)(**sliced)
 
 
 def all_policies(settings: Settings, markets: dict[str, Market]) -> list[Policy]:

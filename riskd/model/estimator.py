@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from riskd.jit import njit
+
 if TYPE_CHECKING:
     from riskd.config import ModelSettings
 
@@ -99,78 +101,135 @@ def update(
     p: np.ndarray,
     half_spread: np.ndarray | None = None,
     depth: np.ndarray | None = None,
+    record: EstimatorState | None = None,
 ) -> np.ndarray:
-    """Apply one tick to each market in `idx` (distinct indices). Returns the jump mask.
+    """Apply the ticks (idx[k], t[k], p[k]) in order; returns the jump mask.
 
-    Implements section 3 steps 1-5. Two refinements: the noise estimate is Roll's,
+    A market may appear several times: its ticks apply one after the other, in one
+    compiled pass over all of them. With `record` (an EstimatorState of len(idx)
+    rows), row k receives market idx[k]'s state right after tick k: what the
+    backtest needs to evaluate every tick in one vectorised pass afterwards.
+
+    Implements section 3 steps 1-5 (`_apply`)."""
+    n = len(idx)
+    jump = np.zeros(n, np.bool_)
+    nan = np.full(n, np.nan)
+    hs = nan if half_spread is None else np.asarray(half_spread, np.float64)
+    dp = nan if depth is None else np.asarray(depth, np.float64)
+    rec = record if record is not None else _NO_RECORD
+    _apply(
+        *(getattr(state, name) for name in _FIELDS),
+        np.asarray(idx, np.int64), np.asarray(t, np.float64), np.asarray(p, np.float64),
+        hs, half_spread is not None, dp, depth is not None,
+        cfg.eps, cfg.dt_min_s, cfg.k_jump, cfg.jump_min_move, cfg.sigma_halflife_s,
+        cfg.sigma_floor, cfg.noise_halflife_ticks, cfg.jump_halflife_s, cfg.jump_size_weight,
+        cfg.gap_halflife_ticks, jump, record is not None,
+        *(getattr(rec, name) for name in _FIELDS),
+    )
+    return jump
+
+
+_FIELDS = tuple(f.name for f in fields(EstimatorState))
+_NO_RECORD = EstimatorState(**{
+    name: np.zeros(0, np.int64 if name in ("ticks", "jumps") else np.float64)
+    for name in _FIELDS})
+
+
+@njit
+def _apply(  # type: ignore[no-untyped-def]  # 50 arrays and settings, as update() passes
+    x, t_last, half_spread, depth, sigma2, lam, lam_t, J2, last_jump_t, noise2, gap, dx_prev,
+    ticks, jumps, tick_size,
+    idx, t_new, p_new, hs_new, has_hs, depth_new, has_depth,
+    eps, dt_min, k_jump, jump_min_move, sigma_halflife, sigma_floor, noise_halflife,
+    jump_halflife, jump_weight, gap_halflife, jump_out, record,
+    r_x, r_t, r_half_spread, r_depth, r_sigma2, r_lam, r_lam_t, r_J2, r_last_jump_t,
+    r_noise2, r_gap, r_dx_prev, r_ticks, r_jumps, r_tick_size,
+):
+    """Section 3, one tick at a time. Two refinements: the noise estimate is Roll's,
     minus the autocovariance of consecutive increments, averaged signed (an average
     of per-tick positive parts would read a pure diffusion as noise, ~1/pi of its
-    variance, and bias sigma ~20% low); and the winsorised variance sample is net
-    of twice that autocovariance (the increment of a noisy price carries the noise
-    of both ends), per tick and without clipping, so it averages to the efficient
-    price's variance under bid-ask bounce; the EWMA itself is floored.
-    """
-    p = np.clip(p, cfg.eps, 1.0 - cfg.eps)
-    x = logit(p)
-    n_before = state.ticks[idx]
-    first = n_before == 0
-    t_prev = state.t[idx]
-    dt = np.maximum(np.where(first, cfg.dt_min_s, t - t_prev), cfg.dt_min_s)
-    x_prev = np.where(first, x, state.x[idx])
-    dx = x - x_prev
+    variance, and bias sigma ~20% low); and the winsorised variance sample is net of
+    twice that autocovariance (the increment of a noisy price carries the noise of
+    both ends), per tick and without clipping, so it averages to the efficient
+    price's variance under bid-ask bounce; the EWMA itself is floored."""
+    a_noise = 1.0 - 2.0 ** (-1.0 / noise_halflife)
+    a_gap = 1.0 - 2.0 ** (-1.0 / gap_halflife)
+    for k in range(idx.shape[0]):
+        i = idx[k]
+        t = t_new[k]
+        p = min(max(p_new[k], eps), 1.0 - eps)
+        xk = np.log(p) - np.log1p(-p)
+        first = ticks[i] == 0
+        t_prev = t_last[i]
+        dt = max(dt_min if first else t - t_prev, dt_min)
+        x_prev = xk if first else x[i]
+        dx = xk - x_prev
 
-    # Step 1: noise floor in logit units, at the less extreme of the two prices: a jump
-    # to 0.99 must not widen its own threshold by the tick's size in logit terms there.
-    noise2 = state.noise2[idx]
-    p_prev = expit(x_prev)
-    slope = np.maximum(p * (1.0 - p), p_prev * (1.0 - p_prev))
-    dp = np.abs(p - p_prev)
-    s0sq = (state.tick_size[idx] / slope) ** 2 + np.maximum(noise2, 0.0)
-    # Step 2: a jump is a move beyond k standard deviations that also matters in money.
-    sigma2 = state.sigma2[idx]
-    thr2 = cfg.k_jump**2 * (sigma2 * dt + s0sq)
-    dx2 = dx * dx
-    jump = (~first) & (dx2 > thr2) & (dp >= cfg.jump_min_move)
+        # Step 1: noise floor in logit units, at the less extreme of the two prices: a
+        # jump to 0.99 must not widen its own threshold by the tick's size in logit
+        # terms there.
+        p_prev = _expit(x_prev)
+        slope = max(p * (1.0 - p), p_prev * (1.0 - p_prev))
+        s0sq = (tick_size[i] / slope) ** 2 + max(noise2[i], 0.0)
+        # Step 2: a jump is a move beyond k standard deviations that also matters in money.
+        thr2 = k_jump**2 * (sigma2[i] * dt + s0sq)
+        dx2 = dx * dx
+        jump = (not first) and dx2 > thr2 and abs(p - p_prev) >= jump_min_move
+        jump_out[k] = jump
 
-    # Step 3: winsorise, do not exclude.
-    w = np.exp(-LN2 * dt / cfg.sigma_halflife_s)
-    sample = (np.minimum(dx2, thr2) - 2.0 * noise2) / dt
-    sigma2_new = np.where(first, sigma2, w * sigma2 + (1.0 - w) * sample)
-    state.sigma2[idx] = np.maximum(sigma2_new, cfg.sigma_floor**2)
+        # Step 3: winsorise, do not exclude.
+        if not first:
+            w = np.exp(-LN2 * dt / sigma_halflife)
+            sample = (min(dx2, thr2) - 2.0 * noise2[i]) / dt
+            sigma2[i] = w * sigma2[i] + (1.0 - w) * sample
+        sigma2[i] = max(sigma2[i], sigma_floor**2)
 
-    # Roll's noise estimate from consecutive non-jump increments.
-    a_noise = 1.0 - 2.0 ** (-1.0 / cfg.noise_halflife_ticks)
-    roll = -dx * state.dx_prev[idx]
-    calm = (~first) & (~jump)
-    state.noise2[idx] = np.where(calm, (1 - a_noise) * noise2 + a_noise * roll, noise2)
-    state.dx_prev[idx] = np.where(calm, dx, 0.0)
+        # Roll's noise estimate from consecutive non-jump increments.
+        if not first and not jump:
+            noise2[i] = (1 - a_noise) * noise2[i] + a_noise * (-dx * dx_prev[i])
+            dx_prev[i] = dx
+        else:
+            dx_prev[i] = 0.0
 
-    # Step 4: a jump raises the time-decayed event rate and updates the jump size.
-    lam_now = _decayed(state.lam[idx], state.lam_t[idx], t, cfg.jump_halflife_s)
-    state.lam[idx] = lam_now + np.where(jump, LN2 / cfg.jump_halflife_s, 0.0)
-    state.lam_t[idx] = t
-    a_jump = cfg.jump_size_weight
-    state.J2[idx] = np.where(jump, (1 - a_jump) * state.J2[idx] + a_jump * dx2, state.J2[idx])
-    state.last_jump_t[idx] = np.where(jump, t, state.last_jump_t[idx])
-    state.jumps[idx] += jump
+        # Step 4: a jump raises the time-decayed event rate and updates the jump size.
+        elapsed = 0.0 if np.isnan(t - lam_t[i]) else max(t - lam_t[i], 0.0)
+        lam[i] = lam[i] * np.exp(-LN2 * elapsed / jump_halflife)
+        lam_t[i] = t
+        if jump:
+            lam[i] += LN2 / jump_halflife
+            J2[i] = (1 - jump_weight) * J2[i] + jump_weight * dx2
+            last_jump_t[i] = t
+            jumps[i] += 1
 
-    # Step 5: how long this market goes between prices. Arithmetic, not geometric:
-    # a liquidation waits for the next price, and long pauses are what it waits through.
-    a_gap = 1.0 - 2.0 ** (-1.0 / cfg.gap_halflife_ticks)
-    gap = state.gap[idx]
-    real_dt = np.maximum(t - t_prev, 0.0)
-    state.gap[idx] = np.where(
-        first, np.nan, np.where(np.isnan(gap), real_dt, (1 - a_gap) * gap + a_gap * real_dt)
-    )
+        # Step 5: how long this market goes between prices. Arithmetic, not geometric:
+        # a liquidation waits for the next price, and long pauses are what it waits
+        # through.
+        real_dt = max(t - t_prev, 0.0)
+        if first:
+            gap[i] = np.nan
+        elif np.isnan(gap[i]):
+            gap[i] = real_dt
+        else:
+            gap[i] = (1 - a_gap) * gap[i] + a_gap * real_dt
 
-    state.x[idx] = x
-    state.t[idx] = t
-    if half_spread is not None:
-        state.half_spread[idx] = np.nan_to_num(half_spread, nan=0.0)
-    if depth is not None:
-        state.depth[idx] = depth
-    state.ticks[idx] = n_before + 1
-    return jump
+        x[i] = xk
+        t_last[i] = t
+        if has_hs:
+            half_spread[i] = 0.0 if np.isnan(hs_new[k]) else hs_new[k]
+        if has_depth:
+            depth[i] = depth_new[k]
+        ticks[i] += 1
+        if record:
+            r_x[k], r_t[k], r_half_spread[k], r_depth[k] = x[i], t_last[i], half_spread[i], depth[i]
+            r_sigma2[k], r_lam[k], r_lam_t[k], r_J2[k] = sigma2[i], lam[i], lam_t[i], J2[i]
+            r_last_jump_t[k], r_noise2[k], r_gap[k] = last_jump_t[i], noise2[i], gap[i]
+            r_dx_prev[k], r_ticks[k], r_jumps[k] = dx_prev[i], ticks[i], jumps[i]
+            r_tick_size[k] = tick_size[i]
+
+
+@njit
+def _expit(x: float) -> float:
+    return np.exp(-np.logaddexp(0.0, -x))
 
 
 def _decayed(
