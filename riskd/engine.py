@@ -329,7 +329,7 @@ class Engine:
 
     def govern(self, now: float | np.ndarray, idx: Index = ALL,
                computed: tuple[parameters.RiskInputs, parameters.Targets] | None = None,
-               cond: Conditions | None = None,
+               cond: Conditions | None = None, record: GovernorState | None = None,
                ) -> tuple[parameters.RiskInputs, governor.Decision]:
         """Model and governor at `now` (one time, or one per market of `idx`).
 
@@ -338,11 +338,8 @@ class Engine:
         inp, tg = computed if computed is not None else self.targets(now, idx)
         if cond is None:
             cond = self.conditions(now, idx)
-        gov = self.gov if idx is ALL else _take(self.gov, idx)
-        decision = governor.step(gov, self.settings.governor, now, tg, cond)
-        if idx is not ALL:
-            _put(self.gov, idx, gov)
-        return inp, decision
+        rows = None if idx is ALL else np.arange(len(self.ids))[idx]
+        return inp, governor.step(self.gov, self.settings.governor, now, tg, cond, rows, record)
 
     def cycle(self, now: float, idx: Index | None = None) -> CycleResult:
         """One publish cycle at `now`: the enqueued ticks are applied, then the markets
@@ -524,11 +521,6 @@ def tick_arrays(batch: list[tuple[int, Tick]]
 def _take(state: S, idx: Index) -> S:
     """A copy of the rows `idx` of a struct-of-arrays state."""
     return type(state)(**{f.name: getattr(state, f.name)[idx] for f in fields(state)})
-
-
-def _put(state: S, idx: Index, part: S) -> None:
-    for f in fields(state):
-        getattr(state, f.name)[idx] = getattr(part, f.name)
 
 
 def round_places(x: np.ndarray, places: int | np.ndarray) -> np.ndarray:

@@ -1,8 +1,8 @@
 """Online estimator of belief volatility and jumps (spec model.md section 3).
 
-State is a struct of numpy arrays, one slot per market; `update` applies one
-tick to each of a set of distinct markets in one vectorised pass. Constant
-memory per market, O(1) work per tick, nothing recomputed for idle markets.
+State is a struct of numpy arrays, one slot per market; `update` applies a batch
+of ticks in order, in one compiled pass. Constant memory per market, O(1) work
+per tick, nothing recomputed for idle markets.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from riskd.jit import njit
 from riskd.model.parameters import BIT, Targets
 
 if TYPE_CHECKING:
@@ -98,144 +99,195 @@ def step(
     now: float | np.ndarray,
     targets: Targets,
     cond: Conditions,
+    idx: np.ndarray | None = None,
+    record: GovernorState | None = None,
 ) -> Decision:
-    """Decide what to publish at `now`; updates `state` for the published markets."""
-    # nan marks "never published"; comparisons with it are meant to be false.
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return _step(state, cfg, now, targets, cond)
+    """Decide what to publish at `now` for the markets `idx` (None: all, in order);
+    updates `state` for the published ones.
 
-
-def _step(
-    state: GovernorState,
-    cfg: GovernorSettings,
-    now: float | np.ndarray,
-    targets: Targets,
-    cond: Conditions,
-) -> Decision:
-    m = len(state)
-    lev_t = targets.max_leverage.copy()
-    fee_t = targets.fee_rate_hourly.copy()
-    slip_t = targets.max_slippage.copy()
-    reasons = targets.reasons.copy()
-
-    since_tick = now - cond.last_tick_t
-    stale = ~(since_tick < cfg.stale_after_s)  # nan (no data) counts as stale
-    warming = ~cond.warm & ~stale
-    broken = ~(np.all(np.isfinite(lev_t), axis=1) & np.all(np.isfinite(fee_t), axis=1)
-               & np.isfinite(slip_t))
-    resolved = now >= cond.resolve_t
-    frozen = (now >= cond.event_t - cfg.freeze_before_resolution_s) & ~resolved
-    since_jump = now - cond.last_jump_t
-    cooldown = since_jump < cfg.jump_cooldown_s
-    halted = since_jump < cfg.halt_after_jump_s
-
-    reasons |= np.where(stale, BIT["stale_feed"], 0)
-    reasons |= np.where(warming, BIT["warming_up"], 0)
-    reasons |= np.where(broken, BIT["model_error"], 0)
-    reasons |= np.where(resolved, BIT["resolved"], 0)
-    reasons |= np.where(frozen, BIT["near_resolution"], 0)
-    reasons |= np.where(cooldown, BIT["jump_detected"], 0)
-    reasons |= np.where(halted, BIT["halted_after_jump"], 0)
-    reasons |= np.where(np.isnan(cond.event_t), BIT["unknown_resolution"], 0)
-
-    # Fail-safe: leverage 1, fee floor (below), the tightest slippage.
-    slip_t[broken] = SLIPPAGE_STEP
-    mode_t = np.full(m, NORMAL, np.int64)
-    one_x = stale | warming | broken | frozen | resolved
-    mode_t[one_x] = REDUCE_ONLY
-    mode_t[halted] = HALTED
-    if cond.leverage_cap is not None:
-        capped = cond.leverage_cap < lev_t
-        lev_t = np.minimum(lev_t, cond.leverage_cap)
-        reasons |= np.where(np.any(capped, axis=1), BIT["config_override"], 0)
-    if cond.mode_floor is not None:
-        pinned = cond.mode_floor > mode_t
-        mode_t = np.maximum(mode_t, cond.mode_floor)
-        reasons |= np.where(pinned, BIT["config_override"], 0)
-    # Reduce-only means nothing new is lent: 1x. Halted keeps the tightened values.
-    lev_t[one_x | (mode_t == REDUCE_ONLY)] = 1.0
-
-    lev_t = np.maximum(np.floor(lev_t / LEVERAGE_STEP + 1e-9) * LEVERAGE_STEP, 1.0)
-    slip_t = np.maximum(np.floor(slip_t / SLIPPAGE_STEP + 1e-9) * SLIPPAGE_STEP, SLIPPAGE_STEP)
-
-    first = state.mode < 0
-    prev_lev, prev_fee, prev_slip = state.leverage, state.fee, state.slippage
-    # Loosening: one bounded step per interval, counted from the last change, the
-    # end of a jump cool-down or the last cycle at which nothing waited to loosen,
-    # whichever is latest (section 5). Sparse cycles (the backtest's) compound the
-    # steps of the time between them; a market whose targets sat at the published
-    # values saves none up for one burst (property 6.6).
-    anchor = loosening_anchor(state, cond.last_jump_t, cfg.jump_cooldown_s)
-    steps = np.floor(np.nan_to_num((now - anchor) / cfg.loosen_interval_s, nan=0.0))
-    steps = np.clip(np.where(cooldown, 0.0, steps), 0.0, 64.0)
-    grow = (1.0 + cfg.max_loosen_step) ** steps
-
-    lev_up = np.minimum(lev_t, prev_lev * grow[:, None])
-    lev_up = np.floor(lev_up / LEVERAGE_STEP + 1e-9) * LEVERAGE_STEP
-    lev_new = np.where(lev_t <= prev_lev, lev_t, np.maximum(lev_up, prev_lev))
-    # A first publish takes the targets; before the fee below, so that a first
-    # publish at 1x (warming up, no data yet) carries the fee floor too.
-    lev_new = np.where(first[:, None], lev_t, lev_new)
-    slip_up = np.minimum(slip_t, prev_slip * grow)
-    slip_new = np.where(slip_t <= prev_slip, slip_t, np.maximum(slip_up, prev_slip))
-    # The fee follows the published leverage: at 1x nothing is lent (property 5).
-    fee_t = np.where(lev_new <= 1.0, cond.fee_floor[:, None], fee_t)
-    fee_t = _round_up(fee_t)
-    fee_down = np.maximum(fee_t, prev_fee / grow[:, None])
-    fee_new = np.where(fee_t >= prev_fee, fee_t, np.where(lev_new <= 1.0, fee_t, fee_down))
-
-    slip_new = np.where(first, slip_t, slip_new)
-    fee_new = np.where(first[:, None], fee_t, fee_new)
-
-    tightened = (
-        np.any(lev_new < prev_lev, axis=1)
-        | np.any(fee_new > prev_fee, axis=1)
-        | (slip_new < prev_slip)
-        | (mode_t > state.mode)
-    ) & ~first
-    loosen_rel = np.maximum(
-        np.max(np.maximum(lev_new / prev_lev - 1.0, prev_fee / fee_new - 1.0), axis=1),
-        slip_new / prev_slip - 1.0,
+    Row k of `targets`, `cond` and `now` (one time, or one per row) is about market
+    idx[k]. A market may appear several times: its rows apply one after the other
+    (the backtest's whole tape in one call). With `record` (a GovernorState of as
+    many rows), row k receives what is in force for market idx[k] right after row k."""
+    n = len(targets.reasons)
+    rows = np.arange(n) if idx is None else np.asarray(idx, np.int64)
+    at = np.broadcast_to(np.asarray(now, np.float64), (n,))
+    mode_floor = np.zeros(n, np.int64) if cond.mode_floor is None else cond.mode_floor
+    cap = np.full((n, 2), np.inf) if cond.leverage_cap is None else cond.leverage_cap
+    publish = np.zeros(n, np.bool_)
+    tightened = np.zeros(n, np.bool_)
+    _step(
+        state.leverage, state.fee, state.slippage, state.mode, state.reasons,
+        state.published_at, state.valid_until, state.changed_at, state.idle_at, state.version,
+        rows, at, targets.max_leverage, targets.fee_rate_hourly, targets.max_slippage,
+        targets.reasons, cond.last_tick_t, cond.last_jump_t, cond.event_t, cond.resolve_t,
+        np.asarray(cond.warm, np.bool_), cond.fee_floor, mode_floor, cap,
+        cfg.stale_after_s, cfg.freeze_before_resolution_s, cfg.jump_cooldown_s,
+        cfg.halt_after_jump_s, cfg.loosen_interval_s, cfg.max_loosen_step, cfg.deadband,
+        cfg.ttl_s, refresh_margin(cfg), publish, tightened,
+        *((True, record.leverage, record.fee, record.slippage, record.mode, record.reasons)
+          if record is not None else (False,) + _NO_RECORD),
     )
-    loosened = (loosen_rel >= cfg.deadband) & ~first
-    # Below the deadband a loosening is not worth a message: keep what is in force.
-    small = ~loosened & ~tightened & ~first
-    lev_new = np.where(small[:, None], np.minimum(lev_new, prev_lev), lev_new)
-    fee_new = np.where(small[:, None], np.maximum(fee_new, prev_fee), fee_new)
-    slip_new = np.where(small, np.minimum(slip_new, prev_slip), slip_new)
+    return Decision(publish=publish, tightened=tightened)
 
-    expiring = ~(state.valid_until - now > refresh_margin(cfg))
-    publish = (
-        first | tightened | loosened | (mode_t != state.mode)
-        | (reasons != state.reasons) | expiring
-    )
-    moved = publish & (
-        first
-        | np.any(lev_new != prev_lev, axis=1)
-        | np.any(fee_new != prev_fee, axis=1)
-        | (slip_new != prev_slip)
-    )
 
-    state.leverage[publish] = lev_new[publish]
-    state.fee[publish] = fee_new[publish]
-    state.slippage[publish] = slip_new[publish]
-    state.mode[publish] = mode_t[publish]
-    state.reasons[publish] = reasons[publish]
-    # `now` may be one time for all, or one per market (the backtest's rounds).
-    at = np.broadcast_to(np.asarray(now, dtype=np.float64), (m,))
-    state.published_at[publish] = at[publish]
-    state.valid_until[publish] = at[publish] + cfg.ttl_s
-    state.changed_at[moved] = at[moved]
-    state.version[publish] += 1
-    # Idle: no target looser than what is now in force by the deadband or more.
-    pub_lev, pub_fee, pub_slip = state.leverage, state.fee, state.slippage
-    want = np.maximum(
-        np.max(np.maximum(lev_t / pub_lev - 1.0, pub_fee / fee_t - 1.0), axis=1),
-        slip_t / pub_slip - 1.0,
-    )
-    idle = ~((want > 0.0) & (want >= cfg.deadband))
-    state.idle_at[idle] = at[idle]
-    return Decision(publish=publish, tightened=tightened & publish)
+_NO_RECORD = (np.zeros((0, 2)), np.zeros((0, 2)), np.zeros(0), np.zeros(0, np.int64),
+              np.zeros(0, np.int64))
+# Bits of the reasons the governor itself sets.
+_STALE, _WARMING, _BROKEN = BIT["stale_feed"], BIT["warming_up"], BIT["model_error"]
+_RESOLVED, _FROZEN, _COOLDOWN = BIT["resolved"], BIT["near_resolution"], BIT["jump_detected"]
+_HALTED, _UNKNOWN = BIT["halted_after_jump"], BIT["unknown_resolution"]
+_OVERRIDE = BIT["config_override"]
+
+
+@njit
+def _step(  # type: ignore[no-untyped-def]  # state, rows, targets, conditions, settings
+    leverage, fee, slippage, mode, reasons_pub, published_at, valid_until, changed_at,
+    idle_at, version,
+    rows, now_k, lev_target, fee_target, slip_target, reasons_model,
+    last_tick_t, last_jump_t, event_t, resolve_t, warm, fee_floor, mode_floor, leverage_cap,
+    stale_after_s, freeze_s, cooldown_s, halt_s, loosen_interval_s, max_loosen_step,
+    deadband, ttl_s, margin, publish_out, tightened_out,
+    record, r_leverage, r_fee, r_slippage, r_mode, r_reasons,
+):
+    """Section 5 for one row at a time. Comparisons with nan ("never published") are
+    false, and the min/max below propagate nan, as numpy's do."""
+    for k in range(rows.shape[0]):
+        i = rows[k]
+        now = now_k[k]
+        lev_t = lev_target[k].copy()
+        fee_t = fee_target[k].copy()
+        slip_t = slip_target[k]
+        reasons = reasons_model[k]
+
+        stale = not (now - last_tick_t[k] < stale_after_s)  # nan (no data) counts as stale
+        warming = not warm[k] and not stale
+        broken = not (np.isfinite(lev_t[0]) and np.isfinite(lev_t[1]) and np.isfinite(fee_t[0])
+                      and np.isfinite(fee_t[1]) and np.isfinite(slip_t))
+        resolved = now >= resolve_t[k]
+        frozen = now >= event_t[k] - freeze_s and not resolved
+        since_jump = now - last_jump_t[k]
+        cooldown = since_jump < cooldown_s
+        halted = since_jump < halt_s
+        reasons |= ((_STALE if stale else 0) | (_WARMING if warming else 0)
+                    | (_BROKEN if broken else 0) | (_RESOLVED if resolved else 0)
+                    | (_FROZEN if frozen else 0) | (_COOLDOWN if cooldown else 0)
+                    | (_HALTED if halted else 0) | (_UNKNOWN if np.isnan(event_t[k]) else 0))
+
+        # Fail-safe: leverage 1, fee floor (below), the tightest slippage.
+        if broken:
+            slip_t = SLIPPAGE_STEP
+        one_x = stale or warming or broken or frozen or resolved
+        mode_t = HALTED if halted else (REDUCE_ONLY if one_x else NORMAL)
+        for s in range(2):
+            if leverage_cap[k, s] < lev_t[s]:
+                lev_t[s] = leverage_cap[k, s]
+                reasons |= _OVERRIDE
+        if mode_floor[k] > mode_t:
+            mode_t = mode_floor[k]
+            reasons |= _OVERRIDE
+        # Reduce-only means nothing new is lent: 1x. Halted keeps the tightened values.
+        for s in range(2):
+            if one_x or mode_t == REDUCE_ONLY:
+                lev_t[s] = 1.0
+            lev_t[s] = _max(np.floor(lev_t[s] / LEVERAGE_STEP + 1e-9) * LEVERAGE_STEP, 1.0)
+        slip_t = _max(np.floor(slip_t / SLIPPAGE_STEP + 1e-9) * SLIPPAGE_STEP, SLIPPAGE_STEP)
+
+        first = mode[i] < 0
+        prev_lev = leverage[i].copy()
+        prev_fee = fee[i].copy()
+        prev_slip = slippage[i]
+        # Loosening: one bounded step per interval, counted from the last change, the
+        # end of a jump cool-down or the last cycle at which nothing waited to loosen,
+        # whichever is latest. Sparse cycles (the backtest's) compound the steps of the
+        # time between them; a market whose targets sat at the published values saves
+        # none up for one burst (property 6.6).
+        anchor = np.fmax(np.fmax(changed_at[i], idle_at[i]), last_jump_t[k] + cooldown_s)
+        steps = (now - anchor) / loosen_interval_s
+        steps = 0.0 if cooldown or np.isnan(steps) else min(max(np.floor(steps), 0.0), 64.0)
+        grow = (1.0 + max_loosen_step) ** steps
+
+        lev_new = np.empty(2)
+        fee_new = np.empty(2)
+        for s in range(2):
+            if first:  # a first publish takes the targets
+                lev_new[s] = lev_t[s]
+            elif lev_t[s] <= prev_lev[s]:
+                lev_new[s] = lev_t[s]
+            else:
+                up = np.floor(_min(lev_t[s], prev_lev[s] * grow) / LEVERAGE_STEP + 1e-9)
+                lev_new[s] = _max(up * LEVERAGE_STEP, prev_lev[s])
+            # The fee follows the published leverage: at 1x nothing is lent (property 5);
+            # so a first publish at 1x (warming up, no data yet) carries the floor too.
+            if lev_new[s] <= 1.0:
+                fee_t[s] = fee_floor[k]
+            fee_t[s] = _round_up(fee_t[s])
+            if first or fee_t[s] >= prev_fee[s] or lev_new[s] <= 1.0:
+                fee_new[s] = fee_t[s]
+            else:
+                fee_new[s] = _max(fee_t[s], prev_fee[s] / grow)
+        if first or slip_t <= prev_slip:
+            slip_new = slip_t
+        else:
+            slip_new = _max(_min(slip_t, prev_slip * grow), prev_slip)
+
+        tightened = not first and (
+            lev_new[0] < prev_lev[0] or lev_new[1] < prev_lev[1] or fee_new[0] > prev_fee[0]
+            or fee_new[1] > prev_fee[1] or slip_new < prev_slip or mode_t > mode[i])
+        loosen_rel = _max(_looser(lev_new, prev_lev, fee_new, prev_fee), slip_new / prev_slip - 1.0)
+        loosened = loosen_rel >= deadband and not first
+        if not loosened and not tightened and not first:
+            # Below the deadband a loosening is not worth a message: keep what is in force.
+            for s in range(2):
+                lev_new[s] = _min(lev_new[s], prev_lev[s])
+                fee_new[s] = _max(fee_new[s], prev_fee[s])
+            slip_new = _min(slip_new, prev_slip)
+
+        expiring = not (valid_until[i] - now > margin)
+        publish = (first or tightened or loosened or mode_t != mode[i]
+                   or reasons != reasons_pub[i] or expiring)
+        publish_out[k] = publish
+        tightened_out[k] = tightened and publish
+        if publish:
+            moved = (first or lev_new[0] != prev_lev[0] or lev_new[1] != prev_lev[1]
+                     or fee_new[0] != prev_fee[0] or fee_new[1] != prev_fee[1]
+                     or slip_new != prev_slip)
+            leverage[i] = lev_new
+            fee[i] = fee_new
+            slippage[i] = slip_new
+            mode[i] = mode_t
+            reasons_pub[i] = reasons
+            published_at[i] = now
+            valid_until[i] = now + ttl_s
+            version[i] += 1
+            if moved:
+                changed_at[i] = now
+        # Idle: no target looser than what is now in force by the deadband or more.
+        want = _max(_looser(lev_t, leverage[i], fee_t, fee[i]), slip_t / slippage[i] - 1.0)
+        if not (want > 0.0 and want >= deadband):
+            idle_at[i] = now
+        if record:
+            r_leverage[k], r_fee[k], r_slippage[k] = leverage[i], fee[i], slippage[i]
+            r_mode[k], r_reasons[k] = mode[i], reasons_pub[i]
+
+
+@njit
+def _looser(lev, lev_ref, fee, fee_ref):  # type: ignore[no-untyped-def]
+    """How much looser (lev, fee) is than (lev_ref, fee_ref), relatively, at most."""
+    a = _max(lev[0] / lev_ref[0] - 1.0, fee_ref[0] / fee[0] - 1.0)
+    b = _max(lev[1] / lev_ref[1] - 1.0, fee_ref[1] / fee[1] - 1.0)
+    return _max(a, b)
+
+
+@njit
+def _max(a: float, b: float) -> float:
+    """numpy's maximum: nan if either is."""
+    return a + b if np.isnan(a) or np.isnan(b) else max(a, b)
+
+
+@njit
+def _min(a: float, b: float) -> float:
+    return a + b if np.isnan(a) or np.isnan(b) else min(a, b)
 
 
 def loosening_anchor(state: GovernorState, last_jump_t: np.ndarray, cooldown_s: float
@@ -277,8 +329,10 @@ def next_change(state: GovernorState, cfg: GovernorSettings, now: float, cond: C
     return due
 
 
-def _round_up(fee: np.ndarray) -> np.ndarray:
+@njit
+def _round_up(fee: float) -> float:
     """Round up to FEE_DIGITS significant digits (positive values)."""
-    safe = np.where(fee > 0, fee, 1.0)
-    scale = 10.0 ** (np.floor(np.log10(safe)) - (FEE_DIGITS - 1))
-    return np.where(fee > 0, np.ceil(fee / scale - 1e-9) * scale, fee)
+    if not fee > 0.0:
+        return fee
+    scale = 10.0 ** (np.floor(np.log10(fee)) - (FEE_DIGITS - 1))
+    return np.ceil(fee / scale - 1e-9) * scale
