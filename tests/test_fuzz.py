@@ -780,6 +780,47 @@ def test_books_keep_a_bounded_number_of_levels() -> None:
     assert len(codec.books[token].bids) == MAX_LEVELS
 
 
+@budget(300)
+@given(text=st.one_of(st.from_regex(r"\A[ ]?-?[01]?\.?[0-9]{0,6}(e-?[0-9])?[ ]?\Z"),
+                      st.text(max_size=12)))
+def test_interned_prices_parse_exactly_like_the_first_time(text: str) -> None:
+    """probability() remembers each price text it parsed: the remembered answer is the
+    parse itself (value or rejection), and 1 - p is the rounded complement."""
+    from riskd.feeds import codec as shared
+
+    def fresh() -> float:
+        x = float(text)
+        if not (x - x == 0.0 and 0.0 <= x <= 1.0):
+            raise ValueError(text)
+        return x
+
+    try:
+        expected = fresh()
+    except ValueError:
+        for _ in range(2):
+            with pytest.raises(shared.BadMessage):
+                shared.probability(text)
+        return
+    assert shared.probability(text) == expected == shared.probability(text)
+    assert shared.complement(expected) == round(1.0 - expected, 10)
+    assert shared.complement(expected) == shared.complement(expected)
+
+
+def test_interned_prices_are_bounded() -> None:
+    """A venue inventing prices cannot grow the interning tables beyond their cap."""
+    from riskd.feeds import codec as shared
+
+    with mock.patch.object(shared, "MAX_INTERNED", 100), \
+            mock.patch.dict(shared._prices, clear=True), \
+            mock.patch.dict(shared._floats, clear=True), \
+            mock.patch.dict(shared._complements, clear=True):
+        for i in range(1000):
+            p = shared.probability(f"0.{i:06d}")
+            assert p == i / 1e6
+            assert shared.complement(p) == round(1.0 - p, 10)
+        assert max(map(len, (shared._prices, shared._floats, shared._complements))) <= 100
+
+
 def test_kalshi_remembers_a_bounded_number_of_subscriptions() -> None:
     from riskd.feeds.kalshi.codec import MAX_SUBSCRIPTIONS
 

@@ -80,17 +80,42 @@ def number(value: Any, reason: str = "bad_number") -> float:
     return x
 
 
+# Prices come as a few thousand distinct texts ("0.41"): each is parsed once and its
+# float shared by every book and tick that holds it (a float is 24 bytes, and the
+# books of 100,000 markets hold a million prices). Bounded, so that a venue inventing
+# prices cannot grow it.
+MAX_INTERNED = 65_536
+_prices: dict[str, float] = {}
+_complements: dict[float, float] = {}  # p -> 1 - p
+_floats: dict[float, float] = {}  # one object per value
+
+
+def _intern(x: float) -> float:
+    return _floats.setdefault(x, x) if len(_floats) < MAX_INTERNED else x
+
+
 def probability(value: Any) -> float:
     """A price in [0, 1]."""
+    if type(value) is str:
+        x = _prices.get(value)
+        if x is not None:
+            return x
     x = number(value, "bad_price")
     if not 0.0 <= x <= 1.0:
         raise BadMessage("bad_price", f"price {value!r} outside [0, 1]")
+    if type(value) is str and len(_prices) < MAX_INTERNED:
+        x = _prices[value] = _intern(x)
     return x
 
 
 def complement(p: float) -> float:
     """1 - p, rounded so that venue decimals stay decimals (1 - 0.41 is 0.59)."""
-    return round(1.0 - p, 10)
+    q = _complements.get(p)
+    if q is None:
+        q = _intern(round(1.0 - p, 10))
+        if len(_complements) < MAX_INTERNED:
+            _complements[p] = q
+    return q
 
 
 def text(value: Any, what: str) -> str:

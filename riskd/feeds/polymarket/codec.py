@@ -47,24 +47,45 @@ class Binding:
     no: bool  # the NO token: its prices are 1 - YES
 
 
+_NO_LEVELS: dict[float, float] = {}
+
+
 @dataclass(slots=True)
 class Book:
     """One token's order book: price -> size per side."""
 
-    bids: dict[float, float] = field(default_factory=dict)
-    asks: dict[float, float] = field(default_factory=dict)
-    # The venue's own best bid/ask when it sends them (authoritative over the levels).
-    top: tuple[float | None, float | None] | None = None
+    # A side with no levels shares one empty dict, never written to (set_level makes
+    # the side's own on its first level): most tokens only ever hear of one side.
+    bids: dict[float, float] = field(default_factory=lambda: _NO_LEVELS)
+    asks: dict[float, float] = field(default_factory=lambda: _NO_LEVELS)
+    # The venue's own best bid/ask when it sends them (authoritative over the levels);
+    # two fields, not a tuple: one object less per book, and 200,000 books.
+    has_top: bool = False
+    top_bid: float | None = None
+    top_ask: float | None = None
     complete: bool = False  # a snapshot arrived: the levels are the whole book
 
     def set_level(self, side: str, price: float, qty: float) -> None:
         bids = side == "BUY"
-        put_level(self.bids if bids else self.asks, price, qty, bids)
+        levels = self.bids if bids else self.asks
+        if levels is _NO_LEVELS:
+            if qty <= 0:
+                return  # removing what is not there
+            levels = {}
+            if bids:
+                self.bids = levels
+            else:
+                self.asks = levels
+        put_level(levels, price, qty, bids)
+
+    def set_top(self, top: tuple[float | None, float | None] | None) -> None:
+        self.has_top = top is not None
+        self.top_bid, self.top_ask = top or (None, None)
 
     def quote(self) -> Quote | None:
         """The top of this token's book, or None if it is not known."""
-        if self.top is not None:
-            bid, ask = self.top
+        if self.has_top:
+            bid, ask = self.top_bid, self.top_ask
         elif self.complete:
             bid = max(self.bids) if self.bids else None
             ask = min(self.asks) if self.asks else None
@@ -79,8 +100,8 @@ class Book:
 
 def _venue_top(bid_raw: Any, ask_raw: Any) -> tuple[float | None, float | None]:
     """best_bid/best_ask as sent: 0 means no bid, 1 (or 0) means no ask."""
-    bid = probability(bid_raw) if bid_raw not in (None, "") else None
-    ask = probability(ask_raw) if ask_raw not in (None, "") else None
+    bid = probability(bid_raw) if bid_raw is not None and bid_raw != "" else None
+    ask = probability(ask_raw) if ask_raw is not None and ask_raw != "" else None
     return (bid if bid else None, ask if ask and ask < 1.0 else None)
 
 
@@ -205,7 +226,7 @@ class PolymarketCodec:
             token, binding = self._binding(event)
             ts = ms_time(event.get("timestamp"))
             book = self.books.setdefault(token, Book())
-            book.top = _venue_top(event.get("best_bid"), event.get("best_ask"))
+            book.set_top(_venue_top(event.get("best_bid"), event.get("best_ask")))
             touched[binding.market] = (ts, token)
         elif kind == "last_trade_price":
             token, binding = self._binding(event)
@@ -267,16 +288,7 @@ class PolymarketCodec:
         if changes is not None:  # the batched form (since Sept 2025)
             if not isinstance(changes, list):
                 raise BadMessage("bad_message", "price_changes: expected a list")
-            parsed = []
-            for change in changes:
-                if not isinstance(change, dict):
-                    raise BadMessage("bad_message", "price_changes: expected objects")
-                token = text(change.get("asset_id"), "asset_id")
-                level = self._level(change)
-                top = None
-                if "best_bid" in change or "best_ask" in change:
-                    top = _venue_top(change.get("best_bid"), change.get("best_ask"))
-                parsed.append((token, level, top))
+            parsed = [self._change(change) for change in changes]
             # All or nothing: a bad entry leaves the books as they were.
             for token, (side, price, size), top in parsed:
                 binding = self.assets.get(token)
@@ -284,7 +296,7 @@ class PolymarketCodec:
                     continue  # the other token of a market we follow by one token only
                 book = self._book_of(token, binding)
                 book.set_level(side, price, size)
-                book.top = top
+                book.set_top(top)
                 touched[binding.market] = (ts, token)
             return
         token, binding = self._binding(event)
@@ -298,7 +310,7 @@ class PolymarketCodec:
         book = self._book_of(token, binding)
         for side, price, size in levels:
             book.set_level(side, price, size)
-        book.top = None
+        book.set_top(None)
         touched[binding.market] = (ts, token)
 
     def _book_of(self, token: str, binding: Binding) -> Book:
@@ -309,6 +321,21 @@ class PolymarketCodec:
             key = next((t for t in self.tokens[binding.market] if t == token), token)
             book = self.books[key] = Book()
         return book
+
+    @classmethod
+    def _change(cls, change: Any) -> tuple[str, tuple[str, float, float],
+                                            tuple[float | None, float | None] | None]:
+        """One entry of a batched price_change, checked: token, level, and the venue's
+        top (None when the entry has none)."""
+        if type(change) is not dict:
+            raise BadMessage("bad_message", "price_changes: expected objects")
+        token = change.get("asset_id")
+        if type(token) is not str or not token:
+            token = text(token, "asset_id")
+        level = cls._level(change)
+        if "best_bid" not in change and "best_ask" not in change:
+            return token, level, None
+        return token, level, _venue_top(change.get("best_bid"), change.get("best_ask"))
 
     @staticmethod
     def _level(change: dict[str, Any]) -> tuple[str, float, float]:
