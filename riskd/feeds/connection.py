@@ -245,7 +245,8 @@ class WebsocketFeed:
                 while True:
                     self._waiting_since = loop.time()
                     try:
-                        frame = await ws.recv()
+                        # Bytes: the codecs' JSON parser reads (and checks) UTF-8 itself.
+                        frame = await ws.recv(decode=False)
                     except ConnectionClosed:
                         if watchdog.done():
                             raise SilentConnection(

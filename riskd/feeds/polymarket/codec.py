@@ -38,7 +38,7 @@ from riskd.markets import Market
 IGNORED_EVENTS = frozenset({"new_market"})
 # Text frames that are not JSON: the answer to our PING, and the venue's complaint
 # about a bad subscription.
-PONG = frozenset({"PONG", "pong"})
+PONG = frozenset({"PONG", "pong", b"PONG", b"pong"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,18 +161,13 @@ class PolymarketCodec:
     def decode(self, frame: str | bytes, received: float) -> Decoded:
         out = Decoded()
         self.maker.received = received
-        if isinstance(frame, bytes):
-            try:
-                frame = frame.decode()
-            except UnicodeDecodeError:
-                out.rejected.append("bad_json")
-                return out
         if len(frame) < 16 and frame.strip() in PONG:
             return out
         try:
             doc = orjson.loads(frame)  # surrounding whitespace is fine
         except ValueError:
-            # Not JSON: the venue's plain-text errors ("INVALID OPERATION") or garbage.
+            # Not JSON (or not UTF-8): the venue's plain-text errors ("INVALID
+            # OPERATION") or garbage.
             out.rejected.append("bad_json")
             return out
         events = doc if isinstance(doc, list) else [doc]

@@ -56,7 +56,7 @@ class WebsocketCodec:
         out = Decoded()
         self.maker.received = received
         cfg = self.cfg
-        if cfg.ping_text and isinstance(frame, str) and not frame.lstrip().startswith(("{", "[")):
+        if cfg.ping_text and not _json_like(frame):
             return out  # the answer to our ping: any plain-text frame
         try:
             doc = orjson.loads(frame)
@@ -133,3 +133,9 @@ class WebsocketCodec:
         if ts <= 0:
             raise BadMessage("bad_timestamp", f"{raw!r}")
         return ts
+
+
+def _json_like(frame: str | bytes) -> bool:
+    """Starts like a JSON object or array (the frame may be text or its UTF-8 bytes)."""
+    start = frame.lstrip()[:1]
+    return start in ("{", "[") if isinstance(start, str) else start in (b"{", b"[")
