@@ -1,43 +1,71 @@
 """Leverage policies compared by the backtest (spec section 7).
 
-Each policy answers, for one market at one time: the max leverage it offers per
-side, the maintenance margin as a fraction of position value, the borrow fee
-per hour per unit lent, and the liquidation slippage limit (None: any price).
+Each policy answers, for one market after each tape row: the max leverage it
+offers per side, the maintenance margin as a fraction of position value, the
+borrow fee per hour per unit lent, and the liquidation slippage limit (inf: any
+price). The answers for all rows come at once, as arrays, so that the trader
+simulation can run compiled (simulate.py).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Any, Protocol, TypeVar
+from typing import Protocol
 
 import numpy as np
 
 from riskd.config import Settings
-from riskd.engine import Engine, rounds, tick_arrays
+from riskd.engine import Engine, tick_arrays
 from riskd.feeds.base import Tick
+from riskd.jit import njit
 from riskd.markets import Market
 from riskd.model import parameters
 from riskd.model.estimator import EstimatorState
-from riskd.model.governor import NORMAL, Conditions
+from riskd.model.governor import NORMAL, Conditions, GovernorState
 from riskd.model.parameters import BIT
 
 # The perpetual-futures baseline: 0.01% per 8 hours.
 FLAT_FEE_HOURLY = 0.0001 / 8
 
 
-@dataclass(frozen=True, slots=True)
-class Offer:
-    leverage: tuple[float, float]  # long YES, long NO
-    maintenance: tuple[float, float]  # fraction of position value
-    fee_hourly: tuple[float, float]
-    slippage: float | None = None
-    opening: bool = True  # new positions allowed (mode normal)
-    deleverage: bool = False  # positions carrying debt must close (before resolution)
-    # riskd goes to its fail-safe values when a market has no price for stale_after_s;
-    # from then until the next price the fallback is in force.
-    expires_after: float = float("inf")
-    fallback: Offer | None = None
+@dataclass
+class OITier:
+    """dYdX v4 liquidity tier: IMF `base_imf` rising linearly with open interest to
+    100% between the lower and upper cap; MMF 60% of the IMF."""
+
+    lower_cap: float
+    upper_cap: float
+    base_imf: float
+
+
+@dataclass
+class Offers:
+    """What a policy offers after each tape row: row k of every array is the offer
+    in force after row k (n rows)."""
+
+    leverage: np.ndarray  # (n, 2) float: long YES, long NO
+    maintenance: np.ndarray  # (n, 2) float: fraction of position value
+    fee_hourly: np.ndarray  # (n, 2) float
+    slippage: np.ndarray  # (n,) float: liquidation slippage limit, inf: any price
+    opening: np.ndarray  # (n,) bool: new positions allowed (mode normal)
+    deleverage: np.ndarray  # (n,) bool: positions carrying debt must close (before resolution)
+    # riskd goes to its fail-safe values when a market has no price for stale_after_s:
+    # from expires_after seconds after the row until the market's next row, the
+    # fallback's row is in force. inf: never (the fallback's row is then not used).
+    expires_after: np.ndarray  # (n,) float
+    fallback: Offers | None = None
+    # Leverage and maintenance depend on the open interest, hence on the simulated
+    # positions: the simulation fills them in as it goes (they start as nan).
+    oi_tier: OITier | None = None
+
+    @classmethod
+    def constant(cls, n: int, leverage: float, maintenance: float, fee_hourly: float) -> Offers:
+        """The same offer, on both sides, after every row: any slippage, opening."""
+        return cls(leverage=np.full((n, 2), leverage), maintenance=np.full((n, 2), maintenance),
+                   fee_hourly=np.full((n, 2), fee_hourly), slippage=np.full(n, np.inf),
+                   opening=np.ones(n, bool), deleverage=np.zeros(n, bool),
+                   expires_after=np.full(n, np.inf))
 
 
 class Policy(Protocol):
@@ -47,8 +75,8 @@ class Policy(Protocol):
         """See the whole tape once before the simulation (time order)."""
         ...
 
-    def offer(self, row: int, t: float, p: float, open_interest: float) -> Offer:
-        """What is offered after tape row `row` (at time t, price p)."""
+    def offers(self, t: np.ndarray, p: np.ndarray) -> Offers:
+        """What is offered after each tape row (times t, prices p) of the tape prepared."""
         ...
 
 
@@ -57,14 +85,13 @@ class Static:
 
     def __init__(self, name: str, leverage: float, fee_hourly: float = FLAT_FEE_HOURLY) -> None:
         self.name = name
-        mm = 0.5 / leverage
-        self._offer = Offer((leverage, leverage), (mm, mm), (fee_hourly, fee_hourly))
+        self.leverage, self.fee = leverage, fee_hourly
 
     def prepare(self, ticks: list[Tick]) -> None:
         return None
 
-    def offer(self, row: int, t: float, p: float, open_interest: float) -> Offer:
-        return self._offer
+    def offers(self, t: np.ndarray, p: np.ndarray) -> Offers:
+        return Offers.constant(t.shape[0], self.leverage, 0.5 / self.leverage, self.fee)
 
 
 class OpenInterestScaled:
@@ -81,17 +108,23 @@ class OpenInterestScaled:
     def prepare(self, ticks: list[Tick]) -> None:
         return None
 
-    def offer(self, row: int, t: float, p: float, open_interest: float) -> Offer:
-        scale = (open_interest - self.lower_cap) / (self.upper_cap - self.lower_cap)
-        imf = self.base_imf + (1.0 - self.base_imf) * min(1.0, max(0.0, scale))
-        lev = 1.0 / imf
-        return Offer((lev, lev), (0.6 * imf, 0.6 * imf), (self.fee, self.fee))
+    def offers(self, t: np.ndarray, p: np.ndarray) -> Offers:
+        # Open interest comes from the simulated positions: the simulation applies the
+        # tier row by row (simulate.py) and fills in leverage and maintenance.
+        offer = Offers.constant(t.shape[0], np.nan, np.nan, self.fee)
+        offer.oi_tier = OITier(self.lower_cap, self.upper_cap, self.base_imf)
+        return offer
 
 
-def binary_entropy(p: float) -> float:
-    if p <= 0.0 or p >= 1.0:
-        return 0.0
-    return -(p * math.log2(p) + (1 - p) * math.log2(1 - p))
+@njit
+def binary_entropy(p: np.ndarray) -> np.ndarray:
+    # Compiled for math.log2 (the C library's): numpy's own log2 differs in the last
+    # bit for a few values, which would move the backtest's figures.
+    h = np.zeros(p.shape[0])
+    for k in range(p.shape[0]):
+        if not (p[k] <= 0.0 or p[k] >= 1.0):
+            h[k] = -(p[k] * math.log2(p[k]) + (1.0 - p[k]) * math.log2(1.0 - p[k]))
+    return h
 
 
 class D8XEntropy:
@@ -105,10 +138,13 @@ class D8XEntropy:
     def prepare(self, ticks: list[Tick]) -> None:
         return None
 
-    def offer(self, row: int, t: float, p: float, open_interest: float) -> Offer:
+    def offers(self, t: np.ndarray, p: np.ndarray) -> Offers:
         h = binary_entropy(p)  # symmetric: the same for the YES and the NO value
         im, mm = 0.2 + 0.3 * h, 0.18 + 0.22 * h
-        return Offer((1 / im, 1 / im), (mm, mm), (self.fee, self.fee))
+        offer = Offers.constant(t.shape[0], np.nan, np.nan, self.fee)
+        offer.leverage[:] = (1.0 / im)[:, None]
+        offer.maintenance[:] = mm[:, None]
+        return offer
 
 
 class Riskd:
@@ -127,15 +163,15 @@ class Riskd:
     def prepare(self, ticks: list[Tick]) -> None:
         eng = self.engine
         n = len(ticks)
-        self.leverage = np.ones((n, 2))
-        self.fee = np.zeros((n, 2))
-        self.slippage = np.zeros(n)
-        self.mode = np.full(n, -1, np.int64)
-        self.reasons = np.zeros(n, np.int64)
-        self.jump = np.zeros(n, bool)
         self._market = [tick.market for tick in ticks]
         idx = np.fromiter((eng.index[tk.market] if tk.market in eng.index
                            else eng.add_market(tk.market, None) for tk in ticks), np.int64, n)
+        # What was in force after each row, as published (mode -1: nothing yet).
+        published = GovernorState.empty(n)
+        self.leverage, self.fee, self.slippage = published.leverage, published.fee, \
+            published.slippage
+        self.mode, self.reasons = published.mode, published.reasons
+        self.jump = np.zeros(n, bool)
         if n == 0:
             return
         _, t, p, half_spread, depth = tick_arrays([(0, tk) for tk in ticks])
@@ -154,48 +190,34 @@ class Riskd:
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             targets = parameters.compute(inputs, model, eng.max_leverage[idx],
                                          eng.max_slippage[idx], eng.fee_floor[idx])
-        # Pass 3, sequential: the governor, round by round (the k-th row of every market).
-        for batch in rounds([(m, r) for r, m in enumerate(idx.tolist())]):
-            rows = np.fromiter((r for _, r in batch), np.int64, len(batch))
-            i = idx[rows]
-            eng.govern(t[rows], i, computed=(_rows(inputs, rows), _rows(targets, rows)),
-                       cond=_rows(conds, rows))
-            g = eng.gov
-            self.leverage[rows] = g.leverage[i]
-            self.fee[rows] = g.fee[i]
-            self.slippage[rows] = g.slippage[i]
-            self.mode[rows] = g.mode[i]
-            self.reasons[rows] = g.reasons[i]
+        # Pass 3, one compiled pass in time order: the governor, recording what was in
+        # force after each row.
+        eng.govern(t, idx, computed=(inputs, targets), cond=conds, record=published)
 
-    def offer(self, row: int, t: float, p: float, open_interest: float) -> Offer:
-        if self.mode[row] < 0:  # nothing published yet: no leverage
-            return Offer((1.0, 1.0), (self.ratio, self.ratio), (0.0, 0.0), opening=False)
-        lev = (float(self.leverage[row, 0]), float(self.leverage[row, 1]))
-        floor = float(self.engine.fee_floor[self.engine.index[self._market[row]]])
-        fail_safe = Offer((1.0, 1.0), (self.ratio, self.ratio), (floor, floor),
-                          slippage=float(self.slippage[row]), opening=False)
-        return Offer(
-            leverage=lev,
-            maintenance=(self.ratio / lev[0], self.ratio / lev[1]),
-            fee_hourly=(float(self.fee[row, 0]), float(self.fee[row, 1])),
-            slippage=float(self.slippage[row]),
-            opening=int(self.mode[row]) == NORMAL,
-            deleverage=bool(int(self.reasons[row]) & self.FREEZE),
-            expires_after=self.stale_after_s,
-            fallback=fail_safe,
-        )
-
-
-R = TypeVar("R", parameters.RiskInputs, parameters.Targets, Conditions)
-
-
-def _rows(data: R, rows: np.ndarray) -> R:
-    """The rows `rows` of a struct of per-row arrays (None fields stay None)."""
-    sliced: dict[str, Any] = {}
-    for f in fields(data):
-        value = getattr(data, f.name)
-        sliced[f.name] = None if value is None else value[rows]
-    return type(data)(**sliced)
+    def offers(self, t: np.ndarray, p: np.ndarray) -> Offers:
+        """What the governor published after each row of the tape prepared, and its
+        fail-safe values (leverage 1, the fee floor) once stale_after_s passes."""
+        n = len(self._market)
+        index = self.engine.index
+        floor = self.engine.fee_floor[np.fromiter((index[m] for m in self._market), np.int64, n)]
+        fail_safe = Offers.constant(n, 1.0, self.ratio, 0.0)
+        fail_safe.fee_hourly[:] = floor[:, None]
+        fail_safe.slippage[:] = self.slippage
+        fail_safe.opening[:] = False
+        offer = Offers(leverage=self.leverage.copy(), maintenance=self.ratio / self.leverage,
+                       fee_hourly=self.fee.copy(), slippage=self.slippage.copy(),
+                       opening=self.mode == NORMAL, deleverage=(self.reasons & self.FREEZE) != 0,
+                       expires_after=np.full(n, self.stale_after_s), fallback=fail_safe)
+        # Nothing published yet: no leverage, no fee, no opening, never stale.
+        none = self.mode < 0
+        offer.leverage[none] = 1.0
+        offer.maintenance[none] = self.ratio
+        offer.fee_hourly[none] = 0.0
+        offer.slippage[none] = np.inf
+        offer.opening[none] = False
+        offer.deleverage[none] = False
+        offer.expires_after[none] = np.inf
+        return offer
 
 
 def all_policies(settings: Settings, markets: dict[str, Market]) -> list[Policy]:

@@ -5,6 +5,10 @@ offered, pays the published fee on what is lent, is liquidated when equity
 falls below the maintenance margin (the fill at the next tape price, within the
 policy's slippage limit, else re-armed at the next), and settles at 0 or 1 at
 resolution. The lender's loss is the shortfall of a close below the debt.
+
+Each policy gives its offers for all rows at once (policies.py); one compiled
+pass per policy then walks the rows in time order, with each market's
+positions and tallies in arrays.
 """
 
 from __future__ import annotations
@@ -13,18 +17,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from riskd.backtest.policies import Offer, Policy, Riskd
+from riskd.backtest.policies import Offers, Policy, Riskd
 from riskd.feeds.base import Tick
+from riskd.jit import njit
 from riskd.markets import Market
 
 COLLATERAL = 1.0
-
-
-@dataclass(slots=True)
-class Position:
-    shares: float
-    debt: float  # lent, plus fees accrued on it
-    armed: float | None = None  # side value when a liquidation order went out
 
 
 @dataclass
@@ -65,6 +63,12 @@ class Tally:
         }
 
 
+# The compiled pass's tally: one row per market, one column per Tally field.
+BAD_DEBT, FEES, LIQUIDATIONS, WORST_JUMP_LOSS, LEVERAGE_TIME, LEVERAGED_TIME, TIME = range(7)
+TALLY_FIELDS = ("bad_debt", "fees", "liquidations", "worst_jump_loss", "leverage_time",
+                "leveraged_time", "time")
+
+
 @dataclass
 class Series:
     """What the plot needs for one market: time, price, each policy's leverage, riskd's fee."""
@@ -93,108 +97,219 @@ def simulate(
     record: bool = False,
 ) -> Simulation:
     index = {m: i for i, m in enumerate(ids)}
-    n = len(ids)
-    resolve_t = [markets[m].resolves_at if m in markets else float("inf") for m in ids]
-    tallies = {pol.name: [Tally() for _ in range(n)] for pol in policies}
-    positions: list[list[list[Position | None]]] = [[[None, None] for _ in range(n)]
-                                                    for _ in policies]
-    offers: list[list[Offer | None]] = [[None] * n for _ in policies]
-    last_t = [float("nan")] * n
-    last_p = [float("nan")] * n
-    series = [Series(leverage={pol.name: [] for pol in policies}) for _ in range(n)] \
-        if record else None
-    count = 0
+    n = len(ticks)
+    market = np.fromiter((index[tk.market] for tk in ticks), np.int64, n)
+    t = np.fromiter((tk.ts for tk in ticks), np.float64, n)
+    # The mid when there is a book, else the print.
+    p = np.fromiter((tk.price if tk.bid is None or tk.ask is None else 0.5 * (tk.bid + tk.ask)
+                     for tk in ticks), np.float64, n)
+    resolve_t = np.array([markets[m].resolves_at if m in markets else np.inf for m in ids],
+                         np.float64)
+    # Settlement: at the outcome where it is known and asked for (nan: at the last price).
+    outcomes = [markets[m].outcome if settle and m in markets else None for m in ids]
+    settle_at = np.array([np.nan if o is None else float(o) for o in outcomes], np.float64)
+    live = ~(t >= resolve_t[market])  # rows before resolution: after it, trading has ended
 
     for pol in policies:
         pol.prepare(ticks)
-    for row, tick in enumerate(ticks):
-        i = index[tick.market]
-        t = tick.ts
-        if t >= resolve_t[i]:
-            continue  # trading has ended; open positions settle below
-        count += 1
-        p = tick.price if tick.bid is None or tick.ask is None else 0.5 * (tick.bid + tick.ask)
-        values = (p, 1.0 - p)
-        dt = t - last_t[i] if last_t[i] == last_t[i] else 0.0
-        for k, pol in enumerate(policies):
-            tally = tallies[pol.name][i]
-            prev = offers[k][i]
-            if prev is not None:
-                live = min(dt, prev.expires_after)
-                now_in_force = prev if prev.fallback is None or dt <= live else prev.fallback
-                _accrue(positions[k][i], prev, live, tally)
-                if now_in_force is not prev:
-                    _accrue(positions[k][i], now_in_force, dt - live, tally)
-                _step_positions(positions[k][i], now_in_force, values, tally)
-                lev = max(prev.leverage)
-                tally.leverage_time += lev * live + max(now_in_force.leverage) * (dt - live)
-                tally.leveraged_time += live if lev > 1.0 else 0.0
-                tally.time += dt
-            pos = positions[k][i]
-            oi = sum(q.shares * values[s] for s, q in enumerate(pos) if q is not None)
-            offer = pol.offer(row, t, p, oi)
-            offers[k][i] = offer
-            if offer.opening and not offer.deleverage:
-                for s in (0, 1):
-                    lev_s = offer.leverage[s]
-                    if pos[s] is None and lev_s > 1.0 and values[s] > 0.0:
-                        pos[s] = Position(shares=COLLATERAL * lev_s / values[s],
-                                          debt=COLLATERAL * (lev_s - 1.0))
-            if series is not None:
-                series[i].leverage[pol.name].append(max(offer.leverage))
-                if pol.name == "riskd":
-                    series[i].fee.append(max(offer.fee_hourly))
-        if series is not None:
-            series[i].t.append(t)
-            series[i].p.append(p)
-        last_t[i], last_p[i] = t, p
+    tallies: dict[str, list[Tally]] = {}
+    max_leverage: dict[str, np.ndarray] = {}
+    fee = np.zeros(0)
+    for pol in policies:
+        offers = pol.offers(t, p)
+        table, leverage = _run(offers, market, t, p, resolve_t, settle_at)
+        tallies[pol.name] = [_tally(row) for row in table.tolist()]
+        max_leverage[pol.name] = _max2(leverage)
+        if pol.name == "riskd":
+            fee = _max2(offers.fee_hourly)
 
-    # Settlement: at the outcome where it is known and asked for, else at the last price.
-    for k, pol in enumerate(policies):
-        for i, m in enumerate(ids):
-            outcome = markets[m].outcome if settle and m in markets else None
-            p_end = float(outcome) if outcome is not None else last_p[i]
-            for s, pos_s in enumerate(positions[k][i]):
-                if pos_s is None or p_end != p_end:
-                    continue
-                value = p_end if s == 0 else 1.0 - p_end
-                tallies[pol.name][i].loss(pos_s.debt - pos_s.shares * value)
+    series = _series(len(ids), market, live, t, p, max_leverage, fee) if record else None
     jump_times: list[list[float]] = [[] for _ in ids]
     for pol in policies:
         if isinstance(pol, Riskd):
             for jump_row in np.flatnonzero(pol.jump).tolist():
                 jump_times[index[ticks[jump_row].market]].append(ticks[jump_row].ts)
     return Simulation(ids=ids, tallies=tallies, series=series, jump_times=jump_times,
-                      ticks=count)
+                      ticks=int(live.sum()))
 
 
-def _accrue(pos: list[Position | None], offer: Offer, dt: float, tally: Tally) -> None:
+def _run(offers: Offers, market: np.ndarray, t: np.ndarray, p: np.ndarray,
+         resolve_t: np.ndarray, settle_at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One policy through the compiled pass: the tally per market, and the leverage
+    offered after each row (filled in by the pass for an open-interest tier)."""
+    def f64(a: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(a, np.float64)
+
+    def flags(a: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(a, np.bool_)
+
+    # Without a fallback the offer never expires: its own rows stand in for one.
+    fb = offers if offers.fallback is None else offers.fallback
+    expires_after = np.full(t.shape[0], np.inf) if offers.fallback is None \
+        else offers.expires_after
+    tier = offers.oi_tier
+    # Copies: the pass writes a tier's leverage and maintenance into them.
+    leverage, maintenance = f64(offers.leverage).copy(), f64(offers.maintenance).copy()
+    table = np.zeros((resolve_t.shape[0], len(TALLY_FIELDS)))
+    _trade(market, t, p, resolve_t, settle_at,
+           leverage, maintenance, f64(offers.fee_hourly), f64(offers.slippage),
+           flags(offers.opening), flags(offers.deleverage), f64(expires_after),
+           f64(fb.leverage), f64(fb.maintenance), f64(fb.fee_hourly), f64(fb.slippage),
+           flags(fb.deleverage), tier is not None,
+           np.array([tier.lower_cap, tier.upper_cap, tier.base_imf] if tier else [0.0] * 3),
+           table)
+    return table, leverage
+
+
+def _tally(row: list[float]) -> Tally:
+    tally = Tally()
+    for name, value in zip(TALLY_FIELDS, row, strict=True):
+        setattr(tally, name, int(value) if name == "liquidations" else value)
+    return tally
+
+
+def _max2(a: np.ndarray) -> np.ndarray:
+    """Each row's max(a[k, 0], a[k, 1]), taken as Python's max of the pair does."""
+    return np.where(a[:, 1] > a[:, 0], a[:, 1], a[:, 0])
+
+
+def _series(n: int, market: np.ndarray, live: np.ndarray, t: np.ndarray, p: np.ndarray,
+            leverage: dict[str, np.ndarray], fee: np.ndarray) -> list[Series]:
+    """Per market, its rows before resolution in time order."""
+    rows = np.flatnonzero(live)
+    rows = rows[np.argsort(market[rows], kind="stable")]
+    end = np.cumsum(np.bincount(market[rows], minlength=n)).tolist()
+    out = []
+    for i in range(n):
+        mine = rows[end[i - 1] if i else 0:end[i]]
+        out.append(Series(t=t[mine].tolist(), p=p[mine].tolist(),
+                          leverage={name: lev[mine].tolist() for name, lev in leverage.items()},
+                          fee=fee[mine].tolist() if fee.shape[0] else []))
+    return out
+
+
+@njit
+def _trade(  # type: ignore[no-untyped-def]  # 20 arrays, as _run passes them
+    market, t, p, resolve_t, settle_at,
+    leverage, maintenance, fee, slippage, opening, deleverage, expires_after,
+    fb_leverage, fb_maintenance, fb_fee, fb_slippage, fb_deleverage,
+    tiered, tier, tally,
+):
+    """The rows in time order for one policy; tally (markets, 7) is added to.
+
+    Row k's offer arrays hold what is in force after row k; fb_* the fallback in
+    force from expires_after[k] seconds after it. With `tiered`, leverage and
+    maintenance come from the open interest (tier: lower cap, upper cap, base
+    IMF) and are written into row k as it is reached.
+    """
+    m = resolve_t.shape[0]
+    # Per market and side (long YES, long NO): the trader's position, if held.
+    held = np.zeros((m, 2), np.bool_)
+    shares = np.zeros((m, 2))
+    debt = np.zeros((m, 2))  # lent, plus fees accrued on it
+    armed = np.full((m, 2), np.nan)  # side value when a liquidation order went out
+    prev = np.full(m, -1)  # the row whose offer is in force (-1: none yet)
+    last_t = np.full(m, np.nan)
+    last_p = np.full(m, np.nan)
+    values = np.zeros(2)
+    for r in range(t.shape[0]):
+        i = market[r]
+        if t[r] >= resolve_t[i]:
+            continue  # trading has ended; open positions settle below
+        values[0], values[1] = p[r], 1.0 - p[r]
+        q = prev[i]
+        if q >= 0:
+            dt = t[r] - last_t[i]
+            live = expires_after[q] if expires_after[q] < dt else dt
+            _accrue(held[i], debt[i], fee[q], live, tally[i])
+            lev = _max(leverage[q])
+            if dt <= live:
+                _step(held[i], shares[i], debt[i], armed[i], values, maintenance[q],
+                      slippage[q], deleverage[q], tally[i])
+                lev_now = lev
+            else:  # no price for expires_after: the fallback for the rest
+                _accrue(held[i], debt[i], fb_fee[q], dt - live, tally[i])
+                _step(held[i], shares[i], debt[i], armed[i], values, fb_maintenance[q],
+                      fb_slippage[q], fb_deleverage[q], tally[i])
+                lev_now = _max(fb_leverage[q])
+            tally[i, LEVERAGE_TIME] += lev * live + lev_now * (dt - live)
+            tally[i, LEVERAGED_TIME] += live if lev > 1.0 else 0.0
+            tally[i, TIME] += dt
+        if tiered:
+            oi = 0.0
+            for s in range(2):
+                if held[i, s]:
+                    oi += shares[i, s] * values[s]
+            scale = (oi - tier[0]) / (tier[1] - tier[0])
+            # min(1, max(0, scale)) as Python takes it
+            scale = scale if scale > 0.0 else 0.0
+            scale = scale if scale < 1.0 else 1.0
+            imf = tier[2] + (1.0 - tier[2]) * scale
+            leverage[r, 0] = leverage[r, 1] = 1.0 / imf
+            maintenance[r, 0] = maintenance[r, 1] = 0.6 * imf
+        if opening[r] and not deleverage[r]:
+            for s in range(2):
+                lev_s = leverage[r, s]
+                if not held[i, s] and lev_s > 1.0 and values[s] > 0.0:
+                    held[i, s] = True
+                    shares[i, s] = COLLATERAL * lev_s / values[s]
+                    debt[i, s] = COLLATERAL * (lev_s - 1.0)
+                    armed[i, s] = np.nan
+        prev[i] = r
+        last_t[i], last_p[i] = t[r], p[r]
+
+    # Settlement: at the outcome where it is known and asked for, else at the last price.
+    for i in range(m):
+        p_end = settle_at[i] if settle_at[i] == settle_at[i] else last_p[i]
+        if p_end != p_end:
+            continue
+        for s in range(2):
+            if held[i, s]:
+                value = p_end if s == 0 else 1.0 - p_end
+                _loss(tally[i], debt[i, s] - shares[i, s] * value)
+
+
+@njit
+def _max(pair: np.ndarray) -> float:
+    return pair[1] if pair[1] > pair[0] else pair[0]
+
+
+@njit
+def _loss(tally: np.ndarray, amount: float) -> None:
+    if amount > 0.0:
+        tally[BAD_DEBT] += amount
+        if amount > tally[WORST_JUMP_LOSS]:
+            tally[WORST_JUMP_LOSS] = amount
+
+
+@njit
+def _accrue(held: np.ndarray, debt: np.ndarray, fee_hourly: np.ndarray, dt: float,
+            tally: np.ndarray) -> None:
     """The fee in force on what is lent, for dt seconds; unpaid fees add to the debt."""
-    for s in (0, 1):
-        q = pos[s]
-        if q is not None and dt > 0.0:
-            fee = offer.fee_hourly[s] * q.debt * dt / 3600.0
-            q.debt += fee
-            tally.fees += fee
+    for s in range(2):
+        if held[s] and dt > 0.0:
+            fee = fee_hourly[s] * debt[s] * dt / 3600.0
+            debt[s] += fee
+            tally[FEES] += fee
 
 
-def _step_positions(pos: list[Position | None], offer: Offer, values: tuple[float, float],
-                    tally: Tally) -> None:
+@njit
+def _step(held: np.ndarray, shares: np.ndarray, debt: np.ndarray, armed: np.ndarray,
+          values: np.ndarray, maintenance: np.ndarray, slippage: float, deleverage: bool,
+          tally: np.ndarray) -> None:
     """Liquidation fills and triggers at this price."""
-    for s in (0, 1):
-        q = pos[s]
-        if q is None:
+    for s in range(2):
+        if not held[s]:
             continue
         value = values[s]
-        if q.armed is not None:
-            limit = offer.slippage
-            if limit is None or abs(value - q.armed) <= limit + 1e-12:
-                tally.loss(q.debt - q.shares * value)
-                tally.liquidations += 1
-                pos[s] = None
+        if armed[s] == armed[s]:  # an order is out
+            if abs(value - armed[s]) <= slippage + 1e-12:
+                _loss(tally, debt[s] - shares[s] * value)
+                tally[LIQUIDATIONS] += 1
+                held[s] = False
             else:
-                q.armed = value  # no fill within the limit: the order is re-priced
+                armed[s] = value  # no fill within the limit: the order is re-priced
             continue
-        equity = q.shares * value - q.debt
-        if equity < offer.maintenance[s] * q.shares * value or (offer.deleverage and q.debt > 0):
-            q.armed = value  # fills at the next tape price
+        equity = shares[s] * value - debt[s]
+        if equity < maintenance[s] * shares[s] * value or (deleverage and debt[s] > 0):
+            armed[s] = value  # fills at the next tape price
