@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
+from operator import attrgetter, itemgetter
 from typing import Any, TypeVar
 
 import numpy as np
@@ -92,15 +93,15 @@ class Engine:
         self._sweep = 0  # where the next slow re-evaluation of every market goes on
         self._last_cycle = float("nan")
         self.discovered = 0  # markets added without metadata (discovery)
-        self._add([(m.id, m) for m in markets.values()])
+        self.add_markets([(m.id, m) for m in markets.values()])
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def add_market(self, market_id: str, meta: Market | None) -> int:
-        return self._add([(market_id, meta)])
+        return self.add_markets([(market_id, meta)])
 
-    def _add(self, markets: list[tuple[str, Market | None]]) -> int:
+    def add_markets(self, markets: list[tuple[str, Market | None]]) -> int:
         """Append markets (one array copy for all of them); returns the first's index."""
         first = len(self.ids)
         n = first + len(markets)
@@ -243,7 +244,8 @@ class Engine:
             return 0
         pending, self._pending = self._pending, []
         self._pending_t.clear()
-        return int(self.apply(*tick_arrays(pending)).sum())
+        idx = np.fromiter(map(_FIRST, pending), np.int64, len(pending))
+        return int(self.apply(idx, *tick_arrays(list(map(_SECOND, pending)))).sum())
 
     def apply(self, idx: np.ndarray, t: np.ndarray, p: np.ndarray, half_spread: np.ndarray,
               depth: np.ndarray, record: estimator.EstimatorState | None = None
@@ -500,22 +502,26 @@ def rounds(pairs: list[tuple[int, T]]) -> list[list[tuple[int, T]]]:
     return out
 
 
-def tick_arrays(batch: list[tuple[int, Tick]]
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """idx, t, p, half_spread, depth of a round (spec section 2: p is the mid when there
-    is a book, else the print)."""
-    n = len(batch)
-    idx = np.fromiter((i for i, _ in batch), np.int64, n)
-    t = np.fromiter((tk.ts for _, tk in batch), np.float64, n)
-    price = np.fromiter((tk.price for _, tk in batch), np.float64, n)
-    bid = np.fromiter((np.nan if tk.bid is None else tk.bid for _, tk in batch), np.float64, n)
-    ask = np.fromiter((np.nan if tk.ask is None else tk.ask for _, tk in batch), np.float64, n)
-    depth = np.fromiter((np.nan if tk.depth is None else tk.depth for _, tk in batch),
-                        np.float64, n)
+def tick_arrays(ticks: list[Tick]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """t, p, half_spread, depth of ticks (spec section 2: p is the mid when there is a
+    book, else the print). Column by column: the per-tick Python work is one
+    attribute read per field."""
+    n = len(ticks)
+    t = np.fromiter(map(_TS, ticks), np.float64, n)
+    price = np.fromiter(map(_PRICE, ticks), np.float64, n)
+    # None (not sent) becomes nan.
+    bid = np.array(list(map(_BID, ticks)), np.float64)
+    ask = np.array(list(map(_ASK, ticks)), np.float64)
+    depth = np.array(list(map(_DEPTH, ticks)), np.float64)
     both = ~np.isnan(bid) & ~np.isnan(ask)
     p = np.where(both, 0.5 * (bid + ask), price)
     half_spread = np.where(both, 0.5 * (ask - bid), 0.0)
-    return idx, t, p, half_spread, depth
+    return t, p, half_spread, depth
+
+
+_TS, _PRICE, _BID, _ASK, _DEPTH = (attrgetter(name) for name in
+                                   ("ts", "price", "bid", "ask", "depth"))
+_FIRST, _SECOND = itemgetter(0), itemgetter(1)
 
 
 def _take(state: S, idx: Index) -> S:

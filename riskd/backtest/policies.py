@@ -163,9 +163,10 @@ class Riskd:
     def prepare(self, ticks: list[Tick]) -> None:
         eng = self.engine
         n = len(ticks)
-        self._market = [tick.market for tick in ticks]
-        idx = np.fromiter((eng.index[tk.market] if tk.market in eng.index
-                           else eng.add_market(tk.market, None) for tk in ticks), np.int64, n)
+        markets = [tick.market for tick in ticks]
+        # Markets the tape holds and the markets file does not, in order of appearance.
+        eng.add_markets([(m, None) for m in dict.fromkeys(markets) if m not in eng.index])
+        idx = self._idx = np.fromiter(map(eng.index.__getitem__, markets), np.int64, n)
         # What was in force after each row, as published (mode -1: nothing yet).
         published = GovernorState.empty(n)
         self.leverage, self.fee, self.slippage = published.leverage, published.fee, \
@@ -174,7 +175,7 @@ class Riskd:
         self.jump = np.zeros(n, bool)
         if n == 0:
             return
-        _, t, p, half_spread, depth = tick_arrays([(0, tk) for tk in ticks])
+        t, p, half_spread, depth = tick_arrays(ticks)
         # Pass 1, one compiled pass in time order: the estimator, recording each market's
         # state right after each of its ticks.
         rec = EstimatorState(**{f.name: np.empty(n, getattr(eng.est, f.name).dtype)
@@ -197,9 +198,8 @@ class Riskd:
     def offers(self, t: np.ndarray, p: np.ndarray) -> Offers:
         """What the governor published after each row of the tape prepared, and its
         fail-safe values (leverage 1, the fee floor) once stale_after_s passes."""
-        n = len(self._market)
-        index = self.engine.index
-        floor = self.engine.fee_floor[np.fromiter((index[m] for m in self._market), np.int64, n)]
+        n = len(self._idx)
+        floor = self.engine.fee_floor[self._idx]
         fail_safe = Offers.constant(n, 1.0, self.ratio, 0.0)
         fail_safe.fee_hourly[:] = floor[:, None]
         fail_safe.slippage[:] = self.slippage
