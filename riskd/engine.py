@@ -395,7 +395,8 @@ class Engine:
         warm_at = np.where(self.est.ticks[rows] >= cfg.warmup_ticks,
                            self.first_t[rows] + cfg.warmup_s, np.nan)
         gov = _take(self.gov, rows)
-        self.due_t[rows] = governor.next_change(gov, self.settings.governor, now, cond, warm_at)
+        self.due_t[rows] = governor.next_change(gov, self.settings.governor, now, cond, warm_at,
+                                                rows)
         self.idle[rows] = gov.idle_at == now
 
     def render(self, rows: np.ndarray) -> list[dict[str, Any]]:

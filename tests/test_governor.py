@@ -327,6 +327,25 @@ def test_republished_before_expiry() -> None:
     assert 10 <= republished <= 20  # about every 45 s, not every cycle
 
 
+def test_refreshes_of_markets_published_together_spread_out() -> None:
+    """1,000 markets first published in one cycle (a start-up) do not all refresh in
+    one later cycle: each refreshes between 3/4 and 7/8 of the ttl, spread evenly."""
+    m = 1000
+    g = Gov(m=m, ttl_s=60.0, publish_interval_s=1.0)
+    g.step(T0)
+    per_cycle = []
+    first_refresh = np.full(m, np.nan)
+    for k in range(1, 61):
+        d = g.step(T0 + k)
+        per_cycle.append(int(d.publish.sum()))
+        first_refresh[d.publish & np.isnan(first_refresh)] = k
+        assert (g.state.valid_until - (T0 + k) > 2.0).all()  # nothing ever near expiry
+    assert not np.isnan(first_refresh).any()
+    assert first_refresh.min() >= 45 and first_refresh.max() <= 53
+    # Seven or eight cycles share the wave, none takes more than a fifth of it.
+    assert sum(n > 0 for n in per_cycle) >= 7 and max(per_cycle) <= m // 5
+
+
 def test_versions_rise_by_one_per_publish_of_that_market() -> None:
     g = Gov(m=3)
     g.step(T0, targets(lev=5.0, m=3))

@@ -124,7 +124,7 @@ def step(
         np.asarray(cond.warm, np.bool_), cond.fee_floor, mode_floor, cap,
         cfg.stale_after_s, cfg.freeze_before_resolution_s, cfg.jump_cooldown_s,
         cfg.halt_after_jump_s, cfg.loosen_interval_s, cfg.max_loosen_step, cfg.deadband,
-        cfg.ttl_s, refresh_margin(cfg), publish, tightened,
+        cfg.ttl_s, refresh_margin(cfg, rows), publish, tightened,
         *((True, record.leverage, record.fee, record.slippage, record.mode, record.reasons)
           if record is not None else (False,) + _NO_RECORD),
     )
@@ -243,7 +243,7 @@ def _step(  # type: ignore[no-untyped-def]  # state, rows, targets, conditions, 
                 fee_new[s] = _max(fee_new[s], prev_fee[s])
             slip_new = _min(slip_new, prev_slip)
 
-        expiring = not (valid_until[i] - now > margin)
+        expiring = not (valid_until[i] - now > margin[k])
         publish = (first or tightened or loosened or mode_t != mode[i]
                    or reasons != reasons_pub[i] or expiring)
         publish_out[k] = publish
@@ -296,19 +296,29 @@ def loosening_anchor(state: GovernorState, last_jump_t: np.ndarray, cooldown_s: 
     return np.fmax(np.fmax(state.changed_at, state.idle_at), last_jump_t + cooldown_s)
 
 
-def refresh_margin(cfg: GovernorSettings) -> float:
-    """A set is republished when less than this is left of its validity."""
-    return max(2.0 * cfg.publish_interval_s, cfg.ttl_s / 4.0)
+GOLDEN = (5**0.5 - 1) / 2
+
+
+def refresh_margin(cfg: GovernorSettings, idx: np.ndarray) -> np.ndarray:
+    """A set is republished when less than this is left of its validity: between an
+    eighth and a quarter of the ttl, spread over markets (by index, golden-ratio
+    spaced), never under two publish intervals. Markets first published together
+    (at start-up: all of them) would otherwise refresh together, in one long cycle
+    every ttl - margin seconds."""
+    spread = np.modf(np.asarray(idx, np.float64) * GOLDEN)[0]
+    return np.maximum(2.0 * cfg.publish_interval_s, cfg.ttl_s / 4.0 * (1.0 - spread / 2.0))
+
 
 
 def next_change(state: GovernorState, cfg: GovernorSettings, now: float, cond: Conditions,
-                warm_at: np.ndarray) -> np.ndarray:
+                warm_at: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """Right after `step` at `now`: the first time after `now` at which `step` could decide
     otherwise for the same targets and conditions (inf: never). These are the time-driven
     rules of section 5: staleness, the end of warm-up (`warm_at`), the resolution freeze,
     resolution, the end of a jump cool-down or halt, the refresh before valid_until, and
     the next loosening step of a market that waits to loosen. A caller may skip a market
-    until then, or until its targets move (a tick, or the slow drift of tau and lambda)."""
+    until then, or until its targets move (a tick, or the slow drift of tau and lambda).
+    `idx`: the markets' indices (each has its own refresh margin)."""
     with np.errstate(invalid="ignore"):
         waiting = state.idle_at != now
         anchor = loosening_anchor(state, cond.last_jump_t, cfg.jump_cooldown_s)
@@ -321,7 +331,7 @@ def next_change(state: GovernorState, cfg: GovernorSettings, now: float, cond: C
             cond.last_jump_t + cfg.jump_cooldown_s,
             cond.last_jump_t + cfg.halt_after_jump_s,
             np.where(waiting, anchor + steps * cfg.loosen_interval_s, np.nan),
-            state.valid_until - refresh_margin(cfg),
+            state.valid_until - refresh_margin(cfg, idx),
         )
         due = np.full(len(state), np.inf)
         for t in times:
