@@ -88,10 +88,11 @@ async def test_not_ready_before_data_then_ready(tmp_path: Path, in_process: Any)
 
 
 async def test_readyz_reports_a_stale_feed(tmp_path: Path, in_process: Any) -> None:
-    # Ticks every event second for 20 s, then a 180 s silence; at speed 20 the
-    # silence lasts 9 wall seconds, and the feed is stale after stale_after_s of it.
+    # Ticks every event second for 40 s, then a 160 s silence; at speed 20 the ticks
+    # last 2 wall seconds (a window a loaded machine does not miss), the silence 8,
+    # and the feed is stale after stale_after_s of it.
     t0 = 1_760_000_000.0
-    rows = [f"{t0 + k:.1f},gap-market,{0.4 + 0.001 * (k % 3):.3f}" for k in range(21)]
+    rows = [f"{t0 + k:.1f},gap-market,{0.4 + 0.001 * (k % 3):.3f}" for k in range(41)]
     rows.append(f"{t0 + 200:.1f},gap-market,0.41")
     tape = tmp_path / "gap.csv"
     tape.write_text("ts,market,price\n" + "\n".join(rows) + "\n", encoding="utf-8")
