@@ -321,6 +321,7 @@ def _iter_csv(path: Path, report: TapeReport) -> Iterator[Tick]:
             ts_max = _TS_MAX
             tick_ = _make_tick
             float_ = float
+            iso_text, iso_ts = "", 0.0  # the last ISO time and its value
             for row in reader:
                 if len(row) != ncols:
                     line = reader.line_num
@@ -335,9 +336,12 @@ def _iter_csv(path: Path, report: TapeReport) -> Iterator[Tick]:
                 tick = None
                 try:
                     s = row[i_ts]
-                    if s[4] == "-":
+                    if s == iso_text:  # several markets at one time: parsed once
+                        ts = iso_ts
+                    elif s[4] == "-":
                         dt = fromiso(s)
                         ts = dt.timestamp() if dt.tzinfo is not None else -1.0
+                        iso_text, iso_ts = s, ts
                     else:
                         ts = float_(s)
                     price = float_(row[i_p])
