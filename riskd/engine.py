@@ -36,7 +36,6 @@ MAX_PENDING = 200_000
 TS_MAX = 1e11
 Index = slice | np.ndarray
 S = TypeVar("S", estimator.EstimatorState, GovernorState)
-T = TypeVar("T")
 
 
 @dataclass
@@ -197,8 +196,8 @@ class Engine:
 
     def enqueue(self, ticks: list[Tick], now: float | None = None) -> IngestResult:
         """Check ticks and keep them for the next `flush` (the daemon's next cycle): the
-        estimator then takes every market's ticks in order, in one vectorised pass per
-        round, instead of one pass per feed message.
+        estimator then takes all of them in order, in one compiled pass, instead of
+        one pass per feed message.
 
         The model's boundary: only valid ticks are kept (`check_tick`), the others are
         counted by reason. `now` is the wall time a live feed's batch arrived: a tick
@@ -333,10 +332,11 @@ class Engine:
                computed: tuple[parameters.RiskInputs, parameters.Targets] | None = None,
                cond: Conditions | None = None, record: GovernorState | None = None,
                ) -> tuple[parameters.RiskInputs, governor.Decision]:
-        """Model and governor at `now` (one time, or one per market of `idx`).
+        """Model and governor at `now` (one time, or one per row of `idx`).
 
-        The backtest passes targets it computed for many rounds at once, with the
-        conditions it captured at each round."""
+        The backtest passes a whole tape at once: `idx` a market per row (a market
+        possibly many times, in time order), the targets it computed for every row,
+        the conditions at each, and `record` for what was in force after each."""
         inp, tg = computed if computed is not None else self.targets(now, idx)
         if cond is None:
             cond = self.conditions(now, idx)
@@ -487,20 +487,6 @@ def check_tick(tick: Tick, latest: float = TS_MAX) -> str | None:
     if not tick.market:
         return "bad_market"
     return None
-
-
-def rounds(pairs: list[tuple[int, T]]) -> list[list[tuple[int, T]]]:
-    """Split (market, item) pairs into rounds of distinct markets, keeping each market's
-    order."""
-    out: list[list[tuple[int, T]]] = []
-    seen: dict[int, int] = {}
-    for i, tick in pairs:
-        r = seen.get(i, 0)
-        seen[i] = r + 1
-        if r == len(out):
-            out.append([])
-        out[r].append((i, tick))
-    return out
 
 
 def tick_arrays(ticks: list[Tick]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

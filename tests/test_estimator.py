@@ -277,9 +277,9 @@ def test_first_tick_initialises_without_a_jump() -> None:
 
 def test_vectorised_update_equals_separate_updates() -> None:
     """Rounds in which a random subset of 6 markets ticks, in random order, with
-    random moves (some jumps, some bounce): one vectorised call per round and one
-    call per market give the same state (to 1e-12, the P7 tolerance) and the same
-    jump masks."""
+    random moves (some jumps, some bounce): one call per round and one call per
+    market give the same state (to 1e-12, the P7 tolerance) and the same jump
+    masks."""
     rng = np.random.default_rng(11)
     m = 6
     together = EstimatorState.empty(m, CFG)
@@ -305,3 +305,36 @@ def test_vectorised_update_equals_separate_updates() -> None:
         a, b = getattr(together, f.name), getattr(alone, f.name)
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=0.0, equal_nan=True,
                                    err_msg=f.name)
+
+
+def test_a_batch_with_repeated_markets_equals_tick_by_tick() -> None:
+    """One call with a market several times (a cycle's queued ticks, a whole tape in
+    the backtest) applies them in order: the same state and jumps as one call per
+    tick; `record` row k holds the market's state right after tick k."""
+    rng = np.random.default_rng(5)
+    m, n = 4, 600
+    idx = rng.integers(0, m, n)
+    t = T0 + np.cumsum(rng.exponential(60.0, n))
+    x = np.zeros(m)
+    p = np.empty(n)
+    for k, i in enumerate(idx):
+        x[i] += rng.normal(0.0, 0.05) + (rng.normal(0.0, 1.5) if rng.random() < 0.05 else 0.0)
+        p[k] = expit(np.array([x[i]]))[0]
+    half = rng.uniform(0.0, 0.01, n)
+    depth = rng.uniform(10.0, 1e4, n)
+    batch = EstimatorState.empty(m, CFG)
+    rec = EstimatorState(**{f.name: np.empty(n, getattr(batch, f.name).dtype)
+                            for f in fields(EstimatorState)})
+    jumps = estimator.update(batch, CFG, idx, t, p, half, depth, record=rec)
+    single = EstimatorState.empty(m, CFG)
+    for k in range(n):
+        one = slice(k, k + 1)
+        assert estimator.update(single, CFG, idx[one], t[one], p[one], half[one],
+                                depth[one])[0] == jumps[k]
+        for f in fields(EstimatorState):
+            assert getattr(rec, f.name)[k] == getattr(single, f.name)[idx[k]] or (
+                np.isnan(getattr(rec, f.name)[k]) and np.isnan(getattr(single, f.name)[idx[k]]))
+    assert jumps.sum() > 0
+    for f in fields(EstimatorState):
+        np.testing.assert_array_equal(getattr(batch, f.name), getattr(single, f.name),
+                                      err_msg=f.name)

@@ -360,7 +360,7 @@ def test_versions_rise_by_one_per_publish_of_that_market() -> None:
 
 
 def test_one_time_per_market() -> None:
-    """The backtest passes one `now` per market (its rounds)."""
+    """The backtest passes one `now` per row (a tape's rows, each of one market)."""
     g = Gov(m=2)
     now = np.array([T0, T0 + 10.0])
     g.step(now, targets(lev=5.0, m=2), last_tick_t=now)

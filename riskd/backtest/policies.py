@@ -149,8 +149,9 @@ class D8XEntropy:
 
 class Riskd:
     """riskd itself: the daemon's engine (model + governor), cycled at every tick of a
-    market. Markets are independent, so the k-th ticks of all markets go through the
-    model in one vectorised round."""
+    market. `prepare` takes the whole tape in three passes: the estimator and the
+    governor each in one compiled pass in time order, the model over all rows at
+    once (markets are independent, and the model has no state)."""
 
     name = "riskd"
     FREEZE = BIT["near_resolution"] | BIT["resolved"]
