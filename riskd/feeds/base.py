@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import dataclasses
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from types import MemberDescriptorType
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
@@ -26,6 +28,47 @@ class Tick:
     bid: float | None = None
     ask: float | None = None
     depth: float | None = None
+
+
+def _tick_factory() -> Callable[..., Tick]:
+    """A constructor for Tick, about twice as fast as its frozen-dataclass __init__.
+
+    Tick creation is the largest single per-row cost of a tape, and a large one of a
+    live feed's message (the tape reader and the codecs use it). Filling the slots
+    directly is equivalent only while Tick has exactly these six slot fields and no
+    __post_init__, so anything else falls back to the real constructor.
+    """
+    names = tuple(f.name for f in dataclasses.fields(Tick))
+    if (
+        names != ("market", "ts", "price", "bid", "ask", "depth")
+        or hasattr(Tick, "__post_init__")
+        or not all(isinstance(vars(Tick).get(n), MemberDescriptorType) for n in names)
+    ):
+        return Tick
+    new = object.__new__
+    set_m, set_t, set_p, set_b, set_a, set_d = (getattr(Tick, n).__set__ for n in names)
+
+    def make(
+        market: str,
+        ts: float,
+        price: float,
+        bid: float | None = None,
+        ask: float | None = None,
+        depth: float | None = None,
+    ) -> Tick:
+        t = new(Tick)
+        set_m(t, market)
+        set_t(t, ts)
+        set_p(t, price)
+        set_b(t, bid)
+        set_a(t, ask)
+        set_d(t, depth)
+        return t
+
+    return make
+
+
+make_tick = _tick_factory()
 
 
 class Feed(Protocol):

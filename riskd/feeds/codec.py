@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from riskd.feeds.base import MAX_DEPTH, MarketEvent, Tick
+from riskd.feeds.base import MAX_DEPTH, MarketEvent, Tick, make_tick
 
 # A venue timestamp may go back by this much (coarse clocks, e.g. whole seconds on
 # one channel and milliseconds on another): the tick keeps the later time. Further
@@ -237,4 +237,4 @@ class TickMaker:
             self._last_quote.pop(oldest, None)
         self._last_ts[market] = ts
         self._last_quote[market] = key
-        out.ticks.append(Tick(market, ts, price, bid, ask, q.depth))
+        out.ticks.append(make_tick(market, ts, price, bid, ask, q.depth))
