@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import ctypes.util
+import gc
 import sys
+from pathlib import Path
+from typing import Any
+from unittest import mock
 
 import pytest
+from conftest import base_config, wait_until
 
 from riskd import heap
 
@@ -27,3 +32,40 @@ def test_trim_returns_freed_heap_memory() -> None:
     assert heap.trim()
     assert rss_mib() < freed - 100
     del pin
+
+
+@pytest.mark.parametrize("mass", [1, None])
+async def test_a_mass_publish_freezes_what_lives_and_trims(
+        tmp_path: Path, in_process: Any, mass: int | None) -> None:
+    """A cycle publishing MASS_PUBLISH sets or more moves what is alive out of the
+    garbage collector's walk and trims the heap; smaller ones do neither. (The Fed
+    tape has 2 markets: MASS_PUBLISH 1 makes its first publish a mass publish.)"""
+    from riskd import app
+
+    trims: list[bool] = []
+    real_trim = heap.trim
+
+    def counted() -> bool:  # the real trim, counted
+        trims.append(True)
+        return real_trim()
+
+    gc.unfreeze()
+    limit = app.MASS_PUBLISH if mass is None else mass
+    try:
+        with mock.patch.object(app, "MASS_PUBLISH", limit), \
+                mock.patch.object(heap, "trim", counted):
+            d = await in_process(base_config(tmp_path, 0))
+            d.start()
+            await wait_until(lambda: _published(d), what="a first publish")
+            assert await d.stop() == 0
+        # One trim at start-up; one more after each mass publish.
+        if mass is None:
+            assert gc.get_freeze_count() == 0 and len(trims) == 1
+        else:
+            assert gc.get_freeze_count() > 0 and len(trims) >= 2
+    finally:
+        gc.unfreeze()
+
+
+async def _published(d: Any) -> bool:
+    return bool(d.daemon.seq)
