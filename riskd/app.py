@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry
 
 from riskd import heap
 from riskd.config import ConfigError, Settings, load_settings
-from riskd.engine import Engine
+from riskd.engine import Engine, compile_kernels
 from riskd.feeds.base import EventSource, Feed, MarketEvent
 from riskd.feeds.replay import ReplayFeed
 from riskd.markets import Market, load_markets, parse_markets
@@ -44,8 +44,8 @@ log = logging.getLogger("riskd")
 YIELD_EVERY = 64
 SHUTDOWN_DEADLINE_S = 4.0  # SIGTERM to exit: the issue asks for under 5 s
 # A cycle publishing this many sets (start-up, markets warming up together, a
-# reconnect) leaves tens of MiB freed in the heap, and the books of the markets that
-# ticked since start-up are there to stay.
+# reconnect) leaves tens of MiB freed in the heap; as many markets ticking for the
+# first time leave their books, there to stay (`_settle_memory`).
 MASS_PUBLISH = 10_000
 
 
@@ -101,6 +101,7 @@ class Daemon:
         self.state_status = "disabled"  # what start-up made of the snapshot, for /readyz
         self._snapshot_errors = 0
         self._modes: dict[str, str] = {}  # market -> published mode, for change events
+        self._settled_at = 0  # engine.ticked at the last _settle_memory
         self.stop = asyncio.Event()
         self._last_loop = time.monotonic()
         # Receive time of the oldest tick whose effect is not yet published.
@@ -242,13 +243,20 @@ class Daemon:
             self._log_mode_changes(result.entries)
             self._publish(Batch(self.settings.publisher.instance, self.seq + 1, iso(now),
                                 result.entries, tightened=result.tightened_markets))
-            if len(result.entries) >= MASS_PUBLISH:
-                # Out of the garbage collector's walk (a full collection over the
-                # books of 100k markets takes ~190 ms, a latency spike): what lives
-                # now lives on. Cyclic garbage alive at this moment is never
-                # collected; freezes are rare, so that is bounded and small.
-                gc.freeze()
-                heap.trim()  # the sets' rendering and serialising: see riskd/heap.py
+        if len(result.entries) >= MASS_PUBLISH or \
+                self.engine.ticked - self._settled_at >= MASS_PUBLISH:
+            self._settle_memory()
+
+    def _settle_memory(self) -> None:
+        """After a mass publish, or once 10,000 more markets have their books: what is
+        alive now is frozen out of the garbage collector's walk (a full collection
+        over the books of 100k markets takes ~190 ms, a latency spike), and the heap's
+        free memory goes back to the OS (riskd/heap.py). Cyclic garbage alive at this
+        moment is never collected; this runs a few times per 10,000 markets, so that
+        is bounded and small."""
+        self._settled_at = self.engine.ticked
+        gc.freeze()
+        heap.trim()
 
     def _flush_tally(self, tally: FeedTally) -> None:
         """A feed's metrics, once per cycle: never per message or tick."""
@@ -335,27 +343,45 @@ class Daemon:
             self.feed.resume_after(loaded.clock)
 
     def snapshot(self) -> None:
+        """Write a snapshot now, on the caller's thread (shutdown, tests)."""
         if self.store is None:
             return
         self.engine.flush()  # the snapshot holds every tick taken before its clock
-        try:
-            self.store.save(self.engine, self.now(), self._seqs())
-        except OSError as exc:
-            self.metrics.snapshot_failed()
-            self._snapshot_errors += 1
-            if self._snapshot_errors in (1, 10, 100) or self._snapshot_errors % 1000 == 0:
-                log.error("state snapshot failed (%d so far): %s", self._snapshot_errors,
-                          exc.strerror or exc, extra={"reason": "snapshot_failed",
-                                                      "path": str(self.store.path)})
-            return
-        self.metrics.snapshot_written(time.time())
+        self._snapshot_done(self._try_write(self.store.capture(self.engine, self.now(),
+                                                               self._seqs())))
 
     async def _snapshots(self) -> None:
+        """Every snapshot_interval_s: captured on the event loop (copies), written in a
+        thread (the file and its fsyncs)."""
         while not self.stop.is_set():
             try:
                 await asyncio.wait_for(self.stop.wait(), self.settings.state.snapshot_interval_s)
             except TimeoutError:
-                self.snapshot()
+                if self.store is None:
+                    continue
+                self.engine.flush()
+                captured = self.store.capture(self.engine, self.now(), self._seqs())
+                self._snapshot_done(await asyncio.to_thread(self._try_write, captured))
+
+    def _try_write(self, captured: dict[str, Any]) -> OSError | None:
+        assert self.store is not None
+        try:
+            self.store.write(captured)
+        except OSError as exc:
+            return exc
+        return None
+
+    def _snapshot_done(self, error: OSError | None) -> None:
+        assert self.store is not None
+        if error is None:
+            self.metrics.snapshot_written(time.time())
+            return
+        self.metrics.snapshot_failed()
+        self._snapshot_errors += 1
+        if self._snapshot_errors in (1, 10, 100) or self._snapshot_errors % 1000 == 0:
+            log.error("state snapshot failed (%d so far): %s", self._snapshot_errors,
+                      error.strerror or error, extra={"reason": "snapshot_failed",
+                                                      "path": str(self.store.path)})
 
     # --- lifecycle --------------------------------------------------------
 
@@ -393,6 +419,7 @@ class Daemon:
             loop.add_signal_handler(sig, on_stop, sig.name)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
 
+        compile_kernels(self.settings)
         runner = None
         if self.settings.server.enabled:
             runner = web.AppRunner(make_app(self), access_log=None, handle_signals=False)

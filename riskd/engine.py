@@ -71,6 +71,10 @@ class Engine:
         self.event_t = np.zeros(0)
         self.resolve_t = np.zeros(0)
         self.first_t = np.zeros(0)
+        # Markets that ticked since this process started (a snapshot's restored
+        # markets too): their feed state, books and all, is made at the first tick.
+        self.ticked = 0
+        self._seen = np.zeros(0, bool)
         self.max_leverage = np.zeros(0)
         self.max_slippage = np.zeros(0)
         self.fee_floor = np.zeros(0)
@@ -133,6 +137,7 @@ class Engine:
         for name, values in columns.items():
             setattr(self, name, np.concatenate([getattr(self, name), values]))
         self.first_t = np.concatenate([self.first_t, np.full(k, np.nan)])
+        self._seen = np.concatenate([self._seen, np.zeros(k, bool)])
         self.due_t = np.concatenate([self.due_t, np.full(k, -np.inf)])
         self.idle = np.concatenate([self.idle, np.zeros(k, bool)])
         self.published = np.concatenate([self.published, np.zeros(k, bool)])
@@ -251,6 +256,10 @@ class Engine:
               ) -> np.ndarray:
         """The ticks (idx[k], ...) in order, a market possibly several times; returns the
         jump mask (`record`: see `estimator.update`)."""
+        first = idx[~self._seen[idx]]
+        if first.size:
+            self._seen[first] = True
+            self.ticked += int(np.unique(first).size)
         np.fmin.at(self.first_t, idx, t)
         self.due_t[idx] = -np.inf
         jumps = estimator.update(self.est, self.settings.model, idx, t, p, half_spread, depth,
@@ -466,6 +475,18 @@ class PublishedSets(Mapping[str, dict[str, Any]]):
     def sets(self) -> list[dict[str, Any]]:
         """Every set, made in one pass."""
         return self._engine.render(np.flatnonzero(self._engine.published))
+
+
+def compile_kernels(settings: Settings) -> None:
+    """Run the model's compiled kernels once, on one market: numba compiles them now
+    (the first start on a machine: seconds) or loads them from its cache, instead of
+    in the first cycle, with a feed streaming into a blocked event loop."""
+    t0 = 1_700_000_000.0
+    engine = Engine(settings, {"warm-up": Market("warm-up", t0 + 86_400, t0 + 86_400)},
+                    discover=False)
+    engine.ingest([Tick("warm-up", t0, 0.5, 0.49, 0.51, 100.0),
+                   Tick("warm-up", t0 + 60.0, 0.52)])
+    engine.cycle(t0 + 60.0)
 
 
 def check_tick(tick: Tick, latest: float = TS_MAX) -> str | None:

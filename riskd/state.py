@@ -13,6 +13,7 @@ import io
 import json
 import logging
 import os
+import threading
 import time
 import zipfile
 from dataclasses import dataclass, field, fields
@@ -50,43 +51,64 @@ class StateStore:
         self.dir = directory
         self.path = directory / FILE
         self.max_age_s = max_age_s
+        self._writing = threading.Lock()
+        self._captured = self._written = 0  # capture numbers: the newest one wins
 
     # --- writing -------------------------------------------------------------
 
     def save(self, engine: Engine, clock: float, seqs: dict[str, int]) -> None:
         """Write a snapshot atomically; raises OSError (the caller counts it)."""
+        self.write(self.capture(engine, clock, seqs))
+
+    def capture(self, engine: Engine, clock: float, seqs: dict[str, int]
+                ) -> dict[str, Any]:
+        """The snapshot's contents, copied: the engine may move on while `write` runs
+        (in a thread: at 100k markets the file and its fsyncs take 40-100 ms, too long
+        for the event loop)."""
         header = {
             "schema": SCHEMA,
             "written_at": time.time(),
             "clock": clock if np.isfinite(clock) else None,
-            "seqs": seqs,
-            "ids": engine.ids,
+            "seqs": dict(seqs),
+            "ids": list(engine.ids),
         }
-        arrays: dict[str, np.ndarray] = {
-            "header": np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
-            "first_t": engine.first_t,
-        }
+        self._captured += 1
+        arrays: dict[str, Any] = {"capture": self._captured, "header": header,
+                                  "first_t": engine.first_t.copy()}
         for f in fields(engine.est):
-            arrays["est_" + f.name] = getattr(engine.est, f.name)
+            arrays["est_" + f.name] = getattr(engine.est, f.name).copy()
         for f in fields(engine.gov):
-            arrays["gov_" + f.name] = getattr(engine.gov, f.name)
+            arrays["gov_" + f.name] = getattr(engine.gov, f.name).copy()
+        return arrays
+
+    def write(self, captured: dict[str, Any]) -> None:
+        """Write what `capture` took, atomically; raises OSError. One write at a time,
+        and never an older capture over a newer one (the final snapshot at shutdown
+        may meet a periodic one still in its thread)."""
+        arrays = dict(captured)
+        n = arrays.pop("capture")
+        arrays["header"] = np.frombuffer(json.dumps(arrays["header"]).encode(), np.uint8)
         buf = io.BytesIO()
-        np.savez(buf, **arrays)  # type: ignore[arg-type]
-        self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.dir / f".{FILE}.{os.getpid()}.tmp"
-        try:
-            with tmp.open("wb") as fh:
-                fh.write(buf.getbuffer())
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        fd = os.open(self.dir, os.O_RDONLY)
-        try:
-            os.fsync(fd)  # the rename itself must survive a power cut
-        finally:
-            os.close(fd)
+        np.savez(buf, **arrays)
+        with self._writing:
+            if n <= self._written:
+                return
+            self._written = n
+            self.dir.mkdir(parents=True, exist_ok=True)
+            tmp = self.dir / f".{FILE}.{os.getpid()}.tmp"
+            try:
+                with tmp.open("wb") as fh:
+                    fh.write(buf.getbuffer())
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, self.path)
+            finally:
+                tmp.unlink(missing_ok=True)
+            fd = os.open(self.dir, os.O_RDONLY)
+            try:
+                os.fsync(fd)  # the rename itself must survive a power cut
+            finally:
+                os.close(fd)
 
     # --- reading -------------------------------------------------------------
 

@@ -9,10 +9,14 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import numpy as np
 import pytest
 from conftest import base_config, wait_until
 
 from riskd import heap
+from riskd.config import Settings
+from riskd.engine import Engine
+from riskd.markets import Market
 
 
 def rss_mib() -> float:
@@ -69,3 +73,24 @@ async def test_a_mass_publish_freezes_what_lives_and_trims(
 
 async def _published(d: Any) -> bool:
     return bool(d.daemon.seq)
+
+
+def test_the_engine_counts_markets_at_their_first_tick_once() -> None:
+    """What the daemon settles memory on: markets whose feed state (books) now exists."""
+    engine = Engine(Settings(), {f"m{i}": Market(f"m{i}", 2e9, 2e9) for i in range(5)},
+                    discover=False)
+    clock = [1.7e9]
+
+    def apply(idx: list[int]) -> None:
+        n = len(idx)
+        t = clock[0] + np.arange(1, n + 1, dtype=float)
+        clock[0] = float(t[-1])
+        engine.apply(np.array(idx), t, np.full(n, 0.5), np.zeros(n), np.full(n, np.nan))
+
+    apply([0, 1, 1, 3, 0])  # repeats count once
+    assert engine.ticked == 3
+    apply([3, 0])
+    assert engine.ticked == 3
+    engine.add_market("m5", None)
+    apply([5, 4, 5])
+    assert engine.ticked == 5

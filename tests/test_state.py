@@ -52,6 +52,26 @@ def test_snapshot_round_trip_restores_every_array(tmp_path: Path) -> None:
     assert [p.name for p in (tmp_path / "state").iterdir()] == ["snapshot.npz"]
 
 
+def test_a_capture_is_a_copy_and_an_older_one_never_lands_last(tmp_path: Path) -> None:
+    """The daemon captures on the event loop and writes in a thread: the engine moves
+    on meanwhile, and the final snapshot at shutdown may be written before a periodic
+    one still in its thread. What is on disk is the newest capture, as captured."""
+    engine = _engine()
+    store = StateStore(tmp_path, max_age_s=60)
+    older = store.capture(engine, engine.now, {"batch": 1})
+    engine.est.sigma2[:] = 123.0  # the engine moves on after the capture
+    newer = store.capture(engine, engine.now, {"batch": 2})
+    store.write(newer)
+    store.write(older)  # late: must not replace the newer snapshot
+    fresh = Engine(Settings(), {}, discover=True)
+    loaded = store.load(fresh)
+    assert loaded.seqs == {"batch": 2}
+    np.testing.assert_array_equal(fresh.est.sigma2, np.full(3, 123.0))
+    store.write(store.capture(engine, engine.now, {"batch": 3}))
+    assert store.load(Engine(Settings(), {}, discover=True)).seqs == {"batch": 3}
+    assert older["est_sigma2"][0] != 123.0  # captured before the change, a copy
+
+
 def test_corrupt_snapshot_is_moved_aside_and_nothing_restored(tmp_path: Path) -> None:
     engine = _engine()
     store = StateStore(tmp_path, max_age_s=60)
