@@ -9,7 +9,6 @@ aside. Nothing here can make the published values looser.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -88,8 +87,6 @@ class StateStore:
         arrays = dict(captured)
         n = arrays.pop("capture")
         arrays["header"] = np.frombuffer(json.dumps(arrays["header"]).encode(), np.uint8)
-        buf = io.BytesIO()
-        np.savez(buf, **arrays)
         with self._writing:
             if n <= self._written:
                 return
@@ -98,7 +95,7 @@ class StateStore:
             tmp = self.dir / f".{FILE}.{os.getpid()}.tmp"
             try:
                 with tmp.open("wb") as fh:
-                    fh.write(buf.getbuffer())
+                    np.savez(fh, **arrays)  # straight to the file: no copy in memory
                     fh.flush()
                     os.fsync(fh.fileno())
                 os.replace(tmp, self.path)
