@@ -267,12 +267,22 @@ class Engine:
         self.now = max(self.now, float(t.max()))
         return jumps
 
-    def conditions(self, now: float | np.ndarray, idx: Index = ALL) -> Conditions:
+    def _estimator_at(self, idx: Index, est: estimator.EstimatorState | None
+                      ) -> estimator.EstimatorState:
+        """The estimator state of the markets `idx`, row by row: the current one, or
+        `est` (the backtest's record of each row's state, from `apply`)."""
+        if est is not None:
+            return est
+        return self.est if idx is ALL else _take(self.est, idx)
+
+    def conditions(self, now: float | np.ndarray, idx: Index = ALL,
+                   est: estimator.EstimatorState | None = None) -> Conditions:
         cfg = self.settings.model
-        warm = (self.est.ticks[idx] >= cfg.warmup_ticks) & (now - self.first_t[idx] >= cfg.warmup_s)
+        state = self._estimator_at(idx, est)
+        warm = (state.ticks >= cfg.warmup_ticks) & (now - self.first_t[idx] >= cfg.warmup_s)
         return Conditions(
-            last_tick_t=self.est.t[idx],
-            last_jump_t=self.est.last_jump_t[idx],
+            last_tick_t=state.t,
+            last_jump_t=state.last_jump_t,
             event_t=self.event_t[idx],
             resolve_t=self.resolve_t[idx],
             warm=warm,
@@ -324,13 +334,15 @@ class Engine:
             pin[k] = override.max_leverage
         return pin
 
-    def inputs_at(self, now: float | np.ndarray, idx: Index = ALL) -> parameters.RiskInputs:
-        est = self.est if idx is ALL else _take(self.est, idx)
-        return parameters.risk_inputs(est, now, self.event_t[idx], self.settings.model)
+    def inputs_at(self, now: float | np.ndarray, idx: Index = ALL,
+                  est: estimator.EstimatorState | None = None) -> parameters.RiskInputs:
+        return parameters.risk_inputs(self._estimator_at(idx, est), now, self.event_t[idx],
+                                      self.settings.model)
 
-    def targets(self, now: float | np.ndarray, idx: Index = ALL, detail: bool = False
+    def targets(self, now: float | np.ndarray, idx: Index = ALL, detail: bool = False,
+                est: estimator.EstimatorState | None = None
                 ) -> tuple[parameters.RiskInputs, parameters.Targets]:
-        inp = self.inputs_at(now, idx)
+        inp = self.inputs_at(now, idx, est)
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             tg = parameters.compute(inp, self.settings.model, self.max_leverage[idx],
                                     self.max_slippage[idx], self.fee_floor[idx], detail=detail,

@@ -20,9 +20,8 @@ from riskd.engine import Engine, tick_arrays
 from riskd.feeds.base import Tick
 from riskd.jit import njit
 from riskd.markets import Market
-from riskd.model import parameters
 from riskd.model.estimator import EstimatorState
-from riskd.model.governor import NORMAL, Conditions, GovernorState
+from riskd.model.governor import NORMAL, GovernorState
 from riskd.model.parameters import BIT
 
 # The perpetual-futures baseline: 0.01% per 8 hours.
@@ -182,16 +181,9 @@ class Riskd:
         rec = EstimatorState(**{f.name: np.empty(n, getattr(eng.est, f.name).dtype)
                                 for f in fields(EstimatorState)})
         self.jump[:] = eng.apply(idx, t, p, half_spread, depth, record=rec)
-        # Pass 2, vectorised: what the model and the governor see at every row.
-        model = eng.settings.model
-        inputs = parameters.risk_inputs(rec, t, eng.event_t[idx], model)
-        warm = (rec.ticks >= model.warmup_ticks) & (t - eng.first_t[idx] >= model.warmup_s)
-        conds = Conditions(last_tick_t=rec.t, last_jump_t=rec.last_jump_t,
-                           event_t=eng.event_t[idx], resolve_t=eng.resolve_t[idx], warm=warm,
-                           fee_floor=eng.fee_floor[idx])
-        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-            targets = parameters.compute(inputs, model, eng.max_leverage[idx],
-                                         eng.max_slippage[idx], eng.fee_floor[idx])
+        # Pass 2, vectorised: the model and the governor's conditions at every row.
+        inputs, targets = eng.targets(t, idx, est=rec)
+        conds = eng.conditions(t, idx, est=rec)
         # Pass 3, one compiled pass in time order: the governor, recording what was in
         # force after each row.
         eng.govern(t, idx, computed=(inputs, targets), cond=conds, record=published)
