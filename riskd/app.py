@@ -344,11 +344,8 @@ class Daemon:
 
     def snapshot(self) -> None:
         """Write a snapshot now, on the caller's thread (shutdown, tests)."""
-        if self.store is None:
-            return
-        self.engine.flush()  # the snapshot holds every tick taken before its clock
-        self._snapshot_done(self._try_write(self.store.capture(self.engine, self.now(),
-                                                               self._seqs())))
+        if self.store is not None:
+            self._snapshot_done(self._try_write(self._capture()))
 
     async def _snapshots(self) -> None:
         """Every snapshot_interval_s: captured on the event loop (copies), written in a
@@ -357,11 +354,14 @@ class Daemon:
             try:
                 await asyncio.wait_for(self.stop.wait(), self.settings.state.snapshot_interval_s)
             except TimeoutError:
-                if self.store is None:
-                    continue
-                self.engine.flush()
-                captured = self.store.capture(self.engine, self.now(), self._seqs())
-                self._snapshot_done(await asyncio.to_thread(self._try_write, captured))
+                if self.store is not None:
+                    captured = self._capture()
+                    self._snapshot_done(await asyncio.to_thread(self._try_write, captured))
+
+    def _capture(self) -> dict[str, Any]:
+        assert self.store is not None
+        self.engine.flush()  # the snapshot holds every tick taken before its clock
+        return self.store.capture(self.engine, self.now(), self._seqs())
 
     def _try_write(self, captured: dict[str, Any]) -> OSError | None:
         assert self.store is not None

@@ -138,8 +138,6 @@ def _read_header(path: Path, reader: Iterator[list[str]]) -> list[str]:
     return names
 
 
-
-
 def _fatal(path: Path, exc: Exception, line: int | None = None) -> TapeError:
     where = f"line {line}: " if line else ""
     return TapeError(f"{path}: {where}cannot read tape: {exc}")
