@@ -12,9 +12,12 @@ import time
 from pathlib import Path
 
 import bench_live
+import orjson
 
 from riskd.backtest import runner
 from riskd.config import load_settings
+from riskd.feeds.polymarket.codec import PolymarketCodec
+from riskd.markets import Market
 from riskd.tape import Tape
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,9 +56,56 @@ def backtests(repeat: int) -> None:
               f"{rows / min(simulated):>10,.0f}", flush=True)
 
 
+def decoding(repeat: int, markets: int = 10_000, frames: int = 200_000) -> None:
+    """The Polymarket codec alone on the live bench's frames (in memory, no socket):
+    the part of riskd's per-tick cost that is per-message Python (docs/performance.md,
+    "Throughput"), beside orjson's parse of the same frames, which the raw client pays
+    too."""
+    u = bench_live.Universe(markets, 0)
+    ts_s = time.time()
+    bound = [Market(id=u.ids[k], resolves_at=ts_s + 30 * 86400, event_at=ts_s + 30 * 86400,
+                    polymarket_yes_token=u.yes[k], polymarket_no_token=u.no[k])
+             for k in range(markets)]
+    # The saturated phase's frames: each moves one market's top by a tick, round robin;
+    # the first round makes the books.
+    ts_ms = int(ts_s * 1000)
+    payloads = [bench_live.price_change_json(u, k % markets, 40 + (k // markets) % 20,
+                                             100 + (k & 63), ts_ms + k)
+                for k in range(markets + frames)]
+    warm, timed = payloads[:markets], payloads[markets:]
+    received = ts_s + len(payloads)
+    ticks: list[int] = []
+
+    def parse() -> None:
+        for p in timed:
+            orjson.loads(p)
+
+    def decode() -> None:
+        codec = PolymarketCodec.for_markets(bound)
+        for p in warm:
+            codec.decode(p, received)
+        started = time.perf_counter()
+        n = 0
+        for p in timed:
+            n += len(codec.decode(p, received).ticks)
+        ticks.append(n)
+        times.append(time.perf_counter() - started)
+
+    times: list[float] = []
+    for _ in range(repeat):
+        decode()
+    print(f"{'what':<48} {'frames':>8} {'seconds':>8} {'us/frame':>10}")
+    for what, seconds in (("orjson.loads, bench frames", best_of(repeat, parse)),
+                          ("polymarket codec decode, parse included", min(times))):
+        print(f"{what:<48} {frames:>8} {seconds:>8.3f} {seconds / frames * 1e6:>10.2f}")
+    print(f"  ({ticks[-1]:,} ticks; {markets:,} markets)", flush=True)
+
+
 def main() -> None:
     args = bench_live.parse_args(sys.argv[1:])
     backtests(1 if args.quick else 3)
+    print()
+    decoding(1 if args.quick else 3)
     print()
     bench_live.run(args)
 

@@ -131,14 +131,20 @@ def frame_header(length: int) -> bytes:
 
 
 def price_change(u: Universe, k: int, bid: int, size: int, ts_ms: int) -> bytes:
-    """One batched price_change: YES bid at bid/100 (ask one tick up); NO mirrored."""
+    """One batched price_change frame: YES bid at bid/100 (ask one tick up); NO mirrored."""
+    text = price_change_json(u, k, bid, size, ts_ms)
+    return frame_header(len(text)) + text
+
+
+def price_change_json(u: Universe, k: int, bid: int, size: int, ts_ms: int) -> bytes:
+    """The JSON of `price_change`'s frame."""
     a, b, c, d = u.payload[k]
     yb, ya = PRICE[bid], PRICE[bid + 1]
     nb, na = PRICE[99 - bid], PRICE[100 - bid]
     text = (f'{a}{yb}","side":"BUY","size":"{size}{b}{yb}","best_ask":"{ya}"}},'
             f'{c}{na}","side":"SELL","size":"{size}{d}{nb}","best_ask":"{na}"}}],'
             f'"timestamp":"{ts_ms}","event_type":"price_change"}}').encode()
-    return frame_header(len(text)) + text
+    return text
 
 
 # --- the venue -----------------------------------------------------------------------
