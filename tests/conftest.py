@@ -50,6 +50,20 @@ MAX_SKEW_S = 300
 # --- small helpers ------------------------------------------------------------
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _kernels_compiled() -> None:
+    """The model's kernels compiled before the first test: numba compiles them on a
+    machine's first use (seconds; a fresh CI machine's cache is empty) and caches them
+    on disk. A daemon compiles them before its feed starts, so on a cold cache the
+    first test to start one would spend its timeouts waiting for the compiler (seen:
+    "timed out waiting for a subscription"). Later daemons, in-process or not, load
+    them from the cache."""
+    from riskd.config import Settings
+    from riskd.engine import compile_kernels
+
+    compile_kernels(Settings())
+
+
 @pytest.fixture(autouse=True)
 def _no_riskd_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """RISKD_ variables of the developer's shell must not change what a test loads."""

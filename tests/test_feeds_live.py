@@ -29,8 +29,12 @@ PM_MARKET = "0x14002070e74acaf96f70c8dfb881586b156c814fac0c1ac417b84c6c76687d00"
 PM_YES = "1627500284739545390204314775735988068784669364445492030335161034375823784781"
 PM_NO = "7849332184617640056758089974170387917558941201674921732369975950049491747956"
 KALSHI_TICKER = "KXBTCD-26FEB1217-T67749.99"
+# The test venues are silent between the messages a test sends, and a test waits for
+# the daemon between them: a read timeout within reach of a slow, loaded machine's
+# pause drops the connection under a message being sent (seen once with 2 s, Kalshi,
+# whose venue sends no application pings). The read-timeout test sets its own.
 FAST = {"backoff_initial_s": 0.05, "backoff_max_s": 0.2, "open_timeout_s": 2.0,
-        "read_timeout_s": 2.0}
+        "read_timeout_s": 10.0}
 STALE_AFTER_S = 1.0
 CYCLE_S = 0.05
 RESOLVES = "2030-01-01T00:00:00Z"
