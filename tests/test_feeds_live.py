@@ -225,7 +225,9 @@ async def test_silent_venue_goes_fail_safe_then_recovers(tmp_path: Path, in_proc
         assert polymarket.handshakes == 1  # the PONGs keep the connection
 
         # Now the venue stops answering PINGs too: the read timeout drops the silent
-        # connection and riskd connects again.
+        # connection and riskd connects again. Websocket pings from the venue's stack
+        # do not count as Polymarket speaking (they do for Kalshi, whose heartbeat
+        # they are).
         pongs = polymarket.on_frame
 
         async def mute(connection: Any, frame: str) -> None:
@@ -233,7 +235,11 @@ async def test_silent_venue_goes_fail_safe_then_recovers(tmp_path: Path, in_proc
                 await pongs(connection, frame)
 
         polymarket.on_frame = mute  # type: ignore[method-assign]
-        await until(lambda: polymarket.handshakes >= 2, what="a reconnect after silence")
+        heartbeat = asyncio.create_task(polymarket.heartbeat(0.1))
+        try:
+            await until(lambda: polymarket.handshakes >= 2, what="a reconnect after silence")
+        finally:
+            heartbeat.cancel()
         polymarket.on_frame = pongs  # type: ignore[method-assign]
 
         # Data returns: the market leaves its fail-safe values and riskd is ready again.
@@ -320,6 +326,37 @@ async def test_kalshi_signed_feed_book_ticker_and_seq_gap(
     assert await metric(d, "riskd_ticks_rejected_total", venue="kalshi",
                         reason="seq_gap") == 1
     assert kalshi.handshakes == 1  # a resubscription, not a reconnection
+
+
+async def test_kalshi_heartbeat_keeps_a_quiet_feed_connected(
+        tmp_path: Path, kalshi: KalshiServer, kalshi_key: rsa.RSAPrivateKey) -> None:
+    """Kalshi sends no message while the subscribed markets are quiet, only its
+    heartbeat pings: those keep the connection; without them the read timeout drops it."""
+    cfg = KalshiSettings(**{**FAST, "read_timeout_s": 0.5}, url=kalshi.url,
+                         key_id="riskd-test-key",
+                         private_key_path=write_key(tmp_path, kalshi_key))
+    market = Market(id="k-btc", resolves_at=1.9e9, event_at=1.9e9, kalshi_ticker=KALSHI_TICKER)
+    feed = KalshiFeed(cfg, {"k-btc": market}, metadata=False)
+
+    async def consume() -> None:
+        async for _ in feed.ticks():
+            pass
+
+    reader = asyncio.create_task(consume())
+    heartbeat = asyncio.create_task(kalshi.heartbeat(0.1))
+    try:
+        await until(lambda: len(kalshi.book_sids) == 1, what="the book subscription")
+        await asyncio.sleep(1.6)  # three read timeouts with nothing but the venue's pings
+        assert kalshi.handshakes == 1 and feed.connections == 1 and feed.connected
+
+        heartbeat.cancel()  # now the venue says nothing at all
+        await until(lambda: kalshi.handshakes == 2, what="a reconnection of the silent feed")
+        assert feed.last_error.startswith("SilentConnection")
+    finally:
+        for task in (heartbeat, reader):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 async def test_kalshi_wrong_key_is_fatal(tmp_path: Path, in_process: Any,

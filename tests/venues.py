@@ -91,6 +91,15 @@ class VenueServer:
             with contextlib.suppress(ConnectionClosed):
                 await conn.send(text)
 
+    async def heartbeat(self, every: float) -> None:
+        """Ping every open connection every `every` seconds and send nothing else, as
+        Kalshi does (every 10 s) when the subscribed markets are quiet."""
+        while True:
+            for conn in list(self.connections):
+                with contextlib.suppress(ConnectionClosed):
+                    await conn.ping(b"heartbeat")  # the pong is not awaited
+            await asyncio.sleep(every)
+
     def drop(self) -> None:
         """Cut every connection mid-stream, as a network failure would (no close frame)."""
         for conn in self.connections:

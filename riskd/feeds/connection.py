@@ -3,7 +3,8 @@ reconnect. All parsing is in the venue's codec; delays come from `backoff`.
 
 Robustness: a capped exponential backoff with jitter between attempts (reset once a
 connection delivered prices), everything resubscribed on each connection (the
-codec's `on_connect`), a read timeout that drops a silent connection, a websocket
+codec's `on_connect`), a read timeout that drops a silent connection (no message,
+nor a heartbeat ping where that is how the venue says it is there), a websocket
 keepalive, a maximum message size, an optional application-level ping. Malformed
 messages are counted by reason and skipped. Errors are classified in one place,
 `classify`: retryable ones reconnect, fatal ones (bad credentials, a wrong URL)
@@ -15,10 +16,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import (
@@ -27,6 +29,7 @@ from websockets.exceptions import (
     InvalidStatus,
     InvalidURI,
 )
+from websockets.frames import Frame, Opcode
 
 from riskd.backoff import backoff
 from riskd.feeds.base import MarketEvent, Tick
@@ -40,6 +43,18 @@ log = logging.getLogger("riskd.feeds")
 
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 MESSAGE_TOO_BIG = 1009  # websocket close code
+
+
+class VenueConnection(ClientConnection):
+    """A client connection that notes when the venue last pinged us (see `heartbeat`
+    of WebsocketFeed)."""
+
+    pinged_at = -math.inf  # loop time of the venue's last ping
+
+    def process_event(self, event: Any) -> None:
+        super().process_event(event)
+        if isinstance(event, Frame) and event.opcode is Opcode.PING:
+            self.pinged_at = self.loop.time()
 
 
 class FeedError(RuntimeError):
@@ -95,6 +110,7 @@ class WebsocketFeed:
         *,
         ping_text: str = "",
         ping_interval_s: float = 0.0,
+        heartbeat: bool = False,
         rng: random.Random | None = None,
     ) -> None:
         self.venue = venue
@@ -104,6 +120,13 @@ class WebsocketFeed:
         self.metrics = metrics
         self.ping_text = ping_text
         self.ping_interval_s = ping_interval_s
+        # The venue's websocket pings are its heartbeat (Kalshi: every 10 s, and no
+        # message at all while the subscribed markets are quiet): a ping counts as
+        # hearing from it, or the read timeout would drop a healthy quiet feed every
+        # `read_timeout_s`. Elsewhere only messages count (Polymarket answers our
+        # PING), as pings and pongs come from the venue's websocket stack, whose
+        # liveness the keepalive already checks.
+        self.heartbeat = heartbeat
         self.rng = rng or random.Random()
         self.connected = False
         self.connections = 0  # successful connections since start
@@ -227,7 +250,9 @@ class WebsocketFeed:
             ping_timeout=s.keepalive_s,
             close_timeout=1.0,
             max_size=s.max_message_bytes,
+            create_connection=VenueConnection,
         ) as ws:
+            assert isinstance(ws, VenueConnection)  # for the type checker
             self._set_connected(True)
             self.connections += 1
             if self.connections > 1 and self.metrics is not None:
@@ -290,13 +315,15 @@ class WebsocketFeed:
             return decoded.ticks
         return None
 
-    async def _watchdog(self, ws: ClientConnection, timeout: float) -> None:
+    async def _watchdog(self, ws: VenueConnection, timeout: float) -> None:
         """The read timeout: drops the connection once a wait for a message lasted
-        `timeout` seconds (`_session` then raises SilentConnection). One timer per
-        timeout period, not one per message."""
+        `timeout` seconds with no ping from the venue either (`_session` then raises
+        SilentConnection). One timer per timeout period, not one per message."""
         loop = asyncio.get_running_loop()
         while True:
             since = self._waiting_since
+            if since is not None and self.heartbeat:
+                since = max(since, ws.pinged_at)
             silent = 0.0 if since is None else loop.time() - since
             if silent >= timeout:
                 break

@@ -39,7 +39,8 @@ class KalshiFeed(WebsocketFeed):
         max_future_s: float = MAX_FUTURE_S,
     ) -> None:
         codec = KalshiCodec.for_markets(markets.values(), settings.channels, max_future_s)
-        super().__init__("kalshi", url or settings.url, codec, settings, metrics, rng=rng)
+        super().__init__("kalshi", url or settings.url, codec, settings, metrics,
+                         heartbeat=True, rng=rng)
         self.cfg = settings
         self.markets = dict(markets)
         self.metadata = metadata
