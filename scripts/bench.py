@@ -1,7 +1,8 @@
 """`make bench`: speed figures, printed (never asserted in unit tests).
 
-The backtest on the shipped tapes, then riskd against a local venue
-(scripts/bench_live.py, whose options this takes too: `--quick`, `--markets`, ...).
+The backtest on the shipped tapes, the Polymarket codec alone, then riskd against a
+local venue (scripts/bench_live.py, whose options this takes too: `--quick`,
+`--markets`, ...).
 """
 
 from __future__ import annotations
