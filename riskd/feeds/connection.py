@@ -45,9 +45,9 @@ RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 MESSAGE_TOO_BIG = 1009  # websocket close code
 
 
-class VenueConnection(ClientConnection):
+class HeartbeatConnection(ClientConnection):
     """A client connection that notes when the venue last pinged us (see `heartbeat`
-    of WebsocketFeed)."""
+    of WebsocketFeed; only there, as this runs for every frame)."""
 
     pinged_at = -math.inf  # loop time of the venue's last ping
 
@@ -250,9 +250,8 @@ class WebsocketFeed:
             ping_timeout=s.keepalive_s,
             close_timeout=1.0,
             max_size=s.max_message_bytes,
-            create_connection=VenueConnection,
+            create_connection=HeartbeatConnection if self.heartbeat else ClientConnection,
         ) as ws:
-            assert isinstance(ws, VenueConnection)  # for the type checker
             self._set_connected(True)
             self.connections += 1
             if self.connections > 1 and self.metrics is not None:
@@ -315,14 +314,14 @@ class WebsocketFeed:
             return decoded.ticks
         return None
 
-    async def _watchdog(self, ws: VenueConnection, timeout: float) -> None:
+    async def _watchdog(self, ws: ClientConnection, timeout: float) -> None:
         """The read timeout: drops the connection once a wait for a message lasted
         `timeout` seconds with no ping from the venue either (`_session` then raises
         SilentConnection). One timer per timeout period, not one per message."""
         loop = asyncio.get_running_loop()
         while True:
             since = self._waiting_since
-            if since is not None and self.heartbeat:
+            if since is not None and isinstance(ws, HeartbeatConnection):
                 since = max(since, ws.pinged_at)
             silent = 0.0 if since is None else loop.time() - since
             if silent >= timeout:
