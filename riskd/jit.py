@@ -65,6 +65,13 @@ if CACHE_DIR is not None:
     numba.config.CACHE_DIR = str(CACHE_DIR)  # type: ignore[attr-defined]
 
 
+# Every kernel, for the check that `engine.compile_kernels` compiles what a live cycle
+# runs (tests/test_jit.py).
+KERNELS: list[Any] = []
+
+
 def njit(fn: Callable[..., Any]) -> Any:
     """numba.njit with the cache above and numpy's float error semantics."""
-    return numba.njit(cache=CACHE_DIR is not None, error_model="numpy")(fn)
+    kernel = numba.njit(cache=CACHE_DIR is not None, error_model="numpy")(fn)
+    KERNELS.append(kernel)
+    return kernel

@@ -45,3 +45,45 @@ def test_any_source_change_means_a_fresh_cache(tmp_path: Path,
     added = jit._sources_hash()
     (tmp_path / "sub" / "b.py").write_text("y = 3\n")
     assert len({before, added, jit._sources_hash()}) == 3
+
+
+LIVE_CYCLES = """
+from riskd import jit
+from riskd.config import Settings
+from riskd.engine import Engine, compile_kernels
+from riskd.feeds.base import Tick
+from riskd.markets import Market
+
+settings = Settings()
+compile_kernels(settings)
+def name(kernel):
+    return f"{kernel.py_func.__module__}.{kernel.py_func.__qualname__}"
+
+
+compiled = {name(k): set(k.signatures) for k in jit.KERNELS}
+# What a daemon's cycles run: many markets, ticks with and without a book, a jump,
+# cycles that evaluate some markets and cycles that evaluate all.
+t0 = 1_700_000_000.0
+markets = {f"m{k}": Market(f"m{k}", t0 + 86_400 * (k + 1), t0 + 86_400 * (k + 1))
+           for k in range(5)}
+engine = Engine(settings, markets, discover=False)
+for n in range(40):
+    t = t0 + 60.0 * n
+    engine.ingest([Tick(f"m{k}", t + k, 0.3 + 0.01 * (n % 7) + 0.05 * k,
+                        *((0.29 + 0.05 * k, 0.31 + 0.05 * k, 100.0) if k % 2 else ()))
+                   for k in range(5) if (n + k) % 3])
+    if n == 30:
+        engine.ingest([Tick("m1", t + 30, 0.95)])
+    engine.cycle(t + 59)
+new = {name(k): sorted(map(str, set(k.signatures) - compiled[name(k)])) for k in jit.KERNELS}
+print({kernel: sigs for kernel, sigs in new.items() if sigs})
+"""
+
+
+def test_compile_kernels_compiles_what_the_live_cycle_runs() -> None:
+    """A kernel type signature that only a live cycle uses is compiled in that cycle on
+    a machine's first start: seconds with the feed streaming into a blocked loop. (In a
+    fresh process: this one's kernels already have what other tests ran.)"""
+    out = subprocess.run([sys.executable, "-c", LIVE_CYCLES], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "{}"

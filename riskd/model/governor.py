@@ -111,7 +111,12 @@ def step(
     many rows), row k receives what is in force for market idx[k] right after row k."""
     n = len(targets.reasons)
     rows = np.arange(n) if idx is None else np.asarray(idx, np.int64)
-    at = np.broadcast_to(np.asarray(now, np.float64), (n,))
+    # One layout for every caller (a C-contiguous array of its own): a broadcast scalar
+    # would be another type signature for the kernel, compiled in the first live cycle.
+    at = np.full(n, now, np.float64) if np.ndim(now) == 0 \
+        else np.ascontiguousarray(now, np.float64)
+    if at.shape != (n,):
+        raise ValueError(f"now: {at.shape[0]} times for {n} rows")
     mode_floor = np.zeros(n, np.int64) if cond.mode_floor is None else cond.mode_floor
     cap = np.full((n, 2), np.inf) if cond.leverage_cap is None else cond.leverage_cap
     publish = np.zeros(n, np.bool_)
