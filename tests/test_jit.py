@@ -51,6 +51,7 @@ LIVE_CYCLES = """
 from riskd import jit
 from riskd.config import Settings
 from riskd.engine import Engine, compile_kernels
+from riskd.explain import explain
 from riskd.feeds.base import Tick
 from riskd.markets import Market
 
@@ -61,8 +62,8 @@ def name(kernel):
 
 
 compiled = {name(k): set(k.signatures) for k in jit.KERNELS}
-# What a daemon's cycles run: many markets, ticks with and without a book, a jump,
-# cycles that evaluate some markets and cycles that evaluate all.
+# What a daemon runs: many markets, ticks with and without a book, a jump, cycles that
+# evaluate some markets and cycles that evaluate all, the API's explanations.
 t0 = 1_700_000_000.0
 markets = {f"m{k}": Market(f"m{k}", t0 + 86_400 * (k + 1), t0 + 86_400 * (k + 1))
            for k in range(5)}
@@ -75,6 +76,8 @@ for n in range(40):
     if n == 30:
         engine.ingest([Tick("m1", t + 30, 0.95)])
     engine.cycle(t + 59)
+    if n % 10 == 0:  # the API's /v1/explain
+        explain(engine, "m1", t + 59)
 new = {name(k): sorted(map(str, set(k.signatures) - compiled[name(k)])) for k in jit.KERNELS}
 print({kernel: sigs for kernel, sigs in new.items() if sigs})
 """
