@@ -11,6 +11,8 @@ import pytest
 
 from riskd import jit
 
+FED_TAPE = Path(__file__).resolve().parents[1] / "data" / "tapes" / "fed_dec2025"
+
 
 def cache_dir_with(env: dict[str, str]) -> str:
     out = subprocess.run([sys.executable, "-c", "import riskd.jit as j; print(j.CACHE_DIR)"],
@@ -48,7 +50,11 @@ def test_any_source_change_means_a_fresh_cache(tmp_path: Path,
 
 
 LIVE_CYCLES = """
+import sys
+from pathlib import Path
+
 from riskd import jit
+from riskd.backtest import runner
 from riskd.config import Settings
 from riskd.engine import Engine, compile_kernels
 from riskd.explain import explain
@@ -56,12 +62,18 @@ from riskd.feeds.base import Tick
 from riskd.markets import Market
 
 settings = Settings()
-compile_kernels(settings)
+if sys.argv[1] == "backtest":  # the image's build step (Dockerfile)
+    runner.run(Path(sys.argv[2]), settings)
+else:  # a daemon's start
+    compile_kernels(settings)
+
+
 def name(kernel):
     return f"{kernel.py_func.__module__}.{kernel.py_func.__qualname__}"
 
 
 compiled = {name(k): set(k.signatures) for k in jit.KERNELS}
+compile_kernels(settings)
 # What a daemon runs: many markets, ticks with and without a book, a jump, cycles that
 # evaluate some markets and cycles that evaluate all, the API's explanations.
 t0 = 1_700_000_000.0
@@ -83,10 +95,13 @@ print({kernel: sigs for kernel, sigs in new.items() if sigs})
 """
 
 
-def test_compile_kernels_compiles_what_the_live_cycle_runs() -> None:
+@pytest.mark.parametrize("first", ["compile_kernels", "backtest"])
+def test_kernels_compiled_up_front_are_what_the_live_cycle_runs(first: str) -> None:
     """A kernel type signature that only a live cycle uses is compiled in that cycle on
-    a machine's first start: seconds with the feed streaming into a blocked loop. (In a
-    fresh process: this one's kernels already have what other tests ran.)"""
-    out = subprocess.run([sys.executable, "-c", LIVE_CYCLES], capture_output=True, text=True,
-                         check=True)
+    a machine's first start: seconds with the feed streaming into a blocked loop. What
+    is compiled up front: `compile_kernels` at the daemon's start, and the image's
+    build step, a backtest (Dockerfile). In a fresh process: this one's kernels already
+    have what other tests ran."""
+    out = subprocess.run([sys.executable, "-c", LIVE_CYCLES, first, str(FED_TAPE)],
+                         capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "{}"
