@@ -1,4 +1,5 @@
-"""Where compiled kernels are cached (riskd/jit.py)."""
+"""Compiled kernels (riskd/jit.py): where they are cached, and that what is compiled up
+front is what the daemon runs."""
 
 from __future__ import annotations
 
