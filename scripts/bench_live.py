@@ -371,6 +371,11 @@ kind = "polymarket"
 url = "{venue_url}"
 metadata = false
 
+[feed.polymarket]
+# One connection, as the raw client: the venue streams every market on each one,
+# and the bench compares per-message cost on one stream.
+assets_per_connection = 1_000_000
+
 [markets]
 file = "{folder / 'markets.json'}"
 

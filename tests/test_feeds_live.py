@@ -16,13 +16,23 @@ from typing import Any
 import pytest
 from conftest import InProcessDaemon, base_config, http_get, sample, wait_until
 from cryptography.hazmat.primitives.asymmetric import rsa
-from venues import KalshiServer, PolymarketServer, RestServer, VenueServer, now_ms, until
+from venues import (
+    KalshiServer,
+    PolymarketServer,
+    RestServer,
+    VenueServer,
+    fixture_docs,
+    now_ms,
+    until,
+)
 
 from riskd.config import Settings
 from riskd.feeds.connection import FeedError
 from riskd.feeds.kalshi.config import KalshiSettings
 from riskd.feeds.kalshi.feed import KalshiFeed
 from riskd.feeds.metadata import fetch_kalshi, fetch_polymarket, merge
+from riskd.feeds.polymarket.config import PolymarketSettings
+from riskd.feeds.polymarket.feed import PolymarketFeed
 from riskd.markets import Market
 
 PM_MARKET = "0x14002070e74acaf96f70c8dfb881586b156c814fac0c1ac417b84c6c76687d00"
@@ -175,6 +185,64 @@ async def test_polymarket_resolution_and_tick_size(tmp_path: Path, in_process: A
     assert entry["max_leverage"] == {"long": 1.0, "short": 1.0}
     assert entry["inputs"]["tau_s"] == 0
     assert engine.resolve_t[i] <= time.time() and engine.resolve_t[i] >= sent - 1
+
+
+async def test_polymarket_splits_tokens_over_connections(
+        tmp_path: Path, in_process: Any, polymarket: PolymarketServer) -> None:
+    # Five recorded books with both sides, each a market's YES token; the NO tokens
+    # have no book. Four tokens per connection: two markets, two, one.
+    books = [b for b in fixture_docs("polymarket_book.jsonl") if b["bids"] and b["asks"]][:5]
+    markets = [{"id": f"pm-{k}", "resolves_at": RESOLVES, "tick_size": 0.001,
+                "polymarket_yes_token": b["asset_id"], "polymarket_no_token": str(k + 1) * 70}
+               for k, b in enumerate(books)]
+    doc = live_config(tmp_path, markets, {
+        "kind": "polymarket", "url": polymarket.url, "metadata": False,
+        "polymarket": {**FAST, "ping_interval_s": 0.2, "assets_per_connection": 4}})
+    d = await in_process(doc)
+    d.start()
+    await until(lambda: len(polymarket.subscriptions()) == 3, what="three subscriptions")
+    subs = [set(s["assets_ids"]) for s in polymarket.subscriptions()]
+    assert sorted(map(len, subs)) == [2, 4, 4]
+    tokens = [{m["polymarket_yes_token"], m["polymarket_no_token"]} for m in markets]
+    assert set().union(*subs) == set().union(*tokens)
+    assert all(any(pair <= sub for sub in subs) for pair in tokens)  # a market's together
+
+    for m, b in zip(markets, books, strict=True):
+        mid = (max(float(x["price"]) for x in b["bids"]) +
+               min(float(x["price"]) for x in b["asks"])) / 2
+        await wait_until(lambda m=m, mid=mid: price_is(d, m["id"], mid),
+                         what=f"p of {m['id']} from its connection's book")
+    assert await metric(d, "riskd_feed_connected", venue="polymarket") == 1
+
+    # One connection drops: it alone connects again, with its own tokens.
+    last = markets[4]["polymarket_yes_token"]
+    polymarket.connection_of(last).transport.abort()
+    await until(lambda: len(polymarket.subscriptions()) == 4, what="a resubscription")
+    assert set(polymarket.subscriptions()[-1]["assets_ids"]) == tokens[4]
+    assert polymarket.handshakes == 4
+    await polymarket.publish(book(last, "0.50", "0.52"))
+    await wait_until(lambda: price_is(d, "pm-4", 0.51), what="p on the new connection")
+    assert await metric(d, "riskd_feed_reconnects_total", venue="polymarket") == 1
+    assert await metric(d, "riskd_feed_connected", venue="polymarket") == 1
+    assert not await metric(d, "riskd_ticks_rejected_total", venue="polymarket",
+                            reason="unknown_asset")
+
+
+async def test_polymarket_split_feed_stops_on_a_fatal_error(
+        polymarket: PolymarketServer) -> None:
+    # A wrong path (HTTP 404 on every handshake): one connection's fatal error ends the
+    # feed, and the other connections with it.
+    markets = {f"pm-{k}": Market(f"pm-{k}", 1.9e9, 1.9e9, polymarket_yes_token=f"{k}1" * 30,
+                                 polymarket_no_token=f"{k}2" * 30) for k in range(3)}
+    cfg = PolymarketSettings(**FAST, assets_per_connection=2)
+    feed = PolymarketFeed(cfg, markets, url=polymarket.url + "/nowhere", metadata=False)
+    assert len(feed.codecs()) == 3
+    with pytest.raises(FeedError) as err:
+        async with asyncio.timeout(10):
+            async for _ in feed.ticks():
+                pass
+    assert "404" in str(err.value)
+    assert not feed.connected and feed.connections == 0
 
 
 async def test_silent_venue_goes_fail_safe_then_recovers(tmp_path: Path, in_process: Any,

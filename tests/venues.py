@@ -117,6 +117,20 @@ class PolymarketServer(VenueServer):
     def __init__(self) -> None:
         super().__init__(path="/ws/market")
         self.books = {d["asset_id"]: d for d in fixture_docs("polymarket_book.jsonl")}
+        self.subscribed: dict[ServerConnection, set[str]] = {}  # each connection's assets
+
+    async def publish(self, doc: dict[str, Any]) -> None:
+        """An event to the connections subscribed to its asset, as the venue does (`send`
+        is to every connection)."""
+        for conn, assets in list(self.subscribed.items()):
+            if doc["asset_id"] in assets:
+                with contextlib.suppress(ConnectionClosed):
+                    await conn.send(json.dumps(doc))
+
+    def connection_of(self, asset: str) -> ServerConnection:
+        (conn,) = [c for c, assets in self.subscribed.items()
+                   if asset in assets and c in self.connections]
+        return conn
 
     def subscriptions(self) -> list[dict[str, Any]]:
         return [json.loads(f) for f in self.received if f.startswith("{")]
@@ -129,6 +143,7 @@ class PolymarketServer(VenueServer):
             await connection.send("PONG")
             return
         sub = json.loads(frame)
+        self.subscribed[connection] = set(sub["assets_ids"])
         if not self.talking:
             return
         books = [{**self.books[a], "timestamp": str(now_ms())}

@@ -20,6 +20,7 @@ import math
 import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -43,6 +44,10 @@ log = logging.getLogger("riskd.feeds")
 
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 MESSAGE_TOO_BIG = 1009  # websocket close code
+# A feed of several connections: batches waiting for the daemon (beyond, the reads
+# wait), and the delay between opening one connection and the next.
+MERGE_QUEUE = 256
+CONNECT_STAGGER_S = 0.05
 
 
 class HeartbeatConnection(ClientConnection):
@@ -55,6 +60,19 @@ class HeartbeatConnection(ClientConnection):
         super().process_event(event)
         if isinstance(event, Frame) and event.opcode is Opcode.PING:
             self.pinged_at = self.loop.time()
+
+
+@dataclass
+class Link:
+    """One of a feed's connections: the codec of what it subscribes, and its state."""
+
+    codec: Codec
+    number: int  # 0, 1, ...
+    label: str = ""  # for logs: " 2/40", or nothing for a feed's only connection
+    connections: int = 0  # successful handshakes
+    connected: bool = False
+    # Loop time `_session` began waiting for the next message (None: not waiting).
+    waiting_since: float | None = None
 
 
 class FeedError(RuntimeError):
@@ -73,8 +91,6 @@ def classify(exc: BaseException) -> str | None:
     """The reason label of a retryable connection error, or None if it is fatal."""
     if isinstance(exc, SilentConnection):
         return "read_timeout"
-    if isinstance(exc, Resubscribe):
-        return "resubscribe"
     if isinstance(exc, ConnectionClosed):
         frame = exc.rcvd or exc.sent
         if frame is not None and frame.code == MESSAGE_TOO_BIG:
@@ -95,10 +111,12 @@ def classify(exc: BaseException) -> str | None:
 
 
 class WebsocketFeed:
-    """One venue's live feed over one websocket connection.
+    """One venue's live feed over one websocket connection, or several when the venue
+    serves a limited number of subscriptions per connection (`codecs()`: one codec per
+    connection, each reconnected on its own; their batches merged in arrival order).
 
     Venue feeds subclass it for the parts that differ: `headers()` (signed auth),
-    `prepare()` (the metadata lookup before connecting)."""
+    `prepare()` (the metadata lookup before connecting), `codecs()`."""
 
     def __init__(
         self,
@@ -136,8 +154,7 @@ class WebsocketFeed:
         self._prepared = False
         self._prepare_at = 0.0  # monotonic time of the next lookup attempt
         self._lookup: asyncio.Task[None] | None = None
-        # Loop time `_session` began waiting for the next message (None: not waiting).
-        self._waiting_since: float | None = None
+        self._links: list[Link] = []  # the connections of the current subscription
 
     # --- the Feed protocol ------------------------------------------------------------
 
@@ -171,32 +188,93 @@ class WebsocketFeed:
         return backoff(s.backoff_initial_s, s.backoff_max_s, s.backoff_factor,
                        s.backoff_jitter, self.rng)
 
-    def _set_connected(self, up: bool) -> None:
-        self.connected = up
+    def _set_connected(self, link: Link | None = None, up: bool = False) -> None:
+        """`connected` (and the venue's gauge): every connection of the feed is up."""
+        if link is not None:
+            link.connected = up
+        self.connected = bool(self._links) and all(k.connected for k in self._links)
         if self.metrics is not None:
-            self.metrics.feed_connected.labels(self.venue).set(1 if up else 0)
+            self.metrics.feed_connected.labels(self.venue).set(1 if self.connected else 0)
+
+    def codecs(self) -> list[Codec]:
+        """One codec per connection to open (Polymarket splits its tokens over several
+        connections); the feed's own codec alone by default."""
+        return [self.codec]
 
     async def ticks(self) -> AsyncIterator[list[Tick]]:
-        self._set_connected(False)  # until the first handshake succeeds
+        self._set_connected()  # until the first handshake succeeds
+        while True:
+            if not self._prepared:
+                await self._prepare()
+            if self._events:
+                yield []  # let the daemon take the listed markets before any price
+            codecs = self.codecs()
+            self._links = [Link(codec, k, f" {k + 1}/{len(codecs)}" if len(codecs) > 1 else "")
+                           for k, codec in enumerate(codecs)]
+            self._set_connected()
+            try:
+                one = len(self._links) == 1
+                batches = self._link(self._links[0]) if one else self._merged()
+                async with contextlib.aclosing(batches):
+                    async for batch in batches:
+                        yield batch
+            except Resubscribe:
+                # Subscribe to what the lookup found: every connection afresh.
+                log.info("%s: metadata found, connecting again to subscribe", self.venue)
+            finally:
+                self._links = []
+                self._set_connected()
+
+    async def _merged(self) -> AsyncGenerator[list[Tick]]:
+        """Every connection's batches, in arrival order. The queue is bounded, so a
+        daemon that falls behind slows the reads (websocket flow control) instead of
+        queueing without limit. A fatal error or a resubscription in one connection
+        ends them all."""
+        queue: asyncio.Queue[list[Tick] | Exception] = asyncio.Queue(MERGE_QUEUE)
+
+        async def pump(link: Link) -> None:
+            # Connections open one after another: hundreds of handshakes at once would
+            # meet the venue's connection rate limit (HTTP 429).
+            await asyncio.sleep(link.number * CONNECT_STAGGER_S)
+            try:
+                async with contextlib.aclosing(self._link(link)) as batches:
+                    async for batch in batches:
+                        await queue.put(batch)
+            except Exception as exc:  # noqa: BLE001 - handed to the consumer
+                await queue.put(exc)
+
+        pumps = [asyncio.create_task(pump(link), name=f"{self.venue}-{link.number}")
+                 for link in self._links]
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, Exception):
+                    raise item
+                yield item
+        finally:
+            for task in pumps:
+                task.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
+
+    async def _link(self, link: Link) -> AsyncGenerator[list[Tick]]:
+        """One connection, reconnected after errors with backoff until the feed ends."""
         delays = self._backoff()
         at_once = True
         while True:
             if not at_once:
                 delay = next(delays)
-                log.info("%s: reconnecting in %.2fs", self.venue, delay)
+                log.info("%s: reconnecting%s in %.2fs", self.venue, link.label, delay)
                 await asyncio.sleep(delay)
             at_once = False
-            if not self._prepared:
-                await self._prepare()
-            if self._events:
-                yield []  # let the daemon take the listed markets before any price
             healthy = False
             try:
-                async with contextlib.aclosing(self._session()) as session:
+                async with contextlib.aclosing(self._session(link)) as session:
                     async for batch in session:
                         if batch:
                             healthy = True
                         yield batch
+            except Resubscribe:
+                raise
             except Exception as exc:
                 reason = classify(exc)
                 self.last_error = f"{type(exc).__name__}: {exc}"
@@ -206,14 +284,10 @@ class WebsocketFeed:
                 if reason == "message_too_big":
                     self.count(reason)
                     yield []  # so the daemon counts it now
-                if reason == "resubscribe":
-                    at_once = True
-                    log.info("%s: metadata found, connecting again to subscribe", self.venue)
-                else:
-                    log.warning("%s: connection lost (%s): %s", self.venue, reason,
-                                self.last_error)
+                log.warning("%s: connection%s lost (%s): %s", self.venue, link.label,
+                            reason, self.last_error)
             finally:
-                self._set_connected(False)
+                self._set_connected(link, False)
             if healthy:
                 delays = self._backoff()  # a connection that worked: start over
 
@@ -240,7 +314,7 @@ class WebsocketFeed:
         elif not self._prepared and time.monotonic() >= self._prepare_at:
             self._lookup = asyncio.create_task(self._prepare(), name=f"{self.venue}-metadata")
 
-    async def _session(self) -> AsyncGenerator[list[Tick]]:
+    async def _session(self, link: Link) -> AsyncGenerator[list[Tick]]:
         s = self.settings
         async with connect(
             self.url,
@@ -252,22 +326,23 @@ class WebsocketFeed:
             max_size=s.max_message_bytes,
             create_connection=HeartbeatConnection if self.heartbeat else ClientConnection,
         ) as ws:
-            self._set_connected(True)
+            self._set_connected(link, True)
             self.connections += 1
-            if self.connections > 1 and self.metrics is not None:
+            link.connections += 1
+            if link.connections > 1 and self.metrics is not None:
                 self.metrics.reconnects.labels(self.venue).inc()
-            log.info("%s: connected to %s", self.venue, self.url)
-            for subscription in self.codec.on_connect():
+            log.info("%s: connected%s to %s", self.venue, link.label, self.url)
+            for subscription in link.codec.on_connect():
                 await ws.send(subscription)
             pinger = None
             if self.ping_text and self.ping_interval_s > 0:
                 pinger = asyncio.create_task(self._ping(ws), name=f"{self.venue}-ping")
             loop = asyncio.get_running_loop()
-            watchdog = asyncio.create_task(self._watchdog(ws, s.read_timeout_s),
+            watchdog = asyncio.create_task(self._watchdog(ws, link, s.read_timeout_s),
                                            name=f"{self.venue}-read-timeout")
             try:
                 while True:
-                    self._waiting_since = loop.time()
+                    link.waiting_since = loop.time()
                     try:
                         # Bytes: the codecs' JSON parser reads (and checks) UTF-8 itself.
                         frame = await ws.recv(decode=False)
@@ -276,8 +351,8 @@ class WebsocketFeed:
                             raise SilentConnection(
                                 f"nothing received for {s.read_timeout_s:g}s") from None
                         raise
-                    self._waiting_since = None
-                    decoded = self._decode(frame)
+                    link.waiting_since = None
+                    decoded = self._decode(frame, link.codec)
                     for reply in decoded.replies:
                         await ws.send(reply)
                     batch = self._take(decoded)
@@ -292,12 +367,12 @@ class WebsocketFeed:
                             await task
                 self._lookup = None
 
-    def _decode(self, frame: str | bytes) -> Decoded:
+    def _decode(self, frame: str | bytes, codec: Codec | None = None) -> Decoded:
         """The codec's reading of one frame. A codec that raises (a bug: bad input is
         rejected by reason) costs that frame only, counted as `decode_error`, never the
         connection or the daemon."""
         try:
-            return self.codec.decode(frame, time.time())
+            return (codec or self.codec).decode(frame, time.time())
         except Exception:  # noqa: BLE001 - one hostile frame must not stop the feed
             errors = self._rejected.get("decode_error", 0) + 1
             if errors in (1, 10, 100) or errors % 1000 == 0:
@@ -314,13 +389,13 @@ class WebsocketFeed:
             return decoded.ticks
         return None
 
-    async def _watchdog(self, ws: ClientConnection, timeout: float) -> None:
+    async def _watchdog(self, ws: ClientConnection, link: Link, timeout: float) -> None:
         """The read timeout: drops the connection once a wait for a message lasted
         `timeout` seconds with no ping from the venue either (`_session` then raises
         SilentConnection). One timer per timeout period, not one per message."""
         loop = asyncio.get_running_loop()
         while True:
-            since = self._waiting_since
+            since = link.waiting_since
             if since is not None and isinstance(ws, HeartbeatConnection):
                 since = max(since, ws.pinged_at)
             silent = 0.0 if since is None else loop.time() - since

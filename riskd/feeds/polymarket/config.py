@@ -21,6 +21,10 @@ class PolymarketSettings(ConnectionSettings):
     max_message_bytes: int = Field(64 * 2**20, ge=1024)
     # best_bid_ask, new_market and market_resolved events.
     custom_feature_enabled: bool = True
+    # Tokens subscribed per connection: more are split over several connections (a
+    # market's two tokens on the same one). The market channel stops answering a
+    # connection beyond ~500 tokens (undocumented; NautilusTrader, Aug 2025).
+    assets_per_connection: int = Field(500, ge=2)
     # Markets to follow besides those of the markets file: condition ids (0x...),
     # CLOB token ids or slugs, looked up on Gamma (needs [feed] metadata = true).
     markets: list[str] = Field(default_factory=list)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
-from riskd.feeds.codec import MAX_FUTURE_S
+from riskd.feeds.codec import MAX_FUTURE_S, Codec
 from riskd.feeds.connection import WebsocketFeed
 from riskd.feeds.metadata import fetch_polymarket, listing_events, merge, split_polymarket_ids
 from riskd.feeds.polymarket.codec import PolymarketCodec
@@ -42,6 +42,29 @@ class PolymarketFeed(WebsocketFeed):
         self.cfg = settings
         self.markets = dict(markets)
         self.metadata = metadata
+
+    def codecs(self) -> list[Codec]:
+        """The markets' tokens over connections of at most `assets_per_connection`,
+        both tokens of a market on the same one (a NO price needs its YES sibling's
+        book). Built from `markets`, the feed's list, each time the feed subscribes."""
+        limit = self.cfg.assets_per_connection
+        chunks: list[list[Market]] = [[]]
+        tokens = 0
+        for market in self.markets.values():
+            n = bool(market.polymarket_yes_token) + bool(market.polymarket_no_token)
+            if tokens + n > limit and chunks[-1]:
+                chunks.append([])
+                tokens = 0
+            chunks[-1].append(market)
+            tokens += n
+        if len(chunks) == 1:
+            return [self.codec]  # bound to the same markets
+        self.codec.bind([])  # unused while split (memory); `prepare` binds it again
+        log.info("%s: %d markets over %d connections", self.venue, len(self.markets),
+                 len(chunks))
+        return [PolymarketCodec.for_markets(chunk, self.cfg.custom_feature_enabled,
+                                            self.codec.maker.max_future_s)
+                for chunk in chunks]
 
     async def prepare(self) -> None:
         if not self.metadata:
