@@ -589,6 +589,29 @@ async def test_a_failed_lookup_is_retried_while_the_feed_runs(
     await wait_until(lambda: price_is(d, listed, 0.135), what="the listed market priced")
 
 
+async def test_a_split_feed_subscribes_every_connection_again_after_a_late_lookup(
+        tmp_path: Path, in_process: Any, polymarket: PolymarketServer, rest: RestServer) -> None:
+    # Two tokens per connection: the file's market on one; once the retried lookup
+    # finds the listed market, riskd connects afresh, each market on its own.
+    listed = "0x02330ccbfc1a90b7330ed35f27fadb01b64f5e523bfaaa5329ff0da249f836c1"
+    token = next(b["asset_id"] for b in polymarket.books.values() if b["market"] == listed)
+    rest.gamma = [gamma_entry(listed, [token, "1"], "2031-06-01T12:00:00Z", "Listed")]
+    rest.failures = 1
+    doc = pm_config(tmp_path, polymarket.url, gamma_url=rest.url + "/gamma",
+                    markets=[listed], metadata_retry_s=0.2, assets_per_connection=2)
+    doc["feed"]["metadata"] = True
+    d = await in_process(doc)
+    d.start()
+    await wait_until(lambda: price_is(d, "pm-x", 0.465), what="the file's market priced")
+    await until(lambda: len(polymarket.subscriptions()) == 3, what="two more subscriptions")
+    first, *again = [frozenset(sub["assets_ids"]) for sub in polymarket.subscriptions()]
+    assert first == {PM_YES, PM_NO}
+    assert set(again) == {frozenset({PM_YES, PM_NO}), frozenset({token, "1"})}
+    await wait_until(lambda: price_is(d, listed, 0.135), what="the listed market priced")
+    await wait_until(lambda: price_is(d, "pm-x", 0.465), what="the file's market again")
+    assert await metric(d, "riskd_feed_connected", venue="polymarket") == 1
+
+
 async def test_metadata_off_uses_the_markets_file_alone(
         tmp_path: Path, in_process: Any, polymarket: PolymarketServer, rest: RestServer) -> None:
     rest.gamma = [gamma_entry(f"0x{'a' * 64}", ["55558439202698150487746672855322717857013777460"
