@@ -33,6 +33,8 @@ from riskd.feeds.kalshi.feed import KalshiFeed
 from riskd.feeds.metadata import fetch_kalshi, fetch_polymarket, merge
 from riskd.feeds.polymarket.config import PolymarketSettings
 from riskd.feeds.polymarket.feed import PolymarketFeed
+from riskd.feeds.websocket.config import WebsocketFeedSettings
+from riskd.feeds.websocket.feed import GenericWebsocketFeed
 from riskd.markets import Market
 
 PM_MARKET = "0x14002070e74acaf96f70c8dfb881586b156c814fac0c1ac417b84c6c76687d00"
@@ -662,6 +664,39 @@ async def test_generic_websocket_feed_with_a_field_mapping(tmp_path: Path,
                             reason="bad_price") == 1
         assert await metric(d, "riskd_feed_reconnects_total", venue="exchange") == 1
     finally:
+        server.drop()
+        await server.close()
+
+
+@pytest.mark.parametrize("heartbeat", [True, False])
+async def test_generic_feed_heartbeat_option(heartbeat: bool) -> None:
+    """`heartbeat = true`: an exchange's websocket pings keep its quiet stream
+    connected; by default only messages do, and the read timeout reconnects."""
+    server = GenericServer(path="/prices")
+    await server.start()
+    cfg = WebsocketFeedSettings(**{**FAST, "read_timeout_s": 0.5}, url=server.url,
+                                heartbeat=heartbeat)
+    feed = GenericWebsocketFeed(cfg)
+
+    async def consume() -> None:
+        async for _ in feed.ticks():
+            pass
+
+    reader = asyncio.create_task(consume())
+    pings = asyncio.create_task(server.heartbeat(0.1))
+    try:
+        await until(lambda: server.handshakes == 1, what="a connection")
+        await asyncio.sleep(1.6)  # three read timeouts with nothing but pings
+        if heartbeat:
+            assert server.handshakes == 1 and feed.connected
+        else:
+            assert server.handshakes >= 2
+            assert feed.last_error.startswith("SilentConnection")
+    finally:
+        for task in (pings, reader):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         server.drop()
         await server.close()
 

@@ -39,6 +39,9 @@ class WebsocketFeedSettings(ConnectionSettings):
     # An application-level ping text and its interval (0 = none).
     ping_text: str = ""
     ping_interval_s: float = Field(0.0, ge=0.0)
+    # The exchange's websocket pings are its heartbeat (it sends no message while its
+    # markets are quiet): a ping keeps the read timeout from firing, as for Kalshi.
+    heartbeat: bool = False
     # Optional renaming: the feed's market id -> riskd market id.
     market_ids: dict[str, str] = Field(default_factory=dict)
 

@@ -27,4 +27,5 @@ class GenericWebsocketFeed(WebsocketFeed):
         super().__init__(settings.venue, url or settings.url,
                          WebsocketCodec(settings, max_future_s), settings,
                          metrics, ping_text=settings.ping_text,
-                         ping_interval_s=settings.ping_interval_s, rng=rng)
+                         ping_interval_s=settings.ping_interval_s,
+                         heartbeat=settings.heartbeat, rng=rng)
