@@ -41,6 +41,8 @@ PM_MARKET = "0x14002070e74acaf96f70c8dfb881586b156c814fac0c1ac417b84c6c76687d00"
 PM_YES = "1627500284739545390204314775735988068784669364445492030335161034375823784781"
 PM_NO = "7849332184617640056758089974170387917558941201674921732369975950049491747956"
 KALSHI_TICKER = "KXBTCD-26FEB1217-T67749.99"
+# A recorded Polymarket market (condition id) that only Gamma lists in the tests.
+LISTED = "0x02330ccbfc1a90b7330ed35f27fadb01b64f5e523bfaaa5329ff0da249f836c1"
 # The test venues are silent between the messages a test sends, and a test waits for
 # the daemon between them: a read timeout within reach of a slow, loaded machine's
 # pause drops the connection under a message being sent (seen once with 2 s, Kalshi,
@@ -398,6 +400,26 @@ async def test_kalshi_signed_feed_book_ticker_and_seq_gap(
     assert kalshi.handshakes == 1  # a resubscription, not a reconnection
 
 
+@contextlib.asynccontextmanager
+async def pinged(feed: Any, venue: VenueServer, every: float = 0.1
+                 ) -> AsyncIterator[asyncio.Task[None]]:
+    """`feed` read in the background while `venue` sends nothing but websocket pings
+    (every `every` s); yields the pinging task, which a test may cancel to go silent."""
+
+    async def read() -> None:
+        async for _ in feed.ticks():
+            pass
+
+    tasks = [asyncio.create_task(read()), asyncio.create_task(venue.heartbeat(every))]
+    try:
+        yield tasks[1]
+    finally:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
 async def test_kalshi_heartbeat_keeps_a_quiet_feed_connected(
         tmp_path: Path, kalshi: KalshiServer, kalshi_key: rsa.RSAPrivateKey) -> None:
     """Kalshi sends no message while the subscribed markets are quiet, only its
@@ -407,14 +429,7 @@ async def test_kalshi_heartbeat_keeps_a_quiet_feed_connected(
                          private_key_path=write_key(tmp_path, kalshi_key))
     market = Market(id="k-btc", resolves_at=1.9e9, event_at=1.9e9, kalshi_ticker=KALSHI_TICKER)
     feed = KalshiFeed(cfg, {"k-btc": market}, metadata=False)
-
-    async def consume() -> None:
-        async for _ in feed.ticks():
-            pass
-
-    reader = asyncio.create_task(consume())
-    heartbeat = asyncio.create_task(kalshi.heartbeat(0.1))
-    try:
+    async with pinged(feed, kalshi) as heartbeat:
         await until(lambda: len(kalshi.book_sids) == 1, what="the book subscription")
         await asyncio.sleep(1.6)  # three read timeouts with nothing but the venue's pings
         assert kalshi.handshakes == 1 and feed.connections == 1 and feed.connected
@@ -422,11 +437,6 @@ async def test_kalshi_heartbeat_keeps_a_quiet_feed_connected(
         heartbeat.cancel()  # now the venue says nothing at all
         await until(lambda: kalshi.handshakes == 2, what="a reconnection of the silent feed")
         assert feed.last_error.startswith("SilentConnection")
-    finally:
-        for task in (heartbeat, reader):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
 
 async def test_kalshi_wrong_key_is_fatal(tmp_path: Path, in_process: Any,
@@ -527,7 +537,7 @@ async def test_metadata_pagination_and_a_malformed_entry(rest: RestServer) -> No
 async def test_polymarket_markets_from_gamma_join_the_markets_file(
         tmp_path: Path, in_process: Any, polymarket: PolymarketServer, rest: RestServer) -> None:
     books = {b["market"]: b["asset_id"] for b in polymarket.books.values()}
-    listed = "0x02330ccbfc1a90b7330ed35f27fadb01b64f5e523bfaaa5329ff0da249f836c1"
+    listed = LISTED
     undated = "0x7dbfab3a92a6a9218b2c8cd98b39c7c1bc5c6ba69e62b5636a52098993c3a7de"
     rest.gamma = [
         # pm-x is in the markets file: its resolution time there wins over endDate.
@@ -569,17 +579,24 @@ async def test_polymarket_markets_from_gamma_join_the_markets_file(
     await wait_until(lambda: price_is(d, listed, 0.135), what="a listed market priced")
 
 
-async def test_a_failed_lookup_is_retried_while_the_feed_runs(
-        tmp_path: Path, in_process: Any, polymarket: PolymarketServer, rest: RestServer) -> None:
-    listed = "0x02330ccbfc1a90b7330ed35f27fadb01b64f5e523bfaaa5329ff0da249f836c1"
-    token = next(b["asset_id"] for b in polymarket.books.values() if b["market"] == listed)
-    rest.gamma = [gamma_entry(listed, [token, "1"], "2031-06-01T12:00:00Z", "Listed")]
+async def late_lookup(tmp_path: Path, in_process: Any, polymarket: PolymarketServer,
+                      rest: RestServer, **polymarket_cfg: Any) -> tuple[InProcessDaemon, str]:
+    """A daemon following pm-x from its markets file and LISTED from Gamma, whose first
+    answer fails: started; returns it and LISTED's (recorded) token."""
+    token = next(b["asset_id"] for b in polymarket.books.values() if b["market"] == LISTED)
+    rest.gamma = [gamma_entry(LISTED, [token, "1"], "2031-06-01T12:00:00Z", "Listed")]
     rest.failures = 1
     doc = pm_config(tmp_path, polymarket.url, gamma_url=rest.url + "/gamma",
-                    markets=[listed], metadata_retry_s=0.2)
+                    markets=[LISTED], metadata_retry_s=0.2, **polymarket_cfg)
     doc["feed"]["metadata"] = True
     d = await in_process(doc)
     d.start()
+    return d, token
+
+
+async def test_a_failed_lookup_is_retried_while_the_feed_runs(
+        tmp_path: Path, in_process: Any, polymarket: PolymarketServer, rest: RestServer) -> None:
+    d, token = await late_lookup(tmp_path, in_process, polymarket, rest)
     # Gamma is down: prices from the markets file's market meanwhile.
     await wait_until(lambda: price_is(d, "pm-x", 0.465), what="the file's market priced")
     assert polymarket.subscriptions()[0]["assets_ids"] == sorted([PM_YES, PM_NO])
@@ -588,28 +605,21 @@ async def test_a_failed_lookup_is_retried_while_the_feed_runs(
     # The retry finds the listed market; riskd subscribes again, with its token.
     await until(lambda: len(polymarket.subscriptions()) == 2, what="a second subscription")
     assert token in polymarket.subscriptions()[1]["assets_ids"]
-    await wait_until(lambda: price_is(d, listed, 0.135), what="the listed market priced")
+    await wait_until(lambda: price_is(d, LISTED, 0.135), what="the listed market priced")
 
 
 async def test_a_split_feed_subscribes_every_connection_again_after_a_late_lookup(
         tmp_path: Path, in_process: Any, polymarket: PolymarketServer, rest: RestServer) -> None:
     # Two tokens per connection: the file's market on one; once the retried lookup
     # finds the listed market, riskd connects afresh, each market on its own.
-    listed = "0x02330ccbfc1a90b7330ed35f27fadb01b64f5e523bfaaa5329ff0da249f836c1"
-    token = next(b["asset_id"] for b in polymarket.books.values() if b["market"] == listed)
-    rest.gamma = [gamma_entry(listed, [token, "1"], "2031-06-01T12:00:00Z", "Listed")]
-    rest.failures = 1
-    doc = pm_config(tmp_path, polymarket.url, gamma_url=rest.url + "/gamma",
-                    markets=[listed], metadata_retry_s=0.2, assets_per_connection=2)
-    doc["feed"]["metadata"] = True
-    d = await in_process(doc)
-    d.start()
+    d, token = await late_lookup(tmp_path, in_process, polymarket, rest,
+                                 assets_per_connection=2)
     await wait_until(lambda: price_is(d, "pm-x", 0.465), what="the file's market priced")
     await until(lambda: len(polymarket.subscriptions()) == 3, what="two more subscriptions")
     first, *again = [frozenset(sub["assets_ids"]) for sub in polymarket.subscriptions()]
     assert first == {PM_YES, PM_NO}
     assert set(again) == {frozenset({PM_YES, PM_NO}), frozenset({token, "1"})}
-    await wait_until(lambda: price_is(d, listed, 0.135), what="the listed market priced")
+    await wait_until(lambda: price_is(d, LISTED, 0.135), what="the listed market priced")
     await wait_until(lambda: price_is(d, "pm-x", 0.465), what="the file's market again")
     assert await metric(d, "riskd_feed_connected", venue="polymarket") == 1
 
@@ -677,26 +687,16 @@ async def test_generic_feed_heartbeat_option(heartbeat: bool) -> None:
     cfg = WebsocketFeedSettings(**{**FAST, "read_timeout_s": 0.5}, url=server.url,
                                 heartbeat=heartbeat)
     feed = GenericWebsocketFeed(cfg)
-
-    async def consume() -> None:
-        async for _ in feed.ticks():
-            pass
-
-    reader = asyncio.create_task(consume())
-    pings = asyncio.create_task(server.heartbeat(0.1))
     try:
-        await until(lambda: server.handshakes == 1, what="a connection")
-        await asyncio.sleep(1.6)  # three read timeouts with nothing but pings
-        if heartbeat:
-            assert server.handshakes == 1 and feed.connected
-        else:
-            assert server.handshakes >= 2
-            assert feed.last_error.startswith("SilentConnection")
+        async with pinged(feed, server):
+            await until(lambda: server.handshakes == 1, what="a connection")
+            await asyncio.sleep(1.6)  # three read timeouts with nothing but pings
+            if heartbeat:
+                assert server.handshakes == 1 and feed.connected
+            else:
+                assert server.handshakes >= 2
+                assert feed.last_error.startswith("SilentConnection")
     finally:
-        for task in (pings, reader):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
         server.drop()
         await server.close()
 
