@@ -75,31 +75,28 @@ def decoding(repeat: int, markets: int = 10_000, frames: int = 200_000) -> None:
                 for k in range(markets + frames)]
     warm, timed = payloads[:markets], payloads[markets:]
     received = ts_s + len(payloads)
-    ticks: list[int] = []
 
     def parse() -> None:
         for p in timed:
             orjson.loads(p)
 
-    def decode() -> None:
+    def decode() -> tuple[float, int]:
+        """Seconds for the timed frames, on a fresh codec whose books `warm` made; ticks."""
         codec = PolymarketCodec.for_markets(bound)
         for p in warm:
             codec.decode(p, received)
         started = time.perf_counter()
-        n = 0
+        ticks = 0
         for p in timed:
-            n += len(codec.decode(p, received).ticks)
-        ticks.append(n)
-        times.append(time.perf_counter() - started)
+            ticks += len(codec.decode(p, received).ticks)
+        return time.perf_counter() - started, ticks
 
-    times: list[float] = []
-    for _ in range(repeat):
-        decode()
+    runs = [decode() for _ in range(repeat)]
     print(f"{'what':<48} {'frames':>8} {'seconds':>8} {'us/frame':>10}")
     for what, seconds in (("orjson.loads, bench frames", best_of(repeat, parse)),
-                          ("polymarket codec decode, parse included", min(times))):
+                          ("polymarket codec decode, parse included", min(runs)[0])):
         print(f"{what:<48} {frames:>8} {seconds:>8.3f} {seconds / frames * 1e6:>10.2f}")
-    print(f"  ({ticks[-1]:,} ticks; {markets:,} markets)", flush=True)
+    print(f"  ({runs[-1][1]:,} ticks; {markets:,} markets)", flush=True)
 
 
 def main() -> None:
