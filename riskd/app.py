@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry
 from riskd import heap
 from riskd.config import ConfigError, Settings, load_settings
 from riskd.engine import Engine, compile_kernels
-from riskd.feeds.base import EventSource, Feed, MarketEvent
+from riskd.feeds.base import EventSource, Feed, LivenessSource, MarketEvent
 from riskd.feeds.replay import ReplayFeed
 from riskd.markets import Market, load_markets, parse_markets
 from riskd.metrics import Metrics
@@ -152,8 +152,15 @@ class Daemon:
         reasons = []
         now = self.now()
         g = self.settings.governor
-        if not math.isfinite(now) or not (now - self.engine.now < g.stale_after_s):
+        live = [f for f in self.feeds if isinstance(f, LivenessSource)]
+        if not live and (not math.isfinite(now) or not (now - self.engine.now < g.stale_after_s)):
             reasons.append("feed_stale")
+        for feed in live:
+            # Per venue: one silent venue makes the daemon unready for its markets.
+            if not getattr(feed, "connected", True):
+                reasons.append(f"feed_down:{feed.venue}")
+            elif not (now - getattr(feed, "heard_at", math.nan) < g.stale_after_s):
+                reasons.append(f"feed_stale:{feed.venue}")
         if self.seq == 0:
             reasons.append("nothing_published")
         reasons += [f"publisher_failing:{p.name}" for p in self.publishers if not p.healthy()]
@@ -236,6 +243,9 @@ class Daemon:
         for tally in self._tallies.values():
             self._flush_tally(tally)
         started = time.perf_counter()
+        for feed in self.feeds:
+            if isinstance(feed, LivenessSource):
+                self.engine.confirm(feed.take_liveness())
         result = self.engine.cycle(now)
         self.metrics.cycle.observe(time.perf_counter() - started)
         self.metrics.markets.set(len(self.engine))

@@ -108,6 +108,12 @@ class ModelSettings(Section):
     confidence: float = Field(0.99, gt=0.5, lt=1.0)
     liquidation_horizon_s: float = Field(300.0, gt=0.0)
     k_liquidity: float = Field(3.0, ge=0.0)
+    # Liquidity from the book (docs/model.md section 4): the reference position, in
+    # quote currency, that a liquidation must unwind through the depth within
+    # max_slippage of the mid (per market: `liquidation_notional` in the markets
+    # file), and the time the book takes to rebuild that depth once taken.
+    liquidation_notional: float = Field(10_000.0, gt=0.0)
+    book_refill_s: float = Field(300.0, ge=0.0)
     default_tau_s: float = Field(2_592_000.0, gt=0.0)
     h_min_s: float = Field(60.0, gt=0.0)
     eps: float = Field(1e-4, gt=0.0, lt=0.01)

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from riskd.config import Settings
-from riskd.feeds.base import MAX_DEPTH, Tick
+from riskd.feeds.base import MAX_DEPTH, Liveness, Tick
 from riskd.markets import Market
 from riskd.model import estimator, governor, parameters
 from riskd.model.governor import MODES, Conditions, GovernorState
@@ -87,6 +87,20 @@ class Engine:
         self.published = np.zeros(0, bool)
         self.published_inputs = np.zeros((0, len(INPUTS)))
         self.current = PublishedSets(self)
+        # Freshness from the venue (docs/model.md section 5): per market, the live
+        # connection (session) it was last heard on (-1: none, a tape's rule then: a
+        # row is the confirmation), when a message about it last arrived, whether its
+        # book arrived as a snapshot on that session (then every sign of the session's
+        # life confirms its price) and since when, and whether that book broke (a
+        # sequence gap: stale until the next snapshot). Per session, its last sign of
+        # life (nan once it ended).
+        self.link = np.zeros(0, np.int64)
+        self.heard_t = np.zeros(0)
+        self.booked = np.zeros(0, bool)
+        self.book_since = np.zeros(0)
+        self.broken = np.zeros(0, bool)
+        self.life = np.full(16, np.nan)
+        self.notional = np.zeros(0)  # the reference position (section 4)
         self.overrides = {}  # market id -> admin override
         self.now = float("-inf")  # the latest event time seen
         # Ticks taken since the last cycle (`enqueue`), applied in one pass by `flush`,
@@ -116,7 +130,7 @@ class Engine:
             return default if value is None else value
 
         columns: dict[str, list[float]] = {name: [] for name in (
-            "event_t", "resolve_t", "max_leverage", "max_slippage", "fee_floor")}
+            "event_t", "resolve_t", "max_leverage", "max_slippage", "fee_floor", "notional")}
         for k, (market_id, meta) in enumerate(markets, first):
             if meta is None:
                 self.discovered += 1
@@ -133,6 +147,8 @@ class Engine:
                                                lim.max_slippage))
             columns["fee_floor"].append(opt(meta.fee_floor_hourly if meta else None,
                                             lim.fee_floor_hourly))
+            columns["notional"].append(opt(meta.liquidation_notional if meta else None,
+                                           self.settings.model.liquidation_notional))
         k = len(markets)
         for name, values in columns.items():
             setattr(self, name, np.concatenate([getattr(self, name), values]))
@@ -143,6 +159,11 @@ class Engine:
         self.published = np.concatenate([self.published, np.zeros(k, bool)])
         self.published_inputs = np.concatenate([self.published_inputs,
                                                 np.full((k, len(INPUTS)), np.nan)])
+        self.link = np.concatenate([self.link, np.full(k, -1, np.int64)])
+        self.heard_t = np.concatenate([self.heard_t, np.full(k, np.nan)])
+        self.booked = np.concatenate([self.booked, np.zeros(k, bool)])
+        self.book_since = np.concatenate([self.book_since, np.full(k, np.nan)])
+        self.broken = np.concatenate([self.broken, np.zeros(k, bool)])
         return first
 
     @property
@@ -190,8 +211,78 @@ class Engine:
                                     else lim.max_slippage)
             ff = meta.fee_floor_hourly if meta else None
             self.fee_floor[i] = lim.fee_floor_hourly if ff is None else ff
+            ln = meta.liquidation_notional if meta else None
+            self.notional[i] = settings.model.liquidation_notional if ln is None else ln
         self.settings = settings
         self.invalidate()
+
+    def confirm(self, live: Liveness) -> None:
+        """What a live feed heard since its last report (riskd/feeds/base.py Liveness):
+        markets it heard of, books that arrived or broke, depth changes, and the life
+        of its sessions. Markets whose freshness or depth changed are evaluated at the
+        next cycle."""
+        if live.sessions or live.ended:
+            top = max(max(live.sessions, default=-1), max(live.ended, default=-1))
+            if top >= len(self.life):
+                grown = np.full(max(2 * len(self.life), top + 1), np.nan)
+                grown[:len(self.life)] = self.life
+                self.life = grown
+            for session, life in live.sessions.items():
+                self.life[session] = life
+            if live.ended:
+                ended = np.asarray(live.ended, np.int64)
+                self.life[ended] = np.nan
+                self.due_t[np.isin(self.link, ended)] = -np.inf  # stale at once
+        index = self.index
+        if live.heard:
+            i, sid, t = self._rows(live.heard)
+            moved = self.link[i] != sid
+            self.booked[i[moved]] = False  # a book belongs to the session it came on
+            self.link[i] = sid
+            self.heard_t[i] = np.fmax(self.heard_t[i], t)
+        if live.books:
+            i, sid, t = self._rows(live.books)
+            broke = sid < 0
+            self.broken[i] = broke
+            self.booked[i] = ~broke
+            self.link[i] = np.where(broke, self.link[i], sid)
+            self.book_since[i] = np.where(broke, np.nan, t)
+            self.heard_t[i] = np.where(broke, self.heard_t[i], np.fmax(self.heard_t[i], t))
+            self.due_t[i] = -np.inf
+        if live.depths:
+            known = [(index[m], d) for m, d in live.depths.items() if m in index]
+            if known:
+                rows = np.fromiter((k for k, _ in known), np.int64, len(known))
+                self.est.depth[rows] = np.fromiter((d for _, d in known), np.float64,
+                                                   len(known))
+                self.due_t[rows] = -np.inf
+
+    def _rows(self, table: Mapping[str, tuple[int, float]]
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(rows, sessions, times) of a {market: (session, time)} report, known markets only."""
+        index = self.index
+        known = [(index[m], sid, t) for m, (sid, t) in table.items() if m in index]
+        n = len(known)
+        return (np.fromiter((k[0] for k in known), np.int64, n),
+                np.fromiter((k[1] for k in known), np.int64, n),
+                np.fromiter((k[2] for k in known), np.float64, n))
+
+    def freshness(self, idx: Index = ALL) -> tuple[np.ndarray, np.ndarray | None]:
+        """(confirmed_t, live_book) of markets `idx` (section 5, freshness): when each
+        price was last confirmed (nan: not at all, e.g. its connection is down or its
+        book broke), and whether its book is held on a live connection. Markets never
+        heard on a live connection (a tape): the last tick, and None."""
+        link = self.link[idx]
+        t = self.est.t[idx]
+        live = link >= 0
+        if not live.any():
+            return t, None
+        life = self.life[np.maximum(link, 0)]
+        up = live & ~np.isnan(life) & ~self.broken[idx]
+        booked = self.booked[idx] & up
+        heard = np.fmax(self.heard_t[idx], t)
+        confirmed = np.where(booked, np.fmax(heard, life), heard)
+        return np.where(live, np.where(up, confirmed, np.nan), t), booked
 
     def ingest(self, ticks: list[Tick], now: float | None = None) -> IngestResult:
         """Apply ticks in order, at once (`enqueue` then `flush`)."""
@@ -280,8 +371,13 @@ class Engine:
         cfg = self.settings.model
         state = self._estimator_at(idx, est)
         warm = (state.ticks >= cfg.warmup_ticks) & (now - self.first_t[idx] >= cfg.warmup_s)
+        confirmed, booked = (state.t, None) if est is not None else self.freshness(idx)
+        if booked is not None:
+            # A book snapshot and warmup_s of confirmed liveness: warm, however seldom
+            # its top moved (section 5).
+            warm |= booked & (state.ticks >= 1) & (now - self.book_since[idx] >= cfg.warmup_s)
         return Conditions(
-            last_tick_t=state.t,
+            last_tick_t=confirmed,
             last_jump_t=state.last_jump_t,
             event_t=self.event_t[idx],
             resolve_t=self.resolve_t[idx],
@@ -336,8 +432,10 @@ class Engine:
 
     def inputs_at(self, now: float | np.ndarray, idx: Index = ALL,
                   est: estimator.EstimatorState | None = None) -> parameters.RiskInputs:
+        confirmed, booked = (None, None) if est is not None else self.freshness(idx)
         return parameters.risk_inputs(self._estimator_at(idx, est), now, self.event_t[idx],
-                                      self.settings.model)
+                                      self.settings.model, confirmed, booked,
+                                      self.notional[idx])
 
     def targets(self, now: float | np.ndarray, idx: Index = ALL, detail: bool = False,
                 est: estimator.EstimatorState | None = None
@@ -413,8 +511,12 @@ class Engine:
     def _schedule(self, now: float, rows: np.ndarray, cond: Conditions) -> None:
         """After evaluating `rows` at `now`: when each must be evaluated again."""
         cfg = self.settings.model
-        warm_at = np.where(self.est.ticks[rows] >= cfg.warmup_ticks,
-                           self.first_t[rows] + cfg.warmup_s, np.nan)
+        ticks = self.est.ticks[rows]
+        warm_at = np.where(ticks >= cfg.warmup_ticks, self.first_t[rows] + cfg.warmup_s, np.nan)
+        _, booked = self.freshness(rows)
+        if booked is not None:
+            warm_at = np.fmin(warm_at, np.where(booked & (ticks >= 1),
+                                                self.book_since[rows] + cfg.warmup_s, np.nan))
         gov = _take(self.gov, rows)
         self.due_t[rows] = governor.next_change(gov, self.settings.governor, now, cond, warm_at,
                                                 rows)

@@ -68,6 +68,21 @@ def explain(engine: Engine, market: str, now: float) -> dict[str, Any] | None:
         "p": _num(inp.p[0]), "tau_s": _num(inp.tau[0]), "sigma": _num(inp.sigma[0]),
         "lambda": _num(inp.lam[0]), "J": _num(inp.J[0]), "gap_s": _num(inp.gap[0]),
         "h_s": _num(inp.h[0]), "half_spread": _num(inp.half_spread[0]),
+        # Liquidity (docs/model.md section 4): the depth used, the horizon without the
+        # book's share, and what set h.
+        "depth": _num(inp.depth[0]) if inp.depth is not None else None,
+        "h0_s": _num(inp.h0[0]) if inp.h0 is not None else None,
+        "book_ratio": _num(inp.book_ratio[0]) if inp.book_ratio is not None else None,
+        "horizon": _horizon_reason(engine, inp, i),
+    }
+    confirmed, booked = engine.freshness(idx)
+    doc["freshness"] = {
+        "confirmed_at": _time(confirmed[0]),
+        "live_book": bool(booked[0]) if booked is not None else False,
+        "rule": ("a book held on a live connection: confirmed by every sign of the "
+                 "connection's life" if booked is not None and booked[0] else
+                 "confirmed by messages about the market" if engine.link[i] >= 0 else
+                 "a tape: each row confirms the price"),
     }
     sides: dict[str, Any] = {}
     for s, side in enumerate(SIDES):
@@ -228,3 +243,20 @@ def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
     return str(v)
+
+
+def _horizon_reason(engine: Engine, inp: Any, i: int) -> str:
+    """Why h is what it is (docs/model.md section 4)."""
+    cfg = engine.settings.model
+    h = float(inp.h[0])
+    h0 = h if inp.h0 is None else float(inp.h0[0])
+    depth = math.nan if inp.depth is None else float(inp.depth[0])
+    if h > h0:
+        return (f"a thin book: {depth:g} shares within max_slippage of the mid, against a "
+                f"reference position of {float(engine.notional[i]):g} (book_ratio > 1): "
+                f"the rest waits for the book to refill (book_refill_s each)")
+    if h > cfg.liquidation_horizon_s:
+        return "sparse prices: k_liquidity times the gap between confirmations"
+    if math.isfinite(depth):
+        return "the book covers the reference position: the base horizon"
+    return "the base horizon (liquidation_horizon_s)"

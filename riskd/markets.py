@@ -36,6 +36,9 @@ class Market:
     max_leverage: float | None = None
     max_slippage: float | None = None
     fee_floor_hourly: float | None = None
+    # The reference position whose unwind through the book sets the liquidation
+    # horizon ([model] liquidation_notional when None; docs/model.md section 4).
+    liquidation_notional: float | None = None
 
 
 def _unix(value: Any) -> float:
@@ -80,6 +83,7 @@ class MarketEntry(_Limits):
     polymarket_yes_token: str | None = None
     polymarket_no_token: str | None = None
     kalshi_ticker: str | None = None
+    liquidation_notional: float | None = Field(default=None, gt=0, strict=True)
     limits: _Limits | None = None
 
     @field_validator("id")
@@ -131,6 +135,7 @@ class MarketEntry(_Limits):
             polymarket_yes_token=self.polymarket_yes_token,
             polymarket_no_token=self.polymarket_no_token,
             kalshi_ticker=self.kalshi_ticker,
+            liquidation_notional=self.liquidation_notional,
             **limits,
         )
 

@@ -19,6 +19,19 @@ from riskd.model.parameters import SIDES
 if TYPE_CHECKING:
     from riskd.engine import Engine
 
+# Every rejection reason a feed or the engine's boundary can count (the codecs, the
+# connection shell, riskd/engine.py check_tick, the tape reader): each venue's series
+# exist at 0 from its start, so `rate()` in the dashboard and the alerts reads 0, not
+# "no data".
+REJECT_REASONS = (
+    "bad_json", "bad_message", "bad_number", "bad_price", "bad_size", "bad_timestamp",
+    "bad_tick_size", "crossed_book", "future_ts", "out_of_order", "unknown_asset",
+    "unknown_event", "unknown_ticker", "venue_error", "seq_gap", "decode_error",
+    "message_too_big", "metadata_unavailable", "metadata_bad_entry", "bad_ts",
+    "bad_bid_ask", "bad_depth", "bad_market", "unknown_market", "discover_limit",
+)
+# Publish results by publisher: the same, for `riskd_publishes_total`.
+PUBLISH_RESULTS = ("ok", "retry", "rejected", "error", "slow_consumer")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -108,6 +121,8 @@ class Metrics:
             children = _FeedChildren(self.ticks.labels(venue), self.feed_connected.labels(venue),
                                      self.feed_lag.labels(venue), self.feed_last.labels(venue))
             self.reconnects.labels(venue)
+            for reason in REJECT_REASONS:
+                self.rejected.labels(venue, reason)
             self._feeds[venue] = children
         return children
 
@@ -127,6 +142,8 @@ class Metrics:
         for name in names:
             self.circuit_open.labels(name).set(0)
             self.publish_latency.labels(name)
+            for result in PUBLISH_RESULTS:
+                self.publishes.labels(name, result)
 
     def published(self, publisher: str, result: str, latency_s: float | None) -> None:
         self.publishes.labels(publisher, result).inc()

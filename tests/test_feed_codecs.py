@@ -273,7 +273,9 @@ def test_kalshi_book_snapshot_then_deltas_cents_and_dollars() -> None:
     tick = one_tick(codec.decode(lines[1], arrived).ticks)  # snapshot in cents
     assert tick.market == "k-" + ticker and tick.ts == arrived  # no ts yet: arrival time
     assert (tick.bid, tick.ask) == (0.57, 0.59)  # YES ask = 1 - best NO bid
-    assert tick.depth == 250
+    # Depth within max_slippage (0.05) of the mid 0.58: YES bids 55+57 (350), NO bids
+    # 40+41 (380); the thinner side counts.
+    assert tick.depth == 350
     tick = one_tick(codec.decode(lines[2], arrived + 1).ticks)  # +50 YES at 58 cents
     assert tick.bid == 0.58 and tick.ts == 1770897990  # the venue's `ts`
     tick = one_tick(codec.decode(lines[3], arrived + 2).ticks)  # NO 0.41 gone (delta_fp)
@@ -281,7 +283,7 @@ def test_kalshi_book_snapshot_then_deltas_cents_and_dollars() -> None:
     tick = one_tick(codec.decode(lines[4], arrived + 3).ticks)  # snapshot in _dollars_fp
     assert (tick.bid, tick.ask) == (0.77, 0.78)
     assert tick.ts == 1770897991.25  # no ts: the venue's clock so far
-    assert tick.depth == 25.0
+    assert tick.depth == 35.0  # YES 10 + 25 within 0.05 of 0.775; NO 40
 
 
 def test_kalshi_seq_gap_resubscribes_and_waits_for_a_new_snapshot() -> None:

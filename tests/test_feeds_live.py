@@ -274,26 +274,17 @@ async def test_silent_venue_goes_fail_safe_then_recovers(tmp_path: Path, in_proc
             entry = await params(d, "pm-x")
             status, body = await d.get_json("/readyz")
             return (entry is not None and "stale_feed" not in entry["reasons"]
-                    and "feed_stale" not in body["reasons"])
+                    and not [r for r in body["reasons"] if r.startswith("feed_")])
 
         await wait_until(live, what="fresh data")
 
-        # The venue stops sending prices but keeps the connection (it answers PINGs).
+        # The venue stops sending prices but keeps the connection (it answers PINGs):
+        # the book it sent on this connection still holds, so the market stays live
+        # (issue: order-book venues; tests/test_freshness.py covers it at length).
         streaming.clear()
         polymarket.talking = False
-
-        async def fail_safe() -> bool:
-            entry = await params(d, "pm-x")
-            return entry is not None and "stale_feed" in entry["reasons"]
-
-        await wait_until(fail_safe, what="fail-safe values")
-        waited = time.monotonic() - last_sent[0]
-        assert waited <= STALE_AFTER_S + CYCLE_S + 0.75, waited
-        entry = await params(d, "pm-x")
-        assert entry is not None and entry["mode"] == "reduce_only"
-        assert entry["max_leverage"] == {"long": 1.0, "short": 1.0}
-        status, body = await d.get_json("/readyz")
-        assert status == 503 and "feed_stale" in body["reasons"]
+        await asyncio.sleep(2 * STALE_AFTER_S)
+        assert await live()
         assert polymarket.handshakes == 1  # the PONGs keep the connection
 
         # Now the venue stops answering PINGs too: the read timeout drops the silent
@@ -309,6 +300,17 @@ async def test_silent_venue_goes_fail_safe_then_recovers(tmp_path: Path, in_proc
         polymarket.on_frame = mute  # type: ignore[method-assign]
         heartbeat = asyncio.create_task(polymarket.heartbeat(0.1))
         try:
+            async def fail_safe() -> bool:
+                entry = await params(d, "pm-x")
+                return entry is not None and "stale_feed" in entry["reasons"]
+
+            await wait_until(fail_safe, what="fail-safe values")
+            entry = await params(d, "pm-x")
+            assert entry is not None and entry["mode"] == "reduce_only"
+            assert entry["max_leverage"] == {"long": 1.0, "short": 1.0}
+            status, body = await d.get_json("/readyz")
+            assert status == 503 and {"feed_stale:polymarket", "feed_down:polymarket"} & \
+                set(body["reasons"]), body
             await until(lambda: polymarket.handshakes >= 2, what="a reconnect after silence")
         finally:
             heartbeat.cancel()
@@ -319,7 +321,7 @@ async def test_silent_venue_goes_fail_safe_then_recovers(tmp_path: Path, in_proc
         streaming.set()
         await wait_until(live, what="recovery")
         status, body = await d.get_json("/readyz")
-        assert "feed_stale" not in body["reasons"]
+        assert not [r for r in body["reasons"] if r.startswith("feed_")], body
         assert (await metric(d, "riskd_feed_reconnects_total", venue="polymarket") or 0) >= 1
     finally:
         streamer.cancel()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MemberDescriptorType
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
@@ -103,4 +103,29 @@ class EventSource(Protocol):
 
     def take_events(self) -> list[MarketEvent]:
         """The events received since the last call, in arrival order."""
+        ...
+
+
+@dataclass
+class Liveness:
+    """What a live feed heard since its last report, for freshness (docs/model.md
+    section 5): a market's price is confirmed by any message about it and, when its
+    book arrived as a snapshot on a connection, by every sign of that connection's
+    life. Sessions are connections, numbered uniquely in the process."""
+
+    heard: dict[str, tuple[int, float]] = field(default_factory=dict)  # market -> (session, t)
+    # market -> (session, t) of a book snapshot; session -1: its book broke (a
+    # sequence gap), stale until the next snapshot.
+    books: dict[str, tuple[int, float]] = field(default_factory=dict)
+    depths: dict[str, float] = field(default_factory=dict)  # shares within the band
+    sessions: dict[int, float] = field(default_factory=dict)  # live session -> last life
+    ended: list[int] = field(default_factory=list)  # sessions closed since the last report
+
+
+@runtime_checkable
+class LivenessSource(Protocol):
+    """A feed that reports freshness (the live feeds)."""
+
+    def take_liveness(self) -> Liveness:
+        """What was heard since the last call."""
         ...

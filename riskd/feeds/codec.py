@@ -46,12 +46,23 @@ class Decoded:
     events: list[MarketEvent] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)
     replies: list[str] = field(default_factory=list)  # frames to send back
+    # Freshness (docs/model.md section 5): markets a message was about, markets whose
+    # book arrived as a snapshot, markets whose book broke (stale until the next
+    # snapshot), and depth changes that came without a tick.
+    heard: list[str] = field(default_factory=list)
+    books: list[str] = field(default_factory=list)
+    broken: list[str] = field(default_factory=list)
+    depths: dict[str, float] = field(default_factory=dict)
 
     def extend(self, other: Decoded) -> None:
         self.ticks += other.ticks
         self.events += other.events
         self.rejected += other.rejected
         self.replies += other.replies
+        self.heard += other.heard
+        self.books += other.books
+        self.broken += other.broken
+        self.depths.update(other.depths)
 
 
 class Codec(Protocol):
@@ -155,6 +166,36 @@ def ms_time(value: Any) -> float:
     return x / 1000.0
 
 
+# The depth that counts for a liquidation: what lies within this much of the mid
+# (`[limits] max_slippage`, per market `max_slippage` in the markets file).
+DEFAULT_BAND = 0.05
+# A depth change without a tick is reported when it moves by more than this share:
+# the horizon depends on depth smoothly, and a book's small churn is not news.
+DEPTH_CHANGE = 0.05
+
+
+def band_depth(levels: dict[float, float], edge: float, bids: bool) -> float:
+    """Shares on one side at or inside `edge` (bids at or above it, asks at or below)."""
+    if bids:
+        return sum([q for price, q in levels.items() if price >= edge])
+    return sum([q for price, q in levels.items() if price <= edge])
+
+
+def book_depth(bid: float | None, ask: float | None, bids: dict[float, float],
+               asks: dict[float, float], band: float) -> float | None:
+    """Depth within `band` of the mid, in shares: the thinner side's, since a long
+    position leaves through the bids and a short one through the asks. 0 when a side
+    is empty (nothing to unwind into); None when neither side is known."""
+    if bid is None and ask is None:
+        return None
+    if bid is None or ask is None:
+        return 0.0
+    mid = 0.5 * (bid + ask)
+    # A hair of tolerance: decimal prices on a binary grid (0.45 + 0.05 is 0.5000...01).
+    return min(band_depth(bids, mid - band - 1e-9, True),
+               band_depth(asks, mid + band + 1e-9, False))
+
+
 @dataclass(slots=True)
 class Quote:
     """The top of one market's YES book: what a tick is made of."""
@@ -174,6 +215,7 @@ class TickMaker:
                  ) -> None:
         self._last_quote: dict[str, tuple[float | None, float | None]] = {}
         self._last_ts: dict[str, float] = {}
+        self._last_depth: dict[str, float] = {}
         self.max_future_s = max_future_s
         self.max_markets = max_markets
         self.received = math.inf  # arrival (wall) time of the frame being decoded
@@ -181,17 +223,35 @@ class TickMaker:
     def reset(self) -> None:
         """A new connection: the first quote of each market is news again."""
         self._last_quote.clear()
+        self._last_depth.clear()
 
     def forget(self, market: str) -> None:
         self._last_quote.pop(market, None)
+        self._last_depth.pop(market, None)
 
     def quote(self, market: str, ts: float, quote: Quote, last: float | None,
               out: Decoded) -> None:
         """A book update: a tick if the best bid or ask changed."""
         key = (quote.bid, quote.ask)
         if self._last_quote.get(market) == key:
+            self.depth(market, quote.depth, out)
             return
         self._emit(market, ts, quote, last, out, key)
+
+    def depth(self, market: str, depth: float | None, out: Decoded) -> None:
+        """The book changed below its top: report the depth if it moved materially
+        (not a tick: the price did not move, and the estimator must not see a zero
+        move each time an order rests at another level)."""
+        if depth is None or not 0.0 <= depth <= MAX_DEPTH:
+            return
+        prev = self._last_depth.get(market)
+        if prev is not None and abs(depth - prev) <= DEPTH_CHANGE * prev and \
+                (depth > 0.0) == (prev > 0.0):
+            return
+        if prev is None and market not in self._last_quote:
+            return  # no price yet: the first tick carries it
+        self._last_depth[market] = depth
+        out.depths[market] = depth
 
     def trade(self, market: str, ts: float, price: float, quote: Quote | None,
               out: Decoded) -> None:
@@ -235,6 +295,9 @@ class TickMaker:
             oldest = next(iter(self._last_ts))
             del self._last_ts[oldest]
             self._last_quote.pop(oldest, None)
+            self._last_depth.pop(oldest, None)
         self._last_ts[market] = ts
         self._last_quote[market] = key
+        if q.depth is not None:
+            self._last_depth[market] = q.depth
         out.ticks.append(make_tick(market, ts, price, bid, ask, q.depth))

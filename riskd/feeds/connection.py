@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import math
 import random
@@ -33,7 +34,7 @@ from websockets.exceptions import (
 from websockets.frames import Frame, Opcode
 
 from riskd.backoff import backoff
-from riskd.feeds.base import MarketEvent, Tick
+from riskd.feeds.base import Liveness, MarketEvent, Tick
 from riskd.feeds.codec import Codec, Decoded
 from riskd.feeds.settings import ConnectionSettings
 
@@ -48,6 +49,9 @@ MESSAGE_TOO_BIG = 1009  # websocket close code
 # wait), and the delay between opening one connection and the next.
 MERGE_QUEUE = 256
 CONNECT_STAGGER_S = 0.05
+# Connections ("sessions") are numbered uniquely in the process, across venues: a
+# market's book belongs to the session it arrived on (freshness, riskd/engine.py).
+SESSIONS = itertools.count()
 
 
 class HeartbeatConnection(ClientConnection):
@@ -55,11 +59,13 @@ class HeartbeatConnection(ClientConnection):
     of WebsocketFeed; only there, as this runs for every frame)."""
 
     pinged_at = -math.inf  # loop time of the venue's last ping
+    pinged_wall = -math.inf  # and its wall time: a sign of the connection's life
 
     def process_event(self, event: Any) -> None:
         super().process_event(event)
         if isinstance(event, Frame) and event.opcode is Opcode.PING:
             self.pinged_at = self.loop.time()
+            self.pinged_wall = time.time()
 
 
 @dataclass
@@ -73,6 +79,9 @@ class Link:
     connected: bool = False
     # Loop time `_session` began waiting for the next message (None: not waiting).
     waiting_since: float | None = None
+    session: int = -1  # the current connection's number (SESSIONS), -1 while down
+    life_t: float = math.nan  # wall time of the last frame received on it
+    ws: ClientConnection | None = None
 
 
 class FeedError(RuntimeError):
@@ -155,6 +164,8 @@ class WebsocketFeed:
         self._prepare_at = 0.0  # monotonic time of the next lookup attempt
         self._lookup: asyncio.Task[None] | None = None
         self._links: list[Link] = []  # the connections of the current subscription
+        self._live = Liveness()  # heard since the last `take_liveness`
+        self.heard_at = math.nan  # wall time of the last sign of life on any connection
 
     # --- the Feed protocol ------------------------------------------------------------
 
@@ -168,6 +179,20 @@ class WebsocketFeed:
     def now(self) -> float:
         """Live feeds run on wall time."""
         return time.time()
+
+    def take_liveness(self) -> Liveness:
+        """What was heard since the last call, and the life of each open connection:
+        its last frame or, where the venue's pings are its heartbeat, its last ping."""
+        live, self._live = self._live, Liveness()
+        for link in self._links:
+            if link.session < 0:
+                continue
+            life = link.life_t
+            if isinstance(link.ws, HeartbeatConnection):
+                life = max(life, link.ws.pinged_wall)
+            live.sessions[link.session] = life
+            self.heard_at = life if not life <= self.heard_at else self.heard_at
+        return live
 
     # --- hooks for the venues -----------------------------------------------------------
 
@@ -326,6 +351,7 @@ class WebsocketFeed:
             max_size=s.max_message_bytes,
             create_connection=HeartbeatConnection if self.heartbeat else ClientConnection,
         ) as ws:
+            link.session, link.life_t, link.ws = next(SESSIONS), time.time(), ws
             self._set_connected(link, True)
             self.connections += 1
             link.connections += 1
@@ -352,14 +378,17 @@ class WebsocketFeed:
                                 f"nothing received for {s.read_timeout_s:g}s") from None
                         raise
                     link.waiting_since = None
-                    decoded = self._decode(frame, link.codec)
+                    received = link.life_t = time.time()
+                    decoded = self._decode(frame, link.codec, received)
                     for reply in decoded.replies:
                         await ws.send(reply)
-                    batch = self._take(decoded)
+                    batch = self._take(decoded, link.session, received)
                     if batch is not None:
                         yield batch
                     self._check_lookup()
             finally:
+                self._live.ended.append(link.session)
+                link.session, link.ws = -1, None
                 for task in (pinger, watchdog, self._lookup):
                     if task is not None:
                         task.cancel()
@@ -367,12 +396,14 @@ class WebsocketFeed:
                             await task
                 self._lookup = None
 
-    def _decode(self, frame: str | bytes, codec: Codec | None = None) -> Decoded:
+    def _decode(self, frame: str | bytes, codec: Codec | None = None,
+                received: float | None = None) -> Decoded:
         """The codec's reading of one frame. A codec that raises (a bug: bad input is
         rejected by reason) costs that frame only, counted as `decode_error`, never the
         connection or the daemon."""
         try:
-            return (codec or self.codec).decode(frame, time.time())
+            return (codec or self.codec).decode(
+                frame, time.time() if received is None else received)
         except Exception:  # noqa: BLE001 - one hostile frame must not stop the feed
             errors = self._rejected.get("decode_error", 0) + 1
             if errors in (1, 10, 100) or errors % 1000 == 0:
@@ -380,11 +411,22 @@ class WebsocketFeed:
                               extra={"venue": self.venue, "reason": "decode_error"})
             return Decoded(rejected=["decode_error"])
 
-    def _take(self, decoded: Decoded) -> list[Tick] | None:
-        """The ticks to yield, or None when the frame changed nothing the daemon sees."""
+    def _take(self, decoded: Decoded, session: int = -1, received: float = math.nan
+              ) -> list[Tick] | None:
+        """The ticks to yield, or None when the frame changed nothing the daemon sees
+        at once; what it says of freshness waits for `take_liveness`."""
         for reason in decoded.rejected:
             self.count(reason)
         self._events += decoded.events
+        live = self._live
+        if decoded.heard:
+            live.heard.update(dict.fromkeys(decoded.heard, (session, received)))
+        if decoded.broken:
+            live.books.update(dict.fromkeys(decoded.broken, (-1, received)))
+        if decoded.books:
+            live.books.update(dict.fromkeys(decoded.books, (session, received)))
+        if decoded.depths:
+            live.depths.update(decoded.depths)
         if decoded.ticks or decoded.events or decoded.rejected:
             return decoded.ticks
         return None

@@ -25,7 +25,8 @@ def _polymarket(settings: Settings, markets: dict[str, Market], url: str,
                           "markets file (polymarket_yes_token / polymarket_no_token) or list "
                           "them in [feed.polymarket] markets (with [feed] metadata = true)")
     return PolymarketFeed(cfg.polymarket, markets, url=url, metadata=cfg.metadata,
-                          metrics=metrics, max_future_s=cfg.max_future_s)
+                          metrics=metrics, max_future_s=cfg.max_future_s,
+                          band=settings.limits.max_slippage)
 
 
 def _kalshi(settings: Settings, markets: dict[str, Market], url: str,
@@ -40,7 +41,7 @@ def _kalshi(settings: Settings, markets: dict[str, Market], url: str,
                           "markets (with [feed] metadata = true)")
     try:
         return KalshiFeed(cfg.kalshi, markets, url=url, metadata=cfg.metadata, metrics=metrics,
-                          max_future_s=cfg.max_future_s)
+                          max_future_s=cfg.max_future_s, band=settings.limits.max_slippage)
     except BadKey as exc:
         where = "private_key_path" if cfg.kalshi.private_key_path else "private_key"
         raise ConfigError(f"feed.kalshi.{where}: {exc}") from None

@@ -52,30 +52,80 @@ class RiskInputs:
     sigma: np.ndarray
     lam: np.ndarray
     J: np.ndarray
-    gap: np.ndarray  # effective gap between prices, s
+    gap: np.ndarray  # effective gap between confirmations of the price, s
     h: np.ndarray  # effective liquidation horizon, s
     half_spread: np.ndarray
     tick: np.ndarray
+    # The horizon without the book's share (section 4): what the fee's hour is
+    # counted in. Equal to h where no book is known; None: h.
+    h0: np.ndarray | None = None
+    depth: np.ndarray | None = None  # shares within max_slippage of the mid (nan unknown)
+    # The reference position's size over that depth, on the side where it is larger.
+    book_ratio: np.ndarray | None = None
+
+
+# A book too shallow to unwind the reference position gives a horizon this long at
+# most: beyond 30 days every scenario is the resolution event anyway (q = 1).
+H_MAX_S = 30 * 86_400.0
 
 
 def risk_inputs(
-    state: EstimatorState, now: float | np.ndarray, event_t: np.ndarray, cfg: ModelSettings
+    state: EstimatorState,
+    now: float | np.ndarray,
+    event_t: np.ndarray,
+    cfg: ModelSettings,
+    confirmed_t: np.ndarray | None = None,
+    live_book: np.ndarray | None = None,
+    notional: np.ndarray | float | None = None,
 ) -> RiskInputs:
-    """Effective values at `now` (section 3 end, section 4 horizon, section 2 tau)."""
+    """Effective values at `now` (section 3 end, section 4 horizon, section 2 tau).
+
+    `confirmed_t`: when each market's price was last confirmed (a live venue's
+    messages and, for a book held on a live connection, the connection's life;
+    default: the last tick, the tape rule). `live_book`: the market's book arrived as
+    a snapshot on a connection that is still up, so silence there means "no change"
+    and the time between its ticks says nothing about liquidity. `notional`: the
+    reference position (default `cfg.liquidation_notional`)."""
     p = np.clip(expit(state.x), cfg.eps, 1.0 - cfg.eps)
     # Unknown resolution time -> default_tau_s; after the decisive event tau is 0.
     tau = np.where(np.isnan(event_t), cfg.default_tau_s, np.maximum(event_t - now, 0.0))
     sigma = np.maximum(np.sqrt(state.sigma2), cfg.sigma_floor)
     lam = np.maximum(state.lambda_at(now, cfg), cfg.lambda_prior)
     J = np.maximum(np.sqrt(state.J2), cfg.J_floor)
-    # The silence since the last price is evidence about the wait for the next one.
-    since = np.maximum(np.nan_to_num(now - state.t, nan=0.0), 0.0)
+    # The silence since the price was last confirmed is evidence about the wait for
+    # the next one.
+    last = state.t if confirmed_t is None else confirmed_t
+    since = np.maximum(np.nan_to_num(now - last, nan=0.0), 0.0)
     gap = np.fmax(state.gap, since)
-    h = np.maximum(cfg.liquidation_horizon_s, cfg.k_liquidity * np.nan_to_num(gap, nan=0.0))
+    if live_book is not None:
+        gap = np.where(live_book, since, gap)
+    h0 = np.maximum(cfg.liquidation_horizon_s, cfg.k_liquidity * np.nan_to_num(gap, nan=0.0))
+    depth, ratio, h_book = book_horizon(state.depth, p, cfg,
+                                        cfg.liquidation_notional if notional is None
+                                        else notional)
+    h = np.where(np.isnan(depth), h0, np.maximum(h0, h_book))
     return RiskInputs(
         p=p, x=np.log(p) - np.log1p(-p), tau=tau, sigma=sigma, lam=lam, J=J, gap=gap, h=h,
-        half_spread=state.half_spread, tick=state.tick_size,
+        half_spread=state.half_spread, tick=state.tick_size, h0=h0, depth=depth,
+        book_ratio=ratio,
     )
+
+
+def book_horizon(depth: np.ndarray, p: np.ndarray, cfg: ModelSettings,
+                 notional: np.ndarray | float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Section 4, liquidity from the book: (depth, ratio, horizon).
+
+    A position of `notional` is `notional / value` shares (value p long, 1 - p
+    short): the larger count, on the cheaper side, is the one that meets the book.
+    What the visible depth within max_slippage of the mid covers goes at once (the
+    base horizon); each further depth's worth waits for the book to rebuild, one
+    `book_refill_s` each. Nan where no book is known."""
+    depth = np.asarray(depth, np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.asarray(notional, np.float64) / (np.minimum(p, 1.0 - p) * depth)
+    h_book = np.minimum(cfg.liquidation_horizon_s
+                        + cfg.book_refill_s * np.maximum(ratio - 1.0, 0.0), H_MAX_S)
+    return depth, ratio, h_book
 
 
 @dataclass(frozen=True)
@@ -119,6 +169,7 @@ def compute(
         np.ascontiguousarray(inp.p, np.float64), np.ascontiguousarray(inp.x, np.float64),
         np.ascontiguousarray(inp.sigma, np.float64), np.ascontiguousarray(inp.lam, np.float64),
         np.ascontiguousarray(inp.J, np.float64), np.ascontiguousarray(inp.h, np.float64),
+        np.ascontiguousarray(inp.h if inp.h0 is None else inp.h0, np.float64),
         np.ascontiguousarray(q, np.float64),
         np.broadcast_to(np.asarray(max_leverage, np.float64), (m,)).copy(),
         np.broadcast_to(np.asarray(fee_floor, np.float64), (m,)).copy(),
@@ -126,8 +177,14 @@ def compute(
         cfg.confidence, cfg.m_floor, cfg.fee_loading, detail, lev, im, fee, es, es_g, fee_g)
 
     price_vol = inp.p * (1.0 - inp.p) * inp.sigma
+    # With a book, the reference position's own impact: the depth within max_slippage
+    # of the mid taken as spread evenly over that band, unwinding a share of it moves
+    # the price by that share of the band (all of it when the book is too shallow).
+    impact = 0.0 if inp.book_ratio is None else \
+        max_slippage * np.nan_to_num(np.minimum(inp.book_ratio, 1.0), nan=0.0)
     slip = np.clip(
-        cfg.z_slip * price_vol * np.sqrt(cfg.h_exec_s) + inp.half_spread, inp.tick, max_slippage
+        cfg.z_slip * price_vol * np.sqrt(cfg.h_exec_s) + inp.half_spread + impact, inp.tick,
+        max_slippage,
     )
     reasons = np.zeros(m, dtype=np.int64)
     reasons |= np.where(np.minimum(inp.p, 1 - inp.p) < 0.05, BIT["extreme_probability"], 0)
@@ -144,13 +201,18 @@ def compute(
 
 @njit
 def _margins_and_fees(p: np.ndarray, x: np.ndarray, sigma: np.ndarray, lam: np.ndarray,
-                      J: np.ndarray, h: np.ndarray, q: np.ndarray, max_leverage: np.ndarray,
+                      J: np.ndarray, h: np.ndarray, h0: np.ndarray, q: np.ndarray,
+                      max_leverage: np.ndarray,
                       fee_floor: np.ndarray, pin: np.ndarray, z: np.ndarray, w: np.ndarray,
                       group: np.ndarray, confidence: float, m_floor: float,
                       fee_loading: float, detail: bool, lev: np.ndarray, im: np.ndarray,
                       fee: np.ndarray, es: np.ndarray, es_g: np.ndarray, fee_g: np.ndarray
                       ) -> None:
-    """Section 4 per market and side, into lev, im, fee, es (and the group split)."""
+    """Section 4 per market and side, into lev, im, fee, es (and the group split).
+
+    The fee's hour is counted in h0, the horizon without the book's share: a thin
+    book makes each liquidation slower and its loss larger, not liquidations more
+    frequent (so at a given leverage more depth never raises the fee)."""
     s = 2 + 2 * z.shape[0]
     p_h, p_h_no = np.empty(s), np.empty(s)
     prob, prob_liquid = np.empty(s), np.empty(s)
@@ -166,7 +228,7 @@ def _margins_and_fees(p: np.ndarray, x: np.ndarray, sigma: np.ndarray, lam: np.n
             continue
         scenarios.fill(p[i], x[i], sigma[i], lam[i], J[i], h[i], q[i], z, w,
                        p_h, p_h_no, prob, prob_liquid)
-        h_hours = h[i] / 3600.0
+        h_hours = h0[i] / 3600.0
         for side in range(2):
             value = p[i] if side == LONG else 1.0 - p[i]
             value_h = p_h if side == LONG else p_h_no

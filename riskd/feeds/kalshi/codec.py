@@ -24,12 +24,14 @@ import orjson
 
 from riskd.feeds.base import MarketEvent
 from riskd.feeds.codec import (
+    DEFAULT_BAND,
     MAX_FUTURE_S,
     MAX_LEVELS,
     BadMessage,
     Decoded,
     Quote,
     TickMaker,
+    band_depth,
     complement,
     number,
     probability,
@@ -54,14 +56,20 @@ class Book:
     yes: dict[float, float] = field(default_factory=dict)  # YES bids: price -> contracts
     no: dict[float, float] = field(default_factory=dict)  # NO bids
 
-    def quote(self) -> Quote:
+    def quote(self, band: float = DEFAULT_BAND) -> Quote:
+        """The YES top and the depth within `band` of the mid: the thinner of the YES
+        bids and the NO bids (a YES ask at 1 - n is a NO bid at n), 0 with a side empty."""
         bid = max(self.yes) if self.yes else None
         no_bid = max(self.no) if self.no else None
         ask = None if no_bid is None else complement(no_bid)
-        sizes = [s for s in (self.yes.get(bid) if bid is not None else None,
-                             self.no.get(no_bid) if no_bid is not None else None)
-                 if s is not None]
-        return Quote(bid, ask, min(sizes) if sizes else None)
+        depth = None
+        if bid is not None and no_bid is not None:
+            mid = 0.5 * (bid + 1.0 - no_bid)
+            depth = min(band_depth(self.yes, mid - band - 1e-9, True),
+                        band_depth(self.no, 1.0 - mid - band - 1e-9, True))
+        elif bid is not None or no_bid is not None:
+            depth = 0.0
+        return Quote(bid, ask, depth)
 
 
 @dataclass
@@ -132,8 +140,12 @@ class KalshiCodec:
     connection."""
 
     def __init__(self, tickers: dict[str, str], channels: Iterable[str],
-                 max_future_s: float = MAX_FUTURE_S) -> None:
+                 max_future_s: float = MAX_FUTURE_S, band: float = DEFAULT_BAND) -> None:
         self.tickers = tickers
+        # Depth counts within this much of the mid ([limits] max_slippage; per market
+        # where the markets file sets it).
+        self.band = band
+        self.bands: dict[str, float] = {}
         self.channels = list(channels)
         self.books: dict[str, Book] = {}
         self.maker = TickMaker(max_future_s)
@@ -153,14 +165,21 @@ class KalshiCodec:
 
     @classmethod
     def for_markets(cls, markets: Iterable[Market], channels: Iterable[str],
-                    max_future_s: float = MAX_FUTURE_S) -> KalshiCodec:
-        codec = cls({}, channels, max_future_s)
+                    max_future_s: float = MAX_FUTURE_S, band: float = DEFAULT_BAND
+                    ) -> KalshiCodec:
+        codec = cls({}, channels, max_future_s, band)
         codec.bind(markets)
         return codec
 
     def bind(self, markets: Iterable[Market]) -> None:
         """Follow these markets' tickers (from the next connection on)."""
+        markets = list(markets)
         self.tickers = {m.kalshi_ticker: m.id for m in markets if m.kalshi_ticker}
+        self.bands = {m.kalshi_ticker: m.max_slippage for m in markets
+                      if m.kalshi_ticker and m.max_slippage is not None}
+
+    def _book_quote(self, ticker: str, book: Book) -> Quote:
+        return book.quote(self.bands.get(ticker, self.band))
 
     def on_connect(self) -> list[str]:
         self.books.clear()
@@ -232,6 +251,7 @@ class KalshiCodec:
         if market is None:
             raise BadMessage("unknown_ticker", ticker)
         ts = event_time(msg, math.nan)
+        out.heard.append(market)
         if math.isnan(ts):
             ts = received if self.clock is None else self.clock
         elif ts > received + self.maker.max_future_s:
@@ -243,8 +263,9 @@ class KalshiCodec:
             self.books[ticker] = Book(levels(msg, "yes"), levels(msg, "no"))
             self.awaiting.discard(ticker)
             self.maker.forget(market)
-            self.maker.quote(market, ts, self.books[ticker].quote(), self.last_price.get(ticker),
-                             out)
+            out.books.append(market)
+            self.maker.quote(market, ts, self._book_quote(ticker, self.books[ticker]),
+                             self.last_price.get(ticker), out)
         elif kind == "orderbook_delta":
             book = self.books.get(ticker)
             if book is None:
@@ -259,14 +280,15 @@ class KalshiCodec:
             levels_ = book.yes if side == "yes" else book.no
             left = levels_.get(p, 0.0) + delta
             put_level(levels_, p, left if left > 1e-9 else 0.0, bids=True)
-            self.maker.quote(market, ts, book.quote(), self.last_price.get(ticker), out)
+            self.maker.quote(market, ts, self._book_quote(ticker, book),
+                             self.last_price.get(ticker), out)
         elif kind == "ticker":
             bid, ask, last = price(msg, "yes_bid"), price(msg, "yes_ask"), price(msg, "price")
             # An empty side is sent as a bid of 0 or an ask of 1.
             quote = Quote(bid if bid else None, ask if ask is not None and ask < 1.0 else None)
             book = self.books.get(ticker)
             if book is not None:
-                quote.depth = book.quote().depth
+                quote.depth = self._book_quote(ticker, book).depth
             last = last if last else None  # 0: never traded
             traded = last is not None and last != self.last_price.get(ticker)
             if last is not None:
@@ -284,7 +306,8 @@ class KalshiCodec:
             if ticker in self.awaiting:
                 return
             book = self.books.get(ticker)
-            self.maker.trade(market, ts, p, None if book is None else book.quote(), out)
+            self.maker.trade(market, ts, p,
+                             None if book is None else self._book_quote(ticker, book), out)
         else:
             raise BadMessage("unknown_event", f"type {kind!r}")
 
@@ -341,6 +364,7 @@ class KalshiCodec:
             market = self.tickers.get(ticker)
             if market is not None:
                 self.maker.forget(market)
+                out.broken.append(market)
         self.resubscribes += 1
         out.replies.append(self._command("unsubscribe", sid=sid))
         out.replies.append(self._command("subscribe", channel=sub.channel, tickers=sub.tickers))

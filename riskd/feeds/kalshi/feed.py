@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from riskd.feeds.codec import MAX_FUTURE_S
+from riskd.feeds.codec import DEFAULT_BAND, MAX_FUTURE_S
 from riskd.feeds.connection import WebsocketFeed
 from riskd.feeds.kalshi.auth import KalshiSigner, load_private_key
 from riskd.feeds.kalshi.codec import KalshiCodec
@@ -37,8 +37,9 @@ class KalshiFeed(WebsocketFeed):
         metrics: Metrics | None = None,
         rng: random.Random | None = None,
         max_future_s: float = MAX_FUTURE_S,
+        band: float = DEFAULT_BAND,
     ) -> None:
-        codec = KalshiCodec.for_markets(markets.values(), settings.channels, max_future_s)
+        codec = KalshiCodec.for_markets(markets.values(), settings.channels, max_future_s, band)
         super().__init__("kalshi", url or settings.url, codec, settings, metrics,
                          heartbeat=True, rng=rng)
         self.cfg = settings

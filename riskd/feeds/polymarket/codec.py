@@ -19,11 +19,13 @@ import orjson
 
 from riskd.feeds.base import MarketEvent
 from riskd.feeds.codec import (
+    DEFAULT_BAND,
     MAX_FUTURE_S,
     BadMessage,
     Decoded,
     Quote,
     TickMaker,
+    book_depth,
     complement,
     ms_time,
     number,
@@ -82,8 +84,9 @@ class Book:
         self.has_top = top is not None
         self.top_bid, self.top_ask = top or (None, None)
 
-    def quote(self) -> Quote | None:
-        """The top of this token's book, or None if it is not known."""
+    def quote(self, band: float = DEFAULT_BAND) -> Quote | None:
+        """The top of this token's book and its depth within `band` of the mid, or
+        None if it is not known."""
         if self.has_top:
             bid, ask = self.top_bid, self.top_ask
         elif self.complete:
@@ -91,11 +94,7 @@ class Book:
             ask = min(self.asks) if self.asks else None
         else:
             return None
-        bid_size = None if bid is None else self.bids.get(bid)
-        ask_size = None if ask is None else self.asks.get(ask)
-        depth = bid_size if ask_size is None else ask_size if bid_size is None \
-            else min(bid_size, ask_size)
-        return Quote(bid, ask, depth)
+        return Quote(bid, ask, book_depth(bid, ask, self.bids, self.asks, band))
 
 
 def _venue_top(bid_raw: Any, ask_raw: Any) -> tuple[float | None, float | None]:
@@ -116,9 +115,13 @@ class PolymarketCodec:
     """Subscribed tokens -> market ids; keeps the books of one connection."""
 
     def __init__(self, assets: dict[str, Binding], custom_feature_enabled: bool = True,
-                 max_future_s: float = MAX_FUTURE_S) -> None:
+                 max_future_s: float = MAX_FUTURE_S, band: float = DEFAULT_BAND) -> None:
         self.assets: dict[str, Binding] = {}
         self.tokens: dict[str, list[str]] = {}  # market -> its subscribed tokens
+        # Depth counts within this much of the mid ([limits] max_slippage; per market
+        # where the markets file sets it).
+        self.band = band
+        self.bands: dict[str, float] = {}
         self._set_assets(assets)
         self.custom_feature_enabled = custom_feature_enabled
         self.books: dict[str, Book] = {}
@@ -127,20 +130,25 @@ class PolymarketCodec:
 
     @classmethod
     def for_markets(cls, markets: Iterable[Market], custom_feature_enabled: bool = True,
-                    max_future_s: float = MAX_FUTURE_S) -> PolymarketCodec:
-        codec = cls({}, custom_feature_enabled, max_future_s)
+                    max_future_s: float = MAX_FUTURE_S, band: float = DEFAULT_BAND
+                    ) -> PolymarketCodec:
+        codec = cls({}, custom_feature_enabled, max_future_s, band)
         codec.bind(markets)
         return codec
 
     def bind(self, markets: Iterable[Market]) -> None:
         """Follow these markets' tokens (from the next connection on)."""
         assets: dict[str, Binding] = {}
+        bands: dict[str, float] = {}
         for m in markets:
+            if m.max_slippage is not None:
+                bands[m.id] = m.max_slippage
             if m.polymarket_yes_token:
                 assets[m.polymarket_yes_token] = Binding(m.id, no=False)
             if m.polymarket_no_token:
                 assets[m.polymarket_no_token] = Binding(m.id, no=True)
         self._set_assets(assets)
+        self.bands = bands
 
     def _set_assets(self, assets: dict[str, Binding]) -> None:
         self.assets = assets
@@ -182,18 +190,20 @@ class PolymarketCodec:
             if quote is None:
                 continue
             self.maker.quote(market, ts, quote, self.last_trade.get(market), out)
+        out.heard += touched
         return out
 
     def _quote(self, token: str) -> Quote | None:
         """The market's YES top of book: from this token's book, else its sibling's."""
         binding = self.assets[token]
+        band = self.bands.get(binding.market, self.band) if self.bands else self.band
         book = self.books.get(token)
-        quote = book.quote() if book is not None else None
+        quote = book.quote(band) if book is not None else None
         if quote is not None:
             return _yes(quote, binding.no)
         for t in self.tokens[binding.market]:
             book = self.books.get(t)
-            quote = book.quote() if book is not None else None
+            quote = book.quote(band) if book is not None else None
             if quote is not None:
                 return _yes(quote, self.assets[t].no)
         return None
@@ -214,7 +224,7 @@ class PolymarketCodec:
         if not isinstance(kind, str):
             raise BadMessage("bad_message", f"event_type {kind!r}")
         if kind == "book":
-            self._book(event, touched)
+            self._book(event, touched, out)
         elif kind == "price_change":
             self._price_change(event, touched)
         elif kind == "best_bid_ask":
@@ -230,6 +240,7 @@ class PolymarketCodec:
             yes_price = complement(price) if binding.no else price
             self.last_trade[binding.market] = yes_price
             touched.pop(binding.market, None)  # the trade tick carries the book too
+            out.heard.append(binding.market)
             self.maker.trade(binding.market, ts, yes_price, self._quote(token), out)
         elif kind == "tick_size_change":
             _, binding = self._binding(event)
@@ -255,7 +266,8 @@ class PolymarketCodec:
         else:
             raise BadMessage("unknown_event", f"event_type {kind!r}")
 
-    def _book(self, event: dict[str, Any], touched: dict[str, tuple[float, str]]) -> None:
+    def _book(self, event: dict[str, Any], touched: dict[str, tuple[float, str]],
+              out: Decoded) -> None:
         token, binding = self._binding(event)
         ts = ms_time(event.get("timestamp"))
         book = Book(complete=True)
@@ -275,6 +287,7 @@ class PolymarketCodec:
             self.last_trade[binding.market] = complement(q) if binding.no else q
         self.books[token] = book
         touched[binding.market] = (ts, token)
+        out.books.append(binding.market)
 
     def _price_change(self, event: dict[str, Any], touched: dict[str, tuple[float, str]]
                       ) -> None:

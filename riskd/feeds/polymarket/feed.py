@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
-from riskd.feeds.codec import MAX_FUTURE_S, Codec
+from riskd.feeds.codec import DEFAULT_BAND, MAX_FUTURE_S, Codec
 from riskd.feeds.connection import WebsocketFeed
 from riskd.feeds.metadata import fetch_polymarket, listing_events, merge, split_polymarket_ids
 from riskd.feeds.polymarket.codec import PolymarketCodec
@@ -34,9 +34,10 @@ class PolymarketFeed(WebsocketFeed):
         metrics: Metrics | None = None,
         rng: random.Random | None = None,
         max_future_s: float = MAX_FUTURE_S,
+        band: float = DEFAULT_BAND,
     ) -> None:
         codec = PolymarketCodec.for_markets(markets.values(), settings.custom_feature_enabled,
-                                            max_future_s)
+                                            max_future_s, band)
         super().__init__("polymarket", url or settings.url, codec, settings, metrics,
                          ping_text="PING", ping_interval_s=settings.ping_interval_s, rng=rng)
         self.cfg = settings
@@ -63,7 +64,7 @@ class PolymarketFeed(WebsocketFeed):
         log.info("%s: %d markets over %d connections", self.venue, len(self.markets),
                  len(chunks))
         return [PolymarketCodec.for_markets(chunk, self.cfg.custom_feature_enabled,
-                                            self.codec.maker.max_future_s)
+                                            self.codec.maker.max_future_s, self.codec.band)
                 for chunk in chunks]
 
     async def prepare(self) -> None:

@@ -108,6 +108,11 @@ class WebsocketCodec:
         if depth is not None and depth < 0:
             raise BadMessage("bad_size", f"depth {depth}")
         ts = self._time(item, received)
+        out.heard.append(market)
+        if bid is not None and ask is not None:
+            # A top of book is all this feed sends of a book: it is the snapshot, and
+            # on a live connection silence afterwards means "no change".
+            out.books.append(market)
         quote = Quote(bid, ask, depth)
         if price is None:
             self.maker.quote(market, ts, quote, None, out)

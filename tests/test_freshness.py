@@ -1,0 +1,375 @@
+"""Freshness and liquidity from live books (issue: order-book venues), end to end: the
+daemon in-process against real `websockets` servers on 127.0.0.1 speaking each
+venue's protocol (tests/venues.py).
+
+A deep market whose top of book stays put while the venue only answers pings (or
+sends its heartbeat) and changes other levels is live: `normal`, above 1x after
+warm-up, never `stale_feed`. When the venue goes silent the market is stale within
+`stale_after_s` plus one cycle, and it recovers when the venue speaks again. A
+shallow book at the same prices gets strictly lower leverage than a deep one."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import InProcessDaemon, wait_until
+from cryptography.hazmat.primitives.asymmetric import rsa
+from test_feeds_live import (
+    FAST,
+    RESOLVES,
+    kalshi_key,  # noqa: F401 - a fixture
+    live_config,
+    metric,
+    params,
+    write_key,
+)
+from venues import KalshiServer, PolymarketServer, VenueServer, now_ms, until
+
+STALE_S = 0.5
+CYCLE_S = 0.05
+QUIET_S = 20 * STALE_S  # the top of book stays put this long
+SLACK_S = 0.75  # a loaded machine's scheduling, as in the other live tests
+DEEP, SHALLOW = 50_000, 10
+# Warm-up needs liveness, not top-of-book changes: more ticks than a quiet book gives.
+MODEL = {"warmup_s": 0.3, "warmup_ticks": 50}
+GOVERNOR = {"publish_interval_s": CYCLE_S, "stale_after_s": STALE_S, "ttl_s": 5.0,
+            "loosen_interval_s": 0.05, "max_loosen_step": 1.0}
+# The read timeout stays above the silence the tests make: staleness must come from
+# the missing confirmations, and recovery happen on the same connection.
+READ_TIMEOUT_S = 5.0
+
+
+def config(tmp_path: Path, markets: list[dict[str, Any]], feed: dict[str, Any]
+           ) -> dict[str, Any]:
+    doc = live_config(tmp_path, markets, feed, model=MODEL, governor=GOVERNOR)
+    return doc
+
+
+async def watch(d: InProcessDaemon, market: str, seconds: float,
+                check: Callable[[dict[str, Any]], None]) -> int:
+    """Read the market's published set every cycle for `seconds`; `check` each."""
+    seen = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        entry = await params(d, market)
+        assert entry is not None
+        check(entry)
+        seen += 1
+        await asyncio.sleep(CYCLE_S)
+    return seen
+
+
+def live_and_leveraged(entry: dict[str, Any]) -> None:
+    assert "stale_feed" not in entry["reasons"], entry
+    assert entry["mode"] == "normal", entry
+    assert max(entry["max_leverage"].values()) > 1.0, entry
+
+
+async def warm(d: InProcessDaemon, market: str) -> dict[str, Any]:
+    async def ready() -> dict[str, Any] | None:
+        entry = await params(d, market)
+        ok = entry is not None and entry["mode"] == "normal" and \
+            min(entry["max_leverage"].values()) > 1.0
+        return entry if ok else None
+    entry = await wait_until(ready, what="warm, above 1x")
+    assert isinstance(entry, dict)
+    return entry
+
+
+async def stale_within(d: InProcessDaemon, market: str, last_sign: Callable[[], float]
+                       ) -> float:
+    """Seconds from the venue's last sign of life to the first published stale set."""
+    async def stale() -> bool:
+        entry = await params(d, market)
+        return entry is not None and "stale_feed" in entry["reasons"]
+    await wait_until(stale, what="stale_feed")
+    return time.monotonic() - last_sign()
+
+
+# --- Polymarket -----------------------------------------------------------------------
+
+PM_DEEP = ("1001", "1002")  # YES, NO tokens (made up; the server serves our books)
+PM_SHALLOW = ("2001", "2002")
+
+
+def pm_book(asset: str, size: int) -> dict[str, Any]:
+    return {"event_type": "book", "asset_id": asset, "market": "0xabc",
+            "bids": [{"price": "0.30", "size": "900"}, {"price": "0.45", "size": str(size)}],
+            "asks": [{"price": "0.47", "size": str(size)}, {"price": "0.60", "size": "900"}],
+            "hash": "0", "timestamp": str(now_ms())}
+
+
+def pm_level_change(asset: str, size: int) -> dict[str, Any]:
+    """A change at a level far from the top: the venue's best bid/ask stay put."""
+    return {"event_type": "price_change", "market": "0xabc", "timestamp": str(now_ms()),
+            "price_changes": [{"asset_id": asset, "price": "0.30", "size": str(size),
+                               "side": "BUY", "best_bid": "0.45", "best_ask": "0.47",
+                               "hash": "0"}]}
+
+
+class QuietPolymarket(PolymarketServer):
+    """Answers PING with PONG (noting when), and can go mute (no PONG either)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.books = {PM_DEEP[0]: pm_book(PM_DEEP[0], DEEP),
+                      PM_SHALLOW[0]: pm_book(PM_SHALLOW[0], SHALLOW)}
+        self.mute = False
+        self.last_sign = time.monotonic()
+
+    async def on_frame(self, connection: Any, frame: str) -> None:
+        if self.mute:
+            return
+        await super().on_frame(connection, frame)
+        self.last_sign = time.monotonic()
+
+
+@pytest.fixture
+async def quiet_pm() -> AsyncIterator[QuietPolymarket]:
+    server = QuietPolymarket()
+    await server.start()
+    yield server
+    server.drop()
+    await server.close()
+
+
+def pm_markets() -> list[dict[str, Any]]:
+    return [{"id": "pm-deep", "resolves_at": RESOLVES, "tick_size": 0.01,
+             "polymarket_yes_token": PM_DEEP[0], "polymarket_no_token": PM_DEEP[1]},
+            {"id": "pm-shallow", "resolves_at": RESOLVES, "tick_size": 0.01,
+             "polymarket_yes_token": PM_SHALLOW[0], "polymarket_no_token": PM_SHALLOW[1]}]
+
+
+async def test_polymarket_quiet_deep_book_stays_live(tmp_path: Path, in_process: Any,
+                                                     quiet_pm: QuietPolymarket) -> None:
+    d = await in_process(config(tmp_path, pm_markets(), {
+        "kind": "polymarket", "url": quiet_pm.url, "metadata": False,
+        "polymarket": {**FAST, "ping_interval_s": 0.2, "read_timeout_s": READ_TIMEOUT_S}}))
+    d.start()
+    deep = await warm(d, "pm-deep")
+    assert "thin_market" not in deep["reasons"]
+
+    async def other_levels() -> None:
+        k = 0
+        while True:
+            await asyncio.sleep(1.0)
+            await quiet_pm.publish(pm_level_change(PM_DEEP[0], 800 + k))
+            k += 1
+
+    changes = asyncio.create_task(other_levels())
+    try:
+        assert await watch(d, "pm-deep", QUIET_S, live_and_leveraged) > 20
+    finally:
+        changes.cancel()
+    assert quiet_pm.handshakes == 1
+
+    # Shallow at the same prices: strictly lower leverage, and called thin.
+    shallow = await params(d, "pm-shallow")
+    deep = await params(d, "pm-deep")
+    assert shallow is not None and deep is not None
+    assert shallow["inputs"]["p"] == deep["inputs"]["p"]
+    for side in ("long", "short"):
+        assert shallow["max_leverage"][side] < deep["max_leverage"][side], (shallow, deep)
+    assert "thin_market" in shallow["reasons"] and "thin_market" not in deep["reasons"]
+    explained = (await d.get_json("/v1/explain/pm-shallow"))[1]
+    assert explained["inputs"]["depth"] == SHALLOW
+    assert explained["inputs"]["h_s"] > explained["inputs"]["h0_s"]
+
+    # Silent venue (no PONG, nothing): stale within stale_after_s and a cycle.
+    quiet_pm.mute = True
+    waited = await stale_within(d, "pm-deep", lambda: quiet_pm.last_sign)
+    assert waited <= STALE_S + CYCLE_S + SLACK_S, waited
+    status, body = await d.get_json("/readyz")
+    assert status == 503 and "feed_stale:polymarket" in body["reasons"]
+
+    # The venue speaks again: live on the same connection (its book still holds).
+    quiet_pm.mute = False
+    await wait_until(lambda: _live(d, "pm-deep"), what="recovery")
+    assert quiet_pm.handshakes == 1
+    status, body = await d.get_json("/readyz")
+    assert "feed_stale:polymarket" not in body["reasons"]
+
+
+async def _live(d: InProcessDaemon, market: str) -> bool:
+    entry = await params(d, market)
+    return entry is not None and "stale_feed" not in entry["reasons"]
+
+
+# --- Kalshi ---------------------------------------------------------------------------
+
+K_DEEP, K_SHALLOW = "KXDEEP-30", "KXSHALLOW-30"
+
+
+def k_book(size: int) -> dict[str, Any]:
+    # YES bids 45 (size) and 30; NO bids 53 (size) and 40: YES 0.45 / 0.47.
+    return {"yes": [[30, 900], [45, size]], "no": [[40, 900], [53, size]]}
+
+
+@pytest.fixture
+async def quiet_kalshi(kalshi_key: rsa.RSAPrivateKey) -> AsyncIterator[KalshiServer]:  # noqa: F811
+    server = KalshiServer("riskd-test-key", kalshi_key.public_key(),
+                          {K_DEEP: k_book(DEEP), K_SHALLOW: k_book(SHALLOW)})
+    await server.start()
+    yield server
+    server.drop()
+    await server.close()
+
+
+@contextlib.asynccontextmanager
+async def heartbeat(venue: VenueServer, every: float = 0.2) -> AsyncIterator[list[float]]:
+    """The venue's websocket pings (Kalshi's heartbeat) until the block ends; yields
+    [monotonic time of the last one]."""
+    last = [time.monotonic()]
+
+    async def beat() -> None:
+        while True:
+            for conn in list(venue.connections):
+                with contextlib.suppress(Exception):
+                    await conn.ping(b"heartbeat")
+            last[0] = time.monotonic()
+            await asyncio.sleep(every)
+
+    task = asyncio.create_task(beat())
+    try:
+        yield last
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_kalshi_quiet_deep_book_stays_live(
+        tmp_path: Path, in_process: Any, quiet_kalshi: KalshiServer,
+        kalshi_key: rsa.RSAPrivateKey) -> None:  # noqa: F811
+    d = await in_process(config(tmp_path, [
+        {"id": "k-deep", "resolves_at": RESOLVES, "kalshi_ticker": K_DEEP},
+        {"id": "k-shallow", "resolves_at": RESOLVES, "kalshi_ticker": K_SHALLOW}], {
+        "kind": "kalshi", "url": quiet_kalshi.url, "metadata": False,
+        "kalshi": {**FAST, "read_timeout_s": READ_TIMEOUT_S, "key_id": "riskd-test-key",
+                   "channels": ["orderbook_delta"],
+                   "private_key_path": str(write_key(tmp_path, kalshi_key))}}))
+    async with heartbeat(quiet_kalshi) as last_ping:
+        d.start()
+        await warm(d, "k-deep")
+        (sid,) = quiet_kalshi.book_sids
+
+        async def other_levels() -> None:
+            while True:
+                await asyncio.sleep(1.0)
+                await quiet_kalshi.send(quiet_kalshi.sequenced(sid, "orderbook_delta", {
+                    "market_ticker": K_DEEP, "price": 30, "delta": 5, "side": "yes"}))
+
+        changes = asyncio.create_task(other_levels())
+        try:
+            assert await watch(d, "k-deep", QUIET_S, live_and_leveraged) > 20
+        finally:
+            changes.cancel()
+        shallow, deep = await params(d, "k-shallow"), await params(d, "k-deep")
+        assert shallow is not None and deep is not None
+        for side in ("long", "short"):
+            assert shallow["max_leverage"][side] < deep["max_leverage"][side]
+
+        # A sequence gap: stale at once (not after stale_after_s), until the snapshot
+        # the resubscription brings.
+        books, quiet_kalshi.books = quiet_kalshi.books, {}  # the snapshot comes late
+        quiet_kalshi.book_sids.clear()
+        await quiet_kalshi.send(quiet_kalshi.sequenced(sid, "orderbook_delta", {
+            "market_ticker": K_DEEP, "price": 30, "delta": 5, "side": "yes"}, skip=1))
+        sent = time.monotonic()
+        await stale_within(d, "k-deep", lambda: sent)
+        assert time.monotonic() - sent < STALE_S, "stale at once, not after stale_after_s"
+        await until(lambda: quiet_kalshi.book_sids, what="the resubscription")
+        await asyncio.sleep(3 * STALE_S)
+        assert not await _live(d, "k-deep"), "heartbeats do not confirm a broken book"
+        quiet_kalshi.books = books
+        (new_sid,) = quiet_kalshi.book_sids
+        await quiet_kalshi.send(quiet_kalshi.sequenced(new_sid, "orderbook_snapshot", {
+            "market_ticker": K_DEEP, **books[K_DEEP]}))
+        await wait_until(lambda: _live(d, "k-deep"), what="live after the new snapshot")
+
+    # The heartbeat stops and nothing else comes: stale within stale_after_s + a cycle.
+    waited = await stale_within(d, "k-deep", lambda: last_ping[0])
+    assert waited <= STALE_S + CYCLE_S + SLACK_S, waited
+    status, body = await d.get_json("/readyz")
+    assert status == 503 and "feed_stale:kalshi" in body["reasons"]
+    async with heartbeat(quiet_kalshi):
+        await wait_until(lambda: _live(d, "k-deep"), what="recovery")
+    assert quiet_kalshi.handshakes == 1
+
+
+# --- the generic websocket feed --------------------------------------------------------
+
+
+class PingingExchange(VenueServer):
+    """An exchange's own stream: top-of-book updates; "ping" -> "pong" unless mute."""
+
+    mute: bool = False
+    last_sign: float = 0.0
+
+    async def on_frame(self, connection: Any, frame: str) -> None:
+        if frame == "ping" and not self.mute:
+            await connection.send("pong")
+            self.last_sign = time.monotonic()
+
+
+async def test_generic_feed_quiet_deep_book_stays_live(tmp_path: Path,
+                                                       in_process: Any) -> None:
+    server = PingingExchange(path="/prices")
+    await server.start()
+    try:
+        d = await in_process(config(tmp_path, [
+            {"id": "x-deep", "resolves_at": RESOLVES, "tick_size": 0.01},
+            {"id": "x-shallow", "resolves_at": RESOLVES, "tick_size": 0.01}], {
+            "kind": "websocket", "url": server.url,
+            "websocket": {**FAST, "read_timeout_s": READ_TIMEOUT_S, "venue": "exchange",
+                          "ping_text": "ping", "ping_interval_s": 0.2,
+                          "timestamp_unit": "ms",
+                          "fields": {"market": "m", "price": "", "bid": "b", "ask": "a",
+                                     "depth": "d", "timestamp": "t"}}}))
+        d.start()
+        await until(lambda: server.connections, what="a connection")
+        for market, depth in (("x-deep", DEEP), ("x-shallow", SHALLOW)):
+            await server.send({"m": market, "b": 0.45, "a": 0.47, "d": depth, "t": now_ms()})
+        await warm(d, "x-deep")
+        assert await watch(d, "x-deep", QUIET_S, live_and_leveraged) > 20
+        shallow, deep = await params(d, "x-shallow"), await params(d, "x-deep")
+        assert shallow is not None and deep is not None
+        for side in ("long", "short"):
+            assert shallow["max_leverage"][side] < deep["max_leverage"][side]
+
+        server.mute = True
+        waited = await stale_within(d, "x-deep", lambda: server.last_sign)
+        assert waited <= STALE_S + CYCLE_S + SLACK_S, waited
+        server.mute = False
+        await wait_until(lambda: _live(d, "x-deep"), what="recovery")
+        assert server.handshakes == 1
+    finally:
+        server.drop()
+        await server.close()
+
+
+# --- metrics exist at zero ------------------------------------------------------------
+
+
+async def test_rejection_and_publish_counters_exist_at_zero(
+        tmp_path: Path, in_process: Any, quiet_pm: QuietPolymarket) -> None:
+    d = await in_process(config(tmp_path, pm_markets(), {
+        "kind": "polymarket", "url": quiet_pm.url, "metadata": False,
+        "polymarket": {**FAST, "read_timeout_s": READ_TIMEOUT_S}}))
+    d.start()
+    for reason in ("bad_json", "unknown_asset", "out_of_order", "crossed_book",
+                   "unknown_market", "decode_error"):
+        value = await metric(d, "riskd_ticks_rejected_total", venue="polymarket",
+                             reason=reason)
+        assert value == 0, reason
+    for result in ("ok", "error"):
+        assert await metric(d, "riskd_publishes_total", publisher="jsonl", result=result) \
+            is not None, result
+    assert await metric(d, "riskd_publishes_total", publisher="jsonl", result="error") == 0
+
