@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -373,3 +374,58 @@ async def test_rejection_and_publish_counters_exist_at_zero(
             is not None, result
     assert await metric(d, "riskd_publishes_total", publisher="jsonl", result="error") == 0
 
+
+
+# --- a replayed CLOB-shaped tape -------------------------------------------------------
+
+
+def test_clob_tape_with_hour_long_quiet_stretches_does_not_flap(tmp_path: Path) -> None:
+    """A book-snapshot tape (bid, ask, depth columns) whose top sits still for hours and
+    which has hour-long stretches without rows, replayed with the shipped settings
+    (a row confirms the price: the tape rule) and evaluated every minute of event time:
+    after warm-up no set is ever `stale_feed`, and the deep market gets above 1x."""
+    from riskd.config import load_settings
+    from riskd.engine import Engine
+    from riskd.markets import Market
+    from riskd.tape import Tape
+
+    start = 1_767_225_600.0  # 2026-01-01
+    rows = ["ts,market,price,bid,ask,depth"]
+    t = start
+    k = 0
+    while t < start + 3 * 86_400:
+        quiet = k % 31 == 30  # after each half hour of rows: an hour of nothing
+        if not quiet:
+            bid = 0.45 if (k // 120) % 2 == 0 else 0.46  # the top moves every 2 hours
+            stamp = datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            rows.append(f"{stamp},clob-deep,{bid + 0.01:.2f},{bid:.2f},{bid + 0.02:.2f},"
+                        f"{DEEP}")
+            t += 60.0
+        else:
+            t += 3600.0
+        k += 1
+    tape = tmp_path / "clob.csv"
+    tape.write_text("\n".join(rows) + "\n", encoding="utf-8")
+
+    settings = load_settings("config/riskd.toml")
+    engine = Engine(settings, {"clob-deep": Market("clob-deep", start + 30 * 86_400,
+                                                   start + 30 * 86_400, tick_size=0.01)},
+                    discover=False)
+    ticks = list(Tape(tape))
+    assert len(ticks) == len(rows) - 1
+    warm_until = start + 3600.0
+    stale = leveraged = 0
+    clock = start
+    for tick in ticks:
+        while clock + 60.0 < tick.ts:  # every minute of event time between the rows
+            clock += 60.0
+            for entry in engine.cycle(clock).entries:
+                stale += clock > warm_until and "stale_feed" in entry["reasons"]
+        engine.ingest([tick])
+        clock = tick.ts
+        for entry in engine.cycle(clock).entries:
+            stale += clock > warm_until and "stale_feed" in entry["reasons"]
+            leveraged += entry["max_leverage"]["long"] > 1.0
+    assert stale == 0
+    assert leveraged > 0
+    assert engine.current["clob-deep"]["mode"] == "normal"

@@ -123,8 +123,9 @@ def book_horizon(depth: np.ndarray, p: np.ndarray, cfg: ModelSettings,
     depth = np.asarray(depth, np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.asarray(notional, np.float64) / (np.minimum(p, 1.0 - p) * depth)
-    h_book = np.minimum(cfg.liquidation_horizon_s
-                        + cfg.book_refill_s * np.maximum(ratio - 1.0, 0.0), H_MAX_S)
+    waits = np.maximum(ratio - 1.0, 0.0)
+    extra = cfg.book_refill_s * waits if cfg.book_refill_s > 0.0 else np.zeros_like(waits)
+    h_book = np.minimum(cfg.liquidation_horizon_s + extra, H_MAX_S)
     return depth, ratio, h_book
 
 
