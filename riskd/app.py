@@ -156,10 +156,13 @@ class Daemon:
         if not live and (not math.isfinite(now) or not (now - self.engine.now < g.stale_after_s)):
             reasons.append("feed_stale")
         for feed in live:
-            # Per venue: one silent venue makes the daemon unready for its markets.
+            # Per venue: one silent venue makes the daemon unready for its markets
+            # (down; or silent, or none of its markets confirmed, for stale_after_s).
             if not getattr(feed, "connected", True):
                 reasons.append(f"feed_down:{feed.venue}")
-            elif not (now - getattr(feed, "heard_at", math.nan) < g.stale_after_s):
+            elif not (now - getattr(feed, "heard_at", math.nan) < g.stale_after_s) or \
+                    not self.engine.fresh_on(getattr(feed, "sessions", list)(), now,
+                                             g.stale_after_s):
                 reasons.append(f"feed_stale:{feed.venue}")
         if self.seq == 0:
             reasons.append("nothing_published")

@@ -284,6 +284,15 @@ class Engine:
         confirmed = np.where(booked, np.fmax(heard, life), heard)
         return np.where(live, np.where(up, confirmed, np.nan), t), booked
 
+    def fresh_on(self, sessions: list[int], now: float, stale_after_s: float) -> int:
+        """How many markets heard on these connections have a price confirmed within
+        `stale_after_s` of `now` (a venue's readiness)."""
+        if not sessions:
+            return 0
+        rows = np.flatnonzero(np.isin(self.link, sessions))
+        confirmed, _ = self.freshness(rows)
+        return int(np.count_nonzero(now - confirmed < stale_after_s))
+
     def ingest(self, ticks: list[Tick], now: float | None = None) -> IngestResult:
         """Apply ticks in order, at once (`enqueue` then `flush`)."""
         result = self.enqueue(ticks, now)

@@ -67,7 +67,8 @@ def test_scheduled_cycles_publish_what_full_cycles_publish(seed: int) -> None:
             move = rng.choice((-15, 15)) if rng.random() < 0.02 else rng.choice((-1, 1))
             cents[k] = min(95, max(5, cents[k] + move))
             p = cents[k] / 100
-            ticks.append(Tick(f"t{k}", now - rng.random(), p, p - 0.005, p + 0.005, 100.0))
+            # A deep book: its depth covers the reference position (the base horizon).
+            ticks.append(Tick(f"t{k}", now - rng.random(), p, p - 0.005, p + 0.005, 1e6))
         ticks.sort(key=lambda tk: tk.ts)
         full.ingest(ticks)
         scheduled.enqueue(ticks)

@@ -180,6 +180,10 @@ class WebsocketFeed:
         """Live feeds run on wall time."""
         return time.time()
 
+    def sessions(self) -> list[int]:
+        """The numbers of the connections open now."""
+        return [link.session for link in self._links if link.session >= 0]
+
     def take_liveness(self) -> Liveness:
         """What was heard since the last call, and the life of each open connection:
         its last frame or, where the venue's pings are its heartbeat, its last ping."""
@@ -191,7 +195,8 @@ class WebsocketFeed:
             if isinstance(link.ws, HeartbeatConnection):
                 life = max(life, link.ws.pinged_wall)
             live.sessions[link.session] = life
-            self.heard_at = life if not life <= self.heard_at else self.heard_at
+            if life > self.heard_at or math.isnan(self.heard_at):
+                self.heard_at = life
         return live
 
     # --- hooks for the venues -----------------------------------------------------------
@@ -351,7 +356,8 @@ class WebsocketFeed:
             max_size=s.max_message_bytes,
             create_connection=HeartbeatConnection if self.heartbeat else ClientConnection,
         ) as ws:
-            link.session, link.life_t, link.ws = next(SESSIONS), time.time(), ws
+            # Life is what the venue sends: a handshake alone confirms nothing.
+            link.session, link.life_t, link.ws = next(SESSIONS), math.nan, ws
             self._set_connected(link, True)
             self.connections += 1
             link.connections += 1
