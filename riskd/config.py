@@ -339,9 +339,9 @@ def _check_paths(s: Settings) -> None:
     """Files the daemon writes must not be files it reads, nor each other: an audit log
     in the replay's tape directory would be replayed as a tape next time (`.jsonl`),
     state in it likewise (`overrides.json`)."""
-    audit = s.publisher.jsonl.path.resolve() if s.publisher.jsonl is not None else None
-    state = s.state.dir.resolve() if s.state.enabled else None
-    tape = s.feed.path.resolve() if s.feed.kind == "replay" else None
+    audit = _resolved(s.publisher.jsonl.path) if s.publisher.jsonl is not None else None
+    state = _resolved(s.state.dir) if s.state.enabled else None
+    tape = _resolved(s.feed.path) if s.feed.kind == "replay" else None
     if audit is not None:
         if tape is not None and audit.is_relative_to(tape):
             what = "is the replay tape" if audit == tape else "is inside the tape directory"
@@ -349,11 +349,20 @@ def _check_paths(s: Settings) -> None:
         if state is not None and audit == state:
             raise KeyValueError("publisher.jsonl.path", f"is the state directory state.dir "
                                 f"({s.state.dir})")
-        if s.markets.file is not None and audit == s.markets.file.resolve():
+        if s.markets.file is not None and audit == _resolved(s.markets.file):
             raise KeyValueError("publisher.jsonl.path", f"is the markets file markets.file "
                                 f"({s.markets.file})")
     if state is not None and tape is not None and state == tape:
         raise KeyValueError("state.dir", f"is the replay tape feed.path ({s.feed.path})")
+
+
+def _resolved(path: Path) -> Path:
+    """Symlinks and `..` resolved where the file system allows (a symlink loop, a
+    name it refuses: compared as written, the open reports the problem)."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError, ValueError):
+        return path.absolute()
 
 
 # pydantic-settings asks the class, not the instance, for its sources: the file

@@ -283,7 +283,7 @@ PAIRS = [
      "feed.kalshi.backoff_max_s"),
     ({"feed": {"websocket": {"backoff_initial_s": 5.0, "backoff_max_s": 1.0}}},
      "feed.websocket.backoff_max_s"),
-    ({"feed": {"polymarket": {"ping_interval_s": 30.0, "read_timeout_s": 30.0}}},
+    ({"feed": {"polymarket": {"ping_interval_s": 40.0, "read_timeout_s": 30.0}}},
      "feed.polymarket.read_timeout_s"),
     ({"feed": {"websocket": {"ping_text": "ping", "ping_interval_s": 90.0,
                              "read_timeout_s": 60.0}}},

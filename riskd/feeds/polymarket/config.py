@@ -33,7 +33,7 @@ class PolymarketSettings(ConnectionSettings):
 
     @model_validator(mode="after")
     def _ping_before_timeout(self) -> PolymarketSettings:
-        # Only messages count (the PONG): a ping no sooner than the read timeout
-        # cannot keep a quiet market's connection up.
-        ordered(self, "ping_interval_s", "read_timeout_s", strict=True)
+        # Only messages count (the PONG): a ping later than the read timeout cannot
+        # keep a quiet market's connection up.
+        ordered(self, "ping_interval_s", "read_timeout_s")
         return self

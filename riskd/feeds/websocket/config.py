@@ -61,5 +61,5 @@ class WebsocketFeedSettings(ConnectionSettings):
         # Without the venue's pings as heartbeat, only the answer to ours keeps a quiet
         # connection up: it must come before the read timeout.
         if self.ping_interval_s > 0 and not self.heartbeat:
-            ordered(self, "ping_interval_s", "read_timeout_s", strict=True)
+            ordered(self, "ping_interval_s", "read_timeout_s")
         return self
