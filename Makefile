@@ -15,6 +15,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $(STAMP)
 
 run: $(STAMP)
+	@echo "riskd is installed in $(BIN)/: run '. $(BIN)/activate' to have it on PATH"
 	$(BIN)/riskd run -c config/riskd.toml
 
 test: $(STAMP) test-tools

@@ -6,13 +6,15 @@ import argparse
 import asyncio
 import gc
 import json
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from riskd import __version__
-from riskd.config import ConfigError, Settings, load_settings, masked
+from riskd.config import ConfigError, Settings, describe_source, load_settings, masked
 from riskd.markets import MarketsError
+from riskd.secrets import mask_urls, url_secrets
 from riskd.tape import TapeError
 
 USER_ERRORS = (ConfigError, MarketsError, TapeError)
@@ -57,6 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _backtest(args)
         if args.command == "check-config":
             settings = load_settings(args.config)
+            # stderr: stdout stays one JSON document.
+            print(f"riskd: {describe_source(settings)}", file=sys.stderr)
             print(json.dumps(masked(settings), indent=2))
             return 0
         if args.command == "explain":
@@ -64,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "receiver":
             return _receiver(args)
     except USER_ERRORS as exc:
-        print(f"riskd: {exc}", file=sys.stderr)
+        print(f"riskd: {mask_urls(str(exc))}", file=sys.stderr)
         return 2
     return 1
 
@@ -110,6 +114,12 @@ def _run(config: Path | None) -> int:
 
     settings = load_settings(config)
     logs.setup(settings.log.level, settings.log.format, secret_values(settings))
+    # Which file is in force is the first thing to know when the daemon misbehaves;
+    # running on built-in defaults is rarely what was meant, so it is a warning.
+    source = settings.source
+    logging.getLogger("riskd").log(
+        logging.INFO if source is not None else logging.WARNING, "%s",
+        describe_source(settings), extra={"config": str(source.resolve()) if source else ""})
 
     async def go() -> int:
         daemon = Daemon(settings, config)
@@ -193,7 +203,19 @@ def secret_values(settings: Settings) -> list[str]:
         values.append(http.secret.get_secret_value())
         if http.secret_file is not None:
             values.append(http.secret_bytes().decode(errors="replace"))
+    # Where a credential inside a URL shows up outside one. Very short ones are left to
+    # the URL masking: masking "pw" by value would garble every word holding it.
+    values += [v for v in _url_secrets(settings.model_dump()) if len(v) >= 4]
     return [v for v in values if v]
+
+
+def _url_secrets(node: object) -> list[str]:
+    """Credentials inside any URL of the settings (feed URLs, the exchange's URL)."""
+    if isinstance(node, dict):
+        return [s for v in node.values() for s in _url_secrets(v)]
+    if isinstance(node, list):
+        return [s for v in node for s in _url_secrets(v)]
+    return url_secrets(node) if isinstance(node, str) else []
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -30,7 +31,8 @@ from pydantic_settings import (
 from riskd.feeds.kalshi.config import KalshiSettings
 from riskd.feeds.polymarket.config import PolymarketSettings
 from riskd.feeds.websocket.config import WebsocketFeedSettings
-from riskd.validators import readable_file
+from riskd.secrets import mask_url
+from riskd.validators import KeyValueError, ordered, readable_file
 
 DEFAULT_CONFIG = Path("config/riskd.toml")
 
@@ -145,6 +147,12 @@ class ModelSettings(Section):
     # two prices say nothing about how often it trades.
     warmup_ticks: int = Field(10, ge=2)
 
+    @model_validator(mode="after")
+    def _floors(self) -> ModelSettings:
+        # A prior under its floor is never used: the floor replaces it silently.
+        ordered(self, "sigma_floor", "sigma_prior")
+        return self
+
     @field_validator("nodes")
     @classmethod
     def _even_nodes(cls, v: int) -> int:
@@ -177,8 +185,8 @@ class GovernorSettings(Section):
 
     @model_validator(mode="after")
     def _ttl_covers_cycle(self) -> GovernorSettings:
-        if self.ttl_s <= self.publish_interval_s:
-            raise ValueError("governor.ttl_s must exceed governor.publish_interval_s")
+        # A set must outlive the cycle that would replace it.
+        ordered(self, "publish_interval_s", "ttl_s", strict=True)
         return self
 
 
@@ -208,6 +216,24 @@ class HttpPublisherSettings(Section):
     circuit_max_reset_s: float = Field(60.0, gt=0.0)
 
     _readable = field_validator("secret_file")(readable_file)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> HttpPublisherSettings:
+        # backoff() and the breaker need their ranges the right way round; a publisher
+        # that only finds out at its first failure would stop sending.
+        ordered(self, "backoff_initial_s", "backoff_max_s")
+        ordered(self, "circuit_reset_s", "circuit_max_reset_s")
+        has_secret = bool(self.secret.get_secret_value().strip())
+        if self.secret_file is not None:
+            if has_secret:
+                raise KeyValueError("secret_file", "set secret or secret_file, not both")
+            if not self.secret_bytes():
+                raise KeyValueError("secret_file", f"{self.secret_file} is empty")
+        elif not has_secret:
+            # An empty key signs every batch with it: the exchange refuses them all.
+            raise KeyValueError("secret", "required to sign requests: set secret, "
+                                "secret_file or RISKD_PUBLISHER__HTTP__SECRET")
+        return self
 
     def secret_bytes(self) -> bytes:
         if self.secret_file is not None:
@@ -253,6 +279,12 @@ class StateSettings(Section):
     # An older snapshot is not trusted: the daemon starts at fail-safe values.
     max_age_s: float = Field(300.0, gt=0.0)
 
+    @model_validator(mode="after")
+    def _snapshots_usable(self) -> StateSettings:
+        # Else a restart mostly finds a snapshot older than max_age_s, and drops it.
+        ordered(self, "snapshot_interval_s", "max_age_s", strict=True)
+        return self
+
 
 class LogSettings(Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -278,6 +310,21 @@ class Settings(BaseSettings):
     state: StateSettings = Field(default_factory=StateSettings)
     log: LogSettings = Field(default_factory=LogSettings)
 
+    # The file loaded (None: built-in defaults) and whether -c named it; set by
+    # load_settings.
+    _source: Path | None = PrivateAttr(None)
+    _explicit: bool = PrivateAttr(False)
+
+    @property
+    def source(self) -> Path | None:
+        """The config file these settings were read from; None for built-in defaults."""
+        return self._source
+
+    @model_validator(mode="after")
+    def _distinct_paths(self) -> Settings:
+        _check_paths(self)
+        return self
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -292,6 +339,36 @@ class Settings(BaseSettings):
         if path is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
         return tuple(sources)
+
+
+def _check_paths(s: Settings) -> None:
+    """Files the daemon writes must not be files it reads, nor each other: an audit log
+    in the replay's tape directory would be replayed as a tape next time (`.jsonl`),
+    state in it likewise (`overrides.json`)."""
+    audit = _resolved(s.publisher.jsonl.path) if s.publisher.jsonl is not None else None
+    state = _resolved(s.state.dir) if s.state.enabled else None
+    tape = _resolved(s.feed.path) if s.feed.kind == "replay" else None
+    if audit is not None:
+        if tape is not None and audit.is_relative_to(tape):
+            what = "is the replay tape" if audit == tape else "is inside the tape directory"
+            raise KeyValueError("publisher.jsonl.path", f"{what} feed.path ({s.feed.path})")
+        if state is not None and audit == state:
+            raise KeyValueError("publisher.jsonl.path", f"is the state directory state.dir "
+                                f"({s.state.dir})")
+        if s.markets.file is not None and audit == _resolved(s.markets.file):
+            raise KeyValueError("publisher.jsonl.path", f"is the markets file markets.file "
+                                f"({s.markets.file})")
+    if state is not None and tape is not None and state == tape:
+        raise KeyValueError("state.dir", f"is the replay tape feed.path ({s.feed.path})")
+
+
+def _resolved(path: Path) -> Path:
+    """Symlinks and `..` resolved where the file system allows (a symlink loop, a
+    name it refuses: compared as written, the open reports the problem)."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError, ValueError):
+        return path.absolute()
 
 
 # pydantic-settings asks the class, not the instance, for its sources: the file
@@ -311,7 +388,10 @@ def load_settings(path: str | Path | None = None, *, required: bool = False) -> 
         _check_toml(toml_path)
     _LOADING["path"] = toml_path
     try:
-        return Settings()
+        settings = Settings()
+        settings._source = toml_path
+        settings._explicit = path is not None
+        return settings
     except ValidationError as exc:
         raise ConfigError(_describe(exc, toml_path)) from None
     except SettingsError as exc:  # e.g. an environment variable that is not valid JSON
@@ -337,19 +417,41 @@ def _describe(exc: ValidationError, path: Path | None) -> str:
     where = str(path) if path is not None else "embedded defaults"
     lines = [f"{where}: invalid configuration"]
     for err in exc.errors():
-        key = ".".join(str(part) for part in err["loc"]) or "(root)"
+        loc = [str(part) for part in err["loc"]]
         msg = err["msg"]
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, KeyValueError):  # a conflict found by a section: name its key
+            loc += cause.key.split(".")
+            msg = cause.message
+        key = ".".join(loc) or "(root)"
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
-        env = "RISKD_" + "__".join(str(p).upper() for p in err["loc"])
+        env = "RISKD_" + "__".join(p.upper() for p in loc)
         source = f" (or env {env})" if key != "(root)" and env in os.environ else ""
         lines.append(f"  {key}{source}: {msg}")
     return "\n".join(lines)
 
 
+def describe_source(settings: Settings) -> str:
+    """Where the settings came from, for check-config and the daemon's first log line:
+    the file (and why that one), and the names (never values) of RISKD_ variables."""
+    path = settings.source
+    if path is None:
+        text = f"no config file (no -c, no ./{DEFAULT_CONFIG}): built-in defaults"
+    elif settings._explicit:
+        text = f"config file {path.resolve()}"
+    else:
+        text = f"config file {path.resolve()} (found as ./{DEFAULT_CONFIG}, no -c given)"
+    env = sorted(k for k in os.environ if k.upper().startswith("RISKD_"))
+    if env:
+        text += "; environment overrides: " + ", ".join(env)
+    return text
+
+
 def masked(settings: Settings) -> dict[str, Any]:
-    """The effective settings as plain data, every secret replaced by '***'."""
-    data = json.loads(settings.model_dump_json())  # SecretStr dumps as '**********'
+    """The effective settings as plain data, every secret replaced by '***' (also the
+    credentials inside URLs)."""
+    data = _mask_urls(json.loads(settings.model_dump_json()))  # SecretStr: '**********'
     for secret in _secret_paths(settings):
         node: Any = data
         for part in secret[:-1]:
@@ -357,6 +459,16 @@ def masked(settings: Settings) -> dict[str, Any]:
         if isinstance(node, dict) and node.get(secret[-1]):
             node[secret[-1]] = "***"
     return data
+
+
+def _mask_urls(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _mask_urls(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_mask_urls(v) for v in node]
+    if isinstance(node, str):
+        return mask_url(node)
+    return node
 
 
 def _secret_paths(settings: Settings) -> list[tuple[str, ...]]:

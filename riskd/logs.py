@@ -4,7 +4,8 @@ Events carry their subject as fields (`extra=`): `market`, `reason`, `venue`,
 `publisher`, ... In JSON each is a key of the event object; in text they follow the
 message as `key=value`. Secrets never reach the output: the values of configured
 secrets are masked wherever they appear, and so is any field whose name says it
-holds one.
+holds one. Credentials inside URLs (`user:pw@`, `?token=`) are masked in every
+message, field and traceback, configured or not (riskd/secrets.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import re
 import sys
 from collections.abc import Iterable
 from typing import Any
+
+from riskd.secrets import mask_urls
 
 # Attributes every LogRecord has; anything else was passed with `extra=` and is a field.
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
@@ -51,7 +54,8 @@ class TextFormatter(logging.Formatter):
 
 
 class RedactSecrets(logging.Filter):
-    """Masks secret values in the message, its arguments and the extra fields."""
+    """Masks secret values, and credentials inside URLs, in the message, its arguments,
+    the extra fields and the traceback."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         super().__init__()
@@ -61,20 +65,19 @@ class RedactSecrets(logging.Filter):
     def _mask(self, text: str) -> str:
         for secret in self.secrets:
             text = text.replace(secret, MASK)
-        return text
+        return mask_urls(text)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self.secrets:
-            message = record.getMessage()
-            masked = self._mask(message)
-            if masked != message:
-                record.msg, record.args = masked, None
+        message = record.getMessage()
+        masked = self._mask(message)
+        if masked != message:
+            record.msg, record.args = masked, None
         for key, value in fields(record).items():
             if _SECRET_KEY.search(key):
                 setattr(record, key, MASK)
-            elif self.secrets and isinstance(value, str):
+            elif isinstance(value, str):
                 setattr(record, key, self._mask(value))
-        if record.exc_info and self.secrets:
+        if record.exc_info:
             # The traceback may quote a secret: render it now, masked (formatters use it).
             record.exc_text = self._mask(logging.Formatter().formatException(record.exc_info))
         return True

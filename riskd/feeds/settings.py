@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from riskd.validators import ordered
+
 
 class VenueSection(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
@@ -34,6 +36,5 @@ class ConnectionSettings(VenueSection):
 
     @model_validator(mode="after")
     def _backoff_order(self) -> ConnectionSettings:
-        if self.backoff_max_s < self.backoff_initial_s:
-            raise ValueError("backoff_max_s must be >= backoff_initial_s")
+        ordered(self, "backoff_initial_s", "backoff_max_s")
         return self

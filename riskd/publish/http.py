@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import orjson
 
-from riskd.backoff import backoff
 from riskd.publish.base import Batch, PublishStats
 from riskd.publish.retry import (
     CircuitBreaker,
@@ -40,7 +39,9 @@ from riskd.publish.retry import (
     classify_status,
     error_reason,
     retry_after,
+    retry_delays,
 )
+from riskd.secrets import mask_url
 
 if TYPE_CHECKING:
     from riskd.config import HttpPublisherSettings
@@ -126,6 +127,18 @@ class HttpPublisher:
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(timeout=self.timeout)
         self._task = asyncio.create_task(self._run(), name="publish-http")
+        self._task.add_done_callback(self._stopped)
+
+    def _stopped(self, task: asyncio.Task[None]) -> None:
+        """The sender only ends when closed; any other end is said, not silent, and
+        makes the publisher unhealthy (/readyz)."""
+        if task.cancelled():
+            return
+        self._ok = False
+        exc = task.exception()
+        log.error("http publisher stopped, nothing more is sent to %s: %r",
+                  mask_url(self.url), exc, exc_info=exc,
+                  extra={"publisher": self.name, "reason": "publisher_stopped"})
 
     def submit(self, batch: Batch) -> None:
         self._generated_at = batch.generated_at  # the daemon clock: event time in replay
@@ -143,7 +156,8 @@ class HttpPublisher:
             self._wake.set()
 
     def healthy(self) -> bool:
-        return self._ok and not self.breaker.is_open
+        alive = self._task is None or not self._task.done()
+        return alive and self._ok and not self.breaker.is_open
 
     async def drain(self, timeout: float) -> None:
         try:
@@ -222,7 +236,8 @@ class HttpPublisher:
                               self.breaker.consecutive,
                               extra={"publisher": self.name, "reason": "circuit_open"})
                 if delays is None:
-                    delays = backoff(self.policy.backoff_initial_s, self.policy.backoff_max_s)
+                    delays = retry_delays(self.policy.backoff_initial_s,
+                                          self.policy.backoff_max_s)
                 delay = next(delays)
                 if attempt.retry_after_s is not None:
                     delay = max(delay, attempt.retry_after_s)

@@ -3,17 +3,23 @@ how long to wait, and when to stop trying (the circuit breaker).
 
 Errors are classified here and nowhere else (`classify_status`, `classify_error`):
 2xx is delivered; 408, 429, 5xx, timeouts and connection errors are retried; any
-other 4xx is permanent. Delays come from the pure generator `backoff`; the
-breaker is a small state machine whose clock is an argument.
+other 4xx is permanent. Delays come from the pure generator `backoff` (through
+`retry_delays`, which never raises); the breaker is a small state machine whose
+clock is an argument.
 """
 
 from __future__ import annotations
 
 import enum
+import math
+import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
 import aiohttp
+
+from riskd.backoff import backoff
 
 RETRYABLE_STATUSES = frozenset({408, 429})
 
@@ -66,6 +72,17 @@ def retry_after(value: str | None, now: float, limit: float) -> float | None:
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
     return min(max(0.0, when - now), limit)
+
+
+def retry_delays(initial_s: float, max_s: float, rng: random.Random | None = None
+                 ) -> Iterator[float]:
+    """`backoff` delays for any pair of settings: the config rejects a reversed or
+    non-positive range, but the sender runs in a task where a ValueError would stop
+    publishing for good, so a bad range is made usable (max raised to initial) rather
+    than raised."""
+    initial = initial_s if initial_s > 0 and math.isfinite(initial_s) else 0.1
+    cap = max_s if math.isfinite(max_s) and max_s >= initial else initial
+    return backoff(initial, cap, rng=rng)
 
 
 @dataclass

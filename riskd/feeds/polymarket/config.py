@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from riskd.feeds.settings import ConnectionSettings
+from riskd.validators import ordered
 
 POLYMARKET_WS_URL = "wss://ws-subscriptions-clob.polymarket.com/ws/market"
 GAMMA_URL = "https://gamma-api.polymarket.com"
@@ -29,3 +30,10 @@ class PolymarketSettings(ConnectionSettings):
     # CLOB token ids or slugs, looked up on Gamma (needs [feed] metadata = true).
     markets: list[str] = Field(default_factory=list)
     gamma_page_size: int = Field(100, ge=1, le=500)
+
+    @model_validator(mode="after")
+    def _ping_before_timeout(self) -> PolymarketSettings:
+        # Only messages count (the PONG): a ping later than the read timeout cannot
+        # keep a quiet market's connection up.
+        ordered(self, "ping_interval_s", "read_timeout_s")
+        return self

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from riskd.feeds.settings import ConnectionSettings, VenueSection
+from riskd.validators import KeyValueError, ordered
 
 
 class FieldMap(VenueSection):
@@ -54,4 +55,11 @@ class WebsocketFeedSettings(ConnectionSettings):
             raise ValueError("fields.market: must name the market id field")
         if self.timestamp_unit != "receive" and not f.timestamp:
             raise ValueError("fields.timestamp: required unless timestamp_unit = \"receive\"")
+        # An interval with nothing to send pings nothing.
+        if self.ping_interval_s > 0 and not self.ping_text:
+            raise KeyValueError("ping_text", "required when ping_interval_s > 0")
+        # Without the venue's pings as heartbeat, only the answer to ours keeps a quiet
+        # connection up: it must come before the read timeout.
+        if self.ping_interval_s > 0 and not self.heartbeat:
+            ordered(self, "ping_interval_s", "read_timeout_s")
         return self
