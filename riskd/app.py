@@ -22,7 +22,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from riskd import heap
-from riskd.config import ConfigError, Settings, load_settings
+from riskd.config import ConfigError, Settings, describe_source, load_settings
 from riskd.engine import Engine, compile_kernels
 from riskd.feeds.base import EventSource, Feed, LivenessSource, MarketEvent
 from riskd.feeds.replay import ReplayFeed
@@ -412,7 +412,7 @@ class Daemon:
         self.engine.reconfigure(settings)
         self.settings = settings
         self.metrics.reloads.labels("ok").inc()
-        log.info("config reloaded")
+        log.info("config reloaded: %s", describe_source(settings))
         return True
 
     async def run(self) -> int:

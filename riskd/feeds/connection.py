@@ -37,6 +37,7 @@ from riskd.backoff import backoff
 from riskd.feeds.base import Liveness, MarketEvent, Tick
 from riskd.feeds.codec import Codec, Decoded
 from riskd.feeds.settings import ConnectionSettings
+from riskd.secrets import mask_url
 
 if TYPE_CHECKING:
     from riskd.metrics import Metrics
@@ -309,7 +310,8 @@ class WebsocketFeed:
                 reason = classify(exc)
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 if reason is None:
-                    raise FeedError(f"{self.venue} feed at {self.url}: {self.last_error}") \
+                    raise FeedError(f"{self.venue} feed at {mask_url(self.url)}: "
+                                    f"{self.last_error}") \
                         from exc
                 if reason == "message_too_big":
                     self.count(reason)
@@ -363,7 +365,7 @@ class WebsocketFeed:
             link.connections += 1
             if link.connections > 1 and self.metrics is not None:
                 self.metrics.reconnects.labels(self.venue).inc()
-            log.info("%s: connected%s to %s", self.venue, link.label, self.url)
+            log.info("%s: connected%s to %s", self.venue, link.label, mask_url(self.url))
             for subscription in link.codec.on_connect():
                 await ws.send(subscription)
             pinger = None

@@ -23,6 +23,7 @@ import aiohttp
 
 from riskd.feeds.base import MarketEvent
 from riskd.markets import Market
+from riskd.secrets import mask_url, mask_urls
 
 UNKNOWN = math.nan  # an unknown time: the engine treats nan as "not known"
 CONDITION_ID = re.compile(r"^0x[0-9a-fA-F]{64}$")
@@ -189,16 +190,17 @@ async def _get(session: aiohttp.ClientSession, url: str, params: list[tuple[str,
     try:
         async with session.get(url, params=params) as resp:
             if resp.status != 200:
-                raise MetadataError(f"GET {url}: HTTP {resp.status}")
+                raise MetadataError(f"GET {mask_url(url)}: HTTP {resp.status}")
             body = bytearray()
             async for chunk in resp.content.iter_chunked(1 << 16):
                 body += chunk
                 if len(body) > MAX_RESPONSE_BYTES:
-                    raise MetadataError(f"GET {url}: response larger than "
+                    raise MetadataError(f"GET {mask_url(url)}: response larger than "
                                         f"{MAX_RESPONSE_BYTES} bytes")
             return json.loads(body)
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-        raise MetadataError(f"GET {url}: {type(exc).__name__}: {exc}") from None
+        raise MetadataError(f"GET {mask_url(url)}: {type(exc).__name__}: "
+                            f"{mask_urls(str(exc))}") from None
 
 
 def _chunks(items: list[str], n: int) -> Iterable[list[str]]:
@@ -229,7 +231,7 @@ async def fetch_polymarket(
                 params += [("limit", str(page_size)), ("offset", str(offset))]
                 page = await _get(session, url, params)
                 if not isinstance(page, list):
-                    raise MetadataError(f"GET {url}: expected a JSON list of markets")
+                    raise MetadataError(f"GET {mask_url(url)}: expected a JSON list of markets")
                 fresh = [e for e in page
                          if not (isinstance(e, dict) and e.get("conditionId") in seen)]
                 parse_entries(fresh, gamma_market, lookup)
@@ -258,7 +260,7 @@ async def fetch_kalshi(
                 params.append(("cursor", cursor))
             page = await _get(session, url, params)
             if not isinstance(page, dict) or not isinstance(page.get("markets"), list):
-                raise MetadataError(f"GET {url}: expected an object with a markets list")
+                raise MetadataError(f"GET {mask_url(url)}: expected an object with a markets list")
             parse_entries(page["markets"], kalshi_market, lookup)
             cursor = page.get("cursor") or ""
             if not isinstance(cursor, str) or not cursor or not page["markets"]:
