@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import orjson
-from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from riskd import heap
@@ -33,7 +32,7 @@ from riskd.publish.base import Batch, Publisher
 from riskd.publish.http import DeliveryPolicy, HttpPublisher
 from riskd.publish.jsonl import JsonlPublisher
 from riskd.publish.websocket import WebsocketPublisher
-from riskd.server import make_app
+from riskd.server import serve
 from riskd.state import StateStore, tighten_from_audit
 from riskd.timeutil import iso, parse_iso
 
@@ -422,14 +421,10 @@ class Daemon:
         compile_kernels(self.settings)
         runner = None
         if self.settings.server.enabled:
-            runner = web.AppRunner(make_app(self), access_log=None, handle_signals=False)
-            await runner.setup()
             host, port = self.settings.server.host, self.settings.server.port
-            site = web.TCPSite(runner, host, port)
             try:
-                await site.start()
+                runner = await serve(self)
             except OSError as exc:  # port taken, address not local: the config's to fix
-                await runner.cleanup()
                 raise ConfigError(f"server.port: cannot listen on {host}:{port}: "
                                   f"{exc.strerror or exc}") from None
             log.info("API on http://%s:%d", host, runner.addresses[0][1])
