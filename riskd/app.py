@@ -28,12 +28,13 @@ from riskd.feeds.replay import ReplayFeed
 from riskd.markets import Market, load_markets, parse_markets
 from riskd.metrics import Metrics
 from riskd.overrides import OverrideError, OverrideStore
-from riskd.publish.base import Batch, Publisher
+from riskd.publish.base import Batch, Publisher, background_task
 from riskd.publish.http import DeliveryPolicy, HttpPublisher
 from riskd.publish.jsonl import JsonlPublisher
 from riskd.publish.websocket import WebsocketPublisher
 from riskd.server import serve
 from riskd.state import StateStore, tighten_from_audit
+from riskd.supervise import Fatal, Supervisor
 from riskd.timeutil import iso, parse_iso
 
 log = logging.getLogger("riskd")
@@ -107,6 +108,7 @@ class Daemon:
         self._unpublished_since: float | None = None
         self._feed_done = False
         self._tallies: dict[str, FeedTally] = {}  # venue -> what came since the last cycle
+        self.supervisor = Supervisor(self.metrics, self._fatal)
 
     def _make_publishers(self, settings: Settings) -> list[Publisher]:
         pubs: list[Publisher] = []
@@ -156,6 +158,7 @@ class Daemon:
         if self.seq == 0:
             reasons.append("nothing_published")
         reasons += [f"publisher_failing:{p.name}" for p in self.publishers if not p.healthy()]
+        reasons += self.supervisor.reasons()
         return not reasons, reasons
 
     # --- the three stages -------------------------------------------------
@@ -443,17 +446,17 @@ class Daemon:
         self.restore()
         gc.collect()  # the start-up's garbage, once, before the heap is trimmed
         heap.trim()
-        snapshot_task = asyncio.create_task(self._snapshots(), name="snapshots")
-        feed_task: asyncio.Task[object] = asyncio.create_task(self._consume(), name="feed")
-        cycle_task: asyncio.Task[object] = asyncio.create_task(self._cycles(), name="cycle")
-        stop_task: asyncio.Task[object] = asyncio.create_task(self.stop.wait())
-        done, _ = await asyncio.wait({feed_task, cycle_task, stop_task},
-                                     return_when=asyncio.FIRST_COMPLETED)
-        failed = [t for t in done if t is not stop_task and not t.cancelled() and t.exception()]
-        if feed_task in done and not failed:
-            await stop_task  # the feed ended: keep serving the last state until told to stop
+        sup = self.supervisor
+        for pub in self.publishers:
+            self._watch(pub)
+        snapshot_task = sup.spawn("snapshots", self._snapshots, restart=True)
+        # A feed that fails is not restarted here (a replay would start over): exit 1.
+        # Its normal end (a replay's) is not a failure: the last state is served on.
+        feed_task = sup.spawn("feed", self._consume, restart=False, may_end=True)
+        cycle_task = sup.spawn("cycle", self._cycles, restart=True)
+        await self.stop.wait()
         # Shutdown order: stop the feed, publish the final batch, drain, close the server.
-        self.stop.set()
+        await sup.close()
         for task in (feed_task, cycle_task, snapshot_task):
             task.cancel()
         await asyncio.gather(feed_task, cycle_task, snapshot_task, return_exceptions=True)
@@ -465,13 +468,29 @@ class Daemon:
         self.snapshot()
         if runner is not None:
             await runner.cleanup()
-        for task in failed:
-            error = task.exception()
-            log.error("%s stopped unexpectedly: %r", task.get_name(), error,
-                      extra={"reason": type(error).__name__})
+        if sup.fatal is not None:
+            log.error("stopped after task %s failed: exit 1", sup.fatal.task,
+                      extra={"task": sup.fatal.task, "reason": "task_failed"})
             return 1
         log.info("stopped cleanly after %d batches", self.seq)
         return 0
+
+    def _fatal(self, fatal: Fatal) -> None:
+        self.stop.set()  # run() drains and returns 1
+
+    def _watch(self, pub: Publisher) -> None:
+        """A publisher's own task (the HTTP sender) is supervised: when it dies the
+        publisher is closed and started again; what it had pending is kept."""
+        task = background_task(pub)
+        if task is None:
+            return
+
+        async def restart() -> asyncio.Task[Any] | None:
+            await pub.close()
+            await pub.start()
+            return background_task(pub)
+
+        self.supervisor.watch(f"publish-{pub.name}", task, restart)
 
 
 class FeedTally:
