@@ -33,7 +33,7 @@ from riskd.publish.http import DeliveryPolicy, HttpPublisher
 from riskd.publish.jsonl import JsonlPublisher
 from riskd.publish.websocket import WebsocketPublisher
 from riskd.server import serve
-from riskd.state import StateStore, tighten_from_audit
+from riskd.state import StateStore, last_published_at, tighten_from_audit
 from riskd.supervise import Fatal, Supervisor
 from riskd.timeutil import iso, parse_iso
 
@@ -109,6 +109,9 @@ class Daemon:
         self._feed_done = False
         self._tallies: dict[str, FeedTally] = {}  # venue -> what came since the last cycle
         self.supervisor = Supervisor(self.metrics, self._fatal)
+        # Event time of the last batch stamped (generated_at), and the floor under the
+        # next one: after a restart, the last one published before it (restore).
+        self._stamped = self._stamp_floor = -math.inf
 
     def _make_publishers(self, settings: Settings) -> list[Publisher]:
         pubs: list[Publisher] = []
@@ -235,6 +238,12 @@ class Daemon:
         now = self.now()
         if not math.isfinite(now):
             return
+        if now < self._stamp_floor:
+            # A resumed replay re-reads the ticks after the snapshot: their batches
+            # were published before the restart. Stamps never go back.
+            if isinstance(self.feed, ReplayFeed) and not self.feed.finished:
+                return
+            now = self._stamp_floor
         for tally in self._tallies.values():
             self._flush_tally(tally)
         started = time.perf_counter()
@@ -243,6 +252,7 @@ class Daemon:
         self.metrics.markets.set(len(self.engine))
         if result.entries:
             self._log_mode_changes(result.entries)
+            self._stamped = now
             self._publish(Batch(self.settings.publisher.instance, self.seq + 1, iso(now),
                                 result.entries, tightened=result.tightened_markets))
         if len(result.entries) >= MASS_PUBLISH or \
@@ -343,6 +353,10 @@ class Daemon:
         self.engine.invalidate()
         if loaded.trusted and isinstance(self.feed, ReplayFeed):
             self.feed.resume_after(loaded.clock)
+            # The snapshot is older than the last batches: the audit log has them.
+            floor = max(loaded.published, last_published_at(audit.path)
+                        if audit is not None else -math.inf)
+            self._stamped = self._stamp_floor = floor
 
     def snapshot(self) -> None:
         """Write a snapshot now, on the caller's thread (shutdown, tests)."""
@@ -363,7 +377,7 @@ class Daemon:
     def _capture(self) -> dict[str, Any]:
         assert self.store is not None
         self.engine.flush()  # the snapshot holds every tick taken before its clock
-        return self.store.capture(self.engine, self.now(), self._seqs())
+        return self.store.capture(self.engine, self.now(), self._seqs(), self._stamped)
 
     def _try_write(self, captured: dict[str, Any]) -> OSError | None:
         assert self.store is not None
