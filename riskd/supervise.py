@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -42,7 +43,7 @@ class TaskStats(Protocol):
 class _State:
     running: bool = False
     failures: int = 0
-    failed_at: float | None = None  # loop time of the last failure
+    failed_at: float | None = None  # time.monotonic() of the last failure
     delays: Iterator[float] | None = None
     started_at: float = 0.0
 
@@ -83,9 +84,8 @@ class Supervisor:
 
     async def _run(self, name: str, factory: Callable[[], Awaitable[object]],
                    restart: bool, may_end: bool) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            self._started(name, loop.time())
+            self._started(name)
             error: BaseException | None = None
             try:
                 await factory()
@@ -113,7 +113,7 @@ class Supervisor:
         """Follow `task`; when it ends other than by cancellation, `restart()` (after the
         backoff) must bring the component back and return its new task."""
         self.declare(name)
-        self._started(name, asyncio.get_running_loop().time())
+        self._started(name)
         task.add_done_callback(lambda t: self._ended(name, t, restart))
 
     def _ended(self, name: str, task: asyncio.Task[Any],
@@ -145,22 +145,22 @@ class Supervisor:
             if task is not None:
                 self.watch(name, task, restart)
             else:
-                self._started(name, asyncio.get_running_loop().time())
+                self._started(name)
             log.info("task %s restarted", name, extra={"task": name, "reason": "task_restarted"})
             return
 
     # --- bookkeeping ---------------------------------------------------------------------
 
-    def _started(self, name: str, now: float) -> None:
+    def _started(self, name: str) -> None:
         state = self._states[name]
         state.running = True
-        state.started_at = now
+        state.started_at = time.monotonic()
         self.stats.task_state(name, True)
 
     def _failed(self, name: str, error: BaseException | None, restart: bool) -> float | None:
         """Log and count a failure; the delay before the restart, None if fatal."""
         state = self._states[name]
-        now = asyncio.get_running_loop().time()
+        now = time.monotonic()
         state.running = False
         state.failures += 1
         state.failed_at = now
@@ -185,7 +185,7 @@ class Supervisor:
 
     def reasons(self) -> list[str]:
         """For /readyz: every task down, or back for less than RECENT_S."""
-        now = asyncio.get_running_loop().time()
+        now = time.monotonic()
         return [f"task_failed:{name}" for name, s in self._states.items()
                 if s.failed_at is not None and (not s.running or now - s.failed_at < RECENT_S)]
 
