@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import orjson
-from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from riskd import heap
@@ -29,12 +28,13 @@ from riskd.feeds.replay import ReplayFeed
 from riskd.markets import Market, load_markets, parse_markets
 from riskd.metrics import Metrics
 from riskd.overrides import OverrideError, OverrideStore
-from riskd.publish.base import Batch, Publisher
+from riskd.publish.base import Batch, Publisher, background_task
 from riskd.publish.http import DeliveryPolicy, HttpPublisher
 from riskd.publish.jsonl import JsonlPublisher
 from riskd.publish.websocket import WebsocketPublisher
-from riskd.server import make_app
-from riskd.state import StateStore, tighten_from_audit
+from riskd.server import serve
+from riskd.state import StateStore, last_published_at, tighten_from_audit
+from riskd.supervise import Fatal, Supervisor
 from riskd.timeutil import iso, parse_iso
 
 log = logging.getLogger("riskd")
@@ -108,6 +108,10 @@ class Daemon:
         self._unpublished_since: float | None = None
         self._feed_done = False
         self._tallies: dict[str, FeedTally] = {}  # venue -> what came since the last cycle
+        self.supervisor = Supervisor(self.metrics, self._fatal)
+        # Event time of the last batch stamped (generated_at), and the floor under the
+        # next one: after a restart, the last one published before it (restore).
+        self._stamped = self._stamp_floor = -math.inf
 
     def _make_publishers(self, settings: Settings) -> list[Publisher]:
         pubs: list[Publisher] = []
@@ -167,6 +171,7 @@ class Daemon:
         if self.seq == 0:
             reasons.append("nothing_published")
         reasons += [f"publisher_failing:{p.name}" for p in self.publishers if not p.healthy()]
+        reasons += self.supervisor.reasons()
         return not reasons, reasons
 
     # --- the three stages -------------------------------------------------
@@ -243,6 +248,12 @@ class Daemon:
         now = self.now()
         if not math.isfinite(now):
             return
+        if now < self._stamp_floor:
+            # A resumed replay re-reads the ticks after the snapshot: their batches
+            # were published before the restart. Stamps never go back.
+            if isinstance(self.feed, ReplayFeed) and not self.feed.finished:
+                return
+            now = self._stamp_floor
         for tally in self._tallies.values():
             self._flush_tally(tally)
         started = time.perf_counter()
@@ -254,6 +265,7 @@ class Daemon:
         self.metrics.markets.set(len(self.engine))
         if result.entries:
             self._log_mode_changes(result.entries)
+            self._stamped = now
             self._publish(Batch(self.settings.publisher.instance, self.seq + 1, iso(now),
                                 result.entries, tightened=result.tightened_markets))
         if len(result.entries) >= MASS_PUBLISH or \
@@ -354,6 +366,10 @@ class Daemon:
         self.engine.invalidate()
         if loaded.trusted and isinstance(self.feed, ReplayFeed):
             self.feed.resume_after(loaded.clock)
+            # The snapshot is older than the last batches: the audit log has them.
+            floor = max(loaded.published, last_published_at(audit.path)
+                        if audit is not None else -math.inf)
+            self._stamped = self._stamp_floor = floor
 
     def snapshot(self) -> None:
         """Write a snapshot now, on the caller's thread (shutdown, tests)."""
@@ -374,7 +390,7 @@ class Daemon:
     def _capture(self) -> dict[str, Any]:
         assert self.store is not None
         self.engine.flush()  # the snapshot holds every tick taken before its clock
-        return self.store.capture(self.engine, self.now(), self._seqs())
+        return self.store.capture(self.engine, self.now(), self._seqs(), self._stamped)
 
     def _try_write(self, captured: dict[str, Any]) -> OSError | None:
         assert self.store is not None
@@ -435,14 +451,10 @@ class Daemon:
         compile_kernels(self.settings)
         runner = None
         if self.settings.server.enabled:
-            runner = web.AppRunner(make_app(self), access_log=None, handle_signals=False)
-            await runner.setup()
             host, port = self.settings.server.host, self.settings.server.port
-            site = web.TCPSite(runner, host, port)
             try:
-                await site.start()
+                runner = await serve(self)
             except OSError as exc:  # port taken, address not local: the config's to fix
-                await runner.cleanup()
                 raise ConfigError(f"server.port: cannot listen on {host}:{port}: "
                                   f"{exc.strerror or exc}") from None
             log.info("API on http://%s:%d", host, runner.addresses[0][1])
@@ -461,17 +473,17 @@ class Daemon:
         self.restore()
         gc.collect()  # the start-up's garbage, once, before the heap is trimmed
         heap.trim()
-        snapshot_task = asyncio.create_task(self._snapshots(), name="snapshots")
-        feed_task: asyncio.Task[object] = asyncio.create_task(self._consume(), name="feed")
-        cycle_task: asyncio.Task[object] = asyncio.create_task(self._cycles(), name="cycle")
-        stop_task: asyncio.Task[object] = asyncio.create_task(self.stop.wait())
-        done, _ = await asyncio.wait({feed_task, cycle_task, stop_task},
-                                     return_when=asyncio.FIRST_COMPLETED)
-        failed = [t for t in done if t is not stop_task and not t.cancelled() and t.exception()]
-        if feed_task in done and not failed:
-            await stop_task  # the feed ended: keep serving the last state until told to stop
+        sup = self.supervisor
+        for pub in self.publishers:
+            self._watch(pub)
+        snapshot_task = sup.spawn("snapshots", self._snapshots, restart=True)
+        # A feed that fails is not restarted here (a replay would start over): exit 1.
+        # Its normal end (a replay's) is not a failure: the last state is served on.
+        feed_task = sup.spawn("feed", self._consume, restart=False, may_end=True)
+        cycle_task = sup.spawn("cycle", self._cycles, restart=True)
+        await self.stop.wait()
         # Shutdown order: stop the feed, publish the final batch, drain, close the server.
-        self.stop.set()
+        await sup.close()
         for task in (feed_task, cycle_task, snapshot_task):
             task.cancel()
         await asyncio.gather(feed_task, cycle_task, snapshot_task, return_exceptions=True)
@@ -483,13 +495,29 @@ class Daemon:
         self.snapshot()
         if runner is not None:
             await runner.cleanup()
-        for task in failed:
-            error = task.exception()
-            log.error("%s stopped unexpectedly: %r", task.get_name(), error,
-                      extra={"reason": type(error).__name__})
+        if sup.fatal is not None:
+            log.error("stopped after task %s failed: exit 1", sup.fatal.task,
+                      extra={"task": sup.fatal.task, "reason": "task_failed"})
             return 1
         log.info("stopped cleanly after %d batches", self.seq)
         return 0
+
+    def _fatal(self, fatal: Fatal) -> None:
+        self.stop.set()  # run() drains and returns 1
+
+    def _watch(self, pub: Publisher) -> None:
+        """A publisher's own task (the HTTP sender) is supervised: when it dies the
+        publisher is closed and started again; what it had pending is kept."""
+        task = background_task(pub)
+        if task is None:
+            return
+
+        async def restart() -> asyncio.Task[Any] | None:
+            await pub.close()
+            await pub.start()
+            return background_task(pub)
+
+        self.supervisor.watch(f"publish-{pub.name}", task, restart)
 
 
 class FeedTally:

@@ -270,6 +270,18 @@ class ServerSettings(Section):
     # Admin overrides may only tighten relative to the model unless this is true;
     # then an override with "loosen": true replaces the model's leverage target.
     allow_loosen: bool = False
+    # Limits of the API server (riskd/server.py). A connection beyond max_connections
+    # is answered 503 and closed; one that has not sent a whole request head within
+    # header_timeout_s is answered 408 and closed; an idle keep-alive connection is
+    # closed after keepalive_timeout_s. Each refusal is counted in
+    # riskd_api_refused_total{reason}.
+    max_connections: int = Field(256, ge=1)
+    header_timeout_s: float = Field(10.0, gt=0.0)
+    keepalive_timeout_s: float = Field(30.0, gt=0.0)
+    max_line_bytes: int = Field(8190, ge=256)  # request line and each header line
+    max_field_bytes: int = Field(8190, ge=256)  # one header's value
+    max_headers: int = Field(64, ge=8)
+    max_body_bytes: int = Field(1024 * 1024, ge=1024)
 
 
 class StateSettings(Section):

@@ -32,6 +32,9 @@ REJECT_REASONS = (
 )
 # Publish results by publisher: the same, for `riskd_publishes_total`.
 PUBLISH_RESULTS = ("ok", "retry", "rejected", "error", "slow_consumer")
+# riskd_api_refused_total{reason}: every reason is exported from the start.
+API_REFUSALS = ("max_connections", "header_timeout", "header_too_large", "bad_request",
+                "body_too_large")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -89,6 +92,18 @@ class Metrics:
         self.last_snapshot = Gauge("riskd_last_snapshot_timestamp_seconds",
                                    "Wall-clock time of the latest state snapshot written; "
                                    "0 before the first", registry=registry)
+        self.api_refused = Counter("riskd_api_refused", "API connections and requests "
+                                   "refused by the server's limits ([server])", ["reason"],
+                                   registry=registry)
+        for reason in API_REFUSALS:
+            self.api_refused.labels(reason)
+        self.api_connections = Gauge("riskd_api_connections", "Open API connections",
+                                     registry=registry)
+        self.task_failures = Counter("riskd_task_failures", "Background tasks that ended "
+                                     "unexpectedly (each is logged and restarted, or the "
+                                     "daemon exits 1)", ["task"], registry=registry)
+        self.task_running = Gauge("riskd_task_running", "1 while the background task runs",
+                                  ["task"], registry=registry)
         self._rejected_seen: dict[tuple[str, str], int] = {}
         self._feeds: dict[str, _FeedChildren] = {}
 
@@ -152,6 +167,23 @@ class Metrics:
 
     def circuit(self, publisher: str, is_open: bool) -> None:
         self.circuit_open.labels(publisher).set(1 if is_open else 0)
+
+    # --- API server and background tasks -----------------------------------------
+
+    def api_refusal(self, reason: str) -> None:
+        self.api_refused.labels(reason).inc()
+
+    def task_declared(self, name: str) -> None:
+        """A supervised task's series exist (at zero) before it first fails."""
+        self.task_failures.labels(name)
+        self.task_running.labels(name).set(0)
+
+    def task_state(self, name: str, running: bool) -> None:
+        self.task_running.labels(name).set(1 if running else 0)
+
+    def task_failed(self, name: str) -> None:
+        self.task_failures.labels(name).inc()
+        self.task_running.labels(name).set(0)
 
     def snapshot_written(self, wall_time: float) -> None:
         self.last_snapshot.set(wall_time)

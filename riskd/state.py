@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import threading
 import time
 import zipfile
@@ -23,6 +24,7 @@ import numpy as np
 
 from riskd.engine import Engine
 from riskd.model.governor import MODES
+from riskd.timeutil import parse_iso
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,7 @@ class Loaded:
     message: str
     trusted: bool = False
     clock: float = float("-inf")  # the daemon clock when the snapshot was written
+    published: float = float("-inf")  # generated_at of the last batch before it
     seqs: dict[str, int] = field(default_factory=dict)  # publisher/sink -> last seq
     markets: int = 0
     # When the last seqs and versions are lost, new ones start above this (wall-clock
@@ -55,12 +58,13 @@ class StateStore:
 
     # --- writing -------------------------------------------------------------
 
-    def save(self, engine: Engine, clock: float, seqs: dict[str, int]) -> None:
+    def save(self, engine: Engine, clock: float, seqs: dict[str, int],
+             published: float = float("-inf")) -> None:
         """Write a snapshot atomically; raises OSError (the caller counts it)."""
-        self.write(self.capture(engine, clock, seqs))
+        self.write(self.capture(engine, clock, seqs, published))
 
-    def capture(self, engine: Engine, clock: float, seqs: dict[str, int]
-                ) -> dict[str, Any]:
+    def capture(self, engine: Engine, clock: float, seqs: dict[str, int],
+                published: float = float("-inf")) -> dict[str, Any]:
         """The snapshot's contents, copied: the engine may move on while `write` runs
         (in a thread: at 100k markets the file and its fsyncs take 40-100 ms, too long
         for the event loop)."""
@@ -68,6 +72,7 @@ class StateStore:
             "schema": SCHEMA,
             "written_at": time.time(),
             "clock": clock if np.isfinite(clock) else None,
+            "published": published if np.isfinite(published) else None,
             "seqs": dict(seqs),
             "ids": list(engine.ids),
         }
@@ -128,6 +133,8 @@ class StateStore:
         seqs = {str(k): int(v) for k, v in (header.get("seqs") or {}).items()}
         clock = header.get("clock")
         clock = float(clock) if isinstance(clock, int | float) else float("-inf")
+        published = header.get("published")
+        published = float(published) if isinstance(published, int | float) else float("-inf")
         if header.get("schema") != SCHEMA:
             return Loaded("schema", f"{self.path}: schema {header.get('schema')!r}, this "
                           f"build reads {SCHEMA}: starting conservatively", seqs=seqs,
@@ -149,7 +156,7 @@ class StateStore:
             return self._corrupt(f"inconsistent arrays: {exc}")
         return Loaded("restored", f"restored {restored} markets from {self.path} "
                       f"({age:.0f} s old)", trusted=True, clock=clock, seqs=seqs,
-                      markets=restored)
+                      markets=restored, published=published)
 
     def _corrupt(self, why: str) -> Loaded:
         aside = self.path.with_name(f"{FILE}.corrupt-{int(time.time())}")
@@ -253,3 +260,53 @@ def tighten_from_audit(engine: Engine, path: Path, tail_bytes: int = 8 << 20) ->
         if never or not (np.array_equal(before[0], g.leverage[i]) and before[3] == g.mode[i]):
             tightened += 1
     return tightened
+
+
+_GENERATED_AT = re.compile(rb'"generated_at"\s*:\s*"([^"]{1,64})"')
+
+
+def last_published_at(path: Path, chunk: int = 1 << 16) -> float:
+    """`generated_at` of the last whole batch in the audit log (or, just after a
+    rotation, in the newest rotated file), in unix seconds; -inf if there is none.
+
+    Batches published after the last snapshot are only in the audit log: a restart
+    stamps nothing earlier than this. Only the start of the last line is parsed
+    (`generated_at` comes before the params, however many markets follow)."""
+    for candidate in (path, path.with_name(path.name + ".1")):
+        try:
+            with candidate.open("rb") as fh:
+                start = _last_line_start(fh, chunk)
+                if start is None:
+                    continue
+                fh.seek(start)
+                found = _GENERATED_AT.search(fh.read(512))
+        except OSError:
+            continue
+        if found is None:
+            continue
+        try:
+            return parse_iso(found.group(1).decode())
+        except ValueError:
+            continue
+    return float("-inf")
+
+
+def _last_line_start(fh: Any, chunk: int) -> int | None:
+    """Offset of the last line ended by a newline (a torn tail is not a batch)."""
+    end = fh.seek(0, os.SEEK_END)
+    newlines: list[int] = []  # the last two newline offsets, walking back
+    pos = end
+    while pos > 0 and len(newlines) < 2:
+        start = max(0, pos - chunk)
+        fh.seek(start)
+        block = fh.read(pos - start)
+        at = len(block)
+        while len(newlines) < 2:
+            at = block.rfind(b"\n", 0, at)
+            if at < 0:
+                break
+            newlines.append(start + at)
+        pos = start
+    if not newlines:
+        return None
+    return newlines[1] + 1 if len(newlines) == 2 else 0

@@ -17,7 +17,7 @@ from riskd.config import Settings
 from riskd.engine import Engine
 from riskd.feeds.base import Tick
 from riskd.publish.jsonl import read_audit, repair_tail
-from riskd.state import SCHEMA, StateStore, tighten_from_audit
+from riskd.state import SCHEMA, StateStore, last_published_at, tighten_from_audit
 from riskd.timeutil import parse_iso
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -281,3 +281,80 @@ def test_snapshot_without_a_newer_field_restores_the_rest(tmp_path: Path) -> Non
     assert loaded.trusted and loaded.markets == 3
     np.testing.assert_array_equal(fresh.gov.leverage, engine.gov.leverage)
     assert np.all(np.isnan(fresh.gov.idle_at))
+
+
+def test_last_published_time_from_the_audit_log(tmp_path: Path) -> None:
+    """The last whole batch's generated_at, however long its line; a torn tail is no
+    batch; just after a rotation the rotated file has it."""
+    audit = tmp_path / "audit.jsonl"
+    assert last_published_at(audit) == float("-inf")
+    first = b'{"source":"riskd","seq":1,"generated_at":"2022-11-08T00:00:00.000Z","params":[]}'
+    big = (b'{"source":"riskd","seq":2,"generated_at":"2022-11-09T00:00:00.000Z","params":['
+           + b'{"market":"m"},' * 20_000 + b'{}]}')
+    audit.write_bytes(first + b"\n" + big + b"\n" + b'{"seq":3,"generated_at":"2023-01-01T0')
+    assert last_published_at(audit, chunk=4096) == parse_iso("2022-11-09T00:00:00Z")
+    audit.rename(tmp_path / "audit.jsonl.1")
+    audit.write_bytes(b"")
+    assert last_published_at(audit) == parse_iso("2022-11-09T00:00:00Z")
+
+
+def test_snapshot_keeps_the_last_stamp(tmp_path: Path) -> None:
+    engine = _engine()
+    store = StateStore(tmp_path, max_age_s=60)
+    store.save(engine, clock=engine.now, seqs={"batch": 2}, published=engine.now - 5.0)
+    loaded = store.load(Engine(Settings(), {}, discover=True))
+    assert loaded.published == engine.now - 5.0
+
+
+def _snapshot_clock(state: Path) -> float:
+    with np.load(state / "snapshot.npz") as npz:
+        return float(json.loads(bytes(npz["header"]).decode())["clock"])
+
+
+async def test_kill_9_mid_replay_never_stamps_a_batch_earlier(
+        tmp_path: Path, start_daemon: Any) -> None:
+    """After kill -9 the replay resumes from the snapshot, older than the last batches
+    published: the new process's batches are never stamped (generated_at) earlier
+    than the last one before the kill."""
+    port = free_port()
+    doc = _drill_config(tmp_path, port)
+    doc["state"]["snapshot_interval_s"] = 2.0  # batches run well ahead of it
+    audit = Path(doc["publisher"]["jsonl"]["path"])
+    state = Path(doc["state"]["dir"])
+    first = await start_daemon(doc)
+
+    async def snapshot() -> bool:
+        return (state / "snapshot.npz").exists()
+    await wait_until(snapshot, 30.0, what="a first snapshot")
+    written = (state / "snapshot.npz").stat().st_mtime_ns
+
+    async def fresh_snapshot() -> bool:
+        return (state / "snapshot.npz").stat().st_mtime_ns != written
+    await wait_until(fresh_snapshot, 10.0, what="a fresh snapshot")
+    lines = audit.read_bytes().count(b"\n")
+
+    async def batches_after_it() -> bool:
+        return audit.read_bytes().count(b"\n") >= lines + 8
+    await wait_until(batches_after_it, 10.0, what="batches after the snapshot")
+    first.proc.send_signal(signal.SIGKILL)
+    assert await first.wait_exit(5.0) == -signal.SIGKILL
+    before = list(read_audit(audit))
+    last = parse_iso(before[-1]["generated_at"])
+    # The case in point: the snapshot's clock is behind the last batch published.
+    assert _snapshot_clock(state) < last
+
+    second = await start_daemon(doc, name="riskd2.toml")
+    _, ready = await second.get_json("/readyz")
+    assert ready["state"] == "restored"
+
+    async def more() -> bool:
+        return len(list(read_audit(audit))) >= len(before) + 10
+    await wait_until(more, 30.0, what="10 batches after the restart")
+    second.send(signal.SIGINT)
+    assert await second.wait_exit(5.0) == 0
+    batches = list(read_audit(audit))
+    stamps = [parse_iso(b["generated_at"]) for b in batches]
+    assert stamps[len(before)] >= last, (stamps[len(before)], last)
+    assert all(b >= a for a, b in zip(stamps, stamps[1:], strict=False))
+    seqs = [b["seq"] for b in batches]
+    assert all(b > a for a, b in zip(seqs, seqs[1:], strict=False))

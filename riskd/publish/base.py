@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -51,6 +52,16 @@ class Publisher(Protocol):
     def healthy(self) -> bool:
         """False while the last attempt to deliver failed."""
         ...
+
+
+def background_task(pub: Publisher) -> asyncio.Task[Any] | None:
+    """The task a started publisher runs between batches, if it has one, for the
+    daemon to supervise: its `task` attribute, else the `_task` the HTTP publisher
+    keeps. A publisher whose task dies is restarted by `close()` then `start()`."""
+    task = getattr(pub, "task", None)
+    if task is None:
+        task = getattr(pub, "_task", None)
+    return task if isinstance(task, asyncio.Task) else None
 
 
 class PublishStats(Protocol):

@@ -125,6 +125,12 @@ class WebsocketPublisher:
                 client.queue.task_done()
         except (ConnectionError, RuntimeError):
             pass  # the client went away: the handler cleans up
+        except Exception:  # a bug: this client would get nothing more; say so, cut it off
+            log.exception("stream client %s: sending failed", client.peer,
+                          extra={"publisher": self.name, "reason": "stream_writer_failed"})
+            self.stats.published(self.name, "error", None)
+            client.writer = None  # this task: _disconnect must not wait for itself
+            self._disconnect(client, WSCloseCode.INTERNAL_ERROR, b"internal error")
 
     # --- disconnecting -------------------------------------------------------------
 
@@ -152,7 +158,10 @@ class WebsocketPublisher:
             await asyncio.gather(client.writer, return_exceptions=True)
         try:
             await asyncio.wait_for(client.ws.close(code=code, message=reason), CLOSE_TIMEOUT_S)
-        except (TimeoutError, ConnectionError, RuntimeError):
+        except Exception as exc:  # a client that cannot take the close frame is cut off
+            if not isinstance(exc, TimeoutError | ConnectionError | RuntimeError):
+                log.warning("stream client %s: close failed: %r", client.peer, exc,
+                            extra={"publisher": self.name, "reason": "close_failed"})
             transport = client.request.transport
             if transport is not None:
                 transport.abort()
