@@ -69,7 +69,13 @@ _fromisoformat = datetime.fromisoformat
 
 
 class TapeError(ValueError):
-    """A tape that cannot be read at all (missing, unreadable, unknown format, bad header)."""
+    """A tape that cannot be read at all (missing, unreadable, unknown format, bad header,
+    no usable row), or a file that stops being readable part of the way (`line`)."""
+
+    def __init__(self, message: str, line: int | None = None, cause: str = "") -> None:
+        super().__init__(message)
+        self.line = line
+        self.cause = cause
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,7 +179,7 @@ def _read_header(path: Path, reader: Iterator[list[str]]) -> list[str]:
 
 def _fatal(path: Path, exc: Exception, line: int | None = None) -> TapeError:
     where = f"line {line}: " if line else ""
-    return TapeError(f"{path}: {where}cannot read tape: {exc}")
+    return TapeError(f"{path}: {where}cannot read tape: {exc}", line, str(exc))
 
 
 class _Bad(Exception):
@@ -501,10 +507,19 @@ class Tape:
     `TapeReport.unsorted`.
     """
 
-    def __init__(self, path: str | Path, require_rows: bool = True) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        require_rows: bool = True,
+        on_unreadable: Callable[[TapeError], None] | None = None,
+    ) -> None:
         """`require_rows`: a tape none of whose files has a usable row is a TapeError
-        (a replay of nothing would look like a quiet market)."""
+        (a replay of nothing would look like a quiet market). `on_unreadable`: a file
+        that stops being readable part of the way (a truncated gzip stream, an I/O
+        error) is passed to it and ends there, counted as an `unreadable` rejection at
+        its line; the other files go on. Without it that is a TapeError."""
         self.path = Path(path)
+        self.on_unreadable = on_unreadable
         if self.path.is_dir():
             self.files = sorted(
                 (
@@ -537,9 +552,20 @@ class Tape:
             _READERS[tape_kind(p) or "csv"](p, r)
             for p, r in zip(self.files, self.reports, strict=True)
         ]
+        if self.on_unreadable is not None:
+            streams = [self._skipping(s, r) for s, r in zip(streams, self.reports, strict=True)]
         if len(streams) == 1:
             return streams[0]
         return heapq.merge(*streams, key=_ts_key)
+
+    def _skipping(self, stream: Iterator[Tick], report: TapeReport) -> Iterator[Tick]:
+        try:
+            yield from stream
+        except TapeError as exc:
+            report.reject(exc.line or 0, "unreadable",
+                          f"cannot read on: {exc.cause}; the rest of the file is skipped")
+            if self.on_unreadable is not None:
+                self.on_unreadable(exc)
 
     @property
     def rejected_total(self) -> int:

@@ -476,3 +476,21 @@ def test_a_directory_needs_a_usable_row_in_some_file(tmp_path: Path) -> None:
     assert ticks == [Tick("c", T0, 0.5)]
     assert [(r.rows, r.accepted, r.rejected) for r in reports] == [(0, 0, 0), (1, 0, 1),
                                                                    (1, 1, 0)]
+
+
+def test_a_file_cut_short_can_cost_only_the_rest_of_that_file(tmp_path: Path) -> None:
+    body = "ts,market,price\n" + "".join(f"{T0 + i},a,0.5\n" for i in range(20000))
+    data = gzip.compress(body.encode())
+    (tmp_path / "cut.csv.gz").write_bytes(data[: len(data) // 2])
+    write(tmp_path / "whole.csv", f"ts,market,price\n{T0},b,0.5\n{T0 + 30000},b,0.6\n")
+    seen: list[TapeError] = []
+    tape = Tape(tmp_path, on_unreadable=seen.append)
+    ticks = list(tape)
+    cut, whole = tape.reports
+    assert whole.accepted == 2 and ticks[-1] == Tick("b", T0 + 30000, 0.6)
+    assert 0 < cut.accepted < 20000 and cut.by_reason == {"unreadable": 1}
+    (err,) = seen
+    assert err.line is not None and cut.examples[0].line == err.line > cut.accepted
+    assert "cut.csv.gz" in str(err) and "the rest of the file is skipped" in cut.summary()
+    with pytest.raises(TapeError, match=r"cut\.csv\.gz: line \d+: cannot read tape"):
+        list(Tape(tmp_path))  # without on_unreadable: an error, as before
