@@ -1,4 +1,5 @@
-"""The admin API (interfaces.md): reload, per-market overrides. Every route needs
+"""The admin API (interfaces.md): reload, per-market overrides (changed field by field,
+cleared whole by DELETE or `"clear": true`). Every route needs
 `Authorization: Bearer <[server] admin_token>` (constant-time comparison); with
 no token configured the admin API is disabled (403)."""
 
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from riskd.auth import bearer_matches
-from riskd.overrides import OverrideError, parse_request
+from riskd.overrides import OverrideError, loosens, merge, parse_request
 
 if TYPE_CHECKING:
     from riskd.app import Daemon
@@ -24,6 +25,7 @@ def add_routes(app: web.Application, daemon_key: web.AppKey[Daemon]) -> None:
     handlers = _Handlers(daemon_key)
     app.router.add_post("/v1/admin/reload", handlers.reload)
     app.router.add_post("/v1/admin/override", handlers.override)
+    app.router.add_delete("/v1/admin/override/{market}", handlers.delete_override)
     app.router.add_get("/v1/admin/overrides", handlers.overrides)
 
 
@@ -66,6 +68,7 @@ class _Handlers:
         })
 
     async def override(self, request: web.Request) -> web.Response:
+        """Changes the fields given of a market's override (null clears one)."""
         daemon, refused = self._authorized(request)
         if refused is not None:
             return refused
@@ -74,19 +77,35 @@ class _Handlers:
         except ValueError:
             return _error("the body must be JSON", 400)
         try:
-            market, override = parse_request(body)
+            market, changes = parse_request(body)
+        except OverrideError as exc:
+            return _error(str(exc), 400)
+        return self._apply(daemon, request, market, changes)
+
+    async def delete_override(self, request: web.Request) -> web.Response:
+        """Clears a market's whole override (as `"clear": true`)."""
+        daemon, refused = self._authorized(request)
+        if refused is not None:
+            return refused
+        return self._apply(daemon, request, request.match_info["market"], None)
+
+    def _apply(self, daemon: Daemon, request: web.Request, market: str,
+               changes: dict[str, Any] | None) -> web.Response:
+        try:
+            override = None if changes is None else merge(
+                daemon.overrides.overrides.get(market), changes)
         except OverrideError as exc:
             return _error(str(exc), 400)
         engine = daemon.engine
         if market not in engine.index and not (override is None
                                                and market in daemon.overrides.overrides):
             return _error(f"unknown market {market!r}", 404)
-        if override is not None and override.loosen and not daemon.settings.server.allow_loosen:
+        if loosens(changes, override) and not daemon.settings.server.allow_loosen:
             return _error("an override may only tighten: loosening needs "
                           "[server] allow_loosen = true", 403)
         actor = request.headers.get(ACTOR_HEADER) or f"admin@{request.remote}"
         try:
-            before = daemon.overrides.set(market, override, actor)
+            before = daemon.overrides.set(market, override, actor, changes=changes)
         except OSError as exc:
             log.error("override not stored: %s", exc.strerror or exc,
                       extra={"market": market, "reason": "override_not_persisted"})

@@ -1,6 +1,9 @@
 """Operator overrides of single markets (the admin API), persisted and audited.
 
-An override pins a market's mode (at least this mode) and/or caps its leverage.
+An override pins a market's mode (at least this mode) and/or caps its leverage. A
+request changes only the fields it gives (a field given as null is cleared; with
+neither a mode nor a leverage left, the override is gone), so pinning a halted
+market's leverage leaves it halted; `clear` removes the whole override.
 Applied through the governor's `Conditions.mode_floor` / `leverage_cap`, it can
 only make a market tighter than the model. With `[server] allow_loosen = true`,
 an override marked `loosen` replaces the model's leverage target instead (still
@@ -53,49 +56,81 @@ class Override:
         return asdict(self)
 
 
-def parse_request(body: Any) -> tuple[str, Override | None]:
-    """The admin override request -> (market, override), override None to clear.
+# The fields a request may change; the others of a stored override stay as they are.
+FIELDS = ("mode", "max_leverage", "loosen", "note")
+
+
+def parse_request(body: Any) -> tuple[str, dict[str, Any] | None]:
+    """The admin override request -> (market, changes), changes None to clear the whole
+    override. Only the fields given change (`merge`); a field given as null clears it.
 
     {"market": "...", "mode": "reduce_only"|"halted"|"normal"|null,
-     "max_leverage": number >= 1 | null, "loosen": false, "clear": false, "note": "..."}
+     "max_leverage": number >= 1 | null, "loosen": bool, "clear": false, "note": "..."}
     """
     if not isinstance(body, dict):
         raise OverrideError("the body must be a JSON object")
-    known = {"market", "mode", "max_leverage", "loosen", "clear", "note"}
+    known = {"market", "clear", *FIELDS}
     unknown = sorted(set(body) - known)
     if unknown:
         raise OverrideError(f"unknown field(s): {', '.join(unknown)}")
     market = body.get("market")
     if not isinstance(market, str) or not market:
         raise OverrideError("market: a market id is required")
-    note = body.get("note", "")
-    if not isinstance(note, str):
+    note = body.get("note")
+    if note is not None and not isinstance(note, str):
         raise OverrideError("note: must be a string")
     clear = body.get("clear", False)
     if not isinstance(clear, bool):
         raise OverrideError("clear: must be true or false")
     if clear:
-        if body.get("mode") is not None or body.get("max_leverage") is not None:
-            raise OverrideError("clear: give no mode or max_leverage with it")
+        if any(k in body for k in ("mode", "max_leverage", "loosen")):
+            raise OverrideError("clear: give no mode, max_leverage or loosen with it")
         return market, None
-    mode = body.get("mode")
-    if mode is not None and mode not in MODES:
-        raise OverrideError(f"mode: one of {', '.join(MODES)} or null")
-    lev = body.get("max_leverage")
-    if lev is not None:
-        if isinstance(lev, bool) or not isinstance(lev, int | float) or not math.isfinite(lev) \
-                or lev < 1.0:
-            raise OverrideError("max_leverage: a number >= 1 or null")
-        lev = float(lev)
-    loosen = body.get("loosen", False)
-    if not isinstance(loosen, bool):
-        raise OverrideError("loosen: must be true or false")
-    if loosen and lev is None:
-        raise OverrideError("loosen: only with max_leverage (the leverage to allow)")
-    if mode in (None, "normal") and lev is None:
-        raise OverrideError("give mode and/or max_leverage, or clear: true")
-    return market, Override(mode=None if mode == "normal" else mode, max_leverage=lev,
-                            loosen=loosen, note=note)
+    changes: dict[str, Any] = {}
+    if "mode" in body:
+        mode = body["mode"]
+        if mode is not None and mode not in MODES:
+            raise OverrideError(f"mode: one of {', '.join(MODES)} or null")
+        changes["mode"] = None if mode == "normal" else mode
+    if "max_leverage" in body:
+        lev = body["max_leverage"]
+        if lev is not None:
+            if isinstance(lev, bool) or not isinstance(lev, int | float) \
+                    or not math.isfinite(lev) or lev < 1.0:
+                raise OverrideError("max_leverage: a number >= 1 or null")
+            lev = float(lev)
+        changes["max_leverage"] = lev
+    if "loosen" in body:
+        loosen = body["loosen"]
+        if loosen is not None and not isinstance(loosen, bool):
+            raise OverrideError("loosen: must be true, false or null")
+        changes["loosen"] = bool(loosen)
+    if not changes:
+        raise OverrideError("give mode, max_leverage and/or loosen (null clears one), "
+                            "or clear: true")
+    if "note" in body:
+        changes["note"] = note or ""
+    return market, changes
+
+
+def merge(current: Override | None, changes: dict[str, Any]) -> Override | None:
+    """`current` with `changes` applied field by field; None when neither a mode nor a
+    leverage is left (nothing to override: the market is the model's again)."""
+    fields = {**(current or Override()).as_dict(), **changes}
+    if fields["max_leverage"] is None:
+        if changes.get("loosen"):
+            raise OverrideError("loosen: only with max_leverage (the leverage to allow)")
+        fields["loosen"] = False  # nothing left to loosen to
+    if fields["mode"] is None and fields["max_leverage"] is None:
+        return None
+    return Override(**fields)
+
+
+def loosens(changes: dict[str, Any] | None, merged: Override | None) -> bool:
+    """Whether a request sets or moves a loosening target (needs `allow_loosen`); a
+    request that changes only the mode or note of one does not."""
+    return bool(changes and merged is not None and merged.loosen
+                and ("loosen" in changes or "max_leverage" in changes))
 
 
 class OverrideStore:
@@ -125,9 +160,11 @@ class OverrideStore:
         return self.overrides
 
     def set(self, market: str, override: Override | None, actor: str,
-            now: float | None = None) -> Override | None:
+            now: float | None = None, changes: dict[str, Any] | None = None
+            ) -> Override | None:
         """Put (or clear, with None) a market's override: audit first, then the file;
-        returns the override that was in force before."""
+        returns the override that was in force before. `changes`: the fields the
+        request gave, for the audit trail."""
         wall = time.time() if now is None else now
         before = self.overrides.get(market)
         if override is not None:
@@ -135,7 +172,7 @@ class OverrideStore:
         record = {
             "at": wall, "actor": actor, "action": "clear" if override is None else "set",
             "market": market, "override": override.as_dict() if override else None,
-            "previous": before.as_dict() if before else None,
+            "previous": before.as_dict() if before else None, "changes": changes,
         }
         self.dir.mkdir(parents=True, exist_ok=True)
         with self.audit_path.open("ab") as fh:

@@ -1,17 +1,21 @@
 """Tape reader: CSV or JSON Lines (optionally gzipped) files of ticks for replay and backtest.
 
 Bad rows are never used: each is counted, and the first few are kept with their line
-number and a reason code so a user can find and fix them.
+number and a reason code so a user can find and fix them. A row with bytes that are not
+UTF-8 is one such row (`bad_encoding`), not a reason to stop reading. A tape with no
+usable row at all is an error (TapeError), never an empty stream.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import dataclasses
 import gzip
 import heapq
 import json
 import math
+import re
 import zlib
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -26,6 +30,7 @@ __all__ = [
     "Tape",
     "TapeError",
     "TapeReport",
+    "no_rows_error",
     "read_tape",
     "tape_kind",
 ]
@@ -36,8 +41,24 @@ OPTIONAL = ("bid", "ask", "depth")
 
 # Sanity bound on unix seconds: anything beyond ~year 5138 is almost surely milliseconds.
 _TS_MAX = 1e11
-# A file that cannot be read on: I/O errors, a truncated or corrupt gzip stream, bad UTF-8.
+# A file that cannot be read on: I/O errors, a truncated or corrupt gzip stream.
 _READ_ERRORS = (OSError, EOFError, UnicodeDecodeError, zlib.error)
+
+# Bytes that are not UTF-8 are decoded as lone surrogates (surrogateescape) and counted,
+# so the row holding them is rejected, not the file. Rows are only searched for them
+# once this count has moved: a clean file pays nothing per row.
+_DECODE_ERRORS = "riskd.tape"
+_replaced = [0]
+_escape = codecs.lookup_error("surrogateescape")
+
+
+def _count_and_escape(exc: UnicodeError) -> tuple[str, int]:
+    _replaced[0] += 1
+    return _escape(exc)
+
+
+codecs.register_error(_DECODE_ERRORS, _count_and_escape)
+_SURROGATES = re.compile("[\ud800-\udfff]+")
 
 _CSV_SUFFIXES = (".csv", ".csv.gz")
 _JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".ndjson", ".ndjson.gz")
@@ -48,7 +69,13 @@ _fromisoformat = datetime.fromisoformat
 
 
 class TapeError(ValueError):
-    """A tape that cannot be read at all (missing, unreadable, unknown format, bad header)."""
+    """A tape that cannot be read at all (missing, unreadable, unknown format, bad header,
+    no usable row), or a file that stops being readable part of the way (`line`)."""
+
+    def __init__(self, message: str, line: int | None = None, cause: str = "") -> None:
+        super().__init__(message)
+        self.line = line
+        self.cause = cause
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,8 +142,17 @@ def tape_kind(path: Path) -> str | None:
 def _open_text(path: Path) -> IO[str]:
     # utf-8-sig: spreadsheet exports often start with a BOM that would corrupt the first column.
     if path.name.lower().endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
-    return open(path, encoding="utf-8-sig", newline="")
+        return gzip.open(path, "rt", encoding="utf-8-sig", errors=_DECODE_ERRORS, newline="")
+    return open(path, encoding="utf-8-sig", errors=_DECODE_ERRORS, newline="")
+
+
+def _not_utf8(text: str) -> str | None:
+    """Why `text` (as read) is not valid text, or None if it is."""
+    m = _SURROGATES.search(text)
+    if m is None:
+        return None
+    raw = bytes(ord(c) - 0xDC00 for c in m.group() if 0xDC80 <= ord(c) <= 0xDCFF)
+    return f"bytes {raw!r} are not UTF-8" if raw else "a lone surrogate is not valid text"
 
 
 def _read_header(path: Path, reader: Iterator[list[str]]) -> list[str]:
@@ -125,6 +161,9 @@ def _read_header(path: Path, reader: Iterator[list[str]]) -> list[str]:
     if header is None:
         raise TapeError(f"{path}: empty file, expected a CSV header with columns ts,market,price")
     names = [h.strip() for h in header]
+    bad = _not_utf8(",".join(names))
+    if bad:
+        raise TapeError(f"{path}: line 1: header: {bad}")
     seen: set[str] = set()
     for n in names:
         if n in seen:
@@ -140,7 +179,7 @@ def _read_header(path: Path, reader: Iterator[list[str]]) -> list[str]:
 
 def _fatal(path: Path, exc: Exception, line: int | None = None) -> TapeError:
     where = f"line {line}: " if line else ""
-    return TapeError(f"{path}: {where}cannot read tape: {exc}")
+    return TapeError(f"{path}: {where}cannot read tape: {exc}", line, str(exc))
 
 
 class _Bad(Exception):
@@ -217,6 +256,8 @@ def _tick(
     ts = _ts(raw_ts)
     if not isinstance(market, str) or not market.strip():
         raise _Bad("bad_market", f"market {market!r} is not a non-empty string")
+    if not market.isascii() and _SURROGATES.search(market):  # from a JSON \\udcxx escape
+        raise _Bad("bad_market", f"market {market!r} is not valid text (a lone surrogate)")
     market = market.strip()
     price = _prob(raw_price, "price", "bad_price")
     bid = None if _absent(raw_bid) else _prob(raw_bid, "bid", "bad_bid_ask")
@@ -264,6 +305,7 @@ class _Order:
 
 def _iter_csv(path: Path, report: TapeReport) -> Iterator[Tick]:
     reader = None
+    replaced, seen = _replaced, _replaced[0]
     try:
         with _open_text(path) as f:
             reader = csv.reader(f)
@@ -281,81 +323,98 @@ def _iter_csv(path: Path, report: TapeReport) -> Iterator[Tick]:
             tick_ = make_tick
             float_ = float
             iso_text, iso_ts = "", 0.0  # the last ISO time and its value
-            for row in reader:
-                if len(row) != ncols:
-                    line = reader.line_num
-                    if not row or (len(row) == 1 and not row[0].strip()):
-                        continue  # blank line: not a row
-                    report.rows += 1
-                    report.reject(line, "bad_row", f"{len(row)} fields, header has {ncols}")
-                    continue
-                report.rows += 1
-                # Fast path for valid rows, inlined because it runs for every row; any
-                # doubt falls through to _tick, which names the exact problem.
-                tick = None
+            # csv.Error (e.g. a field over the size limit) costs its row: the reader
+            # goes on at the next line.
+            while True:
                 try:
-                    s = row[i_ts]
-                    if s == iso_text:  # several markets at one time: parsed once
-                        ts = iso_ts
-                    elif s[4] == "-":
-                        dt = fromiso(s)
-                        ts = dt.timestamp() if dt.tzinfo is not None else -1.0
-                        iso_text, iso_ts = s, ts
-                    else:
-                        ts = float_(s)
-                    price = float_(row[i_p])
-                    market = row[i_m].strip()
-                    if 0.0 < ts < ts_max and 0.0 <= price <= 1.0 and market:
-                        if has_opt:
-                            b = None if i_b is None else row[i_b]
-                            a = None if i_a is None else row[i_a]
-                            d = None if i_d is None else row[i_d]
-                            bid = float_(b) if b else None
-                            ask = float_(a) if a else None
-                            depth = float_(d) if d else None
-                            if (
-                                (bid is None or 0.0 <= bid <= 1.0)
-                                and (ask is None or 0.0 <= ask <= 1.0)
-                                and (bid is None or ask is None or bid <= ask)
-                                and (depth is None or 0.0 <= depth <= max_depth)
-                            ):
-                                tick = tick_(market, ts, price, bid, ask, depth)
+                    for row in reader:
+                        if replaced[0] != seen:
+                            why = _not_utf8(",".join(row))
+                            if why:
+                                report.rows += 1
+                                report.reject(reader.line_num, "bad_encoding", why)
+                                continue
+                        if len(row) != ncols:
+                            line = reader.line_num
+                            if not row or (len(row) == 1 and not row[0].strip()):
+                                continue  # blank line: not a row
+                            report.rows += 1
+                            report.reject(
+                                line, "bad_row", f"{len(row)} fields, header has {ncols}"
+                            )
+                            continue
+                        report.rows += 1
+                        # Fast path for valid rows, inlined because it runs for every
+                        # row; any doubt falls through to _tick, which names the problem.
+                        tick = None
+                        try:
+                            s = row[i_ts]
+                            if s == iso_text:  # several markets at one time: parsed once
+                                ts = iso_ts
+                            elif s[4] == "-":
+                                dt = fromiso(s)
+                                ts = dt.timestamp() if dt.tzinfo is not None else -1.0
+                                iso_text, iso_ts = s, ts
+                            else:
+                                ts = float_(s)
+                            price = float_(row[i_p])
+                            market = row[i_m].strip()
+                            if 0.0 < ts < ts_max and 0.0 <= price <= 1.0 and market:
+                                if has_opt:
+                                    b = None if i_b is None else row[i_b]
+                                    a = None if i_a is None else row[i_a]
+                                    d = None if i_d is None else row[i_d]
+                                    bid = float_(b) if b else None
+                                    ask = float_(a) if a else None
+                                    depth = float_(d) if d else None
+                                    if (
+                                        (bid is None or 0.0 <= bid <= 1.0)
+                                        and (ask is None or 0.0 <= ask <= 1.0)
+                                        and (bid is None or ask is None or bid <= ask)
+                                        and (depth is None or 0.0 <= depth <= max_depth)
+                                    ):
+                                        tick = tick_(market, ts, price, bid, ask, depth)
+                                else:
+                                    tick = tick_(market, ts, price)
+                        except (ValueError, IndexError):
+                            pass
+                        if tick is None:
+                            line = reader.line_num
+                            try:
+                                tick = _tick(
+                                    row[i_ts],
+                                    row[i_m],
+                                    row[i_p],
+                                    None if i_b is None else row[i_b],
+                                    None if i_a is None else row[i_a],
+                                    None if i_d is None else row[i_d],
+                                )
+                            except _Bad as bad:
+                                report.reject(line, bad.reason, bad.detail)
+                                continue
+                            market, ts = tick.market, tick.ts
+                        prev = last.get(market)
+                        if prev is not None and ts < prev:
+                            _reject_order(report, reader.line_num, tick, prev)
+                            continue
+                        last[market] = ts
+                        if ts < high:
+                            report.unsorted += 1
                         else:
-                            tick = tick_(market, ts, price)
-                except (ValueError, IndexError):
-                    pass
-                if tick is None:
-                    line = reader.line_num
-                    try:
-                        tick = _tick(
-                            row[i_ts],
-                            row[i_m],
-                            row[i_p],
-                            None if i_b is None else row[i_b],
-                            None if i_a is None else row[i_a],
-                            None if i_d is None else row[i_d],
-                        )
-                    except _Bad as bad:
-                        report.reject(line, bad.reason, bad.detail)
-                        continue
-                    market, ts = tick.market, tick.ts
-                prev = last.get(market)
-                if prev is not None and ts < prev:
-                    _reject_order(report, reader.line_num, tick, prev)
-                    continue
-                last[market] = ts
-                if ts < high:
-                    report.unsorted += 1
-                else:
-                    high = ts
-                report.accepted += 1
-                yield tick
+                            high = ts
+                        report.accepted += 1
+                        yield tick
+                    break
+                except csv.Error as exc:
+                    report.rows += 1
+                    report.reject(reader.line_num, "bad_row", f"not CSV: {exc}")
     except (*_READ_ERRORS, csv.Error) as exc:
         raise _fatal(path, exc, reader.line_num if reader else None) from exc
 
 
 def _iter_jsonl(path: Path, report: TapeReport) -> Iterator[Tick]:
     line = 0
+    replaced, seen = _replaced, _replaced[0]
     try:
         with _open_text(path) as f:
             order = _Order(report)
@@ -364,6 +423,11 @@ def _iter_jsonl(path: Path, report: TapeReport) -> Iterator[Tick]:
                 if not text.strip():
                     continue
                 report.rows += 1
+                if replaced[0] != seen:
+                    why = _not_utf8(text)
+                    if why:
+                        report.reject(line, "bad_encoding", why)
+                        continue
                 try:
                     obj = loads(text)
                 except ValueError as exc:
@@ -399,16 +463,35 @@ _READERS: dict[str, Callable[[Path, TapeReport], Iterator[Tick]]] = {
 }
 
 
-def _check_readable(path: Path) -> None:
-    """Fail early on unreadable files and bad CSV headers, before any tick is yielded."""
+def _probe(path: Path) -> TapeReport:
+    """Read a file up to its first usable row: fails early (TapeError) on unreadable files
+    and bad CSV headers; `accepted` of the report is 0 if the file has no usable row."""
+    report = TapeReport(str(path))
+    stream = _READERS[tape_kind(path) or "csv"](path, report)
     try:
-        with _open_text(path) as f:
-            if tape_kind(path) == "csv":
-                _read_header(path, csv.reader(f))
-            else:
-                f.readline()
-    except (*_READ_ERRORS, csv.Error) as exc:
-        raise _fatal(path, exc) from exc
+        next(stream, None)
+    finally:
+        stream.close()
+    return report
+
+
+def _why_empty(report: TapeReport) -> str:
+    if not report.rows:
+        return f"{report.path}: no data rows"
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(report.by_reason.items()))
+    first = report.examples[0]
+    return (f"{report.path}: all {report.rows} rows rejected ({reasons}); first: "
+            f"line {first.line}: {first.reason}: {first.detail}")
+
+
+def no_rows_error(path: Path, reports: list[TapeReport]) -> TapeError:
+    """The error for a tape (file or directory) of which no row is usable, saying why."""
+    whys = [_why_empty(r) for r in reports]
+    if len(whys) == 1:
+        return TapeError(f"{whys[0]}: nothing to replay")
+    listed = "; ".join(whys[:3]) + ("; ..." if len(whys) > 3 else "")
+    return TapeError(f"{path}: no usable rows in any of its {len(whys)} tape files "
+                     f"({listed}): nothing to replay")
 
 
 def _ts_key(tick: Tick) -> float:
@@ -424,8 +507,19 @@ class Tape:
     `TapeReport.unsorted`.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        require_rows: bool = True,
+        on_unreadable: Callable[[TapeError], None] | None = None,
+    ) -> None:
+        """`require_rows`: a tape none of whose files has a usable row is a TapeError
+        (a replay of nothing would look like a quiet market). `on_unreadable`: a file
+        that stops being readable part of the way (a truncated gzip stream, an I/O
+        error) is passed to it and ends there, counted as an `unreadable` rejection at
+        its line; the other files go on. Without it that is a TapeError."""
         self.path = Path(path)
+        self.on_unreadable = on_unreadable
         if self.path.is_dir():
             self.files = sorted(
                 (
@@ -446,8 +540,9 @@ class Tape:
             self.files = [self.path]
         else:
             raise TapeError(f"{self.path}: no such file or directory")
-        for p in self.files:
-            _check_readable(p)
+        probes = [_probe(p) for p in self.files]
+        if require_rows and not any(r.accepted for r in probes):
+            raise no_rows_error(self.path, probes)
         self.reports: list[TapeReport] = [TapeReport(str(p)) for p in self.files]
 
     def __iter__(self) -> Iterator[Tick]:
@@ -457,9 +552,20 @@ class Tape:
             _READERS[tape_kind(p) or "csv"](p, r)
             for p, r in zip(self.files, self.reports, strict=True)
         ]
+        if self.on_unreadable is not None:
+            streams = [self._skipping(s, r) for s, r in zip(streams, self.reports, strict=True)]
         if len(streams) == 1:
             return streams[0]
         return heapq.merge(*streams, key=_ts_key)
+
+    def _skipping(self, stream: Iterator[Tick], report: TapeReport) -> Iterator[Tick]:
+        try:
+            yield from stream
+        except TapeError as exc:
+            report.reject(exc.line or 0, "unreadable",
+                          f"cannot read on: {exc.cause}; the rest of the file is skipped")
+            if self.on_unreadable is not None:
+                self.on_unreadable(exc)
 
     @property
     def rejected_total(self) -> int:

@@ -156,6 +156,88 @@ async def test_overrides_pin_mode_cap_leverage_and_are_audited(
     assert set(stored["overrides"]) == {KALSHI}
 
 
+async def test_an_override_changes_only_the_fields_it_gives(
+    tmp_path: Path, in_process: Any
+) -> None:
+    d = await in_process(admin_doc(tmp_path))
+    d.start()
+    await wait_until(lambda: settled(d), what="the replay")
+    url = d.url + "/v1/admin/override"
+    stored_file = tmp_path / "state" / "overrides.json"
+
+    def stored() -> dict[str, Any] | None:
+        return json.loads(stored_file.read_text())["overrides"].get(POLY)
+
+    status, answer = await call(url, "POST", {"market": POLY, "mode": "halted",
+                                              "note": "incident 7"}, AUTH)
+    assert status == 200
+
+    async def halted_1x() -> bool:
+        entry = await published(d, POLY)
+        return (entry["mode"] == "halted"
+                and entry["max_leverage"] == {"long": 1.0, "short": 1.0})
+
+    await wait_until(halted_1x, what="a halted market at 1x on both sides")
+
+    # A later cap keeps the halt (it used to replace the override whole: back to normal).
+    status, answer = await call(url, "POST", {"market": POLY, "max_leverage": 1.5}, AUTH)
+    assert status == 200
+    assert answer["override"]["mode"] == "halted" and answer["override"]["max_leverage"] == 1.5
+    assert answer["override"]["note"] == "incident 7"
+    assert answer["previous"]["mode"] == "halted" and answer["previous"]["max_leverage"] is None
+    assert stored() == answer["override"]
+    await wait_until(halted_1x, what="the halt to stay")
+
+    # null clears one field: the cap stays, the market is no longer halted.
+    status, answer = await call(url, "POST", {"market": POLY, "mode": None}, AUTH)
+    assert status == 200
+    assert answer["override"]["mode"] is None and answer["override"]["max_leverage"] == 1.5
+
+    async def capped() -> bool:
+        entry = await published(d, POLY)
+        return (entry["mode"] != "halted" and "config_override" in entry["reasons"]
+                and max(entry["max_leverage"].values()) <= 1.5)
+
+    await wait_until(capped, what="the cap alone")
+
+    # Nothing left to override: the override is gone.
+    status, answer = await call(url, "POST", {"market": POLY, "max_leverage": None}, AUTH)
+    assert status == 200 and answer["override"] is None and stored() is None
+
+    # DELETE clears a whole override.
+    status, _ = await call(url, "POST", {"market": POLY, "mode": "reduce_only",
+                                         "max_leverage": 2}, AUTH)
+    assert status == 200
+    status, answer = await call(f"{url}/{POLY}", "DELETE", headers=AUTH)
+    assert status == 200 and answer["override"] is None
+    assert answer["previous"]["mode"] == "reduce_only"
+    assert answer["previous"]["max_leverage"] == 2.0
+    assert stored() is None
+    status, _ = await call(f"{url}/{POLY}", "DELETE")
+    assert status == 401
+    status, _ = await call(f"{url}/no-such-market", "DELETE", headers=AUTH)
+    assert status == 404
+
+    # Refused: loosen without a leverage to loosen to, a bad value for a field.
+    for bad in ({"market": POLY, "loosen": True}, {"market": POLY, "loosen": "yes"},
+                {"market": POLY, "mode": "halted", "clear": True}):
+        status, _ = await call(url, "POST", bad, AUTH)
+        assert status == 400, bad
+    assert await d.stop() == 0
+
+    audit = [json.loads(line) for line in
+             (tmp_path / "state" / "overrides.audit.jsonl").read_text().splitlines()]
+    assert [(r["action"], r["changes"]) for r in audit] == [
+        ("set", {"mode": "halted", "note": "incident 7"}),
+        ("set", {"max_leverage": 1.5}),
+        ("set", {"mode": None}),
+        ("clear", {"max_leverage": None}),
+        ("set", {"mode": "reduce_only", "max_leverage": 2.0}),
+        ("clear", None),
+    ]
+    assert audit[1]["override"]["mode"] == "halted" and audit[3]["previous"]["max_leverage"] == 1.5
+
+
 async def test_loosening_override_only_with_allow_loosen_and_reload(
     tmp_path: Path, in_process: Any
 ) -> None:
@@ -189,6 +271,18 @@ async def test_loosening_override_only_with_allow_loosen_and_reload(
     assert status == 200 and answer == {"reloaded": True}
     status, doc_after = await d.get_json(f"/v1/explain/{KALSHI}")
     assert doc_after["model"]["sides"]["long"]["max_leverage"] == target
+
+    # With loosening off, the stored loosening override may still be tightened (its mode),
+    # not given a new leverage to loosen to.
+    url = d.url + "/v1/admin/override"
+    status, answer = await call(url, "POST", {"market": KALSHI, "mode": "reduce_only"}, AUTH)
+    assert status == 200 and answer["override"]["loosen"] is True
+    assert answer["override"]["max_leverage"] == loose
+    status, _ = await call(url, "POST", {"market": KALSHI, "max_leverage": 19.0}, AUTH)
+    assert status == 403
+    status, answer = await call(url, "POST", {"market": KALSHI, "max_leverage": 2.0,
+                                              "loosen": False}, AUTH)
+    assert status == 200 and answer["override"]["loosen"] is False
 
     # An invalid file is refused with the reason; the running config stays.
     (tmp_path / "riskd.toml").write_text("[governor]\ndeadband = -1\n", encoding="utf-8")

@@ -161,3 +161,50 @@ def test_plot_writes_a_png(tmp_path: Path) -> None:
     done = _cli("backtest", str(MIDTERMS / "pennsylvania_senate.csv"), "--plot", str(out))
     assert done.returncode == 0, done.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000
+
+
+@pytest.mark.parametrize("kind", ["csv", "jsonl"])
+def test_a_row_that_is_not_utf8_is_skipped_and_reported(tmp_path: Path, kind: str) -> None:
+    lines = (MIDTERMS / "ohio_senate.csv").read_bytes().splitlines()
+    if kind == "jsonl":  # the same rows as JSON objects, no header line
+        keys = lines[0].decode().split(",")
+        lines = [json.dumps(dict(zip(keys, row.decode().split(","), strict=True))).encode()
+                 for row in lines[1:]]
+    lines[6] = lines[6].replace(b"pm22", b"pm\xe922")  # line 7: a Latin-1 byte
+    tape = tmp_path / f"ohio.{kind}"
+    tape.write_bytes(b"\n".join(lines) + b"\n")
+    out = _cli("backtest", str(tape), "--markets", str(MIDTERMS / "markets.json"), "--json")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    rows = len((MIDTERMS / "ohio_senate.csv").read_text().splitlines()) - 1
+    assert report["rejected_rows"] == 1 and report["ticks"] == rows - 1
+    assert f"{tape}: {rows} rows, {rows - 1} accepted, 1 rejected (bad_encoding 1)" in out.stderr
+    assert "line 7: bad_encoding: bytes b'\\xe9' are not UTF-8" in out.stderr
+
+
+def test_a_tape_with_no_usable_row_exits_2_saying_why(tmp_path: Path) -> None:
+    header_only = tmp_path / "header.csv"
+    header_only.write_text("ts,market,price\n")
+    all_bad = tmp_path / "bad.csv"
+    all_bad.write_text("ts,market,price\n2022-11-09T00:00:00Z,pm22-ohio-senate,1.7\n")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "a.csv").write_text("ts,market,price\n")
+    (folder / "b.jsonl").write_text("")
+    for tape, why in ((header_only, f"{header_only}: no data rows"),
+                      (all_bad, f"{all_bad}: all 1 rows rejected (bad_price 1)"),
+                      (folder, f"{folder}: no usable rows in any of its 2 tape files")):
+        out = _cli("backtest", str(tape), "--json")
+        assert out.returncode == 2, (tape, out.stderr)
+        assert out.stderr.startswith(f"riskd: {why}"), out.stderr
+        assert "Traceback" not in out.stderr and out.stdout == ""
+
+
+def test_an_empty_file_beside_good_ones_is_a_row_of_its_own(tmp_path: Path) -> None:
+    (tmp_path / "ohio_senate.csv").write_bytes((MIDTERMS / "ohio_senate.csv").read_bytes())
+    (tmp_path / "empty.csv").write_text("ts,market,price\n")
+    out = _cli("backtest", str(tmp_path), "--markets", str(MIDTERMS / "markets.json"), "--json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert [(t["tape"], t["ticks"]) for t in doc["tapes"]][0] == ("empty.csv", 0)
+    assert doc["tapes"][1]["ticks"] > 0

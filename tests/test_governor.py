@@ -209,12 +209,14 @@ def test_halt_after_jump() -> None:
     g.step(T0 + 1, targets(lev=3.0))
     assert g.mode == HALTED
     assert {"halted_after_jump", "jump_detected"} <= set(g.reasons)
-    assert g.lev[0] == 3.0  # halted keeps the tightened values
+    assert list(g.lev) == [1.0, 1.0]  # halted: nothing new is lent
+    assert list(g.state.fee[0]) == pytest.approx([FLOOR, FLOOR])  # and at 1x the fee is the floor
     g.step(T0 + 120, targets(lev=3.0))
-    assert g.mode == HALTED
+    assert g.mode == HALTED and list(g.lev) == [1.0, 1.0]
     g.step(T0 + 121, targets(lev=3.0))
     assert g.mode == NORMAL
     assert "halted_after_jump" not in g.reasons and "jump_detected" in g.reasons
+    assert list(g.lev) == [1.0, 1.0]  # the cool-down holds 1x; then it climbs by steps
 
 
 def test_halt_disabled_by_zero() -> None:
@@ -375,6 +377,17 @@ def test_overrides_cap_leverage_and_pin_the_mode() -> None:
     assert "config_override" in g.reasons
     g.step(T0 + 1, targets(lev=5.0), mode_floor=np.array([REDUCE_ONLY]))
     assert g.mode == REDUCE_ONLY and list(g.lev) == [1.0, 1.0]
+    assert "config_override" in g.reasons
+
+
+def test_a_halted_pin_publishes_1x_on_both_sides_whatever_the_cap() -> None:
+    g = Gov()
+    g.step(T0, targets(lev=[[5.0, 3.0]]))
+    d = g.step(T0 + 1, targets(lev=[[5.0, 3.0]]), mode_floor=np.array([HALTED]),
+               leverage_cap=np.array([[2.5, 2.5]]))
+    assert d.publish[0] and d.tightened[0]
+    assert g.mode == HALTED and list(g.lev) == [1.0, 1.0]
+    assert list(g.state.fee[0]) == pytest.approx([FLOOR, FLOOR])
     assert "config_override" in g.reasons
 
 

@@ -310,7 +310,9 @@ def test_reports_fill_during_iteration_and_reset_on_reiteration(tmp_path: Path) 
 
 def test_examples_are_capped_but_counts_are_exact(tmp_path: Path) -> None:
     body = "ts,market,price\n" + "".join(f"{T0 + i},a,9\n" for i in range(250))
-    _, (report,) = read_tape(write(tmp_path / "t.csv", body))
+    tape = Tape(write(tmp_path / "t.csv", body), require_rows=False)
+    assert list(tape) == []
+    (report,) = tape.reports
     assert report.rejected == 250 and report.by_reason == {"bad_price": 250}
     assert len(report.examples) == MAX_EXAMPLES
     assert report.examples[-1].line == MAX_EXAMPLES + 1
@@ -380,3 +382,115 @@ def test_bom_and_padded_header_are_accepted(tmp_path: Path) -> None:
     p.write_bytes(b"\xef\xbb\xbfts, market ,price\r\n" + f"{T0},a,0.25\r\n".encode())
     ticks, _ = read_tape(p)
     assert ticks == [Tick("a", T0, 0.25)]
+
+
+# --- bytes that are not UTF-8, rows the CSV parser refuses -----------------------------
+
+
+def _gzip(path: Path) -> Path:
+    gz = path.with_name(path.name + ".gz")
+    gz.write_bytes(gzip.compress(path.read_bytes()))
+    return gz
+
+
+def test_a_csv_row_with_bytes_that_are_not_utf8_costs_only_that_row(tmp_path: Path) -> None:
+    p = tmp_path / "latin1.csv"
+    p.write_bytes(
+        b"ts,market,price,note\n"
+        + f"{T0},a,0.5,ok\n".encode()  # 2
+        + f"{T0 + 1},a\xe9,0.6,\n".encode("latin-1")  # 3: the market id
+        + f"{T0 + 2},a,0.6,caf\xe9\n".encode("latin-1")  # 4: a column riskd does not use
+        + b"\xff\xfe\n"  # 5: nothing but bad bytes
+        + f"{T0 + 3},a,0.7,\n".encode()  # 6
+    )
+    for path in (p, _gzip(p)):
+        ticks, (report,) = read_tape(path)
+        assert ticks == [Tick("a", T0, 0.5), Tick("a", T0 + 3, 0.7)], path
+        assert rejections(report) == [(3, "bad_encoding"), (4, "bad_encoding"),
+                                      (5, "bad_encoding")]
+        assert report.rows == 5 and report.accepted == 2
+        assert report.examples[0].path == str(path)
+        assert "b'\\xe9' are not UTF-8" in report.examples[0].detail
+        assert f"{path}: 5 rows, 2 accepted, 3 rejected (bad_encoding 3)" in report.summary()
+
+
+def test_a_jsonl_line_with_bytes_that_are_not_utf8_costs_only_that_line(tmp_path: Path) -> None:
+    p = tmp_path / "t.jsonl"
+    p.write_bytes(
+        f'{{"ts": {T0}, "market": "a", "price": 0.5}}\n'.encode()
+        + f'{{"ts": {T0 + 1}, "market": "a\xe9", "price": 0.6}}\n'.encode("latin-1")
+        + f'{{"ts": {T0 + 2}, "market": "a", "price": 0.7}}\n'.encode()
+        # valid UTF-8 text, but the JSON escape makes a lone surrogate: not a market id
+        + f'{{"ts": {T0 + 3}, "market": "b\\udcff", "price": 0.7}}\n'.encode()
+    )
+    for path in (p, _gzip(p)):
+        ticks, (report,) = read_tape(path)
+        assert ticks == [Tick("a", T0, 0.5), Tick("a", T0 + 2, 0.7)], path
+        assert rejections(report) == [(2, "bad_encoding"), (4, "bad_market")]
+        assert report.examples[0].path == str(path)
+
+
+def test_a_row_the_csv_parser_refuses_costs_only_that_row(tmp_path: Path) -> None:
+    huge = "x" * 200_000  # over the csv module's field size limit
+    p = write(tmp_path / "t.csv",
+              f"ts,market,price,note\n{T0},a,0.5,\n{T0 + 1},a,0.6,{huge}\n{T0 + 2},a,0.7,\n")
+    ticks, (report,) = read_tape(p)
+    assert ticks == [Tick("a", T0, 0.5), Tick("a", T0 + 2, 0.7)]
+    assert rejections(report) == [(3, "bad_row")]
+    assert "field limit" in report.examples[0].detail
+
+
+def test_a_header_that_is_not_utf8_is_fatal_and_named(tmp_path: Path) -> None:
+    p = tmp_path / "t.csv"
+    p.write_bytes(b"ts,market,price\xff\n" + f"{T0},a,0.5\n".encode())
+    with pytest.raises(TapeError, match=r"t\.csv: line 1: header: bytes b'\\xff' are not UTF-8"):
+        Tape(p)
+
+
+# --- tapes with nothing to replay ------------------------------------------------------
+
+
+def test_a_tape_without_a_usable_row_is_an_error_saying_why(tmp_path: Path) -> None:
+    with pytest.raises(TapeError, match=r"header\.csv: no data rows: nothing to replay"):
+        Tape(write(tmp_path / "header.csv", "ts,market,price\n\n"))
+    with pytest.raises(TapeError, match=r"empty\.jsonl: no data rows"):
+        Tape(write(tmp_path / "empty.jsonl", "\n"))
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(b"ts,market,price\n" + f"{T0},a,7\n".encode() + b"\xff,a,0.5\n")
+    with pytest.raises(TapeError, match=r"bad\.csv: all 2 rows rejected \(bad_encoding 1, "
+                       r"bad_price 1\); first: line 2: bad_price: price '7'"):
+        read_tape(bad)
+    # Not required: read as empty, with the reasons in the report.
+    tape = Tape(bad, require_rows=False)
+    assert list(tape) == [] and tape.reports[0].rejected == 2
+
+
+def test_a_directory_needs_a_usable_row_in_some_file(tmp_path: Path) -> None:
+    write(tmp_path / "a.csv", "ts,market,price\n")
+    write(tmp_path / "b.jsonl", '{"ts": "yesterday", "market": "b", "price": 0.5}\n')
+    with pytest.raises(TapeError, match=r"no usable rows in any of its 2 tape files .*a\.csv: "
+                       r"no data rows; .*b\.jsonl: all 1 rows rejected \(bad_ts 1\)"):
+        Tape(tmp_path)
+    write(tmp_path / "c.csv", f"ts,market,price\n{T0},c,0.5\n")
+    ticks, reports = read_tape(tmp_path)  # one file with rows is enough; the others report
+    assert ticks == [Tick("c", T0, 0.5)]
+    assert [(r.rows, r.accepted, r.rejected) for r in reports] == [(0, 0, 0), (1, 0, 1),
+                                                                   (1, 1, 0)]
+
+
+def test_a_file_cut_short_can_cost_only_the_rest_of_that_file(tmp_path: Path) -> None:
+    body = "ts,market,price\n" + "".join(f"{T0 + i},a,0.5\n" for i in range(20000))
+    data = gzip.compress(body.encode())
+    (tmp_path / "cut.csv.gz").write_bytes(data[: len(data) // 2])
+    write(tmp_path / "whole.csv", f"ts,market,price\n{T0},b,0.5\n{T0 + 30000},b,0.6\n")
+    seen: list[TapeError] = []
+    tape = Tape(tmp_path, on_unreadable=seen.append)
+    ticks = list(tape)
+    cut, whole = tape.reports
+    assert whole.accepted == 2 and ticks[-1] == Tick("b", T0 + 30000, 0.6)
+    assert 0 < cut.accepted < 20000 and cut.by_reason == {"unreadable": 1}
+    (err,) = seen
+    assert err.line is not None and cut.examples[0].line == err.line > cut.accepted
+    assert "cut.csv.gz" in str(err) and "the rest of the file is skipped" in cut.summary()
+    with pytest.raises(TapeError, match=r"cut\.csv\.gz: line \d+: cannot read tape"):
+        list(Tape(tmp_path))  # without on_unreadable: an error, as before

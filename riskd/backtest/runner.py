@@ -12,7 +12,7 @@ from riskd.backtest.simulate import Simulation, Tally, simulate
 from riskd.config import Settings
 from riskd.feeds.base import Tick
 from riskd.markets import Market, MarketsError, load_markets
-from riskd.tape import Tape, TapeReport, tape_kind
+from riskd.tape import Tape, TapeError, TapeReport, no_rows_error, tape_kind
 
 MARKETS_FILES = ("markets.json", "markets.toml")
 
@@ -70,9 +70,14 @@ def run(path: Path, settings: Settings, markets_file: Path | None = None,
     else:
         markets = load_markets(markets_file)
     files = tape_files(path)
-    tapes = [Tape(f) for f in files]
+    if not files:
+        raise TapeError(f"{path}: no tape files (.csv, .jsonl, ...) in directory")
+    # A file of a directory may be empty (its report says so); the whole may not.
+    tapes = [Tape(f, require_rows=False) for f in files]
     # First pass: which markets each tape holds (cheap next to the simulation).
     per_file: list[list[Tick]] = [list(tp) for tp in tapes]
+    if not any(per_file):
+        raise no_rows_error(path, [r for tp in tapes for r in tp.reports])
     ids: list[str] = []
     owner: dict[str, int] = {}
     for k, ticks in enumerate(per_file):

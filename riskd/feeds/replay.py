@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from riskd.feeds.base import Tick
-from riskd.tape import Tape
+from riskd.tape import Tape, TapeError
 
 BATCH_MAX = 2000
+
+log = logging.getLogger("riskd.feeds.replay")
 
 
 class ReplayFeed:
@@ -18,12 +21,16 @@ class ReplayFeed:
     Ticks before `fast_forward_until` go as fast as possible (a warm-up on
     history); the rest at `speed` event seconds per wall second (0: no waiting).
     After the last tick the clock stops at the last event time.
+
+    A tape with no usable row is an error here, at start-up (TapeError). Bad rows are
+    skipped and counted by reason (`rejected`); a file that stops being readable part
+    of the way is logged, counted (`unreadable`) and ends there, the replay goes on.
     """
 
     venue = "replay"
 
     def __init__(self, path: Path, speed: float, fast_forward_until: float | None = None) -> None:
-        self.tape = Tape(path)
+        self.tape = Tape(path, on_unreadable=self._unreadable)
         self.speed = speed
         self.fast_forward_until = fast_forward_until
         self.finished = False
@@ -44,6 +51,10 @@ class ReplayFeed:
         ev0, wall0 = self._anchor
         running = ev0 + (asyncio.get_running_loop().time() - wall0) * self.speed
         return max(self._last_ts, min(running, self._next_ts))
+
+    def _unreadable(self, exc: TapeError) -> None:
+        log.error("%s; the rest of that file is skipped", exc,
+                  extra={"venue": self.venue, "reason": "unreadable"})
 
     def rejected(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -81,3 +92,7 @@ class ReplayFeed:
         if batch:
             yield batch
         self.finished = True
+        if self.tape.rejected_total:  # where they are: file and line, by reason
+            summary = "\n".join(r.summary() for r in self.tape.reports if r.rejected)
+            log.warning("tape rows skipped:\n%s", summary,
+                        extra={"venue": self.venue, "reason": "rejected_rows"})

@@ -191,9 +191,9 @@ def _step(  # type: ignore[no-untyped-def]  # state, rows, targets, conditions, 
         if mode_floor[k] > mode_t:
             mode_t = mode_floor[k]
             reasons |= _OVERRIDE
-        # Reduce-only means nothing new is lent: 1x. Halted keeps the tightened values.
+        # Reduce-only and halted both mean nothing new is lent: 1x.
         for s in range(2):
-            if one_x or mode_t == REDUCE_ONLY:
+            if one_x or mode_t >= REDUCE_ONLY:
                 lev_t[s] = 1.0
             lev_t[s] = _max(np.floor(lev_t[s] / LEVERAGE_STEP + 1e-9) * LEVERAGE_STEP, 1.0)
         slip_t = _max(np.floor(slip_t / SLIPPAGE_STEP + 1e-9) * SLIPPAGE_STEP, SLIPPAGE_STEP)
