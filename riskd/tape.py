@@ -52,7 +52,7 @@ _replaced = [0]
 _escape = codecs.lookup_error("surrogateescape")
 
 
-def _count_and_escape(exc: UnicodeError) -> tuple[str, int]:
+def _count_and_escape(exc: UnicodeError) -> tuple[str | bytes, int]:
     _replaced[0] += 1
     return _escape(exc)
 
@@ -471,7 +471,7 @@ def _probe(path: Path) -> TapeReport:
     try:
         next(stream, None)
     finally:
-        stream.close()
+        getattr(stream, "close", lambda: None)()  # a generator: its file closes now
     return report
 
 
