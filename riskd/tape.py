@@ -256,7 +256,7 @@ def _tick(
     ts = _ts(raw_ts)
     if not isinstance(market, str) or not market.strip():
         raise _Bad("bad_market", f"market {market!r} is not a non-empty string")
-    if not market.isascii() and _SURROGATES.search(market):  # from a JSON \\udcxx escape
+    if not market.isascii() and _SURROGATES.search(market):  # e.g. from a JSON \udcff escape
         raise _Bad("bad_market", f"market {market!r} is not valid text (a lone surrogate)")
     market = market.strip()
     price = _prob(raw_price, "price", "bad_price")
