@@ -86,7 +86,7 @@ def _backtest(args: argparse.Namespace) -> int:
                                        record=args.plot is not None)
     for r in results:
         for report in r.reports:
-            if report.rejected:
+            if report.rejected or not report.accepted:
                 print(report.summary(), file=sys.stderr)
     if args.json:
         docs = [r.as_dict() for r in results]

@@ -362,7 +362,7 @@ async def test_rejection_and_publish_counters_exist_at_zero(
         tmp_path: Path, in_process: Any, quiet_pm: QuietPolymarket) -> None:
     d = await in_process(config(tmp_path, pm_markets(), {
         "kind": "polymarket", "url": quiet_pm.url, "metadata": False,
-        "polymarket": {**FAST, "read_timeout_s": READ_TIMEOUT_S}}))
+        "polymarket": {**FAST, "ping_interval_s": 0.2, "read_timeout_s": READ_TIMEOUT_S}}))
     d.start()
     for reason in ("bad_json", "unknown_asset", "out_of_order", "crossed_book",
                    "unknown_market", "decode_error"):

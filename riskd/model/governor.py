@@ -53,9 +53,7 @@ class GovernorState:
         return int(self.mode.shape[0])
 
     def grow(self, n: int) -> None:
-        k = n - len(self)
-        if k <= 0:
-            return
+        k = max(n - len(self), 0)  # 0 too: the arrays take their dtypes and shapes
         init: dict[str, tuple[float, type, tuple[int, ...]]] = {
             "leverage": (np.nan, np.float64, (k, 2)),
             "fee": (np.nan, np.float64, (k, 2)),
