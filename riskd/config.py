@@ -177,6 +177,11 @@ class GovernorSettings(Section):
     halt_after_jump_s: float = Field(0.0, ge=0.0)
     freeze_before_resolution_s: float = Field(3600.0, ge=0.0)
     stale_after_s: float = Field(30.0, gt=0.0)
+    # Markets without a live book (trade tapes, a venue's trades only): stale after
+    # the larger of stale_after_s and this many of the market's own mean gaps between
+    # prices. Their liquidation horizon already prices sparse trading; a fixed limit
+    # would count it twice (docs/model.md section 5). 0: stale_after_s alone.
+    stale_after_gaps: float = Field(20.0, ge=0.0)
     ttl_s: float = Field(60.0, gt=0.0)
     # A cycle evaluates the markets that ticked or whose time-driven conditions came due;
     # every other market is still evaluated at least this often (its time to resolution

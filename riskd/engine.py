@@ -385,7 +385,17 @@ class Engine:
             # A book snapshot and warmup_s of confirmed liveness: warm, however seldom
             # its top moved (section 5).
             warm |= booked & (state.ticks >= 1) & (now - self.book_since[idx] >= cfg.warmup_s)
+        gaps = self.settings.governor.stale_after_gaps
+        limit = None
+        if gaps > 0.0:
+            # A trade tape's rule: a few of its own gaps (section 5); a live book keeps
+            # stale_after_s.
+            limit = np.fmax(self.settings.governor.stale_after_s,
+                            gaps * np.nan_to_num(state.gap, nan=0.0))
+            if booked is not None:
+                limit = np.where(booked, self.settings.governor.stale_after_s, limit)
         return Conditions(
+            stale_limit=limit,
             last_tick_t=confirmed,
             last_jump_t=state.last_jump_t,
             event_t=self.event_t[idx],

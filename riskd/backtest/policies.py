@@ -173,6 +173,7 @@ class Riskd:
             published.slippage
         self.mode, self.reasons = published.mode, published.reasons
         self.jump = np.zeros(n, bool)
+        self.stale_limit = np.full(n, self.stale_after_s)
         if n == 0:
             return
         t, p, half_spread, depth = tick_arrays(ticks)
@@ -184,6 +185,9 @@ class Riskd:
         # Pass 2, vectorised: the model and the governor's conditions at every row.
         inputs, targets = eng.targets(t, idx, est=rec)
         conds = eng.conditions(t, idx, est=rec)
+        # How long each row's values stay in force without a price (the engine's rule).
+        self.stale_limit = np.full(n, self.stale_after_s) if conds.stale_limit is None \
+            else conds.stale_limit
         # Pass 3, one compiled pass in time order: the governor, recording what was in
         # force after each row.
         eng.govern(t, idx, computed=(inputs, targets), cond=conds, record=published)
@@ -200,7 +204,7 @@ class Riskd:
         offer = Offers(leverage=self.leverage.copy(), maintenance=self.ratio / self.leverage,
                        fee_hourly=self.fee.copy(), slippage=self.slippage.copy(),
                        opening=self.mode == NORMAL, deleverage=(self.reasons & self.FREEZE) != 0,
-                       expires_after=np.full(n, self.stale_after_s), fallback=fail_safe)
+                       expires_after=self.stale_limit.copy(), fallback=fail_safe)
         # Nothing published yet: no leverage, no fee, no opening, never stale.
         none = self.mode < 0
         offer.leverage[none] = 1.0

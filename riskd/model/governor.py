@@ -83,6 +83,9 @@ class Conditions:
     fee_floor: np.ndarray
     mode_floor: np.ndarray | None = None  # int64: an override pins at least this mode
     leverage_cap: np.ndarray | None = None  # an override caps leverage
+    # Per market, how long without a confirmation makes it stale (None: stale_after_s
+    # for all): a trade tape's market may wait a few of its own gaps (section 5).
+    stale_limit: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,8 @@ def step(
         raise ValueError(f"now: {at.shape[0]} times for {n} rows")
     mode_floor = np.zeros(n, np.int64) if cond.mode_floor is None else cond.mode_floor
     cap = np.full((n, 2), np.inf) if cond.leverage_cap is None else cond.leverage_cap
+    stale_limit = np.full(n, cfg.stale_after_s) if cond.stale_limit is None \
+        else np.ascontiguousarray(cond.stale_limit, np.float64)
     publish = np.zeros(n, np.bool_)
     tightened = np.zeros(n, np.bool_)
     _step(
@@ -125,7 +130,7 @@ def step(
         rows, at, targets.max_leverage, targets.fee_rate_hourly, targets.max_slippage,
         targets.reasons, cond.last_tick_t, cond.last_jump_t, cond.event_t, cond.resolve_t,
         np.asarray(cond.warm, np.bool_), cond.fee_floor, mode_floor, cap,
-        cfg.stale_after_s, cfg.freeze_before_resolution_s, cfg.jump_cooldown_s,
+        stale_limit, cfg.freeze_before_resolution_s, cfg.jump_cooldown_s,
         cfg.halt_after_jump_s, cfg.loosen_interval_s, cfg.max_loosen_step, cfg.deadband,
         cfg.ttl_s, refresh_margin(cfg, rows), publish, tightened,
         *((True, record.leverage, record.fee, record.slippage, record.mode, record.reasons)
@@ -149,7 +154,7 @@ def _step(  # type: ignore[no-untyped-def]  # state, rows, targets, conditions, 
     idle_at, version,
     rows, now_k, lev_target, fee_target, slip_target, reasons_model,
     last_tick_t, last_jump_t, event_t, resolve_t, warm, fee_floor, mode_floor, leverage_cap,
-    stale_after_s, freeze_s, cooldown_s, halt_s, loosen_interval_s, max_loosen_step,
+    stale_limit, freeze_s, cooldown_s, halt_s, loosen_interval_s, max_loosen_step,
     deadband, ttl_s, margin, publish_out, tightened_out,
     record, r_leverage, r_fee, r_slippage, r_mode, r_reasons,
 ):
@@ -163,7 +168,7 @@ def _step(  # type: ignore[no-untyped-def]  # state, rows, targets, conditions, 
         slip_t = slip_target[k]
         reasons = reasons_model[k]
 
-        stale = not (now - last_tick_t[k] < stale_after_s)  # nan (no data) counts as stale
+        stale = not (now - last_tick_t[k] < stale_limit[k])  # nan (no data) counts as stale
         warming = not warm[k] and not stale
         broken = not (np.isfinite(lev_t[0]) and np.isfinite(lev_t[1]) and np.isfinite(fee_t[0])
                       and np.isfinite(fee_t[1]) and np.isfinite(slip_t))
@@ -326,8 +331,9 @@ def next_change(state: GovernorState, cfg: GovernorSettings, now: float, cond: C
         waiting = state.idle_at != now
         anchor = loosening_anchor(state, cond.last_jump_t, cfg.jump_cooldown_s)
         steps = np.floor((now - anchor) / cfg.loosen_interval_s) + 1.0
+        limit = cfg.stale_after_s if cond.stale_limit is None else cond.stale_limit
         times = (
-            cond.last_tick_t + cfg.stale_after_s,
+            cond.last_tick_t + limit,
             warm_at,
             cond.event_t - cfg.freeze_before_resolution_s,
             cond.resolve_t,
