@@ -10,7 +10,7 @@ from pathlib import Path
 from riskd.backtest import runner, synthetic
 from riskd.backtest.plot import plot
 from riskd.backtest.policies import all_policies
-from riskd.backtest.simulate import Tally, simulate
+from riskd.backtest.simulate import Rules, Tally, simulate
 from riskd.config import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,7 +76,8 @@ def main() -> None:
         summary += [(path.name, p, t.as_dict()) for p, t in totals.items()]
 
     ticks, markets, _ = synthetic.ensemble(n=200, seed=7, days=3.0)
-    sim = simulate(ticks, sorted(markets), markets, all_policies(settings, markets), settle=True)
+    sim = simulate(ticks, sorted(markets), markets, all_policies(settings, markets), settle=True,
+                   rules=Rules.of(settings))
     ens = {name: Tally() for name in sim.tallies}
     for name, tallies in sim.tallies.items():
         for t in tallies:
