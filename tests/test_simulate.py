@@ -11,7 +11,7 @@ are checked against their per-row definitions the same way.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -344,3 +344,82 @@ def test_offer_arrays_match_the_per_row_definitions(settings: Settings) -> None:
         assert got.fallback.maintenance[r].tolist() == [ratio, ratio]
         assert got.fallback.fee_hourly[r].tolist() == [floor, floor]
         assert not got.fallback.deleverage[r]
+
+
+# The judge's rules (docs/model.md section 8): the same for every policy.
+
+def _tape(prices: list[float], depth: list[float | None] | None = None, gap: float = 600.0
+          ) -> list[Tick]:
+    depth = depth or [None] * len(prices)
+    return [Tick("m", 1e9 + k * gap, q, depth=d) for k, (q, d) in
+            enumerate(zip(prices, depth, strict=True))]
+
+
+def _one(policy: Policy, ticks: list[Tick], rules: Rules, event_at: float = math.inf,
+         outcome: int | None = None) -> Tally:
+    markets = {"m": Market("m", resolves_at=event_at, event_at=event_at, outcome=outcome)}
+    sim = simulate(ticks, ["m"], markets, [policy], settle=outcome is not None, rules=rules)
+    return sim.tallies[policy.name][0]
+
+
+def test_a_policy_without_a_freeze_of_its_own_is_closed_before_the_event() -> None:
+    """static_20x has no freeze; the judge's closes it at the flat price before an event
+    that resolves NO, instead of settling 20x YES at 0 (19 lost)."""
+    ticks = _tape([0.5] * 13)  # two hours, a row every 10 minutes
+    event = ticks[-1].ts + 1.0
+    unfrozen = _one(Static("s", 20.0), ticks, Rules(0.05, 0.0), event, outcome=0)
+    assert unfrozen.bad_debt == pytest.approx(19.0, abs=0.01) and unfrozen.liquidations == 0
+    frozen = _one(Static("s", 20.0), ticks, Rules(0.05, 3600.0), event, outcome=0)
+    assert frozen.bad_debt == 0.0 and frozen.liquidations == 2  # both sides, nothing reopened
+    # The freeze starts 3599 s before the last row: rows 7 to 12 offer 1x, so of the 12
+    # ten-minute gaps 7 are at 20x and 5 at 1x.
+    assert frozen.leverage_time == pytest.approx((7 * 20.0 + 5 * 1.0) * 600.0)
+    assert unfrozen.leverage_time == pytest.approx(12 * 20.0 * 600.0)
+
+
+def test_d8x_long_no_near_1_is_bounded() -> None:
+    """A long NO is a short YES perp: its margin is on the NO value, and the opening fee,
+    the pool's expected loss, is most of that value near p = 1: no leverage there (the
+    margin alone would allow 5x on the NO value, ~25,000x the YES notional at 0.9998)."""
+    p = np.array([0.9, 0.99, 0.999, 0.9998, 0.5])
+    d8x = D8XEntropy().offers(p, p)
+    assert np.all(d8x.leverage[:4, 1] < 1.0)  # the NO side of a favourite: nothing lent
+    assert np.all(d8x.leverage[:4, 0] > 2.4)  # the favourite's own side: leverage
+    grid = np.linspace(0.0005, 0.9995, 1999)
+    lev_no = D8XEntropy().offers(grid, grid).leverage[:, 1]
+    exposure = np.where(lev_no > 1.0, lev_no * grid / (1.0 - grid), 0.0)  # YES notional
+    assert exposure.max() < 2.0
+    # On a tape at 0.9998 a simulated long NO never opens.
+    tally = _one(D8XEntropy(), _tape([0.9998] * 6), Rules(0.05, 0.0))
+    assert tally.liquidations == 0 and tally.bad_debt == 0.0
+    assert tally.fees == pytest.approx(d8x.open_fee[3, 0] * d8x.leverage[3, 0])  # YES opened
+
+
+def test_a_liquidation_takes_the_depth_then_the_next_row() -> None:
+    """20x YES at 0.5 (40 shares, 19 lent) triggers at 0.47 with 10 shares of depth within
+    max_slippage: 10 fill there, on a linear book 0.05 * 10 / 20 below it; 30 at the next
+    row, 0.45. Without depth all 40 fill at 0.45."""
+    prices = [0.5, 0.47, 0.45]
+    pol = Static("s", 20.0, fee_hourly=0.0)
+    rules = Rules(0.05, 0.0)
+    booked = _one(pol, _tape(prices, [None, 10.0, None]), rules)
+    assert booked.bad_debt == pytest.approx(19.0 - 10 * (0.47 - 0.025) - 30 * 0.45)
+    assert booked.liquidations == 1
+    bare = _one(pol, _tape(prices), rules)
+    assert bare.bad_debt == pytest.approx(19.0 - 40 * 0.45) and bare.liquidations == 1
+    # Depth for the whole position: it all fills at the trigger row.
+    deep = _one(pol, _tape(prices, [None, 1e6, None]), rules)
+    assert deep.bad_debt == pytest.approx(19.0 - 40 * (0.47 - 0.05 * 40 / 2e6))
+
+
+def test_every_policy_shares_the_slippage_rule() -> None:
+    """No policy sets its own limit: an order is re-priced when the next row is beyond
+    [limits] max_slippage of it, for static_20x as for riskd (it was any price for the
+    alternatives, riskd's own limit for riskd)."""
+    assert "slippage" not in {f.name for f in fields(Offers)}
+    prices = [0.5, 0.47, 0.30, 0.29]  # trigger at 0.47, a gap to 0.30, then 0.29
+    pol = Static("s", 20.0, fee_hourly=0.0)
+    capped = _one(pol, _tape(prices), Rules(0.05, 0.0))
+    assert capped.bad_debt == pytest.approx(19.0 - 40 * 0.29)  # re-priced at 0.30
+    wide = _one(pol, _tape(prices), Rules(0.5, 0.0))
+    assert wide.bad_debt == pytest.approx(19.0 - 40 * 0.30)
