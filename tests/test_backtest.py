@@ -12,7 +12,7 @@ import pytest
 
 from riskd.backtest import runner, synthetic
 from riskd.backtest.policies import Riskd, all_policies
-from riskd.backtest.simulate import Tally, simulate
+from riskd.backtest.simulate import Rules, Tally, simulate
 from riskd.config import Settings, load_settings
 from riskd.model.governor import REDUCE_ONLY
 
@@ -91,7 +91,8 @@ def test_freeze_before_event_is_1x_reduce_only(settings: Settings) -> None:
 def test_seeded_ensemble_of_200_markets(settings: Settings) -> None:
     ticks, markets, _ = synthetic.ensemble(n=200, seed=11, days=1.5)
     ids = sorted(markets)
-    sim = simulate(ticks, ids, markets, all_policies(settings, markets), settle=True)
+    sim = simulate(ticks, ids, markets, all_policies(settings, markets), settle=True,
+                   rules=Rules.of(settings))
     total = {name: Tally() for name in sim.tallies}
     for name, tallies in sim.tallies.items():
         for tally in tallies:

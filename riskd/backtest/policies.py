@@ -2,9 +2,11 @@
 
 Each policy answers, for one market after each tape row: the max leverage it
 offers per side, the maintenance margin as a fraction of position value, the
-borrow fee per hour per unit lent, and the liquidation slippage limit (inf: any
-price). The answers for all rows come at once, as arrays, so that the trader
-simulation can run compiled (simulate.py).
+borrow fee per hour per unit lent and any fee charged once at opening. The
+answers for all rows come at once, as arrays, so that the trader simulation can
+run compiled (simulate.py). What is not a policy's to choose (the resolution
+freeze, settlement, how liquidations fill) is the judge's, the same for every
+policy (simulate.Rules).
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from riskd.model.estimator import EstimatorState
 from riskd.model.governor import NORMAL, GovernorState
 from riskd.model.parameters import BIT
 
-# The perpetual-futures baseline: 0.01% per 8 hours.
+# The perpetual-futures interest baseline: 0.01% per 8 hours (0.125 bp an hour), the
+# default funding rate Binance and Bybit use and dYdX's governance proposed for its
+# isolated markets (docs/model.md section 8, fees table).
 FLAT_FEE_HOURLY = 0.0001 / 8
 
 
@@ -46,7 +50,7 @@ class Offers:
     leverage: np.ndarray  # (n, 2) float: long YES, long NO
     maintenance: np.ndarray  # (n, 2) float: fraction of position value
     fee_hourly: np.ndarray  # (n, 2) float
-    slippage: np.ndarray  # (n,) float: liquidation slippage limit, inf: any price
+    open_fee: np.ndarray  # (n, 2) float: paid once at opening, fraction of position value
     opening: np.ndarray  # (n,) bool: new positions allowed (mode normal)
     deleverage: np.ndarray  # (n,) bool: positions carrying debt must close (before resolution)
     # riskd goes to its fail-safe values when a market has no price for stale_after_s:
@@ -60,9 +64,9 @@ class Offers:
 
     @classmethod
     def constant(cls, n: int, leverage: float, maintenance: float, fee_hourly: float) -> Offers:
-        """The same offer, on both sides, after every row: any slippage, opening."""
+        """The same offer, on both sides, after every row: no opening fee, opening."""
         return cls(leverage=np.full((n, 2), leverage), maintenance=np.full((n, 2), maintenance),
-                   fee_hourly=np.full((n, 2), fee_hourly), slippage=np.full(n, np.inf),
+                   fee_hourly=np.full((n, 2), fee_hourly), open_fee=np.zeros((n, 2)),
                    opening=np.ones(n, bool), deleverage=np.zeros(n, bool),
                    expires_after=np.full(n, np.inf))
 
@@ -127,22 +131,36 @@ def binary_entropy(p: np.ndarray) -> np.ndarray:
 
 
 class D8XEntropy:
-    """D8X prediction-market margins: IM rate 0.2 + 0.3 h(p), MM 0.18 + 0.22 h(p)."""
+    """D8X's prediction-market perpetuals as its SDK computes them (D8-X/d8x-futures-node-sdk,
+    src/d8XMath.ts: pmInitialMarginRate, pmMaintenanceMarginRate, pmMarginThresh,
+    pmExchangeFee).
+
+    A position's margin is on its own side's value, p a contract long and 1 - p short
+    (a short YES perp is the long NO here): IM rate 0.2 + 0.3 h(p), MM rate
+    0.18 + 0.22 h(p). Opening pays the exchange fee, the pool's expected loss per
+    contract, max(p (1 - p) (1 - v IM), 0.001) for a side worth v; nothing is paid
+    while holding (funding passes between traders). Collateral 1 pays both margin
+    and fee, V IM + V f = 1 with f the fee per unit of value V, so the leverage a
+    trader gets is 1 / (IM + f): below 1x on the long shot's side, where the fee is
+    most of the value (a long NO at p near 1 gets none).
+    """
 
     name = "d8x_entropy"
-
-    def __init__(self, fee_hourly: float = FLAT_FEE_HOURLY) -> None:
-        self.fee = fee_hourly
 
     def prepare(self, ticks: list[Tick]) -> None:
         return None
 
     def offers(self, t: np.ndarray, p: np.ndarray) -> Offers:
-        h = binary_entropy(p)  # symmetric: the same for the YES and the NO value
+        h = binary_entropy(p)  # symmetric: the same for the YES and the NO side
         im, mm = 0.2 + 0.3 * h, 0.18 + 0.22 * h
-        offer = Offers.constant(t.shape[0], np.nan, np.nan, self.fee)
-        offer.leverage[:] = (1.0 / im)[:, None]
+        offer = Offers.constant(t.shape[0], 1.0, np.nan, 0.0)
         offer.maintenance[:] = mm[:, None]
+        for s, v in enumerate((p, 1.0 - p)):
+            worth = v > 0.0  # a side worth nothing cannot be bought
+            v = np.where(worth, v, 1.0)
+            fee = np.maximum(p * (1.0 - p) * (1.0 - v * im), 0.001) / v
+            offer.leverage[:, s] = np.where(worth, 1.0 / (im + fee), 1.0)
+            offer.open_fee[:, s] = np.where(worth, fee, 0.0)
         return offer
 
 
@@ -199,10 +217,9 @@ class Riskd:
         floor = self.engine.fee_floor[self._idx]
         fail_safe = Offers.constant(n, 1.0, self.ratio, 0.0)
         fail_safe.fee_hourly[:] = floor[:, None]
-        fail_safe.slippage[:] = self.slippage
         fail_safe.opening[:] = False
         offer = Offers(leverage=self.leverage.copy(), maintenance=self.ratio / self.leverage,
-                       fee_hourly=self.fee.copy(), slippage=self.slippage.copy(),
+                       fee_hourly=self.fee.copy(), open_fee=np.zeros((n, 2)),
                        opening=self.mode == NORMAL, deleverage=(self.reasons & self.FREEZE) != 0,
                        expires_after=self.stale_limit.copy(), fallback=fail_safe)
         # Nothing published yet: no leverage, no fee, no opening, never stale.
@@ -210,7 +227,6 @@ class Riskd:
         offer.leverage[none] = 1.0
         offer.maintenance[none] = self.ratio
         offer.fee_hourly[none] = 0.0
-        offer.slippage[none] = np.inf
         offer.opening[none] = False
         offer.deleverage[none] = False
         offer.expires_after[none] = np.inf

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from riskd.backtest.policies import all_policies
-from riskd.backtest.simulate import Simulation, Tally, simulate
+from riskd.backtest.simulate import Rules, Simulation, Tally, simulate
 from riskd.config import Settings
 from riskd.feeds.base import Tick
 from riskd.markets import Market, MarketsError, load_markets
@@ -88,7 +88,8 @@ def run(path: Path, settings: Settings, markets_file: Path | None = None,
     merged = sorted((tick for ticks in per_file for tick in ticks), key=lambda tk: tk.ts)
     policies = all_policies(settings, markets)
     started = time.perf_counter()
-    sim = simulate(merged, ids, markets, policies, settle=settle, record=record)
+    sim = simulate(merged, ids, markets, policies, settle=settle, rules=Rules.of(settings),
+                   record=record)
     elapsed = time.perf_counter() - started
     results = []
     for k, f in enumerate(files):

@@ -1,10 +1,14 @@
 """Leveraged traders on a tape, under each policy (spec section 7).
 
 On every market and side a trader opens with collateral 1.0 at the max leverage
-offered, pays the published fee on what is lent, is liquidated when equity
-falls below the maintenance margin (the fill at the next tape price, within the
-policy's slippage limit, else re-armed at the next), and settles at 0 or 1 at
-resolution. The lender's loss is the shortfall of a close below the debt.
+offered, pays the published fees, and is liquidated when equity falls below the
+maintenance margin. The judge's rules are the same for every policy (Rules):
+from `freeze_before_resolution_s` before the event nothing opens, the leverage
+offered is 1x and positions carrying debt are closed; a liquidation takes the
+book's depth at the row it goes out (where the tape has a depth), the rest
+fills at the next row within `max_slippage` of the order's price, else the
+order is re-priced there; what is left open at resolution settles at 0 or 1.
+The lender's loss is the shortfall of a close below the debt.
 
 Each policy gives its offers for all rows at once (policies.py); one compiled
 pass per policy then walks the rows in time order, with each market's
@@ -13,16 +17,31 @@ positions and tallies in arrays.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from riskd.backtest.policies import Offers, Policy, Riskd
+from riskd.config import Settings
 from riskd.feeds.base import Tick
 from riskd.jit import njit
 from riskd.markets import Market
 
 COLLATERAL = 1.0
+
+
+@dataclass(frozen=True)
+class Rules:
+    """The judge's rules, the same for every policy (docs/model.md section 8)."""
+
+    max_slippage: float  # a liquidation fill within this of the order's price
+    freeze_before_resolution_s: float  # before the event: no opening, debt closed
+
+    @classmethod
+    def of(cls, settings: Settings) -> Rules:
+        return cls(max_slippage=settings.limits.max_slippage,
+                   freeze_before_resolution_s=settings.governor.freeze_before_resolution_s)
 
 
 @dataclass
@@ -94,6 +113,7 @@ def simulate(
     markets: dict[str, Market],
     policies: list[Policy],
     settle: bool,
+    rules: Rules,
     record: bool = False,
 ) -> Simulation:
     index = {m: i for i, m in enumerate(ids)}
@@ -103,8 +123,15 @@ def simulate(
     # The mid when there is a book, else the print.
     p = np.fromiter((tk.price if tk.bid is None or tk.ask is None else 0.5 * (tk.bid + tk.ask)
                      for tk in ticks), np.float64, n)
+    # Shares within max_slippage of the mid where the tape has a book (nan: unknown).
+    depth = np.fromiter((math.nan if tk.depth is None else tk.depth for tk in ticks),
+                        np.float64, n)
     resolve_t = np.array([markets[m].resolves_at if m in markets else np.inf for m in ids],
                          np.float64)
+    # The freeze, for every policy, from the event time where the markets file has one.
+    freeze_t = np.array([markets[m].event_at - rules.freeze_before_resolution_s
+                         if m in markets else np.inf for m in ids], np.float64)
+    freeze_t[np.isnan(freeze_t)] = np.inf
     # Settlement: at the outcome where it is known and asked for (nan: at the last price).
     outcomes = [markets[m].outcome if settle and m in markets else None for m in ids]
     settle_at = np.array([np.nan if o is None else float(o) for o in outcomes], np.float64)
@@ -117,7 +144,8 @@ def simulate(
     fee = np.zeros(0)
     for pol in policies:
         offers = pol.offers(t, p)
-        table, leverage = _run(offers, market, t, p, resolve_t, settle_at)
+        table, leverage = _run(offers, market, t, p, depth, resolve_t, freeze_t, settle_at,
+                               rules.max_slippage)
         tallies[pol.name] = [_tally(row) for row in table.tolist()]
         max_leverage[pol.name] = _max2(leverage)
         if pol.name == "riskd":
@@ -133,8 +161,9 @@ def simulate(
                       ticks=int(live.sum()))
 
 
-def _run(offers: Offers, market: np.ndarray, t: np.ndarray, p: np.ndarray,
-         resolve_t: np.ndarray, settle_at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _run(offers: Offers, market: np.ndarray, t: np.ndarray, p: np.ndarray, depth: np.ndarray,
+         resolve_t: np.ndarray, freeze_t: np.ndarray, settle_at: np.ndarray,
+         max_slippage: float) -> tuple[np.ndarray, np.ndarray]:
     """One policy through the compiled pass: the tally per market, and the leverage
     offered after each row (filled in by the pass for an open-interest tier)."""
     def f64(a: np.ndarray) -> np.ndarray:
@@ -148,13 +177,13 @@ def _run(offers: Offers, market: np.ndarray, t: np.ndarray, p: np.ndarray,
     expires_after = np.full(t.shape[0], np.inf) if offers.fallback is None \
         else offers.expires_after
     tier = offers.oi_tier
-    # Copies: the pass writes a tier's leverage and maintenance into them.
+    # Copies: the pass writes a tier's leverage and maintenance, and the freeze's 1x, into them.
     leverage, maintenance = f64(offers.leverage).copy(), f64(offers.maintenance).copy()
     table = np.zeros((resolve_t.shape[0], len(TALLY_FIELDS)))
-    _trade(market, t, p, resolve_t, settle_at,
-           leverage, maintenance, f64(offers.fee_hourly), f64(offers.slippage),
+    _trade(market, t, p, depth, resolve_t, freeze_t, settle_at, float(max_slippage),
+           leverage, maintenance, f64(offers.fee_hourly), f64(offers.open_fee),
            flags(offers.opening), flags(offers.deleverage), f64(expires_after),
-           f64(fb.leverage), f64(fb.maintenance), f64(fb.fee_hourly), f64(fb.slippage),
+           f64(fb.leverage), f64(fb.maintenance), f64(fb.fee_hourly),
            flags(fb.deleverage), tier is not None,
            np.array([tier.lower_cap, tier.upper_cap, tier.base_imf] if tier else [0.0] * 3),
            table)
@@ -189,10 +218,10 @@ def _series(n: int, market: np.ndarray, live: np.ndarray, t: np.ndarray, p: np.n
 
 
 @njit
-def _trade(  # type: ignore[no-untyped-def]  # 20 arrays, as _run passes them
-    market, t, p, resolve_t, settle_at,
-    leverage, maintenance, fee, slippage, opening, deleverage, expires_after,
-    fb_leverage, fb_maintenance, fb_fee, fb_slippage, fb_deleverage,
+def _trade(  # type: ignore[no-untyped-def]  # arrays and scalars, as _run passes them
+    market, t, p, depth, resolve_t, freeze_t, settle_at, slippage,
+    leverage, maintenance, fee, open_fee, opening, deleverage, expires_after,
+    fb_leverage, fb_maintenance, fb_fee, fb_deleverage,
     tiered, tier, tally,
 ):
     """The rows in time order for one policy; tally (markets, 7) is added to.
@@ -200,13 +229,14 @@ def _trade(  # type: ignore[no-untyped-def]  # 20 arrays, as _run passes them
     Row k's offer arrays hold what is in force after row k; fb_* the fallback in
     force from expires_after[k] seconds after it. With `tiered`, leverage and
     maintenance come from the open interest (tier: lower cap, upper cap, base
-    IMF) and are written into row k as it is reached.
+    IMF) and are written into row k as it is reached; from freeze_t of its
+    market a row's leverage is written as 1x.
     """
     m = resolve_t.shape[0]
     # Per market and side (long YES, long NO): the trader's position, if held.
     held = np.zeros((m, 2), np.bool_)
     shares = np.zeros((m, 2))
-    debt = np.zeros((m, 2))  # lent, plus fees accrued on it
+    debt = np.zeros((m, 2))  # lent, plus fees accrued on it, less what a partial fill paid
     armed = np.full((m, 2), np.nan)  # side value when a liquidation order went out
     prev = np.full(m, -1)  # the row whose offer is in force (-1: none yet)
     last_t = np.full(m, np.nan)
@@ -217,6 +247,7 @@ def _trade(  # type: ignore[no-untyped-def]  # 20 arrays, as _run passes them
         if t[r] >= resolve_t[i]:
             continue  # trading has ended; open positions settle below
         values[0], values[1] = p[r], 1.0 - p[r]
+        frozen = t[r] >= freeze_t[i]
         q = prev[i]
         if q >= 0:
             dt = t[r] - last_t[i]
@@ -224,13 +255,13 @@ def _trade(  # type: ignore[no-untyped-def]  # 20 arrays, as _run passes them
             _accrue(held[i], debt[i], fee[q], live, tally[i])
             lev = _max(leverage[q])
             if dt <= live:
-                _step(held[i], shares[i], debt[i], armed[i], values, maintenance[q],
-                      slippage[q], deleverage[q], tally[i])
+                _step(held[i], shares[i], debt[i], armed[i], values, depth[r], maintenance[q],
+                      slippage, deleverage[q] or frozen, tally[i])
                 lev_now = lev
             else:  # no price for expires_after: the fallback for the rest
                 _accrue(held[i], debt[i], fb_fee[q], dt - live, tally[i])
-                _step(held[i], shares[i], debt[i], armed[i], values, fb_maintenance[q],
-                      fb_slippage[q], fb_deleverage[q], tally[i])
+                _step(held[i], shares[i], debt[i], armed[i], values, depth[r],
+                      fb_maintenance[q], slippage, fb_deleverage[q] or frozen, tally[i])
                 lev_now = _max(fb_leverage[q])
             tally[i, LEVERAGE_TIME] += lev * live + lev_now * (dt - live)
             tally[i, LEVERAGED_TIME] += live if lev > 1.0 else 0.0
@@ -247,13 +278,18 @@ def _trade(  # type: ignore[no-untyped-def]  # 20 arrays, as _run passes them
             imf = tier[2] + (1.0 - tier[2]) * scale
             leverage[r, 0] = leverage[r, 1] = 1.0 / imf
             maintenance[r, 0] = maintenance[r, 1] = 0.6 * imf
-        if opening[r] and not deleverage[r]:
+        if frozen:
+            leverage[r, 0] = leverage[r, 1] = 1.0
+        if opening[r] and not deleverage[r] and not frozen:
             for s in range(2):
                 lev_s = leverage[r, s]
                 if not held[i, s] and lev_s > 1.0 and values[s] > 0.0:
                     held[i, s] = True
                     shares[i, s] = COLLATERAL * lev_s / values[s]
-                    debt[i, s] = COLLATERAL * (lev_s - 1.0)
+                    # An opening fee comes out of the collateral: the rest is lent too.
+                    paid = open_fee[r, s] * lev_s * COLLATERAL
+                    debt[i, s] = COLLATERAL * (lev_s - 1.0) + paid
+                    tally[i, FEES] += paid
                     armed[i, s] = np.nan
         prev[i] = r
         last_t[i], last_p[i] = t[r], p[r]
@@ -287,7 +323,7 @@ def _accrue(held: np.ndarray, debt: np.ndarray, fee_hourly: np.ndarray, dt: floa
             tally: np.ndarray) -> None:
     """The fee in force on what is lent, for dt seconds; unpaid fees add to the debt."""
     for s in range(2):
-        if held[s] and dt > 0.0:
+        if held[s] and dt > 0.0 and debt[s] > 0.0:
             fee = fee_hourly[s] * debt[s] * dt / 3600.0
             debt[s] += fee
             tally[FEES] += fee
@@ -295,21 +331,47 @@ def _accrue(held: np.ndarray, debt: np.ndarray, fee_hourly: np.ndarray, dt: floa
 
 @njit
 def _step(held: np.ndarray, shares: np.ndarray, debt: np.ndarray, armed: np.ndarray,
-          values: np.ndarray, maintenance: np.ndarray, slippage: float, deleverage: bool,
-          tally: np.ndarray) -> None:
-    """Liquidation fills and triggers at this price."""
+          values: np.ndarray, depth: float, maintenance: np.ndarray, slippage: float,
+          deleverage: bool, tally: np.ndarray) -> None:
+    """Liquidation fills and triggers at this price (the row's depth: `depth`)."""
     for s in range(2):
         if not held[s]:
             continue
         value = values[s]
         if armed[s] == armed[s]:  # an order is out
             if abs(value - armed[s]) <= slippage + 1e-12:
-                _loss(tally, debt[s] - shares[s] * value)
-                tally[LIQUIDATIONS] += 1
-                held[s] = False
+                _close(held, shares, debt, s, value, tally)
             else:
                 armed[s] = value  # no fill within the limit: the order is re-priced
+                _take_book(held, shares, debt, s, value, depth, slippage, tally)
             continue
         equity = shares[s] * value - debt[s]
         if equity < maintenance[s] * shares[s] * value or (deleverage and debt[s] > 0):
-            armed[s] = value  # fills at the next tape price
+            armed[s] = value  # what the book does not take fills at the next price
+            _take_book(held, shares, debt, s, value, depth, slippage, tally)
+
+
+@njit
+def _take_book(held: np.ndarray, shares: np.ndarray, debt: np.ndarray, s: int, value: float,
+               depth: float, slippage: float, tally: np.ndarray) -> None:
+    """An order going out at `value` sells into the book's depth (shares within slippage
+    of the mid, nan unknown), walking a linear book: x of d shares fill on average
+    slippage * x / (2 d) below the price."""
+    if not depth > 0.0:
+        return
+    x = shares[s] if shares[s] < depth else depth
+    price = value - slippage * x / (2.0 * depth)
+    price = price if price > 0.0 else 0.0
+    debt[s] -= x * price
+    shares[s] -= x
+    if shares[s] <= 0.0:
+        _close(held, shares, debt, s, 0.0, tally)
+
+
+@njit
+def _close(held: np.ndarray, shares: np.ndarray, debt: np.ndarray, s: int, value: float,
+           tally: np.ndarray) -> None:
+    """The rest of the position fills at `value`: a liquidation, a loss if short of debt."""
+    _loss(tally, debt[s] - shares[s] * value)
+    tally[LIQUIDATIONS] += 1
+    held[s] = False
