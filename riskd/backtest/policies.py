@@ -206,6 +206,7 @@ class Riskd:
         # How long each row's values stay in force without a price (the engine's rule).
         self.stale_limit = np.full(n, self.stale_after_s) if conds.stale_limit is None \
             else conds.stale_limit
+        self.gap_at = np.nan_to_num(rec.gap, nan=0.0)  # each row's mean gap (tests, docs)
         # Pass 3, one compiled pass in time order: the governor, recording what was in
         # force after each row.
         eng.govern(t, idx, computed=(inputs, targets), cond=conds, record=published)
