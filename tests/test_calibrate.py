@@ -224,3 +224,12 @@ def test_cli_without_tapes_is_a_usage_error() -> None:
     out = _cli()
     assert out.returncode == 2
     assert "no tape given" in out.stderr
+
+
+def test_plot_writes_a_png(settings: Settings, tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    ticks, markets = _tape()
+    result = cal.calibrate("constructed", ticks, markets, settings, settle=False)
+    out = tmp_path / "rates.png"
+    cal.plot([result], out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
