@@ -36,6 +36,17 @@ def _parser() -> argparse.ArgumentParser:
     bt.add_argument("--plot", type=Path, metavar="OUT.png", help="write a PNG of the first market")
     bt.add_argument("--settle", action=argparse.BooleanOptionalAction, default=None,
                     help="settle at the outcome at resolution (default: when outcomes are known)")
+    cal = sub.add_parser("calibrate", help="margin backtest: exceedances of riskd's margins "
+                         "(Kupiec, Christoffersen) per tape set and regime")
+    cal.add_argument("tapes", type=Path, nargs="*",
+                     help="tape files or directories, one set each")
+    cal.add_argument("--synthetic", type=int, metavar="N",
+                     help="also the seeded ensemble of N simulated markets")
+    cal.add_argument("--seed", type=int, default=7, help="the ensemble's seed (default 7)")
+    cal.add_argument("--markets", type=Path, help="markets file (default: beside each tape)")
+    cal.add_argument("-c", "--config", type=Path)
+    cal.add_argument("--json", action="store_true", help="print the JSON report")
+    cal.add_argument("--plot", type=Path, metavar="OUT.png", help="write a PNG of the rates")
     ex = sub.add_parser("explain", help="why a market has its current parameters")
     ex.add_argument("market")
     ex.add_argument("--url", help="the daemon's API (default: [server] host and port of -c)")
@@ -57,6 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(args.config)
         if args.command == "backtest":
             return _backtest(args)
+        if args.command == "calibrate":
+            return _calibrate(args)
         if args.command == "check-config":
             settings = load_settings(args.config)
             # stderr: stdout stays one JSON document.
@@ -105,6 +118,32 @@ def _backtest(args: argparse.Namespace) -> int:
         from riskd.backtest.plot import plot
 
         plot(sim, args.plot)
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from riskd.backtest import calibrate
+
+    if not args.tapes and args.synthetic is None:
+        raise TapeError("calibrate: no tape given (TAPES, or --synthetic N)")
+    if args.markets is not None and len(args.tapes) > 1:
+        raise MarketsError("calibrate: --markets goes with a single tape")
+    if args.synthetic is not None and args.synthetic < 1:
+        raise TapeError("calibrate: --synthetic needs at least 1 market")
+    settings = load_settings(args.config)
+    results = []
+    for tape in args.tapes:
+        if not tape.exists():
+            raise TapeError(f"{tape}: no such tape file or directory")
+        results.append(calibrate.calibrate_path(tape, settings, args.markets))
+    if args.synthetic is not None:
+        results.append(calibrate.calibrate_synthetic(args.synthetic, settings, args.seed))
+    if args.json:
+        print(json.dumps(calibrate.as_json(results, settings), indent=2))
+    else:
+        print(calibrate.table(results))
+    if args.plot is not None:
+        calibrate.plot(results, args.plot)
     return 0
 
 

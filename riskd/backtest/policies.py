@@ -192,6 +192,8 @@ class Riskd:
         self.mode, self.reasons = published.mode, published.reasons
         self.jump = np.zeros(n, bool)
         self.stale_limit = np.full(n, self.stale_after_s)
+        self.horizon = np.full(n, np.nan)
+        self.last_jump_t = np.full(n, np.nan)
         if n == 0:
             return
         t, p, half_spread, depth = tick_arrays(ticks)
@@ -209,7 +211,13 @@ class Riskd:
         self.gap_at = np.nan_to_num(rec.gap, nan=0.0)  # each row's mean gap (tests, docs)
         # Pass 3, one compiled pass in time order: the governor, recording what was in
         # force after each row.
-        eng.govern(t, idx, computed=(inputs, targets), cond=conds, record=published)
+        _, decision = eng.govern(t, idx, computed=(inputs, targets), cond=conds,
+                                 record=published)
+        # For the margin backtest (calibrate.py): the liquidation horizon of the set in
+        # force after each row, as the daemon publishes it (the inputs of the set's own
+        # publish, not the row's), and the estimator's last jump.
+        self.horizon[:] = _carry(inputs.h, decision.publish, idx)
+        self.last_jump_t[:] = rec.last_jump_t
 
     def offers(self, t: np.ndarray, p: np.ndarray) -> Offers:
         """What the governor published after each row of the tape prepared, and its
@@ -232,6 +240,22 @@ class Riskd:
         offer.deleverage[none] = False
         offer.expires_after[none] = np.inf
         return offer
+
+
+def _carry(values: np.ndarray, publish: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Row k: `values` at the latest row j <= k of the same market with publish[j]
+    (nan before the market's first publish)."""
+    n = len(idx)
+    order = np.argsort(idx, kind="stable")
+    at = np.arange(n)
+    latest = np.maximum.accumulate(np.where(publish[order], at, -1)) if n else at
+    # Where each market's run starts in `order`: a carry never crosses markets.
+    first = np.ones(n, bool)
+    first[1:] = idx[order][1:] != idx[order][:-1]
+    start = np.maximum.accumulate(np.where(first, at, 0)) if n else at
+    out = np.empty(n)
+    out[order] = np.where(latest >= start, values[order[np.maximum(latest, 0)]], np.nan)
+    return out
 
 
 def all_policies(settings: Settings, markets: dict[str, Market]) -> list[Policy]:

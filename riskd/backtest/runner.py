@@ -60,24 +60,7 @@ def run(path: Path, settings: Settings, markets_file: Path | None = None,
     Markets are independent in the model, so a directory is simulated in one
     pass over the merged tape and split by tape afterwards.
     """
-    if markets_file is None:
-        markets_file = find_markets_file(path)
-    if markets_file is None:
-        if settle:
-            raise MarketsError(f"{path}: --settle needs outcomes: no markets file given "
-                               f"(--markets) or found beside the tape ({', '.join(MARKETS_FILES)})")
-        markets: dict[str, Market] = {}
-    else:
-        markets = load_markets(markets_file)
-    files = tape_files(path)
-    if not files:
-        raise TapeError(f"{path}: no tape files (.csv, .jsonl, ...) in directory")
-    # A file of a directory may be empty (its report says so); the whole may not.
-    tapes = [Tape(f, require_rows=False) for f in files]
-    # First pass: which markets each tape holds (cheap next to the simulation).
-    per_file: list[list[Tick]] = [list(tp) for tp in tapes]
-    if not any(per_file):
-        raise no_rows_error(path, [r for tp in tapes for r in tp.reports])
+    files, tapes, per_file, markets = load(path, markets_file, settle)
     ids: list[str] = []
     owner: dict[str, int] = {}
     for k, ticks in enumerate(per_file):
@@ -85,7 +68,7 @@ def run(path: Path, settings: Settings, markets_file: Path | None = None,
             if tick.market not in owner:
                 owner[tick.market] = k
                 ids.append(tick.market)
-    merged = sorted((tick for ticks in per_file for tick in ticks), key=lambda tk: tk.ts)
+    merged = merge(per_file)
     policies = all_policies(settings, markets)
     started = time.perf_counter()
     sim = simulate(merged, ids, markets, policies, settle=settle, rules=Rules.of(settings),
@@ -105,6 +88,35 @@ def run(path: Path, settings: Settings, markets_file: Path | None = None,
             rejected_rows=tapes[k].rejected_total, reports=tapes[k].reports, tallies=tallies,
         ))
     return results, sim, elapsed
+
+
+def load(path: Path, markets_file: Path | None = None, settle: bool = False
+         ) -> tuple[list[Path], list[Tape], list[list[Tick]], dict[str, Market]]:
+    """A tape, or every tape of a directory: (files, tapes, ticks per file, markets), the
+    markets from `markets_file` or the file beside the tape (none: no markets)."""
+    if markets_file is None:
+        markets_file = find_markets_file(path)
+    if markets_file is None:
+        if settle:
+            raise MarketsError(f"{path}: --settle needs outcomes: no markets file given "
+                               f"(--markets) or found beside the tape ({', '.join(MARKETS_FILES)})")
+        markets: dict[str, Market] = {}
+    else:
+        markets = load_markets(markets_file)
+    files = tape_files(path)
+    if not files:
+        raise TapeError(f"{path}: no tape files (.csv, .jsonl, ...) in directory")
+    # A file of a directory may be empty (its report says so); the whole may not.
+    tapes = [Tape(f, require_rows=False) for f in files]
+    per_file: list[list[Tick]] = [list(tp) for tp in tapes]
+    if not any(per_file):
+        raise no_rows_error(path, [r for tp in tapes for r in tp.reports])
+    return files, tapes, per_file, markets
+
+
+def merge(per_file: list[list[Tick]]) -> list[Tick]:
+    """The ticks of several tapes in one time order."""
+    return sorted((tick for ticks in per_file for tick in ticks), key=lambda tk: tk.ts)
 
 
 def totals(results: list[TapeResult]) -> dict[str, Tally]:
