@@ -117,6 +117,12 @@ class ModelSettings(Section):
     liquidation_notional: float = Field(10_000.0, gt=0.0)
     book_refill_s: float = Field(300.0, ge=0.0)
     default_tau_s: float = Field(2_592_000.0, gt=0.0)
+    # A scheduled event (the markets file gives `event_at`) strikes a position only
+    # once it lies within h; before that, early decisive news does (a withdrawal, a
+    # leak): at this base rate per second, plus this share of the uniform hazard
+    # 1 / tau (1: the rule of a market without a date). docs/model.md section 4.
+    early_news_rate: float = Field(1.0 / (365 * 86_400.0), ge=0.0)
+    early_news_share: float = Field(0.05, ge=0.0, le=1.0)
     h_min_s: float = Field(60.0, gt=0.0)
     eps: float = Field(1e-4, gt=0.0, lt=0.01)
     dt_min_s: float = Field(1.0, gt=0.0)
@@ -131,13 +137,20 @@ class ModelSettings(Section):
     # Logit units per sqrt(second): 2e-4 is ~0.06 logit per day, a calm market.
     sigma_prior: float = Field(2e-4, gt=0.0)
     sigma_floor: float = Field(5e-5, gt=0.0)
-    # One surprise per 30 days until the market shows its own rate.
+    # One surprise per 30 days until the markets show their own rate: the prior of the
+    # pooled rate of all markets, with the strength of jump_pool_prior_s of market-time;
+    # each market's long-run rate is shrunk toward that pool with the strength of
+    # jump_shrinkage_s of its own time (docs/model.md section 3).
     lambda_prior: float = Field(1.0 / (30 * 86_400.0), ge=0.0)
-    J_floor: float = Field(0.5, gt=0.0)
+    jump_pool_prior_s: float = Field(30 * 86_400.0, gt=0.0)
+    jump_shrinkage_s: float = Field(7 * 86_400.0, gt=0.0)
+    # A jump moves the logit by at least 1 (0.5 -> 0.73): the size of the news moves
+    # on the shipped tapes (Fed: 0.65 -> 0.40 in 30 minutes; election nights: 1-2).
+    J_floor: float = Field(1.0, gt=0.0)
     jump_size_weight: float = Field(0.3, gt=0.0, le=1.0)
     maintenance_ratio: float = Field(0.5, gt=0.0, lt=1.0)
     m_floor: float = Field(0.02, gt=0.0, le=1.0)
-    fee_loading: float = Field(0.5, ge=0.0)
+    fee_loading: float = Field(0.4, ge=0.0)
     z_slip: float = Field(3.0, gt=0.0)
     h_exec_s: float = Field(60.0, gt=0.0)
     nodes: int = Field(12, ge=4, le=64)

@@ -101,6 +101,7 @@ class Engine:
         self.broken = np.zeros(0, bool)
         self.life = np.full(16, np.nan)
         self.notional = np.zeros(0)  # the reference position (section 4)
+        self.scheduled = np.zeros(0, bool)  # the decisive event has a date (section 4)
         self.overrides = {}  # market id -> admin override
         self.now = float("-inf")  # the latest event time seen
         # Ticks taken since the last cycle (`enqueue`), applied in one pass by `flush`,
@@ -164,6 +165,8 @@ class Engine:
         self.booked = np.concatenate([self.booked, np.zeros(k, bool)])
         self.book_since = np.concatenate([self.book_since, np.full(k, np.nan)])
         self.broken = np.concatenate([self.broken, np.zeros(k, bool)])
+        self.scheduled = np.concatenate([self.scheduled, np.fromiter(
+            (bool(meta is not None and meta.scheduled) for _, meta in markets), bool, k)])
         return first
 
     @property
@@ -454,7 +457,40 @@ class Engine:
         confirmed, booked = (None, None) if est is not None else self.freshness(idx)
         return parameters.risk_inputs(self._estimator_at(idx, est), now, self.event_t[idx],
                                       self.settings.model, confirmed, booked,
-                                      self.notional[idx])
+                                      self.notional[idx], self.scheduled[idx],
+                                      self.long_jump_rate(now, idx, est))
+
+    def long_jump_rate(self, now: float | np.ndarray, idx: Index = ALL,
+                       est: estimator.EstimatorState | None = None) -> np.ndarray:
+        """Each market's long-run jump rate, shrunk toward the pool of every market
+        (`parameters.pooled_jump_rate`). Live: the markets now. With `est` (the
+        backtest: rows of a tape in time order, a market per row, `now` per row): the
+        pool as it stood at each row, from the rows before it."""
+        cfg = self.settings.model
+        if est is None:
+            exposure_all = np.maximum(np.nan_to_num(now - self.first_t, nan=0.0), 0.0)
+            own = exposure_all[idx]
+            return parameters.pooled_jump_rate(self.est.jumps[idx].astype(np.float64), own,
+                                               float(self.est.jumps.sum()),
+                                               float(exposure_all.sum()), cfg)
+        rows = np.asarray(idx)
+        t = np.broadcast_to(np.asarray(now, np.float64), rows.shape)
+        n = rows.shape[0]
+        order = np.lexsort((np.arange(n), rows))  # by market, then row
+        market = rows[order]
+        same = np.concatenate([[False], market[1:] == market[:-1]])
+        counts = est.jumps[order].astype(np.float64)
+        inc = np.empty(n)
+        inc[order] = np.where(same, counts - np.concatenate([[0.0], counts[:-1]]), counts)
+        starts = np.maximum.accumulate(np.where(same, 0, np.arange(n)))
+        first_time = np.empty(n)
+        first_time[order] = t[order][starts]
+        is_first = np.zeros(n, bool)
+        is_first[order] = ~same
+        started = np.cumsum(is_first)
+        pool_exposure = started * t - np.cumsum(np.where(is_first, t, 0.0))
+        return parameters.pooled_jump_rate(est.jumps.astype(np.float64), t - first_time,
+                                           np.cumsum(inc), pool_exposure, cfg)
 
     def targets(self, now: float | np.ndarray, idx: Index = ALL, detail: bool = False,
                 est: estimator.EstimatorState | None = None

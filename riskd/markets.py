@@ -39,6 +39,10 @@ class Market:
     # The reference position whose unwind through the book sets the liquidation
     # horizon ([model] liquidation_notional when None; docs/model.md section 4).
     liquidation_notional: float | None = None
+    # `event_at` was given: the decisive information has a date (polls close, an FOMC
+    # statement), and the freeze closes positions before it. Else the decisive news
+    # may come any time before `resolves_at` (docs/model.md section 4).
+    scheduled: bool = False
 
 
 def _unix(value: Any) -> float:
@@ -136,6 +140,7 @@ class MarketEntry(_Limits):
             polymarket_no_token=self.polymarket_no_token,
             kalshi_ticker=self.kalshi_ticker,
             liquidation_notional=self.liquidation_notional,
+            scheduled=self.event_at is not None,
             **limits,
         )
 

@@ -3,10 +3,11 @@ conditions came due (governor.next_change); it must publish exactly what evaluat
 every market at every cycle publishes: staleness, warm-up, cool-down and halt ends,
 the resolution freeze, resolution, loosening steps and the refresh before valid_until.
 
-The model's own drift without ticks (tau, a decaying jump intensity, the silence
-that widens the liquidation horizon) is what `[governor] reevaluate_s` re-evaluates;
-it is switched off here (no event time for markets with prices, no decay, k_liquidity
-0) so that the comparison is exact."""
+The model's own drift without ticks (tau, a decaying jump intensity, the pooled
+long-run jump rate, the silence that widens the liquidation horizon) is what
+`[governor] reevaluate_s` re-evaluates; it is switched off here (no event time for
+markets with prices, no decay, no pool, k_liquidity 0) so that the comparison is
+exact."""
 
 from __future__ import annotations
 
@@ -27,8 +28,11 @@ SCHEDULED = 6  # no prices; their freeze and resolution fall inside the run
 
 def settings() -> Settings:
     return Settings(
+        # The pooled long-run jump rate drifts with every market's time and jumps:
+        # a prior of strength far beyond the run and a rate of 0 pin it at ~0.
         model={"warmup_ticks": 3, "warmup_s": 20.0, "jump_halflife_s": 1e12,
-               "k_liquidity": 0.0},
+               "k_liquidity": 0.0, "lambda_prior": 0.0, "jump_pool_prior_s": 1e15,
+               "jump_shrinkage_s": 1e15},
         governor={"publish_interval_s": 1.0, "stale_after_s": 30.0, "ttl_s": 60.0,
                   "loosen_interval_s": 60.0, "jump_cooldown_s": 120.0,
                   "halt_after_jump_s": 30.0, "freeze_before_resolution_s": 600.0,

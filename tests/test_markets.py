@@ -82,9 +82,11 @@ fee_floor_hourly = 1e-5
         max_leverage=5.0,
         max_slippage=0.02,
         fee_floor_hourly=0.0,
+        scheduled=True,  # event_at given: the decisive event has a date
     )
     n = markets["nested"]
     assert n.resolves_at == T0 and n.event_at == T0  # event_at defaults to resolves_at
+    assert not n.scheduled  # a deadline: decisive news may come any time before it
     assert (n.max_leverage, n.max_slippage, n.fee_floor_hourly) == (3.5, 0.5, 1e-5)
     assert (n.kalshi_ticker, n.polymarket_yes_token, n.polymarket_no_token) == (
         "KXSENATEPA-22", "123", "456",

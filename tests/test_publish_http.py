@@ -368,7 +368,7 @@ def test_the_engine_names_the_markets_that_tightened(monkeypatch: pytest.MonkeyP
     """What `Batch.tightened` carries: the governor's `Decision.tightened`, by market id."""
     monkeypatch.delenv("RISKD_PUBLISHER__HTTP__SECRET")
     settings = Settings(markets={"file": None, "discover": True},
-                        governor={"stale_after_s": 30.0})
+                        governor={"stale_after_s": 30.0, "stale_after_gaps": 0.0})
     engine = Engine(settings, {}, discover=True)
     for k in range(40):
         engine.ingest([Tick(f"m{m}", T0 + 10 * k, 0.5 + 0.002 * (k % 2)) for m in range(3)])

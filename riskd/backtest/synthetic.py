@@ -62,6 +62,7 @@ def market(rng: np.random.Generator, k: int, days: float) -> tuple[list[Tick], M
     ticks = [Tick(mid, float(t), float(round(q, 4))) for t, q in zip(times, p, strict=True)]
     ticks.append(Tick(mid, event_at, 0.999 if outcome else 0.001))
     meta = Market(id=mid, resolves_at=event_at + 3600.0, event_at=event_at, outcome=outcome,
+                  scheduled=True,
                   tick_size=0.0001, title=f"simulated market {k}")
     return ticks, meta, truth
 

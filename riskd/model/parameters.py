@@ -62,6 +62,7 @@ class RiskInputs:
     depth: np.ndarray | None = None  # shares within max_slippage of the mid (nan unknown)
     # The reference position's size over that depth, on the side where it is larger.
     book_ratio: np.ndarray | None = None
+    scheduled: np.ndarray | None = None  # bool: the decisive event has a date
 
 
 # A book too shallow to unwind the reference position gives a horizon this long at
@@ -77,6 +78,8 @@ def risk_inputs(
     confirmed_t: np.ndarray | None = None,
     live_book: np.ndarray | None = None,
     notional: np.ndarray | float | None = None,
+    scheduled: np.ndarray | None = None,
+    lam_long: np.ndarray | None = None,
 ) -> RiskInputs:
     """Effective values at `now` (section 3 end, section 4 horizon, section 2 tau).
 
@@ -90,7 +93,10 @@ def risk_inputs(
     # Unknown resolution time -> default_tau_s; after the decisive event tau is 0.
     tau = np.where(np.isnan(event_t), cfg.default_tau_s, np.maximum(event_t - now, 0.0))
     sigma = np.maximum(np.sqrt(state.sigma2), cfg.sigma_floor)
-    lam = np.maximum(state.lambda_at(now, cfg), cfg.lambda_prior)
+    # The hot rate (a jump says "this market is moving now") or the market's long-run
+    # rate shrunk toward the pool of all markets (`pooled_jump_rate`), the larger.
+    lam = np.maximum(state.lambda_at(now, cfg),
+                     cfg.lambda_prior if lam_long is None else lam_long)
     J = np.maximum(np.sqrt(state.J2), cfg.J_floor)
     # The silence since the price was last confirmed is evidence about the wait for
     # the next one.
@@ -107,7 +113,7 @@ def risk_inputs(
     return RiskInputs(
         p=p, x=np.log(p) - np.log1p(-p), tau=tau, sigma=sigma, lam=lam, J=J, gap=gap, h=h,
         half_spread=state.half_spread, tick=state.tick_size, h0=h0, depth=depth,
-        book_ratio=ratio,
+        book_ratio=ratio, scheduled=scheduled,
     )
 
 
@@ -157,6 +163,8 @@ def compute(
     """Section 4 for all markets at once: margins, leverage and fee per market and side
     in one compiled pass (`_margins_and_fees`), slippage and reasons vectorised."""
     q = scenarios.resolution_probability(inp.h, inp.tau, cfg.h_min_s)
+    q_fee = scenarios.resolution_probability(inp.h, inp.tau, cfg.h_min_s, inp.scheduled,
+                                             cfg.early_news_rate, cfg.early_news_share)
     m = inp.p.shape[0]
     z, w = scenarios.gauss_hermite(cfg.nodes)
     lev = np.empty((m, 2))
@@ -171,7 +179,7 @@ def compute(
         np.ascontiguousarray(inp.sigma, np.float64), np.ascontiguousarray(inp.lam, np.float64),
         np.ascontiguousarray(inp.J, np.float64), np.ascontiguousarray(inp.h, np.float64),
         np.ascontiguousarray(inp.h if inp.h0 is None else inp.h0, np.float64),
-        np.ascontiguousarray(q, np.float64),
+        np.ascontiguousarray(q, np.float64), np.ascontiguousarray(q_fee, np.float64),
         np.broadcast_to(np.asarray(max_leverage, np.float64), (m,)).copy(),
         np.broadcast_to(np.asarray(fee_floor, np.float64), (m,)).copy(),
         np.ascontiguousarray(pin, np.float64), z, w, scenarios.groups(cfg.nodes),
@@ -203,7 +211,7 @@ def compute(
 @njit
 def _margins_and_fees(p: np.ndarray, x: np.ndarray, sigma: np.ndarray, lam: np.ndarray,
                       J: np.ndarray, h: np.ndarray, h0: np.ndarray, q: np.ndarray,
-                      max_leverage: np.ndarray,
+                      q_fee: np.ndarray, max_leverage: np.ndarray,
                       fee_floor: np.ndarray, pin: np.ndarray, z: np.ndarray, w: np.ndarray,
                       group: np.ndarray, confidence: float, m_floor: float,
                       fee_loading: float, detail: bool, lev: np.ndarray, im: np.ndarray,
@@ -217,6 +225,7 @@ def _margins_and_fees(p: np.ndarray, x: np.ndarray, sigma: np.ndarray, lam: np.n
     s = 2 + 2 * z.shape[0]
     p_h, p_h_no = np.empty(s), np.empty(s)
     prob, prob_liquid = np.empty(s), np.empty(s)
+    prob_fee, spare = np.empty(s), np.empty(s)
     loss, order = np.empty(s), np.empty(s, np.int64)
     w_all, w_liquid = np.empty(s), np.empty(s)
     for i in range(p.shape[0]):
@@ -229,6 +238,10 @@ def _margins_and_fees(p: np.ndarray, x: np.ndarray, sigma: np.ndarray, lam: np.n
             continue
         scenarios.fill(p[i], x[i], sigma[i], lam[i], J[i], h[i], q[i], z, w,
                        p_h, p_h_no, prob, prob_liquid)
+        # The fee's scenarios: the same prices, weighted by the hazard a position can
+        # meet (a scheduled event lies after the freeze: only early news counts).
+        scenarios.fill(p[i], x[i], sigma[i], lam[i], J[i], h[i], q_fee[i], z, w,
+                       p_h, p_h_no, prob_fee, spare)
         h_hours = h0[i] / 3600.0
         for side in range(2):
             value = p[i] if side == LONG else 1.0 - p[i]
@@ -267,12 +280,26 @@ def _margins_and_fees(p: np.ndarray, x: np.ndarray, sigma: np.ndarray, lam: np.n
             scale = (1.0 + fee_loading) / debt / h_hours if debt > 0.0 else 0.0
             premium = 0.0
             for k in range(s):
-                premium += prob[k] * max(debt - value_h[k], 0.0)
+                premium += prob_fee[k] * max(debt - value_h[k], 0.0)
             if detail:  # explain's split by scenario group
                 for k in range(s):
                     es_g[i, side, group[k]] += loss[k] * w_all[k]
-                    fee_g[i, side, group[k]] += prob[k] * max(debt - value_h[k], 0.0) * scale
+                    fee_g[i, side, group[k]] += prob_fee[k] * max(debt - value_h[k], 0.0) \
+                        * scale
             fee[i, side] = max(premium * scale, fee_floor[i])
             lev[i, side], im[i, side], es[i, side] = lev_side, im_side, es_side
             if np.isnan(es_side + es_liquid + premium):  # inf - inf on the way: no model
                 lev[i, side] = im[i, side] = fee[i, side] = es[i, side] = np.nan
+
+
+def pooled_jump_rate(jumps: np.ndarray, exposure: np.ndarray, pool_jumps: float | np.ndarray,
+                     pool_exposure: float | np.ndarray, cfg: ModelSettings) -> np.ndarray:
+    """Section 3, the long-run jump rate: each market's own count over its own time,
+    shrunk toward the pool of all markets, itself shrunk toward `lambda_prior`
+    (Gamma-Poisson: a prior of rate r and strength K seconds adds r K jumps and K
+    seconds). A market with a week of data (`jump_shrinkage_s`) weighs its own rate
+    as much as the pool's; the pool needs `jump_pool_prior_s` of market-time to
+    outweigh the prior."""
+    pool = (pool_jumps + cfg.lambda_prior * cfg.jump_pool_prior_s) / \
+        (pool_exposure + cfg.jump_pool_prior_s)
+    return (jumps + pool * cfg.jump_shrinkage_s) / (exposure + cfg.jump_shrinkage_s)

@@ -40,13 +40,26 @@ def groups(nodes: int) -> np.ndarray:
     return g
 
 
-def resolution_probability(h: np.ndarray, tau: np.ndarray, h_min: float) -> np.ndarray:
-    """q: decisive information arrives uniformly over the remaining life (section 4.1).
+def resolution_probability(h: np.ndarray, tau: np.ndarray, h_min: float,
+                           scheduled: np.ndarray | None = None, early_rate: float = 0.0,
+                           early_share: float = 0.0) -> np.ndarray:
+    """q, the probability that the decisive information arrives within h (section 4.1).
 
+    Unscheduled (a deadline): it arrives uniformly over the remaining life, h / tau.
+    Scheduled (the event has a date, and the freeze closes positions before it): the
+    event itself strikes a position only once it lies within h; before that, only
+    early decisive news can, at `early_rate` per second.
     h_min only guards the division: within h of the event q is 1 even when h < h_min
     (section 2: tau 0 is the riskiest state; property 6.3 needs q -> 1 as tau -> 0).
     """
-    return np.minimum(1.0, h / np.maximum(tau, np.minimum(h_min, h)))
+    uniform = np.minimum(1.0, h / np.maximum(tau, np.minimum(h_min, h)))
+    if scheduled is None:
+        return uniform
+    with np.errstate(divide="ignore", invalid="ignore"):  # tau 0: q is 1 below
+        hazard = early_rate + early_share / tau
+    # Never above the uniform hazard: a date can only make the news later.
+    early = np.where(tau <= h, 1.0, np.minimum(-np.expm1(-hazard * h), uniform))
+    return np.where(scheduled, early, uniform)
 
 
 @njit
