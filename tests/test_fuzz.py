@@ -737,7 +737,9 @@ HOSTILE_TEXT = ["\ud800", "\udfff", "\x00", "x" * 70_000, POLY, KALSHI, "normal"
 # A few values for each way a field can be wrong: too big for a float, NaN and inf as
 # text, not UTF-8 encodable, the wrong type, out of range.
 HOSTILE_VALUES: list[Any] = [10**400, -(10**400), 1e308, "NaN", "inf", "1e309", "\ud800",
-                             "x" * 70_000, None, True, [], {}, -1, 0, 0.999, 1, 1e9, "2"]
+                             "x" * 70_000, None, True, [], {}, [1], -1, 0, 0.999, 1, 1e9, "2",
+                             "0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00",
+                             "2026-02-12T17:00:00", "2026-02-30T00:00:00Z"]
 AUTHS: list[dict[str, str] | None] = [
     None, {}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {ADMIN_TOKEN}"},
     {"Authorization": ADMIN_TOKEN}, {"Authorization": f"Bearer {ADMIN_TOKEN}x"},
@@ -774,7 +776,7 @@ def _json_bodies(draw: st.DrawFn, seeds: list[Any], keys: list[str]) -> bytes:
         doc = copy.deepcopy(draw(st.sampled_from(seeds)))
         for _ in range(draw(st.integers(1, 2))):
             hostile = draw(st.sampled_from(HOSTILE_VALUES) | json_scalars)
-            slots = [(c, k) for c, k in _slots(doc) if not isinstance(c[k], dict | list)]
+            slots = list(_slots(doc))
             if slots and draw(st.booleans()):
                 container, key = draw(st.sampled_from(slots))
                 container[key] = hostile
@@ -1036,7 +1038,7 @@ async def test_receiver_answers_bad_batches_with_4xx_and_stores_only_valid_sets(
     import aiohttp
 
     COUNTS["receiver examples"] += 1
-    instance = f"fz{COUNTS['receiver examples']}"  # a fresh seq space for each example
+    instance = f"fz{data.draw(st.integers(0, 2**48))}"  # most often a fresh seq space
     posts = data.draw(st.lists(receiver_posts(instance), min_size=1, max_size=6))
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
         for body, headers, signed in posts:
@@ -1275,3 +1277,40 @@ async def test_admin_api_refuses_bodies_it_cannot_parse(admin_daemon: Any) -> No
                                             body, {**auth, "Content-Type": ctype})
             assert status == 400 and answer["error"], (body[:60], status, answer)
     assert d.daemon.overrides.overrides == {}
+
+
+def _signed_receive(state: Any, doc: dict[str, Any], now: float = NOW) -> Any:
+    from riskd.receiver import signature
+
+    raw = json.dumps(doc).encode()
+    ts = str(int(now))
+    return state.receive({"X-Riskd-Timestamp": ts, "Idempotency-Key":
+                          f"{doc['instance']}:{doc['seq']}",
+                          "X-Riskd-Signature": signature(RECEIVER_SECRET, ts, raw)}, raw, now)
+
+
+def test_receiver_refuses_what_it_could_not_serve_back() -> None:
+    """Signed but invalid batches that were accepted, or broke GET /params (a 500 on
+    every call after): a timestamp of 401 digits or "²" (int() raised), `true` as seq or
+    version, a generated_at in year 9999 (the feed clock could not be printed), and
+    `inputs` that is not an object (the expired-set fallback raised)."""
+    from riskd.receiver import ReceiverConfig, ReceiverState, signature
+
+    state = ReceiverState(ReceiverConfig(secret=RECEIVER_SECRET, clock="feed"))
+    raw = json.dumps(_batch("i", 1, NOW, [])).encode()
+    for ts in ("1" + "0" * 400, "\u00b2", "\u0661\u0667"):
+        verdict = state.receive({"X-Riskd-Timestamp": ts, "Idempotency-Key": "i:1",
+                                 "X-Riskd-Signature": signature(RECEIVER_SECRET, ts, raw)},
+                                raw, NOW)
+        assert verdict.status == 401 and verdict.body["reason"] == "bad_timestamp"
+    bad = [_batch("i", True, NOW, []), _batch("i", 2, NOW, [_entry("m", 1, NOW + 60)]),
+           {**_batch("i", 3, NOW, []), "generated_at": "9999-12-31T23:59:59-01:00"}]
+    bad[1]["params"][0]["version"] = False
+    for doc in bad:
+        assert _signed_receive(state, doc).status == 400
+    assert state.current == {} and state.last_seq == {}
+    expired = _entry("m", 1, NOW - 60)
+    expired["inputs"] = [1]
+    assert _signed_receive(state, _batch("i", 4, NOW, [expired])).status == 200
+    (entry,) = state.params(NOW)["params"]
+    assert entry["source"] == "safe" and "initial_margin" not in entry
