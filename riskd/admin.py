@@ -74,7 +74,8 @@ class _Handlers:
             return refused
         try:
             body: Any = await request.json()
-        except ValueError:
+        except (ValueError, LookupError, RecursionError):
+            # not JSON, not in its charset or an unknown one, nested beyond the parser
             return _error("the body must be JSON", 400)
         try:
             market, changes = parse_request(body)

@@ -74,10 +74,10 @@ def parse_request(body: Any) -> tuple[str, dict[str, Any] | None]:
     if unknown:
         raise OverrideError(f"unknown field(s): {', '.join(unknown)}")
     market = body.get("market")
-    if not isinstance(market, str) or not market:
+    if not isinstance(market, str) or not market or not _utf8(market):
         raise OverrideError("market: a market id is required")
     note = body.get("note")
-    if note is not None and not isinstance(note, str):
+    if note is not None and not (isinstance(note, str) and _utf8(note)):
         raise OverrideError("note: must be a string")
     clear = body.get("clear", False)
     if not isinstance(clear, bool):
@@ -96,9 +96,8 @@ def parse_request(body: Any) -> tuple[str, dict[str, Any] | None]:
         lev = body["max_leverage"]
         if lev is not None:
             if isinstance(lev, bool) or not isinstance(lev, int | float) \
-                    or not math.isfinite(lev) or lev < 1.0:
+                    or not math.isfinite(lev := _float(lev)) or lev < 1.0:
                 raise OverrideError("max_leverage: a number >= 1 or null")
-            lev = float(lev)
         changes["max_leverage"] = lev
     if "loosen" in body:
         loosen = body["loosen"]
@@ -111,6 +110,22 @@ def parse_request(body: Any) -> tuple[str, dict[str, Any] | None]:
     if "note" in body:
         changes["note"] = note or ""
     return market, changes
+
+
+def _utf8(text: str) -> bool:
+    """JSON may escape a lone surrogate; the file and the audit trail cannot hold one."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _float(number: int | float) -> float:
+    try:
+        return float(number)
+    except OverflowError:  # an integer beyond any float
+        return math.nan
 
 
 def merge(current: Override | None, changes: dict[str, Any]) -> Override | None:

@@ -110,7 +110,9 @@ class ReceiverState:
         """One POST: verify, check for replay, apply; the verdict is the HTTP answer."""
         ts = headers.get("X-Riskd-Timestamp", "")
         given = headers.get("X-Riskd-Signature", "")
-        if not ts.isdigit():
+        # ASCII digits only (isdigit() takes "²", which int() refuses), at most 12: a
+        # longer number is no time and does not fit a float.
+        if not (ts.isascii() and ts.isdigit() and len(ts) <= 12):
             return self._reject(401, "bad_timestamp", "X-Riskd-Timestamp must be unix seconds")
         expected = signature(self.cfg.secret, ts, raw)
         if not hmac.compare_digest(expected.encode(), given.encode()):
@@ -124,9 +126,11 @@ class ReceiverState:
             generated = parse_iso(doc["generated_at"]) if doc.get("generated_at") else None
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             return self._reject(400, "bad_body", f"not a riskd batch: {exc}")
-        if not isinstance(instance, str) or not isinstance(seq, int) \
+        if not isinstance(instance, str) or not _integer(seq) \
                 or not isinstance(params, list):
             return self._reject(400, "bad_body", "instance, seq, params have the wrong types")
+        if generated is not None and not 0.0 < generated < LATEST:
+            return self._reject(400, "bad_body", "generated_at out of range")
         if self.cfg.instance is not None and instance != self.cfg.instance:
             return self._reject(403, "unknown_instance", f"instance {instance!r} not accepted")
         if headers.get("Idempotency-Key") != f"{instance}:{seq}":
@@ -143,7 +147,7 @@ class ReceiverState:
                 expiry = parse_iso(entry["valid_until"])
             except (KeyError, TypeError, ValueError) as exc:
                 return self._reject(400, "bad_body", f"bad parameter set: {exc}")
-            if not isinstance(market, str) or not isinstance(version, int):
+            if not isinstance(market, str) or not _integer(version):
                 return self._reject(400, "bad_body", "market and version have the wrong types")
             checked.append((entry, expiry))
         # Only a whole, valid message moves anything.
@@ -192,8 +196,9 @@ class ReceiverState:
             "fee_rate_hourly": {"long": safe.fee_rate_hourly, "short": safe.fee_rate_hourly},
             "max_slippage": safe.max_slippage,
         }
-        p = (entry.get("inputs") or {}).get("p")
-        if isinstance(p, int | float):
+        inputs = entry.get("inputs")
+        p = inputs.get("p") if isinstance(inputs, dict) else None
+        if isinstance(p, int | float) and not isinstance(p, bool) and 0.0 <= p <= 1.0:
             im = {"long": p / safe.max_leverage, "short": (1.0 - p) / safe.max_leverage}
             ratio = _maintenance_ratio(entry)
             out["initial_margin"] = im
@@ -207,6 +212,14 @@ class ReceiverState:
             "clock_kind": self.cfg.clock,
             "params": [p for m in self.current if (p := self.in_force(m, wall_now))],
         }
+
+
+# The feed clock is printed as a date: it must stay well inside datetime's years.
+LATEST = parse_iso("9000-01-01T00:00:00Z")
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # JSON true is no seq
 
 
 def _maintenance_ratio(entry: dict[str, Any]) -> float:

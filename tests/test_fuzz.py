@@ -1,5 +1,6 @@
-"""Fuzzing the inputs (issue 6): tape files, the venue codecs, the config loader, the
-markets file and the engine boundary.
+"""Fuzzing the inputs (issues 6 and 22): tape files, the venue codecs, the config loader,
+the markets file, the engine boundary, the admin API of a live daemon and the reference
+receiver (both served on 127.0.0.1, requests over real sockets).
 
 Hypothesis, seeded from real-format inputs (tests/fixtures/ws, the bundled tapes) and
 mutated: values replaced by hostile ones (NaN, inf, 1e309, huge integers, dates at
@@ -11,6 +12,7 @@ beyond `[feed] max_future_s`, no time going back per market).
 
 CI runs a fixed budget derandomized (the same examples every run, well under 30 s in
 all); `make fuzz` sets RISKD_FUZZ_EXAMPLES and draws fresh examples each run.
+RISKD_FUZZ_COUNTS=FILE writes the number of inputs tried per surface.
 """
 
 from __future__ import annotations
@@ -18,11 +20,15 @@ from __future__ import annotations
 import contextlib
 import copy
 import gzip
+import hashlib
+import hmac
+import io
 import json
 import math
 import os
 import re
 import tempfile
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, get_args
@@ -53,6 +59,16 @@ FED_CSV = ROOT / "data" / "tapes" / "fed_dec2025" / "fed_nochange.csv"
 RECEIVED = 1_770_921_600.0  # after every fixture's event time
 MAX_FUTURE_S = 5.0
 REASON = re.compile(r"[a-z][a-z0-9_]*")  # a metrics label value, never message content
+# Inputs tried, per surface; written as JSON to $RISKD_FUZZ_COUNTS at the end of the module.
+COUNTS: Counter[str] = Counter()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report_counts() -> Iterator[None]:
+    yield
+    target = os.environ.get("RISKD_FUZZ_COUNTS")
+    if target:
+        Path(target).write_text(json.dumps(dict(sorted(COUNTS.items())), indent=1) + "\n")
 
 
 def budget(examples: int) -> settings:
@@ -290,6 +306,7 @@ def _kalshi_codec() -> KalshiCodec:
 @budget(150)
 @given(frames=st.lists(frames_of(PM_RAW, PM_KEYS), min_size=1, max_size=8))
 def test_polymarket_codec_survives_mutated_frames(frames: list[str | bytes]) -> None:
+    COUNTS["polymarket frames"] += len(frames)
     codec = _pm_codec()
     markets = {b.market for b in codec.assets.values()}
     run_codec(codec, list(PM_RAW[:3]) + frames, markets)
@@ -298,6 +315,7 @@ def test_polymarket_codec_survives_mutated_frames(frames: list[str | bytes]) -> 
 @budget(150)
 @given(frames=st.lists(frames_of(KALSHI_RAW, KALSHI_KEYS), min_size=1, max_size=8))
 def test_kalshi_codec_survives_mutated_frames(frames: list[str | bytes]) -> None:
+    COUNTS["kalshi frames"] += len(frames)
     codec = _kalshi_codec()
     run_codec(codec, list(KALSHI_RAW[:3]) + frames, set(codec.tickers.values()))
 
@@ -332,6 +350,7 @@ def test_generic_websocket_codec_survives_mutated_frames(data: st.DataObject, co
     raw = [json.dumps(d) for d in seeds]
     keys = _keys(seeds) + ["ts", "price", "market"]
     frames = data.draw(st.lists(frames_of(raw, keys), min_size=1, max_size=8))
+    COUNTS["websocket frames"] += len(frames)
     codec = WebsocketCodec(cfg)
     codec.on_connect()
     run_codec(codec, raw + frames)
@@ -427,6 +446,8 @@ def tape_bytes(draw: st.DrawFn) -> tuple[str, bytes]:
 @given(tape=tape_bytes())
 def test_tape_reader_survives_mutated_files(tape: tuple[str, bytes]) -> None:
     name, data = tape
+    COUNTS["tape files"] += 1
+    COUNTS["tape files gz" if name.endswith(".gz") else "tape files plain"] += 1
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / name
         path.write_bytes(data)
@@ -434,6 +455,7 @@ def test_tape_reader_survives_mutated_files(tape: tuple[str, bytes]) -> None:
             reader = Tape(path)
             ticks = list(reader)
         except TapeError:
+            COUNTS["tape files refused"] += 1
             return
     last: dict[str, float] = {}
     for tick in ticks:
@@ -441,6 +463,7 @@ def test_tape_reader_survives_mutated_files(tape: tuple[str, bytes]) -> None:
         assert tick.ts >= last.get(tick.market, -math.inf)
         last[tick.market] = tick.ts
     (report,) = reader.reports
+    COUNTS["tape rows"] += report.rows
     assert report.accepted == len(ticks)
     assert report.rows == report.accepted + report.rejected
     assert all(REASON.fullmatch(r) for r in report.by_reason)
@@ -495,6 +518,7 @@ MARKETS = {m: Market(m, BASE_T + 86_400, BASE_T + 86_400) for m in KNOWN}
        discover=st.booleans(), live=st.booleans())
 def test_engine_rejects_every_invalid_tick_with_a_reason(
         batches: list[list[Tick]], discover: bool, live: bool) -> None:
+    COUNTS["engine ticks"] += sum(map(len, batches))
     engine = Engine(Settings(), MARKETS, discover=discover)
     with model_guard() as applied:
         total = 0
@@ -567,12 +591,14 @@ toml_scalars = st.one_of(
                      math.nan]),
     st.datetimes(timezones=st.none() | st.timezones()), st.dates(), st.times(),
 )
-toml_values = st.recursive(
-    toml_scalars,
-    lambda inner: st.lists(inner, max_size=3)
-    | st.dictionaries(st.sampled_from(LEAF_KEYS) | st.text(max_size=5), inner, max_size=3),
-    max_leaves=6,
-)
+def _toml_containers(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    # A named function: hypothesis reads a multi-line lambda's source wrongly and warns
+    # (an error here) that it does not recurse, in random runs only.
+    return st.lists(inner, max_size=3) | st.dictionaries(
+        st.sampled_from(LEAF_KEYS) | st.text(max_size=5), inner, max_size=3)
+
+
+toml_values = st.recursive(toml_scalars, _toml_containers, max_leaves=6)
 
 
 def _toml_key(key: str) -> str:
@@ -645,6 +671,8 @@ def _walk_floats(node: Any) -> Iterator[float]:
                             "-1", "{\"url\": 3}"]) | st.text(max_size=8), max_size=2))
 def test_config_loader_gives_settings_or_config_error(
         doc: dict[str, Any], mangle: int, data: st.DataObject, env: dict[str, str]) -> None:
+    COUNTS["config documents"] += 1
+    COUNTS["config env overrides"] += len(env)
     text = "\n".join(f"{_toml_key(k)} = {_toml(v)}" for k, v in doc.items()) + "\n"
     raw = text.encode("utf-8", "surrogatepass")
     if mangle == 0:
@@ -680,6 +708,7 @@ market_values = st.one_of(toml_scalars, st.none(), st.sampled_from(
                                     market_values, max_size=2), max_size=6), max_size=4)
     | toml_values)
 def test_markets_parser_gives_markets_or_markets_error(entries: Any) -> None:
+    COUNTS["markets documents"] += 1
     try:
         markets = parse_markets(entries, "fuzz")
     except MarketsError as exc:
@@ -689,6 +718,357 @@ def test_markets_parser_gives_markets_or_markets_error(entries: Any) -> None:
         assert math.isfinite(market.resolves_at) and math.isfinite(market.event_at)
         for limit in (market.max_leverage, market.max_slippage, market.fee_floor_hourly):
             assert limit is None or math.isfinite(limit)
+
+
+# --- the admin API -------------------------------------------------------------------
+
+ADMIN_TOKEN = "admin-token-fuzz"
+POLY = "fed-dec2025-nochange-poly"
+KALSHI = "fed-dec2025-nochange-kalshi"
+OVERRIDE_SEEDS: list[Any] = [
+    {"market": POLY, "mode": "halted", "note": "incident"},
+    {"market": KALSHI, "max_leverage": 2.0},
+    {"market": KALSHI, "mode": "reduce_only", "max_leverage": 1.5},
+    {"market": POLY, "mode": None},
+    {"market": POLY, "max_leverage": None},
+    {"market": POLY, "clear": True},
+    {"market": KALSHI, "max_leverage": 15.0, "loosen": True},
+    {"market": "no-such-market", "mode": "halted"},
+]
+OVERRIDE_KEYS = ["market", "mode", "max_leverage", "loosen", "note", "clear", "colour"]
+HOSTILE_TEXT = ["\ud800", "\udfff", "\x00", "x" * 70_000, POLY, KALSHI, "normal", "halted",
+                "reduce_only", "../../etc/passwd", "%00", "\u202e"]
+# A few values for each way a field can be wrong: too big for a float, NaN and inf as
+# text, not UTF-8 encodable, the wrong type, out of range.
+HOSTILE_VALUES: list[Any] = [10**400, -(10**400), 1e308, "NaN", "inf", "1e309", "\ud800",
+                             "x" * 70_000, None, True, [], {}, [1], -1, 0, 0.999, 1, 1e9, "2",
+                             "0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00",
+                             "2026-02-12T17:00:00", "2026-02-30T00:00:00Z"]
+AUTHS: list[dict[str, str] | None] = [
+    None, {}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {ADMIN_TOKEN}"},
+    {"Authorization": ADMIN_TOKEN}, {"Authorization": f"Bearer {ADMIN_TOKEN}x"},
+    {"Authorization": "Bearer " + ADMIN_TOKEN[:-1]}, {"Authorization": "Bearer"},
+]
+CONTENT_TYPES = [None, "application/json", "text/plain", "application/octet-stream",
+                 "application/json; charset=latin-1", "application/json; charset=utf-16",
+                 "application/json; charset=no-such-charset", "multipart/form-data; boundary=x",
+                 "application/x-www-form-urlencoded"]
+
+
+class Blob(bytes):
+    """A request body that prints short (a failing example may carry megabytes)."""
+
+    def __repr__(self) -> str:
+        return f"Blob({bytes(self[:120])!r}... {len(self)} bytes)" if len(self) > 120 \
+            else f"Blob({bytes(self)!r})"
+
+
+@st.composite
+def json_bodies(draw: st.DrawFn, seeds: list[Any], keys: list[str]) -> Blob:
+    return Blob(draw(_json_bodies(seeds, keys)))
+
+
+@st.composite
+def _json_bodies(draw: st.DrawFn, seeds: list[Any], keys: list[str]) -> bytes:
+    """A request body: a real one, a mutated one, any JSON value, or not JSON at all."""
+    kind = draw(st.sampled_from(["real", "field", "field", "field", "doc", "doc", "value",
+                                 "bytes", "binary", "deep", "huge"]))
+    values = json_values(keys) | st.sampled_from(HOSTILE_TEXT)
+    if kind == "real":
+        return dumps(draw(st.sampled_from(seeds))).encode()
+    if kind == "field":  # a valid document with one or two fields given hostile values
+        doc = copy.deepcopy(draw(st.sampled_from(seeds)))
+        for _ in range(draw(st.integers(1, 2))):
+            hostile = draw(st.sampled_from(HOSTILE_VALUES) | json_scalars)
+            slots = list(_slots(doc))
+            if slots and draw(st.booleans()):
+                container, key = draw(st.sampled_from(slots))
+                container[key] = hostile
+            else:
+                draw(st.sampled_from(list(_dicts(doc))))[draw(st.sampled_from(keys))] = hostile
+        return dumps(doc).encode()
+    if kind == "doc":
+        doc = draw(mutated_doc(seeds, keys))
+        if isinstance(doc, dict) and draw(st.booleans()):
+            doc[draw(st.sampled_from(keys))] = draw(values)
+        return dumps(doc).encode()
+    if kind == "value":
+        return dumps(draw(values)).encode()
+    if kind == "bytes":
+        return draw(byte_mutation(dumps(draw(st.sampled_from(seeds))).encode()))
+    if kind == "binary":
+        return draw(st.binary(max_size=64))
+    if kind == "deep":  # nesting that a recursive parser cannot follow
+        depth = draw(st.sampled_from([100, 5_000, 100_000]))
+        return draw(st.sampled_from([b"[", b'{"a":'])) * depth
+    size = draw(st.sampled_from([10_000, 1024 * 1024 + 1, 3 * 1024 * 1024]))
+    return dumps({**draw(st.sampled_from(seeds)), "note": "n" * size}).encode()
+
+
+@st.composite
+def admin_requests(draw: st.DrawFn) -> tuple[str, str, bytes | None, dict[str, str], bool]:
+    """(method, path, body, headers, authorized)."""
+    auth = draw(st.sampled_from(AUTHS)) if draw(st.integers(0, 3)) == 0 else None
+    authorized = auth is None
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"} if auth is None else dict(auth)
+    if draw(st.booleans()):
+        headers["X-Riskd-Actor"] = draw(st.sampled_from(["alice", "", "x" * 200, "é"]))
+    ctype = draw(st.sampled_from(CONTENT_TYPES))
+    if ctype is not None:
+        headers["Content-Type"] = ctype
+    route = draw(st.sampled_from(["override"] * 12 + ["delete", "delete", "list", "reload",
+                                                      "wrong_method"]))
+    if route == "override":
+        return "POST", "/v1/admin/override", draw(json_bodies(OVERRIDE_SEEDS, OVERRIDE_KEYS)), \
+            headers, authorized
+    if route == "delete":
+        market = draw(st.sampled_from([POLY, KALSHI, "no-such-market", "%2e%2e", "%ED%A0%80",
+                                       "a%2Fb"]) | st.from_regex(r"\A[A-Za-z0-9._~-]{1,20}\Z"))
+        return "DELETE", f"/v1/admin/override/{market}", None, headers, authorized
+    if route == "list":
+        return "GET", "/v1/admin/overrides", None, headers, authorized
+    if route == "reload":
+        return "POST", "/v1/admin/reload", draw(st.none() | st.binary(max_size=16)), headers, \
+            authorized
+    return draw(st.sampled_from(["PUT", "PATCH"])), "/v1/admin/override", b"{}", headers, \
+        authorized
+
+
+async def _request(session: Any, url: str, method: str, body: bytes | None,
+                   headers: dict[str, str]) -> tuple[int, Any]:
+    data: Any = body if body is None or len(body) < 2**16 else io.BytesIO(body)  # no warning
+    async with session.request(method, url, data=data, headers=headers,
+                               skip_auto_headers=["Content-Type"]) as resp:
+        text = await resp.text()
+        ctype = resp.headers.get("Content-Type", "")
+        return resp.status, json.loads(text) if ctype.startswith("application/json") else text
+
+
+def _sides(params: dict[str, Any]) -> dict[tuple[str, str], float]:
+    return {(p["market"], side): lev for p in params["params"]
+            for side, lev in p["max_leverage"].items()}
+
+
+@pytest.fixture
+async def admin_daemon(tmp_path: Path, in_process: Any) -> Any:
+    """One daemon for all the examples of a test (it must keep serving through them):
+    the whole FOMC tape replayed, then a frozen clock, so published leverage moves only
+    with overrides. Yields it and the leverage published before any override."""
+    from conftest import FED_TAPE, base_config, http_json, wait_until
+
+    d = await in_process(base_config(tmp_path, 0, feed={"path": str(FED_TAPE), "speed": 0.0},
+                                     server={"admin_token": ADMIN_TOKEN}))
+    d.start()
+
+    async def settled() -> bool:
+        return bool(d.daemon.feed.finished) and {POLY, KALSHI} <= set(d.daemon.engine.current)
+
+    await wait_until(settled, what="the replay")
+    status, doc = await http_json(d.url + "/v1/params")
+    assert status == 200
+    yield d, _sides(doc)
+
+
+@budget(60)
+@given(requests=st.lists(admin_requests(), min_size=1, max_size=6))
+async def test_admin_api_answers_bad_requests_with_4xx_and_only_tightens(
+        admin_daemon: Any, requests: list[tuple[str, str, bytes | None, dict[str, str], bool]]
+) -> None:
+    import aiohttp
+    from conftest import wait_until
+
+    from riskd.overrides import OverrideStore
+
+    d, baseline = admin_daemon
+    daemon = d.daemon
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        for method, path, body, headers, authorized in requests:
+            COUNTS["admin requests"] += 1
+            before = dict(daemon.overrides.overrides)
+            status, answer = await _request(session, d.url + path, method, body, headers)
+            assert status < 500, (method, path, body and body[:200], headers, status, answer)
+            routed = isinstance(answer, dict)  # aiohttp's own 404/405/413 are plain text
+            if status == 413:
+                assert body is not None and len(body) > daemon.settings.server.max_body_bytes
+            elif not routed:
+                # no such route: an id with a slash, or a method the route does not take
+                assert (status, method) in ((404, "DELETE"), (405, "PUT"), (405, "PATCH"))
+            elif not authorized:
+                assert status == 401, (status, answer)
+            elif path == "/v1/admin/override":
+                assert status in (200, 400, 403, 404), (status, answer)
+            elif method == "DELETE":
+                assert status in (200, 404), (status, answer)
+            else:
+                assert status == 200, (path, status, answer)
+            if status != 200:
+                assert daemon.overrides.overrides == before  # refused: no effect
+                assert not routed or answer["error"]
+            if status == 200 and path == "/v1/admin/override":
+                assert answer["override"] is None or answer["override"]["loosen"] is False
+        # Nothing stored can loosen, the file reads back as what is in force, and the
+        # daemon still publishes every market no looser than before any override.
+        assert all(not o.loosen for o in daemon.overrides.overrides.values())
+        stored = OverrideStore(daemon.settings.state.dir).load()
+        assert stored == daemon.overrides.overrides
+        for _ in range(2):  # the second cycle after the last request started after it
+            mark = daemon._last_loop
+
+            async def cycled(mark: float = mark) -> bool:
+                return bool(daemon._last_loop != mark)
+
+            await wait_until(cycled, what="a cycle")
+        status, doc = await _request(session, d.url + "/v1/params", "GET", None, {})
+        assert status == 200
+        published = _sides(doc)
+        assert published.keys() == baseline.keys()
+        for key, lev in published.items():
+            assert lev <= baseline[key] + 1e-9, (key, lev, baseline[key])
+            market = daemon.overrides.overrides.get(key[0])
+            if market is not None and market.mode == "halted":
+                assert lev == 1.0
+    assert d.task is not None and not d.task.done()
+
+
+# --- the reference receiver ------------------------------------------------------------
+
+RECEIVER_SECRET = b"receiver-fuzz-secret"
+NOW = 1_770_921_600  # the receivers' fixed wall clock
+
+
+def _entry(market: str, version: int, valid_until: float) -> dict[str, Any]:
+    from riskd.timeutil import iso
+
+    return {"market": market, "version": version, "mode": "normal",
+            "max_leverage": {"long": 3.0, "short": 3.0},
+            "initial_margin": {"long": 0.2, "short": 0.13},
+            "maintenance_margin": {"long": 0.1, "short": 0.07},
+            "fee_rate_hourly": {"long": 0.0004, "short": 0.0004}, "max_slippage": 0.02,
+            "oi_cap": None, "valid_until": iso(valid_until), "reasons": [],
+            "inputs": {"p": 0.6, "tau_s": 86400.0}}
+
+
+def _batch(instance: str, seq: int, generated: float, params: list[Any]) -> dict[str, Any]:
+    from riskd.timeutil import iso
+
+    return {"source": "riskd", "instance": instance, "seq": seq,
+            "generated_at": iso(generated), "params": params}
+
+
+BATCH_SEEDS: list[Any] = [
+    _batch("fz", 1, NOW, [_entry("m1", 1, NOW + 60), _entry("m2", 3, NOW + 60)]),
+    _batch("fz", 2, NOW - 30, [_entry("m1", 2, NOW - 1)]),  # in force, then expired
+    _batch("fz", 3, NOW + 10, []),
+]
+BATCH_KEYS = _keys(BATCH_SEEDS) + ["long", "short", "p"]
+TIMESTAMPS = [str(NOW), str(NOW - 600), str(NOW + 600), str(NOW - 299), "", "abc", "-5", "0",
+              f" {NOW}", f"{NOW}.0", "\u00b2", "\u0661\u0667\u0667\u0660", "9" * 30,
+              "1" + "0" * 400, "9" * 5000]
+RECEIVER_STATUSES = {200, 400, 401, 403, 409, 413, 415}
+
+
+@st.composite
+def receiver_posts(draw: st.DrawFn, instance: str
+                   ) -> tuple[bytes, dict[str, str], bool]:
+    """(body, headers, signed): a batch signed right or wrong, its headers mutated."""
+    seeds = [{**s, "instance": instance} for s in BATCH_SEEDS]
+    body = draw(json_bodies(seeds, BATCH_KEYS))
+    ts = draw(st.sampled_from(TIMESTAMPS[:4]) | st.sampled_from(TIMESTAMPS))
+    headers = {"Content-Type": "application/json", "X-Riskd-Timestamp": ts}
+    signed = draw(st.sampled_from(["right", "right", "right", "wrong_secret", "flipped",
+                                   "garbage", "none"]))
+    mac = hmac.new(RECEIVER_SECRET, ts.encode() + b"." + body, hashlib.sha256).hexdigest()
+    if signed == "wrong_secret":
+        mac = hmac.new(b"other", ts.encode() + b"." + body, hashlib.sha256).hexdigest()
+    elif signed == "flipped":
+        at = draw(st.integers(0, len(mac) - 1))
+        mac = mac[:at] + ("0" if mac[at] != "0" else "1") + mac[at + 1:]
+    elif signed == "garbage":
+        mac = draw(st.from_regex(r"\A[ -~]{0,70}\Z"))
+    if signed != "none":
+        headers["X-Riskd-Signature"] = mac if signed == "garbage" else f"sha256={mac}"
+    try:
+        doc = json.loads(body)
+        key = f"{doc['instance']}:{doc['seq']}"
+    except Exception:  # not a batch: any key will do
+        key = f"{instance}:1"
+    if not (key.isascii() and key.isprintable()):
+        key = f"{instance}:1"  # the client refuses to send control characters
+    key = draw(st.sampled_from([key, key, key, f"{instance}:0", ""]))
+    if key:
+        headers["Idempotency-Key"] = key
+    ctype = draw(st.sampled_from(["application/json"] * 6 + CONTENT_TYPES))
+    if ctype is None:
+        del headers["Content-Type"]
+    else:
+        headers["Content-Type"] = ctype
+    return body, headers, signed == "right"
+
+
+def _valid_entry(entry: Any) -> bool:
+    from riskd.timeutil import parse_iso
+
+    try:
+        ok = math.isfinite(parse_iso(entry["valid_until"]))
+    except (KeyError, TypeError, ValueError, OverflowError):
+        return False
+    return ok and isinstance(entry["market"], str) and type(entry["version"]) is int
+
+
+@pytest.fixture
+async def receivers() -> Any:
+    """A wall-clock and a feed-clock receiver on 127.0.0.1, shared by a test's examples."""
+    from aiohttp import web
+
+    from riskd.receiver import STATE, ReceiverConfig, make_app
+
+    runners, out = [], []
+    for clock in ("wall", "feed"):
+        cfg = ReceiverConfig(secret=RECEIVER_SECRET, max_skew_s=300.0, clock=clock,
+                             max_body_bytes=1024 * 1024)
+        app = make_app(cfg, wall_clock=lambda: float(NOW))
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        runners.append(runner)
+        out.append((f"http://127.0.0.1:{runner.addresses[0][1]}", app[STATE]))
+    yield out
+    for runner in runners:
+        await runner.cleanup()
+
+
+@budget(60)
+@given(data=st.data())
+async def test_receiver_answers_bad_batches_with_4xx_and_stores_only_valid_sets(
+        receivers: Any, data: st.DataObject) -> None:
+    import aiohttp
+
+    COUNTS["receiver examples"] += 1
+    instance = f"fz{data.draw(st.integers(0, 2**48))}"  # most often a fresh seq space
+    posts = data.draw(st.lists(receiver_posts(instance), min_size=1, max_size=6))
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        for body, headers, signed in posts:
+            for url, state in receivers:
+                COUNTS["receiver posts"] += 1
+                before = (copy.deepcopy(state.current), dict(state.last_seq))
+                status, answer = await _request(session, url + "/risk-params", "POST", body,
+                                                headers)
+                assert status in RECEIVER_STATUSES, (body[:300], headers, status, answer)
+                if status != 200:
+                    assert (state.current, state.last_seq) == before  # refused: no effect
+                    continue
+                assert signed and abs(NOW - int(headers["X-Riskd-Timestamp"])) <= 300
+                assert answer["ok"] is True
+                assert all(_valid_entry(e) for e in state.current.values())
+                assert all(type(s) is int for s in state.last_seq.values())
+        for url, _state in receivers:
+            for path in ("/params", "/stats", "/healthz"):
+                status, _ = await _request(session, url + path, "GET", None, {})
+                assert status == 200, (url, path)
+            for market in _state.current:
+                status, _ = await _request(session, url + "/params/" + market.replace(
+                    "/", "%2F"), "GET", None, {})
+                assert status in (200, 404)
 
 
 # --- what the fuzzing found (regressions) -------------------------------------------
@@ -788,6 +1168,8 @@ def test_interned_prices_parse_exactly_like_the_first_time(text: str) -> None:
     parse itself (value or rejection), and 1 - p is the rounded complement."""
     from riskd.feeds import codec as shared
 
+    COUNTS["price texts"] += 1
+
     def fresh() -> float:
         x = float(text)
         if not (x - x == 0.0 and 0.0 <= x <= 1.0):
@@ -855,3 +1237,86 @@ def test_tape_rejects_json_integers_beyond_any_float(tmp_path: Path) -> None:
 
     with pytest.raises(BadMessage):
         number(10**400)
+
+
+def test_a_subnormal_depth_is_the_longest_horizon_without_a_warning() -> None:
+    """Found by the engine fuzz: depth 2.2e-309 overflowed the depth ratio, a numpy
+    RuntimeWarning in the model (an error under the test settings)."""
+    engine = Engine(Settings(), MARKETS, discover=False)
+    ticks = [Tick("a", BASE_T, 0.0)] * 5 + [Tick("a", BASE_T, 0.0, depth=2.225073858507203e-309)]
+    assert engine.ingest(ticks).accepted == 6
+    for entry in engine.cycle(BASE_T + 1).entries:
+        assert all(math.isfinite(v) and v >= 1 for v in entry["max_leverage"].values())
+
+
+@pytest.mark.parametrize("body", [
+    {"market": "m", "max_leverage": 10**400},  # was OverflowError out of math.isfinite
+    {"market": "m", "mode": "halted", "note": "\ud800"},  # was orjson's TypeError at audit
+    {"market": "\udfff", "mode": "halted"},
+])
+def test_override_requests_the_audit_trail_cannot_hold_are_refused(body: dict[str, Any]
+                                                                   ) -> None:
+    """Both were 500s from the admin API (found while writing its fuzz test)."""
+    from riskd.overrides import OverrideError, parse_request
+
+    with pytest.raises(OverrideError):
+        parse_request(json.loads(json.dumps(body)))
+
+
+async def test_admin_api_refuses_bodies_it_cannot_parse(admin_daemon: Any) -> None:
+    """Found by the admin fuzz: an unknown charset (LookupError) and nesting deeper than
+    the parser follows (RecursionError) were 500s; now 400, and nothing changes."""
+    import aiohttp
+
+    d, _ = admin_daemon
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    bodies = [(b'{"market": "%s", "mode": "halted"}' % POLY.encode(),
+               "application/json; charset=no-such-charset"),
+              (b"[" * 100_000, "application/json"), (b'{"a":' * 100_000, "application/json"),
+              (b'{"market": "%s", "max_leverage": 1%s}' % (POLY.encode(), b"0" * 400),
+               "application/json"),
+              (b'{"market": "%s", "mode": "halted", "note": "\\ud800"}' % POLY.encode(),
+               "application/json")]
+    async with aiohttp.ClientSession() as session:
+        for body, ctype in bodies:
+            status, answer = await _request(session, d.url + "/v1/admin/override", "POST",
+                                            body, {**auth, "Content-Type": ctype})
+            assert status == 400 and answer["error"], (body[:60], status, answer)
+    assert d.daemon.overrides.overrides == {}
+
+
+def _signed_receive(state: Any, doc: dict[str, Any], now: float = NOW) -> Any:
+    from riskd.receiver import signature
+
+    raw = json.dumps(doc).encode()
+    ts = str(int(now))
+    return state.receive({"X-Riskd-Timestamp": ts, "Idempotency-Key":
+                          f"{doc['instance']}:{doc['seq']}",
+                          "X-Riskd-Signature": signature(RECEIVER_SECRET, ts, raw)}, raw, now)
+
+
+def test_receiver_refuses_what_it_could_not_serve_back() -> None:
+    """Signed but invalid batches that were accepted, or broke GET /params (a 500 on
+    every call after): a timestamp of 401 digits or "²" (int() raised), `true` as seq or
+    version, a generated_at in year 9999 (the feed clock could not be printed), and
+    `inputs` that is not an object (the expired-set fallback raised)."""
+    from riskd.receiver import ReceiverConfig, ReceiverState, signature
+
+    state = ReceiverState(ReceiverConfig(secret=RECEIVER_SECRET, clock="feed"))
+    raw = json.dumps(_batch("i", 1, NOW, [])).encode()
+    for ts in ("1" + "0" * 400, "\u00b2", "\u0661\u0667"):
+        verdict = state.receive({"X-Riskd-Timestamp": ts, "Idempotency-Key": "i:1",
+                                 "X-Riskd-Signature": signature(RECEIVER_SECRET, ts, raw)},
+                                raw, NOW)
+        assert verdict.status == 401 and verdict.body["reason"] == "bad_timestamp"
+    bad = [_batch("i", True, NOW, []), _batch("i", 2, NOW, [_entry("m", 1, NOW + 60)]),
+           {**_batch("i", 3, NOW, []), "generated_at": "9999-12-31T23:59:59-01:00"}]
+    bad[1]["params"][0]["version"] = False
+    for doc in bad:
+        assert _signed_receive(state, doc).status == 400
+    assert state.current == {} and state.last_seq == {}
+    expired = _entry("m", 1, NOW - 60)
+    expired["inputs"] = [1]
+    assert _signed_receive(state, _batch("i", 4, NOW, [expired])).status == 200
+    (entry,) = state.params(NOW)["params"]
+    assert entry["source"] == "safe" and "initial_margin" not in entry

@@ -127,7 +127,8 @@ def book_horizon(depth: np.ndarray, p: np.ndarray, cfg: ModelSettings,
     base horizon); each further depth's worth waits for the book to rebuild, one
     `book_refill_s` each. Nan where no book is known."""
     depth = np.asarray(depth, np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    # A depth near zero (even subnormal) overflows the ratio to inf: the longest horizon.
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         ratio = np.asarray(notional, np.float64) / (np.minimum(p, 1.0 - p) * depth)
     waits = np.maximum(ratio - 1.0, 0.0)
     extra = cfg.book_refill_s * waits if cfg.book_refill_s > 0.0 else np.zeros_like(waits)
