@@ -10,7 +10,7 @@ documented error types, and no invalid tick reaches the model (finite positive t
 price in [0, 1], bid <= ask within [0, 1], finite depth >= 0, no time in the future
 beyond `[feed] max_future_s`, no time going back per market).
 
-CI runs a fixed budget derandomized (the same examples every run, well under 30 s in
+CI runs a fixed budget derandomized (the same examples every run, about 40 s in
 all); `make fuzz` sets RISKD_FUZZ_EXAMPLES and draws fresh examples each run.
 RISKD_FUZZ_COUNTS=FILE writes the number of inputs tried per surface.
 """
