@@ -260,6 +260,7 @@ class Daemon:
         for feed in self.feeds:
             if isinstance(feed, LivenessSource):
                 self.engine.confirm(feed.take_liveness())
+                self.metrics.feed_heard(feed.venue, getattr(feed, "heard_at", math.nan))
         result = self.engine.cycle(now)
         self.metrics.cycle.observe(time.perf_counter() - started)
         self.metrics.markets.set(len(self.engine))

@@ -63,8 +63,9 @@ class Metrics:
                               "time of the latest tick (a replay's clock is event time)",
                               ["venue"], registry=registry)
         self.feed_last = Gauge("riskd_feed_last_message_timestamp_seconds",
-                               "Wall-clock time the latest accepted ticks arrived",
-                               ["venue"], registry=registry)
+                               "Wall-clock time of the venue's last sign of life: any frame "
+                               "or heartbeat on a live feed (a quiet book sends no ticks), the "
+                               "latest accepted ticks on a replay", ["venue"], registry=registry)
         self.reconnects = Counter("riskd_feed_reconnects", "Feed reconnections", ["venue"],
                                   registry=registry)
         self.publishes = Counter("riskd_publishes", "Publish attempts", ["publisher", "result"],
@@ -105,6 +106,7 @@ class Metrics:
         self.task_running = Gauge("riskd_task_running", "1 while the background task runs",
                                   ["task"], registry=registry)
         self._rejected_seen: dict[tuple[str, str], int] = {}
+        self._last_heard: dict[str, float] = {}
         self._feeds: dict[str, _FeedChildren] = {}
 
     # --- feed ---------------------------------------------------------------
@@ -117,6 +119,18 @@ class Metrics:
     def feed_ended(self, venue: str) -> None:
         self._feed(venue).connected.set(0)
 
+    def feed_heard(self, venue: str, wall_time: float) -> None:
+        """A live venue's last sign of life (`WebsocketFeed.heard_at`): its freshness,
+        which a deep book whose top sits still shows only this way (docs/model.md
+        section 5)."""
+        self._touch(venue, wall_time)
+
+    def _touch(self, venue: str, wall_time: float) -> None:
+        """The last-message gauge, never going back (ticks and liveness both move it)."""
+        if math.isfinite(wall_time) and wall_time > self._last_heard.get(venue, -math.inf):
+            self._last_heard[venue] = wall_time
+            self._feed(venue).last.set(wall_time)
+
     def feed_batch(self, venue: str, accepted: int, rejected: dict[str, int],
                    received: float, latest_event: float, now: float) -> None:
         """One batch from the feed (never called per tick): counts, arrival, lag."""
@@ -126,7 +140,7 @@ class Metrics:
         if not accepted:  # events, rejects or nothing: no price arrived, not fresher
             return
         children.ticks.inc(accepted)
-        children.last.set(received)
+        self._touch(venue, received)
         if math.isfinite(now) and math.isfinite(latest_event):
             children.lag.set(max(0.0, now - latest_event))
 

@@ -169,6 +169,10 @@ async def test_polymarket_quiet_deep_book_stays_live(tmp_path: Path, in_process:
     finally:
         changes.cancel()
     assert quiet_pm.handshakes == 1
+    # The venue's freshness on /metrics follows its life, not its ticks (the stale-feed
+    # alert reads it): a quiet book sent no tick for the whole wait.
+    heard = await metric(d, "riskd_feed_last_message_timestamp_seconds", venue="polymarket")
+    assert heard is not None and time.time() - heard < 2.0
 
     # Shallow at the same prices: strictly lower leverage, and called thin.
     shallow = await params(d, "pm-shallow")
