@@ -147,6 +147,51 @@ class Simulation:
     ticks: int = 0
 
 
+@dataclass
+class Replay:
+    """A tape as the compiled pass reads it: per row its market, time, price and depth;
+    per market its resolution, freeze and settlement."""
+
+    market: np.ndarray
+    t: np.ndarray
+    p: np.ndarray
+    depth: np.ndarray
+    resolve_t: np.ndarray
+    freeze_t: np.ndarray
+    settle_at: np.ndarray
+    max_slippage: float
+
+    @classmethod
+    def of(cls, ticks: list[Tick], ids: list[str], markets: dict[str, Market], settle: bool,
+           rules: Rules) -> Replay:
+        index = {m: i for i, m in enumerate(ids)}
+        n = len(ticks)
+        market = np.fromiter((index[tk.market] for tk in ticks), np.int64, n)
+        t = np.fromiter((tk.ts for tk in ticks), np.float64, n)
+        # The mid when there is a book, else the print.
+        p = np.fromiter((tk.price if tk.bid is None or tk.ask is None
+                         else 0.5 * (tk.bid + tk.ask) for tk in ticks), np.float64, n)
+        # Shares within max_slippage of the mid where the tape has a book (nan: unknown).
+        depth = np.fromiter((math.nan if tk.depth is None else tk.depth for tk in ticks),
+                            np.float64, n)
+        resolve_t = np.array([markets[m].resolves_at if m in markets else np.inf for m in ids],
+                             np.float64)
+        # The freeze, for every policy, from the event time where the markets file has one.
+        freeze_t = np.array([markets[m].event_at - rules.freeze_before_resolution_s
+                             if m in markets else np.inf for m in ids], np.float64)
+        freeze_t[np.isnan(freeze_t)] = np.inf
+        # Settlement: at the outcome where it is known and asked for (nan: at the last price).
+        outcomes = [markets[m].outcome if settle and m in markets else None for m in ids]
+        settle_at = np.array([np.nan if o is None else float(o) for o in outcomes], np.float64)
+        return cls(market, t, p, depth, resolve_t, freeze_t, settle_at, rules.max_slippage)
+
+    def run(self, offers: Offers, traders: Traders | None = None
+            ) -> tuple[np.ndarray, np.ndarray]:
+        """One policy's offers through the pass: (tally per market, leverage offered)."""
+        return _run(offers, self.market, self.t, self.p, self.depth, self.resolve_t,
+                    self.freeze_t, self.settle_at, self.max_slippage, traders)
+
+
 def simulate(
     ticks: list[Tick],
     ids: list[str],
@@ -158,25 +203,9 @@ def simulate(
     traders: Traders | None = None,
 ) -> Simulation:
     index = {m: i for i, m in enumerate(ids)}
-    n = len(ticks)
-    market = np.fromiter((index[tk.market] for tk in ticks), np.int64, n)
-    t = np.fromiter((tk.ts for tk in ticks), np.float64, n)
-    # The mid when there is a book, else the print.
-    p = np.fromiter((tk.price if tk.bid is None or tk.ask is None else 0.5 * (tk.bid + tk.ask)
-                     for tk in ticks), np.float64, n)
-    # Shares within max_slippage of the mid where the tape has a book (nan: unknown).
-    depth = np.fromiter((math.nan if tk.depth is None else tk.depth for tk in ticks),
-                        np.float64, n)
-    resolve_t = np.array([markets[m].resolves_at if m in markets else np.inf for m in ids],
-                         np.float64)
-    # The freeze, for every policy, from the event time where the markets file has one.
-    freeze_t = np.array([markets[m].event_at - rules.freeze_before_resolution_s
-                         if m in markets else np.inf for m in ids], np.float64)
-    freeze_t[np.isnan(freeze_t)] = np.inf
-    # Settlement: at the outcome where it is known and asked for (nan: at the last price).
-    outcomes = [markets[m].outcome if settle and m in markets else None for m in ids]
-    settle_at = np.array([np.nan if o is None else float(o) for o in outcomes], np.float64)
-    live = ~(t >= resolve_t[market])  # rows before resolution: after it, trading has ended
+    replay = Replay.of(ticks, ids, markets, settle, rules)
+    market, t, p = replay.market, replay.t, replay.p
+    live = ~(t >= replay.resolve_t[market])  # rows before resolution: trading has ended after
 
     for pol in policies:
         pol.prepare(ticks)
@@ -185,8 +214,7 @@ def simulate(
     fee = np.zeros(0)
     for pol in policies:
         offers = pol.offers(t, p)
-        table, leverage = _run(offers, market, t, p, depth, resolve_t, freeze_t, settle_at,
-                               rules.max_slippage, traders)
+        table, leverage = replay.run(offers, traders)
         tallies[pol.name] = [_tally(row) for row in table.tolist()]
         max_leverage[pol.name] = _max2(leverage)
         if pol.name == "riskd":
