@@ -361,8 +361,9 @@ def plot(results: dict[str, list[Point]], out: Path, default: dict[str, float] |
                 y = [f.lp_pnl for f in mine]
                 if family == "riskd":
                     ax.scatter(x, y, s=10, color=colors[family], alpha=0.45)
-                    env_x, env_y = _envelope(x, y)
-                    ax.plot(env_x, env_y, color=colors[family], lw=1.8, label="riskd (envelope)")
+                    env_x, env_y = _best_loading(points, t)
+                    ax.plot(env_x, env_y, color=colors[family], lw=1.4,
+                            label="riskd (best fee_loading)")
                 else:
                     ax.plot(x, y, marker="o", ms=3, lw=1.0, color=colors[family], label=family)
             if default is not None and (d := find(points, "riskd", default)):
@@ -382,14 +383,16 @@ def plot(results: dict[str, list[Point]], out: Path, default: dict[str, float] |
     plt.close(fig)
 
 
-def _envelope(x: list[float], y: list[float]) -> tuple[list[float], list[float]]:
-    """The points no other point beats on both leverage and LP P&L, by leverage."""
-    pts = sorted(zip(x, y, strict=True), key=lambda q: (-q[0], -q[1]))
-    out: list[tuple[float, float]] = []
-    top = -math.inf
-    for px, py in pts:
-        if py > top:
-            out.append((px, py))
-            top = py
-    out.reverse()
-    return [q[0] for q in out], [q[1] for q in out]
+def _best_loading(points: list[Point], traders: str) -> tuple[list[float], list[float]]:
+    """riskd's curve: for each (confidence, k_liquidity), the fee_loading with the
+    highest LP P&L (fee_loading moves LP P&L, hardly the leverage), by leverage."""
+    best: dict[tuple[float, float], Figures] = {}
+    for p in points:
+        if p.family != "riskd":
+            continue
+        key = (p.setting["confidence"], p.setting["k_liquidity"])
+        f = p.figures[traders]
+        if key not in best or f.lp_pnl > best[key].lp_pnl:
+            best[key] = f
+    curve = sorted(best.values(), key=lambda f: f.mean_leverage)
+    return [f.mean_leverage for f in curve], [f.lp_pnl for f in curve]
