@@ -228,7 +228,7 @@ def dominance(points: list[Point], traders: str = "cohort") -> list[Check]:
     return out
 
 
-def _key(setting: dict[str, float]) -> tuple[float, ...]:
+def setting_key(setting: dict[str, float]) -> tuple[float, ...]:
     return tuple(setting[k] for k in RISKD_GRID)
 
 
@@ -241,7 +241,7 @@ def select(results: dict[str, list[Point]]) -> dict[str, float] | None:
     for points in results.values():
         for p in points:
             if p.family == "riskd":
-                settings.setdefault(_key(p.setting), []).append(p)
+                settings.setdefault(setting_key(p.setting), []).append(p)
     feasible = [(key, ps) for key, ps in settings.items() if len(ps) == len(results)
                 and all(p.figures[t].worst_tape_lp >= -TOL for p in ps for t in TRADERS)]
     if not feasible:
