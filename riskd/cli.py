@@ -47,6 +47,17 @@ def _parser() -> argparse.ArgumentParser:
     cal.add_argument("-c", "--config", type=Path)
     cal.add_argument("--json", action="store_true", help="print the JSON report")
     cal.add_argument("--plot", type=Path, metavar="OUT.png", help="write a PNG of the rates")
+    fr = sub.add_parser("frontier", help="each policy family swept along its knob: lender "
+                        "P&L against leverage offered, per tape set")
+    fr.add_argument("tapes", type=Path, nargs="*",
+                    help="tape files or directories, one set each")
+    fr.add_argument("--synthetic", type=int, metavar="N",
+                    help="also the seeded ensemble of N simulated markets")
+    fr.add_argument("--seed", type=int, default=7, help="the ensemble's seed (default 7)")
+    fr.add_argument("-c", "--config", type=Path)
+    fr.add_argument("--json", action="store_true", help="print the JSON report")
+    fr.add_argument("--plot", type=Path, metavar="OUT.png",
+                    help="write a PNG of LP P&L against leverage offered")
     ex = sub.add_parser("explain", help="why a market has its current parameters")
     ex.add_argument("market")
     ex.add_argument("--url", help="the daemon's API (default: [server] host and port of -c)")
@@ -70,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _backtest(args)
         if args.command == "calibrate":
             return _calibrate(args)
+        if args.command == "frontier":
+            return _frontier(args)
         if args.command == "check-config":
             settings = load_settings(args.config)
             # stderr: stdout stays one JSON document.
@@ -144,6 +157,35 @@ def _calibrate(args: argparse.Namespace) -> int:
         print(calibrate.table(results))
     if args.plot is not None:
         calibrate.plot(results, args.plot)
+    return 0
+
+
+def _frontier(args: argparse.Namespace) -> int:
+    from riskd.backtest import frontier
+
+    if not args.tapes and args.synthetic is None:
+        raise TapeError("frontier: no tape given (TAPES, or --synthetic N)")
+    if args.synthetic is not None and args.synthetic < 1:
+        raise TapeError("frontier: --synthetic needs at least 1 market")
+    settings = load_settings(args.config)
+    sets = []
+    for tape in args.tapes:
+        if not tape.exists():
+            raise TapeError(f"{tape}: no such tape file or directory")
+        sets.append(frontier.load_set(tape))
+    if args.synthetic is not None:
+        sets.append(frontier.synthetic_set(args.synthetic, args.seed))
+    results = {ts.name: frontier.sweep(ts, settings) for ts in sets}
+    if args.json:
+        print(json.dumps(frontier.as_json(results, settings), indent=2))
+    else:
+        print(frontier.table(results))
+        print()
+        print("\n".join(frontier.dominance_lines(results)))
+        print(f"\nriskd's defaults: {frontier.defaults(settings)}; the most leverage with "
+              f"LP P&L >= 0 on every tape (both trader models): {frontier.select(results)}")
+    if args.plot is not None:
+        frontier.plot(results, args.plot, default=frontier.defaults(settings))
     return 0
 
 

@@ -8,6 +8,7 @@ local venue (scripts/bench_live.py, whose options this takes too: `--quick`,
 from __future__ import annotations
 
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -57,6 +58,20 @@ def backtests(repeat: int) -> None:
               f"{rows / min(simulated):>10,.0f}", flush=True)
 
 
+def frontier_timing() -> None:
+    """`riskd frontier` on the midterms, as the command runs it (a fresh process: tape
+    reading, the compiled kernels' cache and every point of the sweep)."""
+    started = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "riskd.cli", "frontier",
+                          str(TAPES[0]), "--json"], cwd=ROOT, capture_output=True, text=True)
+    elapsed = time.perf_counter() - started
+    if out.returncode != 0:
+        raise SystemExit(out.stderr)
+    points = len(orjson.loads(out.stdout)["sets"][TAPES[0].name]["points"])
+    print(f"{'riskd frontier ' + TAPES[0].name:<48} {points:>8} {elapsed:>8.3f}  "
+          f"({points} points, both trader models)", flush=True)
+
+
 def decoding(repeat: int, markets: int = 10_000, frames: int = 200_000) -> None:
     """The Polymarket codec alone on the live bench's frames (in memory, no socket):
     the part of riskd's per-tick cost that is per-message Python (docs/performance.md,
@@ -102,6 +117,7 @@ def decoding(repeat: int, markets: int = 10_000, frames: int = 200_000) -> None:
 def main() -> None:
     args = bench_live.parse_args(sys.argv[1:])
     backtests(1 if args.quick else 3)
+    frontier_timing()
     print()
     decoding(1 if args.quick else 3)
     print()

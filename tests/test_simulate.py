@@ -28,7 +28,7 @@ from riskd.backtest.policies import (
     Static,
     all_policies,
 )
-from riskd.backtest.simulate import Rules, Series, Tally, simulate
+from riskd.backtest.simulate import Rules, Series, Tally, Traders, simulate
 from riskd.config import Settings, load_settings
 from riskd.feeds.base import Tick
 from riskd.markets import Market
@@ -86,6 +86,7 @@ def _accrue(pos: list[Position | None], offer: Offer, dt: float, tally: Tally) -
     for s in (0, 1):
         q = pos[s]
         if q is not None and dt > 0.0 and q.debt > 0.0:
+            tally.borrowed_hours += q.debt * dt / 3600.0
             fee = offer.fee_hourly[s] * q.debt * dt / 3600.0
             q.debt += fee
             tally.fees += fee
@@ -134,9 +135,12 @@ def _step(pos: list[Position | None], offer: Offer, values: tuple[float, float],
 
 
 def reference(ticks: list[Tick], ids: list[str], markets: dict[str, Market],
-              policies: list[Policy], settle: bool, rules: Rules
+              policies: list[Policy], settle: bool, rules: Rules, traders: Traders | None = None
               ) -> tuple[dict[str, list[Tally]], list[Series], int]:
-    """The backtest's former Python loop, on the policies' offer arrays."""
+    """The backtest's former Python loop, on the policies' offer arrays; a trader opening
+    at a row takes that row's draw of `traders` (default: the max, collateral 1)."""
+    if traders is None:
+        traders = Traders.at_max(len(ticks))
     index = {m: i for i, m in enumerate(ids)}
     n = len(ids)
     resolve_t = [markets[m].resolves_at if m in markets else float("inf") for m in ids]
@@ -192,8 +196,11 @@ def reference(ticks: list[Tick], ids: list[str], markets: dict[str, Market],
                 for s in (0, 1):
                     lev_s = offer.leverage[s]
                     if pos[s] is None and lev_s > 1.0 and values[s] > 0.0:
-                        paid = offer.open_fee[s] * lev_s
-                        pos[s] = Position(shares=lev_s / values[s], debt=lev_s - 1.0 + paid)
+                        frac, size = traders.frac[row, s], traders.size[row, s]
+                        lev_s = lev_s - (1.0 - frac) * (lev_s - 1.0)
+                        paid = offer.open_fee[s] * lev_s * size
+                        pos[s] = Position(shares=size * lev_s / values[s],
+                                          debt=size * (lev_s - 1.0) + paid)
                         tally.fees += paid
             series[i].leverage[pol.name].append(max(offer.leverage))
             if pol.name == "riskd":
@@ -273,13 +280,15 @@ def _policies(settings: Settings, markets: dict[str, Market]) -> list[Policy]:
 
 @pytest.mark.parametrize(("seed", "rules"), [(5, Rules(0.05, 3600.0)), (6, Rules(0.002, 7200.0))])
 @pytest.mark.parametrize("settle", [True, False])
+@pytest.mark.parametrize("cohort", [False, True])
 def test_compiled_simulation_matches_the_python_loop(settings: Settings, seed: int, rules: Rules,
-                                                     settle: bool) -> None:
+                                                     settle: bool, cohort: bool) -> None:
     ticks, ids, markets = _ensemble(seed)
+    traders = Traders.cohort([tk.market for tk in ticks], seed) if cohort else None
     sim = simulate(ticks, ids, markets, _policies(settings, markets), settle=settle, rules=rules,
-                   record=True)
+                   record=True, traders=traders)
     tallies, series, count = reference(ticks, ids, markets, _policies(settings, markets), settle,
-                                       rules)
+                                       rules, traders)
     assert sim.ticks == count < len(ticks)
     for name, per_market in tallies.items():
         assert [asdict(x) for x in sim.tallies[name]] == [asdict(x) for x in per_market], name

@@ -101,10 +101,10 @@ class OpenInterestScaled:
     """dYdX v4 liquidity tier: IMF 5% rising linearly with open interest to 100%
     between the lower and upper cap; MMF 60% of the IMF."""
 
-    name = "oi_scaled"
-
     def __init__(self, lower_cap: float = 20.0, upper_cap: float = 100.0,
-                 base_imf: float = 0.05, fee_hourly: float = FLAT_FEE_HOURLY) -> None:
+                 base_imf: float = 0.05, fee_hourly: float = FLAT_FEE_HOURLY,
+                 name: str = "oi_scaled") -> None:
+        self.name = name
         self.lower_cap, self.upper_cap, self.base_imf = lower_cap, upper_cap, base_imf
         self.fee = fee_hourly
 
@@ -143,16 +143,20 @@ class D8XEntropy:
     and fee, V IM + V f = 1 with f the fee per unit of value V, so the leverage a
     trader gets is 1 / (IM + f): below 1x on the long shot's side, where the fee is
     most of the value (a long NO at p near 1 gets none).
+
+    `scale` multiplies both margin rates (the frontier's knob; 1 is D8X's); the fee
+    follows the scaled initial margin, as the SDK's formula does.
     """
 
-    name = "d8x_entropy"
+    def __init__(self, scale: float = 1.0, name: str = "d8x_entropy") -> None:
+        self.scale, self.name = scale, name
 
     def prepare(self, ticks: list[Tick]) -> None:
         return None
 
     def offers(self, t: np.ndarray, p: np.ndarray) -> Offers:
         h = binary_entropy(p)  # symmetric: the same for the YES and the NO side
-        im, mm = 0.2 + 0.3 * h, 0.18 + 0.22 * h
+        im, mm = self.scale * (0.2 + 0.3 * h), self.scale * (0.18 + 0.22 * h)
         offer = Offers.constant(t.shape[0], 1.0, np.nan, 0.0)
         offer.maintenance[:] = mm[:, None]
         for s, v in enumerate((p, 1.0 - p)):

@@ -1,7 +1,8 @@
 """Leveraged traders on a tape, under each policy (spec section 7).
 
 On every market and side a trader opens with collateral 1.0 at the max leverage
-offered, pays the published fees, and is liquidated when equity falls below the
+offered (or, for a cohort, Traders.cohort: a leverage and a size drawn per
+opening), pays the published fees, and is liquidated when equity falls below the
 maintenance margin. The judge's rules are the same for every policy (Rules):
 from `freeze_before_resolution_s` before the event nothing opens, the leverage
 offered is 1x and positions carrying debt are closed; a liquidation takes the
@@ -18,6 +19,7 @@ positions and tallies in arrays.
 from __future__ import annotations
 
 import math
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -55,6 +57,7 @@ class Tally:
     leverage_time: float = 0.0  # integral of the larger side's max leverage over time
     leveraged_time: float = 0.0  # time with any side above 1x
     time: float = 0.0
+    borrowed_hours: float = 0.0  # integral of what the traders owe over time, in hours
 
     def loss(self, amount: float) -> None:
         if amount > 0.0:
@@ -69,6 +72,7 @@ class Tally:
         self.leverage_time += other.leverage_time
         self.leveraged_time += other.leveraged_time
         self.time += other.time
+        self.borrowed_hours += other.borrowed_hours
 
     def as_dict(self) -> dict[str, float | int]:
         return {
@@ -83,9 +87,45 @@ class Tally:
 
 
 # The compiled pass's tally: one row per market, one column per Tally field.
-BAD_DEBT, FEES, LIQUIDATIONS, WORST_JUMP_LOSS, LEVERAGE_TIME, LEVERAGED_TIME, TIME = range(7)
+(BAD_DEBT, FEES, LIQUIDATIONS, WORST_JUMP_LOSS, LEVERAGE_TIME, LEVERAGED_TIME, TIME,
+ BORROWED_HOURS) = range(8)
 TALLY_FIELDS = ("bad_debt", "fees", "liquidations", "worst_jump_loss", "leverage_time",
-                "leveraged_time", "time")
+                "leveraged_time", "time", "borrowed_hours")
+
+# The cohort's draws (docs/model.md section 8): the leverage a trader takes is
+# uniform between 1x and the max offered, the collateral lognormal with mean 1.
+SIZE_SIGMA = 1.0
+
+
+@dataclass
+class Traders:
+    """Who opens a position, per tape row and side: the share `frac` of the leverage
+    above 1x offered that the trader takes (1: the max) and the collateral `size`.
+    Row k's draw is used when a position opens at row k."""
+
+    frac: np.ndarray  # (n, 2) in [0, 1]
+    size: np.ndarray  # (n, 2) > 0
+
+    @classmethod
+    def at_max(cls, n: int) -> Traders:
+        return cls(frac=np.ones((n, 2)), size=np.ones((n, 2)))
+
+    @classmethod
+    def cohort(cls, market_ids: list[str], seed: int = 0) -> Traders:
+        """Seeded draws for rows whose markets are `market_ids` (in row order). Each
+        market's stream is its own (seeded by its id), so a market's draws do not depend
+        on what other tapes it is replayed with."""
+        n = len(market_ids)
+        frac, size = np.ones((n, 2)), np.ones((n, 2))
+        rows: dict[str, list[int]] = {}
+        for r, m in enumerate(market_ids):
+            rows.setdefault(m, []).append(r)
+        for m, mine in rows.items():
+            rng = np.random.default_rng([seed, zlib.crc32(m.encode())])
+            k = len(mine)
+            frac[mine] = rng.uniform(0.0, 1.0, (k, 2))
+            size[mine] = rng.lognormal(-0.5 * SIZE_SIGMA ** 2, SIZE_SIGMA, (k, 2))
+        return cls(frac=frac, size=size)
 
 
 @dataclass
@@ -107,6 +147,51 @@ class Simulation:
     ticks: int = 0
 
 
+@dataclass
+class Replay:
+    """A tape as the compiled pass reads it: per row its market, time, price and depth;
+    per market its resolution, freeze and settlement."""
+
+    market: np.ndarray
+    t: np.ndarray
+    p: np.ndarray
+    depth: np.ndarray
+    resolve_t: np.ndarray
+    freeze_t: np.ndarray
+    settle_at: np.ndarray
+    max_slippage: float
+
+    @classmethod
+    def of(cls, ticks: list[Tick], ids: list[str], markets: dict[str, Market], settle: bool,
+           rules: Rules) -> Replay:
+        index = {m: i for i, m in enumerate(ids)}
+        n = len(ticks)
+        market = np.fromiter((index[tk.market] for tk in ticks), np.int64, n)
+        t = np.fromiter((tk.ts for tk in ticks), np.float64, n)
+        # The mid when there is a book, else the print.
+        p = np.fromiter((tk.price if tk.bid is None or tk.ask is None
+                         else 0.5 * (tk.bid + tk.ask) for tk in ticks), np.float64, n)
+        # Shares within max_slippage of the mid where the tape has a book (nan: unknown).
+        depth = np.fromiter((math.nan if tk.depth is None else tk.depth for tk in ticks),
+                            np.float64, n)
+        resolve_t = np.array([markets[m].resolves_at if m in markets else np.inf for m in ids],
+                             np.float64)
+        # The freeze, for every policy, from the event time where the markets file has one.
+        freeze_t = np.array([markets[m].event_at - rules.freeze_before_resolution_s
+                             if m in markets else np.inf for m in ids], np.float64)
+        freeze_t[np.isnan(freeze_t)] = np.inf
+        # Settlement: at the outcome where it is known and asked for (nan: at the last price).
+        outcomes = [markets[m].outcome if settle and m in markets else None for m in ids]
+        settle_at = np.array([np.nan if o is None else float(o) for o in outcomes], np.float64)
+        return cls(market, t, p, depth, resolve_t, freeze_t, settle_at, rules.max_slippage)
+
+    def run(self, offers: Offers, traders: Traders | None = None
+            ) -> tuple[np.ndarray, np.ndarray]:
+        """One policy's offers through the pass: (tally per market, leverage offered)."""
+        return _run(offers, self.market, self.t, self.p, self.depth, self.resolve_t,
+                    self.freeze_t, self.settle_at, self.max_slippage, traders)
+
+
 def simulate(
     ticks: list[Tick],
     ids: list[str],
@@ -115,27 +200,12 @@ def simulate(
     settle: bool,
     rules: Rules,
     record: bool = False,
+    traders: Traders | None = None,
 ) -> Simulation:
     index = {m: i for i, m in enumerate(ids)}
-    n = len(ticks)
-    market = np.fromiter((index[tk.market] for tk in ticks), np.int64, n)
-    t = np.fromiter((tk.ts for tk in ticks), np.float64, n)
-    # The mid when there is a book, else the print.
-    p = np.fromiter((tk.price if tk.bid is None or tk.ask is None else 0.5 * (tk.bid + tk.ask)
-                     for tk in ticks), np.float64, n)
-    # Shares within max_slippage of the mid where the tape has a book (nan: unknown).
-    depth = np.fromiter((math.nan if tk.depth is None else tk.depth for tk in ticks),
-                        np.float64, n)
-    resolve_t = np.array([markets[m].resolves_at if m in markets else np.inf for m in ids],
-                         np.float64)
-    # The freeze, for every policy, from the event time where the markets file has one.
-    freeze_t = np.array([markets[m].event_at - rules.freeze_before_resolution_s
-                         if m in markets else np.inf for m in ids], np.float64)
-    freeze_t[np.isnan(freeze_t)] = np.inf
-    # Settlement: at the outcome where it is known and asked for (nan: at the last price).
-    outcomes = [markets[m].outcome if settle and m in markets else None for m in ids]
-    settle_at = np.array([np.nan if o is None else float(o) for o in outcomes], np.float64)
-    live = ~(t >= resolve_t[market])  # rows before resolution: after it, trading has ended
+    replay = Replay.of(ticks, ids, markets, settle, rules)
+    market, t, p = replay.market, replay.t, replay.p
+    live = ~(t >= replay.resolve_t[market])  # rows before resolution: trading has ended after
 
     for pol in policies:
         pol.prepare(ticks)
@@ -144,8 +214,7 @@ def simulate(
     fee = np.zeros(0)
     for pol in policies:
         offers = pol.offers(t, p)
-        table, leverage = _run(offers, market, t, p, depth, resolve_t, freeze_t, settle_at,
-                               rules.max_slippage)
+        table, leverage = replay.run(offers, traders)
         tallies[pol.name] = [_tally(row) for row in table.tolist()]
         max_leverage[pol.name] = _max2(leverage)
         if pol.name == "riskd":
@@ -163,7 +232,8 @@ def simulate(
 
 def _run(offers: Offers, market: np.ndarray, t: np.ndarray, p: np.ndarray, depth: np.ndarray,
          resolve_t: np.ndarray, freeze_t: np.ndarray, settle_at: np.ndarray,
-         max_slippage: float) -> tuple[np.ndarray, np.ndarray]:
+         max_slippage: float, traders: Traders | None = None
+         ) -> tuple[np.ndarray, np.ndarray]:
     """One policy through the compiled pass: the tally per market, and the leverage
     offered after each row (filled in by the pass for an open-interest tier)."""
     def f64(a: np.ndarray) -> np.ndarray:
@@ -180,13 +250,15 @@ def _run(offers: Offers, market: np.ndarray, t: np.ndarray, p: np.ndarray, depth
     # Copies: the pass writes a tier's leverage and maintenance, and the freeze's 1x, into them.
     leverage, maintenance = f64(offers.leverage).copy(), f64(offers.maintenance).copy()
     table = np.zeros((resolve_t.shape[0], len(TALLY_FIELDS)))
+    if traders is None:
+        traders = Traders.at_max(t.shape[0])
     _trade(market, t, p, depth, resolve_t, freeze_t, settle_at, float(max_slippage),
            leverage, maintenance, f64(offers.fee_hourly), f64(offers.open_fee),
            flags(offers.opening), flags(offers.deleverage), f64(expires_after),
            f64(fb.leverage), f64(fb.maintenance), f64(fb.fee_hourly),
            flags(fb.deleverage), tier is not None,
            np.array([tier.lower_cap, tier.upper_cap, tier.base_imf] if tier else [0.0] * 3),
-           table)
+           f64(traders.frac), f64(traders.size), table)
     return table, leverage
 
 
@@ -222,7 +294,7 @@ def _trade(  # type: ignore[no-untyped-def]  # arrays and scalars, as _run passe
     market, t, p, depth, resolve_t, freeze_t, settle_at, slippage,
     leverage, maintenance, fee, open_fee, opening, deleverage, expires_after,
     fb_leverage, fb_maintenance, fb_fee, fb_deleverage,
-    tiered, tier, tally,
+    tiered, tier, frac, size, tally,
 ):
     """The rows in time order for one policy; tally (markets, 7) is added to.
 
@@ -230,7 +302,8 @@ def _trade(  # type: ignore[no-untyped-def]  # arrays and scalars, as _run passe
     force from expires_after[k] seconds after it. With `tiered`, leverage and
     maintenance come from the open interest (tier: lower cap, upper cap, base
     IMF) and are written into row k as it is reached; from freeze_t of its
-    market a row's leverage is written as 1x.
+    market a row's leverage is written as 1x. A position opening at row r takes
+    frac[r, s] of the leverage above 1x offered, with collateral size[r, s].
     """
     m = resolve_t.shape[0]
     # Per market and side (long YES, long NO): the trader's position, if held.
@@ -285,10 +358,13 @@ def _trade(  # type: ignore[no-untyped-def]  # arrays and scalars, as _run passe
                 lev_s = leverage[r, s]
                 if not held[i, s] and lev_s > 1.0 and values[s] > 0.0:
                     held[i, s] = True
-                    shares[i, s] = COLLATERAL * lev_s / values[s]
+                    # Written so that frac 1 and size 1 give the max exactly.
+                    lev_s = lev_s - (1.0 - frac[r, s]) * (lev_s - 1.0)
+                    c = COLLATERAL * size[r, s]
+                    shares[i, s] = c * lev_s / values[s]
                     # An opening fee comes out of the collateral: the rest is lent too.
-                    paid = open_fee[r, s] * lev_s * COLLATERAL
-                    debt[i, s] = COLLATERAL * (lev_s - 1.0) + paid
+                    paid = open_fee[r, s] * lev_s * c
+                    debt[i, s] = c * (lev_s - 1.0) + paid
                     tally[i, FEES] += paid
                     armed[i, s] = np.nan
         prev[i] = r
@@ -324,6 +400,7 @@ def _accrue(held: np.ndarray, debt: np.ndarray, fee_hourly: np.ndarray, dt: floa
     """The fee in force on what is lent, for dt seconds; unpaid fees add to the debt."""
     for s in range(2):
         if held[s] and dt > 0.0 and debt[s] > 0.0:
+            tally[BORROWED_HOURS] += debt[s] * dt / 3600.0
             fee = fee_hourly[s] * debt[s] * dt / 3600.0
             debt[s] += fee
             tally[FEES] += fee
