@@ -162,3 +162,15 @@ def test_cli_without_tapes_exits_2() -> None:
     out = subprocess.run([sys.executable, "-m", "riskd.cli", "frontier"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "no tape given" in out.stderr
+
+
+def test_select_refuses_a_setting_kept_whole_by_fees_far_above_the_loss() -> None:
+    """LP P&L >= 0 because the simulated traders pay fees many times the loss is not a
+    result: the fee must pay for the loss borne, at most FEE_TO_LOSS_MAX times."""
+    loose, fair = _riskd(0.95, 6.0, 9.0, fl=2.0), _riskd(0.99, 3.0, 0.5, fl=0.0)
+    for point, fees, loss in ((loose, 10.0, 1.0), (fair, 1.5, 1.0)):
+        for f in point.figures.values():
+            f.fees, f.bad_debt, f.lp_pnl = fees, loss, fees - loss
+    assert frontier.select({"a": [loose, fair]})["confidence"] == 0.99
+    loose.figures["max"].fees = frontier.FEE_TO_LOSS_MAX * 1.0
+    assert frontier.select({"a": [loose, fair]})["confidence"] == 0.95

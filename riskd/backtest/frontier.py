@@ -47,7 +47,7 @@ OI_BASE_IMF = (1.0, 0.5, 0.33, 0.2, 0.1, 0.05)  # dYdX's tier is 0.05
 RISKD_GRID: dict[str, tuple[float, ...]] = {
     "confidence": (0.95, 0.975, 0.99, 0.995),
     "k_liquidity": (1.0, 2.0, 3.0, 5.0),
-    "fee_loading": (0.0, 0.4, 1.0, 2.0),
+    "fee_loading": (0.0, 0.2, 0.4, 1.0, 2.0),
 }
 FAMILIES = ("riskd", "static", "oi_scaled", "d8x_entropy")
 TOL = 1e-9  # LP P&L >= 0 up to float noise
@@ -228,6 +228,11 @@ def dominance(points: list[Point], traders: str = "cohort") -> list[Check]:
     return out
 
 
+# The fee pays for the loss the lender bears, at most this many times over
+# (docs/model.md section 9: 0.8-2 on the seeded ensemble).
+FEE_TO_LOSS_MAX = 2.0
+
+
 def setting_key(setting: dict[str, float]) -> tuple[float, ...]:
     return tuple(setting[k] for k in RISKD_GRID)
 
@@ -235,15 +240,19 @@ def setting_key(setting: dict[str, float]) -> tuple[float, ...]:
 def select(results: dict[str, list[Point]]) -> dict[str, float] | None:
     """riskd's setting with the most leverage offered (the mean over the sets of each
     set's time-weighted mean) among those whose LP P&L is >= 0 on every tape file of
-    every set under both trader models; ties go to the lower fee_loading (the cheaper
-    for traders). None when no setting keeps every tape whole."""
+    every set under both trader models, and whose fees, where the lender bore a loss,
+    are at most FEE_TO_LOSS_MAX times it (max traders): an LP P&L kept >= 0 by fees far
+    above the risk is the simulated traders paying, not a result; ties go to the
+    lower fee_loading (the cheaper for traders). None when no setting qualifies."""
     settings: dict[tuple[float, ...], list[Point]] = {}
     for points in results.values():
         for p in points:
             if p.family == "riskd":
                 settings.setdefault(setting_key(p.setting), []).append(p)
     feasible = [(key, ps) for key, ps in settings.items() if len(ps) == len(results)
-                and all(p.figures[t].worst_tape_lp >= -TOL for p in ps for t in TRADERS)]
+                and all(p.figures[t].worst_tape_lp >= -TOL for p in ps for t in TRADERS)
+                and all(p.figures["max"].fees <= FEE_TO_LOSS_MAX * p.figures["max"].bad_debt
+                        for p in ps if p.figures["max"].bad_debt > TOL)]
     if not feasible:
         return None
     key, ps = max(feasible, key=lambda kp: (
