@@ -134,21 +134,25 @@ def _backtest(args: argparse.Namespace) -> int:
     return 0
 
 
-def _calibrate(args: argparse.Namespace) -> int:
-    from riskd.backtest import calibrate
-
+def _tape_sets(args: argparse.Namespace, command: str) -> Settings:
+    """The checks `calibrate` and `frontier` share on their tape sets; their settings."""
     if not args.tapes and args.synthetic is None:
-        raise TapeError("calibrate: no tape given (TAPES, or --synthetic N)")
-    if args.markets is not None and len(args.tapes) > 1:
-        raise MarketsError("calibrate: --markets goes with a single tape")
+        raise TapeError(f"{command}: no tape given (TAPES, or --synthetic N)")
     if args.synthetic is not None and args.synthetic < 1:
-        raise TapeError("calibrate: --synthetic needs at least 1 market")
-    settings = load_settings(args.config)
-    results = []
+        raise TapeError(f"{command}: --synthetic needs at least 1 market")
     for tape in args.tapes:
         if not tape.exists():
             raise TapeError(f"{tape}: no such tape file or directory")
-        results.append(calibrate.calibrate_path(tape, settings, args.markets))
+    return load_settings(args.config)
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from riskd.backtest import calibrate
+
+    if args.markets is not None and len(args.tapes) > 1:
+        raise MarketsError("calibrate: --markets goes with a single tape")
+    settings = _tape_sets(args, "calibrate")
+    results = [calibrate.calibrate_path(tape, settings, args.markets) for tape in args.tapes]
     if args.synthetic is not None:
         results.append(calibrate.calibrate_synthetic(args.synthetic, settings, args.seed))
     if args.json:
@@ -163,16 +167,8 @@ def _calibrate(args: argparse.Namespace) -> int:
 def _frontier(args: argparse.Namespace) -> int:
     from riskd.backtest import frontier
 
-    if not args.tapes and args.synthetic is None:
-        raise TapeError("frontier: no tape given (TAPES, or --synthetic N)")
-    if args.synthetic is not None and args.synthetic < 1:
-        raise TapeError("frontier: --synthetic needs at least 1 market")
-    settings = load_settings(args.config)
-    sets = []
-    for tape in args.tapes:
-        if not tape.exists():
-            raise TapeError(f"{tape}: no such tape file or directory")
-        sets.append(frontier.load_set(tape))
+    settings = _tape_sets(args, "frontier")
+    sets = [frontier.load_set(tape) for tape in args.tapes]
     if args.synthetic is not None:
         sets.append(frontier.synthetic_set(args.synthetic, args.seed))
     results = {ts.name: frontier.sweep(ts, settings) for ts in sets}
