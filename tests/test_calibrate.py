@@ -208,13 +208,14 @@ def test_cli_prints_the_table_and_json_on_the_fed_tape(tmp_path: Path) -> None:
     out = _cli(str(FED), "-c", "config/riskd.toml", "--json")
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
-    assert doc["expected_rate"] == pytest.approx(0.01)
+    rate = 1.0 - load_settings(ROOT / "config/riskd.toml").model.confidence
+    assert doc["expected_rate"] == pytest.approx(rate)
     (fed,) = doc["sets"]
     assert fed["set"] == "fed_dec2025" and fed["markets"] == 2
     im = fed["regimes"]["all"]["initial"]
     assert im["observations"] > 1000
     assert 0 <= im["exceedances"] <= im["observations"]
-    lr, p = cal.kupiec(im["exceedances"], im["observations"], 0.01)
+    lr, p = cal.kupiec(im["exceedances"], im["observations"], rate)
     assert im["kupiec_lr"] == pytest.approx(lr, abs=1e-4)
     assert im["kupiec_p"] == pytest.approx(p, abs=1e-4)
     assert fed["lender"]["fees"] > 0
