@@ -102,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _backtest(args: argparse.Namespace) -> int:
     from riskd.backtest import runner
 
-    settings = load_settings(args.config)
+    settings = _settings(args)
     if not args.tape.exists():
         raise TapeError(f"{args.tape}: no such tape file or directory")
     settle = args.settle
@@ -134,6 +134,14 @@ def _backtest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _settings(args: argparse.Namespace) -> Settings:
+    """The settings a command runs on, saying on stderr which file they came from (the
+    same backtest on another file, or on the built-in defaults, gives other figures)."""
+    settings = load_settings(args.config)
+    print(f"riskd: {describe_source(settings)}", file=sys.stderr)
+    return settings
+
+
 def _tape_sets(args: argparse.Namespace, command: str) -> Settings:
     """The checks `calibrate` and `frontier` share on their tape sets; their settings."""
     if not args.tapes and args.synthetic is None:
@@ -143,7 +151,7 @@ def _tape_sets(args: argparse.Namespace, command: str) -> Settings:
     for tape in args.tapes:
         if not tape.exists():
             raise TapeError(f"{tape}: no such tape file or directory")
-    return load_settings(args.config)
+    return _settings(args)
 
 
 def _calibrate(args: argparse.Namespace) -> int:
@@ -228,7 +236,7 @@ def _explain(args: argparse.Namespace) -> int:
 
     url = args.url
     if url is None:
-        server = load_settings(args.config).server
+        server = _settings(args).server
         host = "127.0.0.1" if server.host in ("0.0.0.0", "::", "") else server.host
         url = f"http://{host}:{server.port}"
     target = f"{url.rstrip('/')}/v1/explain/{urllib.parse.quote(args.market, safe='')}"

@@ -209,3 +209,16 @@ def test_an_empty_file_beside_good_ones_is_a_row_of_its_own(tmp_path: Path) -> N
     doc = json.loads(out.stdout)
     assert [(t["tape"], t["ticks"]) for t in doc["tapes"]][0] == ("empty.csv", 0)
     assert doc["tapes"][1]["ticks"] > 0
+
+
+def test_backtest_says_which_config_it_ran_on(tmp_path: Path) -> None:
+    """The same backtest on another file or on the built-in defaults gives other
+    figures: stderr names the file, or says the defaults were used."""
+    out = _cli("backtest", str(FED / "fed_nochange.csv"), "-c", "config/riskd.toml")
+    assert out.returncode == 0, out.stderr
+    assert f"config file {ROOT / 'config/riskd.toml'}" in out.stderr
+    bare = subprocess.run([sys.executable, "-m", "riskd.cli", "backtest",
+                           str(FED / "fed_nochange.csv")], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert bare.returncode == 0, bare.stderr
+    assert "built-in defaults" in bare.stderr
