@@ -71,10 +71,6 @@ def make_feeds(settings: Settings, metrics: Metrics | None = None,
     return list(live_feeds(settings, table, metrics))
 
 
-def make_feed(settings: Settings) -> Feed:
-    return make_feeds(settings)[0]
-
-
 class Daemon:
     def __init__(self, settings: Settings, config_path: Path | None) -> None:
         self.settings = settings
