@@ -104,7 +104,7 @@ class Daemon:
         self._unpublished_since: float | None = None
         self._feed_done = False
         self._tallies: dict[str, FeedTally] = {}  # venue -> what came since the last cycle
-        self.supervisor = Supervisor(self.metrics, self._fatal)
+        self.supervisor = Supervisor(self.metrics, self._fatal, stopping=self.stop.is_set)
         # Event time of the last batch stamped (generated_at), and the floor under the
         # next one: after a restart, the last one published before it (restore).
         self._stamped = self._stamp_floor = -math.inf

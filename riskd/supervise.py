@@ -61,6 +61,9 @@ class Supervisor:
     initial_s: float = 0.5
     max_s: float = 30.0
     fatal: Fatal | None = None
+    # True once the owner is shutting down: a task that returns then (its loop saw the
+    # stop) ended normally, even before `close()` ran.
+    stopping: Callable[[], bool] = lambda: False
     _states: dict[str, _State] = field(default_factory=dict)
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     _closing: bool = False
@@ -99,7 +102,7 @@ class Supervisor:
                     self._states[name].running = False
                     self.stats.task_state(name, False)
                     return
-            if self._closing:
+            if self._closing or (error is None and self.stopping()):
                 return
             delay = self._failed(name, error, restart)
             if delay is None:

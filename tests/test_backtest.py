@@ -197,7 +197,8 @@ def test_a_tape_with_no_usable_row_exits_2_saying_why(tmp_path: Path) -> None:
                       (folder, f"{folder}: no usable rows in any of its 2 tape files")):
         out = _cli("backtest", str(tape), "--json")
         assert out.returncode == 2, (tape, out.stderr)
-        assert out.stderr.startswith(f"riskd: {why}"), out.stderr
+        # After the line saying which config file it ran on.
+        assert out.stderr.splitlines()[-1].startswith(f"riskd: {why}"), out.stderr
         assert "Traceback" not in out.stderr and out.stdout == ""
 
 

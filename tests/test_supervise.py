@@ -195,3 +195,22 @@ async def test_a_watched_task_is_restarted_through_its_owner() -> None:
 @pytest.fixture(autouse=True)
 def _quiet_supervisor_log(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level("CRITICAL", logger="riskd.supervise")
+
+
+async def test_a_loop_that_returns_because_the_daemon_stops_is_no_failure() -> None:
+    """The daemon's loops return once its stop is set, and may see it before shutdown
+    tells the supervisor (seen: the cycle loop, logged as a failure in a clean stop)."""
+    sup, metrics, fatal = _supervisor()
+    stop = asyncio.Event()
+    sup.stopping = stop.is_set
+
+    async def loop() -> None:
+        while not stop.is_set():
+            await asyncio.sleep(0.01)
+
+    task = sup.spawn("cycle", loop, restart=True)
+    await asyncio.sleep(0.05)
+    stop.set()
+    await asyncio.wait_for(task, 2.0)
+    assert _sample(metrics, "riskd_task_failures_total", "cycle") == 0
+    assert not fatal and sup.reasons() == []
