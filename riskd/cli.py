@@ -10,6 +10,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from riskd import __version__
 from riskd.config import ConfigError, Settings, describe_source, load_settings, masked
@@ -36,28 +37,13 @@ def _parser() -> argparse.ArgumentParser:
     bt.add_argument("--plot", type=Path, metavar="OUT.png", help="write a PNG of the first market")
     bt.add_argument("--settle", action=argparse.BooleanOptionalAction, default=None,
                     help="settle at the outcome at resolution (default: when outcomes are known)")
-    cal = sub.add_parser("calibrate", help="margin backtest: exceedances of riskd's margins "
-                         "(Kupiec, Christoffersen) per tape set and regime")
-    cal.add_argument("tapes", type=Path, nargs="*",
-                     help="tape files or directories, one set each")
-    cal.add_argument("--synthetic", type=int, metavar="N",
-                     help="also the seeded ensemble of N simulated markets")
-    cal.add_argument("--seed", type=int, default=7, help="the ensemble's seed (default 7)")
+    cal = _tape_set_parser(sub, "calibrate", "margin backtest: exceedances of riskd's "
+                           "margins (Kupiec, Christoffersen) per tape set and regime",
+                           "write a PNG of the rates")
     cal.add_argument("--markets", type=Path, help="markets file (default: beside each tape)")
-    cal.add_argument("-c", "--config", type=Path)
-    cal.add_argument("--json", action="store_true", help="print the JSON report")
-    cal.add_argument("--plot", type=Path, metavar="OUT.png", help="write a PNG of the rates")
-    fr = sub.add_parser("frontier", help="each policy family swept along its knob: lender "
-                        "P&L against leverage offered, per tape set")
-    fr.add_argument("tapes", type=Path, nargs="*",
-                    help="tape files or directories, one set each")
-    fr.add_argument("--synthetic", type=int, metavar="N",
-                    help="also the seeded ensemble of N simulated markets")
-    fr.add_argument("--seed", type=int, default=7, help="the ensemble's seed (default 7)")
-    fr.add_argument("-c", "--config", type=Path)
-    fr.add_argument("--json", action="store_true", help="print the JSON report")
-    fr.add_argument("--plot", type=Path, metavar="OUT.png",
-                    help="write a PNG of LP P&L against leverage offered")
+    _tape_set_parser(sub, "frontier", "each policy family swept along its knob: lender P&L "
+                     "against leverage offered, per tape set",
+                     "write a PNG of LP P&L against leverage offered")
     ex = sub.add_parser("explain", help="why a market has its current parameters")
     ex.add_argument("market")
     ex.add_argument("--url", help="the daemon's API (default: [server] host and port of -c)")
@@ -132,6 +118,21 @@ def _backtest(args: argparse.Namespace) -> int:
 
         plot(sim, args.plot)
     return 0
+
+
+def _tape_set_parser(sub: Any, name: str, help_text: str, plot_help: str
+                     ) -> argparse.ArgumentParser:
+    """The arguments `calibrate` and `frontier` share: tape sets, the ensemble, output."""
+    parser: argparse.ArgumentParser = sub.add_parser(name, help=help_text)
+    parser.add_argument("tapes", type=Path, nargs="*",
+                        help="tape files or directories, one set each")
+    parser.add_argument("--synthetic", type=int, metavar="N",
+                        help="also the seeded ensemble of N simulated markets")
+    parser.add_argument("--seed", type=int, default=7, help="the ensemble's seed (default 7)")
+    parser.add_argument("-c", "--config", type=Path)
+    parser.add_argument("--json", action="store_true", help="print the JSON report")
+    parser.add_argument("--plot", type=Path, metavar="OUT.png", help=plot_help)
+    return parser
 
 
 def _settings(args: argparse.Namespace) -> Settings:
