@@ -158,11 +158,10 @@ class Daemon:
         for feed in live:
             # Per venue: one silent venue makes the daemon unready for its markets
             # (down; or silent, or none of its markets confirmed, for stale_after_s).
-            if not getattr(feed, "connected", True):
+            if not feed.connected:
                 reasons.append(f"feed_down:{feed.venue}")
-            elif not (now - getattr(feed, "heard_at", math.nan) < g.stale_after_s) or \
-                    not self.engine.fresh_on(getattr(feed, "sessions", list)(), now,
-                                             g.stale_after_s):
+            elif not (now - feed.heard_at < g.stale_after_s) or \
+                    not self.engine.fresh_on(feed.sessions(), now, g.stale_after_s):
                 reasons.append(f"feed_stale:{feed.venue}")
         if self.seq == 0:
             reasons.append("nothing_published")
@@ -256,7 +255,7 @@ class Daemon:
         for feed in self.feeds:
             if isinstance(feed, LivenessSource):
                 self.engine.confirm(feed.take_liveness())
-                self.metrics.feed_heard(feed.venue, getattr(feed, "heard_at", math.nan))
+                self.metrics.feed_heard(feed.venue, feed.heard_at)
         result = self.engine.cycle(now)
         self.metrics.cycle.observe(time.perf_counter() - started)
         self.metrics.markets.set(len(self.engine))

@@ -35,6 +35,8 @@ MAX_PENDING = 200_000
 # Unix seconds beyond ~year 5138 are not a time (the tape reader's bound too).
 TS_MAX = 1e11
 Index = slice | np.ndarray
+# (confirmed_t, live_book) of some markets: `Engine.freshness`.
+Freshness = tuple[np.ndarray, np.ndarray | None]
 S = TypeVar("S", estimator.EstimatorState, GovernorState)
 
 
@@ -270,7 +272,7 @@ class Engine:
                 np.fromiter((k[1] for k in known), np.int64, n),
                 np.fromiter((k[2] for k in known), np.float64, n))
 
-    def freshness(self, idx: Index = ALL) -> tuple[np.ndarray, np.ndarray | None]:
+    def freshness(self, idx: Index = ALL) -> Freshness:
         """(confirmed_t, live_book) of markets `idx` (section 5, freshness): when each
         price was last confirmed (nan: not at all, e.g. its connection is down or its
         book broke), and whether its book is held on a live connection. Markets never
@@ -379,11 +381,15 @@ class Engine:
         return self.est if idx is ALL else _take(self.est, idx)
 
     def conditions(self, now: float | np.ndarray, idx: Index = ALL,
-                   est: estimator.EstimatorState | None = None) -> Conditions:
+                   est: estimator.EstimatorState | None = None,
+                   fresh: Freshness | None = None) -> Conditions:
         cfg = self.settings.model
         state = self._estimator_at(idx, est)
         warm = (state.ticks >= cfg.warmup_ticks) & (now - self.first_t[idx] >= cfg.warmup_s)
-        confirmed, booked = (state.t, None) if est is not None else self.freshness(idx)
+        if est is not None:
+            confirmed, booked = state.t, None
+        else:
+            confirmed, booked = self.freshness(idx) if fresh is None else fresh
         if booked is not None:
             # A book snapshot and warmup_s of confirmed liveness: warm, however seldom
             # its top moved (section 5).
@@ -453,8 +459,12 @@ class Engine:
         return pin
 
     def inputs_at(self, now: float | np.ndarray, idx: Index = ALL,
-                  est: estimator.EstimatorState | None = None) -> parameters.RiskInputs:
-        confirmed, booked = (None, None) if est is not None else self.freshness(idx)
+                  est: estimator.EstimatorState | None = None,
+                  fresh: Freshness | None = None) -> parameters.RiskInputs:
+        if est is not None:
+            confirmed, booked = None, None
+        else:
+            confirmed, booked = self.freshness(idx) if fresh is None else fresh
         return parameters.risk_inputs(self._estimator_at(idx, est), now, self.event_t[idx],
                                       self.settings.model, confirmed, booked,
                                       self.notional[idx], self.scheduled[idx],
@@ -493,9 +503,9 @@ class Engine:
                                            np.cumsum(inc), pool_exposure, cfg)
 
     def targets(self, now: float | np.ndarray, idx: Index = ALL, detail: bool = False,
-                est: estimator.EstimatorState | None = None
+                est: estimator.EstimatorState | None = None, fresh: Freshness | None = None
                 ) -> tuple[parameters.RiskInputs, parameters.Targets]:
-        inp = self.inputs_at(now, idx, est)
+        inp = self.inputs_at(now, idx, est, fresh)
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             tg = parameters.compute(inp, self.settings.model, self.max_leverage[idx],
                                     self.max_slippage[idx], self.fee_floor[idx], detail=detail,
@@ -536,15 +546,18 @@ class Engine:
         tightened: list[str] = []
         for start in range(0, len(rows), EVALUATE_CHUNK):
             part = rows[start:start + EVALUATE_CHUNK]
-            cond = self.conditions(now, part)
-            inp, decision = self.govern(now, part, cond=cond)
+            # Freshness once per chunk: the conditions, the inputs and the schedule use it.
+            fresh = self.freshness(part)
+            cond = self.conditions(now, part, fresh=fresh)
+            inp, decision = self.govern(now, part, computed=self.targets(now, part, fresh=fresh),
+                                        cond=cond)
             published = part[decision.publish]
             self.published[published] = True
             self.published_inputs[published] = np.stack(
                 [getattr(inp, name)[decision.publish] for name in INPUTS], axis=1)
             entries += self.render(published)
             tightened += [self.ids[i] for i in part[decision.tightened].tolist()]
-            self._schedule(now, part, cond)
+            self._schedule(now, part, cond, fresh[1])
         markets = frozenset(tightened)
         return CycleResult(now=now, entries=entries, tightened=len(markets),
                            tightened_markets=markets)
@@ -563,12 +576,12 @@ class Engine:
             self._sweep = stop % n
         return np.flatnonzero(due)
 
-    def _schedule(self, now: float, rows: np.ndarray, cond: Conditions) -> None:
+    def _schedule(self, now: float, rows: np.ndarray, cond: Conditions,
+                  booked: np.ndarray | None) -> None:
         """After evaluating `rows` at `now`: when each must be evaluated again."""
         cfg = self.settings.model
         ticks = self.est.ticks[rows]
         warm_at = np.where(ticks >= cfg.warmup_ticks, self.first_t[rows] + cfg.warmup_s, np.nan)
-        _, booked = self.freshness(rows)
         if booked is not None:
             warm_at = np.fmin(warm_at, np.where(booked & (ticks >= 1),
                                                 self.book_since[rows] + cfg.warmup_s, np.nan))

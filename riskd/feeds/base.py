@@ -126,6 +126,14 @@ class Liveness:
 class LivenessSource(Protocol):
     """A feed that reports freshness (the live feeds)."""
 
+    venue: str
+    connected: bool  # every connection of the feed is up
+    heard_at: float  # wall time of the last sign of life on any connection
+
     def take_liveness(self) -> Liveness:
         """What was heard since the last call."""
+        ...
+
+    def sessions(self) -> list[int]:
+        """The numbers of the connections open now."""
         ...
