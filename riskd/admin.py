@@ -14,14 +14,14 @@ from riskd.auth import bearer_matches
 from riskd.overrides import OverrideError, loosens, merge, parse_request
 
 if TYPE_CHECKING:
-    from riskd.app import Daemon
+    from riskd.api import DaemonApi
 
 log = logging.getLogger("riskd.admin")
 
 ACTOR_HEADER = "X-Riskd-Actor"  # who, for the audit trail (the token is shared)
 
 
-def add_routes(app: web.Application, daemon_key: web.AppKey[Daemon]) -> None:
+def add_routes(app: web.Application, daemon_key: web.AppKey[DaemonApi]) -> None:
     handlers = _Handlers(daemon_key)
     app.router.add_post("/v1/admin/reload", handlers.reload)
     app.router.add_post("/v1/admin/override", handlers.override)
@@ -34,10 +34,10 @@ def _error(message: str, status: int, **headers: str) -> web.Response:
 
 
 class _Handlers:
-    def __init__(self, daemon_key: web.AppKey[Daemon]) -> None:
+    def __init__(self, daemon_key: web.AppKey[DaemonApi]) -> None:
         self.key = daemon_key
 
-    def _authorized(self, request: web.Request) -> tuple[Daemon, web.Response | None]:
+    def _authorized(self, request: web.Request) -> tuple[DaemonApi, web.Response | None]:
         daemon = request.app[self.key]
         token = daemon.settings.server.admin_token.get_secret_value()
         if not token:
@@ -64,7 +64,7 @@ class _Handlers:
             return refused
         return web.json_response({
             "allow_loosen": daemon.settings.server.allow_loosen,
-            "overrides": {m: o.as_dict() for m, o in daemon.overrides.overrides.items()},
+            "overrides": {m: o.as_dict() for m, o in daemon.current_overrides().items()},
         })
 
     async def override(self, request: web.Request) -> web.Response:
@@ -90,31 +90,29 @@ class _Handlers:
             return refused
         return self._apply(daemon, request, request.match_info["market"], None)
 
-    def _apply(self, daemon: Daemon, request: web.Request, market: str,
+    def _apply(self, daemon: DaemonApi, request: web.Request, market: str,
                changes: dict[str, Any] | None) -> web.Response:
         try:
             override = None if changes is None else merge(
-                daemon.overrides.overrides.get(market), changes)
+                daemon.current_overrides().get(market), changes)
         except OverrideError as exc:
             return _error(str(exc), 400)
-        engine = daemon.engine
-        if market not in engine.index and not (override is None
-                                               and market in daemon.overrides.overrides):
+        if not daemon.knows(market) and not (override is None
+                                             and market in daemon.current_overrides()):
             return _error(f"unknown market {market!r}", 404)
         if loosens(changes, override) and not daemon.settings.server.allow_loosen:
             return _error("an override may only tighten: loosening needs "
                           "[server] allow_loosen = true", 403)
         actor = request.headers.get(ACTOR_HEADER) or f"admin@{request.remote}"
         try:
-            before = daemon.overrides.set(market, override, actor, changes=changes)
+            before = daemon.set_override(market, override, actor, changes)
         except OSError as exc:
             log.error("override not stored: %s", exc.strerror or exc,
                       extra={"market": market, "reason": "override_not_persisted"})
             return _error(f"cannot persist the override: {exc.strerror or exc}", 500)
-        engine.overrides = daemon.overrides.overrides
         log.warning("override %s for %s by %s", "cleared" if override is None else "set",
                     market, actor, extra={"market": market, "reason": "config_override"})
-        stored = daemon.overrides.overrides.get(market)
+        stored = daemon.current_overrides().get(market)
         return web.json_response({
             "market": market,
             "override": stored.as_dict() if stored else None,

@@ -300,6 +300,9 @@ class ServerSettings(Section):
     max_field_bytes: int = Field(8190, ge=256)  # one header's value
     max_headers: int = Field(64, ge=8)
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
+    # SIGTERM or SIGINT to exit: the publishers' drain is cut at this deadline; a second
+    # signal cuts it at once (exit status 1).
+    shutdown_deadline_s: float = Field(4.0, gt=0.0, le=300.0)
 
 
 class StateSettings(Section):

@@ -186,6 +186,16 @@ class Engine:
         state or settings the schedule was computed from (a restore, a reload)."""
         self.due_t[:] = -np.inf
 
+    def resume_versions(self, gap: int, floor: int) -> None:
+        """After a restart: versions continue `gap` above the snapshot's (the exchange
+        may have seen later ones) and at least at `floor`; every market is republished
+        in the first cycle, so the exchange and the API hear from this process at once."""
+        version = self.gov.version
+        version[version > 0] += gap
+        np.maximum(version, floor, out=version)
+        self.gov.valid_until[:] = np.nan
+        self.invalidate()
+
     def mark_resolved(self, market_id: str, ts: float) -> bool:
         """The venue says the market is over at `ts`: from then on it is resolved (1x,
         reduce-only, spec section 5) whatever the markets file said. False if unknown."""

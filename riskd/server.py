@@ -14,20 +14,19 @@ from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError, LineTooL
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from riskd import admin
-from riskd.explain import explain
 
 if TYPE_CHECKING:
-    from riskd.app import Daemon
+    from riskd.api import DaemonApi
     from riskd.config import ServerSettings
 
 log = logging.getLogger("riskd.api")
 
-DAEMON: web.AppKey[Daemon] = web.AppKey("daemon")
+DAEMON: web.AppKey[DaemonApi] = web.AppKey("daemon")
 
 Refused = Callable[[str], None]  # counts a refusal by reason (riskd_api_refused_total)
 
 
-def make_app(daemon: Daemon) -> web.Application:
+def make_app(daemon: DaemonApi) -> web.Application:
     limits = daemon.settings.server
     app = web.Application(client_max_size=limits.max_body_bytes,
                           middlewares=[_limit_middleware(limits.max_body_bytes,
@@ -46,7 +45,7 @@ def make_app(daemon: Daemon) -> web.Application:
     return app
 
 
-async def serve(daemon: Daemon) -> web.AppRunner:
+async def serve(daemon: DaemonApi) -> web.AppRunner:
     """The API on [server] host:port with the limits of [server]; raises OSError when
     it cannot listen."""
     limits = daemon.settings.server
@@ -297,12 +296,12 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def params_all(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON]
-    return _json({"generated_at": daemon.now_iso(), "params": daemon.engine.current.sets()})
+    return _json({"generated_at": daemon.now_iso(), "params": daemon.sets()})
 
 
 async def params_one(request: web.Request) -> web.Response:
     market = request.match_info["market"]
-    entry = request.app[DAEMON].engine.current.get(market)
+    entry = request.app[DAEMON].set_of(market)
     if entry is None:
         return _json({"error": f"unknown market {market!r}"}, 404)
     return _json(entry)
@@ -311,7 +310,7 @@ async def params_one(request: web.Request) -> web.Response:
 async def explain_one(request: web.Request) -> web.Response:
     market = request.match_info["market"]
     daemon = request.app[DAEMON]
-    doc = explain(daemon.engine, market, daemon.now())
+    doc = daemon.explain(market)
     if doc is None:
         return _json({"error": f"unknown market {market!r}"}, 404)
     return _json(doc)

@@ -16,13 +16,15 @@ import re
 import threading
 import time
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from riskd.engine import Engine
+from riskd.feeds.base import Replayed
 from riskd.model.governor import MODES
 from riskd.timeutil import parse_iso
 
@@ -310,3 +312,56 @@ def _last_line_start(fh: Any, chunk: int) -> int | None:
     if not newlines:
         return None
     return newlines[1] + 1 if len(newlines) == 2 else 0
+
+
+@runtime_checkable
+class Sequenced(Protocol):
+    """A publisher that numbers its own messages (the HTTP sink)."""
+
+    name: str
+    seq: int
+
+
+@dataclass
+class Resumed:
+    """What the daemon continues from after `resume`."""
+
+    loaded: Loaded
+    seq: int  # the batch seq to continue above
+    # The floor under the next batch's generated_at (a replay resumed from the
+    # snapshot re-reads ticks whose batches were published before the restart).
+    stamp_floor: float = float("-inf")
+
+
+def seq_gap(snapshot_interval_s: float, publish_interval_s: float) -> int:
+    """How far seqs and versions may have run ahead of the last snapshot: at most one
+    batch per cycle (and a few HTTP messages per batch) between two snapshots."""
+    return int(8 * snapshot_interval_s / publish_interval_s) + 1000
+
+
+def resume(store: StateStore, engine: Engine, publishers: Sequence[object],
+           audit: Path | None, gap: int, replay: Replayed | None) -> Resumed:
+    """Load the snapshot: continue from it when trusted, else start conservatively.
+
+    Either way seqs and versions only rise, so the exchange takes what comes next."""
+    loaded = store.load(engine)
+    quiet = loaded.status in ("restored", "none")
+    log.log(logging.INFO if quiet else logging.WARNING, "state: %s", loaded.message,
+            extra={"reason": f"state_{loaded.status}"})
+    seq = max(loaded.seqs["batch"] + gap if "batch" in loaded.seqs else 0, loaded.floor)
+    for pub in publishers:
+        if isinstance(pub, Sequenced) and isinstance(pub.seq, int):
+            last = loaded.seqs.get(pub.name)
+            pub.seq = max(0 if last is None else last + gap, loaded.floor)
+    if audit is not None:
+        held = tighten_from_audit(engine, audit)
+        if held:
+            log.info("state: %d markets held at their last audited values", held)
+    engine.resume_versions(gap, loaded.floor)
+    resumed = Resumed(loaded, seq)
+    if loaded.trusted and replay is not None:
+        replay.resume_after(loaded.clock)
+        # The snapshot is older than the last batches: the audit log has them.
+        resumed.stamp_floor = max(loaded.published, last_published_at(audit)
+                                  if audit is not None else float("-inf"))
+    return resumed

@@ -912,10 +912,10 @@ async def test_admin_api_answers_bad_requests_with_4xx_and_only_tightens(
         stored = OverrideStore(daemon.settings.state.dir).load()
         assert stored == daemon.overrides.overrides
         for _ in range(2):  # the second cycle after the last request started after it
-            mark = daemon._last_loop
+            mark = daemon.pipeline.last_cycle
 
             async def cycled(mark: float = mark) -> bool:
-                return bool(daemon._last_loop != mark)
+                return bool(daemon.pipeline.last_cycle != mark)
 
             await wait_until(cycled, what="a cycle")
         status, doc = await _request(session, d.url + "/v1/params", "GET", None, {})

@@ -214,3 +214,48 @@ async def test_sighup_reloads_valid_config_and_keeps_old_on_error(
     for batch in batches[lines:]:  # published after the refused reloads
         for entry in batch["params"]:
             assert max(entry["max_leverage"].values()) <= 3.0
+
+
+async def test_the_drain_stops_at_the_configured_shutdown_deadline(
+    tmp_path: Path,
+    receiver: Receiver,
+    start_daemon: Any,
+) -> None:
+    receiver.hang = True  # the drain waits for its deadline, no longer
+    doc = base_config(tmp_path, free_port(), publisher={"http": {"url": receiver.url}},
+                      server={"shutdown_deadline_s": 0.5})
+    daemon = await start_daemon(doc, env=SECRET_ENV)
+
+    async def stuck() -> bool:
+        return len(receiver.attempts) >= 1
+
+    await wait_until(stuck, what="a publish in flight")
+    started = time.monotonic()
+    daemon.send(signal.SIGTERM)
+    assert await daemon.wait_exit(5) == 0  # a deadline reached is a clean stop
+    elapsed = time.monotonic() - started
+    assert 0.5 <= elapsed < 2.5, elapsed
+
+
+async def test_an_injected_clock_is_the_daemon_clock(tmp_path: Path) -> None:
+    from riskd.app import Daemon
+    from riskd.config import load_settings
+    from riskd.timeutil import iso
+
+    doc = base_config(tmp_path, 0, server={"enabled": False})
+    path = write_config(tmp_path / "riskd.toml", doc)
+    now = [LAST_TICK + 10.0]
+    daemon = Daemon(load_settings(path), path, clock=lambda: now[0])
+    async for batch in daemon.feed.ticks():
+        daemon.engine.enqueue(batch, None)
+    daemon.cycle()
+    assert daemon.seq == 1
+    assert daemon.now_iso() == iso(now[0])
+    assert {s["valid_until"] for s in daemon.sets()} == {iso(now[0] + 60.0)}  # ttl_s
+    now[0] += 30.0  # within the ttl and nothing new: nothing to publish
+    daemon.cycle()
+    assert daemon.seq == 1
+    now[0] += 3600.0  # past every valid_until: every set is republished
+    daemon.cycle()
+    assert daemon.seq == 2
+    assert {s["valid_until"] for s in daemon.sets()} == {iso(now[0] + 60.0)}

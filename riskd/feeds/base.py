@@ -84,6 +84,22 @@ class Feed(Protocol):
         """Counts of rejected inputs by reason, since start."""
         ...
 
+    def now(self) -> float:
+        """The feed's clock: wall time for a live venue, event time for a replay."""
+        ...
+
+
+@runtime_checkable
+class Replayed(Protocol):
+    """A feed that plays recorded ticks (a tape): its clock is their event time, and a
+    restart resumes after what the snapshot already holds."""
+
+    finished: bool  # the last tick was delivered
+
+    def resume_after(self, clock: float) -> None:
+        """Skip the ticks before `clock`."""
+        ...
+
 
 @dataclass(slots=True, frozen=True)
 class MarketEvent:
