@@ -87,7 +87,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _backtest(args: argparse.Namespace) -> int:
     from riskd.backtest import runner
+    from riskd.jit import configure_cache
 
+    configure_cache()
     settings = _settings(args)
     if not args.tape.exists():
         raise TapeError(f"{args.tape}: no such tape file or directory")
@@ -157,7 +159,9 @@ def _tape_sets(args: argparse.Namespace, command: str) -> Settings:
 
 def _calibrate(args: argparse.Namespace) -> int:
     from riskd.backtest import calibrate
+    from riskd.jit import configure_cache
 
+    configure_cache()
     if args.markets is not None and len(args.tapes) > 1:
         raise MarketsError("calibrate: --markets goes with a single tape")
     settings = _tape_sets(args, "calibrate")
@@ -175,7 +179,9 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 def _frontier(args: argparse.Namespace) -> int:
     from riskd.backtest import frontier
+    from riskd.jit import configure_cache
 
+    configure_cache()
     settings = _tape_sets(args, "frontier")
     sets = [frontier.load_set(tape) for tape in args.tapes]
     if args.synthetic is not None:

@@ -16,6 +16,7 @@ import numpy as np
 
 from riskd.config import Settings
 from riskd.feeds.base import MAX_DEPTH, Liveness, Tick
+from riskd.jit import configure_cache
 from riskd.markets import Market
 from riskd.model import estimator, governor, parameters
 from riskd.model.governor import MODES, Conditions, GovernorState
@@ -672,7 +673,9 @@ class PublishedSets(Mapping[str, dict[str, Any]]):
 def compile_kernels(settings: Settings) -> None:
     """Run the model's compiled kernels once, on one market: numba compiles them now
     (the first start on a machine: seconds) or loads them from its cache, instead of
-    in the first cycle, with a feed streaming into a blocked event loop."""
+    in the first cycle, with a feed streaming into a blocked event loop. Configures the
+    kernels' cache first: this is the daemon's start."""
+    configure_cache()
     t0 = 1_700_000_000.0
     engine = Engine(settings, {"warm-up": Market("warm-up", t0 + 86_400, t0 + 86_400)},
                     discover=False)

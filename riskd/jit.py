@@ -2,7 +2,7 @@
 
 The model's recursions and per-market scenario sums are loops over a few dozen
 numbers per market, where numpy's per-call cost is everything; numba compiles
-them. Compiling takes seconds, so the machine code is cached on disk, and two
+them. Compiling takes seconds, so the machine code is cached on disk, and three
 things about numba's cache need care here:
 - it is keyed on the source file of each compiled function only, so after an
   edit to a kernel that another file's kernel calls, the caller's cached code
@@ -10,7 +10,9 @@ things about numba's cache need care here:
   riskd's own sources, and any change to them starts a fresh one;
 - it needs a writable directory (site-packages is often read-only in a
   deployment): NUMBA_CACHE_DIR when set, else the user's cache directory, else
-  the temp directory; with none writable, kernels compile at each start.
+  the temp directory; with none writable, kernels compile at each start;
+- nothing of it is set up at import (importing riskd writes nothing to disk): each
+  entry point calls `configure_cache` once at start.
 Same semantics as numpy for float errors (division by zero gives inf or nan).
 """
 
@@ -46,7 +48,8 @@ def _writable(folder: Path) -> bool:
 
 
 def cache_dir() -> Path | None:
-    """Where compiled kernels are kept (None: nowhere writable, compile at each start)."""
+    """Where compiled kernels are kept (None: nowhere writable, compile at each start).
+    Creates the directory."""
     try:
         xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     except RuntimeError:  # no home directory
@@ -60,18 +63,35 @@ def cache_dir() -> Path | None:
     return None
 
 
-CACHE_DIR = cache_dir()
-if CACHE_DIR is not None:
-    numba.config.CACHE_DIR = str(CACHE_DIR)  # type: ignore[attr-defined]
-
-
 # Every kernel, for the check that `engine.compile_kernels` compiles what a live cycle
-# runs (tests/test_jit.py).
+# runs (tests/test_jit.py), and for `configure_cache` to turn their caching on.
 KERNELS: list[Any] = []
+# The cache configured by `configure_cache`: unset until then.
+_configured: list[Path | None] = []
+
+
+def configure_cache() -> Path | None:
+    """Keep compiled kernels in `cache_dir()` from now on: what each entry point calls
+    once at start, before its first kernel runs (later calls return the same folder).
+
+    numba picks a kernel's cache folder, and creates it, when caching is turned on for
+    the kernel (decorating with cache=True does that at import, reading
+    numba.config.CACHE_DIR then): so kernels are decorated without a cache and turned
+    on here, or at decoration once configured."""
+    if not _configured:
+        folder = cache_dir()
+        _configured.append(folder)
+        if folder is not None:
+            numba.config.CACHE_DIR = str(folder)  # type: ignore[attr-defined]
+            for kernel in KERNELS:
+                kernel.enable_caching()
+    return _configured[0]
 
 
 def njit(fn: Callable[..., Any]) -> Any:
-    """numba.njit with the cache above and numpy's float error semantics."""
-    kernel = numba.njit(cache=CACHE_DIR is not None, error_model="numpy")(fn)
+    """numba.njit with numpy's float error semantics, cached once `configure_cache` ran."""
+    kernel = numba.njit(error_model="numpy")(fn)
     KERNELS.append(kernel)
+    if _configured and _configured[0] is not None:
+        kernel.enable_caching()
     return kernel

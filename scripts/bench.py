@@ -19,6 +19,7 @@ import orjson
 from riskd.backtest import runner
 from riskd.config import load_settings
 from riskd.feeds.polymarket.codec import PolymarketCodec
+from riskd.jit import configure_cache
 from riskd.markets import Market
 from riskd.tape import Tape
 
@@ -116,6 +117,7 @@ def decoding(repeat: int, markets: int = 10_000, frames: int = 200_000) -> None:
 
 def main() -> None:
     args = bench_live.parse_args(sys.argv[1:])
+    configure_cache()
     backtests(1 if args.quick else 3)
     frontier_timing()
     print()

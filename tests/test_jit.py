@@ -16,9 +16,25 @@ FED_TAPE = Path(__file__).resolve().parents[1] / "data" / "tapes" / "fed_dec2025
 
 
 def cache_dir_with(env: dict[str, str]) -> str:
-    out = subprocess.run([sys.executable, "-c", "import riskd.jit as j; print(j.CACHE_DIR)"],
+    out = subprocess.run([sys.executable, "-c",
+                          "import riskd.jit as j; print(j.configure_cache())"],
                          env={**os.environ, **env}, capture_output=True, text=True, check=True)
     return out.stdout.strip()
+
+
+def test_importing_the_kernels_writes_nothing(tmp_path: Path) -> None:
+    # numba makes a kernel's cache folder when its caching is turned on: at start
+    # (configure_cache), not at import.
+    bases = {"NUMBA_CACHE_DIR": tmp_path / "numba", "XDG_CACHE_HOME": tmp_path / "xdg",
+             "TMPDIR": tmp_path / "tmp", "HOME": tmp_path / "home"}
+    (tmp_path / "tmp").mkdir()
+    code = ("import riskd.jit, riskd.engine, riskd.backtest.simulate, riskd.backtest.policies;"
+            " print(len(riskd.jit.KERNELS))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1",
+                                          **{k: str(v) for k, v in bases.items()}})
+    assert int(out.stdout) > 0
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["tmp"]
 
 
 def test_cache_goes_where_numba_cache_dir_says(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import zlib
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -147,8 +148,7 @@ class Simulation:
     ticks: int = 0
 
 
-@dataclass
-class Replay:
+class Replay(NamedTuple):
     """A tape as the compiled pass reads it: per row its market, time, price and depth;
     per market its resolution, freeze and settlement."""
 
@@ -183,13 +183,14 @@ class Replay:
         # Settlement: at the outcome where it is known and asked for (nan: at the last price).
         outcomes = [markets[m].outcome if settle and m in markets else None for m in ids]
         settle_at = np.array([np.nan if o is None else float(o) for o in outcomes], np.float64)
-        return cls(market, t, p, depth, resolve_t, freeze_t, settle_at, rules.max_slippage)
+        return cls(market=market, t=t, p=p, depth=depth, resolve_t=resolve_t,
+                   freeze_t=freeze_t, settle_at=settle_at,
+                   max_slippage=float(rules.max_slippage))
 
     def run(self, offers: Offers, traders: Traders | None = None
             ) -> tuple[np.ndarray, np.ndarray]:
         """One policy's offers through the pass: (tally per market, leverage offered)."""
-        return _run(offers, self.market, self.t, self.p, self.depth, self.resolve_t,
-                    self.freeze_t, self.settle_at, self.max_slippage, traders)
+        return _run(self, offers, traders)
 
 
 def simulate(
@@ -230,36 +231,76 @@ def simulate(
                       ticks=int(live.sum()))
 
 
-def _run(offers: Offers, market: np.ndarray, t: np.ndarray, p: np.ndarray, depth: np.ndarray,
-         resolve_t: np.ndarray, freeze_t: np.ndarray, settle_at: np.ndarray,
-         max_slippage: float, traders: Traders | None = None
+def _run(replay: Replay, offers: Offers, traders: Traders | None = None
          ) -> tuple[np.ndarray, np.ndarray]:
     """One policy through the compiled pass: the tally per market, and the leverage
     offered after each row (filled in by the pass for an open-interest tier)."""
-    def f64(a: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(a, np.float64)
-
-    def flags(a: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(a, np.bool_)
-
     # Without a fallback the offer never expires: its own rows stand in for one.
     fb = offers if offers.fallback is None else offers.fallback
-    expires_after = np.full(t.shape[0], np.inf) if offers.fallback is None \
-        else offers.expires_after
-    tier = offers.oi_tier
+    n = replay.t.shape[0]
     # Copies: the pass writes a tier's leverage and maintenance, and the freeze's 1x, into them.
-    leverage, maintenance = f64(offers.leverage).copy(), f64(offers.maintenance).copy()
-    table = np.zeros((resolve_t.shape[0], len(TALLY_FIELDS)))
+    offer = OfferRows(
+        leverage=_f64(offers.leverage).copy(), maintenance=_f64(offers.maintenance).copy(),
+        fee_hourly=_f64(offers.fee_hourly), open_fee=_f64(offers.open_fee),
+        opening=_flags(offers.opening), deleverage=_flags(offers.deleverage),
+        expires_after=_f64(np.full(n, np.inf) if offers.fallback is None
+                           else offers.expires_after))
+    fallback = FallbackRows(leverage=_f64(fb.leverage), maintenance=_f64(fb.maintenance),
+                            fee_hourly=_f64(fb.fee_hourly), deleverage=_flags(fb.deleverage))
+    tier = offers.oi_tier
+    scaled = TierScale(on=True, lower_cap=float(tier.lower_cap), upper_cap=float(tier.upper_cap),
+                       base_imf=float(tier.base_imf)) if tier else TierScale(False, 0.0, 0.0, 0.0)
     if traders is None:
-        traders = Traders.at_max(t.shape[0])
-    _trade(market, t, p, depth, resolve_t, freeze_t, settle_at, float(max_slippage),
-           leverage, maintenance, f64(offers.fee_hourly), f64(offers.open_fee),
-           flags(offers.opening), flags(offers.deleverage), f64(expires_after),
-           f64(fb.leverage), f64(fb.maintenance), f64(fb.fee_hourly),
-           flags(fb.deleverage), tier is not None,
-           np.array([tier.lower_cap, tier.upper_cap, tier.base_imf] if tier else [0.0] * 3),
-           f64(traders.frac), f64(traders.size), table)
-    return table, leverage
+        traders = Traders.at_max(n)
+    table = np.zeros((replay.resolve_t.shape[0], len(TALLY_FIELDS)))
+    _trade(replay, offer, fallback, scaled,
+           TraderDraws(frac=_f64(traders.frac), size=_f64(traders.size)), table)
+    return table, offer.leverage
+
+
+class OfferRows(NamedTuple):
+    """Offers as the compiled pass reads them: row k is in force after row k."""
+
+    leverage: np.ndarray  # (n, 2), written by the pass (a tier, the freeze)
+    maintenance: np.ndarray  # (n, 2), likewise
+    fee_hourly: np.ndarray  # (n, 2)
+    open_fee: np.ndarray  # (n, 2)
+    opening: np.ndarray  # bool
+    deleverage: np.ndarray  # bool
+    expires_after: np.ndarray  # s after row k the fallback's row k is in force
+
+
+class FallbackRows(NamedTuple):
+    """The fallback's offers: in force from expires_after[k] after row k."""
+
+    leverage: np.ndarray
+    maintenance: np.ndarray
+    fee_hourly: np.ndarray
+    deleverage: np.ndarray
+
+
+class TierScale(NamedTuple):
+    """An open-interest tier (policies.OITier); on False, none."""
+
+    on: bool
+    lower_cap: float
+    upper_cap: float
+    base_imf: float
+
+
+class TraderDraws(NamedTuple):
+    """Traders' draws, as the compiled pass reads them."""
+
+    frac: np.ndarray  # (n, 2)
+    size: np.ndarray  # (n, 2)
+
+
+def _f64(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a, np.float64)
+
+
+def _flags(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a, np.bool_)
 
 
 def _tally(row: list[float]) -> Tally:
@@ -290,21 +331,23 @@ def _series(n: int, market: np.ndarray, live: np.ndarray, t: np.ndarray, p: np.n
 
 
 @njit
-def _trade(  # type: ignore[no-untyped-def]  # arrays and scalars, as _run passes them
-    market, t, p, depth, resolve_t, freeze_t, settle_at, slippage,
-    leverage, maintenance, fee, open_fee, opening, deleverage, expires_after,
-    fb_leverage, fb_maintenance, fb_fee, fb_deleverage,
-    tiered, tier, frac, size, tally,
-):
+def _trade(replay, offer, fallback, tier, traders, tally):  # type: ignore[no-untyped-def]
     """The rows in time order for one policy; tally (markets, 7) is added to.
 
-    Row k's offer arrays hold what is in force after row k; fb_* the fallback in
-    force from expires_after[k] seconds after it. With `tiered`, leverage and
-    maintenance come from the open interest (tier: lower cap, upper cap, base
-    IMF) and are written into row k as it is reached; from freeze_t of its
-    market a row's leverage is written as 1x. A position opening at row r takes
-    frac[r, s] of the leverage above 1x offered, with collateral size[r, s].
+    Row k of `offer` holds what is in force after row k; `fallback` what is in force
+    from offer.expires_after[k] seconds after it. With a `tier` (TierScale), leverage
+    and maintenance come from the open interest and are written into row k as it is
+    reached; from freeze_t of its market a row's leverage is written as 1x. A
+    position opening at row r takes traders.frac[r, s] of the leverage above 1x
+    offered, with collateral traders.size[r, s].
     """
+    market, t, p, depth = replay.market, replay.t, replay.p, replay.depth
+    resolve_t, freeze_t, settle_at = replay.resolve_t, replay.freeze_t, replay.settle_at
+    slippage = replay.max_slippage
+    leverage, maintenance, fee = offer.leverage, offer.maintenance, offer.fee_hourly
+    open_fee, opening, deleverage = offer.open_fee, offer.opening, offer.deleverage
+    expires_after = offer.expires_after
+    frac, size = traders.frac, traders.size
     m = resolve_t.shape[0]
     # Per market and side (long YES, long NO): the trader's position, if held.
     held = np.zeros((m, 2), np.bool_)
@@ -332,23 +375,24 @@ def _trade(  # type: ignore[no-untyped-def]  # arrays and scalars, as _run passe
                       slippage, deleverage[q] or frozen, tally[i])
                 lev_now = lev
             else:  # no price for expires_after: the fallback for the rest
-                _accrue(held[i], debt[i], fb_fee[q], dt - live, tally[i])
+                _accrue(held[i], debt[i], fallback.fee_hourly[q], dt - live, tally[i])
                 _step(held[i], shares[i], debt[i], armed[i], values, depth[r],
-                      fb_maintenance[q], slippage, fb_deleverage[q] or frozen, tally[i])
-                lev_now = _max(fb_leverage[q])
+                      fallback.maintenance[q], slippage, fallback.deleverage[q] or frozen,
+                      tally[i])
+                lev_now = _max(fallback.leverage[q])
             tally[i, LEVERAGE_TIME] += lev * live + lev_now * (dt - live)
             tally[i, LEVERAGED_TIME] += live if lev > 1.0 else 0.0
             tally[i, TIME] += dt
-        if tiered:
+        if tier.on:
             oi = 0.0
             for s in range(2):
                 if held[i, s]:
                     oi += shares[i, s] * values[s]
-            scale = (oi - tier[0]) / (tier[1] - tier[0])
+            scale = (oi - tier.lower_cap) / (tier.upper_cap - tier.lower_cap)
             # min(1, max(0, scale)) as Python takes it
             scale = scale if scale > 0.0 else 0.0
             scale = scale if scale < 1.0 else 1.0
-            imf = tier[2] + (1.0 - tier[2]) * scale
+            imf = tier.base_imf + (1.0 - tier.base_imf) * scale
             leverage[r, 0] = leverage[r, 1] = 1.0 / imf
             maintenance[r, 0] = maintenance[r, 1] = 0.6 * imf
         if frozen:

@@ -8,7 +8,7 @@ per tick, nothing recomputed for idle markets.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -112,54 +112,123 @@ def update(
 
     Implements section 3 steps 1-5 (`_apply`)."""
     n = len(idx)
-    jump = np.zeros(n, np.bool_)
     nan = np.full(n, np.nan)
-    hs = nan if half_spread is None else np.asarray(half_spread, np.float64)
-    dp = nan if depth is None else np.asarray(depth, np.float64)
-    rec = record if record is not None else _NO_RECORD
-    _apply(
-        *(getattr(state, name) for name in _FIELDS),
-        np.asarray(idx, np.int64), np.asarray(t, np.float64), np.asarray(p, np.float64),
-        hs, half_spread is not None, dp, depth is not None,
-        cfg.eps, cfg.dt_min_s, cfg.k_jump, cfg.jump_min_move, cfg.sigma_halflife_s,
-        cfg.sigma_floor, cfg.noise_halflife_ticks, cfg.jump_halflife_s, cfg.jump_size_weight,
-        cfg.gap_halflife_ticks, jump, record is not None,
-        *(getattr(rec, name) for name in _FIELDS),
-    )
-    return jump
+    ticks = TickArrays(
+        idx=np.asarray(idx, np.int64), t=np.asarray(t, np.float64),
+        p=np.asarray(p, np.float64),
+        half_spread=nan if half_spread is None else np.asarray(half_spread, np.float64),
+        has_half_spread=half_spread is not None,
+        depth=nan if depth is None else np.asarray(depth, np.float64),
+        has_depth=depth is not None)
+    out = UpdateOut(jump=np.zeros(n, np.bool_), recording=record is not None,
+                    record=_NO_RECORD if record is None else StateArrays.of(record))
+    _apply(StateArrays.of(state), ticks, EstimatorSettings.of(cfg), out)
+    return out.jump
 
 
-_FIELDS = tuple(f.name for f in fields(EstimatorState))
-_NO_RECORD = EstimatorState(**{
+class StateArrays(NamedTuple):
+    """An EstimatorState's arrays, as the compiled pass takes them (same names)."""
+
+    x: np.ndarray
+    t: np.ndarray
+    half_spread: np.ndarray
+    depth: np.ndarray
+    sigma2: np.ndarray
+    lam: np.ndarray
+    lam_t: np.ndarray
+    J2: np.ndarray
+    last_jump_t: np.ndarray
+    noise2: np.ndarray
+    gap: np.ndarray
+    dx_prev: np.ndarray
+    ticks: np.ndarray
+    jumps: np.ndarray
+    tick_size: np.ndarray
+
+    @classmethod
+    def of(cls, state: EstimatorState) -> StateArrays:
+        return cls(**{name: getattr(state, name) for name in cls._fields})
+
+
+class TickArrays(NamedTuple):
+    """The ticks to apply, in order: tick k is about market idx[k]."""
+
+    idx: np.ndarray  # int64
+    t: np.ndarray
+    p: np.ndarray
+    half_spread: np.ndarray  # nan: unknown (0)
+    has_half_spread: bool  # False: the markets keep their half-spreads
+    depth: np.ndarray
+    has_depth: bool  # False: the markets keep their depths
+
+
+class EstimatorSettings(NamedTuple):
+    """The settings of section 3, as the compiled pass takes them."""
+
+    eps: float
+    dt_min: float
+    k_jump: float
+    jump_min_move: float
+    sigma_halflife: float
+    sigma_floor: float
+    noise_halflife: float  # ticks
+    jump_halflife: float
+    jump_weight: float
+    gap_halflife: float  # ticks
+
+    @classmethod
+    def of(cls, cfg: ModelSettings) -> EstimatorSettings:
+        return cls(eps=cfg.eps, dt_min=cfg.dt_min_s, k_jump=cfg.k_jump,
+                   jump_min_move=cfg.jump_min_move, sigma_halflife=cfg.sigma_halflife_s,
+                   sigma_floor=cfg.sigma_floor, noise_halflife=cfg.noise_halflife_ticks,
+                   jump_halflife=cfg.jump_halflife_s, jump_weight=cfg.jump_size_weight,
+                   gap_halflife=cfg.gap_halflife_ticks)
+
+
+class UpdateOut(NamedTuple):
+    """What the pass writes besides the state: the jump mask, and with `recording`
+    each tick's market state right after it (row k)."""
+
+    jump: np.ndarray  # bool
+    recording: bool
+    record: StateArrays
+
+
+if StateArrays._fields != tuple(f.name for f in fields(EstimatorState)):
+    raise TypeError("StateArrays must name EstimatorState's fields, in order")
+_NO_RECORD = StateArrays.of(EstimatorState(**{
     name: np.zeros(0, np.int64 if name in ("ticks", "jumps") else np.float64)
-    for name in _FIELDS})
+    for name in StateArrays._fields}))
 
 
 @njit
-def _apply(  # type: ignore[no-untyped-def]  # 50 arrays and settings, as update() passes
-    x, t_last, half_spread, depth, sigma2, lam, lam_t, J2, last_jump_t, noise2, gap, dx_prev,
-    ticks, jumps, tick_size,
-    idx, t_new, p_new, hs_new, has_hs, depth_new, has_depth,
-    eps, dt_min, k_jump, jump_min_move, sigma_halflife, sigma_floor, noise_halflife,
-    jump_halflife, jump_weight, gap_halflife, jump_out, record,
-    r_x, r_t, r_half_spread, r_depth, r_sigma2, r_lam, r_lam_t, r_J2, r_last_jump_t,
-    r_noise2, r_gap, r_dx_prev, r_ticks, r_jumps, r_tick_size,
-):
-    """Section 3, one tick at a time. Two refinements: the noise estimate is Roll's,
-    minus the autocovariance of consecutive increments, averaged signed (an average
-    of per-tick positive parts would read a pure diffusion as noise, ~1/pi of its
-    variance, and bias sigma ~20% low); and the winsorised variance sample is net of
-    twice that autocovariance (the increment of a noisy price carries the noise of
-    both ends), per tick and without clipping, so it averages to the efficient
-    price's variance under bid-ask bounce; the EWMA itself is floored."""
-    a_noise = 1.0 - 2.0 ** (-1.0 / noise_halflife)
-    a_gap = 1.0 - 2.0 ** (-1.0 / gap_halflife)
+def _apply(state, ticks, cfg, out):  # type: ignore[no-untyped-def]
+    """Section 3, one tick at a time, into `state` (StateArrays) and `out` (UpdateOut).
+
+    Two refinements: the noise estimate is Roll's, minus the autocovariance of
+    consecutive increments, averaged signed (an average of per-tick positive parts
+    would read a pure diffusion as noise, ~1/pi of its variance, and bias sigma ~20%
+    low); and the winsorised variance sample is net of twice that autocovariance (the
+    increment of a noisy price carries the noise of both ends), per tick and without
+    clipping, so it averages to the efficient price's variance under bid-ask bounce;
+    the EWMA itself is floored."""
+    x, t_last, half_spread, depth = state.x, state.t, state.half_spread, state.depth
+    sigma2, lam, lam_t, J2 = state.sigma2, state.lam, state.lam_t, state.J2
+    last_jump_t, noise2, gap, dx_prev = state.last_jump_t, state.noise2, state.gap, state.dx_prev
+    ticks_seen, jumps, tick_size = state.ticks, state.jumps, state.tick_size
+    idx, t_new, p_new = ticks.idx, ticks.t, ticks.p
+    eps, dt_min, k_jump, jump_min_move = cfg.eps, cfg.dt_min, cfg.k_jump, cfg.jump_min_move
+    sigma_halflife, sigma_floor = cfg.sigma_halflife, cfg.sigma_floor
+    jump_halflife, jump_weight = cfg.jump_halflife, cfg.jump_weight
+    a_noise = 1.0 - 2.0 ** (-1.0 / cfg.noise_halflife)
+    a_gap = 1.0 - 2.0 ** (-1.0 / cfg.gap_halflife)
+    rec = out.record
     for k in range(idx.shape[0]):
         i = idx[k]
         t = t_new[k]
         p = min(max(p_new[k], eps), 1.0 - eps)
         xk = np.log(p) - np.log1p(-p)
-        first = ticks[i] == 0
+        first = ticks_seen[i] == 0
         t_prev = t_last[i]
         dt = max(dt_min if first else t - t_prev, dt_min)
         x_prev = xk if first else x[i]
@@ -175,7 +244,7 @@ def _apply(  # type: ignore[no-untyped-def]  # 50 arrays and settings, as update
         thr2 = k_jump**2 * (sigma2[i] * dt + s0sq)
         dx2 = dx * dx
         jump = (not first) and dx2 > thr2 and abs(p - p_prev) >= jump_min_move
-        jump_out[k] = jump
+        out.jump[k] = jump
 
         # Step 3: winsorise, do not exclude.
         if not first:
@@ -214,17 +283,18 @@ def _apply(  # type: ignore[no-untyped-def]  # 50 arrays and settings, as update
 
         x[i] = xk
         t_last[i] = t
-        if has_hs:
-            half_spread[i] = 0.0 if np.isnan(hs_new[k]) else hs_new[k]
-        if has_depth:
-            depth[i] = depth_new[k]
-        ticks[i] += 1
-        if record:
-            r_x[k], r_t[k], r_half_spread[k], r_depth[k] = x[i], t_last[i], half_spread[i], depth[i]
-            r_sigma2[k], r_lam[k], r_lam_t[k], r_J2[k] = sigma2[i], lam[i], lam_t[i], J2[i]
-            r_last_jump_t[k], r_noise2[k], r_gap[k] = last_jump_t[i], noise2[i], gap[i]
-            r_dx_prev[k], r_ticks[k], r_jumps[k] = dx_prev[i], ticks[i], jumps[i]
-            r_tick_size[k] = tick_size[i]
+        if ticks.has_half_spread:
+            half_spread[i] = 0.0 if np.isnan(ticks.half_spread[k]) else ticks.half_spread[k]
+        if ticks.has_depth:
+            depth[i] = ticks.depth[k]
+        ticks_seen[i] += 1
+        if out.recording:
+            rec.x[k], rec.t[k], rec.half_spread[k], rec.depth[k] = \
+                x[i], t_last[i], half_spread[i], depth[i]
+            rec.sigma2[k], rec.lam[k], rec.lam_t[k], rec.J2[k] = sigma2[i], lam[i], lam_t[i], J2[i]
+            rec.last_jump_t[k], rec.noise2[k], rec.gap[k] = last_jump_t[i], noise2[i], gap[i]
+            rec.dx_prev[k], rec.ticks[k], rec.jumps[k] = dx_prev[i], ticks_seen[i], jumps[i]
+            rec.tick_size[k] = tick_size[i]
 
 
 @njit

@@ -8,7 +8,7 @@ markets; time is an argument.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -122,25 +122,107 @@ def step(
     cap = np.full((n, 2), np.inf) if cond.leverage_cap is None else cond.leverage_cap
     stale_limit = np.full(n, cfg.stale_after_s) if cond.stale_limit is None \
         else np.ascontiguousarray(cond.stale_limit, np.float64)
-    publish = np.zeros(n, np.bool_)
-    tightened = np.zeros(n, np.bool_)
+    out = StepOut(publish=np.zeros(n, np.bool_), tightened=np.zeros(n, np.bool_),
+                  recording=record is not None,
+                  record=_NO_RECORD if record is None else StateArrays.of(record))
     _step(
-        state.leverage, state.fee, state.slippage, state.mode, state.reasons,
-        state.published_at, state.valid_until, state.changed_at, state.idle_at, state.version,
-        rows, at, targets.max_leverage, targets.fee_rate_hourly, targets.max_slippage,
-        targets.reasons, cond.last_tick_t, cond.last_jump_t, cond.event_t, cond.resolve_t,
-        np.asarray(cond.warm, np.bool_), cond.fee_floor, mode_floor, cap,
-        stale_limit, cfg.freeze_before_resolution_s, cfg.jump_cooldown_s,
-        cfg.halt_after_jump_s, cfg.loosen_interval_s, cfg.max_loosen_step, cfg.deadband,
-        cfg.ttl_s, refresh_margin(cfg, rows), publish, tightened,
-        *((True, record.leverage, record.fee, record.slippage, record.mode, record.reasons)
-          if record is not None else (False,) + _NO_RECORD),
+        StateArrays.of(state),
+        StepRows(market=rows, now=at, margin=refresh_margin(cfg, rows)),
+        TargetArrays(leverage=targets.max_leverage, fee=targets.fee_rate_hourly,
+                     slippage=targets.max_slippage, reasons=targets.reasons),
+        ConditionArrays(
+            last_tick_t=cond.last_tick_t, last_jump_t=cond.last_jump_t, event_t=cond.event_t,
+            resolve_t=cond.resolve_t, warm=np.asarray(cond.warm, np.bool_),
+            fee_floor=cond.fee_floor, mode_floor=mode_floor, leverage_cap=cap,
+            stale_limit=stale_limit),
+        GovernorLimits.of(cfg),
+        out,
     )
-    return Decision(publish=publish, tightened=tightened)
+    return Decision(publish=out.publish, tightened=out.tightened)
 
 
-_NO_RECORD = (np.zeros((0, 2)), np.zeros((0, 2)), np.zeros(0), np.zeros(0, np.int64),
-              np.zeros(0, np.int64))
+class StateArrays(NamedTuple):
+    """A GovernorState's arrays, as the compiled pass takes them (same names)."""
+
+    leverage: np.ndarray
+    fee: np.ndarray
+    slippage: np.ndarray
+    mode: np.ndarray
+    reasons: np.ndarray
+    published_at: np.ndarray
+    valid_until: np.ndarray
+    changed_at: np.ndarray
+    idle_at: np.ndarray
+    version: np.ndarray
+
+    @classmethod
+    def of(cls, state: GovernorState) -> StateArrays:
+        return cls(**{name: getattr(state, name) for name in cls._fields})
+
+
+class StepRows(NamedTuple):
+    """Row k is about market market[k] at now[k], refreshed `margin[k]` before expiry."""
+
+    market: np.ndarray  # int64
+    now: np.ndarray
+    margin: np.ndarray
+
+
+class TargetArrays(NamedTuple):
+    """The model's targets per row (Targets)."""
+
+    leverage: np.ndarray  # (n, 2)
+    fee: np.ndarray  # (n, 2), hourly
+    slippage: np.ndarray
+    reasons: np.ndarray  # int64
+
+
+class ConditionArrays(NamedTuple):
+    """Conditions per row, every optional one filled in."""
+
+    last_tick_t: np.ndarray
+    last_jump_t: np.ndarray
+    event_t: np.ndarray
+    resolve_t: np.ndarray
+    warm: np.ndarray  # bool
+    fee_floor: np.ndarray
+    mode_floor: np.ndarray  # int64
+    leverage_cap: np.ndarray  # (n, 2)
+    stale_limit: np.ndarray
+
+
+class GovernorLimits(NamedTuple):
+    """The settings of section 5, as the compiled pass takes them."""
+
+    freeze_s: float
+    cooldown_s: float
+    halt_s: float
+    loosen_interval_s: float
+    max_loosen_step: float
+    deadband: float
+    ttl_s: float
+
+    @classmethod
+    def of(cls, cfg: GovernorSettings) -> GovernorLimits:
+        return cls(freeze_s=cfg.freeze_before_resolution_s, cooldown_s=cfg.jump_cooldown_s,
+                   halt_s=cfg.halt_after_jump_s, loosen_interval_s=cfg.loosen_interval_s,
+                   max_loosen_step=cfg.max_loosen_step, deadband=cfg.deadband, ttl_s=cfg.ttl_s)
+
+
+class StepOut(NamedTuple):
+    """What the pass writes besides the state: per row whether it published and
+    tightened, and with `recording` what is in force right after it (leverage, fee,
+    slippage, mode and reasons of `record`'s row k)."""
+
+    publish: np.ndarray  # bool
+    tightened: np.ndarray  # bool
+    recording: bool
+    record: StateArrays
+
+
+if StateArrays._fields != tuple(f.name for f in fields(GovernorState)):
+    raise TypeError("StateArrays must name GovernorState's fields, in order")
+_NO_RECORD = StateArrays.of(GovernorState.empty(0))
 # Bits of the reasons the governor itself sets.
 _STALE, _WARMING, _BROKEN = BIT["stale_feed"], BIT["warming_up"], BIT["model_error"]
 _RESOLVED, _FROZEN, _COOLDOWN = BIT["resolved"], BIT["near_resolution"], BIT["jump_detected"]
@@ -149,24 +231,27 @@ _OVERRIDE = BIT["config_override"]
 
 
 @njit
-def _step(  # type: ignore[no-untyped-def]  # state, rows, targets, conditions, settings
-    leverage, fee, slippage, mode, reasons_pub, published_at, valid_until, changed_at,
-    idle_at, version,
-    rows, now_k, lev_target, fee_target, slip_target, reasons_model,
-    last_tick_t, last_jump_t, event_t, resolve_t, warm, fee_floor, mode_floor, leverage_cap,
-    stale_limit, freeze_s, cooldown_s, halt_s, loosen_interval_s, max_loosen_step,
-    deadband, ttl_s, margin, publish_out, tightened_out,
-    record, r_leverage, r_fee, r_slippage, r_mode, r_reasons,
-):
+def _step(state, rows, targets, cond, cfg, out):  # type: ignore[no-untyped-def]
     """Section 5 for one row at a time. Comparisons with nan ("never published") are
-    false, and the min/max below propagate nan, as numpy's do."""
-    for k in range(rows.shape[0]):
-        i = rows[k]
-        now = now_k[k]
-        lev_t = lev_target[k].copy()
-        fee_t = fee_target[k].copy()
-        slip_t = slip_target[k]
-        reasons = reasons_model[k]
+    false, and the min/max below propagate nan, as numpy's do. Into `state`
+    (StateArrays) and `out` (StepOut)."""
+    leverage, fee, slippage, mode = state.leverage, state.fee, state.slippage, state.mode
+    reasons_pub, published_at, valid_until = state.reasons, state.published_at, state.valid_until
+    changed_at, idle_at, version = state.changed_at, state.idle_at, state.version
+    last_tick_t, last_jump_t, event_t = cond.last_tick_t, cond.last_jump_t, cond.event_t
+    resolve_t, warm, fee_floor = cond.resolve_t, cond.warm, cond.fee_floor
+    mode_floor, leverage_cap, stale_limit = cond.mode_floor, cond.leverage_cap, cond.stale_limit
+    freeze_s, cooldown_s, halt_s = cfg.freeze_s, cfg.cooldown_s, cfg.halt_s
+    loosen_interval_s, max_loosen_step = cfg.loosen_interval_s, cfg.max_loosen_step
+    deadband, ttl_s = cfg.deadband, cfg.ttl_s
+    rec = out.record
+    for k in range(rows.market.shape[0]):
+        i = rows.market[k]
+        now = rows.now[k]
+        lev_t = targets.leverage[k].copy()
+        fee_t = targets.fee[k].copy()
+        slip_t = targets.slippage[k]
+        reasons = targets.reasons[k]
 
         stale = not (now - last_tick_t[k] < stale_limit[k])  # nan (no data) counts as stale
         warming = not warm[k] and not stale
@@ -251,11 +336,11 @@ def _step(  # type: ignore[no-untyped-def]  # state, rows, targets, conditions, 
                 fee_new[s] = _max(fee_new[s], prev_fee[s])
             slip_new = _min(slip_new, prev_slip)
 
-        expiring = not (valid_until[i] - now > margin[k])
+        expiring = not (valid_until[i] - now > rows.margin[k])
         publish = (first or tightened or loosened or mode_t != mode[i]
                    or reasons != reasons_pub[i] or expiring)
-        publish_out[k] = publish
-        tightened_out[k] = tightened and publish
+        out.publish[k] = publish
+        out.tightened[k] = tightened and publish
         if publish:
             moved = (first or lev_new[0] != prev_lev[0] or lev_new[1] != prev_lev[1]
                      or fee_new[0] != prev_fee[0] or fee_new[1] != prev_fee[1]
@@ -274,9 +359,9 @@ def _step(  # type: ignore[no-untyped-def]  # state, rows, targets, conditions, 
         want = _max(_looser(lev_t, leverage[i], fee_t, fee[i]), slip_t / slippage[i] - 1.0)
         if not (want > 0.0 and want >= deadband):
             idle_at[i] = now
-        if record:
-            r_leverage[k], r_fee[k], r_slippage[k] = leverage[i], fee[i], slippage[i]
-            r_mode[k], r_reasons[k] = mode[i], reasons_pub[i]
+        if out.recording:
+            rec.leverage[k], rec.fee[k], rec.slippage[k] = leverage[i], fee[i], slippage[i]
+            rec.mode[k], rec.reasons[k] = mode[i], reasons_pub[i]
 
 
 @njit

@@ -6,7 +6,7 @@ Side 0 is long YES (value p), side 1 is long NO, i.e. short YES (value 1 - p).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -168,23 +168,22 @@ def compute(
                                              cfg.early_news_rate, cfg.early_news_share)
     m = inp.p.shape[0]
     z, w = scenarios.gauss_hermite(cfg.nodes)
-    lev = np.empty((m, 2))
-    im = np.empty((m, 2))
-    fee = np.empty((m, 2))
-    es = np.empty((m, 2))
-    es_g = np.zeros((m if detail else 0, 2, 3))
-    fee_g = np.zeros((m if detail else 0, 2, 3))
-    pin = np.full(m, np.nan) if leverage_pin is None else leverage_pin
+    out = MarginOut(detail=detail, leverage=np.empty((m, 2)), initial_margin=np.empty((m, 2)),
+                    fee=np.empty((m, 2)), es=np.empty((m, 2)),
+                    es_by_group=np.zeros((m if detail else 0, 2, 3)),
+                    fee_by_group=np.zeros((m if detail else 0, 2, 3)))
+
+    def per_market(a: np.ndarray) -> np.ndarray:
+        return np.broadcast_to(np.asarray(a, np.float64), (m,)).copy()
+
     _margins_and_fees(
-        np.ascontiguousarray(inp.p, np.float64), np.ascontiguousarray(inp.x, np.float64),
-        np.ascontiguousarray(inp.sigma, np.float64), np.ascontiguousarray(inp.lam, np.float64),
-        np.ascontiguousarray(inp.J, np.float64), np.ascontiguousarray(inp.h, np.float64),
-        np.ascontiguousarray(inp.h if inp.h0 is None else inp.h0, np.float64),
-        np.ascontiguousarray(q, np.float64), np.ascontiguousarray(q_fee, np.float64),
-        np.broadcast_to(np.asarray(max_leverage, np.float64), (m,)).copy(),
-        np.broadcast_to(np.asarray(fee_floor, np.float64), (m,)).copy(),
-        np.ascontiguousarray(pin, np.float64), z, w, scenarios.groups(cfg.nodes),
-        cfg.confidence, cfg.m_floor, cfg.fee_loading, detail, lev, im, fee, es, es_g, fee_g)
+        MarketInputs.of(inp, q, q_fee),
+        MarketLimits(max_leverage=per_market(max_leverage), fee_floor=per_market(fee_floor),
+                     pin=_f64(np.full(m, np.nan) if leverage_pin is None else leverage_pin)),
+        ScenarioNodes(z=z, w=w, group=scenarios.groups(cfg.nodes)),
+        MarginSettings(confidence=cfg.confidence, m_floor=cfg.m_floor,
+                       fee_loading=cfg.fee_loading),
+        out)
 
     price_vol = inp.p * (1.0 - inp.p) * inp.sigma
     # With a book, the reference position's own impact: the depth within max_slippage
@@ -203,26 +202,86 @@ def compute(
     if leverage_pin is not None:
         reasons |= np.where(np.isnan(leverage_pin), 0, BIT["config_override"])
     return Targets(
-        max_leverage=lev, initial_margin=im, maintenance_margin=cfg.maintenance_ratio * im,
-        fee_rate_hourly=fee, max_slippage=slip, q=q, reasons=reasons, es=es,
-        es_by_group=es_g if detail else None, fee_by_group=fee_g if detail else None,
+        max_leverage=out.leverage, initial_margin=out.initial_margin,
+        maintenance_margin=cfg.maintenance_ratio * out.initial_margin,
+        fee_rate_hourly=out.fee, max_slippage=slip, q=q, reasons=reasons, es=out.es,
+        es_by_group=out.es_by_group if detail else None,
+        fee_by_group=out.fee_by_group if detail else None,
     )
 
 
+class MarketInputs(NamedTuple):
+    """Per market: RiskInputs' values and the resolution probabilities (section 4)."""
+
+    p: np.ndarray
+    x: np.ndarray
+    sigma: np.ndarray
+    lam: np.ndarray
+    J: np.ndarray
+    h: np.ndarray
+    h0: np.ndarray  # the horizon without the book's share: the fee's hour
+    q: np.ndarray
+    q_fee: np.ndarray  # q as a position meets it (the fee's scenarios)
+
+    @classmethod
+    def of(cls, inp: RiskInputs, q: np.ndarray, q_fee: np.ndarray) -> MarketInputs:
+        return cls(p=_f64(inp.p), x=_f64(inp.x), sigma=_f64(inp.sigma), lam=_f64(inp.lam),
+                   J=_f64(inp.J), h=_f64(inp.h), h0=_f64(inp.h if inp.h0 is None else inp.h0),
+                   q=_f64(q), q_fee=_f64(q_fee))
+
+
+def _f64(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a, np.float64)
+
+
+class MarketLimits(NamedTuple):
+    """Per market: the configured leverage cap and fee floor, and an override's pin."""
+
+    max_leverage: np.ndarray
+    fee_floor: np.ndarray
+    pin: np.ndarray  # nan: none
+
+
+class ScenarioNodes(NamedTuple):
+    """Gauss-Hermite nodes and weights, and each scenario column's group."""
+
+    z: np.ndarray
+    w: np.ndarray
+    group: np.ndarray  # int64
+
+
+class MarginSettings(NamedTuple):
+    confidence: float
+    m_floor: float
+    fee_loading: float
+
+
+class MarginOut(NamedTuple):
+    """What the pass writes, per market and side; with `detail` the split by group."""
+
+    detail: bool
+    leverage: np.ndarray  # (m, 2)
+    initial_margin: np.ndarray
+    fee: np.ndarray
+    es: np.ndarray
+    es_by_group: np.ndarray  # (m, 2, 3), or (0, 2, 3) without detail
+    fee_by_group: np.ndarray
+
+
 @njit
-def _margins_and_fees(p: np.ndarray, x: np.ndarray, sigma: np.ndarray, lam: np.ndarray,
-                      J: np.ndarray, h: np.ndarray, h0: np.ndarray, q: np.ndarray,
-                      q_fee: np.ndarray, max_leverage: np.ndarray,
-                      fee_floor: np.ndarray, pin: np.ndarray, z: np.ndarray, w: np.ndarray,
-                      group: np.ndarray, confidence: float, m_floor: float,
-                      fee_loading: float, detail: bool, lev: np.ndarray, im: np.ndarray,
-                      fee: np.ndarray, es: np.ndarray, es_g: np.ndarray, fee_g: np.ndarray
-                      ) -> None:
+def _margins_and_fees(inp, limits, nodes, cfg, out):  # type: ignore[no-untyped-def]
     """Section 4 per market and side, into lev, im, fee, es (and the group split).
 
     The fee's hour is counted in h0, the horizon without the book's share: a thin
     book makes each liquidation slower and its loss larger, not liquidations more
     frequent (so at a given leverage more depth never raises the fee)."""
+    p, x, sigma, lam, J = inp.p, inp.x, inp.sigma, inp.lam, inp.J
+    h, h0, q, q_fee = inp.h, inp.h0, inp.q, inp.q_fee
+    max_leverage, fee_floor, pin = limits.max_leverage, limits.fee_floor, limits.pin
+    z, w, group = nodes.z, nodes.w, nodes.group
+    confidence, m_floor, fee_loading = cfg.confidence, cfg.m_floor, cfg.fee_loading
+    detail, lev, im, fee, es = out.detail, out.leverage, out.initial_margin, out.fee, out.es
+    es_g, fee_g = out.es_by_group, out.fee_by_group
     s = 2 + 2 * z.shape[0]
     p_h, p_h_no = np.empty(s), np.empty(s)
     prob, prob_liquid = np.empty(s), np.empty(s)

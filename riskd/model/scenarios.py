@@ -55,7 +55,8 @@ def resolution_probability(h: np.ndarray, tau: np.ndarray, h_min: float,
     uniform = np.minimum(1.0, h / np.maximum(tau, np.minimum(h_min, h)))
     if scheduled is None:
         return uniform
-    with np.errstate(divide="ignore", invalid="ignore"):  # tau 0: q is 1 below
+    # tau 0 (or subnormal, overflowing): q is 1 below.
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         hazard = early_rate + early_share / tau
     # Never above the uniform hazard: a date can only make the news later.
     early = np.where(tau <= h, 1.0, np.minimum(-np.expm1(-hazard * h), uniform))
