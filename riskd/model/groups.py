@@ -251,9 +251,10 @@ def _block_loss(inp: RiskInputs, targets: Targets, oi: np.ndarray, members: np.n
                 sign: np.ndarray, nodes: int) -> tuple[np.ndarray, np.ndarray]:
     """(loss per unit lent (B, 2m, S), prob (B, S)) of a batch of blocks, the columns
     without any loss merged into one (exact for the ES: equal losses)."""
-    value_h, prob = joint_scenarios(
-        inp.p[members], inp.x[members], inp.sigma[members], inp.lam[members],
-        inp.J[members], inp.h[members], targets.q[members], sign[members], nodes)
+    with np.errstate(invalid="ignore"):  # a market without a model: nan, lost below
+        value_h, prob = joint_scenarios(
+            inp.p[members], inp.x[members], inp.sigma[members], inp.lam[members],
+            inp.J[members], inp.h[members], targets.q[members], sign[members], nodes)
     value = np.stack([inp.p, 1.0 - inp.p], axis=-1)[members]
     unit = loss_per_unit_lent(value, value_h, targets.initial_margin[members],
                               targets.fee_rate_hourly[members], inp.h[members])
@@ -285,4 +286,4 @@ def oi_margins(initial_margin: np.ndarray, p: np.ndarray, oi: np.ndarray, cap: n
         used = np.where(cap > 0.0, oi / np.where(cap > 0.0, cap, 1.0), 1.0)
     lift = ramp(np.where(np.isinf(cap), 0.0, used), ramp_start)
     margin = initial_margin + (value - initial_margin) * lift
-    return margin, np.asarray((lift > 0.0).any(axis=1))
+    return margin, np.asarray((margin > initial_margin).any(axis=1))
