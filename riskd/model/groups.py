@@ -14,7 +14,6 @@ Pure numpy: no I/O, no clock. Side 0 is long YES (value p), side 1 long NO.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -43,7 +42,7 @@ class GroupRisk:
     oi_cap: np.ndarray  # largest lent notional per side; inf where nothing is lent
 
 
-def group_index(groups: Sequence[str | None], relations: Sequence[str]
+def group_index(groups: list[str | None], relations: list[str]
                 ) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
     """(group of each market, its sign, the groups' names): a market without a group
     is a group of its own (name None), independent of every other."""
@@ -64,7 +63,7 @@ def group_index(groups: Sequence[str | None], relations: Sequence[str]
     return index, sign, names
 
 
-def budgets(names: Sequence[str | None], fund_balance: float,
+def budgets(names: list[str | None], fund_balance: float,
             cfg: InsuranceSettings) -> np.ndarray:
     """Each group's share of the first-loss tier: the fund above the balance at which
     the exchange socialises losses instead."""
