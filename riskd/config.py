@@ -154,6 +154,10 @@ class ModelSettings(Section):
     z_slip: float = Field(3.0, gt=0.0)
     h_exec_s: float = Field(60.0, gt=0.0)
     nodes: int = Field(12, ge=4, le=64)
+    # Where the exchange gives a trader this long to top up before it liquidates, the
+    # lender waits through it: added to the liquidation horizon (docs/model.md
+    # section 4). 0: liquidation starts at the maintenance margin.
+    margin_call_window_s: float = Field(0.0, ge=0.0)
     # After a fresh start every market holds its fail-safe values this long.
     warmup_s: float = Field(60.0, ge=0.0)
     # A market stays at its fail-safe values until it has shown this many prices:
@@ -206,6 +210,60 @@ class GovernorSettings(Section):
         # A set must outlive the cycle that would replace it.
         ordered(self, "publish_interval_s", "ttl_s", strict=True)
         return self
+
+
+class ExchangeSettings(Section):
+    """What the exchange reports of itself: open interest and the insurance fund."""
+
+    # Exchange state older than this counts as open interest at its cap (tighten): a
+    # silent exchange may have lent up to the cap since (docs/model.md section 10).
+    max_age_s: float = Field(60.0, gt=0.0)
+
+
+class InsuranceSettings(Section):
+    """Tiers that stand behind the lender, and the open-interest caps sized from them
+    (docs/model.md section 10). The section absent: no caps (`oi_cap` null)."""
+
+    # First-loss tier, the insurance fund: "exchange", the balance the exchange
+    # reports with its open interest; "fixed", `fund_balance` (quote currency).
+    fund_source: Literal["exchange", "fixed"] = "exchange"
+    fund_balance: float | None = Field(None, ge=0.0)
+    # Second tier: below this balance (quote currency) the exchange socialises further
+    # losses (deleveraging, a haircut to lenders) instead of paying them from the fund.
+    # The caps spend only the fund above it.
+    socialisation_threshold: float = Field(0.0, ge=0.0)
+    # The share of that fund a group's expected shortfall may take, and per-group
+    # overrides by group name. A market without a group is a group of its own with
+    # the default share. Shares need not sum to 1: each is a tail of its own group.
+    group_share: float = Field(0.1, gt=0.0, le=1.0)
+    group_shares: dict[str, float] = Field(default_factory=dict)
+    # Margins start to rise at this share of the cap and reach the side's value (1x,
+    # nothing more lent) at the cap, smoothly between.
+    margin_ramp_start: float = Field(0.5, ge=0.0, lt=1.0)
+
+    @field_validator("group_shares")
+    @classmethod
+    def _shares(cls, v: dict[str, float]) -> dict[str, float]:
+        for name, share in v.items():
+            if not 0.0 < share <= 1.0:
+                raise ValueError(f"{name!r}: a share must be in (0, 1], got {share:g}")
+        return v
+
+    @model_validator(mode="after")
+    def _fund(self) -> InsuranceSettings:
+        if self.fund_source == "fixed":
+            if self.fund_balance is None:
+                raise KeyValueError("fund_balance", "required with fund_source = 'fixed'")
+            # Else no fund is spendable and every cap is 0.
+            ordered(self, "socialisation_threshold", "fund_balance", strict=True)
+        elif self.fund_balance is not None:
+            raise KeyValueError("fund_balance", "used only with fund_source = 'fixed' "
+                                "(the exchange reports the balance)")
+        return self
+
+    def share(self, group: str | None) -> float:
+        """The share of the spendable fund allotted to a group (None: ungrouped)."""
+        return self.group_shares.get(group, self.group_share) if group else self.group_share
 
 
 class JsonlPublisherSettings(Section):
@@ -342,6 +400,8 @@ class Settings(BaseSettings):
     server: ServerSettings = Field(default_factory=ServerSettings)
     state: StateSettings = Field(default_factory=StateSettings)
     log: LogSettings = Field(default_factory=LogSettings)
+    exchange: ExchangeSettings = Field(default_factory=ExchangeSettings)
+    insurance: InsuranceSettings | None = None
 
     # The file loaded (None: built-in defaults) and whether -c named it; set by
     # load_settings.

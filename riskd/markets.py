@@ -7,13 +7,17 @@ import tomllib
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-__all__ = ["LIMIT_KEYS", "Market", "MarketsError", "load_markets", "parse_markets"]
+__all__ = ["LIMIT_KEYS", "RELATIONS", "Market", "MarketsError", "load_markets",
+           "parse_markets"]
 
 LIMIT_KEYS = ("max_leverage", "max_slippage", "fee_floor_hourly")
+# How a market's YES relates to its group's event (docs/model.md section 10).
+RELATIONS = ("same", "opposite", "independent")
+Relation = Literal["same", "opposite", "independent"]
 
 
 class MarketsError(ValueError):
@@ -43,6 +47,11 @@ class Market:
     # statement), and the freeze closes positions before it. Else the decisive news
     # may come any time before `resolves_at` (docs/model.md section 4).
     scheduled: bool = False
+    # Markets that resolve together (one election night, one rate decision): the
+    # group's name and how this market's YES relates to the group's event. Without a
+    # group a market is independent of every other (docs/model.md section 10).
+    group: str | None = None
+    relation: Relation = "independent"
 
 
 def _unix(value: Any) -> float:
@@ -89,6 +98,8 @@ class MarketEntry(_Limits):
     kalshi_ticker: str | None = None
     liquidation_notional: float | None = Field(default=None, gt=0, strict=True)
     limits: _Limits | None = None
+    group: str | None = Field(default=None, strict=True)
+    relation: Relation | None = None
 
     @field_validator("id")
     @classmethod
@@ -97,6 +108,20 @@ class MarketEntry(_Limits):
         if not v.strip():
             raise ValueError("must not be blank")
         return v.strip()
+
+    @field_validator("group")
+    @classmethod
+    def _group(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("must not be blank (leave it out for an independent market)")
+        return None if v is None else v.strip()
+
+    @field_validator("relation", mode="before")
+    @classmethod
+    def _relation(cls, v: Any) -> Any:
+        if v is None or v in RELATIONS:
+            return v
+        raise ValueError(f"must be one of {', '.join(RELATIONS)}, got {v!r}")
 
     @field_validator("resolves_at", "event_at", mode="before")
     @classmethod
@@ -129,6 +154,13 @@ class MarketEntry(_Limits):
                         f"key {k!r}: given both at top level ({limits[k]}) and in limits ({v})"
                     )
                 limits[k] = v
+        # Both or neither: a group without a relation would guess the direction of the
+        # market's loss on the group's event; a relation without a group has no event.
+        if self.group is not None and self.relation is None:
+            raise ValueError(f"key 'relation': required with group {self.group!r} "
+                             f"(one of {', '.join(RELATIONS)})")
+        if self.group is None and self.relation is not None:
+            raise ValueError("key 'relation': given without 'group'")
         return Market(
             id=self.id,
             resolves_at=self.resolves_at,
@@ -141,6 +173,8 @@ class MarketEntry(_Limits):
             kalshi_ticker=self.kalshi_ticker,
             liquidation_notional=self.liquidation_notional,
             scheduled=self.event_at is not None,
+            group=self.group,
+            relation=self.relation or "independent",
             **limits,
         )
 

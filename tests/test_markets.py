@@ -219,3 +219,54 @@ def test_market_is_frozen() -> None:
     m = parse_markets([entry()])["m"]
     with pytest.raises(AttributeError):
         m.outcome = 1  # type: ignore[misc]
+
+
+def test_group_and_relation(tmp_path: Path) -> None:
+    p = write(
+        tmp_path / "m.toml",
+        """
+[[markets]]
+id = "pa"
+resolves_at = "2022-11-10T00:00:00Z"
+group = " us-midterms-2022 "
+relation = "same"
+
+[[markets]]
+id = "pa-no"
+resolves_at = "2022-11-10T00:00:00Z"
+group = "us-midterms-2022"
+relation = "opposite"
+
+[[markets]]
+id = "ga"
+resolves_at = "2022-11-10T00:00:00Z"
+group = "us-midterms-2022"
+relation = "independent"
+
+[[markets]]
+id = "alone"
+resolves_at = "2022-11-10T00:00:00Z"
+""",
+    )
+    markets = load_markets(p)
+    assert [(m.group, m.relation) for m in markets.values()] == [
+        ("us-midterms-2022", "same"), ("us-midterms-2022", "opposite"),
+        ("us-midterms-2022", "independent"), (None, "independent"),
+    ]  # fmt: skip
+    assert parse_markets([entry(group=None, relation=None)])["m"].group is None
+
+
+@pytest.mark.parametrize(
+    ("kw", "expect"),
+    [
+        ({"group": "g"}, r"key 'relation': required with group 'g' \(one of same, opposite"),
+        ({"relation": "same"}, "key 'relation': given without 'group'"),
+        ({"group": "g", "relation": "up"}, "key 'relation': must be one of same, opposite"),
+        ({"group": "g", "relation": 1}, "key 'relation': must be one of"),
+        ({"group": "  ", "relation": "same"}, "key 'group': must not be blank"),
+        ({"group": 3, "relation": "same"}, "key 'group': "),
+    ],
+)
+def test_bad_group_or_relation_names_the_key(kw: dict[str, object], expect: str) -> None:
+    with pytest.raises(MarketsError, match=rf"^m\.json: markets\[0\] \(id 'm'\): {expect}"):
+        parse_markets([entry(**kw)], "m.json")

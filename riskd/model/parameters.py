@@ -110,6 +110,10 @@ def risk_inputs(
                                         cfg.liquidation_notional if notional is None
                                         else notional)
     h = np.where(np.isnan(depth), h0, np.maximum(h0, h_book))
+    # A margin-call window is waited through before the liquidation starts: both
+    # horizons carry it (0 by default: adding 0.0 leaves them bit for bit).
+    h0 = h0 + cfg.margin_call_window_s
+    h = h + cfg.margin_call_window_s
     return RiskInputs(
         p=p, x=np.log(p) - np.log1p(-p), tau=tau, sigma=sigma, lam=lam, J=J, gap=gap, h=h,
         half_spread=state.half_spread, tick=state.tick_size, h0=h0, depth=depth,
@@ -198,7 +202,9 @@ def compute(
     reasons = np.zeros(m, dtype=np.int64)
     reasons |= np.where(np.minimum(inp.p, 1 - inp.p) < 0.05, BIT["extreme_probability"], 0)
     reasons |= np.where(inp.sigma > 4.0 * cfg.sigma_prior, BIT["high_volatility"], 0)
-    reasons |= np.where(inp.h > cfg.liquidation_horizon_s, BIT["thin_market"], 0)
+    # Sparse prices or a thin book, not the margin-call window every market waits.
+    reasons |= np.where(inp.h > cfg.liquidation_horizon_s + cfg.margin_call_window_s,
+                        BIT["thin_market"], 0)
     if leverage_pin is not None:
         reasons |= np.where(np.isnan(leverage_pin), 0, BIT["config_override"])
     return Targets(
