@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conftest import DaemonProcess, base_config, free_port, metric_samples, wait_until
+from tests.support import DaemonProcess, base_config, free_port, metric_samples, wait_until
 
 REASONS = ("max_connections", "header_timeout", "header_too_large", "bad_request",
            "body_too_large")

@@ -23,8 +23,6 @@ import aiohttp
 import numpy as np
 import pytest
 from aiohttp import web
-from conftest import base_config, http_get, sample, wait_until
-from venues import VenueServer, now_ms
 
 from riskd import engine as engine_module
 from riskd.config import Settings
@@ -32,6 +30,7 @@ from riskd.engine import Engine
 from riskd.feeds import metadata
 from riskd.feeds.base import Tick
 from riskd.markets import Market
+from tests.support import VenueServer, base_config, http_get, now_ms, sample, wait_until
 
 BASE_T = 1_770_000_000.0
 KNOWN = {m: Market(m, BASE_T + 86_400 * 30, BASE_T + 86_400 * 30) for m in ("a", "b", "c")}

@@ -14,17 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import InProcessDaemon, base_config, http_get, sample, wait_until
 from cryptography.hazmat.primitives.asymmetric import rsa
-from venues import (
-    KalshiServer,
-    PolymarketServer,
-    RestServer,
-    VenueServer,
-    fixture_docs,
-    now_ms,
-    until,
-)
 
 from riskd.config import Settings
 from riskd.feeds.connection import FeedError
@@ -36,6 +26,20 @@ from riskd.feeds.polymarket.feed import PolymarketFeed
 from riskd.feeds.websocket.config import WebsocketFeedSettings
 from riskd.feeds.websocket.feed import GenericWebsocketFeed
 from riskd.markets import Market
+from tests.support import (
+    InProcessDaemon,
+    KalshiServer,
+    PolymarketServer,
+    RestServer,
+    VenueServer,
+    base_config,
+    fixture_docs,
+    http_get,
+    now_ms,
+    sample,
+    until,
+    wait_until,
+)
 
 PM_MARKET = "0x14002070e74acaf96f70c8dfb881586b156c814fac0c1ac417b84c6c76687d00"
 PM_YES = "1627500284739545390204314775735988068784669364445492030335161034375823784781"
@@ -348,7 +352,7 @@ async def kalshi(kalshi_key: rsa.RSAPrivateKey) -> AsyncIterator[KalshiServer]:
 
 
 def write_key(tmp_path: Path, key: rsa.RSAPrivateKey) -> Path:
-    from venues import private_key_pem
+    from tests.support import private_key_pem
 
     path = tmp_path / "kalshi.pem"
     path.write_bytes(private_key_pem(key))

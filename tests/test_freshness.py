@@ -19,9 +19,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import InProcessDaemon, wait_until
 from cryptography.hazmat.primitives.asymmetric import rsa
-from test_feeds_live import (
+
+from tests.support import (
+    InProcessDaemon,
+    KalshiServer,
+    PolymarketServer,
+    VenueServer,
+    now_ms,
+    until,
+    wait_until,
+)
+from tests.test_feeds_live import (
     FAST,
     RESOLVES,
     kalshi_key,  # noqa: F401 - a fixture
@@ -30,7 +39,6 @@ from test_feeds_live import (
     params,
     write_key,
 )
-from venues import KalshiServer, PolymarketServer, VenueServer, now_ms, until
 
 STALE_S = 0.5
 CYCLE_S = 0.05

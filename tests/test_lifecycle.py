@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import (
+
+from tests.support import (
     FED_CSV,
     SECRET,
     DaemonProcess,

@@ -32,14 +32,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FED_MARKETS, MIDTERMS, base_config, free_port, merge
-from promstack import (
+
+from tests.support import (
+    FED_MARKETS,
+    MIDTERMS,
+    Receiver,
+    ReceiverThread,
+    Riskd,
+    base_config,
+    free_port,
+    merge,
+    wait_for,
+)
+from tests.support.promstack import (
     COMPOSE_PROMETHEUS,
     RULES,
     RULES_TESTS,
-    Exchange,
     Prometheus,
-    Riskd,
     alert_rules,
     broken_tape,
     dashboard_queries,
@@ -50,7 +59,6 @@ from promstack import (
     regex_value,
     tool,
     variables_used,
-    wait_for,
 )
 
 SCRAPE_S = 1.0
@@ -98,7 +106,7 @@ class Stack:
     live: Riskd
     broken: Riskd
     doomed: Riskd
-    exchange: Exchange
+    exchange: ReceiverThread
     live_markets: set[str]
     fed_markets: set[str]
     broken_state: Path
@@ -117,7 +125,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tool("promtool")
     base = tmp_path_factory.mktemp("monitoring")
     ports = {name: free_port() for name in ("live", "broken", "doomed")}
-    exchange = Exchange()
+    exchange = ReceiverThread(Receiver(b"monitoring-test"))
     prometheus = Prometheus(base / "prometheus", [f"127.0.0.1:{p}" for p in ports.values()],
                             [RULES], SCRAPE_S)
     daemons: list[Riskd] = []

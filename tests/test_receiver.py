@@ -19,7 +19,10 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import (
+
+from riskd.receiver import Clock, ReceiverConfig, SafeParams, make_app
+from riskd.timeutil import iso
+from tests.support import (
     FED_TAPE,
     SECRET,
     base_config,
@@ -29,9 +32,6 @@ from conftest import (
     parse_time,
     wait_until,
 )
-
-from riskd.receiver import Clock, ReceiverConfig, SafeParams, make_app
-from riskd.timeutil import iso
 
 SAFE = SafeParams(mode="reduce_only", max_leverage=1.0, fee_rate_hourly=0.002,
                   max_slippage=0.005)

@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import base_config, free_port, wait_until
 
 from riskd.config import Settings
 from riskd.engine import Engine
@@ -19,6 +18,7 @@ from riskd.feeds.base import Tick
 from riskd.publish.jsonl import read_audit, repair_tail
 from riskd.state import SCHEMA, StateStore, last_published_at, tighten_from_audit
 from riskd.timeutil import parse_iso
+from tests.support import base_config, free_port, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 MIDTERMS = ROOT / "data/tapes/polymarket_midterms_2022"

@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import base_config, http_get, metric_samples, wait_until
 from prometheus_client import CollectorRegistry, generate_latest
 
 from riskd.metrics import Metrics
 from riskd.publish.base import Batch
 from riskd.supervise import Fatal, Supervisor
+from tests.support import base_config, http_get, metric_samples, wait_until
 
 
 class CrashingPublisher:
