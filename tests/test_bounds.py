@@ -111,16 +111,11 @@ def test_memory_per_market_is_constant() -> None:
     assert len(engine) == len(KNOWN) and len(engine._pending) == 0
 
 
-class FloodServer(VenueServer):
-    async def on_frame(self, connection: Any, frame: str) -> None:
-        pass
-
-
 async def test_a_live_feed_flooding_unknown_ids_and_hostile_frames(
         tmp_path: Path, in_process: Any) -> None:
     """Through the daemon: unknown ids, a time in the future and an oversized frame
     are counted by reason; the market table stays as configured; prices still flow."""
-    server = FloodServer(path="/prices")
+    server = VenueServer(path="/prices")
     await server.start()
     try:
         markets = tmp_path / "markets.json"

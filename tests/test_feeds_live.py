@@ -267,7 +267,7 @@ async def test_silent_venue_goes_fail_safe_then_recovers(tmp_path: Path, in_proc
             await polymarket.send(trade(PM_YES, prices[k % 2]))
             last_sent[0] = time.monotonic()
             k += 1
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.1)  # the venue's pace: a trade every 0.1 s
 
     streamer = asyncio.create_task(stream())
     try:
@@ -287,7 +287,7 @@ async def test_silent_venue_goes_fail_safe_then_recovers(tmp_path: Path, in_proc
         # (issue: order-book venues; tests/test_freshness.py covers it at length).
         streaming.clear()
         polymarket.talking = False
-        await asyncio.sleep(2 * STALE_AFTER_S)
+        await asyncio.sleep(2 * STALE_AFTER_S)  # stays live over a span: the span is under test
         assert await live()
         assert polymarket.handshakes == 1  # the PONGs keep the connection
 
@@ -295,13 +295,7 @@ async def test_silent_venue_goes_fail_safe_then_recovers(tmp_path: Path, in_proc
         # connection and riskd connects again. Websocket pings from the venue's stack
         # do not count as Polymarket speaking (they do for Kalshi, whose heartbeat
         # they are).
-        pongs = polymarket.on_frame
-
-        async def mute(connection: Any, frame: str) -> None:
-            if frame != "PING":
-                await pongs(connection, frame)
-
-        polymarket.on_frame = mute  # type: ignore[method-assign]
+        pongs, polymarket.answers = polymarket.answers, {}
         heartbeat = asyncio.create_task(polymarket.heartbeat(0.1))
         try:
             async def fail_safe() -> bool:
@@ -318,7 +312,7 @@ async def test_silent_venue_goes_fail_safe_then_recovers(tmp_path: Path, in_proc
             await until(lambda: polymarket.handshakes >= 2, what="a reconnect after silence")
         finally:
             heartbeat.cancel()
-        polymarket.on_frame = pongs  # type: ignore[method-assign]
+        polymarket.answers = pongs
 
         # Data returns: the market leaves its fail-safe values and riskd is ready again.
         polymarket.talking = True
@@ -647,14 +641,9 @@ async def test_metadata_off_uses_the_markets_file_alone(
 # --- the generic websocket feed ---------------------------------------------------------------
 
 
-class GenericServer(VenueServer):
-    async def on_frame(self, connection: Any, frame: str) -> None:
-        pass
-
-
 async def test_generic_websocket_feed_with_a_field_mapping(tmp_path: Path,
                                                            in_process: Any) -> None:
-    server = GenericServer(path="/prices")
+    server = VenueServer(path="/prices")
     await server.start()
     try:
         doc = live_config(tmp_path, [{"id": "fed-hold", "resolves_at": RESOLVES}], {
@@ -688,7 +677,7 @@ async def test_generic_websocket_feed_with_a_field_mapping(tmp_path: Path,
 async def test_generic_feed_heartbeat_option(heartbeat: bool) -> None:
     """`heartbeat = true`: an exchange's websocket pings keep its quiet stream
     connected; by default only messages do, and the read timeout reconnects."""
-    server = GenericServer(path="/prices")
+    server = VenueServer(path="/prices")
     await server.start()
     cfg = WebsocketFeedSettings(**{**FAST, "read_timeout_s": 0.5}, url=server.url,
                                 heartbeat=heartbeat)
