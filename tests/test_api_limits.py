@@ -55,6 +55,8 @@ async def test_connections_beyond_the_cap_are_refused_and_counted(
         return metric_samples(await daemon.metrics())[("riskd_api_connections",
                                                        frozenset())] <= 1
     await wait_until(quiet, what="no connection but the probe's")
+    # No condition to wait on here: any probe opens a connection of its own, which the
+    # count and the cap would take in.
     await asyncio.sleep(0.2)  # the probe's own connection closed too
     held = [await _open(daemon.port) for _ in range(cap)]
     await asyncio.sleep(0.3)  # the server has accepted them all

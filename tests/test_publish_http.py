@@ -229,7 +229,7 @@ async def test_outage_opens_the_circuit_with_bounded_memory_then_recovers(
     versions_at_stop = sum(int(e["version"]) for e in d.daemon.engine.current.values())
     while d.daemon.now() - down_clock < 75.0:  # over a minute of the daemon's clock
         largest_backlog = max(largest_backlog, pub.backlog())
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # sampling the backlog over the outage
     outage_s = time.monotonic() - down_at
     assert count(d, "riskd_publisher_circuit_open", publisher="http") == 1
     status, body = await d.get_json("/readyz")

@@ -187,7 +187,7 @@ async def test_a_watched_task_is_restarted_through_its_owner() -> None:
     # Cancelled at shutdown: not a failure, not restarted.
     started[-1].cancel()
     await asyncio.gather(started[-1], return_exceptions=True)
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0.1)  # an absence: a restart, if there were one, would come within this
     assert len(started) == 2
     assert _sample(metrics, "riskd_task_failures_total", "publish-x") == 2
 
@@ -209,7 +209,8 @@ async def test_a_loop_that_returns_because_the_daemon_stops_is_no_failure() -> N
             await asyncio.sleep(0.01)
 
     task = sup.spawn("cycle", loop, restart=True)
-    await asyncio.sleep(0.05)
+    await wait_until(lambda: _sample(metrics, "riskd_task_running", "cycle") == 1,
+                     what="the loop running")
     stop.set()
     await asyncio.wait_for(task, 2.0)
     assert _sample(metrics, "riskd_task_failures_total", "cycle") == 0
