@@ -1,5 +1,5 @@
 """Live feeds end to end: the daemon in-process against real `websockets` servers on
-127.0.0.1 that speak each venue's protocol (tests/venues.py), observed through its
+127.0.0.1 that speak each venue's protocol (tests/support/venues.py), observed through its
 API (/v1/params, /readyz, /metrics). Times are short: stale_after_s is one second."""
 
 from __future__ import annotations

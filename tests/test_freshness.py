@@ -1,6 +1,6 @@
 """Freshness and liquidity from live books (issue: order-book venues), end to end: the
 daemon in-process against real `websockets` servers on 127.0.0.1 speaking each
-venue's protocol (tests/venues.py).
+venue's protocol (tests/support/venues.py).
 
 A deep market whose top of book stays put while the venue only answers pings (or
 sends its heartbeat) and changes other levels is live: `normal`, above 1x after
