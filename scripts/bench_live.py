@@ -41,7 +41,6 @@ import json
 import os
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -51,14 +50,14 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import orjson
-from aiohttp import web
-from websockets.asyncio.server import ServerConnection, serve
-from websockets.exceptions import ConnectionClosed
+from websockets.asyncio.server import ServerConnection
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the fakes of tests/support, run as `python scripts/...`
+from tests.support import PolymarketServer, Receiver, free_port  # noqa: E402
+
 RISKD = Path(sys.executable).with_name("riskd")
 MARKET_COUNTS = (1_000, 10_000, 100_000)
 CHUNK = 64  # frames per socket write at saturation
@@ -166,38 +165,24 @@ class Venue:
         self._bid = [49] * universe.n
         self._next = 0
         self._rng = random.Random(1)
-        self._server: Any = None
-        self.url = ""
+        # The subscription starts this venue's own writer; no initial books.
+        self.server = PolymarketServer(dump=False, stream=self._stream, serve_options={
+            "max_size": 256 * 2**20, "ping_interval": None, "compression": None})
+
+    @property
+    def url(self) -> str:
+        return self.server.url
 
     async def start(self) -> None:
-        self._server = await serve(self._handler, "127.0.0.1", 0, max_size=256 * 2**20,
-                                   ping_interval=None, compression=None)
-        port = self._server.sockets[0].getsockname()[1]
-        self.url = f"ws://127.0.0.1:{port}/ws/market"
+        await self.server.start()
 
     async def close(self) -> None:
-        self._server.close()
-        await self._server.wait_closed()
+        await self.server.close()
 
     def set_mode(self, mode: str, rate: float = 0.0, probe_at: list[float] | None = None
                  ) -> None:
         self.mode, self.rate = mode, rate
         self.probe_at = probe_at or []
-
-    async def _handler(self, conn: ServerConnection) -> None:
-        sender: asyncio.Task[None] | None = None
-        try:
-            async for frame in conn:
-                if frame == "PING":
-                    await conn.send("PONG")
-                elif sender is None:  # the subscription: start streaming
-                    self.subscribed.set()
-                    sender = asyncio.create_task(self._stream(conn))
-        except ConnectionClosed:
-            pass
-        finally:
-            if sender is not None:
-                sender.cancel()
 
     def _regular(self, ts_ms: int) -> bytes:
         u = self.u
@@ -208,7 +193,8 @@ class Venue:
         self._bid[k] = bid
         return price_change(u, k, bid, 100 + (k & 63), ts_ms)
 
-    async def _stream(self, conn: ServerConnection) -> None:
+    async def _stream(self, conn: ServerConnection, assets: list[str]) -> None:
+        self.subscribed.set()
         transport = conn.transport
         loop = asyncio.get_running_loop()
         started, sent_at_start, mode = 0.0, 0, ""
@@ -261,33 +247,32 @@ class Venue:
 
 
 class Exchange:
-    """Takes riskd's HTTP publishes; notes when each probe's jump first arrived."""
+    """Takes riskd's HTTP publishes (counting only: the bodies of 100,000 markets are
+    not parsed unless they carry a probe); notes when each probe's jump first arrived."""
 
     def __init__(self) -> None:
-        self.requests = 0
         self.sets = 0
         self.bytes = 0
         self.probe_seen: dict[str, float] = {}
         self.generated: list[tuple[float, str]] = []  # (arrival, generated_at) with probes
-        self._runner: web.AppRunner | None = None
-        self.url = ""
+        self.receiver = Receiver(secret=None, keep=False, on_post=self._post,
+                                 max_body_bytes=256 * 2**20)
+
+    @property
+    def url(self) -> str:
+        return self.receiver.url
+
+    @property
+    def requests(self) -> int:
+        return self.receiver.requests
 
     async def start(self) -> None:
-        app = web.Application(client_max_size=256 * 2**20)
-        app.router.add_post("/risk-params", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/risk-params"
+        await self.receiver.start()
 
     async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await self.receiver.close()
 
-    async def _handle(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        arrived = time.time()
-        self.requests += 1
+    def _post(self, body: bytes, arrived: float) -> None:
         self.bytes += len(body)
         self.sets += body.count(b'"market":')
         if b'"market":"probe' in body:
@@ -298,16 +283,9 @@ class Exchange:
                 if (market.startswith("probe") and "jump_detected" in entry["reasons"]
                         and market not in self.probe_seen):
                     self.probe_seen[market] = arrived
-        return web.Response(status=200, body=b'{"ok":true}', content_type="application/json")
 
 
 # --- the processes -------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def cpu_seconds(pid: int) -> float:

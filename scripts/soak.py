@@ -43,22 +43,17 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from aiohttp import web
-from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
-from websockets.http11 import Request, Response
+from websockets.protocol import State
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # riskd and the fakes of tests/support
 from riskd.publish.jsonl import read_audit  # noqa: E402
+from tests.support import PolymarketServer, Receiver, Step, free_port, now_ms  # noqa: E402
 
 TAPES = ROOT / "data" / "tapes" / "polymarket_midterms_2022"
 SECRET = "soak-secret"
 INSTANCE = "riskd-soak"
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 # --- the venue -------------------------------------------------------------------------
@@ -122,55 +117,35 @@ HOSTILE = [
 
 @dataclass
 class Venue:
+    """The stream and the flapping; the protocol is tests/support's PolymarketServer."""
+
     markets: list[Market]
     rate: float
     drop_every: float
     hostile_share: float
     rng: random.Random
-    connections: set[ServerConnection] = field(default_factory=set)
-    subscribed: dict[ServerConnection, list[Market]] = field(default_factory=dict)
+    server: PolymarketServer = field(init=False)
     sent: int = 0
     hostile: int = 0
     drops: int = 0
-    refused: int = 0
     silent_until: float = 0.0
     refuse_until: float = 0.0
-    url: str = ""
 
-    async def start(self) -> Any:
-        server = await serve(self._handler, "127.0.0.1", 0, process_request=self._request,
-                             max_size=2**20)
-        port = server.sockets[0].getsockname()[1]
-        self.url = f"ws://127.0.0.1:{port}/ws/market"
-        return server
-
-    def _request(self, connection: ServerConnection, request: Request) -> Response | None:
-        if time.monotonic() < self.refuse_until:
-            self.refused += 1
-            return connection.respond(503, "maintenance\n")
-        return None
-
-    async def _handler(self, ws: ServerConnection) -> None:
-        self.connections.add(ws)
+    def __post_init__(self) -> None:
         by_token = {m.token: m for m in self.markets}
-        try:
-            async for frame in ws:
-                if frame == "PING":
-                    await ws.send("PONG")
-                    continue
-                try:
-                    sub = json.loads(frame)
-                except ValueError:
-                    continue
-                chosen = [by_token[t] for t in sub.get("assets_ids", []) if t in by_token]
-                ts = now_ms()
-                await ws.send(json.dumps([book(m, ts) for m in chosen]))
-                self.subscribed[ws] = chosen
-        except ConnectionClosed:
-            pass
-        finally:
-            self.connections.discard(ws)
-            self.subscribed.pop(ws, None)
+
+        def book_for(token: str) -> dict[str, Any] | None:
+            m = by_token.get(token)
+            return book(m, now_ms()) if m is not None else None
+
+        self.server = PolymarketServer(book_for=book_for, serve_options={"max_size": 2**20})
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def subscribed(self) -> list[Any]:
+        return [c for c in self.server.subscribed if c.state is State.OPEN]
 
     def message(self) -> str:
         m = self.rng.choice(self.markets)
@@ -206,8 +181,7 @@ class Venue:
             await asyncio.sleep(step)
             now = time.monotonic()
             if now >= next_drop:  # a network failure: no close frame
-                for ws in list(self.connections):
-                    ws.transport.abort()
+                self.server.drop()
                 self.drops += 1
                 next_drop = now + self.drop_every * self.rng.uniform(0.5, 1.5)
             if now >= next_silence:  # PONGs only, longer than riskd's stale limit
@@ -215,14 +189,17 @@ class Venue:
                 next_silence = now + self.rng.uniform(240, 420)
             if now >= next_refusal:  # handshakes refused with 503 for a while
                 self.refuse_until = now + 20
-                for ws in list(self.connections):
-                    ws.transport.abort()
+                self.server.refusing = 503
+                self.server.drop()
                 next_refusal = now + self.rng.uniform(420, 720)
-            if now < self.silent_until or not self.subscribed:
+            if now >= self.refuse_until:
+                self.server.refusing = None
+            subscribed = self.subscribed()
+            if now < self.silent_until or not subscribed:
                 continue
             owed += self.rate * step
             n, owed = int(owed), owed - int(owed)
-            for ws in list(self.subscribed):
+            for ws in subscribed:
                 frames = [self.message() for _ in range(n)]
                 with contextlib.suppress(ConnectionClosed):
                     for frame in frames:
@@ -235,6 +212,9 @@ class Venue:
 
 @dataclass
 class Exchange:
+    """In a repeating cycle: healthy (some random 503s and hangs), down (503 +
+    Retry-After), timing out; the exchange itself is tests/support's Receiver."""
+
     rng: random.Random
     cycle_s: float = 120.0
     started: float = field(default_factory=time.monotonic)
@@ -244,46 +224,52 @@ class Exchange:
     versions: dict[str, int] = field(default_factory=dict)
     version_errors: int = 0
     delivered: int = 0
-    url: str = ""
+    receiver: Receiver = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.receiver = Receiver(SECRET.encode(), script=self.step,
+                                 max_body_bytes=64 * 2**20)
+
+    @property
+    def url(self) -> str:
+        return self.receiver.url
 
     def _count(self, what: str) -> None:
         self.answers[what] = self.answers.get(what, 0) + 1
 
-    async def handle(self, request: web.Request) -> web.Response:
-        body = await request.read()
+    def step(self) -> Step | None:
+        """This request's answer by the phase of the cycle; None: accept it."""
         phase = (time.monotonic() - self.started) % self.cycle_s / self.cycle_s
         if phase >= 0.6 and phase < 0.85:  # down
             self._count("503_down")
-            return web.Response(status=503, headers={"Retry-After": "1"})
+            return Step(503, retry_after="1")
         if phase >= 0.85 or self.rng.random() < 0.02:  # timing out
             self._count("hang")
-            await asyncio.sleep(3.0)
-            return web.Response(status=503)
+            return Step(503, hang_s=3.0)
         if self.rng.random() < 0.05:
             self._count("503_random")
-            return web.Response(status=503)
-        doc = json.loads(body)
-        if doc["seq"] <= self.last_seq:
-            self.seq_errors += 1
-        self.last_seq = max(self.last_seq, doc["seq"])
-        for entry in doc["params"]:
-            market, version = entry["market"], entry["version"]
-            if version < self.versions.get(market, 0):
-                self.version_errors += 1
-            self.versions[market] = max(version, self.versions.get(market, 0))
-        self.delivered += len(doc["params"])
+            return Step(503)
         self._count("200")
-        return web.json_response({"ok": True})
+        return None
 
-    async def start(self) -> web.AppRunner:
-        app = web.Application(client_max_size=64 * 2**20)
-        app.router.add_post("/risk-params", self.handle)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{runner.addresses[0][1]}/risk-params"
-        return runner
+    def take(self) -> None:
+        """Check what was accepted since the last call, and let it go (an hour's
+        messages would fill this process)."""
+        for msg in self.receiver.messages:
+            doc = msg.body
+            if doc["seq"] <= self.last_seq:
+                self.seq_errors += 1
+            self.last_seq = max(self.last_seq, doc["seq"])
+            for entry in doc["params"]:
+                market, version = entry["market"], entry["version"]
+                if version < self.versions.get(market, 0):
+                    self.version_errors += 1
+                self.versions[market] = max(version, self.versions.get(market, 0))
+            self.delivered += len(doc["params"])
+        self.receiver.messages.clear()
+        self.receiver.attempts.clear()
+        self.receiver.arrivals.clear()
+        self.receiver.answers.clear()
 
 
 # --- a /v1/stream client that comes and goes -------------------------------------------------
@@ -320,14 +306,6 @@ class StreamClient:
 
 
 # --- riskd --------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def write_config(work: Path, markets: list[Market], venue_url: str, exchange_url: str,
@@ -501,9 +479,9 @@ async def soak(args: argparse.Namespace) -> int:
     work.mkdir(parents=True, exist_ok=True)
     markets = load_markets(args.markets)
     venue = Venue(markets, args.rate, args.drop_every, args.hostile, rng)
-    venue_server = await venue.start()
+    await venue.server.start()
     exchange = Exchange(random.Random(args.seed + 1), cycle_s=args.exchange_cycle)
-    exchange_runner = await exchange.start()
+    await exchange.receiver.start()
     port = free_port()
     config = write_config(work, markets, venue.url, exchange.url, port)
     riskd = Path(sys.executable).with_name("riskd")
@@ -529,6 +507,7 @@ async def soak(args: argparse.Namespace) -> int:
         if proc.returncode is not None:
             exited_early = proc.returncode
             break
+        exchange.take()
         kb = rss_kb(proc.pid)
         if kb is not None:
             samples.append((elapsed, kb))
@@ -553,8 +532,9 @@ async def soak(args: argparse.Namespace) -> int:
         proc.kill()
         code = await proc.wait()
     stderr.close()
-    venue_server.close()
-    await exchange_runner.cleanup()
+    await venue.server.close()
+    await exchange.receiver.close()
+    exchange.take()
 
     duration = samples[-1][0] if samples else 0.0
     growth = rss_growth(samples, duration)
@@ -564,7 +544,8 @@ async def soak(args: argparse.Namespace) -> int:
         "exit_code": code, "exited_early": exited_early,
         "rss": growth, "rss_samples": len(samples), "audit": audit,
         "venue": {"messages_sent": venue.sent, "hostile_sent": venue.hostile,
-                  "connection_drops": venue.drops, "handshakes_refused": venue.refused},
+                  "connection_drops": venue.drops,
+                  "handshakes_refused": venue.server.refused},
         "exchange": {"answers": exchange.answers, "sets_delivered": exchange.delivered,
                      "seq_not_rising": exchange.seq_errors,
                      "version_went_back": exchange.version_errors},

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from conftest import (
+
+from tests.support import (
     FED_CSV,
     FED_TAPE,
     InProcessDaemon,

@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import (
+
+from riskd.timeutil import iso
+from tests.support import (
     FED_CSV,
     SECRET,
     InProcessDaemon,
@@ -24,8 +26,6 @@ from conftest import (
     tape_rows,
     wait_until,
 )
-
-from riskd.timeutil import iso
 
 FED_MARKETS = {r[1] for r in tape_rows(FED_CSV)}
 

@@ -23,8 +23,6 @@ import aiohttp
 import numpy as np
 import pytest
 from aiohttp import web
-from conftest import base_config, http_get, sample, wait_until
-from venues import VenueServer, now_ms
 
 from riskd import engine as engine_module
 from riskd.config import Settings
@@ -32,6 +30,7 @@ from riskd.engine import Engine
 from riskd.feeds import metadata
 from riskd.feeds.base import Tick
 from riskd.markets import Market
+from tests.support import VenueServer, base_config, http_get, now_ms, sample, wait_until
 
 BASE_T = 1_770_000_000.0
 KNOWN = {m: Market(m, BASE_T + 86_400 * 30, BASE_T + 86_400 * 30) for m in ("a", "b", "c")}
@@ -112,16 +111,11 @@ def test_memory_per_market_is_constant() -> None:
     assert len(engine) == len(KNOWN) and len(engine._pending) == 0
 
 
-class FloodServer(VenueServer):
-    async def on_frame(self, connection: Any, frame: str) -> None:
-        pass
-
-
 async def test_a_live_feed_flooding_unknown_ids_and_hostile_frames(
         tmp_path: Path, in_process: Any) -> None:
     """Through the daemon: unknown ids, a time in the future and an oversized frame
     are counted by reason; the market table stays as configured; prices still flow."""
-    server = FloodServer(path="/prices")
+    server = VenueServer(path="/prices")
     await server.start()
     try:
         markets = tmp_path / "markets.json"

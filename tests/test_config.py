@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FED_MARKETS, FED_TAPE, REPO, clean_env, free_port, merge, to_toml
 
 from riskd.config import ConfigError, load_settings
+from tests.support import FED_MARKETS, FED_TAPE, REPO, clean_env, free_port, merge, to_toml
 
 FILE_SECRET = "file-secret-0d1b3c"
 ENV_SECRET = "env-secret-77aa19"

@@ -12,7 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from conftest import (
+
+from riskd.publish.http import sign
+from riskd.timeutil import iso
+from tests.support import (
     FED_CSV,
     INSTANCE,
     MIDTERMS,
@@ -31,9 +34,6 @@ from conftest import (
     tape_rows,
     wait_until,
 )
-
-from riskd.publish.http import sign
-from riskd.timeutil import iso
 
 SECRET_ENV = {"RISKD_PUBLISHER__HTTP__SECRET": SECRET}
 

@@ -11,16 +11,24 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import base_config, free_port, merge, tape_rows
-from promstack import (
+
+from tests.support import (
+    Receiver,
+    ReceiverThread,
+    Riskd,
+    base_config,
+    free_port,
+    merge,
+    tape_rows,
+    wait_for,
+)
+from tests.support.promstack import (
     DASHBOARD,
     DASHBOARD_PROVIDER,
     DATASOURCES,
     GRAFANA_BUILTINS,
     SYNTHETIC,
-    Exchange,
     Exposition,
-    Riskd,
     alert_rules,
     broken_tape,
     dashboard_queries,
@@ -31,7 +39,6 @@ from promstack import (
     panels,
     selectors,
     variables_used,
-    wait_for,
 )
 
 COMPOSE = DASHBOARD.parents[2] / "docker-compose.yml"
@@ -42,7 +49,7 @@ def exposition(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exposition]
     """/metrics of a daemon that replayed a tape with rejected rows, published over
     HTTP and reloaded its config: every family riskd declares, most with samples."""
     base = tmp_path_factory.mktemp("exposition")
-    exchange = Exchange()
+    exchange = ReceiverThread(Receiver(b"dashboard-test"))
     tape = broken_tape(base / "tape" / "fed.csv")
     daemon = Riskd(base, merge(base_config(base, free_port()), {
         "feed": {"path": str(tape)},

@@ -8,15 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import to_toml
 from cryptography.hazmat.primitives.asymmetric import rsa
-from venues import private_key_pem
 
 from riskd.app import make_feeds
 from riskd.config import ConfigError, Settings, load_settings, masked
 from riskd.feeds.kalshi.feed import KalshiFeed
 from riskd.feeds.polymarket.feed import PolymarketFeed
 from riskd.markets import Market
+from tests.support import private_key_pem, to_toml
 
 RESOLVES = 1.9e9
 

@@ -1,5 +1,5 @@
 """Live feeds end to end: the daemon in-process against real `websockets` servers on
-127.0.0.1 that speak each venue's protocol (tests/venues.py), observed through its
+127.0.0.1 that speak each venue's protocol (tests/support/venues.py), observed through its
 API (/v1/params, /readyz, /metrics). Times are short: stale_after_s is one second."""
 
 from __future__ import annotations
@@ -14,17 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import InProcessDaemon, base_config, http_get, sample, wait_until
 from cryptography.hazmat.primitives.asymmetric import rsa
-from venues import (
-    KalshiServer,
-    PolymarketServer,
-    RestServer,
-    VenueServer,
-    fixture_docs,
-    now_ms,
-    until,
-)
 
 from riskd.config import Settings
 from riskd.feeds.connection import FeedError
@@ -36,6 +26,20 @@ from riskd.feeds.polymarket.feed import PolymarketFeed
 from riskd.feeds.websocket.config import WebsocketFeedSettings
 from riskd.feeds.websocket.feed import GenericWebsocketFeed
 from riskd.markets import Market
+from tests.support import (
+    InProcessDaemon,
+    KalshiServer,
+    PolymarketServer,
+    RestServer,
+    VenueServer,
+    base_config,
+    fixture_docs,
+    http_get,
+    now_ms,
+    sample,
+    until,
+    wait_until,
+)
 
 PM_MARKET = "0x14002070e74acaf96f70c8dfb881586b156c814fac0c1ac417b84c6c76687d00"
 PM_YES = "1627500284739545390204314775735988068784669364445492030335161034375823784781"
@@ -263,7 +267,7 @@ async def test_silent_venue_goes_fail_safe_then_recovers(tmp_path: Path, in_proc
             await polymarket.send(trade(PM_YES, prices[k % 2]))
             last_sent[0] = time.monotonic()
             k += 1
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.1)  # the venue's pace: a trade every 0.1 s
 
     streamer = asyncio.create_task(stream())
     try:
@@ -283,7 +287,7 @@ async def test_silent_venue_goes_fail_safe_then_recovers(tmp_path: Path, in_proc
         # (issue: order-book venues; tests/test_freshness.py covers it at length).
         streaming.clear()
         polymarket.talking = False
-        await asyncio.sleep(2 * STALE_AFTER_S)
+        await asyncio.sleep(2 * STALE_AFTER_S)  # stays live over a span: the span is under test
         assert await live()
         assert polymarket.handshakes == 1  # the PONGs keep the connection
 
@@ -291,13 +295,7 @@ async def test_silent_venue_goes_fail_safe_then_recovers(tmp_path: Path, in_proc
         # connection and riskd connects again. Websocket pings from the venue's stack
         # do not count as Polymarket speaking (they do for Kalshi, whose heartbeat
         # they are).
-        pongs = polymarket.on_frame
-
-        async def mute(connection: Any, frame: str) -> None:
-            if frame != "PING":
-                await pongs(connection, frame)
-
-        polymarket.on_frame = mute  # type: ignore[method-assign]
+        pongs, polymarket.answers = polymarket.answers, {}
         heartbeat = asyncio.create_task(polymarket.heartbeat(0.1))
         try:
             async def fail_safe() -> bool:
@@ -314,7 +312,7 @@ async def test_silent_venue_goes_fail_safe_then_recovers(tmp_path: Path, in_proc
             await until(lambda: polymarket.handshakes >= 2, what="a reconnect after silence")
         finally:
             heartbeat.cancel()
-        polymarket.on_frame = pongs  # type: ignore[method-assign]
+        polymarket.answers = pongs
 
         # Data returns: the market leaves its fail-safe values and riskd is ready again.
         polymarket.talking = True
@@ -348,7 +346,7 @@ async def kalshi(kalshi_key: rsa.RSAPrivateKey) -> AsyncIterator[KalshiServer]:
 
 
 def write_key(tmp_path: Path, key: rsa.RSAPrivateKey) -> Path:
-    from venues import private_key_pem
+    from tests.support import private_key_pem
 
     path = tmp_path / "kalshi.pem"
     path.write_bytes(private_key_pem(key))
@@ -643,14 +641,9 @@ async def test_metadata_off_uses_the_markets_file_alone(
 # --- the generic websocket feed ---------------------------------------------------------------
 
 
-class GenericServer(VenueServer):
-    async def on_frame(self, connection: Any, frame: str) -> None:
-        pass
-
-
 async def test_generic_websocket_feed_with_a_field_mapping(tmp_path: Path,
                                                            in_process: Any) -> None:
-    server = GenericServer(path="/prices")
+    server = VenueServer(path="/prices")
     await server.start()
     try:
         doc = live_config(tmp_path, [{"id": "fed-hold", "resolves_at": RESOLVES}], {
@@ -684,7 +677,7 @@ async def test_generic_websocket_feed_with_a_field_mapping(tmp_path: Path,
 async def test_generic_feed_heartbeat_option(heartbeat: bool) -> None:
     """`heartbeat = true`: an exchange's websocket pings keep its quiet stream
     connected; by default only messages do, and the read timeout reconnects."""
-    server = GenericServer(path="/prices")
+    server = VenueServer(path="/prices")
     await server.start()
     cfg = WebsocketFeedSettings(**{**FAST, "read_timeout_s": 0.5}, url=server.url,
                                 heartbeat=heartbeat)

@@ -1,6 +1,6 @@
 """Freshness and liquidity from live books (issue: order-book venues), end to end: the
 daemon in-process against real `websockets` servers on 127.0.0.1 speaking each
-venue's protocol (tests/venues.py).
+venue's protocol (tests/support/venues.py).
 
 A deep market whose top of book stays put while the venue only answers pings (or
 sends its heartbeat) and changes other levels is live: `normal`, above 1x after
@@ -11,7 +11,6 @@ shallow book at the same prices gets strictly lower leverage than a deep one."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -19,9 +18,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import InProcessDaemon, wait_until
 from cryptography.hazmat.primitives.asymmetric import rsa
-from test_feeds_live import (
+
+from tests.support import (
+    InProcessDaemon,
+    KalshiServer,
+    PolymarketServer,
+    VenueServer,
+    now_ms,
+    until,
+    wait_until,
+)
+from tests.test_feeds_live import (
     FAST,
     RESOLVES,
     kalshi_key,  # noqa: F401 - a fixture
@@ -30,7 +38,6 @@ from test_feeds_live import (
     params,
     write_key,
 )
-from venues import KalshiServer, PolymarketServer, VenueServer, now_ms, until
 
 STALE_S = 0.5
 CYCLE_S = 0.05
@@ -62,7 +69,7 @@ async def watch(d: InProcessDaemon, market: str, seconds: float,
         assert entry is not None
         check(entry)
         seen += 1
-        await asyncio.sleep(CYCLE_S)
+        await asyncio.sleep(CYCLE_S)  # sampling over a span: the span is under test
     return seen
 
 
@@ -114,26 +121,11 @@ def pm_level_change(asset: str, size: int) -> dict[str, Any]:
                                "hash": "0"}]}
 
 
-class QuietPolymarket(PolymarketServer):
-    """Answers PING with PONG (noting when), and can go mute (no PONG either)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.books = {PM_DEEP[0]: pm_book(PM_DEEP[0], DEEP),
-                      PM_SHALLOW[0]: pm_book(PM_SHALLOW[0], SHALLOW)}
-        self.mute = False
-        self.last_sign = time.monotonic()
-
-    async def on_frame(self, connection: Any, frame: str) -> None:
-        if self.mute:
-            return
-        await super().on_frame(connection, frame)
-        self.last_sign = time.monotonic()
-
-
 @pytest.fixture
-async def quiet_pm() -> AsyncIterator[QuietPolymarket]:
-    server = QuietPolymarket()
+async def quiet_pm() -> AsyncIterator[PolymarketServer]:
+    """Answers PING with PONG (noting when), and can go mute (no PONG either)."""
+    server = PolymarketServer(books={PM_DEEP[0]: pm_book(PM_DEEP[0], DEEP),
+                                     PM_SHALLOW[0]: pm_book(PM_SHALLOW[0], SHALLOW)})
     await server.start()
     yield server
     server.drop()
@@ -148,7 +140,7 @@ def pm_markets() -> list[dict[str, Any]]:
 
 
 async def test_polymarket_quiet_deep_book_stays_live(tmp_path: Path, in_process: Any,
-                                                     quiet_pm: QuietPolymarket) -> None:
+                                                     quiet_pm: PolymarketServer) -> None:
     d = await in_process(config(tmp_path, pm_markets(), {
         "kind": "polymarket", "url": quiet_pm.url, "metadata": False,
         "polymarket": {**FAST, "ping_interval_s": 0.2, "read_timeout_s": READ_TIMEOUT_S}}))
@@ -159,7 +151,7 @@ async def test_polymarket_quiet_deep_book_stays_live(tmp_path: Path, in_process:
     async def other_levels() -> None:
         k = 0
         while True:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(1.0)  # the venue's pace: a change a second
             await quiet_pm.publish(pm_level_change(PM_DEEP[0], 800 + k))
             k += 1
 
@@ -226,29 +218,6 @@ async def quiet_kalshi(kalshi_key: rsa.RSAPrivateKey) -> AsyncIterator[KalshiSer
     await server.close()
 
 
-@contextlib.asynccontextmanager
-async def heartbeat(venue: VenueServer, every: float = 0.2) -> AsyncIterator[list[float]]:
-    """The venue's websocket pings (Kalshi's heartbeat) until the block ends; yields
-    [monotonic time of the last one]."""
-    last = [time.monotonic()]
-
-    async def beat() -> None:
-        while True:
-            for conn in list(venue.connections):
-                with contextlib.suppress(Exception):
-                    await conn.ping(b"heartbeat")
-            last[0] = time.monotonic()
-            await asyncio.sleep(every)
-
-    task = asyncio.create_task(beat())
-    try:
-        yield last
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
 async def test_kalshi_quiet_deep_book_stays_live(
         tmp_path: Path, in_process: Any, quiet_kalshi: KalshiServer,
         kalshi_key: rsa.RSAPrivateKey) -> None:  # noqa: F811
@@ -259,14 +228,14 @@ async def test_kalshi_quiet_deep_book_stays_live(
         "kalshi": {**FAST, "read_timeout_s": READ_TIMEOUT_S, "key_id": "riskd-test-key",
                    "channels": ["orderbook_delta"],
                    "private_key_path": str(write_key(tmp_path, kalshi_key))}}))
-    async with heartbeat(quiet_kalshi) as last_ping:
+    async with quiet_kalshi.heartbeating():
         d.start()
         await warm(d, "k-deep")
         (sid,) = quiet_kalshi.book_sids
 
         async def other_levels() -> None:
             while True:
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(1.0)  # the venue's pace: a change a second
                 await quiet_kalshi.send(quiet_kalshi.sequenced(sid, "orderbook_delta", {
                     "market_ticker": K_DEEP, "price": 30, "delta": 5, "side": "yes"}))
 
@@ -290,7 +259,7 @@ async def test_kalshi_quiet_deep_book_stays_live(
         await stale_within(d, "k-deep", lambda: sent)
         assert time.monotonic() - sent < STALE_S, "stale at once, not after stale_after_s"
         await until(lambda: quiet_kalshi.book_sids, what="the resubscription")
-        await asyncio.sleep(3 * STALE_S)
+        await asyncio.sleep(3 * STALE_S)  # stays stale for a while: the wait is under test
         assert not await _live(d, "k-deep"), "heartbeats do not confirm a broken book"
         quiet_kalshi.books = books
         (new_sid,) = quiet_kalshi.book_sids
@@ -299,11 +268,11 @@ async def test_kalshi_quiet_deep_book_stays_live(
         await wait_until(lambda: _live(d, "k-deep"), what="live after the new snapshot")
 
     # The heartbeat stops and nothing else comes: stale within stale_after_s + a cycle.
-    waited = await stale_within(d, "k-deep", lambda: last_ping[0])
+    waited = await stale_within(d, "k-deep", lambda: quiet_kalshi.last_ping)
     assert waited <= STALE_S + CYCLE_S + SLACK_S, waited
     status, body = await d.get_json("/readyz")
     assert status == 503 and "feed_stale:kalshi" in body["reasons"]
-    async with heartbeat(quiet_kalshi):
+    async with quiet_kalshi.heartbeating():
         await wait_until(lambda: _live(d, "k-deep"), what="recovery")
     assert quiet_kalshi.handshakes == 1
 
@@ -311,21 +280,10 @@ async def test_kalshi_quiet_deep_book_stays_live(
 # --- the generic websocket feed --------------------------------------------------------
 
 
-class PingingExchange(VenueServer):
-    """An exchange's own stream: top-of-book updates; "ping" -> "pong" unless mute."""
-
-    mute: bool = False
-    last_sign: float = 0.0
-
-    async def on_frame(self, connection: Any, frame: str) -> None:
-        if frame == "ping" and not self.mute:
-            await connection.send("pong")
-            self.last_sign = time.monotonic()
-
-
 async def test_generic_feed_quiet_deep_book_stays_live(tmp_path: Path,
                                                        in_process: Any) -> None:
-    server = PingingExchange(path="/prices")
+    # An exchange's own stream: top-of-book updates; "ping" -> "pong" unless mute.
+    server = VenueServer(path="/prices", answers={"ping": "pong"})
     await server.start()
     try:
         d = await in_process(config(tmp_path, [
@@ -363,7 +321,7 @@ async def test_generic_feed_quiet_deep_book_stays_live(tmp_path: Path,
 
 
 async def test_rejection_and_publish_counters_exist_at_zero(
-        tmp_path: Path, in_process: Any, quiet_pm: QuietPolymarket) -> None:
+        tmp_path: Path, in_process: Any, quiet_pm: PolymarketServer) -> None:
     d = await in_process(config(tmp_path, pm_markets(), {
         "kind": "polymarket", "url": quiet_pm.url, "metadata": False,
         "polymarket": {**FAST, "ping_interval_s": 0.2, "read_timeout_s": READ_TIMEOUT_S}}))

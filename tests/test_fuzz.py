@@ -854,7 +854,7 @@ async def admin_daemon(tmp_path: Path, in_process: Any) -> Any:
     """One daemon for all the examples of a test (it must keep serving through them):
     the whole FOMC tape replayed, then a frozen clock, so published leverage moves only
     with overrides. Yields it and the leverage published before any override."""
-    from conftest import FED_TAPE, base_config, http_json, wait_until
+    from tests.support import FED_TAPE, base_config, http_json, wait_until
 
     d = await in_process(base_config(tmp_path, 0, feed={"path": str(FED_TAPE), "speed": 0.0},
                                      server={"admin_token": ADMIN_TOKEN}))
@@ -875,9 +875,9 @@ async def test_admin_api_answers_bad_requests_with_4xx_and_only_tightens(
         admin_daemon: Any, requests: list[tuple[str, str, bytes | None, dict[str, str], bool]]
 ) -> None:
     import aiohttp
-    from conftest import wait_until
 
     from riskd.overrides import OverrideStore
+    from tests.support import wait_until
 
     d, baseline = admin_daemon
     daemon = d.daemon

@@ -11,12 +11,12 @@ from unittest import mock
 
 import numpy as np
 import pytest
-from conftest import base_config, wait_until
 
 from riskd import heap
 from riskd.config import Settings
 from riskd.engine import Engine
 from riskd.markets import Market
+from tests.support import base_config, wait_until
 
 
 def rss_mib() -> float:

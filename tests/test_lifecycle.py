@@ -3,14 +3,14 @@ end of a replay."""
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import (
+
+from tests.support import (
     FED_CSV,
     SECRET,
     DaemonProcess,
@@ -114,7 +114,11 @@ async def test_second_sigint_forces_the_exit(
 
     await wait_until(stuck, what="a publish in flight")
     daemon.send(signal.SIGINT)
-    await asyncio.sleep(0.2)
+
+    async def draining() -> bool:  # the first signal taken: a second one pending is lost
+        return await daemon.metric("riskd_task_running", task="cycle") == 0
+
+    await wait_until(draining, what="the drain to begin")
     started = time.monotonic()
     daemon.send(signal.SIGINT)
     assert await daemon.wait_exit(5) == 1  # forced: not a clean drain
@@ -199,7 +203,12 @@ async def test_sighup_reloads_valid_config_and_keeps_old_on_error(
     daemon.config.write_text("[limits\nmax_leverage = 2.0\n", encoding="utf-8")
     daemon.send(signal.SIGHUP)
     await wait_until(lambda: refused(2), what="second reload error counted")
-    await asyncio.sleep(0.3)  # several publish cycles
+    cycles = await daemon.metric("riskd_cycle_seconds_count") or 0.0
+
+    async def several_cycles() -> bool:
+        return (await daemon.metric("riskd_cycle_seconds_count") or 0.0) >= cycles + 5
+
+    await wait_until(several_cycles, what="several publish cycles")
     status, health = await daemon.get_json("/healthz")
     assert status == 200 and health["status"] == "ok"
     assert await leverages(daemon) == after

@@ -12,10 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import base_config, free_port, merge, metric_samples
-from promstack import Riskd, wait_for
 
 from riskd import logs
+from tests.support import Riskd, base_config, free_port, merge, metric_samples, wait_for
 
 SECRET = "hmac-secret-9f3b1c77"
 ADMIN_TOKEN = "admin-token-51d0e2aa"

@@ -7,7 +7,6 @@ import ast
 from pathlib import Path
 
 import pytest
-from conftest import FED_CSV, FED_MARKETS, REPO
 from prometheus_client import CollectorRegistry
 
 from riskd.config import load_settings
@@ -15,6 +14,7 @@ from riskd.engine import Engine
 from riskd.markets import load_markets
 from riskd.metrics import Metrics
 from riskd.tape import Tape
+from tests.support import FED_CSV, FED_MARKETS, REPO
 
 PER_MARKET = ("riskd_max_leverage", "riskd_fee_rate_hourly", "riskd_max_slippage",
               "riskd_probability", "riskd_time_to_resolution_seconds",

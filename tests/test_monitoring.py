@@ -21,6 +21,7 @@ in that scenario. `promtool check` and `promtool test rules` run here too.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import signal
@@ -32,14 +33,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FED_MARKETS, MIDTERMS, base_config, free_port, merge
-from promstack import (
+
+from tests.support import (
+    FED_MARKETS,
+    MIDTERMS,
+    Receiver,
+    ReceiverThread,
+    Riskd,
+    base_config,
+    free_port,
+    merge,
+    wait_for,
+)
+from tests.support.promstack import (
     COMPOSE_PROMETHEUS,
     RULES,
     RULES_TESTS,
-    Exchange,
     Prometheus,
-    Riskd,
     alert_rules,
     broken_tape,
     dashboard_queries,
@@ -50,7 +60,6 @@ from promstack import (
     regex_value,
     tool,
     variables_used,
-    wait_for,
 )
 
 SCRAPE_S = 1.0
@@ -98,7 +107,7 @@ class Stack:
     live: Riskd
     broken: Riskd
     doomed: Riskd
-    exchange: Exchange
+    exchange: ReceiverThread
     live_markets: set[str]
     fed_markets: set[str]
     broken_state: Path
@@ -117,7 +126,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tool("promtool")
     base = tmp_path_factory.mktemp("monitoring")
     ports = {name: free_port() for name in ("live", "broken", "doomed")}
-    exchange = Exchange()
+    exchange = ReceiverThread(Receiver(b"monitoring-test"))
     prometheus = Prometheus(base / "prometheus", [f"127.0.0.1:{p}" for p in ports.values()],
                             [RULES], SCRAPE_S)
     daemons: list[Riskd] = []
@@ -203,11 +212,14 @@ def test_every_dashboard_query_returns_data(stack: Stack) -> None:
         return [(where, q) for where, q in queries
                 if not finite_points(prom.query_range(q, prom.started, end, SCRAPE_S))]
 
-    deadline = time.monotonic() + 90
-    missing = empty()
-    while missing and time.monotonic() < deadline:
-        time.sleep(1.0)
-        missing = empty()
+    missing: list[tuple[str, str]] = []
+
+    def all_have_data() -> bool:
+        missing[:] = empty()
+        return not missing
+
+    with contextlib.suppress(AssertionError):  # the assertion below names what is missing
+        wait_for(all_have_data, 90, "data for every query", interval=1.0)
     assert not missing, "queries without data:\n" + "\n".join(f"  {w}: {q}" for w, q in missing)
 
 
@@ -303,7 +315,10 @@ def test_leveraged_in_freeze_window_stays_quiet_while_markets_enter_the_freeze(
 
     wait_for(all_in_window, 60, "every live market to be inside its freeze window")
     # Scraped after the freeze began for all: what Prometheus sees now is steady.
-    time.sleep(2 * SCRAPE_S)
+    frozen_at = time.time()
+    wait_for(lambda: prom.query(f'timestamp(up{{instance="{live}"}}) > '
+                                f"{frozen_at + SCRAPE_S}") or None,
+             30, "two scrapes after the freeze began")
     assert prom.query(in_window), in_window
     assert not [s for s in prom.query(expr) if s["metric"]["instance"] == live]
     before = prom.query_range(leveraged, prom.started, time.time(), SCRAPE_S)

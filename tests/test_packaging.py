@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import REPO
 
 from riskd.config import load_settings
+from tests.support import REPO
 
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"

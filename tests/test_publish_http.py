@@ -13,15 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import (
-    FED_TAPE,
-    SECRET,
-    InProcessDaemon,
-    Receiver,
-    base_config,
-    wait_until,
-)
-from exchange import Exchange, Step, check_delivery
 from prometheus_client import CollectorRegistry
 
 from riskd.backoff import backoff
@@ -39,16 +30,24 @@ from riskd.publish.retry import (
     retry_after,
 )
 from riskd.timeutil import iso
+from tests.support import (
+    FED_TAPE,
+    SECRET,
+    InProcessDaemon,
+    Receiver,
+    Step,
+    base_config,
+    check_delivery,
+    wait_until,
+)
 
 FAST_RETRY = {"backoff_initial_s": 0.02, "backoff_max_s": 0.1, "timeout_s": 2.0}
 
 
 @pytest.fixture
-async def exchange(receiver: Receiver) -> Any:
-    ex = Exchange(receiver)
-    await ex.start()
-    yield ex
-    await ex.stop()
+async def exchange(receiver: Receiver) -> Receiver:
+    """The receiver, failing on purpose as each test's `script` says."""
+    return receiver
 
 
 @pytest.fixture(autouse=True)
@@ -87,16 +86,16 @@ def fed_config(tmp_path: Path, url: str, speed: float = 1e6, **http: Any) -> dic
 
 
 async def test_5xx_then_200_ends_with_the_newest_values(
-    tmp_path: Path, in_process: Any, exchange: Exchange
+    tmp_path: Path, in_process: Any, exchange: Receiver
 ) -> None:
     exchange.script.extend([Step(500), Step(503), Step(500), Step(502), Step(500)])
     d = await in_process(fed_config(tmp_path, exchange.url, circuit_failures=10))
     d.start()
-    await wait_until(lambda: caught_up(d, exchange.receiver), timeout=15,
+    await wait_until(lambda: caught_up(d, exchange), timeout=15,
                      what="the exchange to hold the current sets")
     assert await d.stop() == 0
 
-    receiver = exchange.receiver
+    receiver = exchange
     receiver.check_all()  # every attempt took the next seq; accepted ones are complete
     check_delivery(receiver)
     assert exchange.answers[:5] == [500, 503, 500, 502, 500]
@@ -109,16 +108,16 @@ async def test_5xx_then_200_ends_with_the_newest_values(
     assert count(d, "riskd_publisher_circuit_open", publisher="http") == 0
 
 
-async def test_timeout_is_retried(tmp_path: Path, in_process: Any, exchange: Exchange) -> None:
+async def test_timeout_is_retried(tmp_path: Path, in_process: Any, exchange: Receiver) -> None:
     # The first request is held past the publisher's 0.3 s timeout and never recorded.
     exchange.script.append(Step(hang_s=1.0, status=200))
     d = await in_process(fed_config(tmp_path, exchange.url, timeout_s=0.3))
     d.start()
-    await wait_until(lambda: caught_up(d, exchange.receiver), timeout=15,
+    await wait_until(lambda: caught_up(d, exchange), timeout=15,
                      what="the exchange to hold the current sets")
     assert await d.stop() == 0
 
-    receiver = exchange.receiver
+    receiver = exchange
     check_delivery(receiver)
     first_seq = exchange.arrivals[0][1]
     assert first_seq not in [m.body["seq"] for m in receiver.messages]
@@ -130,22 +129,22 @@ async def test_timeout_is_retried(tmp_path: Path, in_process: Any, exchange: Exc
 
 
 async def test_429_waits_for_retry_after(
-    tmp_path: Path, in_process: Any, exchange: Exchange
+    tmp_path: Path, in_process: Any, exchange: Receiver
 ) -> None:
     exchange.script.append(Step(429, retry_after="1"))
     d = await in_process(fed_config(tmp_path, exchange.url))
     d.start()
-    await wait_until(lambda: caught_up(d, exchange.receiver), timeout=15,
+    await wait_until(lambda: caught_up(d, exchange), timeout=15,
                      what="the exchange to hold the current sets")
     assert await d.stop() == 0
 
-    check_delivery(exchange.receiver)
+    check_delivery(exchange)
     (t429, _), (t_next, _) = exchange.arrivals[:2]
     # Backoff alone would retry within 0.02 s; the exchange asked for one second.
     assert t_next - t429 >= 0.95
     assert exchange.answers[0] == 429 and exchange.answers[1] == 200
     assert published(d, "retry") == 1
-    assert published(d, "ok") == len(exchange.receiver.messages)
+    assert published(d, "ok") == len(exchange.messages)
     assert latency_count(d) == len(exchange.answers)
 
 
@@ -200,7 +199,7 @@ def write_many_markets(tmp_path: Path, seconds: int = 1200, step: int = 5) -> tu
 
 
 async def test_outage_opens_the_circuit_with_bounded_memory_then_recovers(
-    tmp_path: Path, in_process: Any, exchange: Exchange
+    tmp_path: Path, in_process: Any, exchange: Receiver
 ) -> None:
     tape, markets = write_many_markets(tmp_path)
     # 50 event seconds per wall second: the outage below spans over a minute of the
@@ -217,7 +216,7 @@ async def test_outage_opens_the_circuit_with_bounded_memory_then_recovers(
     d = await in_process(doc)
     pub = http_publisher(d)
     d.start()
-    receiver = exchange.receiver
+    receiver = exchange
     await wait_until(lambda: caught_up(d, receiver), timeout=15, what="a first delivery")
     # Every request carries at most max_batch markets.
     assert max(len(b["params"]) for b in receiver.attempts) <= 50
@@ -230,7 +229,7 @@ async def test_outage_opens_the_circuit_with_bounded_memory_then_recovers(
     versions_at_stop = sum(int(e["version"]) for e in d.daemon.engine.current.values())
     while d.daemon.now() - down_clock < 75.0:  # over a minute of the daemon's clock
         largest_backlog = max(largest_backlog, pub.backlog())
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # sampling the backlog over the outage
     outage_s = time.monotonic() - down_at
     assert count(d, "riskd_publisher_circuit_open", publisher="http") == 1
     status, body = await d.get_json("/readyz")
@@ -265,7 +264,7 @@ def entry(market: str, version: int) -> dict[str, Any]:
             "max_leverage": {"long": 2.0, "short": 2.0}}
 
 
-async def test_tightened_markets_go_first_in_batches_of_max_batch(exchange: Exchange) -> None:
+async def test_tightened_markets_go_first_in_batches_of_max_batch(exchange: Receiver) -> None:
     registry = CollectorRegistry()
     metrics = Metrics(registry)
     pub = HttpPublisher(exchange.url, SECRET.encode(), "riskd-test", metrics, 2.0,
@@ -282,19 +281,19 @@ async def test_tightened_markets_go_first_in_batches_of_max_batch(exchange: Exch
         await pub.drain(5.0)
     finally:
         await pub.close()
-    sent = [[(e["market"], e["version"]) for e in b["params"]] for b in exchange.receiver.attempts]
+    sent = [[(e["market"], e["version"]) for e in b["params"]] for b in exchange.attempts]
     assert sent == [
         [("m0", 1), ("m1", 1), ("m2", 1)],
         [("m4", 2), ("m3", 1), ("m5", 1)],  # the tightened market first; m4 v1 never sent
         [("m7", 1)],
     ]
-    assert [b["seq"] for b in exchange.receiver.attempts] == [1, 2, 3]
+    assert [b["seq"] for b in exchange.attempts] == [1, 2, 3]
     assert pub.seq == 3
     assert registry.get_sample_value("riskd_publishes_total",
                                      {"publisher": "http", "result": "ok"}) == 3
 
 
-async def test_seq_restored_before_start_continues(exchange: Exchange) -> None:
+async def test_seq_restored_before_start_continues(exchange: Receiver) -> None:
     """The state snapshot sets `seq` before start; the next message takes seq + 1."""
     pub = HttpPublisher(exchange.url, SECRET.encode(), "riskd-test", Metrics(CollectorRegistry()))
     pub.seq = 41
@@ -304,7 +303,7 @@ async def test_seq_restored_before_start_continues(exchange: Exchange) -> None:
         await pub.drain(5.0)
     finally:
         await pub.close()
-    (message,) = exchange.receiver.messages
+    (message,) = exchange.messages
     assert message.body["seq"] == 42
     assert message.headers["Idempotency-Key"] == "riskd-test:42"
 

@@ -4,7 +4,6 @@ server on 127.0.0.1; and end to end, `riskd receiver` and `riskd run` as subproc
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import json
@@ -13,13 +12,17 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import (
+
+from riskd.receiver import Clock, ReceiverConfig, SafeParams, make_app
+from riskd.timeutil import iso
+from tests.support import (
     FED_TAPE,
     SECRET,
     base_config,
@@ -29,9 +32,6 @@ from conftest import (
     parse_time,
     wait_until,
 )
-
-from riskd.receiver import Clock, ReceiverConfig, SafeParams, make_app
-from riskd.timeutil import iso
 
 SAFE = SafeParams(mode="reduce_only", max_leverage=1.0, fee_rate_hourly=0.002,
                   max_slippage=0.005)
@@ -73,14 +73,33 @@ def signed(body: bytes, secret: str = SECRET, ts: float | None = None,
 Serve = Callable[..., Awaitable[str]]
 
 
+@dataclass
+class ShiftedClock:
+    """The receivers' wall clock: time.time() moved on by `advance`, so that a test
+    makes time pass without waiting for it."""
+
+    offset: float = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+
 @pytest.fixture
-async def serve() -> AsyncIterator[Serve]:
+def wall() -> ShiftedClock:
+    return ShiftedClock()
+
+
+@pytest.fixture
+async def serve(wall: ShiftedClock) -> AsyncIterator[Serve]:
     """Factory: a reference receiver app on 127.0.0.1; returns its base URL."""
     runners: list[web.AppRunner] = []
 
     async def start(clock: Clock = "wall") -> str:
         cfg = ReceiverConfig(secret=SECRET.encode(), max_skew_s=60.0, clock=clock, safe=SAFE)
-        runner = web.AppRunner(make_app(cfg), access_log=None)
+        runner = web.AppRunner(make_app(cfg, wall_clock=wall), access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()
         runners.append(runner)
@@ -174,14 +193,15 @@ async def test_replays_and_older_sets_are_refused(serve: Serve) -> None:
     assert stats["rejected"]["replayed_seq"] == 3
 
 
-async def test_expired_sets_fall_back_to_safe_values_by_wall_clock(serve: Serve) -> None:
+async def test_expired_sets_fall_back_to_safe_values_by_wall_clock(
+        serve: Serve, wall: ShiftedClock) -> None:
     url = await serve()
     now = time.time()
     body = message(1, now, [params_entry("m1", 1, now + 0.4, lev=4.0),
                             params_entry("m2", 1, now + 60, lev=4.0)])
     assert (await post(url, body, signed(body)))[0] == 200
     assert (await in_force(url))["m1"]["source"] == "riskd"
-    await asyncio.sleep(0.5)  # m1's valid_until passes with nothing newer
+    wall.advance(0.5)  # m1's valid_until passes with nothing newer
     held = await in_force(url)
     m1 = held["m1"]
     assert m1["source"] == "safe" and m1["reason"] == "expired"

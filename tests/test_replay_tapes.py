@@ -10,7 +10,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from conftest import FED_CSV, base_config, free_port, sample, tape_rows, wait_until
+from tests.support import FED_CSV, base_config, free_port, sample, tape_rows, wait_until
 
 POLY = "fed-dec2025-nochange-poly"
 KALSHI = "fed-dec2025-nochange-kalshi"

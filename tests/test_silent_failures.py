@@ -14,9 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import FED_MARKETS, SECRET, Receiver, free_port, to_toml, wait_until
 from prometheus_client import CollectorRegistry
-from test_config import riskd
 
 from riskd import logs
 from riskd.metrics import Metrics
@@ -24,6 +22,8 @@ from riskd.publish.base import Batch
 from riskd.publish.http import DeliveryPolicy, HttpPublisher
 from riskd.publish.retry import retry_delays
 from riskd.secrets import mask_url, mask_urls
+from tests.support import FED_MARKETS, SECRET, Receiver, free_port, to_toml, wait_until
+from tests.test_config import riskd
 
 URL_PASSWORD = "feed-pw-5e1f0c"
 URL_TOKEN = "feed-token-a81b93"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import signal
 import subprocess
@@ -11,7 +10,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import base_config, free_port, wait_until
 
 from riskd.config import Settings
 from riskd.engine import Engine
@@ -19,6 +17,7 @@ from riskd.feeds.base import Tick
 from riskd.publish.jsonl import read_audit, repair_tail
 from riskd.state import SCHEMA, StateStore, last_published_at, tighten_from_audit
 from riskd.timeutil import parse_iso
+from tests.support import base_config, free_port, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 MIDTERMS = ROOT / "data/tapes/polymarket_midterms_2022"
@@ -251,8 +250,11 @@ async def test_daemon_starts_conservatively_on_bad_state(
     if damage == "corrupt":
         assert list(state.glob("snapshot.npz.corrupt-*"))
     # Fresh start: every market begins at its fail-safe values while it warms up.
-    await asyncio.sleep(1.5)
-    _, params = await daemon.get_json("/v1/params")
+    async def published() -> dict[str, Any] | None:
+        _, body = await daemon.get_json("/v1/params")
+        return body if body["params"] else None
+
+    params = await wait_until(published, what="parameter sets on the API")
     daemon.send(signal.SIGTERM)
     assert await daemon.wait_exit(5.0) == 0
     batches = list(read_audit(Path(doc["publisher"]["jsonl"]["path"])))

@@ -12,7 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import (
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from riskd.publish.base import Batch
+from tests.support import (
     FED_TAPE,
     SECRET,
     InProcessDaemon,
@@ -21,10 +25,6 @@ from conftest import (
     read_audit,
     wait_until,
 )
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
-
-from riskd.publish.base import Batch
 
 TOKEN = "stream-token-7d1"
 

@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import base_config, http_get, metric_samples, wait_until
 from prometheus_client import CollectorRegistry, generate_latest
 
 from riskd.metrics import Metrics
 from riskd.publish.base import Batch
 from riskd.supervise import Fatal, Supervisor
+from tests.support import base_config, http_get, metric_samples, wait_until
 
 
 class CrashingPublisher:
@@ -187,7 +187,7 @@ async def test_a_watched_task_is_restarted_through_its_owner() -> None:
     # Cancelled at shutdown: not a failure, not restarted.
     started[-1].cancel()
     await asyncio.gather(started[-1], return_exceptions=True)
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0.1)  # an absence: a restart, if there were one, would come within this
     assert len(started) == 2
     assert _sample(metrics, "riskd_task_failures_total", "publish-x") == 2
 
@@ -209,7 +209,8 @@ async def test_a_loop_that_returns_because_the_daemon_stops_is_no_failure() -> N
             await asyncio.sleep(0.01)
 
     task = sup.spawn("cycle", loop, restart=True)
-    await asyncio.sleep(0.05)
+    await wait_until(lambda: _sample(metrics, "riskd_task_running", "cycle") == 1,
+                     what="the loop running")
     stop.set()
     await asyncio.wait_for(task, 2.0)
     assert _sample(metrics, "riskd_task_failures_total", "cycle") == 0

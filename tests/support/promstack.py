@@ -1,8 +1,8 @@
-"""Support for the monitoring tests: the dashboard and alert files, PromQL inspection,
-and real processes (Prometheus, `riskd run`, an exchange stub) on 127.0.0.1.
+"""The monitoring stack: the dashboard and alert files, PromQL inspection, and a real
+Prometheus on 127.0.0.1 (with `Riskd` and `ReceiverThread` the whole stack).
 
-Synchronous on purpose: the processes live for a whole test module, longer than
-one test's event loop.
+Blocking on purpose: the processes live for a whole test module, longer than one
+test's event loop.
 """
 
 from __future__ import annotations
@@ -11,24 +11,21 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
-import sys
-import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import yaml
-from conftest import FED_CSV, REPO, clean_env, free_port, write_config
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support.client import get_blocking
+from tests.support.config import FED_CSV, REPO, free_port
+from tests.support.waiting import wait_for
 
 DASHBOARD = REPO / "grafana" / "dashboards" / "riskd.json"
 DATASOURCES = REPO / "grafana" / "provisioning" / "datasources" / "prometheus.yaml"
@@ -41,7 +38,6 @@ COMPOSE_PROMETHEUS = PROMETHEUS_DIR / "prometheus.yml"
 JOB = "riskd"  # the job name the alert rules and the dashboard expect
 # Series Prometheus makes itself for every target (not exported by riskd).
 SYNTHETIC = {"up"}
-T = TypeVar("T")
 
 
 # --- the files --------------------------------------------------------------------
@@ -265,35 +261,6 @@ def broken_tape(path: Path) -> Path:
     return path
 
 
-# --- waiting ----------------------------------------------------------------------
-
-
-def wait_for(check: Callable[[], T | None], timeout: float, what: str,
-             interval: float = 0.25) -> T:
-    """Poll `check` until it returns something truthy; fail after `timeout`."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        try:
-            last = check()
-        except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
-            last = exc
-        else:
-            if last:
-                return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
-        time.sleep(interval)
-
-
-def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
 # --- Prometheus -------------------------------------------------------------------------
 
 
@@ -348,13 +315,13 @@ class Prometheus:
             if self.proc.poll() is not None:
                 raise AssertionError(f"prometheus exited with {self.proc.returncode}:\n"
                                      f"{self.log()}")
-            return http_get(self.url + "/-/ready")[0] == 200
+            return get_blocking(self.url + "/-/ready")[0] == 200
 
         wait_for(ready, timeout, "prometheus to be ready")
 
     def api(self, path: str, **params: str | float) -> Any:
         query = urllib.parse.urlencode({k: str(v) for k, v in params.items()})
-        status, body = http_get(f"{self.url}/api/v1/{path}?{query}")
+        status, body = get_blocking(f"{self.url}/api/v1/{path}?{query}")
         doc = json.loads(body)
         assert status == 200 and doc["status"] == "success", (path, params, doc)
         return doc["data"]
@@ -392,96 +359,3 @@ def finite_points(series: list[dict[str, Any]]) -> int:
             if value not in ("NaN", "+Inf", "-Inf"):
                 n += 1
     return n
-
-
-# --- riskd as a subprocess ---------------------------------------------------------------
-
-
-class Riskd:
-    """`riskd run -c CONFIG` in a subprocess, observed over its API, never its log text."""
-
-    def __init__(self, workdir: Path, doc: dict[str, Any]) -> None:
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.port = int(doc["server"]["port"])
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.target = f"127.0.0.1:{self.port}"
-        config = write_config(workdir / "riskd.toml", doc)
-        self.stderr_path = workdir / "riskd.stderr"
-        self._stderr = self.stderr_path.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "riskd.cli", "run", "-c", str(config)],
-            cwd=workdir, env=clean_env(), stdin=subprocess.DEVNULL,
-            stdout=self._stderr, stderr=self._stderr,
-        )
-
-    def stderr(self) -> str:
-        """For failure messages only."""
-        self._stderr.flush()
-        return self.stderr_path.read_text(encoding="utf-8", errors="replace")[-3000:]
-
-    def wait_healthy(self, timeout: float = 20.0) -> None:
-        def healthy() -> bool:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"riskd exited with {self.proc.returncode}:\n"
-                                     f"{self.stderr()}")
-            return http_get(self.url + "/healthz")[0] == 200
-
-        wait_for(healthy, timeout, f"riskd on {self.target} to be healthy")
-
-    def metrics(self) -> str:
-        status, body = http_get(self.url + "/metrics")
-        assert status == 200
-        return body.decode()
-
-    def signal(self, sig: signal.Signals) -> None:
-        assert self.proc.poll() is None, f"riskd already exited:\n{self.stderr()}"
-        self.proc.send_signal(sig)
-
-    def wait_exit(self, timeout: float) -> int:
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"riskd still running after {timeout}s:\n"
-                                 f"{self.stderr()}") from None
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
-        self._stderr.close()
-
-
-# --- an exchange that accepts everything ------------------------------------------------
-
-
-class Exchange:
-    """The exchange end of the HTTP publisher, answering 200 to every POST."""
-
-    def __init__(self) -> None:
-        exchange = self
-        self.requests = 0
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-                self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                exchange.requests += 1
-                body = b'{"ok": true}'
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/risk-params"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self._thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self._thread.join(5)

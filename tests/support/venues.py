@@ -1,8 +1,9 @@
-"""Venue servers for the feed tests: real `websockets` servers on 127.0.0.1 that speak
-Polymarket's CLOB market channel and Kalshi's websocket v2 (signed handshake,
-subscribe commands, snapshots then deltas), and an aiohttp server for the venues'
-REST market lists. They replay the recorded messages of tests/fixtures/ws with the
-event times moved to now (the daemon runs on wall time)."""
+"""Venue servers: real `websockets` servers on 127.0.0.1, one per protocol:
+Polymarket's CLOB market channel, Kalshi's websocket v2 (signed handshake,
+subscribe commands, snapshots then deltas) and a generic exchange stream; and an
+aiohttp server for the venues' REST market lists. By default they replay the
+recorded messages of tests/fixtures/ws with the event times moved to now (the
+daemon runs on wall time)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import base64
 import contextlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,9 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 
-WS = Path(__file__).parent / "fixtures" / "ws"
+WS = Path(__file__).resolve().parents[1] / "fixtures" / "ws"
 
 
 def fixture_docs(name: str) -> list[dict[str, Any]]:
@@ -38,20 +40,30 @@ def now_ms() -> int:
 
 @dataclass
 class VenueServer:
-    """What both websocket venues share: connections, what they received, control."""
+    """What every websocket venue shares: connections, what they received, control.
+
+    A generic exchange stream as it is: it answers the frames in `answers` (its
+    heartbeat, e.g. "ping" -> "pong") and nothing else; tests `send` the rest."""
 
     path: str
+    answers: dict[str, str] = field(default_factory=dict)
+    serve_options: dict[str, Any] = field(default_factory=dict)  # for websockets' serve
     server: Server | None = None
     url: str = ""
-    connections: list[ServerConnection] = field(default_factory=list)
+    connections: list[ServerConnection] = field(default_factory=list)  # every one made
     received: list[str] = field(default_factory=list)  # every text frame, in order
     handshakes: int = 0
     # While False, the server answers nothing but the protocol (pongs): a silent venue.
     talking: bool = True
+    mute: bool = False  # answers nothing at all, not even pongs
+    last_sign: float = field(default_factory=time.monotonic)  # of an answer, monotonic
+    last_ping: float = field(default_factory=time.monotonic)  # of a `heartbeat` round
+    refusing: int | None = None  # answer handshakes with this status (down for maintenance)
+    refused: int = 0
 
     async def start(self) -> None:
         self.server = await serve(self._handler, "127.0.0.1", 0,
-                                  process_request=self._process_request)
+                                  process_request=self._process_request, **self.serve_options)
         port = self.server.sockets[0].getsockname()[1]
         self.url = f"ws://127.0.0.1:{port}{self.path}"
 
@@ -62,6 +74,9 @@ class VenueServer:
 
     def _process_request(self, connection: ServerConnection, request: Request
                          ) -> Response | None:
+        if self.refusing is not None:
+            self.refused += 1
+            return connection.respond(self.refusing, "maintenance\n")
         if request.path != self.path:
             return connection.respond(404, "no such path\n")
         problem = self.check_handshake(request.headers)
@@ -75,14 +90,29 @@ class VenueServer:
 
     async def _handler(self, connection: ServerConnection) -> None:
         self.connections.append(connection)
-        with contextlib.suppress(ConnectionClosed):
-            async for frame in connection:
-                assert isinstance(frame, str)
-                self.received.append(frame)
-                await self.on_frame(connection, frame)
+        try:
+            with contextlib.suppress(ConnectionClosed):
+                async for frame in connection:
+                    assert isinstance(frame, str)
+                    self.received.append(frame)
+                    if self.mute:
+                        continue
+                    if frame in self.answers:
+                        await connection.send(self.answers[frame])
+                        self.last_sign = time.monotonic()
+                        continue
+                    await self.on_frame(connection, frame)
+        finally:
+            await self.on_close(connection)
 
     async def on_frame(self, connection: ServerConnection, frame: str) -> None:
-        raise NotImplementedError
+        """Anything but the heartbeat: a generic stream takes it and answers nothing."""
+
+    async def on_close(self, connection: ServerConnection) -> None:
+        pass
+
+    def open_connections(self) -> list[ServerConnection]:
+        return [c for c in self.connections if c.state is State.OPEN]
 
     async def send(self, frame: str | dict[str, Any] | list[Any]) -> None:
         """To every open connection."""
@@ -98,7 +128,19 @@ class VenueServer:
             for conn in list(self.connections):
                 with contextlib.suppress(ConnectionClosed):
                     await conn.ping(b"heartbeat")  # the pong is not awaited
-            await asyncio.sleep(every)
+            self.last_ping = time.monotonic()
+            await asyncio.sleep(every)  # the heartbeat's period, as the venue's
+
+    @contextlib.asynccontextmanager
+    async def heartbeating(self, every: float = 0.2) -> AsyncIterator[None]:
+        """`heartbeat` until the block ends."""
+        task = asyncio.create_task(self.heartbeat(every))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     def drop(self) -> None:
         """Cut every connection mid-stream, as a network failure would (no close frame)."""
@@ -110,14 +152,29 @@ class VenueServer:
         return [f for f in self.received if where(f)]
 
 
+Stream = Callable[[ServerConnection, list[str]], Awaitable[None]]
+
+
 class PolymarketServer(VenueServer):
     """The CLOB market channel: a subscription by asset ids, then the book of each
-    subscribed asset (recorded), then whatever the test sends; PING -> PONG."""
+    subscribed asset (`books`, the recorded ones by default), then whatever the test
+    sends; PING -> PONG.
 
-    def __init__(self) -> None:
-        super().__init__(path="/ws/market")
-        self.books = {d["asset_id"]: d for d in fixture_docs("polymarket_book.jsonl")}
+    `book_for`, if given, makes each book at subscription time instead of `books`;
+    `dump=False` sends no books. `stream`, if given, runs per connection after its
+    first subscription until the connection ends (a benchmark's own writer)."""
+
+    def __init__(self, books: dict[str, dict[str, Any]] | None = None, *,
+                 book_for: Callable[[str], dict[str, Any] | None] | None = None,
+                 dump: bool = True, stream: Stream | None = None, **options: Any) -> None:
+        super().__init__(path="/ws/market", answers={"PING": "PONG"}, **options)
+        self.books = books if books is not None else {
+            d["asset_id"]: d for d in fixture_docs("polymarket_book.jsonl")}
+        self.book_for = book_for
+        self.dump = dump
+        self.stream = stream
         self.subscribed: dict[ServerConnection, set[str]] = {}  # each connection's assets
+        self._streams: dict[ServerConnection, asyncio.Task[None]] = {}
 
     async def publish(self, doc: dict[str, Any]) -> None:
         """An event to the connections subscribed to its asset, as the venue does (`send`
@@ -138,17 +195,29 @@ class PolymarketServer(VenueServer):
     def pings(self) -> int:
         return sum(1 for f in self.received if f == "PING")
 
+    def _books(self, assets: list[str]) -> list[dict[str, Any]]:
+        find = self.book_for or self.books.get
+        made = (find(a) for a in assets)
+        return [{**b, "timestamp": str(now_ms())} for b in made if b is not None]
+
     async def on_frame(self, connection: ServerConnection, frame: str) -> None:
-        if frame == "PING":
-            await connection.send("PONG")
+        try:
+            sub = json.loads(frame)
+        except ValueError:
             return
-        sub = json.loads(frame)
-        self.subscribed[connection] = set(sub["assets_ids"])
-        if not self.talking:
-            return
-        books = [{**self.books[a], "timestamp": str(now_ms())}
-                 for a in sub["assets_ids"] if a in self.books]
-        await connection.send(json.dumps(books))  # the initial dump is one JSON array
+        assets = list(sub.get("assets_ids", []))
+        self.subscribed[connection] = set(assets)
+        if self.stream is not None and connection not in self._streams:
+            self._streams[connection] = asyncio.create_task(self.stream(connection, assets))
+        if self.talking and self.dump:
+            # The initial dump is one JSON array.
+            await connection.send(json.dumps(self._books(assets)))
+        self.last_sign = time.monotonic()
+
+    async def on_close(self, connection: ServerConnection) -> None:
+        task = self._streams.pop(connection, None)
+        if task is not None:
+            task.cancel()
 
 
 def private_key_pem(key: rsa.RSAPrivateKey) -> bytes:
@@ -276,15 +345,3 @@ class RestServer:
         page = hits[start:start + limit]
         more = start + limit < len(hits)
         return web.json_response({"markets": page, "cursor": str(start + limit) if more else ""})
-
-
-async def until(check: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
-    """Poll a sync check until it is truthy."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.01)
