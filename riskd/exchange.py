@@ -134,11 +134,11 @@ class ExchangeState:
         """The body's shape (what `ExchangeStore.from_dict` reads back) plus `received`."""
         return {"exchange": self.exchange, "seq": self.seq, "as_of": iso(self.as_of),
                 "insurance_fund": self.insurance_fund,
-                "open_interest": _open_interest_dict(self.open_interest),
+                "open_interest": open_interest_dict(self.open_interest),
                 "received": self.received if math.isfinite(self.received) else None}
 
 
-def _open_interest_dict(oi: Mapping[str, Mapping[str, SideBook]]) -> dict[str, Any]:
+def open_interest_dict(oi: Mapping[str, Mapping[str, SideBook]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for market, sides in oi.items():
         entry: dict[str, Any] = {side: book.notional for side, book in sides.items()}
