@@ -170,10 +170,7 @@ class Daemon:
 
     def exchange_state(self, headers: Mapping[str, str], raw: bytes
                        ) -> tuple[int, dict[str, Any]]:
-        verdict = self.exchange.receive(self.settings.exchange, headers, raw, time.time(),
-                                        self.now(), self.settings.server.max_body_bytes,
-                                        self.knows)
-        return self._exchange_counted(verdict)
+        return self._exchange_counted(self._exchange_receive(headers, raw))
 
     def stream_message(self, text: str) -> bytes | None:
         """A text frame from a /v1/stream client: an exchange state report gets the
@@ -185,12 +182,15 @@ class Daemon:
         else:
             if request is None:
                 return None
-            headers, raw = request
-            verdict = self.exchange.receive(self.settings.exchange, headers, raw, time.time(),
-                                            self.now(), self.settings.server.max_body_bytes,
-                                            self.knows)
+            verdict = self._exchange_receive(*request)
         self._exchange_counted(verdict)
         return reply_frame(verdict)
+
+    def _exchange_receive(self, headers: Mapping[str, str], raw: bytes) -> Verdict:
+        # The timestamp is judged by the wall clock, the state stamped by the daemon's.
+        return self.exchange.receive(self.settings.exchange, headers, raw, time.time(),
+                                     self.now(), self.settings.server.max_body_bytes,
+                                     self.knows)
 
     def _exchange_counted(self, verdict: Verdict) -> tuple[int, dict[str, Any]]:
         self.metrics.exchange_result(verdict.result)
