@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from riskd.config import Settings
+    from riskd.exchange import ExchangeStore
     from riskd.metrics import Metrics
     from riskd.overrides import Override
     from riskd.publish.websocket import WebsocketPublisher
@@ -19,6 +20,7 @@ class DaemonApi(Protocol):
     stream: WebsocketPublisher | None
     state_status: str  # what start-up made of the snapshot
     reload_error: str | None  # why the last reload was refused
+    exchange: ExchangeStore  # what the exchange last reported (read only here)
 
     def now(self) -> float: ...
 
@@ -40,6 +42,12 @@ class DaemonApi(Protocol):
 
     def knows(self, market: str) -> bool:
         """The market is in the engine (configured, or listed by a venue)."""
+        ...
+
+    def exchange_state(self, headers: Mapping[str, str], raw: bytes
+                       ) -> tuple[int, dict[str, Any]]:
+        """One exchange state report (POST /v1/exchange/state): the status and answer.
+        A refused report changes nothing."""
         ...
 
     def current_overrides(self) -> Mapping[str, Override]: ...

@@ -23,6 +23,7 @@ from riskd import health
 from riskd.clock import Clock, iso_or_empty
 from riskd.config import ConfigError, Settings, describe_source, load_settings
 from riskd.engine import Engine
+from riskd.exchange import ExchangeStore, Verdict, frame_request, refuse, reply_frame
 from riskd.explain import explain
 from riskd.feeds.base import Feed, Replayed
 from riskd.feeds.replay import ReplayFeed
@@ -35,7 +36,7 @@ from riskd.publish.base import Publisher
 from riskd.publish.http import DeliveryPolicy, HttpPublisher
 from riskd.publish.jsonl import JsonlPublisher
 from riskd.publish.websocket import WebsocketPublisher
-from riskd.state import StateStore, resume, seq_gap
+from riskd.state import Loaded, StateStore, resume, seq_gap
 from riskd.supervise import Fatal, Supervisor
 from riskd.timeutil import parse_iso
 
@@ -88,6 +89,8 @@ class Daemon:
         self.feed = self.feeds[0]
         self.now: Clock = clock or self.feed.now
         self.metrics.watch(self.engine, settings.server.max_market_series, clock=self.now)
+        self.exchange = ExchangeStore()
+        self.metrics.watch_exchange(lambda: self.exchange.age(self.now()))
         self.publishers: list[Publisher] = self._make_publishers(settings)
         self.metrics.register_publishers([p.name for p in self.publishers])
         self.store = (StateStore(settings.state.dir, settings.state.max_age_s)
@@ -110,7 +113,12 @@ class Daemon:
                                       self.metrics, cfg.http.timeout_s,
                                       DeliveryPolicy.from_settings(cfg.http)))
         if cfg.websocket is not None:
-            self.stream = WebsocketPublisher(cfg.websocket, self.metrics, self.stream_snapshot)
+            # A frame may carry an exchange state report: as large as a POST's body,
+            # string-escaped.
+            frame = 2 * settings.server.max_body_bytes + 4096 \
+                if settings.exchange.secret.get_secret_value().strip() else 4096
+            self.stream = WebsocketPublisher(cfg.websocket, self.metrics, self.stream_snapshot,
+                                             self.stream_message, frame)
             pubs.append(self.stream)
         return pubs
 
@@ -160,6 +168,39 @@ class Daemon:
     def knows(self, market: str) -> bool:
         return market in self.engine.index
 
+    def exchange_state(self, headers: Mapping[str, str], raw: bytes
+                       ) -> tuple[int, dict[str, Any]]:
+        return self._exchange_counted(self._exchange_receive(headers, raw))
+
+    def stream_message(self, text: str) -> bytes | None:
+        """A text frame from a /v1/stream client: an exchange state report gets the
+        HTTP endpoint's answer as a frame; anything else is ignored."""
+        try:
+            request = frame_request(text)
+        except ValueError as exc:
+            verdict = refuse(400, "bad_body", f"not an exchange_state frame: {exc}")
+        else:
+            if request is None:
+                return None
+            verdict = self._exchange_receive(*request)
+        self._exchange_counted(verdict)
+        return reply_frame(verdict)
+
+    def _exchange_receive(self, headers: Mapping[str, str], raw: bytes) -> Verdict:
+        # The timestamp is judged by the wall clock, the state stamped by the daemon's.
+        return self.exchange.receive(self.settings.exchange, headers, raw, time.time(),
+                                     self.now(), self.settings.server.max_body_bytes,
+                                     self.knows)
+
+    def _exchange_counted(self, verdict: Verdict) -> tuple[int, dict[str, Any]]:
+        self.metrics.exchange_result(verdict.result)
+        if verdict.status == 200:
+            log.debug("exchange state accepted: %d markets", verdict.body["markets"])
+        else:
+            log.warning("exchange state refused: %s", verdict.result,
+                        extra={"reason": f"exchange_{verdict.result}"})
+        return verdict.status, verdict.body
+
     def current_overrides(self) -> Mapping[str, Override]:
         return self.overrides.overrides
 
@@ -201,6 +242,18 @@ class Daemon:
         self.state_status = resumed.loaded.status
         self.pipeline.seq = resumed.seq
         self.pipeline.stamped = self.pipeline.stamp_floor = resumed.stamp_floor
+        self._restore_exchange(resumed.loaded)
+
+    def _restore_exchange(self, loaded: Loaded) -> None:
+        """The exchange state of a trusted snapshot; of an untrusted one only the seqs
+        (a captured report must not be replayed after a restart)."""
+        if loaded.exchange is None:
+            return  # an older snapshot, or none
+        try:
+            self.exchange = ExchangeStore.from_dict(loaded.exchange, with_state=loaded.trusted)
+        except ValueError as exc:
+            log.warning("state: the snapshot's exchange state is not usable (%s): "
+                        "starting without it", exc, extra={"reason": "state_exchange"})
 
     def snapshot(self) -> None:
         """Write a snapshot now, on the caller's thread (shutdown, tests)."""
@@ -229,7 +282,8 @@ class Daemon:
     def _capture(self) -> dict[str, Any]:
         assert self.store is not None
         self.engine.flush()  # the snapshot holds every tick taken before its clock
-        return self.store.capture(self.engine, self.now(), self._seqs(), self.pipeline.stamped)
+        return self.store.capture(self.engine, self.now(), self._seqs(), self.pipeline.stamped,
+                                  exchange=self.exchange.copy())
 
     def _try_write(self, captured: dict[str, Any]) -> OSError | None:
         assert self.store is not None

@@ -277,7 +277,8 @@ def _receiver(args: argparse.Namespace) -> int:
     except ReceiverError as exc:
         print(f"riskd: {exc}", file=sys.stderr)
         return 2
-    logs.setup(args.log_level, "text", [cfg.secret.decode(errors="replace")])
+    secrets = [cfg.secret] + ([cfg.report.secret] if cfg.report is not None else [])
+    logs.setup(args.log_level, "text", [s.decode(errors="replace") for s in secrets])
     try:
         return asyncio.run(serve(cfg, args.host, args.port, args.path))
     except ReceiverError as exc:
@@ -287,7 +288,8 @@ def _receiver(args: argparse.Namespace) -> int:
 
 def secret_values(settings: Settings) -> list[str]:
     """Every configured secret, for the log filter to mask wherever it appears."""
-    values = [settings.server.admin_token.get_secret_value()]
+    values = [settings.server.admin_token.get_secret_value(),
+              settings.exchange.secret.get_secret_value()]
     if settings.publisher.websocket is not None:
         values.append(settings.publisher.websocket.token.get_secret_value())
     http = settings.publisher.http

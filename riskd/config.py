@@ -377,6 +377,19 @@ class StateSettings(Section):
         return self
 
 
+class ExchangeSettings(Section):
+    """What the exchange reports: `POST /v1/exchange/state` (riskd/exchange.py)."""
+
+    # HMAC key of the exchange's requests; empty: the endpoint is disabled (403).
+    secret: SecretStr = SecretStr("")
+    # X-Riskd-Timestamp may differ from riskd's wall clock by at most this.
+    max_skew_s: float = Field(300.0, gt=0.0)
+    # Accept only this exchange (the body's `exchange`); None: any.
+    instance: str | None = Field(None, min_length=1)
+    # Exchange state older than this counts as open interest at its cap.
+    max_age_s: float = Field(30.0, gt=0.0)
+
+
 class LogSettings(Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["text", "json"] = "text"
@@ -399,6 +412,7 @@ class Settings(BaseSettings):
     publisher: PublisherSettings = Field(default_factory=PublisherSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     state: StateSettings = Field(default_factory=StateSettings)
+    exchange: ExchangeSettings = Field(default_factory=ExchangeSettings)
     log: LogSettings = Field(default_factory=LogSettings)
     exchange: ExchangeSettings = Field(default_factory=ExchangeSettings)
     insurance: InsuranceSettings | None = None
@@ -565,7 +579,8 @@ def _mask_urls(node: Any) -> Any:
 
 
 def _secret_paths(settings: Settings) -> list[tuple[str, ...]]:
-    paths: list[tuple[str, ...]] = [("server", "admin_token"), ("feed", "kalshi", "private_key")]
+    paths: list[tuple[str, ...]] = [("server", "admin_token"), ("feed", "kalshi", "private_key"),
+                                    ("exchange", "secret")]
     if settings.publisher.http is not None:
         paths.append(("publisher", "http", "secret"))
     if settings.publisher.websocket is not None:

@@ -13,6 +13,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from riskd import __version__
+from riskd.exchange import RESULTS as EXCHANGE_RESULTS
 from riskd.model.governor import MODES
 from riskd.model.parameters import SIDES
 
@@ -204,6 +205,22 @@ class Metrics:
 
     def snapshot_failed(self) -> None:
         self.snapshot_failures.inc()
+
+    def watch_exchange(self, age: Callable[[], float]) -> None:
+        """The exchange state's series: its age (daemon clock, read at scrape time; +Inf
+        while there is none) and the reports by result, every result at 0 from the start."""
+        gauge = Gauge("riskd_exchange_state_age_seconds", "Daemon-clock seconds since the "
+                      "exchange's latest accepted state arrived; +Inf without one",
+                      registry=self.registry)
+        gauge.set_function(age)
+        self.exchange_reports = Counter("riskd_exchange_state", "Exchange state reports, by "
+                                        "result: accepted or the reason refused", ["result"],
+                                        registry=self.registry)
+        for result in EXCHANGE_RESULTS:
+            self.exchange_reports.labels(result)
+
+    def exchange_result(self, result: str) -> None:
+        self.exchange_reports.labels(result).inc()
 
     def watch(self, engine: Engine, max_series: int,
               clock: Callable[[], float] | None = None) -> None:

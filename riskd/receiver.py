@@ -45,6 +45,7 @@ import orjson
 from aiohttp import web
 
 from riskd.model.governor import MODES
+from riskd.receiver_client import ReportConfig, Reporter, ReportError, report_config
 from riskd.timeutil import iso, parse_iso
 
 log = logging.getLogger("riskd.receiver")
@@ -75,6 +76,7 @@ class ReceiverConfig:
     safe: SafeParams = field(default_factory=SafeParams)
     instance: str | None = None  # accept only this instance (None: any)
     max_body_bytes: int = 16 * 1024 * 1024
+    report: ReportConfig | None = None  # report the book to riskd (receiver_client.py)
 
 
 @dataclass(frozen=True)
@@ -291,6 +293,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--safe-max-leverage", type=float, default=1.0)
     parser.add_argument("--safe-fee-rate-hourly", type=float, default=0.001)
     parser.add_argument("--safe-max-slippage", type=float, default=0.01)
+    add_report_arguments(parser)
+
+
+def add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    """The reference exchange reports its book to riskd (riskd/receiver_client.py)."""
+    parser.add_argument("--riskd-url", help="riskd's API (http://host:port): report the "
+                        "exchange state to its /v1/exchange/state")
+    parser.add_argument("--positions", type=Path, help="JSON file of per-market long/short "
+                        "lent notional (re-read before each report)")
+    parser.add_argument("--insurance-fund", type=float, default=0.0)
+    parser.add_argument("--report-interval-s", type=float, default=5.0)
+    parser.add_argument("--exchange-name", default="reference-exchange",
+                        help="the `exchange` of the reports")
+    parser.add_argument("--exchange-secret-file", type=Path, help="file holding riskd's "
+                        "[exchange] secret (default: env RISKD_RECEIVER_EXCHANGE_SECRET)")
 
 
 def config_from_args(args: argparse.Namespace) -> ReceiverConfig:
@@ -310,8 +327,13 @@ def config_from_args(args: argparse.Namespace) -> ReceiverConfig:
         raise ReceiverError("--max-skew-s must be > 0")
     safe = SafeParams(args.safe_mode, args.safe_max_leverage, args.safe_fee_rate_hourly,
                       args.safe_max_slippage)
+    try:
+        report = report_config(args.riskd_url, args.exchange_secret_file, args.positions,
+                               args.insurance_fund, args.report_interval_s, args.exchange_name)
+    except ReportError as exc:
+        raise ReceiverError(str(exc)) from None
     return ReceiverConfig(secret=secret, max_skew_s=args.max_skew_s, clock=args.clock,
-                          safe=safe, instance=args.instance)
+                          safe=safe, instance=args.instance, report=report)
 
 
 async def serve(cfg: ReceiverConfig, host: str, port: int, path: str) -> int:
@@ -331,6 +353,10 @@ async def serve(cfg: ReceiverConfig, host: str, port: int, path: str) -> int:
                             f"{exc.strerror or exc}") from None
     log.info("receiver on http://%s:%d%s (clock: %s)", host, runner.addresses[0][1], path,
              cfg.clock)
+    reporting = asyncio.create_task(Reporter(cfg.report).run(stop)) \
+        if cfg.report is not None else None
     await stop.wait()
+    if reporting is not None:
+        await reporting
     await runner.cleanup()
     return 0

@@ -38,6 +38,8 @@ def make_app(daemon: DaemonApi) -> web.Application:
     app.router.add_get("/v1/params", params_all)
     app.router.add_get("/v1/params/{market}", params_one)
     app.router.add_get("/v1/explain/{market}", explain_one)
+    app.router.add_post("/v1/exchange/state", exchange_state_in)
+    app.router.add_get("/v1/exchange/state", exchange_state_out)
     admin.add_routes(app, DAEMON)
     if daemon.stream is not None:
         app.router.add_get("/v1/stream", daemon.stream.handle)
@@ -316,3 +318,18 @@ async def explain_one(request: web.Request) -> web.Response:
     return _json(doc)
 
 
+
+
+async def exchange_state_in(request: web.Request) -> web.Response:
+    """The exchange reports its state (riskd/exchange.py); a body over [server]
+    max_body_bytes is refused (413) before it is read whole."""
+    raw = await request.read()
+    status, answer = request.app[DAEMON].exchange_state(request.headers, raw)
+    return _json(answer, status)
+
+
+async def exchange_state_out(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON]
+    cfg = daemon.settings.exchange
+    return _json(daemon.exchange.view(daemon.now(), bool(cfg.secret.get_secret_value().strip()),
+                                      cfg.max_age_s))

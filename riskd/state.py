@@ -24,6 +24,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from riskd.engine import Engine
+from riskd.exchange import ExchangeStore
 from riskd.feeds.base import Replayed
 from riskd.model.governor import MODES
 from riskd.timeutil import parse_iso
@@ -48,6 +49,8 @@ class Loaded:
     # When the last seqs and versions are lost, new ones start above this (wall-clock
     # milliseconds) so that a receiver still takes them as newer.
     floor: int = 0
+    # The exchange's state (ExchangeStore.as_dict); None in a snapshot without it.
+    exchange: dict[str, Any] | None = None
 
 
 class StateStore:
@@ -61,12 +64,13 @@ class StateStore:
     # --- writing -------------------------------------------------------------
 
     def save(self, engine: Engine, clock: float, seqs: dict[str, int],
-             published: float = float("-inf")) -> None:
+             published: float = float("-inf"), exchange: ExchangeStore | None = None) -> None:
         """Write a snapshot atomically; raises OSError (the caller counts it)."""
-        self.write(self.capture(engine, clock, seqs, published))
+        self.write(self.capture(engine, clock, seqs, published, exchange))
 
     def capture(self, engine: Engine, clock: float, seqs: dict[str, int],
-                published: float = float("-inf")) -> dict[str, Any]:
+                published: float = float("-inf"),
+                exchange: ExchangeStore | None = None) -> dict[str, Any]:
         """The snapshot's contents, copied: the engine may move on while `write` runs
         (in a thread: at 100k markets the file and its fsyncs take 40-100 ms, too long
         for the event loop)."""
@@ -81,6 +85,8 @@ class StateStore:
         self._captured += 1
         arrays: dict[str, Any] = {"capture": self._captured, "header": header,
                                   "first_t": engine.first_t.copy()}
+        if exchange is not None:
+            arrays["exchange"] = exchange.copy()  # rendered in `write`, off the event loop
         for f in fields(engine.est):
             arrays["est_" + f.name] = getattr(engine.est, f.name).copy()
         for f in fields(engine.gov):
@@ -93,7 +99,11 @@ class StateStore:
         may meet a periodic one still in its thread)."""
         arrays = dict(captured)
         n = arrays.pop("capture")
-        arrays["header"] = np.frombuffer(json.dumps(arrays["header"]).encode(), np.uint8)
+        header = arrays["header"]
+        exchange = arrays.pop("exchange", None)
+        if exchange is not None:
+            header = {**header, "exchange": exchange.as_dict()}
+        arrays["header"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
         with self._writing:
             if n <= self._written:
                 return
@@ -151,14 +161,15 @@ class StateStore:
                     if i is not None:
                         engine.gov.version[i] = max(int(engine.gov.version[i]), int(version))
             return Loaded("stale", f"{self.path}: {age:.0f} s old, more than state.max_age_s "
-                          f"= {self.max_age_s:.0f}: starting conservatively", seqs=seqs)
+                          f"= {self.max_age_s:.0f}: starting conservatively", seqs=seqs,
+                          exchange=_exchange(header))
         try:
             restored = _restore(engine, header["ids"], data)
         except (KeyError, ValueError, IndexError) as exc:
             return self._corrupt(f"inconsistent arrays: {exc}")
         return Loaded("restored", f"restored {restored} markets from {self.path} "
                       f"({age:.0f} s old)", trusted=True, clock=clock, seqs=seqs,
-                      markets=restored, published=published)
+                      markets=restored, published=published, exchange=_exchange(header))
 
     def _corrupt(self, why: str) -> Loaded:
         aside = self.path.with_name(f"{FILE}.corrupt-{int(time.time())}")
@@ -169,6 +180,11 @@ class StateStore:
             where = f"could not move it aside: {exc.strerror}"
         return Loaded("corrupt", f"{self.path}: corrupt snapshot ({why}); {where}; "
                       "starting conservatively", floor=_wall_ms())
+
+
+def _exchange(header: dict[str, Any]) -> dict[str, Any] | None:
+    doc = header.get("exchange")
+    return doc if isinstance(doc, dict) else None
 
 
 def _wall_ms() -> int:

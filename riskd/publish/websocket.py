@@ -8,7 +8,9 @@ messages and its own writer; a client that falls further behind is disconnected
 (close code 1008, counted as `riskd_publishes_total{publisher="websocket",
 result="slow_consumer"}`) instead of growing memory, and never slows the other
 clients or publishers. With `token` set, the handshake needs
-`Authorization: Bearer <token>`.
+`Authorization: Bearer <token>`. A text frame from a client goes to `on_message`
+(the exchange state reports of riskd/exchange.py); its reply, if any, is queued to
+that client like a batch.
 """
 
 from __future__ import annotations
@@ -48,10 +50,14 @@ class WebsocketPublisher:
     name = "websocket"
 
     def __init__(self, cfg: WebsocketPublisherSettings, stats: PublishStats,
-                 snapshot: Callable[[], bytes]) -> None:
+                 snapshot: Callable[[], bytes],
+                 on_message: Callable[[str], bytes | None] | None = None,
+                 max_message_bytes: int = 4096) -> None:
         self.cfg = cfg
         self.stats = stats
         self.snapshot = snapshot
+        self.on_message = on_message
+        self.max_message_bytes = max_message_bytes
         self.clients: set[_Client] = set()
         self._closing: set[asyncio.Task[None]] = set()
         self._stopped = False
@@ -97,8 +103,9 @@ class WebsocketPublisher:
             return web.json_response({"error": "shutting down"}, status=503)
         if len(self.clients) >= self.cfg.max_clients:
             return web.json_response({"error": "too many stream clients"}, status=503)
-        # Clients only read: small incoming frames, no compression work per client.
-        ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, compress=False, max_msg_size=4096)
+        # Clients mostly read: bounded incoming frames, no compression work per client.
+        ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, compress=False,
+                                   max_msg_size=self.max_message_bytes)
         await ws.prepare(request)
         client = _Client(request, ws, asyncio.Queue(self.cfg.max_backlog),
                          peer=str(request.remote))
@@ -107,15 +114,25 @@ class WebsocketPublisher:
         self.clients.add(client)
         client.writer = asyncio.create_task(self._write(client), name="stream-writer")
         try:
-            async for msg in ws:  # only control frames matter; anything else is ignored
+            async for msg in ws:
                 if msg.type == WSMsgType.ERROR:
                     break
+                if msg.type == WSMsgType.TEXT and self.on_message is not None:
+                    self._reply(client, self.on_message(msg.data))
         finally:
             self.clients.discard(client)
             if client.writer is not None:
                 client.writer.cancel()
                 await asyncio.gather(client.writer, return_exceptions=True)
         return ws
+
+    def _reply(self, client: _Client, reply: bytes | None) -> None:
+        if reply is None or client.dropped:
+            return
+        try:
+            client.queue.put_nowait(reply)
+        except asyncio.QueueFull:
+            self._drop(client)
 
     async def _write(self, client: _Client) -> None:
         try:
