@@ -212,14 +212,6 @@ class GovernorSettings(Section):
         return self
 
 
-class ExchangeSettings(Section):
-    """What the exchange reports of itself: open interest and the insurance fund."""
-
-    # Exchange state older than this counts as open interest at its cap (tighten): a
-    # silent exchange may have lent up to the cap since (docs/model.md section 10).
-    max_age_s: float = Field(60.0, gt=0.0)
-
-
 class InsuranceSettings(Section):
     """Tiers that stand behind the lender, and the open-interest caps sized from them
     (docs/model.md section 10). The section absent: no caps (`oi_cap` null)."""
@@ -386,8 +378,9 @@ class ExchangeSettings(Section):
     max_skew_s: float = Field(300.0, gt=0.0)
     # Accept only this exchange (the body's `exchange`); None: any.
     instance: str | None = Field(None, min_length=1)
-    # Exchange state older than this counts as open interest at its cap.
-    max_age_s: float = Field(30.0, gt=0.0)
+    # Exchange state older than this counts as open interest at its cap (tighten): a
+    # silent exchange may have lent up to the cap since (docs/model.md section 10).
+    max_age_s: float = Field(60.0, gt=0.0)
 
 
 class LogSettings(Section):
@@ -414,7 +407,6 @@ class Settings(BaseSettings):
     state: StateSettings = Field(default_factory=StateSettings)
     exchange: ExchangeSettings = Field(default_factory=ExchangeSettings)
     log: LogSettings = Field(default_factory=LogSettings)
-    exchange: ExchangeSettings = Field(default_factory=ExchangeSettings)
     insurance: InsuranceSettings | None = None
 
     # The file loaded (None: built-in defaults) and whether -c named it; set by

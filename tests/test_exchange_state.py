@@ -21,7 +21,14 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import (
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from websockets.asyncio.client import ClientConnection, connect
+
+from riskd.config import ExchangeSettings
+from riskd.exchange import RESULTS, ExchangeStore, frame_request
+from riskd.state import StateStore
+from tests.support import (
     FED_TAPE,
     SECRET,
     InProcessDaemon,
@@ -31,13 +38,6 @@ from conftest import (
     sample,
     wait_until,
 )
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from websockets.asyncio.client import ClientConnection, connect
-
-from riskd.config import ExchangeSettings
-from riskd.exchange import RESULTS, ExchangeStore, frame_request
-from riskd.state import StateStore
 
 EX_SECRET = "exchange-secret-41c7"
 POLY = "fed-dec2025-nochange-poly"
