@@ -194,9 +194,9 @@ async def test_an_oversized_metadata_response_is_refused(monkeypatch: Any) -> No
     try:
         async with aiohttp.ClientSession() as session:
             with pytest.raises(metadata.MetadataError, match="larger than"):
-                await metadata._get(session, url, [])
+                await metadata.get_json(session, url, [])
             monkeypatch.setattr(metadata, "MAX_RESPONSE_BYTES", 1 << 20)
-            assert len(await metadata._get(session, url, [])) == 1
+            assert len(await metadata.get_json(session, url, [])) == 1
     finally:
         await runner.cleanup()
 

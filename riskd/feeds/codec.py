@@ -9,10 +9,14 @@ frame into ticks, venue events, rejection reasons and frames to send back.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from riskd.feeds.base import MAX_DEPTH, MarketEvent, Tick, make_tick
+
+if TYPE_CHECKING:
+    from riskd.markets import Market
 
 # A venue timestamp may go back by this much (coarse clocks, e.g. whole seconds on
 # one channel and milliseconds on another): the tick keeps the later time. Further
@@ -73,6 +77,14 @@ class Codec(Protocol):
 
     def decode(self, text: str | bytes, received: float) -> Decoded:
         """One received frame; `received` is the wall time it arrived."""
+        ...
+
+
+class MarketCodec(Codec, Protocol):
+    """A venue codec that follows a list of markets (the venue's ids in each)."""
+
+    def bind(self, markets: Iterable[Market]) -> None:
+        """Follow these markets (from the next connection on)."""
         ...
 
 
