@@ -29,8 +29,7 @@ from riskd.markets import Market, load_markets, parse_markets
 from riskd.metrics import Metrics
 from riskd.overrides import OverrideError, OverrideStore
 from riskd.publish.base import Batch, Publisher, background_task
-from riskd.publish.http import DeliveryPolicy, HttpPublisher
-from riskd.publish.jsonl import JsonlPublisher
+from riskd.publish.registry import PublishContext, make_publishers
 from riskd.publish.websocket import WebsocketPublisher
 from riskd.server import serve
 from riskd.state import StateStore, last_published_at, tighten_from_audit
@@ -110,18 +109,11 @@ class Daemon:
         self._stamped = self._stamp_floor = -math.inf
 
     def _make_publishers(self, settings: Settings) -> list[Publisher]:
-        pubs: list[Publisher] = []
-        cfg = settings.publisher
-        if cfg.jsonl is not None:
-            pubs.append(JsonlPublisher(cfg.jsonl.path, self.metrics, cfg.jsonl.fsync,
-                                       cfg.jsonl.max_bytes, cfg.jsonl.backups))
-        if cfg.http is not None:
-            pubs.append(HttpPublisher(cfg.http.url, cfg.http.secret_bytes(), cfg.instance,
-                                      self.metrics, cfg.http.timeout_s,
-                                      DeliveryPolicy.from_settings(cfg.http)))
-        if cfg.websocket is not None:
-            self.stream = WebsocketPublisher(cfg.websocket, self.metrics, self.stream_snapshot)
-            pubs.append(self.stream)
+        context = PublishContext(self.metrics, settings.publisher.instance,
+                                 self.stream_snapshot)
+        pubs = make_publishers(settings.publisher, context)
+        # /v1/stream is served by the websocket publisher (riskd/server.py).
+        self.stream = next((p for p in pubs if isinstance(p, WebsocketPublisher)), None)
         return pubs
 
     def stream_snapshot(self) -> bytes:
