@@ -46,8 +46,7 @@ def test_a_flood_of_unknown_market_ids_does_not_grow_the_engine() -> None:
 
 
 def test_discovery_is_capped() -> None:
-    settings = Settings()
-    settings.markets.discover_max = 100
+    settings = Settings(markets={"discover_max": 100})
     engine = Engine(settings, KNOWN, discover=True)
     result = engine.ingest([Tick(f"new-{i}", BASE_T, 0.5) for i in range(500)], now=BASE_T)
     assert result.accepted == 100 and result.rejected == {"discover_limit": 400}
