@@ -128,7 +128,7 @@ class WebsocketFeed:
     connection, each reconnected on its own; their batches merged in arrival order).
 
     Venue feeds subclass it for the parts that differ: `headers()` (signed auth),
-    `prepare()` (the metadata lookup before connecting), `codecs()`."""
+    `prepare()` (before connecting: `LookupFeed`'s metadata lookup), `codecs()`."""
 
     def __init__(
         self,
