@@ -33,8 +33,7 @@ from riskd.metrics import Metrics
 from riskd.overrides import Override, OverrideError, OverrideStore
 from riskd.pipeline import Pipeline
 from riskd.publish.base import Publisher
-from riskd.publish.http import DeliveryPolicy, HttpPublisher
-from riskd.publish.jsonl import JsonlPublisher
+from riskd.publish.registry import PublishContext, make_publishers
 from riskd.publish.websocket import WebsocketPublisher
 from riskd.state import Loaded, StateStore, resume, seq_gap
 from riskd.supervise import Fatal, Supervisor
@@ -103,23 +102,15 @@ class Daemon:
         self.supervisor = Supervisor(self.metrics, self._fatal, stopping=self.stop.is_set)
 
     def _make_publishers(self, settings: Settings) -> list[Publisher]:
-        pubs: list[Publisher] = []
-        cfg = settings.publisher
-        if cfg.jsonl is not None:
-            pubs.append(JsonlPublisher(cfg.jsonl.path, self.metrics, cfg.jsonl.fsync,
-                                       cfg.jsonl.max_bytes, cfg.jsonl.backups))
-        if cfg.http is not None:
-            pubs.append(HttpPublisher(cfg.http.url, cfg.http.secret_bytes(), cfg.instance,
-                                      self.metrics, cfg.http.timeout_s,
-                                      DeliveryPolicy.from_settings(cfg.http)))
-        if cfg.websocket is not None:
-            # A frame may carry an exchange state report: as large as a POST's body,
-            # string-escaped.
-            frame = 2 * settings.server.max_body_bytes + 4096 \
-                if settings.exchange.secret.get_secret_value().strip() else 4096
-            self.stream = WebsocketPublisher(cfg.websocket, self.metrics, self.stream_snapshot,
-                                             self.stream_message, frame)
-            pubs.append(self.stream)
+        # A stream frame may carry an exchange state report: as large as a POST's
+        # body, string-escaped.
+        frame = 2 * settings.server.max_body_bytes + 4096 \
+            if settings.exchange.secret.get_secret_value().strip() else 4096
+        context = PublishContext(self.metrics, settings.publisher.instance,
+                                 self.stream_snapshot, self.stream_message, frame)
+        pubs = make_publishers(settings.publisher, context)
+        # /v1/stream is served by the websocket publisher (riskd/server.py).
+        self.stream = next((p for p in pubs if isinstance(p, WebsocketPublisher)), None)
         return pubs
 
     def stream_snapshot(self) -> bytes:

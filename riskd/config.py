@@ -43,7 +43,9 @@ class ConfigError(ValueError):
 
 class Section(BaseModel):
     # No inf or nan anywhere: TOML has literals for them, no setting means them.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+    # Frozen: a change is a new object (`model_copy(update=...)`, a reload's new
+    # Settings), so whoever holds settings sees them whole.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 LiveKind = Literal["polymarket", "kalshi", "websocket"]
@@ -393,7 +395,7 @@ class Settings(BaseSettings):
         env_prefix="RISKD_",
         env_nested_delimiter="__",
         extra="forbid",
-        validate_assignment=True,
+        frozen=True,
         allow_inf_nan=False,
     )
 

@@ -54,6 +54,16 @@ class Metrics:
                                 ["version"], registry=registry)
         self.build_info.labels(__version__).set(1)
         ProcessCollector(registry=registry)  # process_start_time_seconds, memory, CPU
+        # Defined in this order: the order of /metrics.
+        self._define_feed_metrics(registry)
+        self._define_publish_metrics(registry)
+        self._define_daemon_metrics(registry)
+        self._rejected_seen: dict[tuple[str, str], int] = {}
+        self._last_heard: dict[str, float] = {}
+        self._feeds: dict[str, _FeedChildren] = {}
+
+    def _define_feed_metrics(self, registry: CollectorRegistry) -> None:
+        """Per venue: what its feed delivered, rejected, and how it is connected."""
         self.ticks = Counter("riskd_ticks", "Ticks accepted", ["venue"], registry=registry)
         self.rejected = Counter("riskd_ticks_rejected", "Ticks rejected", ["venue", "reason"],
                                 registry=registry)
@@ -69,6 +79,9 @@ class Metrics:
                                "latest accepted ticks on a replay", ["venue"], registry=registry)
         self.reconnects = Counter("riskd_feed_reconnects", "Feed reconnections", ["venue"],
                                   registry=registry)
+
+    def _define_publish_metrics(self, registry: CollectorRegistry) -> None:
+        """Per publisher: attempts, latency, the breaker; and a tick's way to publish."""
         self.publishes = Counter("riskd_publishes", "Publish attempts", ["publisher", "result"],
                                  registry=registry)
         self.publish_latency = Histogram("riskd_publish_latency_seconds", "Publish latency",
@@ -80,6 +93,9 @@ class Metrics:
         self.tick_to_publish = Histogram("riskd_tick_to_publish_seconds",
                                          "Tick receive to publish of its effect",
                                          buckets=LATENCY_BUCKETS, registry=registry)
+
+    def _define_daemon_metrics(self, registry: CollectorRegistry) -> None:
+        """The daemon's own work: cycles, reloads, snapshots, the API, its tasks."""
         self.cycle = Histogram("riskd_cycle_seconds", "Model + governor cycle time",
                                buckets=LATENCY_BUCKETS, registry=registry)
         self.markets = Gauge("riskd_markets", "Markets tracked", registry=registry)
@@ -106,9 +122,6 @@ class Metrics:
                                      "daemon exits 1)", ["task"], registry=registry)
         self.task_running = Gauge("riskd_task_running", "1 while the background task runs",
                                   ["task"], registry=registry)
-        self._rejected_seen: dict[tuple[str, str], int] = {}
-        self._last_heard: dict[str, float] = {}
-        self._feeds: dict[str, _FeedChildren] = {}
 
     # --- feed ---------------------------------------------------------------
 

@@ -45,8 +45,7 @@ def test_a_flood_of_unknown_market_ids_does_not_grow_the_engine() -> None:
 
 
 def test_discovery_is_capped() -> None:
-    settings = Settings()
-    settings.markets.discover_max = 100
+    settings = Settings(markets={"discover_max": 100})
     engine = Engine(settings, KNOWN, discover=True)
     result = engine.ingest([Tick(f"new-{i}", BASE_T, 0.5) for i in range(500)], now=BASE_T)
     assert result.accepted == 100 and result.rejected == {"discover_limit": 400}
@@ -188,9 +187,9 @@ async def test_an_oversized_metadata_response_is_refused(monkeypatch: Any) -> No
     try:
         async with aiohttp.ClientSession() as session:
             with pytest.raises(metadata.MetadataError, match="larger than"):
-                await metadata._get(session, url, [])
+                await metadata.get_json(session, url, [])
             monkeypatch.setattr(metadata, "MAX_RESPONSE_BYTES", 1 << 20)
-            assert len(await metadata._get(session, url, [])) == 1
+            assert len(await metadata.get_json(session, url, [])) == 1
     finally:
         await runner.cleanup()
 

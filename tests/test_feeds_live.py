@@ -20,9 +20,11 @@ from riskd.config import Settings
 from riskd.feeds.connection import FeedError
 from riskd.feeds.kalshi.config import KalshiSettings
 from riskd.feeds.kalshi.feed import KalshiFeed
-from riskd.feeds.metadata import fetch_kalshi, fetch_polymarket, merge
+from riskd.feeds.kalshi.metadata import fetch_kalshi
+from riskd.feeds.metadata import merge
 from riskd.feeds.polymarket.config import PolymarketSettings
 from riskd.feeds.polymarket.feed import PolymarketFeed
+from riskd.feeds.polymarket.metadata import fetch_polymarket
 from riskd.feeds.websocket.config import WebsocketFeedSettings
 from riskd.feeds.websocket.feed import GenericWebsocketFeed
 from riskd.markets import Market

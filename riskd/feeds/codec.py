@@ -9,10 +9,14 @@ frame into ticks, venue events, rejection reasons and frames to send back.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from riskd.feeds.base import MAX_DEPTH, MarketEvent, Tick, make_tick
+
+if TYPE_CHECKING:
+    from riskd.markets import Market
 
 # A venue timestamp may go back by this much (coarse clocks, e.g. whole seconds on
 # one channel and milliseconds on another): the tick keeps the later time. Further
@@ -73,6 +77,14 @@ class Codec(Protocol):
 
     def decode(self, text: str | bytes, received: float) -> Decoded:
         """One received frame; `received` is the wall time it arrived."""
+        ...
+
+
+class MarketCodec(Codec, Protocol):
+    """A venue codec that follows a list of markets (the venue's ids in each)."""
+
+    def bind(self, markets: Iterable[Market]) -> None:
+        """Follow these markets (from the next connection on)."""
         ...
 
 
@@ -169,6 +181,9 @@ def ms_time(value: Any) -> float:
 # The depth that counts for a liquidation: what lies within this much of the mid
 # (`[limits] max_slippage`, per market `max_slippage` in the markets file).
 DEFAULT_BAND = 0.05
+# A hair of tolerance at the band's edge: decimal prices on a binary grid (0.45 + 0.05
+# is 0.5000...01).
+HAIR = 1e-9
 # A depth change without a tick is reported when it moves by more than this share:
 # the horizon depends on depth smoothly, and a book's small churn is not news.
 DEPTH_CHANGE = 0.05
@@ -191,9 +206,21 @@ def book_depth(bid: float | None, ask: float | None, bids: dict[float, float],
     if bid is None or ask is None:
         return 0.0
     mid = 0.5 * (bid + ask)
-    # A hair of tolerance: decimal prices on a binary grid (0.45 + 0.05 is 0.5000...01).
-    return min(band_depth(bids, mid - band - 1e-9, True),
-               band_depth(asks, mid + band + 1e-9, False))
+    return min(band_depth(bids, mid - band - HAIR, True),
+               band_depth(asks, mid + band + HAIR, False))
+
+
+def yes_no_depth(bid: float | None, no_bid: float | None, yes_bids: dict[float, float],
+                 no_bids: dict[float, float], band: float) -> float | None:
+    """`book_depth` of a book kept as YES bids and NO bids (a YES ask at 1 - n is a NO
+    bid at n), from the best of each."""
+    if bid is None and no_bid is None:
+        return None
+    if bid is None or no_bid is None:
+        return 0.0
+    mid = 0.5 * (bid + 1.0 - no_bid)
+    return min(band_depth(yes_bids, mid - band - HAIR, True),
+               band_depth(no_bids, 1.0 - mid - band - HAIR, True))
 
 
 @dataclass(slots=True)

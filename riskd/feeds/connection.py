@@ -35,11 +35,13 @@ from websockets.frames import Frame, Opcode
 
 from riskd.backoff import backoff
 from riskd.feeds.base import Liveness, MarketEvent, Tick
-from riskd.feeds.codec import Codec, Decoded
+from riskd.feeds.codec import Codec, Decoded, MarketCodec
+from riskd.feeds.metadata import Fetch, listing_events, look_up, merge
 from riskd.feeds.settings import ConnectionSettings
 from riskd.secrets import mask_url
 
 if TYPE_CHECKING:
+    from riskd.markets import Market
     from riskd.metrics import Metrics
 
 log = logging.getLogger("riskd.feeds")
@@ -126,7 +128,7 @@ class WebsocketFeed:
     connection, each reconnected on its own; their batches merged in arrival order).
 
     Venue feeds subclass it for the parts that differ: `headers()` (signed auth),
-    `prepare()` (the metadata lookup before connecting), `codecs()`."""
+    `prepare()` (before connecting: `LookupFeed`'s metadata lookup), `codecs()`."""
 
     def __init__(
         self,
@@ -459,3 +461,36 @@ class WebsocketFeed:
             while True:
                 await asyncio.sleep(self.ping_interval_s)
                 await ws.send(self.ping_text)
+
+
+class LookupFeed(WebsocketFeed):
+    """A venue feed of a list of markets, looked up on the venue's REST API before
+    connecting (`lookup()`, when `metadata` is on): the markets found join the list
+    (the markets file wins, riskd/feeds/metadata.py) and are subscribed."""
+
+    codec: MarketCodec
+
+    def __init__(self, venue: str, url: str, codec: MarketCodec, settings: ConnectionSettings,
+                 markets: dict[str, Market], *, metadata: bool, metrics: Metrics | None,
+                 **connection: Any) -> None:
+        super().__init__(venue, url, codec, settings, metrics, **connection)
+        self.markets = dict(markets)
+        self.metadata = metadata
+
+    def lookup(self) -> Fetch | None:
+        """The venue's lookup of the markets to follow; None with nothing to look up."""
+        raise NotImplementedError
+
+    async def prepare(self) -> None:
+        fetch = self.lookup() if self.metadata else None
+        if fetch is None:
+            return
+        lookup = await look_up(fetch, self.settings.http_timeout_s)
+        for reason, n in lookup.rejected.items():
+            self.count(reason, n)
+        merged = merge(self.markets, lookup.markets)
+        self._events += listing_events(self.markets, merged, self.now())
+        self.markets = merged
+        self.codec.bind(merged.values())
+        if not merged:
+            log.warning("%s: no market found to follow", self.venue)

@@ -12,7 +12,8 @@ from riskd.validators import ordered
 
 
 class VenueSection(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+    # Frozen, as every section of riskd/config.py.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ConnectionSettings(VenueSection):

@@ -31,13 +31,13 @@ from riskd.feeds.codec import (
     Decoded,
     Quote,
     TickMaker,
-    band_depth,
     complement,
     number,
     probability,
     put_level,
     size,
     text,
+    yes_no_depth,
 )
 from riskd.markets import Market
 
@@ -62,14 +62,7 @@ class Book:
         bid = max(self.yes) if self.yes else None
         no_bid = max(self.no) if self.no else None
         ask = None if no_bid is None else complement(no_bid)
-        depth = None
-        if bid is not None and no_bid is not None:
-            mid = 0.5 * (bid + 1.0 - no_bid)
-            depth = min(band_depth(self.yes, mid - band - 1e-9, True),
-                        band_depth(self.no, 1.0 - mid - band - 1e-9, True))
-        elif bid is not None or no_bid is not None:
-            depth = 0.0
-        return Quote(bid, ask, depth)
+        return Quote(bid, ask, yes_no_depth(bid, no_bid, self.yes, self.no, band))
 
 
 @dataclass
@@ -250,66 +243,87 @@ class KalshiCodec:
         market = self.tickers.get(ticker)
         if market is None:
             raise BadMessage("unknown_ticker", ticker)
+        ts = self._event_time(msg, market, received, out)
+        if kind == "orderbook_snapshot":
+            self._snapshot(msg, ticker, market, ts, out)
+        elif kind == "orderbook_delta":
+            self._delta(msg, ticker, market, ts, out)
+        elif kind == "ticker":
+            self._ticker(msg, ticker, market, ts, out)
+        elif kind == "trade":
+            self._trade(msg, ticker, market, ts, out)
+        else:
+            raise BadMessage("unknown_event", f"type {kind!r}")
+
+    def _event_time(self, msg: dict[str, Any], market: str, received: float, out: Decoded
+                    ) -> float:
+        """The message's time (else the venue's clock), the market heard from."""
         ts = event_time(msg, math.nan)
         out.heard.append(market)
         if math.isnan(ts):
-            ts = received if self.clock is None else self.clock
-        elif ts > received + self.maker.max_future_s:
+            return received if self.clock is None else self.clock
+        if ts > received + self.maker.max_future_s:
             # Before it moves the venue clock, which dates the messages without a time.
             raise BadMessage("future_ts", f"ts {ts} ahead of arrival {received}")
+        self.clock = ts if self.clock is None else max(self.clock, ts)
+        return ts
+
+    def _snapshot(self, msg: dict[str, Any], ticker: str, market: str, ts: float,
+                  out: Decoded) -> None:
+        self.books[ticker] = Book(levels(msg, "yes"), levels(msg, "no"))
+        self.awaiting.discard(ticker)
+        self.maker.forget(market)
+        out.books.append(market)
+        self.maker.quote(market, ts, self._book_quote(ticker, self.books[ticker]),
+                         self.last_price.get(ticker), out)
+
+    def _delta(self, msg: dict[str, Any], ticker: str, market: str, ts: float,
+               out: Decoded) -> None:
+        book = self.books.get(ticker)
+        if book is None:
+            return  # no snapshot yet (or a gap is being repaired): nothing to apply to
+        side = msg.get("side")
+        if side not in ("yes", "no"):
+            raise BadMessage("bad_message", f"side {side!r}")
+        p = price(msg, "price")
+        if p is None:
+            raise BadMessage("bad_message", "no price")
+        delta = quantity(msg, "delta")
+        levels_ = book.yes if side == "yes" else book.no
+        left = levels_.get(p, 0.0) + delta
+        put_level(levels_, p, left if left > 1e-9 else 0.0, bids=True)
+        self.maker.quote(market, ts, self._book_quote(ticker, book),
+                         self.last_price.get(ticker), out)
+
+    def _ticker(self, msg: dict[str, Any], ticker: str, market: str, ts: float,
+                out: Decoded) -> None:
+        bid, ask, last = price(msg, "yes_bid"), price(msg, "yes_ask"), price(msg, "price")
+        # An empty side is sent as a bid of 0 or an ask of 1.
+        quote = Quote(bid if bid else None, ask if ask is not None and ask < 1.0 else None)
+        book = self.books.get(ticker)
+        if book is not None:
+            quote.depth = self._book_quote(ticker, book).depth
+        last = last if last else None  # 0: never traded
+        traded = last is not None and last != self.last_price.get(ticker)
+        if last is not None:
+            self.last_price[ticker] = last
+        if ticker in self.awaiting:
+            return
+        if traded and last is not None:
+            self.maker.trade(market, ts, last, quote, out)
         else:
-            self.clock = ts if self.clock is None else max(self.clock, ts)
-        if kind == "orderbook_snapshot":
-            self.books[ticker] = Book(levels(msg, "yes"), levels(msg, "no"))
-            self.awaiting.discard(ticker)
-            self.maker.forget(market)
-            out.books.append(market)
-            self.maker.quote(market, ts, self._book_quote(ticker, self.books[ticker]),
-                             self.last_price.get(ticker), out)
-        elif kind == "orderbook_delta":
-            book = self.books.get(ticker)
-            if book is None:
-                return  # no snapshot yet (or a gap is being repaired): nothing to apply to
-            side = msg.get("side")
-            if side not in ("yes", "no"):
-                raise BadMessage("bad_message", f"side {side!r}")
-            p = price(msg, "price")
-            if p is None:
-                raise BadMessage("bad_message", "no price")
-            delta = quantity(msg, "delta")
-            levels_ = book.yes if side == "yes" else book.no
-            left = levels_.get(p, 0.0) + delta
-            put_level(levels_, p, left if left > 1e-9 else 0.0, bids=True)
-            self.maker.quote(market, ts, self._book_quote(ticker, book),
-                             self.last_price.get(ticker), out)
-        elif kind == "ticker":
-            bid, ask, last = price(msg, "yes_bid"), price(msg, "yes_ask"), price(msg, "price")
-            # An empty side is sent as a bid of 0 or an ask of 1.
-            quote = Quote(bid if bid else None, ask if ask is not None and ask < 1.0 else None)
-            book = self.books.get(ticker)
-            if book is not None:
-                quote.depth = self._book_quote(ticker, book).depth
-            last = last if last else None  # 0: never traded
-            traded = last is not None and last != self.last_price.get(ticker)
-            if last is not None:
-                self.last_price[ticker] = last
-            if ticker in self.awaiting:
-                return
-            if traded and last is not None:
-                self.maker.trade(market, ts, last, quote, out)
-            else:
-                self.maker.quote(market, ts, quote, last, out)
-        elif kind == "trade":
-            p = price(msg, "yes_price")
-            if p is None:
-                raise BadMessage("bad_message", "no yes_price")
-            if ticker in self.awaiting:
-                return
-            book = self.books.get(ticker)
-            self.maker.trade(market, ts, p,
-                             None if book is None else self._book_quote(ticker, book), out)
-        else:
-            raise BadMessage("unknown_event", f"type {kind!r}")
+            self.maker.quote(market, ts, quote, last, out)
+
+    def _trade(self, msg: dict[str, Any], ticker: str, market: str, ts: float,
+               out: Decoded) -> None:
+        p = price(msg, "yes_price")
+        if p is None:
+            raise BadMessage("bad_message", "no yes_price")
+        if ticker in self.awaiting:
+            return
+        book = self.books.get(ticker)
+        self.maker.trade(market, ts, p,
+                         None if book is None else self._book_quote(ticker, book), out)
 
     def _subscribed(self, doc: dict[str, Any]) -> None:
         msg = doc.get("msg")

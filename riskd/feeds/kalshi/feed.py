@@ -2,29 +2,26 @@
 
 from __future__ import annotations
 
-import logging
+import functools
 import random
 import time
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-import aiohttp
-
 from riskd.feeds.codec import DEFAULT_BAND, MAX_FUTURE_S
-from riskd.feeds.connection import WebsocketFeed
+from riskd.feeds.connection import LookupFeed
 from riskd.feeds.kalshi.auth import KalshiSigner, load_private_key
 from riskd.feeds.kalshi.codec import KalshiCodec
 from riskd.feeds.kalshi.config import KalshiSettings
-from riskd.feeds.metadata import fetch_kalshi, listing_events, merge
+from riskd.feeds.kalshi.metadata import fetch_kalshi
+from riskd.feeds.metadata import Fetch
 from riskd.markets import Market
-
-log = logging.getLogger("riskd.feeds")
 
 if TYPE_CHECKING:
     from riskd.metrics import Metrics
 
 
-class KalshiFeed(WebsocketFeed):
+class KalshiFeed(LookupFeed):
     codec: KalshiCodec
 
     def __init__(
@@ -40,11 +37,9 @@ class KalshiFeed(WebsocketFeed):
         band: float = DEFAULT_BAND,
     ) -> None:
         codec = KalshiCodec.for_markets(markets.values(), settings.channels, max_future_s, band)
-        super().__init__("kalshi", url or settings.url, codec, settings, metrics,
-                         heartbeat=True, rng=rng)
+        super().__init__("kalshi", url or settings.url, codec, settings, markets,
+                         metadata=metadata, metrics=metrics, heartbeat=True, rng=rng)
         self.cfg = settings
-        self.markets = dict(markets)
-        self.metadata = metadata
         # Raises BadKey (without the key in the message) if the key is unusable.
         self.signer = KalshiSigner(settings.key_id, load_private_key(settings.private_key_pem()))
         # The signature covers the path of the websocket URL ("/trade-api/ws/v2").
@@ -53,22 +48,10 @@ class KalshiFeed(WebsocketFeed):
     def headers(self) -> dict[str, str]:
         return self.signer.headers(int(time.time() * 1000), "GET", self.sign_path)
 
-    async def prepare(self) -> None:
-        if not self.metadata:
-            return
+    def lookup(self) -> Fetch | None:
         tickers = list(self.cfg.markets) + [m.kalshi_ticker for m in self.markets.values()
                                             if m.kalshi_ticker]
         if not tickers:
-            return
-        timeout = aiohttp.ClientTimeout(total=self.cfg.http_timeout_s)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            lookup = await fetch_kalshi(session, self.cfg.rest_url, tickers,
-                                        page_size=self.cfg.rest_page_size)
-        for reason, n in lookup.rejected.items():
-            self.count(reason, n)
-        merged = merge(self.markets, lookup.markets)
-        self._events += listing_events(self.markets, merged, self.now())
-        self.markets = merged
-        self.codec.bind(merged.values())
-        if not merged:
-            log.warning("%s: no market found to follow", self.venue)
+            return None
+        return functools.partial(fetch_kalshi, base_url=self.cfg.rest_url, tickers=tickers,
+                                 page_size=self.cfg.rest_page_size)

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 from typing import TYPE_CHECKING
 
-import aiohttp
-
 from riskd.feeds.codec import DEFAULT_BAND, MAX_FUTURE_S, Codec
-from riskd.feeds.connection import WebsocketFeed
-from riskd.feeds.metadata import fetch_polymarket, listing_events, merge, split_polymarket_ids
+from riskd.feeds.connection import LookupFeed
+from riskd.feeds.metadata import Fetch
 from riskd.feeds.polymarket.codec import PolymarketCodec
 from riskd.feeds.polymarket.config import PolymarketSettings
+from riskd.feeds.polymarket.metadata import fetch_polymarket, split_polymarket_ids
 from riskd.markets import Market
 
 log = logging.getLogger("riskd.feeds")
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from riskd.metrics import Metrics
 
 
-class PolymarketFeed(WebsocketFeed):
+class PolymarketFeed(LookupFeed):
     codec: PolymarketCodec
 
     def __init__(
@@ -38,11 +38,10 @@ class PolymarketFeed(WebsocketFeed):
     ) -> None:
         codec = PolymarketCodec.for_markets(markets.values(), settings.custom_feature_enabled,
                                             max_future_s, band)
-        super().__init__("polymarket", url or settings.url, codec, settings, metrics,
-                         ping_text="PING", ping_interval_s=settings.ping_interval_s, rng=rng)
+        super().__init__("polymarket", url or settings.url, codec, settings, markets,
+                         metadata=metadata, metrics=metrics, ping_text="PING",
+                         ping_interval_s=settings.ping_interval_s, rng=rng)
         self.cfg = settings
-        self.markets = dict(markets)
-        self.metadata = metadata
 
     def codecs(self) -> list[Codec]:
         """The markets' tokens over connections of at most `assets_per_connection`,
@@ -67,24 +66,12 @@ class PolymarketFeed(WebsocketFeed):
                                             self.codec.maker.max_future_s, self.codec.band)
                 for chunk in chunks]
 
-    async def prepare(self) -> None:
-        if not self.metadata:
-            return
+    def lookup(self) -> Fetch | None:
         tokens, conditions, slugs = split_polymarket_ids(self.cfg.markets)
         tokens += [t for m in self.markets.values()
                    for t in (m.polymarket_yes_token, m.polymarket_no_token) if t]
         if not (tokens or conditions or slugs):
-            return
-        timeout = aiohttp.ClientTimeout(total=self.cfg.http_timeout_s)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            lookup = await fetch_polymarket(session, self.cfg.gamma_url, token_ids=tokens,
-                                            condition_ids=conditions, slugs=slugs,
-                                            page_size=self.cfg.gamma_page_size)
-        for reason, n in lookup.rejected.items():
-            self.count(reason, n)
-        merged = merge(self.markets, lookup.markets)
-        self._events += listing_events(self.markets, merged, self.now())
-        self.markets = merged
-        self.codec.bind(merged.values())
-        if not merged:
-            log.warning("%s: no market found to follow", self.venue)
+            return None
+        return functools.partial(fetch_polymarket, base_url=self.cfg.gamma_url,
+                                 token_ids=tokens, condition_ids=conditions, slugs=slugs,
+                                 page_size=self.cfg.gamma_page_size)

@@ -1,0 +1,59 @@
+"""Publishers by name (`[publisher.<name>]`), each built the same way: from its config
+section and what every publisher may need of the daemon (`PublishContext`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from riskd.publish.base import Publisher, PublishStats
+from riskd.publish.http import DeliveryPolicy, HttpPublisher
+from riskd.publish.jsonl import JsonlPublisher
+from riskd.publish.websocket import WebsocketPublisher
+
+if TYPE_CHECKING:
+    from riskd.config import (
+        HttpPublisherSettings,
+        JsonlPublisherSettings,
+        PublisherSettings,
+        WebsocketPublisherSettings,
+    )
+
+
+@dataclass(frozen=True)
+class PublishContext:
+    metrics: PublishStats
+    instance: str  # `[publisher] instance`, in every message
+    snapshot: Callable[[], bytes]  # what a /v1/stream client gets on connect
+    # A stream client's message (an exchange state report) and its answer frame.
+    on_message: Callable[[str], bytes | None] | None = None
+    max_message_bytes: int = 4096  # the largest message a stream client may send
+
+
+Builder = Callable[[Any, PublishContext], Publisher]
+
+
+def _jsonl(cfg: JsonlPublisherSettings, ctx: PublishContext) -> Publisher:
+    return JsonlPublisher(cfg.path, ctx.metrics, cfg.fsync, cfg.max_bytes, cfg.backups)
+
+
+def _http(cfg: HttpPublisherSettings, ctx: PublishContext) -> Publisher:
+    return HttpPublisher(cfg.url, cfg.secret_bytes(), ctx.instance, ctx.metrics,
+                         cfg.timeout_s, DeliveryPolicy.from_settings(cfg))
+
+
+def _websocket(cfg: WebsocketPublisherSettings, ctx: PublishContext) -> Publisher:
+    return WebsocketPublisher(cfg, ctx.metrics, ctx.snapshot, ctx.on_message,
+                              ctx.max_message_bytes)
+
+
+# In the order the daemon hands each batch to them: the audit log first.
+BUILDERS: dict[str, Builder] = {"jsonl": _jsonl, "http": _http, "websocket": _websocket}
+
+
+def make_publishers(cfg: PublisherSettings, ctx: PublishContext) -> list[Publisher]:
+    """One publisher per `[publisher.<name>]` section present."""
+    sections = {name: getattr(cfg, name) for name in BUILDERS}
+    return [build(sections[name], ctx) for name, build in BUILDERS.items()
+            if sections[name] is not None]
