@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 from prometheus_client import CollectorRegistry
 
-from riskd import heap
+from riskd import heap, wire
 from riskd.config import ConfigError, Settings, describe_source, load_settings
 from riskd.engine import Engine, compile_kernels
 from riskd.feeds.base import EventSource, Feed, LivenessSource, MarketEvent
@@ -126,10 +125,8 @@ class Daemon:
 
     def stream_snapshot(self) -> bytes:
         """What a /v1/stream client gets on connect: every current set, marked snapshot."""
-        return orjson.dumps({
-            "source": "riskd", "instance": self.settings.publisher.instance, "seq": self.seq,
-            "generated_at": self.now_iso(), "snapshot": True,
-            "params": self.engine.current.sets()})
+        return wire.batch(self.settings.publisher.instance, self.seq, self.now_iso(),
+                          self.engine.current.sets(), snapshot=True)
 
     # --- clock and health -------------------------------------------------
 
