@@ -16,11 +16,12 @@ import numpy as np
 
 from riskd import wire
 from riskd.config import Settings
-from riskd.feeds.base import MAX_DEPTH, Liveness, Tick
+from riskd.feeds.base import Liveness, Tick
 from riskd.markets import Market
 from riskd.model import estimator, governor, parameters
 from riskd.model.governor import Conditions, GovernorState
 from riskd.overrides import Override
+from riskd.ticks import tick_fault
 
 DEFAULT_TICK_SIZE = 0.01
 ALL = slice(None)  # every market; else an index array
@@ -31,8 +32,6 @@ EVALUATE_CHUNK = 4096  # markets per model pass: bounds the scenario arrays' mem
 # (the overflow policy of the feed -> engine queue: nothing is dropped or coalesced,
 # the jump detector sees every price; memory stays bounded whatever the tick rate).
 MAX_PENDING = 200_000
-# Unix seconds beyond ~year 5138 are not a time (the tape reader's bound too).
-TS_MAX = 1e11
 Index = slice | np.ndarray
 # (confirmed_t, live_book) of some markets: `Engine.freshness`.
 Freshness = tuple[np.ndarray, np.ndarray | None]
@@ -308,7 +307,7 @@ class Engine:
         estimator then takes all of them in order, in one compiled pass, instead of
         one pass per feed message.
 
-        The model's boundary: only valid ticks are kept (`check_tick`), the others are
+        The model's boundary: only valid ticks are kept (`tick_fault`), the others are
         counted by reason. `now` is the wall time a live feed's batch arrived: a tick
         further ahead than `[feed] max_future_s` is rejected (`future_ts`); a replay
         passes None (its clock is the tape). Ticks of markets not listed are dropped
@@ -319,15 +318,13 @@ class Engine:
             self.flush()
         index, pending, newest = self.index, self._pending, self._pending_t
         applied_t = self.est.t
-        latest = TS_MAX if now is None else min(TS_MAX, now + self.settings.feed.max_future_s)
+        latest = math.inf if now is None else now + self.settings.feed.max_future_s
         for tick in ticks:
+            fault = tick_fault(tick, latest)
+            if fault is not None:
+                result.reject(fault.reason)
+                continue
             ts = tick.ts
-            if not (0.0 < ts <= latest and 0.0 <= tick.price <= 1.0 and tick.market) or \
-                    tick.bid is not None or tick.ask is not None or tick.depth is not None:
-                reason = check_tick(tick, latest)
-                if reason is not None:
-                    result.reject(reason)
-                    continue
             i = index.get(tick.market)
             if i is None:
                 if not self.discover:
@@ -644,27 +641,6 @@ def compile_kernels(settings: Settings) -> None:
     engine.ingest([Tick("warm-up", t0, 0.5, 0.49, 0.51, 100.0),
                    Tick("warm-up", t0 + 60.0, 0.52)])
     engine.cycle(t0 + 60.0)
-
-
-def check_tick(tick: Tick, latest: float = TS_MAX) -> str | None:
-    """Why `tick` must not reach the model, or None: a time in (0, latest], a price in
-    [0, 1], bid and ask in [0, 1] with bid <= ask, a depth in [0, MAX_DEPTH], a market
-    id. The tape reader's reasons. (NaN fails every comparison, so every check.)"""
-    ts = tick.ts
-    if not 0.0 < ts <= latest:
-        return "future_ts" if latest < ts < TS_MAX else "bad_ts"
-    if not 0.0 <= tick.price <= 1.0:
-        return "bad_price"
-    bid, ask, depth = tick.bid, tick.ask, tick.depth
-    if (bid is not None and not 0.0 <= bid <= 1.0) or \
-            (ask is not None and not 0.0 <= ask <= 1.0) or \
-            (bid is not None and ask is not None and bid > ask):
-        return "bad_bid_ask"
-    if depth is not None and not 0.0 <= depth <= MAX_DEPTH:
-        return "bad_depth"
-    if not tick.market:
-        return "bad_market"
-    return None
 
 
 def tick_arrays(ticks: list[Tick]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
