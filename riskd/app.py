@@ -19,7 +19,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from riskd import health
+from riskd import health, wire
 from riskd.clock import Clock, iso_or_empty
 from riskd.config import ConfigError, Settings, describe_source, load_settings
 from riskd.engine import Engine
@@ -115,12 +115,8 @@ class Daemon:
 
     def stream_snapshot(self) -> bytes:
         """What a /v1/stream client gets on connect: every current set, marked snapshot."""
-        import orjson
-
-        return orjson.dumps({
-            "source": "riskd", "instance": self.settings.publisher.instance, "seq": self.seq,
-            "generated_at": self.now_iso(), "snapshot": True,
-            "params": self.engine.current.sets()})
+        return wire.batch(self.settings.publisher.instance, self.seq, self.now_iso(),
+                          self.engine.current.sets(), snapshot=True)
 
     async def run(self) -> int:
         return await Lifecycle(self).run()

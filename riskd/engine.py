@@ -14,27 +14,25 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from riskd import wire
 from riskd.config import Settings
-from riskd.feeds.base import MAX_DEPTH, Liveness, Tick
+from riskd.feeds.base import Liveness, Tick
 from riskd.jit import configure_cache
 from riskd.markets import Market
 from riskd.model import estimator, governor, parameters
-from riskd.model.governor import MODES, Conditions, GovernorState
-from riskd.model.parameters import SIDES, reason_names
+from riskd.model.governor import Conditions, GovernorState
 from riskd.overrides import Override
-from riskd.timeutil import iso
+from riskd.ticks import tick_fault
 
 DEFAULT_TICK_SIZE = 0.01
 ALL = slice(None)  # every market; else an index array
 # The published inputs kept per market (RiskInputs fields), in `published_inputs` order.
-INPUTS = ("p", "tau", "sigma", "lam", "J", "h")
+INPUTS = wire.INPUTS
 EVALUATE_CHUNK = 4096  # markets per model pass: bounds the scenario arrays' memory
 # Ticks waiting for the next cycle at most: beyond it `enqueue` applies them at once
 # (the overflow policy of the feed -> engine queue: nothing is dropped or coalesced,
 # the jump detector sees every price; memory stays bounded whatever the tick rate).
 MAX_PENDING = 200_000
-# Unix seconds beyond ~year 5138 are not a time (the tape reader's bound too).
-TS_MAX = 1e11
 Index = slice | np.ndarray
 # (confirmed_t, live_book) of some markets: `Engine.freshness`.
 Freshness = tuple[np.ndarray, np.ndarray | None]
@@ -320,7 +318,7 @@ class Engine:
         estimator then takes all of them in order, in one compiled pass, instead of
         one pass per feed message.
 
-        The model's boundary: only valid ticks are kept (`check_tick`), the others are
+        The model's boundary: only valid ticks are kept (`tick_fault`), the others are
         counted by reason. `now` is the wall time a live feed's batch arrived: a tick
         further ahead than `[feed] max_future_s` is rejected (`future_ts`); a replay
         passes None (its clock is the tape). Ticks of markets not listed are dropped
@@ -331,15 +329,13 @@ class Engine:
             self.flush()
         index, pending, newest = self.index, self._pending, self._pending_t
         applied_t = self.est.t
-        latest = TS_MAX if now is None else min(TS_MAX, now + self.settings.feed.max_future_s)
+        latest = math.inf if now is None else now + self.settings.feed.max_future_s
         for tick in ticks:
+            fault = tick_fault(tick, latest)
+            if fault is not None:
+                result.reject(fault.reason)
+                continue
             ts = tick.ts
-            if not (0.0 < ts <= latest and 0.0 <= tick.price <= 1.0 and tick.market) or \
-                    tick.bid is not None or tick.ask is not None or tick.depth is not None:
-                reason = check_tick(tick, latest)
-                if reason is not None:
-                    result.reject(reason)
-                    continue
             i = index.get(tick.market)
             if i is None:
                 if not self.discover:
@@ -602,46 +598,22 @@ class Engine:
         self.idle[rows] = gov.idle_at == now
 
     def render(self, rows: np.ndarray) -> list[dict[str, Any]]:
-        """The sets markets `rows` last published (interfaces.md): the governor state
+        """The sets markets `rows` last published (riskd/wire.py): the governor state
         and the inputs their publish recorded."""
         if not len(rows):
             return []
         g = self.gov
         inputs = self.published_inputs[rows]
-        value = np.stack([inputs[:, 0], 1.0 - inputs[:, 0]], axis=1)
-        im = value / g.leverage[rows]
-        ratio = self.settings.model.maintenance_ratio
-        # Readable numbers (interfaces.md), rounded for all the rows at once.
-        lev = round_places(g.leverage[rows], 2).tolist()
-        im_mm = round_sig(np.concatenate([im, ratio * im], axis=1)).tolist()
-        fee = round_sig(g.fee[rows]).tolist()
-        slip = round_sig(g.slippage[rows]).tolist()
-        inp = round_sig(inputs)
-        for k in (INPUTS.index("tau"), INPUTS.index("h")):
-            inp[:, k] = round_places(inputs[:, k], 3)
+        p = inputs[:, INPUTS.index("p")]
+        leverage = g.leverage[rows]
+        initial = np.stack([p, 1.0 - p], axis=1) / leverage
         ids = self.ids
-        out = []
-        for i, version, mode, lev_i, margins, fee_i, slip_i, until, reasons, inp_i in zip(
-                rows.tolist(), g.version[rows].tolist(), g.mode[rows].tolist(), lev, im_mm,
-                fee, slip, g.valid_until[rows].tolist(), g.reasons[rows].tolist(),
-                inp.tolist(), strict=True):
-            p, tau, sigma, lam, jump, h = inp_i
-            out.append({
-                "market": ids[i],
-                "version": version,
-                "mode": MODES[mode],
-                "max_leverage": {SIDES[0]: lev_i[0], SIDES[1]: lev_i[1]},
-                "initial_margin": {SIDES[0]: margins[0], SIDES[1]: margins[1]},
-                "maintenance_margin": {SIDES[0]: margins[2], SIDES[1]: margins[3]},
-                "fee_rate_hourly": {SIDES[0]: fee_i[0], SIDES[1]: fee_i[1]},
-                "max_slippage": slip_i,
-                "oi_cap": None,
-                "valid_until": _iso(until),
-                "reasons": _reason_names(reasons),
-                "inputs": {"p": p, "tau_s": tau, "sigma": sigma, "lambda": lam, "J": jump,
-                           "h_s": h},
-            })
-        return out
+        return wire.param_sets(wire.SetRows(
+            markets=[ids[i] for i in rows.tolist()], version=g.version[rows],
+            mode=g.mode[rows], leverage=leverage, initial_margin=initial,
+            maintenance_margin=self.settings.model.maintenance_ratio * initial,
+            fee_hourly=g.fee[rows], slippage=g.slippage[rows],
+            valid_until=g.valid_until[rows], reasons=g.reasons[rows], inputs=inputs))
 
 
 class PublishedSets(Mapping[str, dict[str, Any]]):
@@ -684,27 +656,6 @@ def compile_kernels(settings: Settings) -> None:
     engine.cycle(t0 + 60.0)
 
 
-def check_tick(tick: Tick, latest: float = TS_MAX) -> str | None:
-    """Why `tick` must not reach the model, or None: a time in (0, latest], a price in
-    [0, 1], bid and ask in [0, 1] with bid <= ask, a depth in [0, MAX_DEPTH], a market
-    id. The tape reader's reasons. (NaN fails every comparison, so every check.)"""
-    ts = tick.ts
-    if not 0.0 < ts <= latest:
-        return "future_ts" if latest < ts < TS_MAX else "bad_ts"
-    if not 0.0 <= tick.price <= 1.0:
-        return "bad_price"
-    bid, ask, depth = tick.bid, tick.ask, tick.depth
-    if (bid is not None and not 0.0 <= bid <= 1.0) or \
-            (ask is not None and not 0.0 <= ask <= 1.0) or \
-            (bid is not None and ask is not None and bid > ask):
-        return "bad_bid_ask"
-    if depth is not None and not 0.0 <= depth <= MAX_DEPTH:
-        return "bad_depth"
-    if not tick.market:
-        return "bad_market"
-    return None
-
-
 def tick_arrays(ticks: list[Tick]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """t, p, half_spread, depth of ticks (spec section 2: p is the mid when there is a
     book, else the print). Column by column: the per-tick Python work is one
@@ -730,57 +681,3 @@ _FIRST, _SECOND = itemgetter(0), itemgetter(1)
 def _take(state: S, idx: Index) -> S:
     """A copy of the rows `idx` of a struct-of-arrays state."""
     return type(state)(**{f.name: getattr(state, f.name)[idx] for f in fields(state)})
-
-
-def round_places(x: np.ndarray, places: int | np.ndarray) -> np.ndarray:
-    """Python's round(v, places) of every value: the float nearest to v rounded to that
-    many decimal places, half to even on v's exact binary value.
-
-    Scaled by a power of ten, rounded and scaled back, which is exact (the quotient or
-    product of two exact numbers, correctly rounded) except where the scaled value lies
-    within rounding error of a half: those few go through round() itself."""
-    x = np.asarray(x, dtype=np.float64)
-    places = np.broadcast_to(np.asarray(places, dtype=np.int64), x.shape)
-    out = x.copy()
-    regular = np.isfinite(x) & (x != 0.0)
-    exact = regular & (np.abs(places) <= 22)  # 10**22 is the largest exact power of ten
-    for sign in (1, -1):
-        mask = exact & (places * sign >= 0)
-        if not mask.any():
-            continue
-        scale = 10.0 ** (sign * places[mask])
-        y = x[mask] * scale if sign > 0 else x[mask] / scale
-        near_half = np.abs(y - np.floor(y) - 0.5) <= np.abs(y) * 4e-16
-        rounded = np.rint(y)
-        out[mask] = np.where(near_half, np.nan, rounded / scale if sign > 0 else rounded * scale)
-    slow = regular & (~exact | np.isnan(out))
-    out[slow] = [round(v, p) for v, p in zip(x[slow].tolist(), places[slow].tolist(),
-                                                strict=True)]
-    return out
-
-
-def round_sig(x: np.ndarray, digits: int = 6) -> np.ndarray:
-    """float(f"{v:.{digits}g}") of every value: rounded to significant digits, for a
-    readable payload (values are already governed)."""
-    x = np.asarray(x, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        exponent = np.floor(np.log10(np.abs(x)))
-    places = np.where(np.isfinite(exponent), digits - 1 - exponent, 0).astype(np.int64)
-    return round_places(x, places)
-
-
-def _iso(t: float, cache: dict[float, str] = {}) -> str:  # noqa: B006 - a cache on purpose
-    """iso(t), remembered: the sets published in one cycle share their valid_until."""
-    text = cache.get(t)
-    if text is None:
-        if len(cache) > 256:
-            cache.clear()
-        text = cache[t] = iso(t)
-    return text
-
-
-def _reason_names(mask: int, cache: dict[int, tuple[str, ...]] = {}) -> list[str]:  # noqa: B006
-    names = cache.get(mask)
-    if names is None:
-        names = cache[mask] = tuple(reason_names(mask))
-    return list(names)

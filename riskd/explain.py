@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from riskd.model.governor import LEVERAGE_STEP, MODES, loosening_anchor
-from riskd.model.parameters import SIDES, reason_names
+from riskd.model.parameters import SIDES, RiskInputs, Targets, reason_names
 from riskd.model.scenarios import GROUP_NAMES
 from riskd.timeutil import iso
 
@@ -35,7 +35,6 @@ def explain(engine: Engine, market: str, now: float) -> dict[str, Any] | None:
     i = engine.index.get(market)
     if i is None:
         return None
-    est = engine.est
     meta = engine.meta[i]
     doc: dict[str, Any] = {
         "market": market,
@@ -44,8 +43,23 @@ def explain(engine: Engine, market: str, now: float) -> dict[str, Any] | None:
         "event_at": _time(engine.event_t[i]),
         "resolves_at": _time(engine.resolve_t[i]),
         "published": engine.current.get(market),
+        "estimator": _estimator(engine, i),
     }
-    doc["estimator"] = {
+    if not math.isfinite(now):
+        doc.update(inputs=None, model=None, governor=_governor(engine, i, now, None))
+        return doc
+    idx = np.array([i])
+    inp, tg = engine.targets(now, idx, detail=True)
+    doc["inputs"] = _inputs(engine, inp, i)
+    doc["freshness"] = _freshness(engine, idx)
+    doc["model"] = _model(tg)
+    doc["governor"] = _governor(engine, i, now, tg.max_leverage[0])
+    return doc
+
+
+def _estimator(engine: Engine, i: int) -> dict[str, Any]:
+    est = engine.est
+    return {
         "ticks": int(est.ticks[i]),
         "jumps": int(est.jumps[i]),
         "last_tick_at": _time(est.t[i]),
@@ -59,12 +73,10 @@ def explain(engine: Engine, market: str, now: float) -> dict[str, Any] | None:
         "depth": _num(est.depth[i]),
         "tick_size": _num(est.tick_size[i]),
     }
-    if not math.isfinite(now):
-        doc.update(inputs=None, model=None, governor=_governor(engine, i, now, None))
-        return doc
-    idx = np.array([i])
-    inp, tg = engine.targets(now, idx, detail=True)
-    doc["inputs"] = {
+
+
+def _inputs(engine: Engine, inp: RiskInputs, i: int) -> dict[str, Any]:
+    return {
         "p": _num(inp.p[0]), "tau_s": _num(inp.tau[0]), "sigma": _num(inp.sigma[0]),
         "lambda": _num(inp.lam[0]), "J": _num(inp.J[0]), "gap_s": _num(inp.gap[0]),
         "h_s": _num(inp.h[0]), "half_spread": _num(inp.half_spread[0]),
@@ -75,15 +87,22 @@ def explain(engine: Engine, market: str, now: float) -> dict[str, Any] | None:
         "book_ratio": _num(inp.book_ratio[0]) if inp.book_ratio is not None else None,
         "horizon": _horizon_reason(engine, inp, i),
     }
+
+
+def _freshness(engine: Engine, idx: np.ndarray) -> dict[str, Any]:
     confirmed, booked = engine.freshness(idx)
-    doc["freshness"] = {
+    return {
         "confirmed_at": _time(confirmed[0]),
         "live_book": bool(booked[0]) if booked is not None else False,
         "rule": ("a book held on a live connection: confirmed by every sign of the "
                  "connection's life" if booked is not None and booked[0] else
-                 "confirmed by messages about the market" if engine.link[i] >= 0 else
+                 "confirmed by messages about the market" if engine.link[idx[0]] >= 0 else
                  "a tape: each row confirms the price"),
     }
+
+
+def _model(tg: Targets) -> dict[str, Any]:
+    """The model's targets before the governor, per side with the scenario groups."""
     sides: dict[str, Any] = {}
     for s, side in enumerate(SIDES):
         entry: dict[str, Any] = {
@@ -99,7 +118,7 @@ def explain(engine: Engine, market: str, now: float) -> dict[str, Any] | None:
             entry["fee_by_group"] = {name: _num(tg.fee_by_group[0, s, k])
                                      for k, name in enumerate(GROUP_NAMES)}
         sides[side] = entry
-    doc["model"] = {
+    return {
         "q_resolution_within_h": _num(tg.q[0]),
         "max_slippage": _num(tg.max_slippage[0]),
         "reasons": reason_names(int(tg.reasons[0])),
@@ -108,8 +127,6 @@ def explain(engine: Engine, market: str, now: float) -> dict[str, Any] | None:
                  "shortfall by scenario group (resolution, news jump, diffusion), "
                  "fee_by_group the lender's premium before the fee floor"),
     }
-    doc["governor"] = _governor(engine, i, now, tg.max_leverage[0])
-    return doc
 
 
 def _governor(engine: Engine, i: int, now: float, target_lev: np.ndarray | None
@@ -193,33 +210,43 @@ def format_text(doc: dict[str, Any]) -> str:
     e = doc["estimator"]
     lines.append(f"estimator: {e['ticks']} ticks, {e['jumps']} jumps, last tick "
                  f"{e['last_tick_at']}, last jump {e['last_jump_at']}")
-    model = doc.get("model")
-    if model:
-        lines.append(f"model (before the governor): q(resolution within h) "
-                     f"{_fmt(model['q_resolution_within_h'])}, max slippage "
-                     f"{_fmt(model['max_slippage'])}, reasons "
-                     f"{', '.join(model['reasons']) or 'none'}")
-        lines.append(f"  {'side':<6} {'lev':>7} {'margin':>9} {'ES':>9}  "
-                     + "  ".join(f"{g + ' ES':>14}" for g in GROUP_NAMES)
-                     + f"  {'fee/h':>10}  " + "  ".join(f"{g + ' fee':>15}" for g in GROUP_NAMES))
-        for side, s in model["sides"].items():
-            row = (f"  {side:<6} {_fmt(s['max_leverage']):>7} {_fmt(s['initial_margin']):>9} "
-                   f"{_fmt(s['expected_shortfall']):>9}  ")
-            row += "  ".join(f"{_fmt(s.get('margin_by_group', {}).get(g)):>14}"
-                             for g in GROUP_NAMES)
-            row += f"  {_fmt(s['fee_rate_hourly']):>10}  "
-            row += "  ".join(f"{_fmt(s.get('fee_by_group', {}).get(g)):>15}"
-                             for g in GROUP_NAMES)
-            lines.append(row)
-    gov = doc["governor"]
+    if doc.get("model"):
+        lines += _model_lines(doc["model"])
+    lines += _governor_lines(doc["governor"])
+    return "\n".join(lines) + "\n"
+
+
+def _model_lines(model: dict[str, Any]) -> list[str]:
+    """The model's targets: a summary line, then a table of the sides."""
+    lines = [f"model (before the governor): q(resolution within h) "
+             f"{_fmt(model['q_resolution_within_h'])}, max slippage "
+             f"{_fmt(model['max_slippage'])}, reasons "
+             f"{', '.join(model['reasons']) or 'none'}"]
+    lines.append(f"  {'side':<6} {'lev':>7} {'margin':>9} {'ES':>9}  "
+                 + "  ".join(f"{g + ' ES':>14}" for g in GROUP_NAMES)
+                 + f"  {'fee/h':>10}  " + "  ".join(f"{g + ' fee':>15}" for g in GROUP_NAMES))
+    for side, s in model["sides"].items():
+        row = (f"  {side:<6} {_fmt(s['max_leverage']):>7} {_fmt(s['initial_margin']):>9} "
+               f"{_fmt(s['expected_shortfall']):>9}  ")
+        row += "  ".join(f"{_fmt(s.get('margin_by_group', {}).get(g)):>14}"
+                         for g in GROUP_NAMES)
+        row += f"  {_fmt(s['fee_rate_hourly']):>10}  "
+        row += "  ".join(f"{_fmt(s.get('fee_by_group', {}).get(g)):>15}"
+                         for g in GROUP_NAMES)
+        lines.append(row)
+    return lines
+
+
+def _governor_lines(gov: dict[str, Any]) -> list[str]:
+    """The governor: what is active, then what waits (cool-down, freeze, loosening)."""
     active = [name for name in ("stale", "jump_cooldown", "halt", "freeze")
               if gov[name]["active"]]
     if gov["warming_up"]:
         active.append("warming_up")
     if gov["resolved"]:
         active.append("resolved")
-    lines.append(f"governor: v{gov['version']} mode {gov['mode']}, active: "
-                 f"{', '.join(active) or 'nothing'}")
+    lines = [f"governor: v{gov['version']} mode {gov['mode']}, active: "
+             f"{', '.join(active) or 'nothing'}"]
     if gov["jump_cooldown"]["active"]:
         lines.append(f"  jump cool-down until {gov['jump_cooldown']['until']}")
     if gov["freeze"]["from"]:
@@ -234,7 +261,7 @@ def format_text(doc: dict[str, Any]) -> str:
         o = gov["override"]
         lines.append(f"  override: mode {o['mode']}, max leverage {o['max_leverage']}, "
                      f"loosen {o['loosen']}, by {o['actor'] or '?'}: {o['note'] or '-'}")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _fmt(v: Any) -> str:
@@ -245,7 +272,7 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def _horizon_reason(engine: Engine, inp: Any, i: int) -> str:
+def _horizon_reason(engine: Engine, inp: RiskInputs, i: int) -> str:
     """Why h is what it is (docs/model.md section 4)."""
     cfg = engine.settings.model
     h = float(inp.h[0])

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from riskd.engine import Engine
 
 # Every rejection reason a feed or the engine's boundary can count (the codecs, the
-# connection shell, riskd/engine.py check_tick, the tape reader): each venue's series
+# connection shell, riskd/ticks.py tick_fault, the tape reader): each venue's series
 # exist at 0 from its start, so `rate()` in the dashboard and the alerts reads 0, not
 # "no data".
 REJECT_REASONS = (

@@ -85,6 +85,16 @@ class Verdict:
     body: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class _Message:
+    """A batch that passed every check: its sets with their valid_until in unix seconds."""
+
+    instance: str
+    seq: int
+    generated: float | None  # generated_at, unix seconds
+    sets: list[tuple[dict[str, Any], float]]
+
+
 def signature(secret: bytes, timestamp: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret, timestamp.encode() + b"." + body,
                                 hashlib.sha256).hexdigest()
@@ -110,6 +120,23 @@ class ReceiverState:
 
     def receive(self, headers: dict[str, str], raw: bytes, wall_now: float) -> Verdict:
         """One POST: verify, check for replay, apply; the verdict is the HTTP answer."""
+        refused = self._authenticate(headers, raw, wall_now)
+        if refused is not None:
+            return refused
+        message = self._read(headers, raw)
+        if isinstance(message, Verdict):
+            return message
+        # Only a whole, valid message moves anything.
+        self.last_seq[message.instance] = message.seq
+        self.stats["accepted"] += 1
+        if message.generated is not None and message.generated > self.newest_generated:
+            self.newest_generated, self._newest_wall = message.generated, wall_now
+        applied, stale = self._apply(message.sets)
+        return Verdict(200, {"ok": True, "applied": applied, "stale": stale})
+
+    def _authenticate(self, headers: dict[str, str], raw: bytes, wall_now: float
+                      ) -> Verdict | None:
+        """The refusal of a message not signed with the secret or not recent, or None."""
         ts = headers.get("X-Riskd-Timestamp", "")
         given = headers.get("X-Riskd-Signature", "")
         # ASCII digits only (isdigit() takes "²", which int() refuses), at most 12: a
@@ -122,6 +149,11 @@ class ReceiverState:
         if abs(wall_now - int(ts)) > self.cfg.max_skew_s:
             return self._reject(401, "stale_timestamp",
                                 f"timestamp outside +-{self.cfg.max_skew_s:g} s")
+        return None
+
+    def _read(self, headers: dict[str, str], raw: bytes) -> _Message | Verdict:
+        """The message of an authenticated body, or the refusal of a malformed, foreign
+        or replayed one."""
         try:
             doc = orjson.loads(raw)
             instance, seq, params = doc["instance"], doc["seq"], doc["params"]
@@ -142,7 +174,7 @@ class ReceiverState:
         if last is not None and seq <= last:
             return self._reject(409, "replayed_seq",
                                 f"seq {seq} is not newer than {last} for {instance!r}")
-        checked: list[tuple[dict[str, Any], float]] = []
+        sets: list[tuple[dict[str, Any], float]] = []
         for entry in params:
             try:
                 market, version = entry["market"], entry["version"]
@@ -151,14 +183,13 @@ class ReceiverState:
                 return self._reject(400, "bad_body", f"bad parameter set: {exc}")
             if not isinstance(market, str) or not _integer(version):
                 return self._reject(400, "bad_body", "market and version have the wrong types")
-            checked.append((entry, expiry))
-        # Only a whole, valid message moves anything.
-        self.last_seq[instance] = seq
-        self.stats["accepted"] += 1
-        if generated is not None and generated > self.newest_generated:
-            self.newest_generated, self._newest_wall = generated, wall_now
+            sets.append((entry, expiry))
+        return _Message(instance, seq, generated, sets)
+
+    def _apply(self, sets: list[tuple[dict[str, Any], float]]) -> tuple[int, int]:
+        """Newest wins per market: (sets applied, sets not newer than the current one)."""
         applied = stale = 0
-        for entry, expiry in checked:
+        for entry, expiry in sets:
             market = entry["market"]
             have = self.current.get(market)
             if have is not None and entry["version"] <= have["version"]:
@@ -169,7 +200,7 @@ class ReceiverState:
             applied += 1
         self.stats["applied_sets"] += applied
         self.stats["stale_sets"] += stale
-        return Verdict(200, {"ok": True, "applied": applied, "stale": stale})
+        return applied, stale
 
     def clock(self, wall_now: float) -> float:
         """The time valid_until is judged by (see the module docstring)."""

@@ -13,7 +13,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError, LineTooLong
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from riskd import admin
+from riskd import admin, wire
 
 if TYPE_CHECKING:
     from riskd.api import DaemonApi
@@ -298,7 +298,8 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def params_all(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON]
-    return _json({"generated_at": daemon.now_iso(), "params": daemon.sets()})
+    body = wire.current(daemon.now_iso(), daemon.sets())
+    return web.Response(body=body, content_type="application/json")
 
 
 async def params_one(request: web.Request) -> web.Response:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO
 
 from riskd.feeds.base import MAX_DEPTH, Tick, make_tick
+from riskd.ticks import tick_fault
 
 __all__ = [
     "MAX_EXAMPLES",
@@ -39,8 +40,6 @@ MAX_EXAMPLES = 100
 REQUIRED = ("ts", "market", "price")
 OPTIONAL = ("bid", "ask", "depth")
 
-# Sanity bound on unix seconds: anything beyond ~year 5138 is almost surely milliseconds.
-_TS_MAX = 1e11
 # A file that cannot be read on: I/O errors, a truncated or corrupt gzip stream.
 _READ_ERRORS = (OSError, EOFError, UnicodeDecodeError, zlib.error)
 
@@ -202,7 +201,8 @@ def _iso(raw: object, s: str) -> float:
 
 
 def _ts(raw: object) -> float:
-    """Unix seconds from a number, a numeric string, or ISO 8601 with an offset."""
+    """Unix seconds from a number, a numeric string, or ISO 8601 with an offset; the
+    range is checked with the other fields (`tick_fault`)."""
     if isinstance(raw, str):
         s = raw.strip()
         if len(s) > 10 and s[4] == "-":
@@ -219,25 +219,30 @@ def _ts(raw: object) -> float:
             raise _Bad("bad_ts", f"ts {raw!r} is out of range") from None
     else:
         raise _Bad("bad_ts", f"ts {raw!r} is neither unix seconds nor ISO 8601")
-    if not 0.0 < t < _TS_MAX:
-        raise _Bad("bad_ts", f"ts {raw!r} is not unix seconds (non-finite or out of range)")
     return t
 
 
-def _num(raw: object, name: str, reason: str) -> float:
+def _float(raw: object) -> float | None:
+    """float(raw) of a number or a numeric string, else None."""
     if isinstance(raw, bool) or not isinstance(raw, str | int | float):
-        raise _Bad(reason, f"{name} {raw!r} is not a number")
+        return None
     try:
         return float(raw)
     except (ValueError, OverflowError):  # OverflowError: a JSON integer beyond any float
-        raise _Bad(reason, f"{name} {raw!r} is not a number") from None
+        return None
 
 
-def _prob(raw: object, name: str, reason: str) -> float:
-    v = _num(raw, name, reason)
-    if not 0.0 <= v <= 1.0:  # also false for NaN
-        raise _Bad(reason, f"{name} {raw!r} is outside [0, 1]")
-    return v
+def _number(raw: object) -> float:
+    """float(raw), or NaN for what is not a number: `tick_fault` rejects NaN."""
+    value = _float(raw)
+    return math.nan if value is None else value
+
+
+def _market(raw: object) -> str:
+    """The market id, stripped; "" (rejected) unless a non-empty string of valid text."""
+    if not isinstance(raw, str) or (not raw.isascii() and _SURROGATES.search(raw)):
+        return ""  # a lone surrogate: e.g. from a JSON \udcff escape
+    return raw.strip()
 
 
 def _absent(raw: object) -> bool:
@@ -252,24 +257,38 @@ def _tick(
     raw_ask: object,
     raw_depth: object,
 ) -> Tick:
-    """Validate one row's values (blank or None = absent for optional fields)."""
-    ts = _ts(raw_ts)
-    if not isinstance(market, str) or not market.strip():
-        raise _Bad("bad_market", f"market {market!r} is not a non-empty string")
-    if not market.isascii() and _SURROGATES.search(market):  # e.g. from a JSON \udcff escape
-        raise _Bad("bad_market", f"market {market!r} is not valid text (a lone surrogate)")
-    market = market.strip()
-    price = _prob(raw_price, "price", "bad_price")
-    bid = None if _absent(raw_bid) else _prob(raw_bid, "bid", "bad_bid_ask")
-    ask = None if _absent(raw_ask) else _prob(raw_ask, "ask", "bad_bid_ask")
-    if bid is not None and ask is not None and bid > ask:
-        raise _Bad("bad_bid_ask", f"bid {bid} > ask {ask}")
-    depth = None
-    if not _absent(raw_depth):
-        depth = _num(raw_depth, "depth", "bad_depth")
-        if not 0.0 <= depth <= MAX_DEPTH:
-            raise _Bad("bad_depth", f"depth {raw_depth!r} is not a number in [0, {MAX_DEPTH:g}]")
-    return make_tick(market, ts, price, bid, ask, depth)
+    """Read and check one row's values (blank or None = absent for optional fields)."""
+    tick = make_tick(
+        _market(market),
+        _ts(raw_ts),
+        _number(raw_price),
+        None if _absent(raw_bid) else _number(raw_bid),
+        None if _absent(raw_ask) else _number(raw_ask),
+        None if _absent(raw_depth) else _number(raw_depth),
+    )
+    fault = tick_fault(tick)
+    if fault is not None:
+        raw = {"market": market, "price": raw_price, "bid": raw_bid, "ask": raw_ask,
+               "depth": raw_depth, "ts": raw_ts}
+        raise _Bad(fault.reason, _why(fault.field, raw.get(fault.field), tick))
+    return tick
+
+
+def _why(field: str, raw: object, tick: Tick) -> str:
+    """What is wrong with the row's `field` (`Fault.field`), for a person to fix it."""
+    if field == "spread":
+        return f"bid {tick.bid} > ask {tick.ask}"
+    if field == "ts":
+        return f"ts {raw!r} is not unix seconds (non-finite or out of range)"
+    if field == "market":
+        if isinstance(raw, str) and raw.strip():
+            return f"market {raw!r} is not valid text (a lone surrogate)"
+        return f"market {raw!r} is not a non-empty string"
+    if _float(raw) is None:
+        return f"{field} {raw!r} is not a number"
+    if field == "depth":
+        return f"depth {raw!r} is not a number in [0, {MAX_DEPTH:g}]"
+    return f"{field} {raw!r} is outside [0, 1]"
 
 
 def _reject_order(report: TapeReport, line: int, tick: Tick, prev: float) -> None:
@@ -310,106 +329,86 @@ def _iter_csv(path: Path, report: TapeReport) -> Iterator[Tick]:
         with _open_text(path) as f:
             reader = csv.reader(f)
             names = _read_header(path, reader)
-            ncols = len(names)
-            i_ts, i_m, i_p = (names.index(c) for c in REQUIRED)
-            i_b, i_a, i_d = (names.index(c) if c in names else None for c in OPTIONAL)
-            has_opt = not (i_b is None and i_a is None and i_d is None)
-            last: dict[str, float] = {}  # per market: the latest accepted ts
-            high = -math.inf  # latest accepted ts of any market
-            # Locals: name lookups are a measurable share of the per-row cost.
-            fromiso = _fromisoformat
-            max_depth = MAX_DEPTH
-            ts_max = _TS_MAX
-            tick_ = make_tick
-            float_ = float
-            iso_text, iso_ts = "", 0.0  # the last ISO time and its value
+            read, ncols = _row_reader(names), len(names)
+            order = _Order(report)
             # csv.Error (e.g. a field over the size limit) costs its row: the reader
             # goes on at the next line.
             while True:
                 try:
                     for row in reader:
-                        if replaced[0] != seen:
-                            why = _not_utf8(",".join(row))
-                            if why:
-                                report.rows += 1
-                                report.reject(reader.line_num, "bad_encoding", why)
-                                continue
-                        if len(row) != ncols:
-                            line = reader.line_num
-                            if not row or (len(row) == 1 and not row[0].strip()):
-                                continue  # blank line: not a row
-                            report.rows += 1
-                            report.reject(
-                                line, "bad_row", f"{len(row)} fields, header has {ncols}"
-                            )
+                        if (len(row) != ncols or replaced[0] != seen) and \
+                                not _whole(row, ncols, reader.line_num, report):
                             continue
                         report.rows += 1
-                        # Fast path for valid rows, inlined because it runs for every
-                        # row; any doubt falls through to _tick, which names the problem.
-                        tick = None
                         try:
-                            s = row[i_ts]
-                            if s == iso_text:  # several markets at one time: parsed once
-                                ts = iso_ts
-                            elif s[4] == "-":
-                                dt = fromiso(s)
-                                ts = dt.timestamp() if dt.tzinfo is not None else -1.0
-                                iso_text, iso_ts = s, ts
-                            else:
-                                ts = float_(s)
-                            price = float_(row[i_p])
-                            market = row[i_m].strip()
-                            if 0.0 < ts < ts_max and 0.0 <= price <= 1.0 and market:
-                                if has_opt:
-                                    b = None if i_b is None else row[i_b]
-                                    a = None if i_a is None else row[i_a]
-                                    d = None if i_d is None else row[i_d]
-                                    bid = float_(b) if b else None
-                                    ask = float_(a) if a else None
-                                    depth = float_(d) if d else None
-                                    if (
-                                        (bid is None or 0.0 <= bid <= 1.0)
-                                        and (ask is None or 0.0 <= ask <= 1.0)
-                                        and (bid is None or ask is None or bid <= ask)
-                                        and (depth is None or 0.0 <= depth <= max_depth)
-                                    ):
-                                        tick = tick_(market, ts, price, bid, ask, depth)
-                                else:
-                                    tick = tick_(market, ts, price)
-                        except (ValueError, IndexError):
-                            pass
-                        if tick is None:
-                            line = reader.line_num
-                            try:
-                                tick = _tick(
-                                    row[i_ts],
-                                    row[i_m],
-                                    row[i_p],
-                                    None if i_b is None else row[i_b],
-                                    None if i_a is None else row[i_a],
-                                    None if i_d is None else row[i_d],
-                                )
-                            except _Bad as bad:
-                                report.reject(line, bad.reason, bad.detail)
-                                continue
-                            market, ts = tick.market, tick.ts
-                        prev = last.get(market)
-                        if prev is not None and ts < prev:
-                            _reject_order(report, reader.line_num, tick, prev)
+                            tick = read(row)
+                        except _Bad as bad:
+                            report.reject(reader.line_num, bad.reason, bad.detail)
                             continue
-                        last[market] = ts
-                        if ts < high:
-                            report.unsorted += 1
-                        else:
-                            high = ts
-                        report.accepted += 1
-                        yield tick
+                        if order.admit(tick, reader.line_num):
+                            report.accepted += 1
+                            yield tick
                     break
                 except csv.Error as exc:
                     report.rows += 1
                     report.reject(reader.line_num, "bad_row", f"not CSV: {exc}")
     except (*_READ_ERRORS, csv.Error) as exc:
         raise _fatal(path, exc, reader.line_num if reader else None) from exc
+
+
+def _whole(row: list[str], ncols: int, line: int, report: TapeReport) -> bool:
+    """Whether a row that may not be (as wide as the header, or UTF-8) is one to read;
+    if not, it is rejected, unless it is a blank line (no row)."""
+    why = _not_utf8(",".join(row))
+    if why:
+        report.rows += 1
+        report.reject(line, "bad_encoding", why)
+        return False
+    if len(row) == ncols:
+        return True
+    if len(row) > 1 or (row and row[0].strip()):
+        report.rows += 1
+        report.reject(line, "bad_row", f"{len(row)} fields, header has {ncols}")
+    return False
+
+
+def _row_reader(names: list[str]) -> Callable[[list[str]], Tick]:
+    """row -> Tick for a header's columns; raises _Bad. A plainly valid row is read
+    with no more than float() per field (it runs for every row); any doubt goes to
+    `_tick`, which reads the row again and names the problem."""
+    i_ts, i_m, i_p = (names.index(c) for c in REQUIRED)
+    i_b, i_a, i_d = (names.index(c) if c in names else None for c in OPTIONAL)
+    has_opt = not (i_b is None and i_a is None and i_d is None)
+    fromiso, fault, tick_, float_ = _fromisoformat, tick_fault, make_tick, float
+    iso_text, iso_ts = "", 0.0  # the last ISO time and its value: one time, many markets
+
+    def read(row: list[str]) -> Tick:
+        nonlocal iso_text, iso_ts
+        try:
+            s = row[i_ts]
+            if s == iso_text:
+                ts = iso_ts
+            elif s[4] == "-":
+                dt = fromiso(s)
+                ts = dt.timestamp() if dt.tzinfo is not None else -1.0
+                iso_text, iso_ts = s, ts
+            else:
+                ts = float_(s)
+            if has_opt:
+                b = None if i_b is None else row[i_b]
+                a = None if i_a is None else row[i_a]
+                d = None if i_d is None else row[i_d]
+                tick = tick_(row[i_m].strip(), ts, float_(row[i_p]), float_(b) if b else None,
+                             float_(a) if a else None, float_(d) if d else None)
+            else:
+                tick = tick_(row[i_m].strip(), ts, float_(row[i_p]))
+            if fault(tick) is None:
+                return tick
+        except (ValueError, IndexError):
+            pass
+        return _tick(*(None if i is None else row[i] for i in (i_ts, i_m, i_p, i_b, i_a, i_d)))
+
+    return read
 
 
 def _iter_jsonl(path: Path, report: TapeReport) -> Iterator[Tick]:

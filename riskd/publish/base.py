@@ -6,7 +6,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import orjson
+from riskd import wire
 
 
 @dataclass
@@ -24,15 +24,7 @@ class Batch:
 
     def body(self) -> bytes:
         if self._body is None:
-            self._body = orjson.dumps(
-                {
-                    "source": "riskd",
-                    "instance": self.instance,
-                    "seq": self.seq,
-                    "generated_at": self.generated_at,
-                    "params": self.params,
-                }
-            )
+            self._body = wire.batch(self.instance, self.seq, self.generated_at, self.params)
         return self._body
 
 

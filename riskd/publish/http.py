@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
-import orjson
 
+from riskd import wire
 from riskd.publish.base import Batch, PublishStats
 from riskd.publish.retry import (
     CircuitBreaker,
@@ -258,10 +258,7 @@ class HttpPublisher:
     async def _post(self, taken: dict[str, dict[str, Any]], tightens: bool) -> Attempt:
         assert self._session is not None
         self.seq += 1
-        body = orjson.dumps({
-            "source": "riskd", "instance": self.instance, "seq": self.seq,
-            "generated_at": self._generated_at, "params": list(taken.values()),
-        })
+        body = wire.batch(self.instance, self.seq, self._generated_at, list(taken.values()))
         ts = str(int(time.time()))
         headers = {
             "Content-Type": "application/json",

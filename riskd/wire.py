@@ -1,0 +1,150 @@
+"""The published wire format (docs/interfaces.md): parameter sets and their envelopes.
+
+The one place that knows the field names, the rounding and the batch envelope. The
+engine hands over the numbers of the sets (`SetRows`, whole arrays); every publisher,
+the stream's snapshot and the API send what this module makes of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+from riskd.model.governor import MODES
+from riskd.model.parameters import SIDES, reason_names
+from riskd.timeutil import iso
+
+SOURCE = "riskd"
+# The RiskInputs fields a set carries, in the column order of `SetRows.inputs` (the
+# engine stores the published inputs so); published as p, tau_s, sigma, lambda, J, h_s.
+INPUTS = ("p", "tau", "sigma", "lam", "J", "h")
+# Times are rounded to decimal places, every other number to significant digits.
+_INPUT_PLACES = {"tau": 3, "h": 3}
+_LEVERAGE_PLACES = 2
+
+
+@dataclass(frozen=True, slots=True)
+class SetRows:
+    """The numbers of some published sets, one row per market."""
+
+    markets: list[str]
+    version: np.ndarray
+    mode: np.ndarray  # index into MODES
+    leverage: np.ndarray  # (n, 2): the sides in SIDES order, as are the margins and fees
+    initial_margin: np.ndarray
+    maintenance_margin: np.ndarray
+    fee_hourly: np.ndarray
+    slippage: np.ndarray
+    valid_until: np.ndarray  # unix seconds
+    reasons: np.ndarray  # bitmask (riskd/model/parameters.py REASONS)
+    inputs: np.ndarray  # (n, len(INPUTS))
+
+
+def param_sets(rows: SetRows) -> list[dict[str, Any]]:
+    """The published sets of `rows`. The numbers are rounded for all rows at once; the
+    loop only builds the dicts (it runs for every market that changed)."""
+    long, short = SIDES
+    lev = round_places(rows.leverage, _LEVERAGE_PLACES).tolist()
+    margins = round_sig(np.concatenate([rows.initial_margin, rows.maintenance_margin],
+                                       axis=1)).tolist()
+    fee = round_sig(rows.fee_hourly).tolist()
+    slip = round_sig(rows.slippage).tolist()
+    inputs = round_sig(rows.inputs)
+    for name, places in _INPUT_PLACES.items():
+        k = INPUTS.index(name)
+        inputs[:, k] = round_places(rows.inputs[:, k], places)
+    out = []
+    for market, version, mode, lev_i, margin_i, fee_i, slip_i, until, reasons, inp_i in zip(
+            rows.markets, rows.version.tolist(), rows.mode.tolist(), lev, margins, fee, slip,
+            rows.valid_until.tolist(), rows.reasons.tolist(), inputs.tolist(), strict=True):
+        p, tau, sigma, lam, jump, h = inp_i
+        out.append({
+            "market": market,
+            "version": version,
+            "mode": MODES[mode],
+            "max_leverage": {long: lev_i[0], short: lev_i[1]},
+            "initial_margin": {long: margin_i[0], short: margin_i[1]},
+            "maintenance_margin": {long: margin_i[2], short: margin_i[3]},
+            "fee_rate_hourly": {long: fee_i[0], short: fee_i[1]},
+            "max_slippage": slip_i,
+            "oi_cap": None,
+            "valid_until": _iso(until),
+            "reasons": _reason_names(reasons),
+            "inputs": {"p": p, "tau_s": tau, "sigma": sigma, "lambda": lam, "J": jump,
+                       "h_s": h},
+        })
+    return out
+
+
+def batch(instance: str, seq: int, generated_at: str, params: list[dict[str, Any]],
+          snapshot: bool = False) -> bytes:
+    """The batch envelope around sets, as sent by every publisher; `snapshot` marks what
+    a /v1/stream client gets on connect."""
+    doc: dict[str, Any] = {"source": SOURCE, "instance": instance, "seq": seq,
+                           "generated_at": generated_at}
+    if snapshot:
+        doc["snapshot"] = True
+    doc["params"] = params
+    return orjson.dumps(doc)
+
+
+def current(generated_at: str, params: list[dict[str, Any]]) -> bytes:
+    """Every current set, as `GET /v1/params` answers."""
+    return orjson.dumps({"generated_at": generated_at, "params": params})
+
+
+def round_places(x: np.ndarray, places: int | np.ndarray) -> np.ndarray:
+    """Python's round(v, places) of every value: the float nearest to v rounded to that
+    many decimal places, half to even on v's exact binary value.
+
+    Scaled by a power of ten, rounded and scaled back, which is exact (the quotient or
+    product of two exact numbers, correctly rounded) except where the scaled value lies
+    within rounding error of a half: those few go through round() itself."""
+    x = np.asarray(x, dtype=np.float64)
+    places = np.broadcast_to(np.asarray(places, dtype=np.int64), x.shape)
+    out = x.copy()
+    regular = np.isfinite(x) & (x != 0.0)
+    exact = regular & (np.abs(places) <= 22)  # 10**22 is the largest exact power of ten
+    for sign in (1, -1):
+        mask = exact & (places * sign >= 0)
+        if not mask.any():
+            continue
+        scale = 10.0 ** (sign * places[mask])
+        y = x[mask] * scale if sign > 0 else x[mask] / scale
+        near_half = np.abs(y - np.floor(y) - 0.5) <= np.abs(y) * 4e-16
+        rounded = np.rint(y)
+        out[mask] = np.where(near_half, np.nan, rounded / scale if sign > 0 else rounded * scale)
+    slow = regular & (~exact | np.isnan(out))
+    out[slow] = [round(v, p) for v, p in zip(x[slow].tolist(), places[slow].tolist(),
+                                                strict=True)]
+    return out
+
+
+def round_sig(x: np.ndarray, digits: int = 6) -> np.ndarray:
+    """float(f"{v:.{digits}g}") of every value: rounded to significant digits, for a
+    readable payload (values are already governed)."""
+    x = np.asarray(x, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        exponent = np.floor(np.log10(np.abs(x)))
+    places = np.where(np.isfinite(exponent), digits - 1 - exponent, 0).astype(np.int64)
+    return round_places(x, places)
+
+
+def _iso(t: float, cache: dict[float, str] = {}) -> str:  # noqa: B006 - a cache on purpose
+    """iso(t), remembered: the sets published in one cycle share their valid_until."""
+    text = cache.get(t)
+    if text is None:
+        if len(cache) > 256:
+            cache.clear()
+        text = cache[t] = iso(t)
+    return text
+
+
+def _reason_names(mask: int, cache: dict[int, tuple[str, ...]] = {}) -> list[str]:  # noqa: B006
+    names = cache.get(mask)
+    if names is None:
+        names = cache[mask] = tuple(reason_names(mask))
+    return list(names)
