@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import math
 import zlib
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
 
+from riskd.backtest.fund import Fund, FundReport, GroupCaps, account, group_names
 from riskd.backtest.policies import Offers, Policy, Riskd
 from riskd.config import Settings
 from riskd.feeds.base import Tick
@@ -147,6 +148,7 @@ class Simulation:
     series: list[Series] | None
     jump_times: list[list[float]]  # jumps riskd's estimator detected, per market
     ticks: int = 0
+    funds: dict[str, FundReport] | None = None  # policy -> its insurance fund
 
 
 class Replay(NamedTuple):
@@ -203,7 +205,10 @@ def simulate(
     rules: Rules,
     record: bool = False,
     traders: Traders | None = None,
+    fund: Fund | None = None,
 ) -> Simulation:
+    """Each policy through the pass. With a `fund`, riskd's openings are capped by the
+    open-interest caps (fund.GroupCaps) and every policy's bad debt goes through it."""
     index = {m: i for i, m in enumerate(ids)}
     replay = Replay.of(ticks, ids, markets, settle, rules)
     market, t, p = replay.market, replay.t, replay.p
@@ -214,9 +219,14 @@ def simulate(
     tallies: dict[str, list[Tally]] = {}
     max_leverage: dict[str, np.ndarray] = {}
     fee = np.zeros(0)
+    funds: dict[str, FundReport] = {}
     for pol in policies:
         offers = pol.offers(t, p)
-        table, leverage = replay.run(offers, traders)
+        if fund is None:
+            table, leverage = replay.run(offers, traders)
+        else:
+            table, leverage, funds[pol.name] = _through_fund(pol, offers, replay, traders,
+                                                             ids, markets, fund)
         tallies[pol.name] = [_tally(row) for row in table.tolist()]
         max_leverage[pol.name] = _max2(leverage)
         if pol.name == "riskd":
@@ -229,7 +239,22 @@ def simulate(
             for jump_row in np.flatnonzero(pol.jump).tolist():
                 jump_times[index[ticks[jump_row].market]].append(ticks[jump_row].ts)
     return Simulation(ids=ids, tallies=tallies, series=series, jump_times=jump_times,
-                      ticks=int(live.sum()))
+                      ticks=int(live.sum()), funds=None if fund is None else funds)
+
+
+def _through_fund(pol: Policy, offers: Offers, replay: Replay, traders: Traders | None,
+                  ids: list[str], markets: dict[str, Market], fund: Fund
+                  ) -> tuple[np.ndarray, np.ndarray, FundReport]:
+    """One policy through the pass with its bad debt through the fund; riskd's openings
+    capped by its open-interest caps."""
+    capper = GroupCaps(pol, replay, ids, markets, fund) if isinstance(pol, Riskd) else None
+    table, leverage, log, caps = run_capped(replay, offers, traders, capper,
+                                            capper.refresh_s if capper else 0.0)
+    report = account(log, group_names(ids, markets), fund)
+    if capper is not None:
+        report.caps = {"reduced": int(caps.reduced.sum()), "refused": int(caps.refused.sum()),
+                       "evaluations": capper.calls}
+    return table, leverage, report
 
 
 def _run(replay: Replay, offers: Offers, traders: Traders | None = None
@@ -307,38 +332,39 @@ class Book(NamedTuple):
 
 class CapState(NamedTuple):
     """The most an opening may lend per market and side (inf: no cap), when they were
-    set and whether an opening has happened since; `bound` counts the openings a cap
-    reduced or refused."""
+    set and whether an opening has happened since; the openings a cap reduced, and
+    the rows at which it refused one (a cap of 0: the trader tries again)."""
 
     on: bool
     lent: np.ndarray  # (m, 2)
     at: np.ndarray  # (1,)
     stale: np.ndarray  # (1,) bool
     refresh_s: float
-    bound: np.ndarray  # (m, 2) int64
+    reduced: np.ndarray  # (m, 2) int64
+    refused: np.ndarray  # (m, 2) int64
 
     @classmethod
     def empty(cls, m: int, on: bool, refresh_s: float) -> CapState:
         return cls(on=on, lent=np.full((m, 2), np.inf), at=np.full(1, -np.inf),
                    stale=np.ones(1, np.bool_), refresh_s=float(refresh_s),
-                   bound=np.zeros((m, 2), np.int64))
+                   reduced=np.zeros((m, 2), np.int64), refused=np.zeros((m, 2), np.int64))
 
 
 class LossLog(NamedTuple):
-    """Bad debt as it happened: per entry its time, market and amount; count[0] used."""
+    """Bad debt as it happened: per entry its time, market and amount."""
 
     t: np.ndarray
     market: np.ndarray
     amount: np.ndarray
-    count: np.ndarray
+    filled: np.ndarray  # (1,): entries written
 
     @classmethod
     def empty(cls, size: int) -> LossLog:
         return cls(t=np.zeros(size), market=np.zeros(size, np.int64), amount=np.zeros(size),
-                   count=np.zeros(1, np.int64))
+                   filled=np.zeros(1, np.int64))
 
     def used(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        k = int(self.count[0])
+        k = int(self.filled[0])
         return self.t[:k], self.market[:k], self.amount[:k]
 
 
@@ -415,8 +441,8 @@ def _series(n: int, market: np.ndarray, live: np.ndarray, t: np.ndarray, p: np.n
 
 
 @njit
-def _trade(replay, offer, fallback, tier, traders, tally, book, caps, log, start, resume
-           ):  # type: ignore[no-untyped-def]
+def _trade(replay, offer, fallback, tier, traders, tally,  # type: ignore[no-untyped-def]
+           book, caps, log, start, resume):
     """The rows from `start` in time order for one policy; tally (markets, 8) is added to.
 
     Row k of `offer` holds what is in force after row k; `fallback` what is in force
@@ -502,9 +528,10 @@ def _trade(replay, offer, fallback, tier, traders, tally, book, caps, log, start
                     paid = open_fee[r, s] * lev_s * c
                     lent = c * (lev_s - 1.0) + paid
                     if lent > caps.lent[i, s]:  # the cap: a smaller position, same leverage
-                        caps.bound[i, s] += 1
                         if not caps.lent[i, s] > 0.0:
+                            caps.refused[i, s] += 1
                             continue
+                        caps.reduced[i, s] += 1
                         c *= caps.lent[i, s] / lent
                         paid = open_fee[r, s] * lev_s * c
                         lent = c * (lev_s - 1.0) + paid
@@ -535,9 +562,9 @@ def _trade(replay, offer, fallback, tier, traders, tally, book, caps, log, start
 @njit
 def _log(log, t, market, amount):  # type: ignore[no-untyped-def]
     if amount > 0.0:
-        k = log.count[0]
+        k = log.filled[0]
         log.t[k], log.market[k], log.amount[k] = t, market, amount
-        log.count[0] = k + 1
+        log.filled[0] = k + 1
 
 
 @njit
