@@ -166,7 +166,7 @@ class FundReport:
         return [n for n, a in self.nights.items() if a.bad_debt > room]
 
     def as_dict(self) -> dict[str, Any]:
-        total = self.total.as_dict() | {
+        total: dict[str, Any] = {**self.total.as_dict(), **{
             "start": self.start, "socialisation_threshold": self.threshold,
             "min_balance": round(self.min_balance, 6),
             "max_drawdown": round(self.start - self.min_balance, 6),
@@ -175,7 +175,7 @@ class FundReport:
             "nights_over_fund": self.nights_over_fund(),
             "worst_night": round(max((a.bad_debt for a in self.nights.values()), default=0.0), 6),
             "nights": {n: a.as_dict() | {"balance": round(self.balance[n], 6)}
-                       for n, a in self.nights.items()}}
+                       for n, a in self.nights.items()}}}
         if self.caps is not None:
             total["caps"] = self.caps
         return {"total": total,
