@@ -14,6 +14,7 @@ from riskd.backtest.plot import plot
 from riskd.backtest.policies import all_policies
 from riskd.backtest.simulate import Rules, Tally, simulate
 from riskd.config import Settings, load_settings
+from riskd.jit import configure_cache
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -87,12 +88,13 @@ def fund_section(settings: Settings) -> list[str]:
         "in force; the caps are evaluated again after every opening and at least every "
         f"`[governor] reevaluate_s` ({settings.governor.reevaluate_s:g} s). Where the cap "
         "is below what the trader would borrow it opens a smaller position at the same "
-        "leverage (`caps`: reduced/refused); a cap of 0 refuses it and the trader tries "
-        "again at the market's next row. The margins that rise towards the cap are not "
-        "applied: a trader may borrow up to the cap at the model's margin, more than the "
-        "ramp would lend, which is harder on riskd's fund, not easier. The alternatives "
-        "keep their own rules: static_20x and d8x_entropy have no cap; oi_scaled raises "
-        "its margin with the market's open interest (dYdX's tier, 20 to 100).", "",
+        "leverage; a cap of 0 refuses it and the trader tries again at the market's next "
+        "row (`caps`: openings reduced / rows at which one was refused). The margins "
+        "that rise towards the cap are not applied: a trader may borrow up to the cap at "
+        "the model's margin, more than the ramp would lend, which is harder on riskd's "
+        "fund, not easier. The alternatives keep their own rules: static_20x and "
+        "d8x_entropy have no cap; oi_scaled raises its margin with the market's open "
+        "interest (dYdX's tier, 20 to 100).", "",
         "The fund: every policy's bad debt (a liquidation's shortfall, or a settlement's "
         "at `resolves_at`) is paid, as it happens, from one fund of that size down to the "
         "socialisation threshold; what it cannot pay is socialised. Nothing is paid into "
@@ -258,6 +260,7 @@ def frontier_section(settings: Settings, img: Path) -> list[str]:
 
 
 def main() -> None:
+    configure_cache()  # as the CLI: the timings below are not the kernels' compilation
     settings = load_settings(ROOT / "config/riskd.toml")
     lines = [
         "# Backtests on real tapes",
