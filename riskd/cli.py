@@ -10,13 +10,16 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from riskd import __version__
 from riskd.config import ConfigError, Settings, describe_source, load_settings, masked
 from riskd.markets import MarketsError
 from riskd.secrets import mask_urls, url_secrets
 from riskd.tape import TapeError
+
+if TYPE_CHECKING:
+    from riskd.backtest.fund import Fund
 
 USER_ERRORS = (ConfigError, MarketsError, TapeError)
 
@@ -37,6 +40,13 @@ def _parser() -> argparse.ArgumentParser:
     bt.add_argument("--plot", type=Path, metavar="OUT.png", help="write a PNG of the first market")
     bt.add_argument("--settle", action=argparse.BooleanOptionalAction, default=None,
                     help="settle at the outcome at resolution (default: when outcomes are known)")
+    bt.add_argument("--insurance-fund", type=_non_negative, metavar="X",
+                    help="pay every policy's bad debt from a fund of X (the traders' "
+                    "collateral's units), riskd's openings capped by its OI caps; tiers "
+                    "and group shares from [insurance]")
+    bt.add_argument("--group-share", type=_share, metavar="S",
+                    help="with --insurance-fund: every group's share of the fund "
+                    "(default [insurance] group_share and group_shares)")
     cal = _tape_set_parser(sub, "calibrate", "margin backtest: exceedances of riskd's "
                            "margins (Kupiec, Christoffersen) per tape set and regime",
                            "write a PNG of the rates")
@@ -96,8 +106,9 @@ def _backtest(args: argparse.Namespace) -> int:
     settle = args.settle
     if settle is None:
         settle = (args.markets or runner.find_markets_file(args.tape)) is not None
+    fund = _fund(args, settings)
     results, sim, elapsed = runner.run(args.tape, settings, args.markets, settle=settle,
-                                       record=args.plot is not None)
+                                       record=args.plot is not None, fund=fund)
     for r in results:
         for report in r.reports:
             if report.rejected or not report.accepted:
@@ -105,12 +116,18 @@ def _backtest(args: argparse.Namespace) -> int:
     if args.json:
         docs = [r.as_dict() for r in results]
         if len(docs) == 1:
-            print(json.dumps(docs[0], indent=2))
+            doc = docs[0]
         else:
             total = {k: v.as_dict() for k, v in runner.totals(results).items()}
-            print(json.dumps({"tapes": docs, "totals": {"policies": total}}, indent=2))
+            doc = {"tapes": docs, "totals": {"policies": total}}
+        if fund is not None:
+            doc["fund"] = runner.fund_dict(sim)
+        print(json.dumps(doc, indent=2))
     else:
         print(runner.table(results))
+        if fund is not None:
+            print(f"\ninsurance fund {fund.balance:g}, socialisation threshold "
+                  f"{fund.threshold:g}, nights from 12:00 UTC\n{runner.fund_table(sim)}")
         rows = sum(r.ticks for r in results)
         print(f"\n{rows} rows, {len(sim.ids)} markets, simulated in {elapsed:.2f} s "
               f"({rows / max(elapsed, 1e-9):,.0f} rows/s); settlement "
@@ -120,6 +137,30 @@ def _backtest(args: argparse.Namespace) -> int:
 
         plot(sim, args.plot)
     return 0
+
+
+def _fund(args: argparse.Namespace, settings: Settings) -> Fund | None:
+    if args.insurance_fund is None:
+        if args.group_share is not None:
+            raise ConfigError("--group-share: needs --insurance-fund")
+        return None
+    from riskd.backtest.fund import Fund
+
+    return Fund.of(settings, args.insurance_fund, args.group_share)
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if not value >= 0.0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text!r}")
+    return value
 
 
 def _tape_set_parser(sub: Any, name: str, help_text: str, plot_help: str

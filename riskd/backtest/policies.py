@@ -208,6 +208,8 @@ class Riskd:
         self.jump[:] = eng.apply(idx, t, p, half_spread, depth, record=rec)
         # Pass 2, vectorised: the model and the governor's conditions at every row.
         inputs, targets = eng.targets(t, idx, est=rec)
+        # Each row's model, for the open-interest caps of a fund backtest (fund.py).
+        self.inputs, self.targets = inputs, targets
         conds = eng.conditions(t, idx, est=rec)
         # How long each row's values stay in force without a price (the engine's rule).
         self.stale_limit = np.full(n, self.stale_after_s) if conds.stale_limit is None \

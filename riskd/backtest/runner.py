@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from riskd.backtest.fund import Fund
 from riskd.backtest.policies import all_policies
 from riskd.backtest.simulate import Rules, Simulation, Tally, simulate
 from riskd.config import Settings
@@ -53,12 +54,13 @@ def tape_files(path: Path) -> list[Path]:
 
 
 def run(path: Path, settings: Settings, markets_file: Path | None = None,
-        settle: bool = False, record: bool = False) -> tuple[list[TapeResult], Simulation,
-                                                             float]:
+        settle: bool = False, record: bool = False, fund: Fund | None = None
+        ) -> tuple[list[TapeResult], Simulation, float]:
     """Backtest a tape, or every tape of a directory at once (one row per tape).
 
-    Markets are independent in the model, so a directory is simulated in one
-    pass over the merged tape and split by tape afterwards.
+    A directory is simulated in one pass over the merged tape and split by tape
+    afterwards. With a `fund`, every policy's bad debt goes through it and riskd's
+    openings are capped by its open-interest caps (fund.py): sim.funds.
     """
     files, tapes, per_file, markets = load(path, markets_file, settle)
     ids: list[str] = []
@@ -72,7 +74,7 @@ def run(path: Path, settings: Settings, markets_file: Path | None = None,
     policies = all_policies(settings, markets)
     started = time.perf_counter()
     sim = simulate(merged, ids, markets, policies, settle=settle, rules=Rules.of(settings),
-                   record=record)
+                   record=record, fund=fund)
     elapsed = time.perf_counter() - started
     results = []
     for k, f in enumerate(files):
@@ -145,3 +147,47 @@ def table(results: list[TapeResult]) -> str:
                              for c in COLUMNS)
             lines.append(f"{name[:44]:<44} {policy:<12} {cells}")
     return "\n".join(lines)
+
+
+FUND_COLUMNS = ("bad_debt", "paid", "socialised", "beyond_fund", "min_balance",
+                "max_drawdown", "worst_night", "exhausted", "over_fund")
+
+
+def fund_rows(sim: Simulation) -> list[tuple[str, str, dict[str, Any]]]:
+    """(group, policy, figures) for every group of the tape and policy, then the
+    totals ("TOTAL"): the fund's figures, its nights exhausted (`exhausted`: a loss
+    socialised that night; `over_fund`: the night's bad debt alone above the
+    spendable fund)."""
+    assert sim.funds is not None
+    rows = []
+    for policy, report in sim.funds.items():
+        d = report.as_dict()
+        for group, g in d["groups"].items():
+            rows.append((group, policy, g | {"exhausted": len(g["exhausted_nights"])}))
+    for policy, report in sim.funds.items():
+        d = report.as_dict()["total"]
+        rows.append(("TOTAL", policy, d | {"exhausted": len(d["exhausted_nights"]),
+                                           "over_fund": len(d["nights_over_fund"])}))
+    return rows
+
+
+def fund_table(sim: Simulation) -> str:
+    """The fund per group and policy, and its totals."""
+    head = f"{'group':<24} {'policy':<12} " + " ".join(f"{c:>12}" for c in FUND_COLUMNS)
+    lines = [head, "-" * len(head)]
+    for group, policy, d in fund_rows(sim):
+        cells = " ".join(_cell(d.get(c)) for c in FUND_COLUMNS)
+        lines.append(f"{group[:24]:<24} {policy:<12} {cells}")
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return f"{'-':>12}"
+    return f"{value:>12.4f}" if isinstance(value, float) else f"{value:>12}"
+
+
+def fund_dict(sim: Simulation) -> dict[str, Any]:
+    """The `fund` block of the JSON report: per policy its totals and groups."""
+    assert sim.funds is not None
+    return {policy: report.as_dict() for policy, report in sim.funds.items()}

@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
 
+from riskd.backtest.fund import Fund, FundReport, GroupCaps, account, group_names
 from riskd.backtest.policies import Offers, Policy, Riskd
 from riskd.config import Settings
 from riskd.feeds.base import Tick
@@ -146,6 +148,7 @@ class Simulation:
     series: list[Series] | None
     jump_times: list[list[float]]  # jumps riskd's estimator detected, per market
     ticks: int = 0
+    funds: dict[str, FundReport] | None = None  # policy -> its insurance fund
 
 
 class Replay(NamedTuple):
@@ -202,7 +205,10 @@ def simulate(
     rules: Rules,
     record: bool = False,
     traders: Traders | None = None,
+    fund: Fund | None = None,
 ) -> Simulation:
+    """Each policy through the pass. With a `fund`, riskd's openings are capped by the
+    open-interest caps (fund.GroupCaps) and every policy's bad debt goes through it."""
     index = {m: i for i, m in enumerate(ids)}
     replay = Replay.of(ticks, ids, markets, settle, rules)
     market, t, p = replay.market, replay.t, replay.p
@@ -213,9 +219,14 @@ def simulate(
     tallies: dict[str, list[Tally]] = {}
     max_leverage: dict[str, np.ndarray] = {}
     fee = np.zeros(0)
+    funds: dict[str, FundReport] = {}
     for pol in policies:
         offers = pol.offers(t, p)
-        table, leverage = replay.run(offers, traders)
+        if fund is None:
+            table, leverage = replay.run(offers, traders)
+        else:
+            table, leverage, funds[pol.name] = _through_fund(pol, offers, replay, traders,
+                                                             ids, markets, fund)
         tallies[pol.name] = [_tally(row) for row in table.tolist()]
         max_leverage[pol.name] = _max2(leverage)
         if pol.name == "riskd":
@@ -228,16 +239,46 @@ def simulate(
             for jump_row in np.flatnonzero(pol.jump).tolist():
                 jump_times[index[ticks[jump_row].market]].append(ticks[jump_row].ts)
     return Simulation(ids=ids, tallies=tallies, series=series, jump_times=jump_times,
-                      ticks=int(live.sum()))
+                      ticks=int(live.sum()), funds=None if fund is None else funds)
+
+
+def _through_fund(pol: Policy, offers: Offers, replay: Replay, traders: Traders | None,
+                  ids: list[str], markets: dict[str, Market], fund: Fund
+                  ) -> tuple[np.ndarray, np.ndarray, FundReport]:
+    """One policy through the pass with its bad debt through the fund; riskd's openings
+    capped by its open-interest caps."""
+    capper = GroupCaps(pol, replay, ids, markets, fund) if isinstance(pol, Riskd) else None
+    table, leverage, log, caps = run_capped(replay, offers, traders, capper,
+                                            capper.refresh_s if capper else 0.0)
+    report = account(log, group_names(ids, markets), fund)
+    if capper is not None:
+        report.caps = {"reduced": int(caps.reduced.sum()), "refused": int(caps.refused.sum()),
+                       "evaluations": capper.calls}
+    return table, leverage, report
 
 
 def _run(replay: Replay, offers: Offers, traders: Traders | None = None
          ) -> tuple[np.ndarray, np.ndarray]:
     """One policy through the compiled pass: the tally per market, and the leverage
     offered after each row (filled in by the pass for an open-interest tier)."""
+    table, leverage, _, _ = run_capped(replay, offers, traders)
+    return table, leverage
+
+
+# Sets the caps (CapState.lent, at, stale) at a row, from the book: fund.py.
+Capper = Callable[[int, "Book", "CapState"], None]
+
+
+def run_capped(replay: Replay, offers: Offers, traders: Traders | None = None,
+               capper: Capper | None = None, refresh_s: float = 0.0
+               ) -> tuple[np.ndarray, np.ndarray, LossLog, CapState]:
+    """`_run`, with a cap on what each opening lends where `capper` is given (set
+    at the first opening, after every opening and every refresh_s), and each bad
+    debt in time: (tally, leverage offered, the losses, the caps' counts)."""
     # Without a fallback the offer never expires: its own rows stand in for one.
     fb = offers if offers.fallback is None else offers.fallback
     n = replay.t.shape[0]
+    m = replay.resolve_t.shape[0]
     # Copies: the pass writes a tier's leverage and maintenance, and the freeze's 1x, into them.
     offer = OfferRows(
         leverage=_f64(offers.leverage).copy(), maintenance=_f64(offers.maintenance).copy(),
@@ -252,10 +293,79 @@ def _run(replay: Replay, offers: Offers, traders: Traders | None = None
                        base_imf=float(tier.base_imf)) if tier else TierScale(False, 0.0, 0.0, 0.0)
     if traders is None:
         traders = Traders.at_max(n)
-    table = np.zeros((replay.resolve_t.shape[0], len(TALLY_FIELDS)))
-    _trade(replay, offer, fallback, scaled,
-           TraderDraws(frac=_f64(traders.frac), size=_f64(traders.size)), table)
-    return table, offer.leverage
+    draws = TraderDraws(frac=_f64(traders.frac), size=_f64(traders.size))
+    table = np.zeros((m, len(TALLY_FIELDS)))
+    book = Book.empty(m)
+    caps = CapState.empty(m, capper is not None, refresh_s)
+    log = LossLog.empty(n + m)
+    row = _trade(replay, offer, fallback, scaled, draws, table, book, caps, log, 0, False)
+    while row >= 0:
+        assert capper is not None
+        capper(row, book, caps)
+        row = _trade(replay, offer, fallback, scaled, draws, table, book, caps, log, row, True)
+    return table, offer.leverage, log, caps
+
+
+class Book(NamedTuple):
+    """The pass's positions, per market and side (long YES, long NO), and per market
+    the row whose offer is in force (-1: none yet) and its time and price."""
+
+    held: np.ndarray
+    shares: np.ndarray
+    debt: np.ndarray  # lent, plus fees accrued on it, less what a partial fill paid
+    armed: np.ndarray  # side value when a liquidation order went out (nan: none)
+    prev: np.ndarray
+    last_t: np.ndarray
+    last_p: np.ndarray
+
+    @classmethod
+    def empty(cls, m: int) -> Book:
+        return cls(held=np.zeros((m, 2), np.bool_), shares=np.zeros((m, 2)),
+                   debt=np.zeros((m, 2)), armed=np.full((m, 2), np.nan),
+                   prev=np.full(m, -1, np.int64), last_t=np.full(m, np.nan),
+                   last_p=np.full(m, np.nan))
+
+    def lent(self) -> np.ndarray:
+        """Open interest: what each market side owes (m, 2), 0 where nothing is held."""
+        return np.where(self.held, np.maximum(self.debt, 0.0), 0.0)
+
+
+class CapState(NamedTuple):
+    """The most an opening may lend per market and side (inf: no cap), when they were
+    set and whether an opening has happened since; the openings a cap reduced, and
+    the rows at which it refused one (a cap of 0: the trader tries again)."""
+
+    on: bool
+    lent: np.ndarray  # (m, 2)
+    at: np.ndarray  # (1,)
+    stale: np.ndarray  # (1,) bool
+    refresh_s: float
+    reduced: np.ndarray  # (m, 2) int64
+    refused: np.ndarray  # (m, 2) int64
+
+    @classmethod
+    def empty(cls, m: int, on: bool, refresh_s: float) -> CapState:
+        return cls(on=on, lent=np.full((m, 2), np.inf), at=np.full(1, -np.inf),
+                   stale=np.ones(1, np.bool_), refresh_s=float(refresh_s),
+                   reduced=np.zeros((m, 2), np.int64), refused=np.zeros((m, 2), np.int64))
+
+
+class LossLog(NamedTuple):
+    """Bad debt as it happened: per entry its time, market and amount."""
+
+    t: np.ndarray
+    market: np.ndarray
+    amount: np.ndarray
+    filled: np.ndarray  # (1,): entries written
+
+    @classmethod
+    def empty(cls, size: int) -> LossLog:
+        return cls(t=np.zeros(size), market=np.zeros(size, np.int64), amount=np.zeros(size),
+                   filled=np.zeros(1, np.int64))
+
+    def used(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        k = int(self.filled[0])
+        return self.t[:k], self.market[:k], self.amount[:k]
 
 
 class OfferRows(NamedTuple):
@@ -331,15 +441,22 @@ def _series(n: int, market: np.ndarray, live: np.ndarray, t: np.ndarray, p: np.n
 
 
 @njit
-def _trade(replay, offer, fallback, tier, traders, tally):  # type: ignore[no-untyped-def]
-    """The rows in time order for one policy; tally (markets, 7) is added to.
+def _trade(replay, offer, fallback, tier, traders, tally,  # type: ignore[no-untyped-def]
+           book, caps, log, start, resume):
+    """The rows from `start` in time order for one policy; tally (markets, 8) is added to.
 
     Row k of `offer` holds what is in force after row k; `fallback` what is in force
     from offer.expires_after[k] seconds after it. With a `tier` (TierScale), leverage
     and maintenance come from the open interest and are written into row k as it is
     reached; from freeze_t of its market a row's leverage is written as 1x. A
     position opening at row r takes traders.frac[r, s] of the leverage above 1x
-    offered, with collateral traders.size[r, s].
+    offered, with collateral traders.size[r, s], and lends no more than caps.lent.
+
+    With caps.on, the pass returns the row at which a position would open while the
+    caps are stale (an opening since they were set, or refresh_s passed): the caller
+    sets them and resumes at that row (`resume`: its liquidations are done). Else it
+    settles what is open and returns -1. Each row's and settlement's bad debt is
+    written to `log`.
     """
     market, t, p, depth = replay.market, replay.t, replay.p, replay.depth
     resolve_t, freeze_t, settle_at = replay.resolve_t, replay.freeze_t, replay.settle_at
@@ -350,67 +467,80 @@ def _trade(replay, offer, fallback, tier, traders, tally):  # type: ignore[no-un
     frac, size = traders.frac, traders.size
     m = resolve_t.shape[0]
     # Per market and side (long YES, long NO): the trader's position, if held.
-    held = np.zeros((m, 2), np.bool_)
-    shares = np.zeros((m, 2))
-    debt = np.zeros((m, 2))  # lent, plus fees accrued on it, less what a partial fill paid
-    armed = np.full((m, 2), np.nan)  # side value when a liquidation order went out
-    prev = np.full(m, -1)  # the row whose offer is in force (-1: none yet)
-    last_t = np.full(m, np.nan)
-    last_p = np.full(m, np.nan)
+    held, shares, debt, armed = book.held, book.shares, book.debt, book.armed
+    prev, last_t, last_p = book.prev, book.last_t, book.last_p
     values = np.zeros(2)
-    for r in range(t.shape[0]):
+    for r in range(start, t.shape[0]):
         i = market[r]
         if t[r] >= resolve_t[i]:
             continue  # trading has ended; open positions settle below
         values[0], values[1] = p[r], 1.0 - p[r]
         frozen = t[r] >= freeze_t[i]
-        q = prev[i]
-        if q >= 0:
-            dt = t[r] - last_t[i]
-            live = expires_after[q] if expires_after[q] < dt else dt
-            _accrue(held[i], debt[i], fee[q], live, tally[i])
-            lev = _max(leverage[q])
-            if dt <= live:
-                _step(held[i], shares[i], debt[i], armed[i], values, depth[r], maintenance[q],
-                      slippage, deleverage[q] or frozen, tally[i])
-                lev_now = lev
-            else:  # no price for expires_after: the fallback for the rest
-                _accrue(held[i], debt[i], fallback.fee_hourly[q], dt - live, tally[i])
-                _step(held[i], shares[i], debt[i], armed[i], values, depth[r],
-                      fallback.maintenance[q], slippage, fallback.deleverage[q] or frozen,
-                      tally[i])
-                lev_now = _max(fallback.leverage[q])
-            tally[i, LEVERAGE_TIME] += lev * live + lev_now * (dt - live)
-            tally[i, LEVERAGED_TIME] += live if lev > 1.0 else 0.0
-            tally[i, TIME] += dt
-        if tier.on:
-            oi = 0.0
-            for s in range(2):
-                if held[i, s]:
-                    oi += shares[i, s] * values[s]
-            scale = (oi - tier.lower_cap) / (tier.upper_cap - tier.lower_cap)
-            # min(1, max(0, scale)) as Python takes it
-            scale = scale if scale > 0.0 else 0.0
-            scale = scale if scale < 1.0 else 1.0
-            imf = tier.base_imf + (1.0 - tier.base_imf) * scale
-            leverage[r, 0] = leverage[r, 1] = 1.0 / imf
-            maintenance[r, 0] = maintenance[r, 1] = 0.6 * imf
-        if frozen:
-            leverage[r, 0] = leverage[r, 1] = 1.0
+        if not (resume and r == start):
+            bad_before = tally[i, BAD_DEBT]
+            q = prev[i]
+            if q >= 0:
+                dt = t[r] - last_t[i]
+                live = expires_after[q] if expires_after[q] < dt else dt
+                _accrue(held[i], debt[i], fee[q], live, tally[i])
+                lev = _max(leverage[q])
+                if dt <= live:
+                    _step(held[i], shares[i], debt[i], armed[i], values, depth[r],
+                          maintenance[q], slippage, deleverage[q] or frozen, tally[i])
+                    lev_now = lev
+                else:  # no price for expires_after: the fallback for the rest
+                    _accrue(held[i], debt[i], fallback.fee_hourly[q], dt - live, tally[i])
+                    _step(held[i], shares[i], debt[i], armed[i], values, depth[r],
+                          fallback.maintenance[q], slippage, fallback.deleverage[q] or frozen,
+                          tally[i])
+                    lev_now = _max(fallback.leverage[q])
+                tally[i, LEVERAGE_TIME] += lev * live + lev_now * (dt - live)
+                tally[i, LEVERAGED_TIME] += live if lev > 1.0 else 0.0
+                tally[i, TIME] += dt
+            _log(log, t[r], i, tally[i, BAD_DEBT] - bad_before)
+            if tier.on:
+                oi = 0.0
+                for s in range(2):
+                    if held[i, s]:
+                        oi += shares[i, s] * values[s]
+                scale = (oi - tier.lower_cap) / (tier.upper_cap - tier.lower_cap)
+                # min(1, max(0, scale)) as Python takes it
+                scale = scale if scale > 0.0 else 0.0
+                scale = scale if scale < 1.0 else 1.0
+                imf = tier.base_imf + (1.0 - tier.base_imf) * scale
+                leverage[r, 0] = leverage[r, 1] = 1.0 / imf
+                maintenance[r, 0] = maintenance[r, 1] = 0.6 * imf
+            if frozen:
+                leverage[r, 0] = leverage[r, 1] = 1.0
+            if (caps.on and opening[r] and not deleverage[r] and not frozen
+                    and (caps.stale[0] or t[r] > caps.at[0] + caps.refresh_s)):
+                for s in range(2):
+                    if not held[i, s] and leverage[r, s] > 1.0 and values[s] > 0.0:
+                        return r
         if opening[r] and not deleverage[r] and not frozen:
             for s in range(2):
                 lev_s = leverage[r, s]
                 if not held[i, s] and lev_s > 1.0 and values[s] > 0.0:
-                    held[i, s] = True
                     # Written so that frac 1 and size 1 give the max exactly.
                     lev_s = lev_s - (1.0 - frac[r, s]) * (lev_s - 1.0)
                     c = COLLATERAL * size[r, s]
-                    shares[i, s] = c * lev_s / values[s]
                     # An opening fee comes out of the collateral: the rest is lent too.
                     paid = open_fee[r, s] * lev_s * c
-                    debt[i, s] = c * (lev_s - 1.0) + paid
+                    lent = c * (lev_s - 1.0) + paid
+                    if lent > caps.lent[i, s]:  # the cap: a smaller position, same leverage
+                        if not caps.lent[i, s] > 0.0:
+                            caps.refused[i, s] += 1
+                            continue
+                        caps.reduced[i, s] += 1
+                        c *= caps.lent[i, s] / lent
+                        paid = open_fee[r, s] * lev_s * c
+                        lent = c * (lev_s - 1.0) + paid
+                    held[i, s] = True
+                    shares[i, s] = c * lev_s / values[s]
+                    debt[i, s] = lent
                     tally[i, FEES] += paid
                     armed[i, s] = np.nan
+                    caps.stale[0] = True
         prev[i] = r
         last_t[i], last_p[i] = t[r], p[r]
 
@@ -419,10 +549,22 @@ def _trade(replay, offer, fallback, tier, traders, tally):  # type: ignore[no-un
         p_end = settle_at[i] if settle_at[i] == settle_at[i] else last_p[i]
         if p_end != p_end:
             continue
+        bad_before = tally[i, BAD_DEBT]
         for s in range(2):
             if held[i, s]:
                 value = p_end if s == 0 else 1.0 - p_end
                 _loss(tally[i], debt[i, s] - shares[i, s] * value)
+        _log(log, resolve_t[i] if resolve_t[i] < np.inf else last_t[i], i,
+             tally[i, BAD_DEBT] - bad_before)
+    return -1
+
+
+@njit
+def _log(log, t, market, amount):  # type: ignore[no-untyped-def]
+    if amount > 0.0:
+        k = log.filled[0]
+        log.t[k], log.market[k], log.amount[k] = t, market, amount
+        log.filled[0] = k + 1
 
 
 @njit
