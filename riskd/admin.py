@@ -43,10 +43,13 @@ class _Handlers:
         if not token:
             return daemon, _error("the admin API is disabled: set [server] admin_token", 403)
         if not bearer_matches(request.headers.get("Authorization"), token):
-            log.warning("admin request refused: missing or wrong token",
-                        extra={"reason": "unauthorized", "path": request.path})
-            return daemon, _error("a valid bearer token is required", 401,
-                                  **{"WWW-Authenticate": "Bearer"})
+            log.warning(
+                "admin request refused: missing or wrong token",
+                extra={"reason": "unauthorized", "path": request.path},
+            )
+            return daemon, _error(
+                "a valid bearer token is required", 401, **{"WWW-Authenticate": "Bearer"}
+            )
         return daemon, None
 
     async def reload(self, request: web.Request) -> web.Response:
@@ -55,17 +58,18 @@ class _Handlers:
             return refused
         if daemon.reload():
             return web.json_response({"reloaded": True})
-        return web.json_response({"reloaded": False, "error": daemon.reload_error},
-                                 status=422)
+        return web.json_response({"reloaded": False, "error": daemon.reload_error}, status=422)
 
     async def overrides(self, request: web.Request) -> web.Response:
         daemon, refused = self._authorized(request)
         if refused is not None:
             return refused
-        return web.json_response({
-            "allow_loosen": daemon.settings.server.allow_loosen,
-            "overrides": {m: o.as_dict() for m, o in daemon.current_overrides().items()},
-        })
+        return web.json_response(
+            {
+                "allow_loosen": daemon.settings.server.allow_loosen,
+                "overrides": {m: o.as_dict() for m, o in daemon.current_overrides().items()},
+            }
+        )
 
     async def override(self, request: web.Request) -> web.Response:
         """Changes the fields given of a market's override (null clears one)."""
@@ -90,31 +94,45 @@ class _Handlers:
             return refused
         return self._apply(daemon, request, request.match_info["market"], None)
 
-    def _apply(self, daemon: DaemonApi, request: web.Request, market: str,
-               changes: dict[str, Any] | None) -> web.Response:
+    def _apply(
+        self, daemon: DaemonApi, request: web.Request, market: str, changes: dict[str, Any] | None
+    ) -> web.Response:
         try:
-            override = None if changes is None else merge(
-                daemon.current_overrides().get(market), changes)
+            override = (
+                None if changes is None else merge(daemon.current_overrides().get(market), changes)
+            )
         except OverrideError as exc:
             return _error(str(exc), 400)
-        if not daemon.knows(market) and not (override is None
-                                             and market in daemon.current_overrides()):
+        if not daemon.knows(market) and not (
+            override is None and market in daemon.current_overrides()
+        ):
             return _error(f"unknown market {market!r}", 404)
         if loosens(changes, override) and not daemon.settings.server.allow_loosen:
-            return _error("an override may only tighten: loosening needs "
-                          "[server] allow_loosen = true", 403)
+            return _error(
+                "an override may only tighten: loosening needs [server] allow_loosen = true", 403
+            )
         actor = request.headers.get(ACTOR_HEADER) or f"admin@{request.remote}"
         try:
             before = daemon.set_override(market, override, actor, changes)
         except OSError as exc:
-            log.error("override not stored: %s", exc.strerror or exc,
-                      extra={"market": market, "reason": "override_not_persisted"})
+            log.error(
+                "override not stored: %s",
+                exc.strerror or exc,
+                extra={"market": market, "reason": "override_not_persisted"},
+            )
             return _error(f"cannot persist the override: {exc.strerror or exc}", 500)
-        log.warning("override %s for %s by %s", "cleared" if override is None else "set",
-                    market, actor, extra={"market": market, "reason": "config_override"})
+        log.warning(
+            "override %s for %s by %s",
+            "cleared" if override is None else "set",
+            market,
+            actor,
+            extra={"market": market, "reason": "config_override"},
+        )
         stored = daemon.current_overrides().get(market)
-        return web.json_response({
-            "market": market,
-            "override": stored.as_dict() if stored else None,
-            "previous": before.as_dict() if before else None,
-        })
+        return web.json_response(
+            {
+                "market": market,
+                "override": stored.as_dict() if stored else None,
+                "previous": before.as_dict() if before else None,
+            }
+        )

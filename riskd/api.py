@@ -44,16 +44,16 @@ class DaemonApi(Protocol):
         """The market is in the engine (configured, or listed by a venue)."""
         ...
 
-    def exchange_state(self, headers: Mapping[str, str], raw: bytes
-                       ) -> tuple[int, dict[str, Any]]:
+    def exchange_state(self, headers: Mapping[str, str], raw: bytes) -> tuple[int, dict[str, Any]]:
         """One exchange state report (POST /v1/exchange/state): the status and answer.
         A refused report changes nothing."""
         ...
 
     def current_overrides(self) -> Mapping[str, Override]: ...
 
-    def set_override(self, market: str, override: Override | None, actor: str,
-                     changes: dict[str, Any] | None) -> Override | None:
+    def set_override(
+        self, market: str, override: Override | None, actor: str, changes: dict[str, Any] | None
+    ) -> Override | None:
         """Store (None: clear) a market's override and apply it; the one it replaced.
         Raises OSError when it cannot be stored (then nothing changed)."""
         ...

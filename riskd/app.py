@@ -44,15 +44,19 @@ log = logging.getLogger("riskd")
 
 def load_market_table(settings: Settings) -> dict[str, Market]:
     """Inline tables, then the markets file on top: the file wins (interfaces.md)."""
-    markets = parse_markets(settings.markets.inline, "[markets] inline") \
-        if settings.markets.inline else {}
+    markets = (
+        parse_markets(settings.markets.inline, "[markets] inline")
+        if settings.markets.inline
+        else {}
+    )
     if settings.markets.file is not None:
         markets.update(load_markets(settings.markets.file))
     return markets
 
 
-def make_feeds(settings: Settings, metrics: Metrics | None = None,
-               markets: dict[str, Market] | None = None) -> list[Feed]:
+def make_feeds(
+    settings: Settings, metrics: Metrics | None = None, markets: dict[str, Market] | None = None
+) -> list[Feed]:
     """The feeds of `[feed] kind`: a replay, or one or more live venues."""
     cfg = settings.feed
     if cfg.kind == "replay":
@@ -69,8 +73,9 @@ class Daemon:
 
     `clock`: the daemon clock (riskd/clock.py); by default the feed's own."""
 
-    def __init__(self, settings: Settings, config_path: Path | None,
-                 clock: Clock | None = None) -> None:
+    def __init__(
+        self, settings: Settings, config_path: Path | None, clock: Clock | None = None
+    ) -> None:
         self.settings = settings
         self.config_path = config_path
         markets = load_market_table(settings)
@@ -92,22 +97,34 @@ class Daemon:
         self.metrics.watch_exchange(lambda: self.exchange.age(self.now()))
         self.publishers: list[Publisher] = self._make_publishers(settings)
         self.metrics.register_publishers([p.name for p in self.publishers])
-        self.store = (StateStore(settings.state.dir, settings.state.max_age_s)
-                      if settings.state.enabled else None)
+        self.store = (
+            StateStore(settings.state.dir, settings.state.max_age_s)
+            if settings.state.enabled
+            else None
+        )
         self.state_status = "disabled"
         self._snapshot_errors = 0
         self.stop = asyncio.Event()
-        self.pipeline = Pipeline(settings, self.engine, self.feeds, self.publishers,
-                                 self.metrics, self.now, self.stop)
+        self.pipeline = Pipeline(
+            settings, self.engine, self.feeds, self.publishers, self.metrics, self.now, self.stop
+        )
         self.supervisor = Supervisor(self.metrics, self._fatal, stopping=self.stop.is_set)
 
     def _make_publishers(self, settings: Settings) -> list[Publisher]:
         # A stream frame may carry an exchange state report: as large as a POST's
         # body, string-escaped.
-        frame = 2 * settings.server.max_body_bytes + 4096 \
-            if settings.exchange.secret.get_secret_value().strip() else 4096
-        context = PublishContext(self.metrics, settings.publisher.instance,
-                                 self.stream_snapshot, self.stream_message, frame)
+        frame = (
+            2 * settings.server.max_body_bytes + 4096
+            if settings.exchange.secret.get_secret_value().strip()
+            else 4096
+        )
+        context = PublishContext(
+            self.metrics,
+            settings.publisher.instance,
+            self.stream_snapshot,
+            self.stream_message,
+            frame,
+        )
         pubs = make_publishers(settings.publisher, context)
         # /v1/stream is served by the websocket publisher (riskd/server.py).
         self.stream = next((p for p in pubs if isinstance(p, WebsocketPublisher)), None)
@@ -115,8 +132,13 @@ class Daemon:
 
     def stream_snapshot(self) -> bytes:
         """What a /v1/stream client gets on connect: every current set, marked snapshot."""
-        return wire.batch(self.settings.publisher.instance, self.seq, self.now_iso(),
-                          self.engine.current.sets(), snapshot=True)
+        return wire.batch(
+            self.settings.publisher.instance,
+            self.seq,
+            self.now_iso(),
+            self.engine.current.sets(),
+            snapshot=True,
+        )
 
     async def run(self) -> int:
         return await Lifecycle(self).run()
@@ -138,8 +160,14 @@ class Daemon:
         return health.alive(self.pipeline.last_cycle, self.settings.governor.publish_interval_s)
 
     def ready(self) -> tuple[bool, list[str]]:
-        reasons = health.not_ready(self.now(), self.settings.governor, self.feeds,
-                                   self.engine, self.seq > 0, self.publishers)
+        reasons = health.not_ready(
+            self.now(),
+            self.settings.governor,
+            self.feeds,
+            self.engine,
+            self.seq > 0,
+            self.publishers,
+        )
         reasons += self.supervisor.reasons()
         return not reasons, reasons
 
@@ -155,8 +183,7 @@ class Daemon:
     def knows(self, market: str) -> bool:
         return market in self.engine.index
 
-    def exchange_state(self, headers: Mapping[str, str], raw: bytes
-                       ) -> tuple[int, dict[str, Any]]:
+    def exchange_state(self, headers: Mapping[str, str], raw: bytes) -> tuple[int, dict[str, Any]]:
         return self._exchange_counted(self._exchange_receive(headers, raw))
 
     def stream_message(self, text: str) -> bytes | None:
@@ -175,24 +202,34 @@ class Daemon:
 
     def _exchange_receive(self, headers: Mapping[str, str], raw: bytes) -> Verdict:
         # The timestamp is judged by the wall clock, the state stamped by the daemon's.
-        return self.exchange.receive(self.settings.exchange, headers, raw, time.time(),
-                                     self.now(), self.settings.server.max_body_bytes,
-                                     self.knows)
+        return self.exchange.receive(
+            self.settings.exchange,
+            headers,
+            raw,
+            time.time(),
+            self.now(),
+            self.settings.server.max_body_bytes,
+            self.knows,
+        )
 
     def _exchange_counted(self, verdict: Verdict) -> tuple[int, dict[str, Any]]:
         self.metrics.exchange_result(verdict.result)
         if verdict.status == 200:
             log.debug("exchange state accepted: %d markets", verdict.body["markets"])
         else:
-            log.warning("exchange state refused: %s", verdict.result,
-                        extra={"reason": f"exchange_{verdict.result}"})
+            log.warning(
+                "exchange state refused: %s",
+                verdict.result,
+                extra={"reason": f"exchange_{verdict.result}"},
+            )
         return verdict.status, verdict.body
 
     def current_overrides(self) -> Mapping[str, Override]:
         return self.overrides.overrides
 
-    def set_override(self, market: str, override: Override | None, actor: str,
-                     changes: dict[str, Any] | None) -> Override | None:
+    def set_override(
+        self, market: str, override: Override | None, actor: str, changes: dict[str, Any] | None
+    ) -> Override | None:
         before = self.overrides.set(market, override, actor, changes=changes)
         self.engine.overrides = self.overrides.overrides
         return before
@@ -202,8 +239,11 @@ class Daemon:
         try:
             settings = load_settings(self.config_path)
         except ConfigError as exc:
-            log.error("config reload rejected, keeping the old config:\n%s", exc,
-                      extra={"reason": "invalid_config"})
+            log.error(
+                "config reload rejected, keeping the old config:\n%s",
+                exc,
+                extra={"reason": "invalid_config"},
+            )
             self.metrics.reloads.labels("error").inc()
             self.reload_error = str(exc)
             return False
@@ -221,11 +261,18 @@ class Daemon:
         if self.store is None:
             return
         audit = self.settings.publisher.jsonl
-        gap = seq_gap(self.settings.state.snapshot_interval_s,
-                      self.settings.governor.publish_interval_s)
+        gap = seq_gap(
+            self.settings.state.snapshot_interval_s, self.settings.governor.publish_interval_s
+        )
         replay = self.feed if isinstance(self.feed, Replayed) else None
-        resumed = resume(self.store, self.engine, self.publishers,
-                         audit.path if audit is not None else None, gap, replay)
+        resumed = resume(
+            self.store,
+            self.engine,
+            self.publishers,
+            audit.path if audit is not None else None,
+            gap,
+            replay,
+        )
         self.state_status = resumed.loaded.status
         self.pipeline.seq = resumed.seq
         self.pipeline.stamped = self.pipeline.stamp_floor = resumed.stamp_floor
@@ -239,8 +286,11 @@ class Daemon:
         try:
             self.exchange = ExchangeStore.from_dict(loaded.exchange, with_state=loaded.trusted)
         except ValueError as exc:
-            log.warning("state: the snapshot's exchange state is not usable (%s): "
-                        "starting without it", exc, extra={"reason": "state_exchange"})
+            log.warning(
+                "state: the snapshot's exchange state is not usable (%s): starting without it",
+                exc,
+                extra={"reason": "state_exchange"},
+            )
 
     def snapshot(self) -> None:
         """Write a snapshot now, on the caller's thread (shutdown, tests)."""
@@ -269,8 +319,13 @@ class Daemon:
     def _capture(self) -> dict[str, Any]:
         assert self.store is not None
         self.engine.flush()  # the snapshot holds every tick taken before its clock
-        return self.store.capture(self.engine, self.now(), self._seqs(), self.pipeline.stamped,
-                                  exchange=self.exchange.copy())
+        return self.store.capture(
+            self.engine,
+            self.now(),
+            self._seqs(),
+            self.pipeline.stamped,
+            exchange=self.exchange.copy(),
+        )
 
     def _try_write(self, captured: dict[str, Any]) -> OSError | None:
         assert self.store is not None
@@ -288,9 +343,12 @@ class Daemon:
         self.metrics.snapshot_failed()
         self._snapshot_errors += 1
         if self._snapshot_errors in (1, 10, 100) or self._snapshot_errors % 1000 == 0:
-            log.error("state snapshot failed (%d so far): %s", self._snapshot_errors,
-                      error.strerror or error, extra={"reason": "snapshot_failed",
-                                                      "path": str(self.store.path)})
+            log.error(
+                "state snapshot failed (%d so far): %s",
+                self._snapshot_errors,
+                error.strerror or error,
+                extra={"reason": "snapshot_failed", "path": str(self.store.path)},
+            )
 
     def _fatal(self, fatal: Fatal) -> None:
         self.stop.set()  # the lifecycle drains and exits 1

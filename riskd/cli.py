@@ -38,22 +38,42 @@ def _parser() -> argparse.ArgumentParser:
     bt.add_argument("-c", "--config", type=Path)
     bt.add_argument("--json", action="store_true", help="print the JSON report")
     bt.add_argument("--plot", type=Path, metavar="OUT.png", help="write a PNG of the first market")
-    bt.add_argument("--settle", action=argparse.BooleanOptionalAction, default=None,
-                    help="settle at the outcome at resolution (default: when outcomes are known)")
-    bt.add_argument("--insurance-fund", type=_non_negative, metavar="X",
-                    help="pay every policy's bad debt from a fund of X (the traders' "
-                    "collateral's units), riskd's openings capped by its OI caps; tiers "
-                    "and group shares from [insurance]")
-    bt.add_argument("--group-share", type=_share, metavar="S",
-                    help="with --insurance-fund: every group's share of the fund "
-                    "(default [insurance] group_share and group_shares)")
-    cal = _tape_set_parser(sub, "calibrate", "margin backtest: exceedances of riskd's "
-                           "margins (Kupiec, Christoffersen) per tape set and regime",
-                           "write a PNG of the rates")
+    bt.add_argument(
+        "--settle",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="settle at the outcome at resolution (default: when outcomes are known)",
+    )
+    bt.add_argument(
+        "--insurance-fund",
+        type=_non_negative,
+        metavar="X",
+        help="pay every policy's bad debt from a fund of X (the traders' "
+        "collateral's units), riskd's openings capped by its OI caps; tiers "
+        "and group shares from [insurance]",
+    )
+    bt.add_argument(
+        "--group-share",
+        type=_share,
+        metavar="S",
+        help="with --insurance-fund: every group's share of the fund "
+        "(default [insurance] group_share and group_shares)",
+    )
+    cal = _tape_set_parser(
+        sub,
+        "calibrate",
+        "margin backtest: exceedances of riskd's "
+        "margins (Kupiec, Christoffersen) per tape set and regime",
+        "write a PNG of the rates",
+    )
     cal.add_argument("--markets", type=Path, help="markets file (default: beside each tape)")
-    _tape_set_parser(sub, "frontier", "each policy family swept along its knob: lender P&L "
-                     "against leverage offered, per tape set",
-                     "write a PNG of LP P&L against leverage offered")
+    _tape_set_parser(
+        sub,
+        "frontier",
+        "each policy family swept along its knob: lender P&L "
+        "against leverage offered, per tape set",
+        "write a PNG of LP P&L against leverage offered",
+    )
     ex = sub.add_parser("explain", help="why a market has its current parameters")
     ex.add_argument("market")
     ex.add_argument("--url", help="the daemon's API (default: [server] host and port of -c)")
@@ -63,8 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     from riskd.receiver import add_arguments
 
     add_arguments(rc)
-    rc.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
-                    default="info")
+    rc.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
     return parser
 
 
@@ -107,8 +126,9 @@ def _backtest(args: argparse.Namespace) -> int:
     if settle is None:
         settle = (args.markets or runner.find_markets_file(args.tape)) is not None
     fund = _fund(args, settings)
-    results, sim, elapsed = runner.run(args.tape, settings, args.markets, settle=settle,
-                                       record=args.plot is not None, fund=fund)
+    results, sim, elapsed = runner.run(
+        args.tape, settings, args.markets, settle=settle, record=args.plot is not None, fund=fund
+    )
     for r in results:
         for report in r.reports:
             if report.rejected or not report.accepted:
@@ -126,12 +146,16 @@ def _backtest(args: argparse.Namespace) -> int:
     else:
         print(runner.table(results))
         if fund is not None:
-            print(f"\ninsurance fund {fund.balance:g}, socialisation threshold "
-                  f"{fund.threshold:g}, nights from 12:00 UTC\n{runner.fund_table(sim)}")
+            print(
+                f"\ninsurance fund {fund.balance:g}, socialisation threshold "
+                f"{fund.threshold:g}, nights from 12:00 UTC\n{runner.fund_table(sim)}"
+            )
         rows = sum(r.ticks for r in results)
-        print(f"\n{rows} rows, {len(sim.ids)} markets, simulated in {elapsed:.2f} s "
-              f"({rows / max(elapsed, 1e-9):,.0f} rows/s); settlement "
-              f"{'at outcomes' if settle else 'at last prices'}")
+        print(
+            f"\n{rows} rows, {len(sim.ids)} markets, simulated in {elapsed:.2f} s "
+            f"({rows / max(elapsed, 1e-9):,.0f} rows/s); settlement "
+            f"{'at outcomes' if settle else 'at last prices'}"
+        )
     if args.plot is not None:
         from riskd.backtest.plot import plot
 
@@ -163,14 +187,17 @@ def _share(text: str) -> float:
     return value
 
 
-def _tape_set_parser(sub: Any, name: str, help_text: str, plot_help: str
-                     ) -> argparse.ArgumentParser:
+def _tape_set_parser(
+    sub: Any, name: str, help_text: str, plot_help: str
+) -> argparse.ArgumentParser:
     """The arguments `calibrate` and `frontier` share: tape sets, the ensemble, output."""
     parser: argparse.ArgumentParser = sub.add_parser(name, help=help_text)
-    parser.add_argument("tapes", type=Path, nargs="*",
-                        help="tape files or directories, one set each")
-    parser.add_argument("--synthetic", type=int, metavar="N",
-                        help="also the seeded ensemble of N simulated markets")
+    parser.add_argument(
+        "tapes", type=Path, nargs="*", help="tape files or directories, one set each"
+    )
+    parser.add_argument(
+        "--synthetic", type=int, metavar="N", help="also the seeded ensemble of N simulated markets"
+    )
     parser.add_argument("--seed", type=int, default=7, help="the ensemble's seed (default 7)")
     parser.add_argument("-c", "--config", type=Path)
     parser.add_argument("--json", action="store_true", help="print the JSON report")
@@ -234,8 +261,10 @@ def _frontier(args: argparse.Namespace) -> int:
         print(frontier.table(results))
         print()
         print("\n".join(frontier.dominance_lines(results)))
-        print(f"\nriskd's defaults: {frontier.defaults(settings)}; the most leverage with "
-              f"LP P&L >= 0 on every tape (both trader models): {frontier.select(results)}")
+        print(
+            f"\nriskd's defaults: {frontier.defaults(settings)}; the most leverage with "
+            f"LP P&L >= 0 on every tape (both trader models): {frontier.select(results)}"
+        )
     if args.plot is not None:
         frontier.plot(results, args.plot, default=frontier.defaults(settings))
     return 0
@@ -251,8 +280,11 @@ def _run(config: Path | None) -> int:
     # running on built-in defaults is rarely what was meant, so it is a warning.
     source = settings.source
     logging.getLogger("riskd").log(
-        logging.INFO if source is not None else logging.WARNING, "%s",
-        describe_source(settings), extra={"config": str(source.resolve()) if source else ""})
+        logging.INFO if source is not None else logging.WARNING,
+        "%s",
+        describe_source(settings),
+        extra={"config": str(source.resolve()) if source else ""},
+    )
 
     async def go() -> int:
         daemon = Daemon(settings, config)
@@ -329,8 +361,10 @@ def _receiver(args: argparse.Namespace) -> int:
 
 def secret_values(settings: Settings) -> list[str]:
     """Every configured secret, for the log filter to mask wherever it appears."""
-    values = [settings.server.admin_token.get_secret_value(),
-              settings.exchange.secret.get_secret_value()]
+    values = [
+        settings.server.admin_token.get_secret_value(),
+        settings.exchange.secret.get_secret_value(),
+    ]
     if settings.publisher.websocket is not None:
         values.append(settings.publisher.websocket.token.get_secret_value())
     http = settings.publisher.http

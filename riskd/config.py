@@ -87,8 +87,9 @@ class FeedSettings(Section):
         if len(set(kinds)) != len(kinds):
             raise ValueError("feed.kind: a kind is listed twice")
         if len(kinds) > 1 and self.url:
-            raise ValueError("feed.url: ambiguous with several kinds; "
-                             "set [feed.<kind>] url instead")
+            raise ValueError(
+                "feed.url: ambiguous with several kinds; set [feed.<kind>] url instead"
+            )
         if "kalshi" in kinds and (missing := self.kalshi.missing_credentials()):
             raise ValueError("feed.kind = kalshi needs " + " and ".join(missing))
         return self
@@ -251,8 +252,10 @@ class InsuranceSettings(Section):
             # Else no fund is spendable and every cap is 0.
             ordered(self, "socialisation_threshold", "fund_balance", strict=True)
         elif self.fund_balance is not None:
-            raise KeyValueError("fund_balance", "used only with fund_source = 'fixed' "
-                                "(the exchange reports the balance)")
+            raise KeyValueError(
+                "fund_balance",
+                "used only with fund_source = 'fixed' (the exchange reports the balance)",
+            )
         return self
 
     def share(self, group: str | None) -> float:
@@ -301,8 +304,11 @@ class HttpPublisherSettings(Section):
                 raise KeyValueError("secret_file", f"{self.secret_file} is empty")
         elif not has_secret:
             # An empty key signs every batch with it: the exchange refuses them all.
-            raise KeyValueError("secret", "required to sign requests: set secret, "
-                                "secret_file or RISKD_PUBLISHER__HTTP__SECRET")
+            raise KeyValueError(
+                "secret",
+                "required to sign requests: set secret, "
+                "secret_file or RISKD_PUBLISHER__HTTP__SECRET",
+            )
         return self
 
     def secret_bytes(self) -> bytes:
@@ -310,8 +316,9 @@ class HttpPublisherSettings(Section):
             try:
                 return self.secret_file.read_bytes().strip()
             except OSError as exc:
-                raise ConfigError(f"publisher.http.secret_file: cannot read "
-                                  f"{self.secret_file}: {exc.strerror}") from None
+                raise ConfigError(
+                    f"publisher.http.secret_file: cannot read {self.secret_file}: {exc.strerror}"
+                ) from None
         return self.secret.get_secret_value().encode()
 
 
@@ -454,11 +461,13 @@ def _check_paths(s: Settings) -> None:
             what = "is the replay tape" if audit == tape else "is inside the tape directory"
             raise KeyValueError("publisher.jsonl.path", f"{what} feed.path ({s.feed.path})")
         if state is not None and audit == state:
-            raise KeyValueError("publisher.jsonl.path", f"is the state directory state.dir "
-                                f"({s.state.dir})")
+            raise KeyValueError(
+                "publisher.jsonl.path", f"is the state directory state.dir ({s.state.dir})"
+            )
         if s.markets.file is not None and audit == _resolved(s.markets.file):
-            raise KeyValueError("publisher.jsonl.path", f"is the markets file markets.file "
-                                f"({s.markets.file})")
+            raise KeyValueError(
+                "publisher.jsonl.path", f"is the markets file markets.file ({s.markets.file})"
+            )
     if state is not None and tape is not None and state == tape:
         raise KeyValueError("state.dir", f"is the replay tape feed.path ({s.feed.path})")
 
@@ -496,8 +505,7 @@ def load_settings(path: str | Path | None = None, *, required: bool = False) -> 
     except ValidationError as exc:
         raise ConfigError(_describe(exc, toml_path)) from None
     except SettingsError as exc:  # e.g. an environment variable that is not valid JSON
-        raise ConfigError(f"{toml_path or 'environment'}: invalid configuration: {exc}") \
-            from None
+        raise ConfigError(f"{toml_path or 'environment'}: invalid configuration: {exc}") from None
     finally:
         _LOADING.pop("path", None)
 
@@ -573,8 +581,11 @@ def _mask_urls(node: Any) -> Any:
 
 
 def _secret_paths(settings: Settings) -> list[tuple[str, ...]]:
-    paths: list[tuple[str, ...]] = [("server", "admin_token"), ("feed", "kalshi", "private_key"),
-                                    ("exchange", "secret")]
+    paths: list[tuple[str, ...]] = [
+        ("server", "admin_token"),
+        ("feed", "kalshi", "private_key"),
+        ("exchange", "secret"),
+    ]
     if settings.publisher.http is not None:
         paths.append(("publisher", "http", "secret"))
     if settings.publisher.websocket is not None:

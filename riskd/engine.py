@@ -131,8 +131,17 @@ class Engine:
         def opt(value: float | None, default: float) -> float:
             return default if value is None else value
 
-        columns: dict[str, list[float]] = {name: [] for name in (
-            "event_t", "resolve_t", "max_leverage", "max_slippage", "fee_floor", "notional")}
+        columns: dict[str, list[float]] = {
+            name: []
+            for name in (
+                "event_t",
+                "resolve_t",
+                "max_leverage",
+                "max_slippage",
+                "fee_floor",
+                "notional",
+            )
+        }
         for k, (market_id, meta) in enumerate(markets, first):
             if meta is None:
                 self.discovered += 1
@@ -143,14 +152,21 @@ class Engine:
                 self.est.tick_size[k] = meta.tick_size
             columns["event_t"].append(opt(meta.event_at if meta else None, np.nan))
             columns["resolve_t"].append(opt(meta.resolves_at if meta else None, np.nan))
-            columns["max_leverage"].append(opt(meta.max_leverage if meta else None,
-                                               lim.max_leverage))
-            columns["max_slippage"].append(opt(meta.max_slippage if meta else None,
-                                               lim.max_slippage))
-            columns["fee_floor"].append(opt(meta.fee_floor_hourly if meta else None,
-                                            lim.fee_floor_hourly))
-            columns["notional"].append(opt(meta.liquidation_notional if meta else None,
-                                           self.settings.model.liquidation_notional))
+            columns["max_leverage"].append(
+                opt(meta.max_leverage if meta else None, lim.max_leverage)
+            )
+            columns["max_slippage"].append(
+                opt(meta.max_slippage if meta else None, lim.max_slippage)
+            )
+            columns["fee_floor"].append(
+                opt(meta.fee_floor_hourly if meta else None, lim.fee_floor_hourly)
+            )
+            columns["notional"].append(
+                opt(
+                    meta.liquidation_notional if meta else None,
+                    self.settings.model.liquidation_notional,
+                )
+            )
         k = len(markets)
         for name, values in columns.items():
             setattr(self, name, np.concatenate([getattr(self, name), values]))
@@ -159,15 +175,22 @@ class Engine:
         self.due_t = np.concatenate([self.due_t, np.full(k, -np.inf)])
         self.idle = np.concatenate([self.idle, np.zeros(k, bool)])
         self.published = np.concatenate([self.published, np.zeros(k, bool)])
-        self.published_inputs = np.concatenate([self.published_inputs,
-                                                np.full((k, len(INPUTS)), np.nan)])
+        self.published_inputs = np.concatenate(
+            [self.published_inputs, np.full((k, len(INPUTS)), np.nan)]
+        )
         self.link = np.concatenate([self.link, np.full(k, -1, np.int64)])
         self.heard_t = np.concatenate([self.heard_t, np.full(k, np.nan)])
         self.booked = np.concatenate([self.booked, np.zeros(k, bool)])
         self.book_since = np.concatenate([self.book_since, np.full(k, np.nan)])
         self.broken = np.concatenate([self.broken, np.zeros(k, bool)])
-        self.scheduled = np.concatenate([self.scheduled, np.fromiter(
-            (bool(meta is not None and meta.scheduled) for _, meta in markets), bool, k)])
+        self.scheduled = np.concatenate(
+            [
+                self.scheduled,
+                np.fromiter(
+                    (bool(meta is not None and meta.scheduled) for _, meta in markets), bool, k
+                ),
+            ]
+        )
         return first
 
     @property
@@ -219,10 +242,12 @@ class Engine:
         """Take new settings (SIGHUP); per-market overrides from the markets file stay."""
         lim = settings.limits
         for i, meta in enumerate(self.meta):
-            self.max_leverage[i] = (meta.max_leverage if meta and meta.max_leverage
-                                    else lim.max_leverage)
-            self.max_slippage[i] = (meta.max_slippage if meta and meta.max_slippage
-                                    else lim.max_slippage)
+            self.max_leverage[i] = (
+                meta.max_leverage if meta and meta.max_leverage else lim.max_leverage
+            )
+            self.max_slippage[i] = (
+                meta.max_slippage if meta and meta.max_slippage else lim.max_slippage
+            )
             ff = meta.fee_floor_hourly if meta else None
             self.fee_floor[i] = lim.fee_floor_hourly if ff is None else ff
             ln = meta.liquidation_notional if meta else None
@@ -239,7 +264,7 @@ class Engine:
             top = max(max(live.sessions, default=-1), max(live.ended, default=-1))
             if top >= len(self.life):
                 grown = np.full(max(2 * len(self.life), top + 1), np.nan)
-                grown[:len(self.life)] = self.life
+                grown[: len(self.life)] = self.life
                 self.life = grown
             for session, life in live.sessions.items():
                 self.life[session] = life
@@ -267,19 +292,21 @@ class Engine:
             known = [(index[m], d) for m, d in live.depths.items() if m in index]
             if known:
                 rows = np.fromiter((k for k, _ in known), np.int64, len(known))
-                self.est.depth[rows] = np.fromiter((d for _, d in known), np.float64,
-                                                   len(known))
+                self.est.depth[rows] = np.fromiter((d for _, d in known), np.float64, len(known))
                 self.due_t[rows] = -np.inf
 
-    def _rows(self, table: Mapping[str, tuple[int, float]]
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _rows(
+        self, table: Mapping[str, tuple[int, float]]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(rows, sessions, times) of a {market: (session, time)} report, known markets only."""
         index = self.index
         known = [(index[m], sid, t) for m, (sid, t) in table.items() if m in index]
         n = len(known)
-        return (np.fromiter((k[0] for k in known), np.int64, n),
-                np.fromiter((k[1] for k in known), np.int64, n),
-                np.fromiter((k[2] for k in known), np.float64, n))
+        return (
+            np.fromiter((k[0] for k in known), np.int64, n),
+            np.fromiter((k[1] for k in known), np.int64, n),
+            np.fromiter((k[2] for k in known), np.float64, n),
+        )
 
     def freshness(self, idx: Index = ALL) -> Freshness:
         """(confirmed_t, live_book) of markets `idx` (section 5, freshness): when each
@@ -363,9 +390,15 @@ class Engine:
         idx = np.fromiter(map(_FIRST, pending), np.int64, len(pending))
         return int(self.apply(idx, *tick_arrays(list(map(_SECOND, pending)))).sum())
 
-    def apply(self, idx: np.ndarray, t: np.ndarray, p: np.ndarray, half_spread: np.ndarray,
-              depth: np.ndarray, record: estimator.EstimatorState | None = None
-              ) -> np.ndarray:
+    def apply(
+        self,
+        idx: np.ndarray,
+        t: np.ndarray,
+        p: np.ndarray,
+        half_spread: np.ndarray,
+        depth: np.ndarray,
+        record: estimator.EstimatorState | None = None,
+    ) -> np.ndarray:
         """The ticks (idx[k], ...) in order, a market possibly several times; returns the
         jump mask (`record`: see `estimator.update`)."""
         first = idx[~self._seen[idx]]
@@ -374,22 +407,28 @@ class Engine:
             self.ticked += int(np.unique(first).size)
         np.fmin.at(self.first_t, idx, t)
         self.due_t[idx] = -np.inf
-        jumps = estimator.update(self.est, self.settings.model, idx, t, p, half_spread, depth,
-                                 record=record)
+        jumps = estimator.update(
+            self.est, self.settings.model, idx, t, p, half_spread, depth, record=record
+        )
         self.now = max(self.now, float(t.max()))
         return jumps
 
-    def _estimator_at(self, idx: Index, est: estimator.EstimatorState | None
-                      ) -> estimator.EstimatorState:
+    def _estimator_at(
+        self, idx: Index, est: estimator.EstimatorState | None
+    ) -> estimator.EstimatorState:
         """The estimator state of the markets `idx`, row by row: the current one, or
         `est` (the backtest's record of each row's state, from `apply`)."""
         if est is not None:
             return est
         return self.est if idx is ALL else _take(self.est, idx)
 
-    def conditions(self, now: float | np.ndarray, idx: Index = ALL,
-                   est: estimator.EstimatorState | None = None,
-                   fresh: Freshness | None = None) -> Conditions:
+    def conditions(
+        self,
+        now: float | np.ndarray,
+        idx: Index = ALL,
+        est: estimator.EstimatorState | None = None,
+        fresh: Freshness | None = None,
+    ) -> Conditions:
         cfg = self.settings.model
         state = self._estimator_at(idx, est)
         warm = (state.ticks >= cfg.warmup_ticks) & (now - self.first_t[idx] >= cfg.warmup_s)
@@ -406,8 +445,9 @@ class Engine:
         if gaps > 0.0:
             # A trade tape's rule: a few of its own gaps (section 5); a live book keeps
             # stale_after_s.
-            limit = np.fmax(self.settings.governor.stale_after_s,
-                            gaps * np.nan_to_num(state.gap, nan=0.0))
+            limit = np.fmax(
+                self.settings.governor.stale_after_s, gaps * np.nan_to_num(state.gap, nan=0.0)
+            )
             if booked is not None:
                 limit = np.where(booked, self.settings.governor.stale_after_s, limit)
         return Conditions(
@@ -456,8 +496,9 @@ class Engine:
         """Leverage targets of loosening overrides (nan: the model's), when allowed."""
         if not self.settings.server.allow_loosen:
             return None
-        found = [(k, o) for k, o in self._overridden(idx)
-                 if o.loosen and o.max_leverage is not None]
+        found = [
+            (k, o) for k, o in self._overridden(idx) if o.loosen and o.max_leverage is not None
+        ]
         if not found:
             return None
         pin = np.full(len(self.est.t[idx]), np.nan)
@@ -465,20 +506,32 @@ class Engine:
             pin[k] = override.max_leverage
         return pin
 
-    def inputs_at(self, now: float | np.ndarray, idx: Index = ALL,
-                  est: estimator.EstimatorState | None = None,
-                  fresh: Freshness | None = None) -> parameters.RiskInputs:
+    def inputs_at(
+        self,
+        now: float | np.ndarray,
+        idx: Index = ALL,
+        est: estimator.EstimatorState | None = None,
+        fresh: Freshness | None = None,
+    ) -> parameters.RiskInputs:
         if est is not None:
             confirmed, booked = None, None
         else:
             confirmed, booked = self.freshness(idx) if fresh is None else fresh
-        return parameters.risk_inputs(self._estimator_at(idx, est), now, self.event_t[idx],
-                                      self.settings.model, confirmed, booked,
-                                      self.notional[idx], self.scheduled[idx],
-                                      self.long_jump_rate(now, idx, est))
+        return parameters.risk_inputs(
+            self._estimator_at(idx, est),
+            now,
+            self.event_t[idx],
+            self.settings.model,
+            confirmed,
+            booked,
+            self.notional[idx],
+            self.scheduled[idx],
+            self.long_jump_rate(now, idx, est),
+        )
 
-    def long_jump_rate(self, now: float | np.ndarray, idx: Index = ALL,
-                       est: estimator.EstimatorState | None = None) -> np.ndarray:
+    def long_jump_rate(
+        self, now: float | np.ndarray, idx: Index = ALL, est: estimator.EstimatorState | None = None
+    ) -> np.ndarray:
         """Each market's long-run jump rate, shrunk toward the pool of every market
         (`parameters.pooled_jump_rate`). Live: the markets now. With `est` (the
         backtest: rows of a tape in time order, a market per row, `now` per row): the
@@ -487,9 +540,13 @@ class Engine:
         if est is None:
             exposure_all = np.maximum(np.nan_to_num(now - self.first_t, nan=0.0), 0.0)
             own = exposure_all[idx]
-            return parameters.pooled_jump_rate(self.est.jumps[idx].astype(np.float64), own,
-                                               float(self.est.jumps.sum()),
-                                               float(exposure_all.sum()), cfg)
+            return parameters.pooled_jump_rate(
+                self.est.jumps[idx].astype(np.float64),
+                own,
+                float(self.est.jumps.sum()),
+                float(exposure_all.sum()),
+                cfg,
+            )
         rows = np.asarray(idx)
         t = np.broadcast_to(np.asarray(now, np.float64), rows.shape)
         n = rows.shape[0]
@@ -506,23 +563,39 @@ class Engine:
         is_first[order] = ~same
         started = np.cumsum(is_first)
         pool_exposure = started * t - np.cumsum(np.where(is_first, t, 0.0))
-        return parameters.pooled_jump_rate(est.jumps.astype(np.float64), t - first_time,
-                                           np.cumsum(inc), pool_exposure, cfg)
+        return parameters.pooled_jump_rate(
+            est.jumps.astype(np.float64), t - first_time, np.cumsum(inc), pool_exposure, cfg
+        )
 
-    def targets(self, now: float | np.ndarray, idx: Index = ALL, detail: bool = False,
-                est: estimator.EstimatorState | None = None, fresh: Freshness | None = None
-                ) -> tuple[parameters.RiskInputs, parameters.Targets]:
+    def targets(
+        self,
+        now: float | np.ndarray,
+        idx: Index = ALL,
+        detail: bool = False,
+        est: estimator.EstimatorState | None = None,
+        fresh: Freshness | None = None,
+    ) -> tuple[parameters.RiskInputs, parameters.Targets]:
         inp = self.inputs_at(now, idx, est, fresh)
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-            tg = parameters.compute(inp, self.settings.model, self.max_leverage[idx],
-                                    self.max_slippage[idx], self.fee_floor[idx], detail=detail,
-                                    leverage_pin=self._leverage_pins(idx))
+            tg = parameters.compute(
+                inp,
+                self.settings.model,
+                self.max_leverage[idx],
+                self.max_slippage[idx],
+                self.fee_floor[idx],
+                detail=detail,
+                leverage_pin=self._leverage_pins(idx),
+            )
         return inp, tg
 
-    def govern(self, now: float | np.ndarray, idx: Index = ALL,
-               computed: tuple[parameters.RiskInputs, parameters.Targets] | None = None,
-               cond: Conditions | None = None, record: GovernorState | None = None,
-               ) -> tuple[parameters.RiskInputs, governor.Decision]:
+    def govern(
+        self,
+        now: float | np.ndarray,
+        idx: Index = ALL,
+        computed: tuple[parameters.RiskInputs, parameters.Targets] | None = None,
+        cond: Conditions | None = None,
+        record: GovernorState | None = None,
+    ) -> tuple[parameters.RiskInputs, governor.Decision]:
         """Model and governor at `now` (one time, or one per row of `idx`).
 
         The backtest passes a whole tape at once: `idx` a market per row (a market
@@ -552,22 +625,25 @@ class Engine:
         entries: list[dict[str, Any]] = []
         tightened: list[str] = []
         for start in range(0, len(rows), EVALUATE_CHUNK):
-            part = rows[start:start + EVALUATE_CHUNK]
+            part = rows[start : start + EVALUATE_CHUNK]
             # Freshness once per chunk: the conditions, the inputs and the schedule use it.
             fresh = self.freshness(part)
             cond = self.conditions(now, part, fresh=fresh)
-            inp, decision = self.govern(now, part, computed=self.targets(now, part, fresh=fresh),
-                                        cond=cond)
+            inp, decision = self.govern(
+                now, part, computed=self.targets(now, part, fresh=fresh), cond=cond
+            )
             published = part[decision.publish]
             self.published[published] = True
             self.published_inputs[published] = np.stack(
-                [getattr(inp, name)[decision.publish] for name in INPUTS], axis=1)
+                [getattr(inp, name)[decision.publish] for name in INPUTS], axis=1
+            )
             entries += self.render(published)
             tightened += [self.ids[i] for i in part[decision.tightened].tolist()]
             self._schedule(now, part, cond, fresh[1])
         markets = frozenset(tightened)
-        return CycleResult(now=now, entries=entries, tightened=len(markets),
-                           tightened_markets=markets)
+        return CycleResult(
+            now=now, entries=entries, tightened=len(markets), tightened_markets=markets
+        )
 
     def _due(self, now: float, previous: float) -> np.ndarray:
         """The markets to evaluate at `now`: those due, and the sweep's share (every
@@ -577,24 +653,28 @@ class Engine:
         if math.isfinite(previous) and now > previous:
             share = min(n, math.ceil(n * (now - previous) / self.settings.governor.reevaluate_s))
             stop = self._sweep + share
-            due[self._sweep:stop] = True
+            due[self._sweep : stop] = True
             if stop > n:
-                due[:stop - n] = True
+                due[: stop - n] = True
             self._sweep = stop % n
         return np.flatnonzero(due)
 
-    def _schedule(self, now: float, rows: np.ndarray, cond: Conditions,
-                  booked: np.ndarray | None) -> None:
+    def _schedule(
+        self, now: float, rows: np.ndarray, cond: Conditions, booked: np.ndarray | None
+    ) -> None:
         """After evaluating `rows` at `now`: when each must be evaluated again."""
         cfg = self.settings.model
         ticks = self.est.ticks[rows]
         warm_at = np.where(ticks >= cfg.warmup_ticks, self.first_t[rows] + cfg.warmup_s, np.nan)
         if booked is not None:
-            warm_at = np.fmin(warm_at, np.where(booked & (ticks >= 1),
-                                                self.book_since[rows] + cfg.warmup_s, np.nan))
+            warm_at = np.fmin(
+                warm_at,
+                np.where(booked & (ticks >= 1), self.book_since[rows] + cfg.warmup_s, np.nan),
+            )
         gov = _take(self.gov, rows)
-        self.due_t[rows] = governor.next_change(gov, self.settings.governor, now, cond, warm_at,
-                                                rows)
+        self.due_t[rows] = governor.next_change(
+            gov, self.settings.governor, now, cond, warm_at, rows
+        )
         self.idle[rows] = gov.idle_at == now
 
     def render(self, rows: np.ndarray) -> list[dict[str, Any]]:
@@ -608,12 +688,21 @@ class Engine:
         leverage = g.leverage[rows]
         initial = np.stack([p, 1.0 - p], axis=1) / leverage
         ids = self.ids
-        return wire.param_sets(wire.SetRows(
-            markets=[ids[i] for i in rows.tolist()], version=g.version[rows],
-            mode=g.mode[rows], leverage=leverage, initial_margin=initial,
-            maintenance_margin=self.settings.model.maintenance_ratio * initial,
-            fee_hourly=g.fee[rows], slippage=g.slippage[rows],
-            valid_until=g.valid_until[rows], reasons=g.reasons[rows], inputs=inputs))
+        return wire.param_sets(
+            wire.SetRows(
+                markets=[ids[i] for i in rows.tolist()],
+                version=g.version[rows],
+                mode=g.mode[rows],
+                leverage=leverage,
+                initial_margin=initial,
+                maintenance_margin=self.settings.model.maintenance_ratio * initial,
+                fee_hourly=g.fee[rows],
+                slippage=g.slippage[rows],
+                valid_until=g.valid_until[rows],
+                reasons=g.reasons[rows],
+                inputs=inputs,
+            )
+        )
 
 
 class PublishedSets(Mapping[str, dict[str, Any]]):
@@ -649,10 +738,10 @@ def compile_kernels(settings: Settings) -> None:
     kernels' cache first: this is the daemon's start."""
     configure_cache()
     t0 = 1_700_000_000.0
-    engine = Engine(settings, {"warm-up": Market("warm-up", t0 + 86_400, t0 + 86_400)},
-                    discover=False)
-    engine.ingest([Tick("warm-up", t0, 0.5, 0.49, 0.51, 100.0),
-                   Tick("warm-up", t0 + 60.0, 0.52)])
+    engine = Engine(
+        settings, {"warm-up": Market("warm-up", t0 + 86_400, t0 + 86_400)}, discover=False
+    )
+    engine.ingest([Tick("warm-up", t0, 0.5, 0.49, 0.51, 100.0), Tick("warm-up", t0 + 60.0, 0.52)])
     engine.cycle(t0 + 60.0)
 
 
@@ -673,8 +762,9 @@ def tick_arrays(ticks: list[Tick]) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     return t, p, half_spread, depth
 
 
-_TS, _PRICE, _BID, _ASK, _DEPTH = (attrgetter(name) for name in
-                                   ("ts", "price", "bid", "ask", "depth"))
+_TS, _PRICE, _BID, _ASK, _DEPTH = (
+    attrgetter(name) for name in ("ts", "price", "bid", "ask", "depth")
+)
 _FIRST, _SECOND = itemgetter(0), itemgetter(1)
 
 

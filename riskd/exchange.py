@@ -35,8 +35,17 @@ MAX_ID_CHARS = 256
 MAX_UNKNOWN_LISTED = 100  # unknown markets named in an answer (all are counted)
 LATEST = parse_iso("9000-01-01T00:00:00Z")  # as_of is printed as a date
 # Every result of a request, the label values of riskd_exchange_state_total{result}.
-RESULTS = ("accepted", "disabled", "too_large", "bad_timestamp", "bad_signature",
-           "stale_timestamp", "bad_body", "unknown_instance", "replayed_seq")
+RESULTS = (
+    "accepted",
+    "disabled",
+    "too_large",
+    "bad_timestamp",
+    "bad_signature",
+    "stale_timestamp",
+    "bad_body",
+    "unknown_instance",
+    "replayed_seq",
+)
 
 Amount = Annotated[float, Field(ge=0.0, strict=True)]  # a JSON number, finite, >= 0
 Name = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS, strict=True)]
@@ -86,7 +95,8 @@ class _Body(BaseModel):
 
 
 _BOOK: TypeAdapter[dict[str, _Market]] = TypeAdapter(
-    Annotated[dict[Name, _Market], Field(max_length=MAX_MARKETS)])
+    Annotated[dict[Name, _Market], Field(max_length=MAX_MARKETS)]
+)
 
 
 def _bucket(key: str) -> float:
@@ -132,10 +142,14 @@ class ExchangeState:
 
     def as_dict(self) -> dict[str, Any]:
         """The body's shape (what `ExchangeStore.from_dict` reads back) plus `received`."""
-        return {"exchange": self.exchange, "seq": self.seq, "as_of": iso(self.as_of),
-                "insurance_fund": self.insurance_fund,
-                "open_interest": open_interest_dict(self.open_interest),
-                "received": self.received if math.isfinite(self.received) else None}
+        return {
+            "exchange": self.exchange,
+            "seq": self.seq,
+            "as_of": iso(self.as_of),
+            "insurance_fund": self.insurance_fund,
+            "open_interest": open_interest_dict(self.open_interest),
+            "received": self.received if math.isfinite(self.received) else None,
+        }
 
 
 def open_interest_dict(oi: Mapping[str, Mapping[str, SideBook]]) -> dict[str, Any]:
@@ -161,8 +175,14 @@ def _books(markets: Mapping[str, _Market]) -> dict[str, dict[str, SideBook]]:
 
 
 def _state(body: _Body, received: float) -> ExchangeState:
-    return ExchangeState(body.exchange, body.seq, parse_iso(body.as_of), received,
-                         body.insurance_fund + 0.0, _books(body.open_interest))
+    return ExchangeState(
+        body.exchange,
+        body.seq,
+        parse_iso(body.as_of),
+        received,
+        body.insurance_fund + 0.0,
+        _books(body.open_interest),
+    )
 
 
 def check_book(doc: Any) -> dict[str, dict[str, SideBook]]:
@@ -195,8 +215,9 @@ def refuse(status: int, reason: str, detail: str) -> Verdict:
     return Verdict(status, reason, {"accepted": False, "error": detail, "reason": reason})
 
 
-def _authenticate(secret: bytes, max_skew_s: float, headers: Mapping[str, str], raw: bytes,
-                  wall_now: float) -> Verdict | None:
+def _authenticate(
+    secret: bytes, max_skew_s: float, headers: Mapping[str, str], raw: bytes, wall_now: float
+) -> Verdict | None:
     """None if the request is signed with `secret` at a time within the skew."""
     ts = headers.get("X-Riskd-Timestamp", "")
     given = headers.get("X-Riskd-Signature", "")
@@ -204,7 +225,8 @@ def _authenticate(secret: bytes, max_skew_s: float, headers: Mapping[str, str], 
     if not (isinstance(ts, str) and ts.isascii() and ts.isdigit() and len(ts) <= 12):
         return refuse(401, "bad_timestamp", "X-Riskd-Timestamp must be unix seconds")
     if not isinstance(given, str) or not hmac.compare_digest(
-            sign(secret, ts, raw).encode(), given.encode(errors="replace")):
+        sign(secret, ts, raw).encode(), given.encode(errors="replace")
+    ):
         return refuse(401, "bad_signature", "bad signature")
     if abs(wall_now - int(ts)) > max_skew_s:
         return refuse(401, "stale_timestamp", f"timestamp outside +-{max_skew_s:g} s")
@@ -227,15 +249,23 @@ class ExchangeStore:
             return math.inf
         return max(0.0, now - self.state.received)
 
-    def receive(self, cfg: ExchangeSettings, headers: Mapping[str, str], raw: bytes,
-                wall_now: float, now: float, max_bytes: int,
-                known: Callable[[str], bool] = lambda market: True) -> Verdict:
+    def receive(
+        self,
+        cfg: ExchangeSettings,
+        headers: Mapping[str, str],
+        raw: bytes,
+        wall_now: float,
+        now: float,
+        max_bytes: int,
+        known: Callable[[str], bool] = lambda market: True,
+    ) -> Verdict:
         """One report: verify, check for replay, store; the verdict is the HTTP answer.
         `wall_now` judges the timestamp; `now` (the daemon clock) stamps the state."""
         secret = cfg.secret.get_secret_value()
         if not secret.strip():
-            return refuse(403, "disabled", "the exchange state endpoint is disabled: "
-                          "set [exchange] secret")
+            return refuse(
+                403, "disabled", "the exchange state endpoint is disabled: set [exchange] secret"
+            )
         if len(raw) > max_bytes:
             return refuse(413, "too_large", f"body over {max_bytes} bytes")
         refused = _authenticate(secret.encode(), cfg.max_skew_s, headers, raw, wall_now)
@@ -248,19 +278,30 @@ class ExchangeStore:
                 return refuse(413, "too_large", f"over the limits: {_describe(exc)}")
             return refuse(400, "bad_body", f"not an exchange state: {_describe(exc)}")
         if cfg.instance is not None and body.exchange != cfg.instance:
-            return refuse(403, "unknown_instance",
-                          f"exchange {body.exchange[:64]!r} is not accepted")
+            return refuse(
+                403, "unknown_instance", f"exchange {body.exchange[:64]!r} is not accepted"
+            )
         last = self.last_seq.get(body.exchange)
         if last is not None and body.seq <= last:
-            return refuse(409, "replayed_seq", f"seq {body.seq} is not above {last} "
-                          f"for {body.exchange[:64]!r}")
+            return refuse(
+                409,
+                "replayed_seq",
+                f"seq {body.seq} is not above {last} for {body.exchange[:64]!r}",
+            )
         # Only a whole, valid report moves anything.
         self.state = _state(body, now)
         self.last_seq[body.exchange] = body.seq
         unknown = sorted(m for m in self.state.open_interest if not known(m))
-        return Verdict(200, "accepted", {
-            "accepted": True, "markets": len(self.state.open_interest),
-            "unknown": unknown[:MAX_UNKNOWN_LISTED], "unknown_count": len(unknown)})
+        return Verdict(
+            200,
+            "accepted",
+            {
+                "accepted": True,
+                "markets": len(self.state.open_interest),
+                "unknown": unknown[:MAX_UNKNOWN_LISTED],
+                "unknown_count": len(unknown),
+            },
+        )
 
     def view(self, now: float, enabled: bool, max_age_s: float) -> dict[str, Any]:
         """`GET /v1/exchange/state`: the state, its age, no secret."""
@@ -269,9 +310,13 @@ class ExchangeStore:
         if state is not None:
             received = state.pop("received")
             state["received_at"] = iso(received) if received is not None else None
-        return {"enabled": enabled, "state": state,
-                "age_s": age if math.isfinite(age) else None,
-                "stale": not age <= max_age_s, "last_seq": dict(self.last_seq)}
+        return {
+            "enabled": enabled,
+            "state": state,
+            "age_s": age if math.isfinite(age) else None,
+            "stale": not age <= max_age_s,
+            "last_seq": dict(self.last_seq),
+        }
 
     # --- the snapshot -----------------------------------------------------------------
 
@@ -281,8 +326,10 @@ class ExchangeStore:
         return ExchangeStore(self.state, dict(self.last_seq))
 
     def as_dict(self) -> dict[str, Any]:
-        return {"state": self.state.as_dict() if self.state is not None else None,
-                "last_seq": dict(self.last_seq)}
+        return {
+            "state": self.state.as_dict() if self.state is not None else None,
+            "last_seq": dict(self.last_seq),
+        }
 
     @classmethod
     def from_dict(cls, doc: Any, with_state: bool = True) -> ExchangeStore:
@@ -292,7 +339,8 @@ class ExchangeStore:
             raise ValueError("not an object")
         last_seq = doc.get("last_seq", {})
         if not isinstance(last_seq, dict) or not all(
-                isinstance(k, str) and type(v) is int for k, v in last_seq.items()):
+            isinstance(k, str) and type(v) is int for k, v in last_seq.items()
+        ):
             raise ValueError("last_seq: not {exchange: int}")
         store = cls(None, dict(last_seq))
         saved = doc.get("state")
@@ -307,8 +355,7 @@ class ExchangeStore:
                 parsed = _Body.model_validate_json(orjson.dumps(body))
             except (ValidationError, TypeError) as exc:
                 raise ValueError(f"state: {exc}") from None
-            store.state = _state(parsed, float(received) if received is not None
-                                 else -math.inf)
+            store.state = _state(parsed, float(received) if received is not None else -math.inf)
         return store
 
 
@@ -331,10 +378,11 @@ def frame_request(text: str) -> tuple[dict[str, str], bytes] | None:
     ts, signature, body = (doc.get(k) for k in ("timestamp", "signature", "body"))
     if not (isinstance(ts, str) and isinstance(signature, str) and isinstance(body, str)):
         raise ValueError("timestamp, signature and body must be strings")
-    return ({"X-Riskd-Timestamp": ts, "X-Riskd-Signature": signature},
-            body.encode(errors="surrogatepass"))
+    return (
+        {"X-Riskd-Timestamp": ts, "X-Riskd-Signature": signature},
+        body.encode(errors="surrogatepass"),
+    )
 
 
 def reply_frame(verdict: Verdict) -> bytes:
-    return orjson.dumps({"type": REPLY_TYPE, "status": verdict.status,
-                         "answer": verdict.body})
+    return orjson.dumps({"type": REPLY_TYPE, "status": verdict.status, "answer": verdict.body})

@@ -77,9 +77,14 @@ def _estimator(engine: Engine, i: int) -> dict[str, Any]:
 
 def _inputs(engine: Engine, inp: RiskInputs, i: int) -> dict[str, Any]:
     return {
-        "p": _num(inp.p[0]), "tau_s": _num(inp.tau[0]), "sigma": _num(inp.sigma[0]),
-        "lambda": _num(inp.lam[0]), "J": _num(inp.J[0]), "gap_s": _num(inp.gap[0]),
-        "h_s": _num(inp.h[0]), "half_spread": _num(inp.half_spread[0]),
+        "p": _num(inp.p[0]),
+        "tau_s": _num(inp.tau[0]),
+        "sigma": _num(inp.sigma[0]),
+        "lambda": _num(inp.lam[0]),
+        "J": _num(inp.J[0]),
+        "gap_s": _num(inp.gap[0]),
+        "h_s": _num(inp.h[0]),
+        "half_spread": _num(inp.half_spread[0]),
         # Liquidity (docs/model.md section 4): the depth used, the horizon without the
         # book's share, and what set h.
         "depth": _num(inp.depth[0]) if inp.depth is not None else None,
@@ -94,10 +99,13 @@ def _freshness(engine: Engine, idx: np.ndarray) -> dict[str, Any]:
     return {
         "confirmed_at": _time(confirmed[0]),
         "live_book": bool(booked[0]) if booked is not None else False,
-        "rule": ("a book held on a live connection: confirmed by every sign of the "
-                 "connection's life" if booked is not None and booked[0] else
-                 "confirmed by messages about the market" if engine.link[idx[0]] >= 0 else
-                 "a tape: each row confirms the price"),
+        "rule": (
+            "a book held on a live connection: confirmed by every sign of the connection's life"
+            if booked is not None and booked[0]
+            else "confirmed by messages about the market"
+            if engine.link[idx[0]] >= 0
+            else "a tape: each row confirms the price"
+        ),
     }
 
 
@@ -113,24 +121,27 @@ def _model(tg: Targets) -> dict[str, Any]:
             "fee_rate_hourly": _num(tg.fee_rate_hourly[0, s]),
         }
         if tg.es_by_group is not None and tg.fee_by_group is not None:
-            entry["margin_by_group"] = {name: _num(tg.es_by_group[0, s, k])
-                                        for k, name in enumerate(GROUP_NAMES)}
-            entry["fee_by_group"] = {name: _num(tg.fee_by_group[0, s, k])
-                                     for k, name in enumerate(GROUP_NAMES)}
+            entry["margin_by_group"] = {
+                name: _num(tg.es_by_group[0, s, k]) for k, name in enumerate(GROUP_NAMES)
+            }
+            entry["fee_by_group"] = {
+                name: _num(tg.fee_by_group[0, s, k]) for k, name in enumerate(GROUP_NAMES)
+            }
         sides[side] = entry
     return {
         "q_resolution_within_h": _num(tg.q[0]),
         "max_slippage": _num(tg.max_slippage[0]),
         "reasons": reason_names(int(tg.reasons[0])),
         "sides": sides,
-        "note": ("targets before the governor; margin_by_group splits the expected "
-                 "shortfall by scenario group (resolution, news jump, diffusion), "
-                 "fee_by_group the lender's premium before the fee floor"),
+        "note": (
+            "targets before the governor; margin_by_group splits the expected "
+            "shortfall by scenario group (resolution, news jump, diffusion), "
+            "fee_by_group the lender's premium before the fee floor"
+        ),
     }
 
 
-def _governor(engine: Engine, i: int, now: float, target_lev: np.ndarray | None
-              ) -> dict[str, Any]:
+def _governor(engine: Engine, i: int, now: float, target_lev: np.ndarray | None) -> dict[str, Any]:
     gcfg = engine.settings.governor
     est, g = engine.est, engine.gov
     last_tick, last_jump = float(est.t[i]), float(est.last_jump_t[i])
@@ -149,15 +160,21 @@ def _governor(engine: Engine, i: int, now: float, target_lev: np.ndarray | None
         "valid_until": _time(g.valid_until[i]),
         "last_change_at": _time(g.changed_at[i]),
         "reasons": reason_names(int(g.reasons[i])),
-        "stale": {"active": not (since_tick < gcfg.stale_after_s),
-                  "since_last_tick_s": _num(since_tick), "after_s": gcfg.stale_after_s},
+        "stale": {
+            "active": not (since_tick < gcfg.stale_after_s),
+            "since_last_tick_s": _num(since_tick),
+            "after_s": gcfg.stale_after_s,
+        },
         "warming_up": not bool(cond.warm[0]),
-        "jump_cooldown": {"active": bool(since_jump < gcfg.jump_cooldown_s),
-                          "until": _time(cooldown_until)},
-        "halt": {"active": bool(since_jump < gcfg.halt_after_jump_s),
-                 "until": _time(halt_until) if gcfg.halt_after_jump_s > 0 else None},
-        "freeze": {"active": bool(now >= freeze_from and not resolved),
-                   "from": _time(freeze_from)},
+        "jump_cooldown": {
+            "active": bool(since_jump < gcfg.jump_cooldown_s),
+            "until": _time(cooldown_until),
+        },
+        "halt": {
+            "active": bool(since_jump < gcfg.halt_after_jump_s),
+            "until": _time(halt_until) if gcfg.halt_after_jump_s > 0 else None,
+        },
+        "freeze": {"active": bool(now >= freeze_from and not resolved), "from": _time(freeze_from)},
         "resolved": bool(resolved),
         "override": None,
     }
@@ -178,13 +195,17 @@ def _governor(engine: Engine, i: int, now: float, target_lev: np.ndarray | None
                     "target_max_leverage": _num(target),
                     "next_step_max_leverage": _num(step),
                     "next_step_not_before": _time(anchor + gcfg.loosen_interval_s)
-                    if math.isfinite(anchor) else None,
+                    if math.isfinite(anchor)
+                    else None,
                     # A step smaller than the deadband is not published on its own.
                     "held_by_deadband": step / published - 1.0 < gcfg.deadband,
                 }
     out["pending_loosening"] = pending or None
-    out["loosening"] = {"max_step": gcfg.max_loosen_step, "interval_s": gcfg.loosen_interval_s,
-                        "deadband": gcfg.deadband}
+    out["loosening"] = {
+        "max_step": gcfg.max_loosen_step,
+        "interval_s": gcfg.loosen_interval_s,
+        "deadband": gcfg.deadband,
+    }
     return out
 
 
@@ -197,10 +218,12 @@ def format_text(doc: dict[str, Any]) -> str:
     pub = doc.get("published")
     if pub:
         lev, fee = pub["max_leverage"], pub["fee_rate_hourly"]
-        lines.append(f"published v{pub['version']}: mode {pub['mode']}, max leverage "
-                     f"long {lev['long']}x / short {lev['short']}x, fee/h long "
-                     f"{fee['long']:.3g} / short {fee['short']:.3g}, max slippage "
-                     f"{pub['max_slippage']:.3g}, valid until {pub['valid_until']}")
+        lines.append(
+            f"published v{pub['version']}: mode {pub['mode']}, max leverage "
+            f"long {lev['long']}x / short {lev['short']}x, fee/h long "
+            f"{fee['long']:.3g} / short {fee['short']:.3g}, max slippage "
+            f"{pub['max_slippage']:.3g}, valid until {pub['valid_until']}"
+        )
         lines.append(f"  reasons: {', '.join(pub['reasons']) or 'none'}")
     else:
         lines.append("published: nothing yet")
@@ -208,8 +231,10 @@ def format_text(doc: dict[str, Any]) -> str:
     if inp:
         lines.append("inputs: " + ", ".join(f"{k} {_fmt(v)}" for k, v in inp.items()))
     e = doc["estimator"]
-    lines.append(f"estimator: {e['ticks']} ticks, {e['jumps']} jumps, last tick "
-                 f"{e['last_tick_at']}, last jump {e['last_jump_at']}")
+    lines.append(
+        f"estimator: {e['ticks']} ticks, {e['jumps']} jumps, last tick "
+        f"{e['last_tick_at']}, last jump {e['last_jump_at']}"
+    )
     if doc.get("model"):
         lines += _model_lines(doc["model"])
     lines += _governor_lines(doc["governor"])
@@ -218,49 +243,58 @@ def format_text(doc: dict[str, Any]) -> str:
 
 def _model_lines(model: dict[str, Any]) -> list[str]:
     """The model's targets: a summary line, then a table of the sides."""
-    lines = [f"model (before the governor): q(resolution within h) "
-             f"{_fmt(model['q_resolution_within_h'])}, max slippage "
-             f"{_fmt(model['max_slippage'])}, reasons "
-             f"{', '.join(model['reasons']) or 'none'}"]
-    lines.append(f"  {'side':<6} {'lev':>7} {'margin':>9} {'ES':>9}  "
-                 + "  ".join(f"{g + ' ES':>14}" for g in GROUP_NAMES)
-                 + f"  {'fee/h':>10}  " + "  ".join(f"{g + ' fee':>15}" for g in GROUP_NAMES))
+    lines = [
+        f"model (before the governor): q(resolution within h) "
+        f"{_fmt(model['q_resolution_within_h'])}, max slippage "
+        f"{_fmt(model['max_slippage'])}, reasons "
+        f"{', '.join(model['reasons']) or 'none'}"
+    ]
+    lines.append(
+        f"  {'side':<6} {'lev':>7} {'margin':>9} {'ES':>9}  "
+        + "  ".join(f"{g + ' ES':>14}" for g in GROUP_NAMES)
+        + f"  {'fee/h':>10}  "
+        + "  ".join(f"{g + ' fee':>15}" for g in GROUP_NAMES)
+    )
     for side, s in model["sides"].items():
-        row = (f"  {side:<6} {_fmt(s['max_leverage']):>7} {_fmt(s['initial_margin']):>9} "
-               f"{_fmt(s['expected_shortfall']):>9}  ")
-        row += "  ".join(f"{_fmt(s.get('margin_by_group', {}).get(g)):>14}"
-                         for g in GROUP_NAMES)
+        row = (
+            f"  {side:<6} {_fmt(s['max_leverage']):>7} {_fmt(s['initial_margin']):>9} "
+            f"{_fmt(s['expected_shortfall']):>9}  "
+        )
+        row += "  ".join(f"{_fmt(s.get('margin_by_group', {}).get(g)):>14}" for g in GROUP_NAMES)
         row += f"  {_fmt(s['fee_rate_hourly']):>10}  "
-        row += "  ".join(f"{_fmt(s.get('fee_by_group', {}).get(g)):>15}"
-                         for g in GROUP_NAMES)
+        row += "  ".join(f"{_fmt(s.get('fee_by_group', {}).get(g)):>15}" for g in GROUP_NAMES)
         lines.append(row)
     return lines
 
 
 def _governor_lines(gov: dict[str, Any]) -> list[str]:
     """The governor: what is active, then what waits (cool-down, freeze, loosening)."""
-    active = [name for name in ("stale", "jump_cooldown", "halt", "freeze")
-              if gov[name]["active"]]
+    active = [name for name in ("stale", "jump_cooldown", "halt", "freeze") if gov[name]["active"]]
     if gov["warming_up"]:
         active.append("warming_up")
     if gov["resolved"]:
         active.append("resolved")
-    lines = [f"governor: v{gov['version']} mode {gov['mode']}, active: "
-             f"{', '.join(active) or 'nothing'}"]
+    lines = [
+        f"governor: v{gov['version']} mode {gov['mode']}, active: {', '.join(active) or 'nothing'}"
+    ]
     if gov["jump_cooldown"]["active"]:
         lines.append(f"  jump cool-down until {gov['jump_cooldown']['until']}")
     if gov["freeze"]["from"]:
         lines.append(f"  resolution freeze from {gov['freeze']['from']}")
     for side, p in (gov.get("pending_loosening") or {}).items():
         held = " (under the deadband: held)" if p["held_by_deadband"] else ""
-        lines.append(f"  pending loosening {side}: {_fmt(p['published_max_leverage'])}x -> "
-                     f"target {_fmt(p['target_max_leverage'])}x, next step "
-                     f"{_fmt(p['next_step_max_leverage'])}x not before "
-                     f"{p['next_step_not_before']}{held}")
+        lines.append(
+            f"  pending loosening {side}: {_fmt(p['published_max_leverage'])}x -> "
+            f"target {_fmt(p['target_max_leverage'])}x, next step "
+            f"{_fmt(p['next_step_max_leverage'])}x not before "
+            f"{p['next_step_not_before']}{held}"
+        )
     if gov.get("override"):
         o = gov["override"]
-        lines.append(f"  override: mode {o['mode']}, max leverage {o['max_leverage']}, "
-                     f"loosen {o['loosen']}, by {o['actor'] or '?'}: {o['note'] or '-'}")
+        lines.append(
+            f"  override: mode {o['mode']}, max leverage {o['max_leverage']}, "
+            f"loosen {o['loosen']}, by {o['actor'] or '?'}: {o['note'] or '-'}"
+        )
     return lines
 
 
@@ -279,9 +313,11 @@ def _horizon_reason(engine: Engine, inp: RiskInputs, i: int) -> str:
     h0 = h if inp.h0 is None else float(inp.h0[0])
     depth = math.nan if inp.depth is None else float(inp.depth[0])
     if h > h0:
-        return (f"a thin book: {depth:g} shares within max_slippage of the mid, against a "
-                f"reference position of {float(engine.notional[i]):g} (book_ratio > 1): "
-                f"the rest waits for the book to refill (book_refill_s each)")
+        return (
+            f"a thin book: {depth:g} shares within max_slippage of the mid, against a "
+            f"reference position of {float(engine.notional[i]):g} (book_ratio > 1): "
+            f"the rest waits for the book to refill (book_refill_s each)"
+        )
     if h > cfg.liquidation_horizon_s:
         return "sparse prices: k_liquidity times the gap between confirmations"
     if math.isfinite(depth):

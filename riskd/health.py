@@ -17,8 +17,14 @@ def alive(last_cycle: float, publish_interval_s: float) -> tuple[bool, str]:
     return idle < max(5.0, 5 * publish_interval_s), f"last cycle {idle:.1f}s ago"
 
 
-def not_ready(now: float, governor: GovernorSettings, feeds: list[Feed], engine: Engine,
-              published: bool, publishers: list[Publisher]) -> list[str]:
+def not_ready(
+    now: float,
+    governor: GovernorSettings,
+    feeds: list[Feed],
+    engine: Engine,
+    published: bool,
+    publishers: list[Publisher],
+) -> list[str]:
     """Why the daemon is not ready (none: ready), apart from its failed tasks."""
     reasons = []
     live = [f for f in feeds if isinstance(f, LivenessSource)]
@@ -30,8 +36,9 @@ def not_ready(now: float, governor: GovernorSettings, feeds: list[Feed], engine:
         # (down; or silent, or none of its markets confirmed, for stale_after_s).
         if not feed.connected:
             reasons.append(f"feed_down:{feed.venue}")
-        elif not (now - feed.heard_at < stale_after) or \
-                not engine.fresh_on(feed.sessions(), now, stale_after):
+        elif not (now - feed.heard_at < stale_after) or not engine.fresh_on(
+            feed.sessions(), now, stale_after
+        ):
             reasons.append(f"feed_stale:{feed.venue}")
     if not published:
         reasons.append("nothing_published")

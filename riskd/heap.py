@@ -17,7 +17,8 @@ from collections.abc import Callable
 def _malloc_trim() -> Callable[[int], int] | None:
     try:
         fn: Callable[[int], int] = ctypes.CDLL(
-            ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+            ctypes.util.find_library("c") or "libc.so.6"
+        ).malloc_trim
         return fn
     except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to hand back
         return None

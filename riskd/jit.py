@@ -54,8 +54,11 @@ def cache_dir() -> Path | None:
         xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     except RuntimeError:  # no home directory
         xdg = ""
-    bases = [os.environ.get("NUMBA_CACHE_DIR"), xdg and str(Path(xdg) / "riskd"),
-             str(Path(tempfile.gettempdir()) / f"riskd-{os.getuid()}")]
+    bases = [
+        os.environ.get("NUMBA_CACHE_DIR"),
+        xdg and str(Path(xdg) / "riskd"),
+        str(Path(tempfile.gettempdir()) / f"riskd-{os.getuid()}"),
+    ]
     tag = f"numba-{numba.__version__}-{_sources_hash()}"
     for base in bases:
         if base and _writable(Path(base) / tag):

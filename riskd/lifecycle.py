@@ -63,8 +63,7 @@ class Lifecycle:
             log.info("%s: draining", signame, extra={"reason": signame})
             self.daemon.stop.set()
         elif self._signals == 2:
-            log.warning("second %s: cutting the drain short", signame,
-                        extra={"reason": signame})
+            log.warning("second %s: cutting the drain short", signame, extra={"reason": signame})
             self.hurry.set()
         else:  # the shutdown itself is stuck
             log.warning("third %s: exiting now", signame)
@@ -79,8 +78,9 @@ class Lifecycle:
         try:
             runner = await serve(self.daemon)
         except OSError as exc:  # port taken, address not local: the config's to fix
-            raise ConfigError(f"server.port: cannot listen on {cfg.host}:{cfg.port}: "
-                              f"{exc.strerror or exc}") from None
+            raise ConfigError(
+                f"server.port: cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}"
+            ) from None
         log.info("API on http://%s:%d", cfg.host, runner.addresses[0][1])
         return runner
 
@@ -126,8 +126,7 @@ class Lifecycle:
 
     # --- shutdown -------------------------------------------------------------------
 
-    async def _shutdown(self, runner: web.AppRunner | None,
-                        tasks: list[asyncio.Task[Any]]) -> int:
+    async def _shutdown(self, runner: web.AppRunner | None, tasks: list[asyncio.Task[Any]]) -> int:
         daemon, sup = self.daemon, self.daemon.supervisor
         await sup.close()
         for task in tasks:
@@ -141,8 +140,11 @@ class Lifecycle:
         if runner is not None:
             await runner.cleanup()
         if sup.fatal is not None:
-            log.error("stopped after task %s failed: exit 1", sup.fatal.task,
-                      extra={"task": sup.fatal.task, "reason": "task_failed"})
+            log.error(
+                "stopped after task %s failed: exit 1",
+                sup.fatal.task,
+                extra={"task": sup.fatal.task, "reason": "task_failed"},
+            )
             return 1
         if self.hurry.is_set():
             log.warning("stopped with the drain cut short: exit 1")
@@ -155,7 +157,8 @@ class Lifecycle:
         the stream's time), until the deadline or a second signal."""
         deadline = self.daemon.settings.server.shutdown_deadline_s
         drain: asyncio.Future[Any] = asyncio.gather(
-            *(pub.drain(deadline) for pub in self.daemon.publishers))
+            *(pub.drain(deadline) for pub in self.daemon.publishers)
+        )
         hurry: asyncio.Future[Any] = asyncio.ensure_future(self.hurry.wait())
         await asyncio.wait({drain, hurry}, return_when=asyncio.FIRST_COMPLETED)
         for waiting in (drain, hurry):

@@ -11,8 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-__all__ = ["LIMIT_KEYS", "RELATIONS", "Market", "MarketsError", "load_markets",
-           "parse_markets"]
+__all__ = ["LIMIT_KEYS", "RELATIONS", "Market", "MarketsError", "load_markets", "parse_markets"]
 
 LIMIT_KEYS = ("max_leverage", "max_slippage", "fee_floor_hourly")
 # How a market's YES relates to its group's event (docs/model.md section 10).
@@ -157,8 +156,10 @@ class MarketEntry(_Limits):
         # Both or neither: a group without a relation would guess the direction of the
         # market's loss on the group's event; a relation without a group has no event.
         if self.group is not None and self.relation is None:
-            raise ValueError(f"key 'relation': required with group {self.group!r} "
-                             f"(one of {', '.join(RELATIONS)})")
+            raise ValueError(
+                f"key 'relation': required with group {self.group!r} "
+                f"(one of {', '.join(RELATIONS)})"
+            )
         if self.group is None and self.relation is not None:
             raise ValueError("key 'relation': given without 'group'")
         return Market(

@@ -25,17 +25,42 @@ if TYPE_CHECKING:
 # exist at 0 from its start, so `rate()` in the dashboard and the alerts reads 0, not
 # "no data".
 REJECT_REASONS = (
-    "bad_json", "bad_message", "bad_number", "bad_price", "bad_size", "bad_timestamp",
-    "bad_tick_size", "crossed_book", "future_ts", "out_of_order", "unknown_asset",
-    "unknown_event", "unknown_ticker", "venue_error", "seq_gap", "decode_error",
-    "message_too_big", "metadata_unavailable", "metadata_bad_entry", "bad_ts",
-    "bad_bid_ask", "bad_depth", "bad_market", "unknown_market", "discover_limit",
+    "bad_json",
+    "bad_message",
+    "bad_number",
+    "bad_price",
+    "bad_size",
+    "bad_timestamp",
+    "bad_tick_size",
+    "crossed_book",
+    "future_ts",
+    "out_of_order",
+    "unknown_asset",
+    "unknown_event",
+    "unknown_ticker",
+    "venue_error",
+    "seq_gap",
+    "decode_error",
+    "message_too_big",
+    "metadata_unavailable",
+    "metadata_bad_entry",
+    "bad_ts",
+    "bad_bid_ask",
+    "bad_depth",
+    "bad_market",
+    "unknown_market",
+    "discover_limit",
 )
 # Publish results by publisher: the same, for `riskd_publishes_total`.
 PUBLISH_RESULTS = ("ok", "retry", "rejected", "error", "slow_consumer")
 # riskd_api_refused_total{reason}: every reason is exported from the start.
-API_REFUSALS = ("max_connections", "header_timeout", "header_too_large", "bad_request",
-                "body_too_large")
+API_REFUSALS = (
+    "max_connections",
+    "header_timeout",
+    "header_too_large",
+    "bad_request",
+    "body_too_large",
+)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -50,8 +75,9 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
-        self.build_info = Gauge("riskd_build_info", "riskd build; the value is always 1",
-                                ["version"], registry=registry)
+        self.build_info = Gauge(
+            "riskd_build_info", "riskd build; the value is always 1", ["version"], registry=registry
+        )
         self.build_info.labels(__version__).set(1)
         ProcessCollector(registry=registry)  # process_start_time_seconds, memory, CPU
         # Defined in this order: the order of /metrics.
@@ -65,63 +91,108 @@ class Metrics:
     def _define_feed_metrics(self, registry: CollectorRegistry) -> None:
         """Per venue: what its feed delivered, rejected, and how it is connected."""
         self.ticks = Counter("riskd_ticks", "Ticks accepted", ["venue"], registry=registry)
-        self.rejected = Counter("riskd_ticks_rejected", "Ticks rejected", ["venue", "reason"],
-                                registry=registry)
-        self.feed_connected = Gauge("riskd_feed_connected", "1 while the feed is connected "
-                                    "(a replay: while its tape is being played)",
-                                    ["venue"], registry=registry)
-        self.feed_lag = Gauge("riskd_feed_lag_seconds", "Daemon clock at receipt minus event "
-                              "time of the latest tick (a replay's clock is event time)",
-                              ["venue"], registry=registry)
-        self.feed_last = Gauge("riskd_feed_last_message_timestamp_seconds",
-                               "Wall-clock time of the venue's last sign of life: any frame "
-                               "or heartbeat on a live feed (a quiet book sends no ticks), the "
-                               "latest accepted ticks on a replay", ["venue"], registry=registry)
-        self.reconnects = Counter("riskd_feed_reconnects", "Feed reconnections", ["venue"],
-                                  registry=registry)
+        self.rejected = Counter(
+            "riskd_ticks_rejected", "Ticks rejected", ["venue", "reason"], registry=registry
+        )
+        self.feed_connected = Gauge(
+            "riskd_feed_connected",
+            "1 while the feed is connected (a replay: while its tape is being played)",
+            ["venue"],
+            registry=registry,
+        )
+        self.feed_lag = Gauge(
+            "riskd_feed_lag_seconds",
+            "Daemon clock at receipt minus event "
+            "time of the latest tick (a replay's clock is event time)",
+            ["venue"],
+            registry=registry,
+        )
+        self.feed_last = Gauge(
+            "riskd_feed_last_message_timestamp_seconds",
+            "Wall-clock time of the venue's last sign of life: any frame "
+            "or heartbeat on a live feed (a quiet book sends no ticks), the "
+            "latest accepted ticks on a replay",
+            ["venue"],
+            registry=registry,
+        )
+        self.reconnects = Counter(
+            "riskd_feed_reconnects", "Feed reconnections", ["venue"], registry=registry
+        )
 
     def _define_publish_metrics(self, registry: CollectorRegistry) -> None:
         """Per publisher: attempts, latency, the breaker; and a tick's way to publish."""
-        self.publishes = Counter("riskd_publishes", "Publish attempts", ["publisher", "result"],
-                                 registry=registry)
-        self.publish_latency = Histogram("riskd_publish_latency_seconds", "Publish latency",
-                                         ["publisher"], buckets=LATENCY_BUCKETS,
-                                         registry=registry)
-        self.circuit_open = Gauge("riskd_publisher_circuit_open",
-                                  "1 while the publisher's circuit breaker is open",
-                                  ["publisher"], registry=registry)
-        self.tick_to_publish = Histogram("riskd_tick_to_publish_seconds",
-                                         "Tick receive to publish of its effect",
-                                         buckets=LATENCY_BUCKETS, registry=registry)
+        self.publishes = Counter(
+            "riskd_publishes", "Publish attempts", ["publisher", "result"], registry=registry
+        )
+        self.publish_latency = Histogram(
+            "riskd_publish_latency_seconds",
+            "Publish latency",
+            ["publisher"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.circuit_open = Gauge(
+            "riskd_publisher_circuit_open",
+            "1 while the publisher's circuit breaker is open",
+            ["publisher"],
+            registry=registry,
+        )
+        self.tick_to_publish = Histogram(
+            "riskd_tick_to_publish_seconds",
+            "Tick receive to publish of its effect",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
 
     def _define_daemon_metrics(self, registry: CollectorRegistry) -> None:
         """The daemon's own work: cycles, reloads, snapshots, the API, its tasks."""
-        self.cycle = Histogram("riskd_cycle_seconds", "Model + governor cycle time",
-                               buckets=LATENCY_BUCKETS, registry=registry)
+        self.cycle = Histogram(
+            "riskd_cycle_seconds",
+            "Model + governor cycle time",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
         self.markets = Gauge("riskd_markets", "Markets tracked", registry=registry)
-        self.reloads = Counter("riskd_config_reloads", "Config reloads", ["result"],
-                               registry=registry)
-        self.last_publish = Gauge("riskd_last_publish_timestamp_seconds",
-                                  "Daemon-clock time of the latest published batch",
-                                  registry=registry)
-        self.snapshot_failures = Counter("riskd_snapshot_failures",
-                                         "State snapshots that could not be written",
-                                         registry=registry)
-        self.last_snapshot = Gauge("riskd_last_snapshot_timestamp_seconds",
-                                   "Wall-clock time of the latest state snapshot written; "
-                                   "0 before the first", registry=registry)
-        self.api_refused = Counter("riskd_api_refused", "API connections and requests "
-                                   "refused by the server's limits ([server])", ["reason"],
-                                   registry=registry)
+        self.reloads = Counter(
+            "riskd_config_reloads", "Config reloads", ["result"], registry=registry
+        )
+        self.last_publish = Gauge(
+            "riskd_last_publish_timestamp_seconds",
+            "Daemon-clock time of the latest published batch",
+            registry=registry,
+        )
+        self.snapshot_failures = Counter(
+            "riskd_snapshot_failures",
+            "State snapshots that could not be written",
+            registry=registry,
+        )
+        self.last_snapshot = Gauge(
+            "riskd_last_snapshot_timestamp_seconds",
+            "Wall-clock time of the latest state snapshot written; 0 before the first",
+            registry=registry,
+        )
+        self.api_refused = Counter(
+            "riskd_api_refused",
+            "API connections and requests refused by the server's limits ([server])",
+            ["reason"],
+            registry=registry,
+        )
         for reason in API_REFUSALS:
             self.api_refused.labels(reason)
-        self.api_connections = Gauge("riskd_api_connections", "Open API connections",
-                                     registry=registry)
-        self.task_failures = Counter("riskd_task_failures", "Background tasks that ended "
-                                     "unexpectedly (each is logged and restarted, or the "
-                                     "daemon exits 1)", ["task"], registry=registry)
-        self.task_running = Gauge("riskd_task_running", "1 while the background task runs",
-                                  ["task"], registry=registry)
+        self.api_connections = Gauge(
+            "riskd_api_connections", "Open API connections", registry=registry
+        )
+        self.task_failures = Counter(
+            "riskd_task_failures",
+            "Background tasks that ended "
+            "unexpectedly (each is logged and restarted, or the "
+            "daemon exits 1)",
+            ["task"],
+            registry=registry,
+        )
+        self.task_running = Gauge(
+            "riskd_task_running", "1 while the background task runs", ["task"], registry=registry
+        )
 
     # --- feed ---------------------------------------------------------------
 
@@ -145,8 +216,15 @@ class Metrics:
             self._last_heard[venue] = wall_time
             self._feed(venue).last.set(wall_time)
 
-    def feed_batch(self, venue: str, accepted: int, rejected: dict[str, int],
-                   received: float, latest_event: float, now: float) -> None:
+    def feed_batch(
+        self,
+        venue: str,
+        accepted: int,
+        rejected: dict[str, int],
+        received: float,
+        latest_event: float,
+        now: float,
+    ) -> None:
         """One batch from the feed (never called per tick): counts, arrival, lag."""
         children = self._feed(venue)
         for reason, n in rejected.items():
@@ -161,8 +239,12 @@ class Metrics:
     def _feed(self, venue: str) -> _FeedChildren:
         children = self._feeds.get(venue)
         if children is None:  # label lookups once per venue, not per batch
-            children = _FeedChildren(self.ticks.labels(venue), self.feed_connected.labels(venue),
-                                     self.feed_lag.labels(venue), self.feed_last.labels(venue))
+            children = _FeedChildren(
+                self.ticks.labels(venue),
+                self.feed_connected.labels(venue),
+                self.feed_lag.labels(venue),
+                self.feed_last.labels(venue),
+            )
             self.reconnects.labels(venue)
             for reason in REJECT_REASONS:
                 self.rejected.labels(venue, reason)
@@ -222,21 +304,28 @@ class Metrics:
     def watch_exchange(self, age: Callable[[], float]) -> None:
         """The exchange state's series: its age (daemon clock, read at scrape time; +Inf
         while there is none) and the reports by result, every result at 0 from the start."""
-        gauge = Gauge("riskd_exchange_state_age_seconds", "Daemon-clock seconds since the "
-                      "exchange's latest accepted state arrived; +Inf without one",
-                      registry=self.registry)
+        gauge = Gauge(
+            "riskd_exchange_state_age_seconds",
+            "Daemon-clock seconds since the "
+            "exchange's latest accepted state arrived; +Inf without one",
+            registry=self.registry,
+        )
         gauge.set_function(age)
-        self.exchange_reports = Counter("riskd_exchange_state", "Exchange state reports, by "
-                                        "result: accepted or the reason refused", ["result"],
-                                        registry=self.registry)
+        self.exchange_reports = Counter(
+            "riskd_exchange_state",
+            "Exchange state reports, by result: accepted or the reason refused",
+            ["result"],
+            registry=self.registry,
+        )
         for result in EXCHANGE_RESULTS:
             self.exchange_reports.labels(result)
 
     def exchange_result(self, result: str) -> None:
         self.exchange_reports.labels(result).inc()
 
-    def watch(self, engine: Engine, max_series: int,
-              clock: Callable[[], float] | None = None) -> None:
+    def watch(
+        self, engine: Engine, max_series: int, clock: Callable[[], float] | None = None
+    ) -> None:
         """Export the engine's markets at scrape time, their inputs at `clock()` (the
         daemon clock, as the governor sees it); without a clock, at the latest tick."""
         self.registry.register(EngineCollector(engine, max_series, clock))
@@ -258,8 +347,9 @@ class EngineCollector(Collector):
     against are exported here too, so they follow a SIGHUP reload.
     """
 
-    def __init__(self, engine: Engine, max_series: int,
-                 clock: Callable[[], float] | None = None) -> None:
+    def __init__(
+        self, engine: Engine, max_series: int, clock: Callable[[], float] | None = None
+    ) -> None:
         self.engine = engine
         self.max_series = max_series
         self.clock = clock
@@ -267,37 +357,55 @@ class EngineCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         e = self.engine
         n = min(len(e), self.max_series)
-        yield _gauge("riskd_market_series_limit",
-                     "[server] max_market_series: markets whose series are exported",
-                     float(self.max_series))
-        yield _gauge("riskd_market_series_dropped",
-                     "Markets beyond [server] max_market_series, whose series are not exported",
-                     float(len(e) - n))
+        yield _gauge(
+            "riskd_market_series_limit",
+            "[server] max_market_series: markets whose series are exported",
+            float(self.max_series),
+        )
+        yield _gauge(
+            "riskd_market_series_dropped",
+            "Markets beyond [server] max_market_series, whose series are not exported",
+            float(len(e) - n),
+        )
         cfg = e.settings
-        yield _gauge("riskd_governor_stale_after_seconds",
-                     "[governor] stale_after_s: a market without a tick this long is stale",
-                     cfg.governor.stale_after_s)
-        yield _gauge("riskd_governor_freeze_before_resolution_seconds",
-                     "[governor] freeze_before_resolution_s: 1x this long before the event",
-                     cfg.governor.freeze_before_resolution_s)
-        yield _gauge("riskd_snapshot_interval_seconds",
-                     "[state] snapshot_interval_s", cfg.state.snapshot_interval_s)
-        lev = GaugeMetricFamily("riskd_max_leverage", "Published max leverage",
-                                labels=["market", "side"])
-        fee = GaugeMetricFamily("riskd_fee_rate_hourly", "Published borrow fee per hour",
-                                labels=["market", "side"])
-        slip = GaugeMetricFamily("riskd_max_slippage", "Published max slippage",
-                                 labels=["market"])
+        yield _gauge(
+            "riskd_governor_stale_after_seconds",
+            "[governor] stale_after_s: a market without a tick this long is stale",
+            cfg.governor.stale_after_s,
+        )
+        yield _gauge(
+            "riskd_governor_freeze_before_resolution_seconds",
+            "[governor] freeze_before_resolution_s: 1x this long before the event",
+            cfg.governor.freeze_before_resolution_s,
+        )
+        yield _gauge(
+            "riskd_snapshot_interval_seconds",
+            "[state] snapshot_interval_s",
+            cfg.state.snapshot_interval_s,
+        )
+        lev = GaugeMetricFamily(
+            "riskd_max_leverage", "Published max leverage", labels=["market", "side"]
+        )
+        fee = GaugeMetricFamily(
+            "riskd_fee_rate_hourly", "Published borrow fee per hour", labels=["market", "side"]
+        )
+        slip = GaugeMetricFamily("riskd_max_slippage", "Published max slippage", labels=["market"])
         prob = GaugeMetricFamily("riskd_probability", "YES probability", labels=["market"])
-        tau = GaugeMetricFamily("riskd_time_to_resolution_seconds",
-                                "Seconds to the decisive event", labels=["market"])
-        vol = GaugeMetricFamily("riskd_belief_volatility",
-                                "Belief volatility, logit per sqrt(second)", labels=["market"])
-        lam = GaugeMetricFamily("riskd_jump_intensity", "Jump intensity per second",
-                                labels=["market"])
+        tau = GaugeMetricFamily(
+            "riskd_time_to_resolution_seconds", "Seconds to the decisive event", labels=["market"]
+        )
+        vol = GaugeMetricFamily(
+            "riskd_belief_volatility",
+            "Belief volatility, logit per sqrt(second)",
+            labels=["market"],
+        )
+        lam = GaugeMetricFamily(
+            "riskd_jump_intensity", "Jump intensity per second", labels=["market"]
+        )
         jumps = CounterMetricFamily("riskd_jumps_detected", "Jumps detected", labels=["market"])
-        mode = GaugeMetricFamily("riskd_market_mode", "1 for the published mode",
-                                 labels=["market", "mode"])
+        mode = GaugeMetricFamily(
+            "riskd_market_mode", "1 for the published mode", labels=["market", "mode"]
+        )
         if n:
             now = self.clock() if self.clock is not None else e.now
             if not np.isfinite(now):

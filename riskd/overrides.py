@@ -95,8 +95,12 @@ def parse_request(body: Any) -> tuple[str, dict[str, Any] | None]:
     if "max_leverage" in body:
         lev = body["max_leverage"]
         if lev is not None:
-            if isinstance(lev, bool) or not isinstance(lev, int | float) \
-                    or not math.isfinite(lev := _float(lev)) or lev < 1.0:
+            if (
+                isinstance(lev, bool)
+                or not isinstance(lev, int | float)
+                or not math.isfinite(lev := _float(lev))
+                or lev < 1.0
+            ):
                 raise OverrideError("max_leverage: a number >= 1 or null")
         changes["max_leverage"] = lev
     if "loosen" in body:
@@ -105,8 +109,9 @@ def parse_request(body: Any) -> tuple[str, dict[str, Any] | None]:
             raise OverrideError("loosen: must be true, false or null")
         changes["loosen"] = bool(loosen)
     if not changes:
-        raise OverrideError("give mode, max_leverage and/or loosen (null clears one), "
-                            "or clear: true")
+        raise OverrideError(
+            "give mode, max_leverage and/or loosen (null clears one), or clear: true"
+        )
     if "note" in body:
         changes["note"] = note or ""
     return market, changes
@@ -144,8 +149,12 @@ def merge(current: Override | None, changes: dict[str, Any]) -> Override | None:
 def loosens(changes: dict[str, Any] | None, merged: Override | None) -> bool:
     """Whether a request sets or moves a loosening target (needs `allow_loosen`); a
     request that changes only the mode or note of one does not."""
-    return bool(changes and merged is not None and merged.loosen
-                and ("loosen" in changes or "max_leverage" in changes))
+    return bool(
+        changes
+        and merged is not None
+        and merged.loosen
+        and ("loosen" in changes or "max_leverage" in changes)
+    )
 
 
 class OverrideStore:
@@ -174,9 +183,14 @@ class OverrideStore:
             raise OverrideError(f"{self.path}: not a valid overrides file: {exc}") from None
         return self.overrides
 
-    def set(self, market: str, override: Override | None, actor: str,
-            now: float | None = None, changes: dict[str, Any] | None = None
-            ) -> Override | None:
+    def set(
+        self,
+        market: str,
+        override: Override | None,
+        actor: str,
+        now: float | None = None,
+        changes: dict[str, Any] | None = None,
+    ) -> Override | None:
         """Put (or clear, with None) a market's override: audit first, then the file;
         returns the override that was in force before. `changes`: the fields the
         request gave, for the audit trail."""
@@ -185,9 +199,13 @@ class OverrideStore:
         if override is not None:
             override = Override(**{**override.as_dict(), "actor": actor, "set_at": wall})
         record = {
-            "at": wall, "actor": actor, "action": "clear" if override is None else "set",
-            "market": market, "override": override.as_dict() if override else None,
-            "previous": before.as_dict() if before else None, "changes": changes,
+            "at": wall,
+            "actor": actor,
+            "action": "clear" if override is None else "set",
+            "market": market,
+            "override": override.as_dict() if override else None,
+            "previous": before.as_dict() if before else None,
+            "changes": changes,
         }
         self.dir.mkdir(parents=True, exist_ok=True)
         with self.audit_path.open("ab") as fh:
@@ -204,9 +222,10 @@ class OverrideStore:
         return before
 
     def _write(self, overrides: dict[str, Override]) -> None:
-        body = orjson.dumps({"schema": SCHEMA,
-                             "overrides": {m: o.as_dict() for m, o in overrides.items()}},
-                            option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
+        body = orjson.dumps(
+            {"schema": SCHEMA, "overrides": {m: o.as_dict() for m, o in overrides.items()}},
+            option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS,
+        )
         tmp = self.dir / f".{FILE}.{os.getpid()}.tmp"
         with tmp.open("wb") as fh:
             fh.write(body)

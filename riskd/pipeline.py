@@ -36,9 +36,16 @@ MASS_PUBLISH = 10_000
 class Pipeline:
     """Feeds -> engine -> publishers. `settings` is replaced on reload."""
 
-    def __init__(self, settings: Settings, engine: Engine, feeds: list[Feed],
-                 publishers: list[Publisher], metrics: Metrics, clock: Clock,
-                 stop: asyncio.Event) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        feeds: list[Feed],
+        publishers: list[Publisher],
+        metrics: Metrics,
+        clock: Clock,
+        stop: asyncio.Event,
+    ) -> None:
         self.settings = settings
         self.engine = engine
         self.feeds = feeds
@@ -115,8 +122,11 @@ class Pipeline:
             self._flush_tally(tally)
             self.metrics.feed_ended(venue)
         rejected = feed.rejected()
-        log.info("feed ended: %s", _summary(feed),
-                 extra={"venue": venue, "rejected": rejected} if rejected else {"venue": venue})
+        log.info(
+            "feed ended: %s",
+            _summary(feed),
+            extra={"venue": venue, "rejected": rejected} if rejected else {"venue": venue},
+        )
 
     # --- the cycle --------------------------------------------------------------
 
@@ -147,10 +157,19 @@ class Pipeline:
         if result.entries:
             self._log_mode_changes(result.entries)
             self.stamped = now
-            self._publish(Batch(self.settings.publisher.instance, self.seq + 1, iso(now),
-                                result.entries, tightened=result.tightened_markets))
-        if len(result.entries) >= MASS_PUBLISH or \
-                self.engine.ticked - self._settled_at >= MASS_PUBLISH:
+            self._publish(
+                Batch(
+                    self.settings.publisher.instance,
+                    self.seq + 1,
+                    iso(now),
+                    result.entries,
+                    tightened=result.tightened_markets,
+                )
+            )
+        if (
+            len(result.entries) >= MASS_PUBLISH
+            or self.engine.ticked - self._settled_at >= MASS_PUBLISH
+        ):
             self._settle_memory()
 
     def _stamp(self, now: float) -> float | None:
@@ -180,8 +199,9 @@ class Pipeline:
         """A feed's metrics, once per cycle: never per message or tick."""
         venue = tally.feed.venue
         if tally.accepted or tally.rejects:
-            self.metrics.feed_batch(venue, tally.accepted, tally.rejects, tally.received,
-                                    tally.latest_event, tally.now)
+            self.metrics.feed_batch(
+                venue, tally.accepted, tally.rejects, tally.received, tally.latest_event, tally.now
+            )
             tally.reset()
         self.metrics.sync_rejected(venue, tally.feed.rejected())
 
@@ -192,10 +212,18 @@ class Pipeline:
             before = self._modes.get(market)
             if mode != before:
                 self._modes[market] = mode
-                log.info("market %s: mode %s", market, mode, extra={
-                    "market": market, "mode": mode, "previous_mode": before,
-                    "reason": ",".join(entry["reasons"]) or "none",
-                    "max_leverage": max(entry["max_leverage"].values())})
+                log.info(
+                    "market %s: mode %s",
+                    market,
+                    mode,
+                    extra={
+                        "market": market,
+                        "mode": mode,
+                        "previous_mode": before,
+                        "reason": ",".join(entry["reasons"]) or "none",
+                        "max_leverage": max(entry["max_leverage"].values()),
+                    },
+                )
 
     # --- out ----------------------------------------------------------------------
 
@@ -205,8 +233,11 @@ class Pipeline:
             try:
                 pub.submit(batch)
             except Exception:  # one sink failing never blocks another
-                log.exception("publisher %s failed to take a batch", pub.name,
-                              extra={"publisher": pub.name, "reason": "submit_failed"})
+                log.exception(
+                    "publisher %s failed to take a batch",
+                    pub.name,
+                    extra={"publisher": pub.name, "reason": "submit_failed"},
+                )
         self.metrics.last_publish.set(self.now())
         if self._unpublished_since is not None:
             self.metrics.tick_to_publish.observe(time.time() - self._unpublished_since)
@@ -237,6 +268,8 @@ class FeedTally:
 
 def _summary(feed: Feed) -> str:
     rejected = feed.rejected()
-    return "no rejected input" if not rejected else "rejected " + ", ".join(
-        f"{k}={v}" for k, v in sorted(rejected.items()))
-
+    return (
+        "no rejected input"
+        if not rejected
+        else "rejected " + ", ".join(f"{k}={v}" for k, v in sorted(rejected.items()))
+    )

@@ -96,8 +96,9 @@ class _Message:
 
 
 def signature(secret: bytes, timestamp: str, body: bytes) -> str:
-    return "sha256=" + hmac.new(secret, timestamp.encode() + b"." + body,
-                                hashlib.sha256).hexdigest()
+    return (
+        "sha256=" + hmac.new(secret, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    )
 
 
 class ReceiverState:
@@ -110,8 +111,12 @@ class ReceiverState:
         self._expiry: dict[str, float] = {}  # market -> valid_until, unix seconds
         self.newest_generated = float("-inf")  # unix seconds
         self._newest_wall = 0.0  # wall time at which newest_generated arrived
-        self.stats: dict[str, Any] = {"accepted": 0, "applied_sets": 0, "stale_sets": 0,
-                                      "rejected": {}}
+        self.stats: dict[str, Any] = {
+            "accepted": 0,
+            "applied_sets": 0,
+            "stale_sets": 0,
+            "rejected": {},
+        }
 
     def _reject(self, status: int, reason: str, detail: str) -> Verdict:
         rejected = self.stats["rejected"]
@@ -134,8 +139,7 @@ class ReceiverState:
         applied, stale = self._apply(message.sets)
         return Verdict(200, {"ok": True, "applied": applied, "stale": stale})
 
-    def _authenticate(self, headers: dict[str, str], raw: bytes, wall_now: float
-                      ) -> Verdict | None:
+    def _authenticate(self, headers: dict[str, str], raw: bytes, wall_now: float) -> Verdict | None:
         """The refusal of a message not signed with the secret or not recent, or None."""
         ts = headers.get("X-Riskd-Timestamp", "")
         given = headers.get("X-Riskd-Signature", "")
@@ -147,8 +151,9 @@ class ReceiverState:
         if not hmac.compare_digest(expected.encode(), given.encode()):
             return self._reject(401, "bad_signature", "bad signature")
         if abs(wall_now - int(ts)) > self.cfg.max_skew_s:
-            return self._reject(401, "stale_timestamp",
-                                f"timestamp outside +-{self.cfg.max_skew_s:g} s")
+            return self._reject(
+                401, "stale_timestamp", f"timestamp outside +-{self.cfg.max_skew_s:g} s"
+            )
         return None
 
     def _read(self, headers: dict[str, str], raw: bytes) -> _Message | Verdict:
@@ -160,20 +165,21 @@ class ReceiverState:
             generated = parse_iso(doc["generated_at"]) if doc.get("generated_at") else None
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             return self._reject(400, "bad_body", f"not a riskd batch: {exc}")
-        if not isinstance(instance, str) or not _integer(seq) \
-                or not isinstance(params, list):
+        if not isinstance(instance, str) or not _integer(seq) or not isinstance(params, list):
             return self._reject(400, "bad_body", "instance, seq, params have the wrong types")
         if generated is not None and not 0.0 < generated < LATEST:
             return self._reject(400, "bad_body", "generated_at out of range")
         if self.cfg.instance is not None and instance != self.cfg.instance:
             return self._reject(403, "unknown_instance", f"instance {instance!r} not accepted")
         if headers.get("Idempotency-Key") != f"{instance}:{seq}":
-            return self._reject(400, "bad_idempotency_key",
-                                "Idempotency-Key must be <instance>:<seq>")
+            return self._reject(
+                400, "bad_idempotency_key", "Idempotency-Key must be <instance>:<seq>"
+            )
         last = self.last_seq.get(instance)
         if last is not None and seq <= last:
-            return self._reject(409, "replayed_seq",
-                                f"seq {seq} is not newer than {last} for {instance!r}")
+            return self._reject(
+                409, "replayed_seq", f"seq {seq} is not newer than {last} for {instance!r}"
+            )
         sets: list[tuple[dict[str, Any], float]] = []
         for entry in params:
             try:
@@ -267,20 +273,23 @@ def _maintenance_ratio(entry: dict[str, Any]) -> float:
 STATE: web.AppKey[ReceiverState] = web.AppKey("receiver_state")
 
 
-def make_app(cfg: ReceiverConfig, path: str = "/risk-params",
-             wall_clock: Any = time.time) -> web.Application:
+def make_app(
+    cfg: ReceiverConfig, path: str = "/risk-params", wall_clock: Any = time.time
+) -> web.Application:
     app = web.Application(client_max_size=cfg.max_body_bytes)
     app[STATE] = ReceiverState(cfg)
 
     async def post(request: web.Request) -> web.Response:
         if request.content_type != "application/json":
-            return web.json_response({"error": "Content-Type must be application/json"},
-                                     status=415)
+            return web.json_response({"error": "Content-Type must be application/json"}, status=415)
         raw = await request.read()
         verdict = app[STATE].receive(dict(request.headers), raw, wall_clock())
         if verdict.status != 200:
-            log.warning("refused a message: %s", verdict.body["reason"],
-                        extra={"reason": verdict.body["reason"]})
+            log.warning(
+                "refused a message: %s",
+                verdict.body["reason"],
+                extra={"reason": verdict.body["reason"]},
+            )
         return web.json_response(verdict.body, status=verdict.status)
 
     async def params(request: web.Request) -> web.Response:
@@ -312,13 +321,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9000)
     parser.add_argument("--path", default="/risk-params", help="the POST path riskd sends to")
-    parser.add_argument("--secret-file", type=Path,
-                        help=f"file holding the shared secret (default: env {SECRET_ENV})")
-    parser.add_argument("--max-skew-s", type=float, default=300.0,
-                        help="accepted clock difference on X-Riskd-Timestamp")
-    parser.add_argument("--clock", choices=("wall", "feed"), default="wall",
-                        help="judge valid_until by wall time, or by the newest generated_at "
-                             "seen plus wall time since (for replays)")
+    parser.add_argument(
+        "--secret-file",
+        type=Path,
+        help=f"file holding the shared secret (default: env {SECRET_ENV})",
+    )
+    parser.add_argument(
+        "--max-skew-s",
+        type=float,
+        default=300.0,
+        help="accepted clock difference on X-Riskd-Timestamp",
+    )
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "feed"),
+        default="wall",
+        help="judge valid_until by wall time, or by the newest generated_at "
+        "seen plus wall time since (for replays)",
+    )
     parser.add_argument("--instance", help="accept only this riskd instance")
     parser.add_argument("--safe-mode", choices=MODES, default="reduce_only")
     parser.add_argument("--safe-max-leverage", type=float, default=1.0)
@@ -329,16 +349,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     """The reference exchange reports its book to riskd (riskd/receiver_client.py)."""
-    parser.add_argument("--riskd-url", help="riskd's API (http://host:port): report the "
-                        "exchange state to its /v1/exchange/state")
-    parser.add_argument("--positions", type=Path, help="JSON file of per-market long/short "
-                        "lent notional (re-read before each report)")
+    parser.add_argument(
+        "--riskd-url",
+        help="riskd's API (http://host:port): report the exchange state to its /v1/exchange/state",
+    )
+    parser.add_argument(
+        "--positions",
+        type=Path,
+        help="JSON file of per-market long/short lent notional (re-read before each report)",
+    )
     parser.add_argument("--insurance-fund", type=float, default=0.0)
     parser.add_argument("--report-interval-s", type=float, default=5.0)
-    parser.add_argument("--exchange-name", default="reference-exchange",
-                        help="the `exchange` of the reports")
-    parser.add_argument("--exchange-secret-file", type=Path, help="file holding riskd's "
-                        "[exchange] secret (default: env RISKD_RECEIVER_EXCHANGE_SECRET)")
+    parser.add_argument(
+        "--exchange-name", default="reference-exchange", help="the `exchange` of the reports"
+    )
+    parser.add_argument(
+        "--exchange-secret-file",
+        type=Path,
+        help="file holding riskd's [exchange] secret (default: env RISKD_RECEIVER_EXCHANGE_SECRET)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> ReceiverConfig:
@@ -346,8 +375,9 @@ def config_from_args(args: argparse.Namespace) -> ReceiverConfig:
         try:
             secret = args.secret_file.read_bytes().strip()
         except OSError as exc:
-            raise ReceiverError(f"--secret-file: cannot read {args.secret_file}: "
-                                f"{exc.strerror}") from None
+            raise ReceiverError(
+                f"--secret-file: cannot read {args.secret_file}: {exc.strerror}"
+            ) from None
     else:
         secret = os.environ.get(SECRET_ENV, "").encode()
     if not secret:
@@ -356,15 +386,28 @@ def config_from_args(args: argparse.Namespace) -> ReceiverConfig:
         raise ReceiverError("--safe-max-leverage must be >= 1")
     if args.max_skew_s <= 0:
         raise ReceiverError("--max-skew-s must be > 0")
-    safe = SafeParams(args.safe_mode, args.safe_max_leverage, args.safe_fee_rate_hourly,
-                      args.safe_max_slippage)
+    safe = SafeParams(
+        args.safe_mode, args.safe_max_leverage, args.safe_fee_rate_hourly, args.safe_max_slippage
+    )
     try:
-        report = report_config(args.riskd_url, args.exchange_secret_file, args.positions,
-                               args.insurance_fund, args.report_interval_s, args.exchange_name)
+        report = report_config(
+            args.riskd_url,
+            args.exchange_secret_file,
+            args.positions,
+            args.insurance_fund,
+            args.report_interval_s,
+            args.exchange_name,
+        )
     except ReportError as exc:
         raise ReceiverError(str(exc)) from None
-    return ReceiverConfig(secret=secret, max_skew_s=args.max_skew_s, clock=args.clock,
-                          safe=safe, instance=args.instance, report=report)
+    return ReceiverConfig(
+        secret=secret,
+        max_skew_s=args.max_skew_s,
+        clock=args.clock,
+        safe=safe,
+        instance=args.instance,
+        report=report,
+    )
 
 
 async def serve(cfg: ReceiverConfig, host: str, port: int, path: str) -> int:
@@ -380,12 +423,15 @@ async def serve(cfg: ReceiverConfig, host: str, port: int, path: str) -> int:
         await site.start()
     except OSError as exc:
         await runner.cleanup()
-        raise ReceiverError(f"--port: cannot listen on {host}:{port}: "
-                            f"{exc.strerror or exc}") from None
-    log.info("receiver on http://%s:%d%s (clock: %s)", host, runner.addresses[0][1], path,
-             cfg.clock)
-    reporting = asyncio.create_task(Reporter(cfg.report).run(stop)) \
-        if cfg.report is not None else None
+        raise ReceiverError(
+            f"--port: cannot listen on {host}:{port}: {exc.strerror or exc}"
+        ) from None
+    log.info(
+        "receiver on http://%s:%d%s (clock: %s)", host, runner.addresses[0][1], path, cfg.clock
+    )
+    reporting = (
+        asyncio.create_task(Reporter(cfg.report).run(stop)) if cfg.report is not None else None
+    )
     await stop.wait()
     if reporting is not None:
         await reporting

@@ -69,15 +69,24 @@ def load_book(path: Path | None) -> Book:
 
 
 def body(book: Book, exchange: str, seq: int, as_of: float, insurance_fund: float) -> bytes:
-    return json.dumps({"exchange": exchange, "seq": seq, "as_of": iso(as_of),
-                       "insurance_fund": insurance_fund,
-                       "open_interest": open_interest_dict(book)}).encode()
+    return json.dumps(
+        {
+            "exchange": exchange,
+            "seq": seq,
+            "as_of": iso(as_of),
+            "insurance_fund": insurance_fund,
+            "open_interest": open_interest_dict(book),
+        }
+    ).encode()
 
 
 def signed_headers(secret: bytes, raw: bytes, wall_now: float) -> dict[str, str]:
     ts = str(int(wall_now))
-    return {"Content-Type": "application/json", "X-Riskd-Timestamp": ts,
-            "X-Riskd-Signature": sign(secret, ts, raw)}
+    return {
+        "Content-Type": "application/json",
+        "X-Riskd-Timestamp": ts,
+        "X-Riskd-Signature": sign(secret, ts, raw),
+    }
 
 
 class Reporter:
@@ -94,8 +103,7 @@ class Reporter:
         try:
             self.book = load_book(self.cfg.positions)
         except ReportError as exc:
-            log.warning("keeping the last good book: %s", exc,
-                        extra={"reason": "bad_positions"})
+            log.warning("keeping the last good book: %s", exc, extra={"reason": "bad_positions"})
 
     async def report_once(self, session: aiohttp.ClientSession) -> tuple[int, Any]:
         self._reread()
@@ -103,8 +111,9 @@ class Reporter:
         self.seq = max(self.seq + 1, int(now * 1000))
         raw = body(self.book, self.cfg.exchange, self.seq, now, self.cfg.insurance_fund)
         headers = signed_headers(self.cfg.secret, raw, now)
-        async with session.post(self.cfg.url.rstrip("/") + PATH, data=raw, headers=headers,
-                                allow_redirects=False) as resp:
+        async with session.post(
+            self.cfg.url.rstrip("/") + PATH, data=raw, headers=headers, allow_redirects=False
+        ) as resp:
             text = await resp.text()
             try:
                 answer: Any = json.loads(text)
@@ -115,8 +124,12 @@ class Reporter:
             log.debug("reported %d markets (seq %d)", len(self.book), self.seq)
         else:
             reason = answer.get("reason") if isinstance(answer, dict) else None
-            log.warning("riskd refused the exchange state: %d %s", resp.status, reason,
-                        extra={"reason": "exchange_state_refused"})
+            log.warning(
+                "riskd refused the exchange state: %d %s",
+                resp.status,
+                reason,
+                extra={"reason": "exchange_state_refused"},
+            )
         return self.last
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -126,17 +139,25 @@ class Reporter:
                 try:
                     await self.report_once(session)
                 except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                    log.warning("cannot report to riskd: %s", type(exc).__name__,
-                                extra={"reason": "exchange_state_unreachable"})
+                    log.warning(
+                        "cannot report to riskd: %s",
+                        type(exc).__name__,
+                        extra={"reason": "exchange_state_unreachable"},
+                    )
                 try:
                     await asyncio.wait_for(stop.wait(), self.cfg.interval_s)
                 except TimeoutError:
                     pass
 
 
-def report_config(url: str | None, secret_file: Path | None, positions: Path | None,
-                  insurance_fund: float, interval_s: float, exchange: str
-                  ) -> ReportConfig | None:
+def report_config(
+    url: str | None,
+    secret_file: Path | None,
+    positions: Path | None,
+    insurance_fund: float,
+    interval_s: float,
+    exchange: str,
+) -> ReportConfig | None:
     """The settings of `riskd receiver`'s reporting options; None without --riskd-url."""
     if url is None:
         if positions is not None:
@@ -146,13 +167,15 @@ def report_config(url: str | None, secret_file: Path | None, positions: Path | N
         try:
             secret = secret_file.read_bytes().strip()
         except OSError as exc:
-            raise ReportError(f"--exchange-secret-file: cannot read {secret_file}: "
-                              f"{exc.strerror}") from None
+            raise ReportError(
+                f"--exchange-secret-file: cannot read {secret_file}: {exc.strerror}"
+            ) from None
     else:
         secret = os.environ.get(EXCHANGE_SECRET_ENV, "").encode()
     if not secret:
-        raise ReportError(f"--riskd-url: no exchange secret: set {EXCHANGE_SECRET_ENV} or "
-                          "--exchange-secret-file")
+        raise ReportError(
+            f"--riskd-url: no exchange secret: set {EXCHANGE_SECRET_ENV} or --exchange-secret-file"
+        )
     if not (insurance_fund >= 0 and insurance_fund < float("inf")):
         raise ReportError("--insurance-fund must be a finite number >= 0")
     if not interval_s > 0:

@@ -28,9 +28,10 @@ Refused = Callable[[str], None]  # counts a refusal by reason (riskd_api_refused
 
 def make_app(daemon: DaemonApi) -> web.Application:
     limits = daemon.settings.server
-    app = web.Application(client_max_size=limits.max_body_bytes,
-                          middlewares=[_limit_middleware(limits.max_body_bytes,
-                                                         daemon.metrics.api_refusal)])
+    app = web.Application(
+        client_max_size=limits.max_body_bytes,
+        middlewares=[_limit_middleware(limits.max_body_bytes, daemon.metrics.api_refusal)],
+    )
     app[DAEMON] = daemon
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -53,12 +54,17 @@ async def serve(daemon: DaemonApi) -> web.AppRunner:
     limits = daemon.settings.server
     refused = daemon.metrics.api_refusal
     runner = web.AppRunner(
-        make_app(daemon), access_log=None, handle_signals=False,
+        make_app(daemon),
+        access_log=None,
+        handle_signals=False,
         # RequestHandler arguments: aiohttp closes idle keep-alive connections itself
         # and answers an oversized or malformed request head with 400.
         keepalive_timeout=limits.keepalive_timeout_s,
-        max_line_size=limits.max_line_bytes, max_field_size=limits.max_field_bytes,
-        max_headers=limits.max_headers, logger=_ProtocolLog(refused))
+        max_line_size=limits.max_line_bytes,
+        max_field_size=limits.max_field_bytes,
+        max_headers=limits.max_headers,
+        logger=_ProtocolLog(refused),
+    )
     await runner.setup()
     guard = ConnectionGuard(limits, refused, daemon.metrics.api_connections.set)
     site = GuardedSite(runner, limits.host, limits.port, guard)
@@ -86,8 +92,9 @@ class _ProtocolLog(logging.LoggerAdapter):
         if isinstance(exc, HttpProcessingError):
             reason = _refusal_reason(exc)
             self.refused(reason)
-            self.logger.debug("refused a request head (%s): %s", reason, exc.message,
-                              extra={"reason": reason})
+            self.logger.debug(
+                "refused a request head (%s): %s", reason, exc.message, extra={"reason": reason}
+            )
             return
         super().log(level, msg, *args, **kwargs)
 
@@ -102,16 +109,17 @@ def _refusal_reason(exc: HttpProcessingError) -> str:
 
 def _limit_middleware(max_body: int, refused: Refused) -> Any:
     @web.middleware
-    async def limit(request: web.Request,
-                    handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                    ) -> web.StreamResponse:
+    async def limit(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
         conn = _guarded(request)
         if conn is not None:
             conn.request_started()
         try:
             if request.content_length is not None and request.content_length > max_body:
-                raise web.HTTPRequestEntityTooLarge(max_size=max_body,
-                                                    actual_size=request.content_length)
+                raise web.HTTPRequestEntityTooLarge(
+                    max_size=max_body, actual_size=request.content_length
+                )
             return await handler(request)
         except web.HTTPRequestEntityTooLarge:
             refused("body_too_large")
@@ -133,23 +141,29 @@ class ConnectionGuard:
     """What aiohttp does not limit: the number of connections, and how long a client
     may take to send a request head. Shared by the connections of one server."""
 
-    def __init__(self, limits: ServerSettings, refused: Refused,
-                 gauge: Callable[[int], None]) -> None:
+    def __init__(
+        self, limits: ServerSettings, refused: Refused, gauge: Callable[[int], None]
+    ) -> None:
         self.max_connections = limits.max_connections
         self.header_timeout_s = limits.header_timeout_s
         self.refused = refused
         self.gauge = gauge
         self.open = 0
 
-    def protocol_factory(self, inner: Callable[[], asyncio.Protocol]
-                         ) -> Callable[[], asyncio.Protocol]:
+    def protocol_factory(
+        self, inner: Callable[[], asyncio.Protocol]
+    ) -> Callable[[], asyncio.Protocol]:
         return lambda: GuardedConnection(self, inner)
 
 
-_BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n"
-         b"Content-Type: text/plain\r\nContent-Length: 21\r\n\r\ntoo many connections\n")
-_SLOW = (b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
-         b"Content-Type: text/plain\r\nContent-Length: 21\r\n\r\nrequest head too slow\n")
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n"
+    b"Content-Type: text/plain\r\nContent-Length: 21\r\n\r\ntoo many connections\n"
+)
+_SLOW = (
+    b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
+    b"Content-Type: text/plain\r\nContent-Length: 21\r\n\r\nrequest head too slow\n"
+)
 
 
 class GuardedConnection(asyncio.Protocol):
@@ -173,8 +187,9 @@ class GuardedConnection(asyncio.Protocol):
         guard = self.guard
         if guard.open >= guard.max_connections:
             guard.refused("max_connections")
-            log.debug("refused a connection: %d open", guard.open,
-                      extra={"reason": "max_connections"})
+            log.debug(
+                "refused a connection: %d open", guard.open, extra={"reason": "max_connections"}
+            )
             transport.write(_BUSY)
             transport.close()
             return
@@ -234,8 +249,11 @@ class GuardedConnection(asyncio.Protocol):
         if self._in_request or self.transport is None or self.transport.is_closing():
             return
         self.guard.refused("header_timeout")
-        log.debug("closed a connection: no request head within %.1f s",
-                  self.guard.header_timeout_s, extra={"reason": "header_timeout"})
+        log.debug(
+            "closed a connection: no request head within %.1f s",
+            self.guard.header_timeout_s,
+            extra={"reason": "header_timeout"},
+        )
         self.transport.write(_SLOW)
         self.transport.close()
 
@@ -244,8 +262,7 @@ class GuardedSite(web.BaseSite):
     """A TCP site whose connections go through `ConnectionGuard` (aiohttp's TCPSite
     hands the loop its own protocol factory, with no hook for a cap)."""
 
-    def __init__(self, runner: web.AppRunner, host: str, port: int,
-                 guard: ConnectionGuard) -> None:
+    def __init__(self, runner: web.AppRunner, host: str, port: int, guard: ConnectionGuard) -> None:
         super().__init__(runner)
         self._host, self._port, self.guard = host, port, guard
 
@@ -259,8 +276,12 @@ class GuardedSite(web.BaseSite):
         assert server is not None
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            self.guard.protocol_factory(server), self._host, self._port,
-            backlog=self._backlog, reuse_address=True)
+            self.guard.protocol_factory(server),
+            self._host,
+            self._port,
+            backlog=self._backlog,
+            reuse_address=True,
+        )
 
 
 async def _close_stream(app: web.Application) -> None:
@@ -319,8 +340,6 @@ async def explain_one(request: web.Request) -> web.Response:
     return _json(doc)
 
 
-
-
 async def exchange_state_in(request: web.Request) -> web.Response:
     """The exchange reports its state (riskd/exchange.py); a body over [server]
     max_body_bytes is refused (413) before it is read whole."""
@@ -332,5 +351,8 @@ async def exchange_state_in(request: web.Request) -> web.Response:
 async def exchange_state_out(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON]
     cfg = daemon.settings.exchange
-    return _json(daemon.exchange.view(daemon.now(), bool(cfg.secret.get_secret_value().strip()),
-                                      cfg.max_age_s))
+    return _json(
+        daemon.exchange.view(
+            daemon.now(), bool(cfg.secret.get_secret_value().strip()), cfg.max_age_s
+        )
+    )

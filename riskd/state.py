@@ -63,14 +63,25 @@ class StateStore:
 
     # --- writing -------------------------------------------------------------
 
-    def save(self, engine: Engine, clock: float, seqs: dict[str, int],
-             published: float = float("-inf"), exchange: ExchangeStore | None = None) -> None:
+    def save(
+        self,
+        engine: Engine,
+        clock: float,
+        seqs: dict[str, int],
+        published: float = float("-inf"),
+        exchange: ExchangeStore | None = None,
+    ) -> None:
         """Write a snapshot atomically; raises OSError (the caller counts it)."""
         self.write(self.capture(engine, clock, seqs, published, exchange))
 
-    def capture(self, engine: Engine, clock: float, seqs: dict[str, int],
-                published: float = float("-inf"),
-                exchange: ExchangeStore | None = None) -> dict[str, Any]:
+    def capture(
+        self,
+        engine: Engine,
+        clock: float,
+        seqs: dict[str, int],
+        published: float = float("-inf"),
+        exchange: ExchangeStore | None = None,
+    ) -> dict[str, Any]:
         """The snapshot's contents, copied: the engine may move on while `write` runs
         (in a thread: at 100k markets the file and its fsyncs take 40-100 ms, too long
         for the event loop)."""
@@ -83,8 +94,11 @@ class StateStore:
             "ids": list(engine.ids),
         }
         self._captured += 1
-        arrays: dict[str, Any] = {"capture": self._captured, "header": header,
-                                  "first_t": engine.first_t.copy()}
+        arrays: dict[str, Any] = {
+            "capture": self._captured,
+            "header": header,
+            "first_t": engine.first_t.copy(),
+        }
         if exchange is not None:
             arrays["exchange"] = exchange.copy()  # rendered in `write`, off the event loop
         for f in fields(engine.est):
@@ -139,8 +153,11 @@ class StateStore:
             header = json.loads(bytes(data["header"]).decode())
         except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
             if isinstance(exc, PermissionError):
-                return Loaded("unreadable", f"{self.path}: cannot read ({exc.strerror}): "
-                              "starting conservatively", floor=_wall_ms())
+                return Loaded(
+                    "unreadable",
+                    f"{self.path}: cannot read ({exc.strerror}): starting conservatively",
+                    floor=_wall_ms(),
+                )
             return self._corrupt(f"{type(exc).__name__}: {exc}")
         seqs = {str(k): int(v) for k, v in (header.get("seqs") or {}).items()}
         clock = header.get("clock")
@@ -148,9 +165,13 @@ class StateStore:
         published = header.get("published")
         published = float(published) if isinstance(published, int | float) else float("-inf")
         if header.get("schema") != SCHEMA:
-            return Loaded("schema", f"{self.path}: schema {header.get('schema')!r}, this "
-                          f"build reads {SCHEMA}: starting conservatively", seqs=seqs,
-                          floor=_wall_ms())
+            return Loaded(
+                "schema",
+                f"{self.path}: schema {header.get('schema')!r}, this "
+                f"build reads {SCHEMA}: starting conservatively",
+                seqs=seqs,
+                floor=_wall_ms(),
+            )
         age = time.time() - float(header.get("written_at", 0.0))
         if not age <= self.max_age_s:
             # The model state is too old to trust, but seqs and versions must go on rising.
@@ -160,16 +181,27 @@ class StateStore:
                     i = engine.index.get(market_id)
                     if i is not None:
                         engine.gov.version[i] = max(int(engine.gov.version[i]), int(version))
-            return Loaded("stale", f"{self.path}: {age:.0f} s old, more than state.max_age_s "
-                          f"= {self.max_age_s:.0f}: starting conservatively", seqs=seqs,
-                          exchange=_exchange(header))
+            return Loaded(
+                "stale",
+                f"{self.path}: {age:.0f} s old, more than state.max_age_s "
+                f"= {self.max_age_s:.0f}: starting conservatively",
+                seqs=seqs,
+                exchange=_exchange(header),
+            )
         try:
             restored = _restore(engine, header["ids"], data)
         except (KeyError, ValueError, IndexError) as exc:
             return self._corrupt(f"inconsistent arrays: {exc}")
-        return Loaded("restored", f"restored {restored} markets from {self.path} "
-                      f"({age:.0f} s old)", trusted=True, clock=clock, seqs=seqs,
-                      markets=restored, published=published, exchange=_exchange(header))
+        return Loaded(
+            "restored",
+            f"restored {restored} markets from {self.path} ({age:.0f} s old)",
+            trusted=True,
+            clock=clock,
+            seqs=seqs,
+            markets=restored,
+            published=published,
+            exchange=_exchange(header),
+        )
 
     def _corrupt(self, why: str) -> Loaded:
         aside = self.path.with_name(f"{FILE}.corrupt-{int(time.time())}")
@@ -178,8 +210,11 @@ class StateStore:
             where = f"moved aside to {aside.name}"
         except OSError as exc:
             where = f"could not move it aside: {exc.strerror}"
-        return Loaded("corrupt", f"{self.path}: corrupt snapshot ({why}); {where}; "
-                      "starting conservatively", floor=_wall_ms())
+        return Loaded(
+            "corrupt",
+            f"{self.path}: corrupt snapshot ({why}); {where}; starting conservatively",
+            floor=_wall_ms(),
+        )
 
 
 def _exchange(header: dict[str, Any]) -> dict[str, Any] | None:
@@ -197,13 +232,17 @@ def _restore(engine: Engine, ids: list[str], data: dict[str, Any]) -> int:
     n = len(ids)
     # A field this build has and the snapshot lacks (added since) keeps its fresh value:
     # every state field starts at "unknown", which the governor reads conservatively.
-    names = [(prefix, state, f.name) for prefix, state in (("est_", engine.est),
-                                                            ("gov_", engine.gov))
-             for f in fields(state) if prefix + f.name in data]
+    names = [
+        (prefix, state, f.name)
+        for prefix, state in (("est_", engine.est), ("gov_", engine.gov))
+        for f in fields(state)
+        if prefix + f.name in data
+    ]
     for prefix, _, name in names:
         if data[prefix + name].shape[0] != n:
-            raise ValueError(f"{prefix}{name} has {data[prefix + name].shape[0]} "
-                             f"rows for {n} markets")
+            raise ValueError(
+                f"{prefix}{name} has {data[prefix + name].shape[0]} rows for {n} markets"
+            )
     src, dst = [], []
     for k, market_id in enumerate(ids):
         i = engine.index.get(market_id)
@@ -259,10 +298,12 @@ def tighten_from_audit(engine: Engine, path: Path, tail_bytes: int = 8 << 20) ->
         if i is None:
             continue
         try:
-            lev = np.array([float(entry["max_leverage"]["long"]),
-                            float(entry["max_leverage"]["short"])])
-            fee = np.array([float(entry["fee_rate_hourly"]["long"]),
-                            float(entry["fee_rate_hourly"]["short"])])
+            lev = np.array(
+                [float(entry["max_leverage"]["long"]), float(entry["max_leverage"]["short"])]
+            )
+            fee = np.array(
+                [float(entry["fee_rate_hourly"]["long"]), float(entry["fee_rate_hourly"]["short"])]
+            )
             slip = float(entry["max_slippage"])
             mode = MODES.index(entry["mode"])
             version = int(entry["version"])
@@ -355,15 +396,25 @@ def seq_gap(snapshot_interval_s: float, publish_interval_s: float) -> int:
     return int(8 * snapshot_interval_s / publish_interval_s) + 1000
 
 
-def resume(store: StateStore, engine: Engine, publishers: Sequence[object],
-           audit: Path | None, gap: int, replay: Replayed | None) -> Resumed:
+def resume(
+    store: StateStore,
+    engine: Engine,
+    publishers: Sequence[object],
+    audit: Path | None,
+    gap: int,
+    replay: Replayed | None,
+) -> Resumed:
     """Load the snapshot: continue from it when trusted, else start conservatively.
 
     Either way seqs and versions only rise, so the exchange takes what comes next."""
     loaded = store.load(engine)
     quiet = loaded.status in ("restored", "none")
-    log.log(logging.INFO if quiet else logging.WARNING, "state: %s", loaded.message,
-            extra={"reason": f"state_{loaded.status}"})
+    log.log(
+        logging.INFO if quiet else logging.WARNING,
+        "state: %s",
+        loaded.message,
+        extra={"reason": f"state_{loaded.status}"},
+    )
     seq = max(loaded.seqs["batch"] + gap if "batch" in loaded.seqs else 0, loaded.floor)
     for pub in publishers:
         if isinstance(pub, Sequenced) and isinstance(pub.seq, int):
@@ -378,6 +429,7 @@ def resume(store: StateStore, engine: Engine, publishers: Sequence[object],
     if loaded.trusted and replay is not None:
         replay.resume_after(loaded.clock)
         # The snapshot is older than the last batches: the audit log has them.
-        resumed.stamp_floor = max(loaded.published, last_published_at(audit)
-                                  if audit is not None else float("-inf"))
+        resumed.stamp_floor = max(
+            loaded.published, last_published_at(audit) if audit is not None else float("-inf")
+        )
     return resumed

@@ -75,8 +75,14 @@ class Supervisor:
 
     # --- tasks the supervisor runs -------------------------------------------------
 
-    def spawn(self, name: str, factory: Callable[[], Awaitable[object]], *,
-              restart: bool, may_end: bool = False) -> asyncio.Task[None]:
+    def spawn(
+        self,
+        name: str,
+        factory: Callable[[], Awaitable[object]],
+        *,
+        restart: bool,
+        may_end: bool = False,
+    ) -> asyncio.Task[None]:
         """Run `factory()` in a task named `name`. `may_end`: returning is its normal
         end (a replay that finished), else returning is a failure too."""
         self.declare(name)
@@ -85,8 +91,9 @@ class Supervisor:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _run(self, name: str, factory: Callable[[], Awaitable[object]],
-                   restart: bool, may_end: bool) -> None:
+    async def _run(
+        self, name: str, factory: Callable[[], Awaitable[object]], restart: bool, may_end: bool
+    ) -> None:
         while True:
             self._started(name)
             error: BaseException | None = None
@@ -111,29 +118,37 @@ class Supervisor:
 
     # --- tasks a component runs --------------------------------------------------------
 
-    def watch(self, name: str, task: asyncio.Task[Any],
-              restart: Callable[[], Awaitable[asyncio.Task[Any] | None]]) -> None:
+    def watch(
+        self,
+        name: str,
+        task: asyncio.Task[Any],
+        restart: Callable[[], Awaitable[asyncio.Task[Any] | None]],
+    ) -> None:
         """Follow `task`; when it ends other than by cancellation, `restart()` (after the
         backoff) must bring the component back and return its new task."""
         self.declare(name)
         self._started(name)
         task.add_done_callback(lambda t: self._ended(name, t, restart))
 
-    def _ended(self, name: str, task: asyncio.Task[Any],
-               restart: Callable[[], Awaitable[asyncio.Task[Any] | None]]) -> None:
+    def _ended(
+        self,
+        name: str,
+        task: asyncio.Task[Any],
+        restart: Callable[[], Awaitable[asyncio.Task[Any] | None]],
+    ) -> None:
         if self._closing or task.cancelled():
             self._states[name].running = False
             self.stats.task_state(name, False)
             return
         delay = self._failed(name, task.exception(), True)
         assert delay is not None
-        again = asyncio.create_task(self._restart(name, delay, restart),
-                                    name=f"restart-{name}")
+        again = asyncio.create_task(self._restart(name, delay, restart), name=f"restart-{name}")
         self._tasks.add(again)
         again.add_done_callback(self._tasks.discard)
 
-    async def _restart(self, name: str, delay: float,
-                       restart: Callable[[], Awaitable[asyncio.Task[Any] | None]]) -> None:
+    async def _restart(
+        self, name: str, delay: float, restart: Callable[[], Awaitable[asyncio.Task[Any] | None]]
+    ) -> None:
         while True:
             await asyncio.sleep(delay)
             if self._closing:
@@ -173,8 +188,14 @@ class Supervisor:
         # The exception itself, so its traceback is logged (not the handler's context).
         exc_info = (type(error), error, error.__traceback__) if error is not None else None
         if not restart:
-            log.error("task %s stopped unexpectedly (%s): cannot be restarted, stopping the "
-                      "daemon (exit 1)", name, what, exc_info=exc_info, extra=extra)
+            log.error(
+                "task %s stopped unexpectedly (%s): cannot be restarted, stopping the "
+                "daemon (exit 1)",
+                name,
+                what,
+                exc_info=exc_info,
+                extra=extra,
+            )
             if self.fatal is None:
                 self.fatal = Fatal(name, error)
                 self.on_fatal(self.fatal)
@@ -182,15 +203,25 @@ class Supervisor:
         if state.delays is None or now - state.started_at >= STABLE_S:
             state.delays = backoff(self.initial_s, self.max_s)
         delay = next(state.delays)
-        log.error("task %s stopped unexpectedly (%s), failure %d: restarting in %.1f s",
-                  name, what, state.failures, delay, exc_info=exc_info, extra=extra)
+        log.error(
+            "task %s stopped unexpectedly (%s), failure %d: restarting in %.1f s",
+            name,
+            what,
+            state.failures,
+            delay,
+            exc_info=exc_info,
+            extra=extra,
+        )
         return delay
 
     def reasons(self) -> list[str]:
         """For /readyz: every task down, or back for less than RECENT_S."""
         now = time.monotonic()
-        return [f"task_failed:{name}" for name, s in self._states.items()
-                if s.failed_at is not None and (not s.running or now - s.failed_at < RECENT_S)]
+        return [
+            f"task_failed:{name}"
+            for name, s in self._states.items()
+            if s.failed_at is not None and (not s.running or now - s.failed_at < RECENT_S)
+        ]
 
     async def close(self) -> None:
         """Shutdown: nothing is restarted any more; the restarts pending are cancelled."""

@@ -268,8 +268,14 @@ def _tick(
     )
     fault = tick_fault(tick)
     if fault is not None:
-        raw = {"market": market, "price": raw_price, "bid": raw_bid, "ask": raw_ask,
-               "depth": raw_depth, "ts": raw_ts}
+        raw = {
+            "market": market,
+            "price": raw_price,
+            "bid": raw_bid,
+            "ask": raw_ask,
+            "depth": raw_depth,
+            "ts": raw_ts,
+        }
         raise _Bad(fault.reason, _why(fault.field, raw.get(fault.field), tick))
     return tick
 
@@ -336,8 +342,9 @@ def _iter_csv(path: Path, report: TapeReport) -> Iterator[Tick]:
             while True:
                 try:
                     for row in reader:
-                        if (len(row) != ncols or replaced[0] != seen) and \
-                                not _whole(row, ncols, reader.line_num, report):
+                        if (len(row) != ncols or replaced[0] != seen) and not _whole(
+                            row, ncols, reader.line_num, report
+                        ):
                             continue
                         report.rows += 1
                         try:
@@ -398,8 +405,14 @@ def _row_reader(names: list[str]) -> Callable[[list[str]], Tick]:
                 b = None if i_b is None else row[i_b]
                 a = None if i_a is None else row[i_a]
                 d = None if i_d is None else row[i_d]
-                tick = tick_(row[i_m].strip(), ts, float_(row[i_p]), float_(b) if b else None,
-                             float_(a) if a else None, float_(d) if d else None)
+                tick = tick_(
+                    row[i_m].strip(),
+                    ts,
+                    float_(row[i_p]),
+                    float_(b) if b else None,
+                    float_(a) if a else None,
+                    float_(d) if d else None,
+                )
             else:
                 tick = tick_(row[i_m].strip(), ts, float_(row[i_p]))
             if fault(tick) is None:
@@ -479,8 +492,10 @@ def _why_empty(report: TapeReport) -> str:
         return f"{report.path}: no data rows"
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(report.by_reason.items()))
     first = report.examples[0]
-    return (f"{report.path}: all {report.rows} rows rejected ({reasons}); first: "
-            f"line {first.line}: {first.reason}: {first.detail}")
+    return (
+        f"{report.path}: all {report.rows} rows rejected ({reasons}); first: "
+        f"line {first.line}: {first.reason}: {first.detail}"
+    )
 
 
 def no_rows_error(path: Path, reports: list[TapeReport]) -> TapeError:
@@ -489,8 +504,9 @@ def no_rows_error(path: Path, reports: list[TapeReport]) -> TapeError:
     if len(whys) == 1:
         return TapeError(f"{whys[0]}: nothing to replay")
     listed = "; ".join(whys[:3]) + ("; ..." if len(whys) > 3 else "")
-    return TapeError(f"{path}: no usable rows in any of its {len(whys)} tape files "
-                     f"({listed}): nothing to replay")
+    return TapeError(
+        f"{path}: no usable rows in any of its {len(whys)} tape files ({listed}): nothing to replay"
+    )
 
 
 def _ts_key(tick: Tick) -> float:
@@ -561,8 +577,11 @@ class Tape:
         try:
             yield from stream
         except TapeError as exc:
-            report.reject(exc.line or 0, "unreadable",
-                          f"cannot read on: {exc.cause}; the rest of the file is skipped")
+            report.reject(
+                exc.line or 0,
+                "unreadable",
+                f"cannot read on: {exc.cause}; the rest of the file is skipped",
+            )
             if self.on_unreadable is not None:
                 self.on_unreadable(exc)
 

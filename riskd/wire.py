@@ -48,8 +48,9 @@ def param_sets(rows: SetRows) -> list[dict[str, Any]]:
     loop only builds the dicts (it runs for every market that changed)."""
     long, short = SIDES
     lev = round_places(rows.leverage, _LEVERAGE_PLACES).tolist()
-    margins = round_sig(np.concatenate([rows.initial_margin, rows.maintenance_margin],
-                                       axis=1)).tolist()
+    margins = round_sig(
+        np.concatenate([rows.initial_margin, rows.maintenance_margin], axis=1)
+    ).tolist()
     fee = round_sig(rows.fee_hourly).tolist()
     slip = round_sig(rows.slippage).tolist()
     inputs = round_sig(rows.inputs)
@@ -58,33 +59,56 @@ def param_sets(rows: SetRows) -> list[dict[str, Any]]:
         inputs[:, k] = round_places(rows.inputs[:, k], places)
     out = []
     for market, version, mode, lev_i, margin_i, fee_i, slip_i, until, reasons, inp_i in zip(
-            rows.markets, rows.version.tolist(), rows.mode.tolist(), lev, margins, fee, slip,
-            rows.valid_until.tolist(), rows.reasons.tolist(), inputs.tolist(), strict=True):
+        rows.markets,
+        rows.version.tolist(),
+        rows.mode.tolist(),
+        lev,
+        margins,
+        fee,
+        slip,
+        rows.valid_until.tolist(),
+        rows.reasons.tolist(),
+        inputs.tolist(),
+        strict=True,
+    ):
         p, tau, sigma, lam, jump, h = inp_i
-        out.append({
-            "market": market,
-            "version": version,
-            "mode": MODES[mode],
-            "max_leverage": {long: lev_i[0], short: lev_i[1]},
-            "initial_margin": {long: margin_i[0], short: margin_i[1]},
-            "maintenance_margin": {long: margin_i[2], short: margin_i[3]},
-            "fee_rate_hourly": {long: fee_i[0], short: fee_i[1]},
-            "max_slippage": slip_i,
-            "oi_cap": None,
-            "valid_until": _iso(until),
-            "reasons": _reason_names(reasons),
-            "inputs": {"p": p, "tau_s": tau, "sigma": sigma, "lambda": lam, "J": jump,
-                       "h_s": h},
-        })
+        out.append(
+            {
+                "market": market,
+                "version": version,
+                "mode": MODES[mode],
+                "max_leverage": {long: lev_i[0], short: lev_i[1]},
+                "initial_margin": {long: margin_i[0], short: margin_i[1]},
+                "maintenance_margin": {long: margin_i[2], short: margin_i[3]},
+                "fee_rate_hourly": {long: fee_i[0], short: fee_i[1]},
+                "max_slippage": slip_i,
+                "oi_cap": None,
+                "valid_until": _iso(until),
+                "reasons": _reason_names(reasons),
+                "inputs": {
+                    "p": p,
+                    "tau_s": tau,
+                    "sigma": sigma,
+                    "lambda": lam,
+                    "J": jump,
+                    "h_s": h,
+                },
+            }
+        )
     return out
 
 
-def batch(instance: str, seq: int, generated_at: str, params: list[dict[str, Any]],
-          snapshot: bool = False) -> bytes:
+def batch(
+    instance: str, seq: int, generated_at: str, params: list[dict[str, Any]], snapshot: bool = False
+) -> bytes:
     """The batch envelope around sets, as sent by every publisher; `snapshot` marks what
     a /v1/stream client gets on connect."""
-    doc: dict[str, Any] = {"source": SOURCE, "instance": instance, "seq": seq,
-                           "generated_at": generated_at}
+    doc: dict[str, Any] = {
+        "source": SOURCE,
+        "instance": instance,
+        "seq": seq,
+        "generated_at": generated_at,
+    }
     if snapshot:
         doc["snapshot"] = True
     doc["params"] = params
@@ -118,8 +142,7 @@ def round_places(x: np.ndarray, places: int | np.ndarray) -> np.ndarray:
         rounded = np.rint(y)
         out[mask] = np.where(near_half, np.nan, rounded / scale if sign > 0 else rounded * scale)
     slow = regular & (~exact | np.isnan(out))
-    out[slow] = [round(v, p) for v, p in zip(x[slow].tolist(), places[slow].tolist(),
-                                                strict=True)]
+    out[slow] = [round(v, p) for v, p in zip(x[slow].tolist(), places[slow].tolist(), strict=True)]
     return out
 
 

@@ -23,10 +23,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 async def replay(out: Path, cycle_s: float) -> int:
     with tempfile.TemporaryDirectory() as state:
-        os.environ.update({
-            "RISKD_FEED__SPEED": "0", "RISKD_PUBLISHER__JSONL__PATH": str(out),
-            "RISKD_STATE__DIR": state, "RISKD_STATE__ENABLED": "false",
-            "RISKD_SERVER__ENABLED": "false"})
+        os.environ.update(
+            {
+                "RISKD_FEED__SPEED": "0",
+                "RISKD_PUBLISHER__JSONL__PATH": str(out),
+                "RISKD_STATE__DIR": state,
+                "RISKD_STATE__ENABLED": "false",
+                "RISKD_SERVER__ENABLED": "false",
+            }
+        )
         settings = load_settings(ROOT / "config/riskd.toml")
         replay_feed.BATCH_MAX = 1  # the clock moves tick by tick
         daemon = Daemon(settings, None)

@@ -38,8 +38,10 @@ def best_of(n: int, fn) -> float:  # type: ignore[no-untyped-def]
 
 def backtests(repeat: int) -> None:
     settings = load_settings(ROOT / "config/riskd.toml")
-    print(f"machine: {platform.machine()}, {bench_live.cpus()}, "
-          f"python {platform.python_version()}; best of {repeat}")
+    print(
+        f"machine: {platform.machine()}, {bench_live.cpus()}, "
+        f"python {platform.python_version()}; best of {repeat}"
+    )
     print(f"{'what':<48} {'rows':>8} {'seconds':>8} {'rows/s':>10}")
     for path in TAPES:
         rows = sum(1 for _ in Tape(path))
@@ -49,28 +51,41 @@ def backtests(repeat: int) -> None:
         # cache (riskd/jit.py): shown apart, as `riskd backtest` pays it once per call.
         simulated: list[float] = []
         first = best_of(1, lambda p=path: runner.run(p, settings, settle=True))
-        print(f"{'riskd backtest ' + path.name + ', first run':<48} {rows:>8} {first:>8.3f} "
-              f"{rows / first:>10,.0f}")
-        whole = best_of(repeat, lambda p=path, out=simulated: out.append(
-            runner.run(p, settings, settle=True)[2]))
-        print(f"{'riskd backtest ' + path.name:<48} {rows:>8} {whole:>8.3f} "
-              f"{rows / whole:>10,.0f}")
-        print(f"{'  of which the simulation':<48} {rows:>8} {min(simulated):>8.3f} "
-              f"{rows / min(simulated):>10,.0f}", flush=True)
+        print(
+            f"{'riskd backtest ' + path.name + ', first run':<48} {rows:>8} {first:>8.3f} "
+            f"{rows / first:>10,.0f}"
+        )
+        whole = best_of(
+            repeat,
+            lambda p=path, out=simulated: out.append(runner.run(p, settings, settle=True)[2]),
+        )
+        print(f"{'riskd backtest ' + path.name:<48} {rows:>8} {whole:>8.3f} {rows / whole:>10,.0f}")
+        print(
+            f"{'  of which the simulation':<48} {rows:>8} {min(simulated):>8.3f} "
+            f"{rows / min(simulated):>10,.0f}",
+            flush=True,
+        )
 
 
 def frontier_timing() -> None:
     """`riskd frontier` on the midterms, as the command runs it (a fresh process: tape
     reading, the compiled kernels' cache and every point of the sweep)."""
     started = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "riskd.cli", "frontier",
-                          str(TAPES[0]), "--json"], cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "riskd.cli", "frontier", str(TAPES[0]), "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     elapsed = time.perf_counter() - started
     if out.returncode != 0:
         raise SystemExit(out.stderr)
     points = len(orjson.loads(out.stdout)["sets"][TAPES[0].name]["points"])
-    print(f"{'riskd frontier ' + TAPES[0].name:<48} {points:>8} {elapsed:>8.3f}  "
-          f"({points} points, both trader models)", flush=True)
+    print(
+        f"{'riskd frontier ' + TAPES[0].name:<48} {points:>8} {elapsed:>8.3f}  "
+        f"({points} points, both trader models)",
+        flush=True,
+    )
 
 
 def decoding(repeat: int, markets: int = 10_000, frames: int = 200_000) -> None:
@@ -80,15 +95,25 @@ def decoding(repeat: int, markets: int = 10_000, frames: int = 200_000) -> None:
     too."""
     u = bench_live.Universe(markets, 0)
     ts_s = time.time()
-    bound = [Market(id=u.ids[k], resolves_at=ts_s + 30 * 86400, event_at=ts_s + 30 * 86400,
-                    polymarket_yes_token=u.yes[k], polymarket_no_token=u.no[k])
-             for k in range(markets)]
+    bound = [
+        Market(
+            id=u.ids[k],
+            resolves_at=ts_s + 30 * 86400,
+            event_at=ts_s + 30 * 86400,
+            polymarket_yes_token=u.yes[k],
+            polymarket_no_token=u.no[k],
+        )
+        for k in range(markets)
+    ]
     # The saturated phase's frames: each moves one market's top by a tick, round robin;
     # the first round makes the books.
     ts_ms = int(ts_s * 1000)
-    payloads = [bench_live.price_change_json(u, k % markets, 40 + (k // markets) % 20,
-                                             100 + (k & 63), ts_ms + k)
-                for k in range(markets + frames)]
+    payloads = [
+        bench_live.price_change_json(
+            u, k % markets, 40 + (k // markets) % 20, 100 + (k & 63), ts_ms + k
+        )
+        for k in range(markets + frames)
+    ]
     warm, timed = payloads[:markets], payloads[markets:]
     received = ts_s + len(payloads)
 
@@ -109,8 +134,10 @@ def decoding(repeat: int, markets: int = 10_000, frames: int = 200_000) -> None:
 
     runs = [decode() for _ in range(repeat)]
     print(f"{'what':<48} {'frames':>8} {'seconds':>8} {'us/frame':>10}")
-    for what, seconds in (("orjson.loads, bench frames", best_of(repeat, parse)),
-                          ("polymarket codec decode, parse included", min(runs)[0])):
+    for what, seconds in (
+        ("orjson.loads, bench frames", best_of(repeat, parse)),
+        ("polymarket codec decode, parse included", min(runs)[0]),
+    ):
         print(f"{what:<48} {frames:>8} {seconds:>8.3f} {seconds / frames * 1e6:>10.2f}")
     print(f"  ({runs[-1][1]:,} ticks; {markets:,} markets)", flush=True)
 

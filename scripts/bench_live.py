@@ -102,19 +102,33 @@ class Universe:
             self.yes.append(yes)
             self.no.append(no)
             # '{"market":..,"price_changes":[{YES BUY at bid},{NO SELL at 1-bid}],..}'
-            self.payload.append((
-                f'{{"market":"{cond}","price_changes":[{{"asset_id":"{yes}","price":"',
-                f'","hash":"{h1}","best_bid":"',
-                f'{{"asset_id":"{no}","price":"',
-                f'","hash":"{h2}","best_bid":"',
-            ))
+            self.payload.append(
+                (
+                    f'{{"market":"{cond}","price_changes":[{{"asset_id":"{yes}","price":"',
+                    f'","hash":"{h1}","best_bid":"',
+                    f'{{"asset_id":"{no}","price":"',
+                    f'","hash":"{h2}","best_bid":"',
+                )
+            )
 
     def markets_file(self, path: Path) -> None:
         resolves = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 30 * 86400))
-        path.write_bytes(orjson.dumps({"markets": [
-            {"id": self.ids[k], "resolves_at": resolves, "tick_size": 0.01,
-             "polymarket_yes_token": self.yes[k], "polymarket_no_token": self.no[k]}
-            for k in range(self.n)]}))
+        path.write_bytes(
+            orjson.dumps(
+                {
+                    "markets": [
+                        {
+                            "id": self.ids[k],
+                            "resolves_at": resolves,
+                            "tick_size": 0.01,
+                            "polymarket_yes_token": self.yes[k],
+                            "polymarket_no_token": self.no[k],
+                        }
+                        for k in range(self.n)
+                    ]
+                }
+            )
+        )
 
 
 PRICE = [f"{c / 100:.2f}" for c in range(101)]
@@ -140,9 +154,11 @@ def price_change_json(u: Universe, k: int, bid: int, size: int, ts_ms: int) -> b
     a, b, c, d = u.payload[k]
     yb, ya = PRICE[bid], PRICE[bid + 1]
     nb, na = PRICE[99 - bid], PRICE[100 - bid]
-    text = (f'{a}{yb}","side":"BUY","size":"{size}{b}{yb}","best_ask":"{ya}"}},'
-            f'{c}{na}","side":"SELL","size":"{size}{d}{nb}","best_ask":"{na}"}}],'
-            f'"timestamp":"{ts_ms}","event_type":"price_change"}}').encode()
+    text = (
+        f'{a}{yb}","side":"BUY","size":"{size}{b}{yb}","best_ask":"{ya}"}},'
+        f'{c}{na}","side":"SELL","size":"{size}{d}{nb}","best_ask":"{na}"}}],'
+        f'"timestamp":"{ts_ms}","event_type":"price_change"}}'
+    ).encode()
     return text
 
 
@@ -166,8 +182,11 @@ class Venue:
         self._next = 0
         self._rng = random.Random(1)
         # The subscription starts this venue's own writer; no initial books.
-        self.server = PolymarketServer(dump=False, stream=self._stream, serve_options={
-            "max_size": 256 * 2**20, "ping_interval": None, "compression": None})
+        self.server = PolymarketServer(
+            dump=False,
+            stream=self._stream,
+            serve_options={"max_size": 256 * 2**20, "ping_interval": None, "compression": None},
+        )
 
     @property
     def url(self) -> str:
@@ -179,8 +198,7 @@ class Venue:
     async def close(self) -> None:
         await self.server.close()
 
-    def set_mode(self, mode: str, rate: float = 0.0, probe_at: list[float] | None = None
-                 ) -> None:
+    def set_mode(self, mode: str, rate: float = 0.0, probe_at: list[float] | None = None) -> None:
         self.mode, self.rate = mode, rate
         self.probe_at = probe_at or []
 
@@ -207,8 +225,10 @@ class Venue:
                 u = self.u
                 for rnd in range(2):
                     for k0 in range(0, u.n, CHUNK):
-                        frames = [price_change(u, k, 49 + rnd, 100, ts_ms)
-                                  for k in range(k0, min(u.n, k0 + CHUNK))]
+                        frames = [
+                            price_change(u, k, 49 + rnd, 100, ts_ms)
+                            for k in range(k0, min(u.n, k0 + CHUNK))
+                        ]
                         transport.write(b"".join(frames))
                         self.sent += len(frames)
                         await conn.drain()
@@ -255,8 +275,9 @@ class Exchange:
         self.bytes = 0
         self.probe_seen: dict[str, float] = {}
         self.generated: list[tuple[float, str]] = []  # (arrival, generated_at) with probes
-        self.receiver = Receiver(secret=None, keep=False, on_post=self._post,
-                                 max_body_bytes=256 * 2**20)
+        self.receiver = Receiver(
+            secret=None, keep=False, on_post=self._post, max_body_bytes=256 * 2**20
+        )
 
     @property
     def url(self) -> str:
@@ -280,8 +301,11 @@ class Exchange:
             self.generated.append((arrived, doc["generated_at"]))
             for entry in doc["params"]:
                 market = entry["market"]
-                if (market.startswith("probe") and "jump_detected" in entry["reasons"]
-                        and market not in self.probe_seen):
+                if (
+                    market.startswith("probe")
+                    and "jump_detected" in entry["reasons"]
+                    and market not in self.probe_seen
+                ):
                     self.probe_seen[market] = arrived
 
 
@@ -306,16 +330,24 @@ def scrape(port: int) -> dict[str, float]:
         text = resp.read().decode()
     out: dict[str, float] = {}
     for line in text.splitlines():
-        if line.startswith(("riskd_ticks_total", "riskd_cycle_seconds",
-                            "riskd_tick_to_publish_seconds", "riskd_publishes_total",
-                            "riskd_publish_latency_seconds", "riskd_feed_lag_seconds")):
+        if line.startswith(
+            (
+                "riskd_ticks_total",
+                "riskd_cycle_seconds",
+                "riskd_tick_to_publish_seconds",
+                "riskd_publishes_total",
+                "riskd_publish_latency_seconds",
+                "riskd_feed_lag_seconds",
+            )
+        ):
             name, value = line.rsplit(" ", 1)
             out[name] = float(value)
     return out
 
 
-def histogram(before: dict[str, float], after: dict[str, float], name: str, labels: str = ""
-              ) -> tuple[float, float, int]:
+def histogram(
+    before: dict[str, float], after: dict[str, float], name: str, labels: str = ""
+) -> tuple[float, float, int]:
     """(mean, p99 upper bucket bound, count) of a histogram between two scrapes;
     `labels` as in the exposition ('publisher="http"')."""
     tail = f"{{{labels}}}" if labels else ""
@@ -327,7 +359,7 @@ def histogram(before: dict[str, float], after: dict[str, float], name: str, labe
     prefix = f"{name}_bucket{{{labels + ',' if labels else ''}le="
     for key, value in after.items():
         if key.startswith(prefix):
-            bound = key[len(prefix):].split('"', 2)[1]
+            bound = key[len(prefix) :].split('"', 2)[1]
             buckets.append((float(bound), value - before.get(key, 0.0)))
     p99 = next((b for b, c in sorted(buckets) if c >= 0.99 * count), float("inf"))
     return total / count, p99, int(count)
@@ -355,7 +387,7 @@ metadata = false
 assets_per_connection = 1_000_000
 
 [markets]
-file = "{folder / 'markets.json'}"
+file = "{folder / "markets.json"}"
 
 [model]
 # Markets warm up after two ticks: the benchmark measures steady state, not warm-up.
@@ -369,7 +401,7 @@ publish_interval_s = 0.01
 instance = "bench"
 
 [publisher.jsonl]
-path = "{folder / 'audit.jsonl'}"
+path = "{folder / "audit.jsonl"}"
 
 [publisher.http]
 url = "{exchange_url}"
@@ -380,7 +412,7 @@ port = {port}
 max_market_series = 0
 
 [state]
-dir = "{folder / 'state'}"
+dir = "{folder / "state"}"
 
 [log]
 level = "info"
@@ -407,18 +439,25 @@ class Result:
 
     def better(self, other: Result) -> Result:
         """Best of two runs, figure by figure."""
+
         def lo(a: float, b: float) -> float:
             return b if a != a else a if b != b else min(a, b)
 
         def hi(a: float, b: float) -> float:
             return b if a != a else a if b != b else max(a, b)
 
-        best_latency = self.latency_ms if (self.latency_ms[1] <= other.latency_ms[1]
-                                           or other.latency_ms[1] != other.latency_ms[1]) \
+        best_latency = (
+            self.latency_ms
+            if (
+                self.latency_ms[1] <= other.latency_ms[1]
+                or other.latency_ms[1] != other.latency_ms[1]
+            )
             else other.latency_ms
+        )
         best_cycle = self.cycle_ms if self.cycle_ms[0] <= other.cycle_ms[0] else other.cycle_ms
         return Result(
-            markets=self.markets, raw_per_s=hi(self.raw_per_s, other.raw_per_s),
+            markets=self.markets,
+            raw_per_s=hi(self.raw_per_s, other.raw_per_s),
             ticks_per_s=hi(self.ticks_per_s, other.ticks_per_s),
             cpu_per_million=lo(self.cpu_per_million, other.cpu_per_million),
             paced_per_s=hi(self.paced_per_s, other.paced_per_s),
@@ -437,8 +476,14 @@ class Result:
 async def raw_limit(url: str, warm_s: float, seconds: float) -> float:
     """Frames per second a bare client receives and parses (another process)."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, __file__, "raw-client", url, str(warm_s), str(seconds),
-        stdout=subprocess.PIPE)
+        sys.executable,
+        __file__,
+        "raw-client",
+        url,
+        str(warm_s),
+        str(seconds),
+        stdout=subprocess.PIPE,
+    )
     out, _ = await proc.communicate()
     return float(json.loads(out)["frames_per_s"])
 
@@ -464,19 +509,28 @@ async def raw_client(url: str, warm_s: float, seconds: float) -> None:
     print(json.dumps({"frames_per_s": frames / elapsed}))
 
 
-async def run_riskd(folder: Path, universe: Universe, venue: Venue, exchange: Exchange,
-                    seconds: float, result: Result, profile: Path | None,
-                    load: float = 0.25) -> None:
+async def run_riskd(
+    folder: Path,
+    universe: Universe,
+    venue: Venue,
+    exchange: Exchange,
+    seconds: float,
+    result: Result,
+    profile: Path | None,
+    load: float = 0.25,
+) -> None:
     port = free_port()
     config = riskd_config(folder, venue.url, exchange.url, port)
     log = (folder / "riskd.log").open("wb")
     started = time.monotonic()
-    proc = subprocess.Popen([str(RISKD), "run", "-c", str(config)], cwd=folder,
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [str(RISKD), "run", "-c", str(config)], cwd=folder, stdout=log, stderr=subprocess.STDOUT
+    )
     profiler = None
     try:
-        await wait_for(lambda: venue.subscribed.is_set() or proc.poll() is not None,
-                       300, "riskd to subscribe")
+        await wait_for(
+            lambda: venue.subscribed.is_set() or proc.poll() is not None, 300, "riskd to subscribe"
+        )
         if proc.poll() is not None:
             raise RuntimeError(f"riskd exited with {proc.returncode}: see {folder}/riskd.log")
         await wait_for(lambda: _ok(port), 60, "riskd's API")
@@ -485,18 +539,35 @@ async def run_riskd(folder: Path, universe: Universe, venue: Venue, exchange: Ex
         venue.set_mode("warm")
         await venue.warm_done.wait()
         expected = 2 * universe.n
-        await wait_for(lambda: scrape(port).get('riskd_ticks_total{venue="polymarket"}', 0)
-                       >= expected, 120, "riskd to take the warm-up ticks")
+        await wait_for(
+            lambda: scrape(port).get('riskd_ticks_total{venue="polymarket"}', 0) >= expected,
+            120,
+            "riskd to take the warm-up ticks",
+        )
         await asyncio.sleep(1.0)
 
         # Saturated: as fast as riskd reads.
         venue.set_mode("saturate")
         await asyncio.sleep(min(2.0, seconds / 2))
         if profile is not None and os.environ.get("BENCH_PROFILE_PHASE") != "paced":
-            profiler = subprocess.Popen(["py-spy", "record", "-p", str(proc.pid), "-d",
-                                         str(int(seconds)), "-r", "200", "-f", "raw",
-                                         "-o", str(profile)],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            profiler = subprocess.Popen(
+                [
+                    "py-spy",
+                    "record",
+                    "-p",
+                    str(proc.pid),
+                    "-d",
+                    str(int(seconds)),
+                    "-r",
+                    "200",
+                    "-f",
+                    "raw",
+                    "-o",
+                    str(profile),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         before, cpu0, t0 = scrape(port), cpu_seconds(proc.pid), time.monotonic()
         await asyncio.sleep(seconds)
         after, cpu1, t1 = scrape(port), cpu_seconds(proc.pid), time.monotonic()
@@ -527,10 +598,24 @@ async def run_riskd(folder: Path, universe: Universe, venue: Venue, exchange: Ex
         cpu0 = cpu_seconds(proc.pid)
         venue.set_mode("paced", rate, probe_at)
         if profile is not None and os.environ.get("BENCH_PROFILE_PHASE") == "paced":
-            profiler = subprocess.Popen(["py-spy", "record", "-p", str(proc.pid), "-d",
-                                         str(int(seconds)), "-r", "200", "-f", "raw",
-                                         "-o", str(profile)],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            profiler = subprocess.Popen(
+                [
+                    "py-spy",
+                    "record",
+                    "-p",
+                    str(proc.pid),
+                    "-d",
+                    str(int(seconds)),
+                    "-r",
+                    "200",
+                    "-f",
+                    "raw",
+                    "-o",
+                    str(profile),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         if os.environ.get("BENCH_DETAIL"):
             for _ in range(int(seconds * 2)):
                 await asyncio.sleep(0.5)
@@ -547,15 +632,21 @@ async def run_riskd(folder: Path, universe: Universe, venue: Venue, exchange: Ex
         mean, p99, _ = histogram(before, after, "riskd_cycle_seconds")
         result.cycle_ms = (mean * 1e3, p99 * 1e3)
         if os.environ.get("BENCH_DETAIL"):
-            print("publish latency", histogram(before, after, "riskd_publish_latency_seconds",
-                                               'publisher="http"'))
+            print(
+                "publish latency",
+                histogram(before, after, "riskd_publish_latency_seconds", 'publisher="http"'),
+            )
         _, p99, _ = histogram(before, after, "riskd_tick_to_publish_seconds")
         result.histogram_p99_ms = p99 * 1e3
-        timeline = sorted((t, exchange.probe_seen[m] - t) for m, t in venue.probe_sent.items()
-                          if m in exchange.probe_seen)
+        timeline = sorted(
+            (t, exchange.probe_seen[m] - t)
+            for m, t in venue.probe_sent.items()
+            if m in exchange.probe_seen
+        )
         if os.environ.get("BENCH_DETAIL"):
-            (folder.parent / f"timeline-{universe.n}.json").write_text(json.dumps(
-                {"probes": timeline, "generated": exchange.generated}))
+            (folder.parent / f"timeline-{universe.n}.json").write_text(
+                json.dumps({"probes": timeline, "generated": exchange.generated})
+            )
         lat = sorted(d for _, d in timeline)
         result.probes = (len(lat), len(venue.probe_sent))
         if lat:
@@ -582,8 +673,9 @@ def _ok(port: int) -> bool:
         return False
 
 
-async def one_size(n: int, seconds: float, raw_seconds: float, profile: Path | None,
-                   load: float) -> Result:
+async def one_size(
+    n: int, seconds: float, raw_seconds: float, profile: Path | None, load: float
+) -> Result:
     probes = min(n // 4, 1000)
     universe = Universe(n, probes)
     result = Result(markets=n)
@@ -602,8 +694,7 @@ async def one_size(n: int, seconds: float, raw_seconds: float, profile: Path | N
             exchange = Exchange()
             await exchange.start()
             try:
-                await run_riskd(folder, universe, venue, exchange, seconds, result, profile,
-                                load)
+                await run_riskd(folder, universe, venue, exchange, seconds, result, profile, load)
             finally:
                 await exchange.close()
         finally:
@@ -660,14 +751,16 @@ def _short(frame: str) -> str:
     name, _, where = frame.partition(" (")
     where = where.rstrip(")").rsplit(":", 1)[0]
     parts = where.split("/")
-    keep = "/".join(parts[parts.index("riskd"):]) if "riskd" in parts else parts[-1]
+    keep = "/".join(parts[parts.index("riskd") :]) if "riskd" in parts else parts[-1]
     return f"{name} ({keep})"
 
 
 def table(results: list[Result], base_rss: int) -> str:
-    head = (f"{'markets':>8} {'raw/s':>9} {'riskd/s':>9} {'ratio':>6} {'CPU s/Mtick':>11} "
-            f"{'paced/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'probes':>9} "
-            f"{'cycle ms':>9} {'sat cyc':>8} {'sets/s':>8} {'RSS MiB':>8} {'B/market':>9}")
+    head = (
+        f"{'markets':>8} {'raw/s':>9} {'riskd/s':>9} {'ratio':>6} {'CPU s/Mtick':>11} "
+        f"{'paced/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'probes':>9} "
+        f"{'cycle ms':>9} {'sat cyc':>8} {'sets/s':>8} {'RSS MiB':>8} {'B/market':>9}"
+    )
     lines = [head, "-" * len(head)]
     for r in results:
         per_market = (r.rss - base_rss) / r.markets if r.rss else float("nan")
@@ -677,7 +770,8 @@ def table(results: list[Result], base_rss: int) -> str:
             f"{r.paced_per_s:>8,.0f} {r.latency_ms[0]:>7.1f} {r.latency_ms[1]:>7.1f} "
             f"{r.latency_ms[2]:>7.1f} {r.probes[0]:>4}/{r.probes[1]:<4} "
             f"{r.cycle_ms[0]:>4.1f}/{_bound(r.cycle_ms[1]):<4} {r.cycle_sat_ms[0]:>8.1f} "
-            f"{r.sets_per_s:>8,.0f} {r.rss / 2**20:>8.0f} {per_market:>9,.0f}")
+            f"{r.sets_per_s:>8,.0f} {r.rss / 2**20:>8.0f} {per_market:>9,.0f}"
+        )
     return "\n".join(lines)
 
 
@@ -687,44 +781,60 @@ def _bound(ms: float) -> str:
 
 async def main_async(args: argparse.Namespace) -> list[Result]:
     loop_name = type(asyncio.get_running_loop()).__module__.split(".")[0]
-    print(f"live: event loop {loop_name}; {args.seconds:g} s per phase, latency at "
-          f"{args.load:.0%} of the saturated rate; best of {args.repeat}", flush=True)
+    print(
+        f"live: event loop {loop_name}; {args.seconds:g} s per phase, latency at "
+        f"{args.load:.0%} of the saturated rate; best of {args.repeat}",
+        flush=True,
+    )
     # A riskd that finds its kernels missing from the cache compiles them (riskd/jit.py),
     # which takes more memory than loading them: fill the cache first, so that the
     # baseline is the riskd of every later start.
-    subprocess.run([str(RISKD), "backtest", str(ROOT / "data/tapes/fed_dec2025")],
-                   stdout=subprocess.DEVNULL, check=True)
+    subprocess.run(
+        [str(RISKD), "backtest", str(ROOT / "data/tapes/fed_dec2025")],
+        stdout=subprocess.DEVNULL,
+        check=True,
+    )
     base = await baseline_rss()
     print(f"baseline RSS (riskd with 4 markets): {base / 2**20:.1f} MiB", flush=True)
     results = []
     for n in args.markets:
         best: Result | None = None
         for k in range(args.repeat):
-            profile = args.profile / f"riskd-{n}.folded" \
-                if args.profile is not None and k == 0 else None
+            profile = (
+                args.profile / f"riskd-{n}.folded" if args.profile is not None and k == 0 else None
+            )
             r = await one_size(n, args.seconds, args.raw_seconds, profile, args.load)
             best = r if best is None else best.better(r)
-            print(f"  {n:,} markets, run {k + 1}: raw {r.raw_per_s:,.0f}/s, riskd "
-                  f"{r.ticks_per_s:,.0f}/s, p99 {r.latency_ms[1]:.1f} ms (riskd's own "
-                  f"{_bound(r.histogram_p99_ms)}), paced CPU {r.paced_cpu:.0%}, "
-                  f"startup {r.startup_s:.1f} s", flush=True)
+            print(
+                f"  {n:,} markets, run {k + 1}: raw {r.raw_per_s:,.0f}/s, riskd "
+                f"{r.ticks_per_s:,.0f}/s, p99 {r.latency_ms[1]:.1f} ms (riskd's own "
+                f"{_bound(r.histogram_p99_ms)}), paced CPU {r.paced_cpu:.0%}, "
+                f"startup {r.startup_s:.1f} s",
+                flush=True,
+            )
         assert best is not None
         results.append(best)
     print()
-    print("load average (1, 5, 15 min) at the end: " +
-          ", ".join(f"{x:.2f}" for x in os.getloadavg()) + f" on {os.cpu_count()} CPUs")
+    print(
+        "load average (1, 5, 15 min) at the end: "
+        + ", ".join(f"{x:.2f}" for x in os.getloadavg())
+        + f" on {os.cpu_count()} CPUs"
+    )
     print(table(results, base))
     print()
-    print("raw/s: frames/s a bare websockets+orjson client takes; riskd/s: ticks/s riskd "
-          "sustains, saturated; ratio = riskd/raw;\nCPU s/Mtick: riskd's CPU over the "
-          "saturated window; paced/s: the load of the latency phase (--load x riskd/s);\n"
-          "p50/p99/max: venue write of a jump -> exchange receipt of the HTTP request "
-          "carrying it (probes seen/sent);\ncycle ms: riskd_cycle_seconds mean/p99 bucket "
-          "(paced), sat cyc: mean saturated; sets/s: parameter sets the exchange got "
-          "(paced);\nB/market: RSS above the baseline per market, at the end.")
+    print(
+        "raw/s: frames/s a bare websockets+orjson client takes; riskd/s: ticks/s riskd "
+        "sustains, saturated; ratio = riskd/raw;\nCPU s/Mtick: riskd's CPU over the "
+        "saturated window; paced/s: the load of the latency phase (--load x riskd/s);\n"
+        "p50/p99/max: venue write of a jump -> exchange receipt of the HTTP request "
+        "carrying it (probes seen/sent);\ncycle ms: riskd_cycle_seconds mean/p99 bucket "
+        "(paced), sat cyc: mean saturated; sets/s: parameter sets the exchange got "
+        "(paced);\nB/market: RSS above the baseline per market, at the end."
+    )
     if args.json is not None:
-        args.json.write_text(json.dumps({"baseline_rss": base, "results": [
-            r.__dict__ for r in results]}, indent=1))
+        args.json.write_text(
+            json.dumps({"baseline_rss": base, "results": [r.__dict__ for r in results]}, indent=1)
+        )
     return results
 
 
@@ -740,13 +850,18 @@ def cpus() -> str:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    parser.add_argument("--markets", type=lambda s: [int(x) for x in s.split(",")],
-                        default=list(MARKET_COUNTS))
+    parser.add_argument(
+        "--markets", type=lambda s: [int(x) for x in s.split(",")], default=list(MARKET_COUNTS)
+    )
     parser.add_argument("--seconds", type=float, default=8.0, help="per measured phase")
     parser.add_argument("--raw-seconds", type=float, default=4.0)
     parser.add_argument("--repeat", type=int, default=2, help="best of this many runs")
-    parser.add_argument("--load", type=float, default=0.25,
-                        help="the latency phase's rate, as a share of the saturated rate")
+    parser.add_argument(
+        "--load",
+        type=float,
+        default=0.25,
+        help="the latency phase's rate, as a share of the saturated rate",
+    )
     parser.add_argument("--quick", action="store_true", help="short phases, one run")
     parser.add_argument("--profile", type=Path, help="py-spy the saturated phase into DIR")
     parser.add_argument("--json", type=Path, help="write the results here")

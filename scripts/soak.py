@@ -90,28 +90,56 @@ def load_markets(limit: int) -> list[Market]:
 def book(m: Market, ts: int) -> dict[str, Any]:
     bid = round(max(0.001, m.price - 0.005), 3)
     ask = round(min(0.999, bid + 0.01), 3)
-    return {"event_type": "book", "asset_id": m.token, "market": m.condition,
-            "timestamp": str(ts), "hash": "soak",
-            "bids": [{"price": f"{bid - 0.01 * j:.3f}", "size": "100"} for j in range(5)
-                     if bid - 0.01 * j > 0],
-            "asks": [{"price": f"{ask + 0.01 * j:.3f}", "size": "100"} for j in range(5)
-                     if ask + 0.01 * j < 1],
-            "last_trade_price": f"{m.price:.4f}"}
+    return {
+        "event_type": "book",
+        "asset_id": m.token,
+        "market": m.condition,
+        "timestamp": str(ts),
+        "hash": "soak",
+        "bids": [
+            {"price": f"{bid - 0.01 * j:.3f}", "size": "100"}
+            for j in range(5)
+            if bid - 0.01 * j > 0
+        ],
+        "asks": [
+            {"price": f"{ask + 0.01 * j:.3f}", "size": "100"}
+            for j in range(5)
+            if ask + 0.01 * j < 1
+        ],
+        "last_trade_price": f"{m.price:.4f}",
+    }
 
 
 HOSTILE = [
     lambda m, ts: "not json {",
     lambda m, ts: json.dumps({"event_type": [], "asset_id": m.token}),
-    lambda m, ts: json.dumps({"event_type": "last_trade_price", "asset_id": m.token,
-                              "price": "1.5", "timestamp": str(ts)}),
-    lambda m, ts: json.dumps({"event_type": "last_trade_price", "asset_id": m.token,
-                              "price": "0.5", "timestamp": str(ts + 3_600_000)}),
-    lambda m, ts: json.dumps({"event_type": "last_trade_price", "asset_id": "999",
-                              "price": "0.5", "timestamp": str(ts)}),
-    lambda m, ts: json.dumps({"event_type": "price_change", "market": m.condition,
-                              "timestamp": str(ts), "price_changes": [
-                                  {"asset_id": m.token, "price": "0.5", "side": "BUY",
-                                   "size": "1e30"}]}),
+    lambda m, ts: json.dumps(
+        {
+            "event_type": "last_trade_price",
+            "asset_id": m.token,
+            "price": "1.5",
+            "timestamp": str(ts),
+        }
+    ),
+    lambda m, ts: json.dumps(
+        {
+            "event_type": "last_trade_price",
+            "asset_id": m.token,
+            "price": "0.5",
+            "timestamp": str(ts + 3_600_000),
+        }
+    ),
+    lambda m, ts: json.dumps(
+        {"event_type": "last_trade_price", "asset_id": "999", "price": "0.5", "timestamp": str(ts)}
+    ),
+    lambda m, ts: json.dumps(
+        {
+            "event_type": "price_change",
+            "market": m.condition,
+            "timestamp": str(ts),
+            "price_changes": [{"asset_id": m.token, "price": "0.5", "side": "BUY", "size": "1e30"}],
+        }
+    ),
 ]
 
 
@@ -158,18 +186,45 @@ class Venue:
         ask = round(min(0.999, bid + 0.01), 3)
         kind = self.rng.random()
         if kind < 0.6:
-            return json.dumps({"market": m.condition, "event_type": "price_change",
-                               "timestamp": str(ts), "price_changes": [{
-                                   "asset_id": m.token, "price": f"{bid:.3f}", "side": "BUY",
-                                   "size": str(self.rng.randint(1, 500)),
-                                   "best_bid": f"{bid:.3f}", "best_ask": f"{ask:.3f}"}]})
+            return json.dumps(
+                {
+                    "market": m.condition,
+                    "event_type": "price_change",
+                    "timestamp": str(ts),
+                    "price_changes": [
+                        {
+                            "asset_id": m.token,
+                            "price": f"{bid:.3f}",
+                            "side": "BUY",
+                            "size": str(self.rng.randint(1, 500)),
+                            "best_bid": f"{bid:.3f}",
+                            "best_ask": f"{ask:.3f}",
+                        }
+                    ],
+                }
+            )
         if kind < 0.9:
-            return json.dumps({"asset_id": m.token, "event_type": "last_trade_price",
-                               "market": m.condition, "price": f"{p:.4f}", "side": "BUY",
-                               "size": "5", "timestamp": str(ts)})
-        return json.dumps({"event_type": "best_bid_ask", "market": m.condition,
-                           "asset_id": m.token, "best_bid": f"{bid:.3f}",
-                           "best_ask": f"{ask:.3f}", "timestamp": str(ts)})
+            return json.dumps(
+                {
+                    "asset_id": m.token,
+                    "event_type": "last_trade_price",
+                    "market": m.condition,
+                    "price": f"{p:.4f}",
+                    "side": "BUY",
+                    "size": "5",
+                    "timestamp": str(ts),
+                }
+            )
+        return json.dumps(
+            {
+                "event_type": "best_bid_ask",
+                "market": m.condition,
+                "asset_id": m.token,
+                "best_bid": f"{bid:.3f}",
+                "best_ask": f"{ask:.3f}",
+                "timestamp": str(ts),
+            }
+        )
 
     async def stream(self, stop: asyncio.Event) -> None:
         step = 0.05
@@ -227,8 +282,7 @@ class Exchange:
     receiver: Receiver = field(init=False)
 
     def __post_init__(self) -> None:
-        self.receiver = Receiver(SECRET.encode(), script=self.step,
-                                 max_body_bytes=64 * 2**20)
+        self.receiver = Receiver(SECRET.encode(), script=self.step, max_body_bytes=64 * 2**20)
 
     @property
     def url(self) -> str:
@@ -308,12 +362,26 @@ class StreamClient:
 # --- riskd --------------------------------------------------------------------------------
 
 
-def write_config(work: Path, markets: list[Market], venue_url: str, exchange_url: str,
-                 port: int) -> Path:
+def write_config(
+    work: Path, markets: list[Market], venue_url: str, exchange_url: str, port: int
+) -> Path:
     resolves = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 90 * 86400))
-    (work / "markets.json").write_text(json.dumps({"markets": [
-        {"id": m.id, "resolves_at": resolves, "polymarket_yes_token": m.token,
-         "tick_size": 0.001} for m in markets]}), encoding="utf-8")
+    (work / "markets.json").write_text(
+        json.dumps(
+            {
+                "markets": [
+                    {
+                        "id": m.id,
+                        "resolves_at": resolves,
+                        "polymarket_yes_token": m.token,
+                        "tick_size": 0.001,
+                    }
+                    for m in markets
+                ]
+            }
+        ),
+        encoding="utf-8",
+    )
     config = f"""
 [feed]
 kind = "polymarket"
@@ -327,7 +395,7 @@ read_timeout_s = 10.0
 ping_interval_s = 2.0
 
 [markets]
-file = "{work / 'markets.json'}"
+file = "{work / "markets.json"}"
 
 [model]
 warmup_s = 30.0
@@ -340,7 +408,7 @@ stale_after_s = 20.0
 instance = "{INSTANCE}"
 
 [publisher.jsonl]
-path = "{work / 'audit.jsonl'}"
+path = "{work / "audit.jsonl"}"
 max_bytes = 16777216
 backups = 10000
 
@@ -359,7 +427,7 @@ max_backlog = 64
 port = {port}
 
 [state]
-dir = "{work / 'state'}"
+dir = "{work / "state"}"
 snapshot_interval_s = 10.0
 
 [log]
@@ -396,25 +464,32 @@ def parse_metrics(text: str) -> dict[str, float]:
 
 async def scrape(port: int) -> dict[str, float]:
     try:
-        async with aiohttp.ClientSession() as session, \
-                session.get(f"http://127.0.0.1:{port}/metrics",
-                            timeout=aiohttp.ClientTimeout(total=5)) as resp:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(
+                f"http://127.0.0.1:{port}/metrics", timeout=aiohttp.ClientTimeout(total=5)
+            ) as resp,
+        ):
             return parse_metrics(await resp.text())
     except (aiohttp.ClientError, OSError, TimeoutError):
         return {}
 
 
 def pick(metrics: dict[str, float], prefix: str) -> dict[str, float]:
-    return {k: v for k, v in sorted(metrics.items())
-            if k.startswith(prefix) and "_created" not in k}
+    return {
+        k: v for k, v in sorted(metrics.items()) if k.startswith(prefix) and "_created" not in k
+    }
 
 
 # --- checks ---------------------------------------------------------------------------------
 
 
 def audit_files(path: Path) -> list[Path]:
-    rotated = sorted((p for p in path.parent.glob(path.name + ".*") if p.suffix[1:].isdigit()),
-                     key=lambda p: int(p.suffix[1:]), reverse=True)
+    rotated = sorted(
+        (p for p in path.parent.glob(path.name + ".*") if p.suffix[1:].isdigit()),
+        key=lambda p: int(p.suffix[1:]),
+        reverse=True,
+    )
     return rotated + ([path] if path.exists() else [])
 
 
@@ -440,10 +515,17 @@ def check_audit(path: Path) -> dict[str, Any]:
                     versions[entry["market"]] = entry["version"]
     except ValueError as exc:
         error = str(exc)
-    return {"files": len(files), "bytes": sum(f.stat().st_size for f in files),
-            "batches": batches, "first_seq": first, "last_seq": last, "seq_gaps": gaps,
-            "version_went_back": version_back, "parse_error": error,
-            "ok": not error and gaps == 0 and first == 1 and version_back == 0}
+    return {
+        "files": len(files),
+        "bytes": sum(f.stat().st_size for f in files),
+        "batches": batches,
+        "first_seq": first,
+        "last_seq": last,
+        "seq_gaps": gaps,
+        "version_went_back": version_back,
+        "parse_error": error,
+        "ok": not error and gaps == 0 and first == 1 and version_back == 0,
+    }
 
 
 def rss_growth(samples: list[tuple[float, int]], duration: float) -> dict[str, Any]:
@@ -463,11 +545,16 @@ def rss_growth(samples: list[tuple[float, int]], duration: float) -> dict[str, A
     mt, mk = statistics.fmean(ts), statistics.fmean(kbs)
     slope = sum((t - mt) * (k - mk) for t, k in span) / sum((t - mt) ** 2 for t in ts)
     growth = (end - base) / base
-    return {"window_start_s": round(start), "baseline_mb": round(base / 1024, 1),
-            "end_mb": round(end / 1024, 1), "growth_pct": round(100 * growth, 2),
-            "slope_mb_per_hour": round(slope * 3600 / 1024, 2),
-            "min_mb": round(min(kbs) / 1024, 1), "max_mb": round(max(kbs) / 1024, 1),
-            "ok": growth < 0.05}
+    return {
+        "window_start_s": round(start),
+        "baseline_mb": round(base / 1024, 1),
+        "end_mb": round(end / 1024, 1),
+        "growth_pct": round(100 * growth, 2),
+        "slope_mb_per_hour": round(slope * 3600 / 1024, 2),
+        "min_mb": round(min(kbs) / 1024, 1),
+        "max_mb": round(max(kbs) / 1024, 1),
+        "ok": growth < 0.05,
+    }
 
 
 # --- main ------------------------------------------------------------------------------------
@@ -485,15 +572,24 @@ async def soak(args: argparse.Namespace) -> int:
     port = free_port()
     config = write_config(work, markets, venue.url, exchange.url, port)
     riskd = Path(sys.executable).with_name("riskd")
-    cmd = [str(riskd)] if riskd.exists() else [
-        sys.executable, "-c", "from riskd.cli import main; raise SystemExit(main())"]
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("RISKD_")},
-           "RISKD_PUBLISHER__HTTP__SECRET": SECRET}
+    cmd = (
+        [str(riskd)]
+        if riskd.exists()
+        else [sys.executable, "-c", "from riskd.cli import main; raise SystemExit(main())"]
+    )
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("RISKD_")},
+        "RISKD_PUBLISHER__HTTP__SECRET": SECRET,
+    }
     stderr = (work / "riskd.stderr").open("wb")
-    proc = await asyncio.create_subprocess_exec(*cmd, "run", "-c", str(config), cwd=str(work),
-                                                env=env, stdout=stderr, stderr=stderr)
-    print(f"soak: riskd pid {proc.pid}, {len(markets)} markets, {args.rate:g} msg/s, "
-          f"{args.duration:g} s; work dir {work}", flush=True)
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, "run", "-c", str(config), cwd=str(work), env=env, stdout=stderr, stderr=stderr
+    )
+    print(
+        f"soak: riskd pid {proc.pid}, {len(markets)} markets, {args.rate:g} msg/s, "
+        f"{args.duration:g} s; work dir {work}",
+        flush=True,
+    )
     stop = asyncio.Event()
     client = StreamClient(f"ws://127.0.0.1:{port}/v1/stream")
     tasks = [asyncio.create_task(venue.stream(stop)), asyncio.create_task(client.run(stop))]
@@ -515,9 +611,12 @@ async def soak(args: argparse.Namespace) -> int:
             metrics = await scrape(port)
             scrapes.append((elapsed, metrics))
             ticks = sum(pick(metrics, "riskd_ticks_total").values())
-            print(f"soak: {elapsed / 60:5.1f} min  rss {kb / 1024 if kb else 0:6.1f} MB  "
-                  f"ticks {ticks:,.0f}  sent {venue.sent:,}  drops {venue.drops}  "
-                  f"exchange {exchange.answers}", flush=True)
+            print(
+                f"soak: {elapsed / 60:5.1f} min  rss {kb / 1024 if kb else 0:6.1f} MB  "
+                f"ticks {ticks:,.0f}  sent {venue.sent:,}  drops {venue.drops}  "
+                f"exchange {exchange.answers}",
+                flush=True,
+            )
             next_report += 60.0
     final = await scrape(port)
     stop.set()
@@ -540,22 +639,40 @@ async def soak(args: argparse.Namespace) -> int:
     growth = rss_growth(samples, duration)
     audit = check_audit(work / "audit.jsonl")
     summary = {
-        "duration_s": round(duration), "markets": len(markets), "rate_msgs_per_s": args.rate,
-        "exit_code": code, "exited_early": exited_early,
-        "rss": growth, "rss_samples": len(samples), "audit": audit,
-        "venue": {"messages_sent": venue.sent, "hostile_sent": venue.hostile,
-                  "connection_drops": venue.drops,
-                  "handshakes_refused": venue.server.refused},
-        "exchange": {"answers": exchange.answers, "sets_delivered": exchange.delivered,
-                     "seq_not_rising": exchange.seq_errors,
-                     "version_went_back": exchange.version_errors},
-        "stream_client": {"sessions": client.sessions, "snapshots": client.snapshots,
-                          "batches": client.batches, "errors": client.errors},
-        "metrics": {**pick(final, "riskd_ticks_total"), **pick(final, "riskd_ticks_rejected_total"),
-                    **pick(final, "riskd_feed_reconnects_total"),
-                    **pick(final, "riskd_publishes_total"),
-                    **pick(final, "riskd_markets"),
-                    **pick(final, "process_resident_memory_bytes")},
+        "duration_s": round(duration),
+        "markets": len(markets),
+        "rate_msgs_per_s": args.rate,
+        "exit_code": code,
+        "exited_early": exited_early,
+        "rss": growth,
+        "rss_samples": len(samples),
+        "audit": audit,
+        "venue": {
+            "messages_sent": venue.sent,
+            "hostile_sent": venue.hostile,
+            "connection_drops": venue.drops,
+            "handshakes_refused": venue.server.refused,
+        },
+        "exchange": {
+            "answers": exchange.answers,
+            "sets_delivered": exchange.delivered,
+            "seq_not_rising": exchange.seq_errors,
+            "version_went_back": exchange.version_errors,
+        },
+        "stream_client": {
+            "sessions": client.sessions,
+            "snapshots": client.snapshots,
+            "batches": client.batches,
+            "errors": client.errors,
+        },
+        "metrics": {
+            **pick(final, "riskd_ticks_total"),
+            **pick(final, "riskd_ticks_rejected_total"),
+            **pick(final, "riskd_feed_reconnects_total"),
+            **pick(final, "riskd_publishes_total"),
+            **pick(final, "riskd_markets"),
+            **pick(final, "process_resident_memory_bytes"),
+        },
     }
     checks = {
         "exit 0 on SIGTERM": code == 0 and exited_early is None,
@@ -566,8 +683,9 @@ async def soak(args: argparse.Namespace) -> int:
     }
     summary["checks"] = checks
     (work / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    (work / "rss.csv").write_text("t_s,rss_kb\n" + "".join(f"{t:.1f},{kb}\n" for t, kb in samples),
-                                  encoding="utf-8")
+    (work / "rss.csv").write_text(
+        "t_s,rss_kb\n" + "".join(f"{t:.1f},{kb}\n" for t, kb in samples), encoding="utf-8"
+    )
     print(json.dumps(summary, indent=2))
     for name, ok in checks.items():
         print(f"soak: {'PASS' if ok else 'FAIL'}  {name}")
@@ -575,16 +693,22 @@ async def soak(args: argparse.Namespace) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--duration", type=float, default=3600.0, help="seconds (default 3600)")
     parser.add_argument("--markets", type=int, default=39, help="markets (tapes) to replay")
     parser.add_argument("--rate", type=float, default=400.0, help="venue messages per second")
-    parser.add_argument("--drop-every", type=float, default=45.0,
-                        help="mean seconds between dropped connections")
+    parser.add_argument(
+        "--drop-every", type=float, default=45.0, help="mean seconds between dropped connections"
+    )
     parser.add_argument("--hostile", type=float, default=0.002, help="share of hostile messages")
-    parser.add_argument("--exchange-cycle", type=float, default=120.0,
-                        help="seconds of one healthy/down/timing-out exchange cycle")
+    parser.add_argument(
+        "--exchange-cycle",
+        type=float,
+        default=120.0,
+        help="seconds of one healthy/down/timing-out exchange cycle",
+    )
     parser.add_argument("--sample-every", type=float, default=5.0, help="RSS sample interval")
     parser.add_argument("--workdir", help="where config, audit log and summary go")
     parser.add_argument("--seed", type=int, default=6)

@@ -33,11 +33,15 @@ KALSHI = "fed-dec2025-nochange-kalshi"
 MARKETS = {r[1] for r in tape_rows(FED_CSV)}
 
 
-async def call(url: str, method: str = "GET", body: Any = None,
-               headers: dict[str, str] | None = None) -> tuple[int, Any]:
+async def call(
+    url: str, method: str = "GET", body: Any = None, headers: dict[str, str] | None = None
+) -> tuple[int, Any]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
-        data = None if body is None else (body if isinstance(body, bytes)
-                                          else json.dumps(body).encode())
+        data = (
+            None
+            if body is None
+            else (body if isinstance(body, bytes) else json.dumps(body).encode())
+        )
         async with session.request(method, url, data=data, headers=headers) as resp:
             text = await resp.text()
             return resp.status, json.loads(text) if text else None
@@ -45,8 +49,12 @@ async def call(url: str, method: str = "GET", body: Any = None,
 
 def admin_doc(tmp_path: Path, **server: Any) -> dict[str, Any]:
     # The whole tape at once; the clock then stays at its last tick.
-    return base_config(tmp_path, 0, feed={"path": str(FED_TAPE), "speed": 0.0},
-                       server={"admin_token": TOKEN, **server})
+    return base_config(
+        tmp_path,
+        0,
+        feed={"path": str(FED_TAPE), "speed": 0.0},
+        server={"admin_token": TOKEN, **server},
+    )
 
 
 async def settled(d: InProcessDaemon) -> bool:
@@ -59,17 +67,23 @@ async def published(d: InProcessDaemon, market: str) -> dict[str, Any]:
     return dict(entry)
 
 
-ENDPOINTS = [("POST", "/v1/admin/reload", None),
-             ("POST", "/v1/admin/override", {"market": POLY, "mode": "halted"}),
-             ("GET", "/v1/admin/overrides", None)]
+ENDPOINTS = [
+    ("POST", "/v1/admin/reload", None),
+    ("POST", "/v1/admin/override", {"market": POLY, "mode": "halted"}),
+    ("GET", "/v1/admin/overrides", None),
+]
 
 
 async def test_admin_needs_the_bearer_token(tmp_path: Path, in_process: Any) -> None:
     d = await in_process(admin_doc(tmp_path))
     for method, path, body in ENDPOINTS:
-        for headers in ({}, {"Authorization": "Bearer wrong-token"},
-                        {"Authorization": f"Basic {TOKEN}"}, {"Authorization": TOKEN},
-                        {"Authorization": f"Bearer {TOKEN}x"}):
+        for headers in (
+            {},
+            {"Authorization": "Bearer wrong-token"},
+            {"Authorization": f"Basic {TOKEN}"},
+            {"Authorization": TOKEN},
+            {"Authorization": f"Bearer {TOKEN}x"},
+        ):
             status, answer = await call(d.url + path, method, body, headers)
             assert status == 401, (path, headers, status)
             assert "error" in answer
@@ -100,9 +114,12 @@ async def test_overrides_pin_mode_cap_leverage_and_are_audited(
     cap = round(1.0 + (model_lev - 1.0) / 2, 2)
 
     url = d.url + "/v1/admin/override"
-    status, answer = await call(url, "POST", {"market": POLY, "mode": "halted",
-                                              "note": "incident 42"},
-                                {**AUTH, "X-Riskd-Actor": "alice"})
+    status, answer = await call(
+        url,
+        "POST",
+        {"market": POLY, "mode": "halted", "note": "incident 42"},
+        {**AUTH, "X-Riskd-Actor": "alice"},
+    )
     assert status == 200 and answer["override"]["mode"] == "halted"
     assert answer["previous"] is None
     status, _ = await call(url, "POST", {"market": KALSHI, "max_leverage": cap}, AUTH)
@@ -110,9 +127,12 @@ async def test_overrides_pin_mode_cap_leverage_and_are_audited(
 
     async def pinned() -> bool:
         poly, kalshi = await published(d, POLY), await published(d, KALSHI)
-        return (poly["mode"] == "halted" and "config_override" in poly["reasons"]
-                and max(kalshi["max_leverage"].values()) <= cap
-                and "config_override" in kalshi["reasons"])
+        return (
+            poly["mode"] == "halted"
+            and "config_override" in poly["reasons"]
+            and max(kalshi["max_leverage"].values()) <= cap
+            and "config_override" in kalshi["reasons"]
+        )
 
     await wait_until(pinned, what="the overrides in the published sets")
     # The audit log of the batches has them too (what the exchange got).
@@ -123,12 +143,18 @@ async def test_overrides_pin_mode_cap_leverage_and_are_audited(
     assert listing["overrides"][POLY]["note"] == "incident 42"
 
     # Refused: loosening without allow_loosen, bad requests, unknown markets.
-    status, answer = await call(url, "POST", {"market": KALSHI, "max_leverage": 15.0,
-                                              "loosen": True}, AUTH)
+    status, answer = await call(
+        url, "POST", {"market": KALSHI, "max_leverage": 15.0, "loosen": True}, AUTH
+    )
     assert status == 403 and "allow_loosen" in answer["error"]
-    for bad in ({"market": POLY}, {"market": POLY, "mode": "sideways"},
-                {"market": POLY, "max_leverage": 0.5}, {"market": POLY, "colour": "red"},
-                {"mode": "halted"}, [1, 2]):
+    for bad in (
+        {"market": POLY},
+        {"market": POLY, "mode": "sideways"},
+        {"market": POLY, "max_leverage": 0.5},
+        {"market": POLY, "colour": "red"},
+        {"mode": "halted"},
+        [1, 2],
+    ):
         status, _ = await call(url, "POST", bad, AUTH)
         assert status == 400, bad
     status, _ = await call(url, "POST", b"{not json", AUTH)
@@ -147,10 +173,15 @@ async def test_overrides_pin_mode_cap_leverage_and_are_audited(
     await wait_until(released, what="the pin to be cleared")
     assert await d.stop() == 0
 
-    audit = [json.loads(line) for line in
-             (tmp_path / "state" / "overrides.audit.jsonl").read_text().splitlines()]
+    audit = [
+        json.loads(line)
+        for line in (tmp_path / "state" / "overrides.audit.jsonl").read_text().splitlines()
+    ]
     assert [(r["action"], r["market"]) for r in audit] == [
-        ("set", POLY), ("set", KALSHI), ("clear", POLY)]
+        ("set", POLY),
+        ("set", KALSHI),
+        ("clear", POLY),
+    ]
     assert audit[0]["actor"] == "alice" and audit[0]["override"]["note"] == "incident 42"
     assert audit[2]["previous"]["mode"] == "halted" and audit[2]["override"] is None
     stored = json.loads((tmp_path / "state" / "overrides.json").read_text())
@@ -169,14 +200,14 @@ async def test_an_override_changes_only_the_fields_it_gives(
     def stored() -> dict[str, Any] | None:
         return json.loads(stored_file.read_text())["overrides"].get(POLY)
 
-    status, answer = await call(url, "POST", {"market": POLY, "mode": "halted",
-                                              "note": "incident 7"}, AUTH)
+    status, answer = await call(
+        url, "POST", {"market": POLY, "mode": "halted", "note": "incident 7"}, AUTH
+    )
     assert status == 200
 
     async def halted_1x() -> bool:
         entry = await published(d, POLY)
-        return (entry["mode"] == "halted"
-                and entry["max_leverage"] == {"long": 1.0, "short": 1.0})
+        return entry["mode"] == "halted" and entry["max_leverage"] == {"long": 1.0, "short": 1.0}
 
     await wait_until(halted_1x, what="a halted market at 1x on both sides")
 
@@ -196,8 +227,11 @@ async def test_an_override_changes_only_the_fields_it_gives(
 
     async def capped() -> bool:
         entry = await published(d, POLY)
-        return (entry["mode"] != "halted" and "config_override" in entry["reasons"]
-                and max(entry["max_leverage"].values()) <= 1.5)
+        return (
+            entry["mode"] != "halted"
+            and "config_override" in entry["reasons"]
+            and max(entry["max_leverage"].values()) <= 1.5
+        )
 
     await wait_until(capped, what="the cap alone")
 
@@ -206,8 +240,9 @@ async def test_an_override_changes_only_the_fields_it_gives(
     assert status == 200 and answer["override"] is None and stored() is None
 
     # DELETE clears a whole override.
-    status, _ = await call(url, "POST", {"market": POLY, "mode": "reduce_only",
-                                         "max_leverage": 2}, AUTH)
+    status, _ = await call(
+        url, "POST", {"market": POLY, "mode": "reduce_only", "max_leverage": 2}, AUTH
+    )
     assert status == 200
     status, answer = await call(f"{url}/{POLY}", "DELETE", headers=AUTH)
     assert status == 200 and answer["override"] is None
@@ -220,14 +255,19 @@ async def test_an_override_changes_only_the_fields_it_gives(
     assert status == 404
 
     # Refused: loosen without a leverage to loosen to, a bad value for a field.
-    for bad in ({"market": POLY, "loosen": True}, {"market": POLY, "loosen": "yes"},
-                {"market": POLY, "mode": "halted", "clear": True}):
+    for bad in (
+        {"market": POLY, "loosen": True},
+        {"market": POLY, "loosen": "yes"},
+        {"market": POLY, "mode": "halted", "clear": True},
+    ):
         status, _ = await call(url, "POST", bad, AUTH)
         assert status == 400, bad
     assert await d.stop() == 0
 
-    audit = [json.loads(line) for line in
-             (tmp_path / "state" / "overrides.audit.jsonl").read_text().splitlines()]
+    audit = [
+        json.loads(line)
+        for line in (tmp_path / "state" / "overrides.audit.jsonl").read_text().splitlines()
+    ]
     assert [(r["action"], r["changes"]) for r in audit] == [
         ("set", {"mode": "halted", "note": "incident 7"}),
         ("set", {"max_leverage": 1.5}),
@@ -249,8 +289,12 @@ async def test_loosening_override_only_with_allow_loosen_and_reload(
     status, model = await d.get_json(f"/v1/explain/{KALSHI}")
     target = model["model"]["sides"]["long"]["max_leverage"]
     loose = float(min(20, math.ceil(target * 2) + 1))  # whole: no rounding to the 0.01 step
-    status, _ = await call(d.url + "/v1/admin/override", "POST",
-                           {"market": KALSHI, "max_leverage": loose, "loosen": True}, AUTH)
+    status, _ = await call(
+        d.url + "/v1/admin/override",
+        "POST",
+        {"market": KALSHI, "max_leverage": loose, "loosen": True},
+        AUTH,
+    )
     assert status == 200
     status, doc_now = await d.get_json(f"/v1/explain/{KALSHI}")
     # The override replaces the model's target; the governor loosens towards it by steps.
@@ -266,8 +310,9 @@ async def test_loosening_override_only_with_allow_loosen_and_reload(
     await wait_until(pending, what="a pending loosening towards the override")
 
     # allow_loosen off again (reload over the admin API): the override is a cap once more.
-    write_config(tmp_path / "riskd.toml", merge(doc, {"server": {"allow_loosen": False,
-                                                                 "enabled": False}}))
+    write_config(
+        tmp_path / "riskd.toml", merge(doc, {"server": {"allow_loosen": False, "enabled": False}})
+    )
     status, answer = await call(d.url + "/v1/admin/reload", "POST", headers=AUTH)
     assert status == 200 and answer == {"reloaded": True}
     status, doc_after = await d.get_json(f"/v1/explain/{KALSHI}")
@@ -281,8 +326,9 @@ async def test_loosening_override_only_with_allow_loosen_and_reload(
     assert answer["override"]["max_leverage"] == loose
     status, _ = await call(url, "POST", {"market": KALSHI, "max_leverage": 19.0}, AUTH)
     assert status == 403
-    status, answer = await call(url, "POST", {"market": KALSHI, "max_leverage": 2.0,
-                                              "loosen": False}, AUTH)
+    status, answer = await call(
+        url, "POST", {"market": KALSHI, "max_leverage": 2.0, "loosen": False}, AUTH
+    )
     assert status == 200 and answer["override"]["loosen"] is False
 
     # An invalid file is refused with the reason; the running config stays.
@@ -301,13 +347,17 @@ async def test_overrides_survive_a_restart(tmp_path: Path, start_daemon: Any) ->
     port = free_port()
     # No state snapshot: the second run replays the tape from scratch, so what pins the
     # market afterwards is the overrides file alone.
-    doc = base_config(tmp_path, port, feed={"path": str(FED_TAPE), "speed": 0.0},
-                      state={"enabled": False})
+    doc = base_config(
+        tmp_path, port, feed={"path": str(FED_TAPE), "speed": 0.0}, state={"enabled": False}
+    )
     env = {"RISKD_SERVER__ADMIN_TOKEN": TOKEN}
     daemon = await start_daemon(doc, env=env)
-    status, _ = await call(daemon.url + "/v1/admin/override", "POST",
-                           {"market": POLY, "mode": "reduce_only", "max_leverage": 1.0,
-                            "note": "before the restart"}, AUTH)
+    status, _ = await call(
+        daemon.url + "/v1/admin/override",
+        "POST",
+        {"market": POLY, "mode": "reduce_only", "max_leverage": 1.0, "note": "before the restart"},
+        AUTH,
+    )
     assert status == 200
     daemon.send(signal.SIGTERM)
     assert await daemon.wait_exit(5) == 0
@@ -320,9 +370,12 @@ async def test_overrides_survive_a_restart(tmp_path: Path, start_daemon: Any) ->
 
     async def in_force() -> bool:
         status, entry = await again.get_json(f"/v1/params/{POLY}")
-        return (status == 200 and entry["mode"] == "reduce_only"
-                and entry["max_leverage"] == {"long": 1.0, "short": 1.0}
-                and "config_override" in entry["reasons"])
+        return (
+            status == 200
+            and entry["mode"] == "reduce_only"
+            and entry["max_leverage"] == {"long": 1.0, "short": 1.0}
+            and "config_override" in entry["reasons"]
+        )
 
     await wait_until(in_force, what="the override in force after the restart")
     again.send(signal.SIGTERM)
@@ -345,7 +398,8 @@ async def test_explain_and_riskd_explain(tmp_path: Path, in_process: Any) -> Non
         assert set(groups) == {"resolution", "jump", "diffusion"}
         # The groups split the expected shortfall between them.
         assert abs(sum(groups.values()) - s["expected_shortfall"]) <= 1e-5 + 1e-4 * abs(
-            s["expected_shortfall"])
+            s["expected_shortfall"]
+        )
         assert sum(s["fee_by_group"].values()) <= s["fee_rate_hourly"] * (1 + 1e-4) + 1e-12
     gov = doc["governor"]
     assert gov["version"] == doc["published"]["version"]
@@ -360,7 +414,8 @@ async def test_explain_and_riskd_explain(tmp_path: Path, in_process: Any) -> Non
         run_cli("explain", POLY, "--url", d.url),
         run_cli("explain", POLY, "--url", d.url, "--json"),
         run_cli("explain", "no-such-market", "--url", d.url),
-        run_cli("explain", POLY, "--url", f"http://127.0.0.1:{free_port()}"))
+        run_cli("explain", POLY, "--url", f"http://127.0.0.1:{free_port()}"),
+    )
     assert code == 0 and POLY in out and "diffusion" in out and "governor" in out
     assert code_json == 0 and json.loads(out_json)["market"] == POLY
     assert code_unknown == 2  # an unknown market is bad input
@@ -371,8 +426,13 @@ async def test_explain_and_riskd_explain(tmp_path: Path, in_process: Any) -> Non
 async def run_cli(*args: str) -> tuple[int, str]:
     """`riskd ...` in a subprocess, without blocking the loop the daemon serves on."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "riskd.cli", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "riskd.cli",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     out, _ = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode is not None
     return proc.returncode, out.decode()

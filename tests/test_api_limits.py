@@ -12,8 +12,7 @@ from typing import Any
 
 from tests.support import DaemonProcess, base_config, free_port, metric_samples, wait_until
 
-REASONS = ("max_connections", "header_timeout", "header_too_large", "bad_request",
-           "body_too_large")
+REASONS = ("max_connections", "header_timeout", "header_too_large", "bad_request", "body_too_large")
 
 
 async def _open(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -27,7 +26,8 @@ async def _read_all(reader: asyncio.StreamReader, timeout: float) -> bytes:
 
 async def _refused(daemon: DaemonProcess, reason: str) -> float:
     return metric_samples(await daemon.metrics())[
-        ("riskd_api_refused_total", frozenset({("reason", reason)}))]
+        ("riskd_api_refused_total", frozenset({("reason", reason)}))
+    ]
 
 
 async def _start(tmp_path: Path, start_daemon: Any, **server: Any) -> DaemonProcess:
@@ -42,18 +42,20 @@ def _log_has_no_traceback(daemon: DaemonProcess) -> None:
 
 
 async def test_connections_beyond_the_cap_are_refused_and_counted(
-        tmp_path: Path, start_daemon: Any) -> None:
+    tmp_path: Path, start_daemon: Any
+) -> None:
     cap = 4
     daemon = await _start(tmp_path, start_daemon, max_connections=cap, header_timeout_s=20.0)
     text = await daemon.metrics()
     for reason in REASONS:  # exported at zero from the start
-        assert metric_samples(text)[("riskd_api_refused_total",
-                                     frozenset({("reason", reason)}))] == 0
+        assert (
+            metric_samples(text)[("riskd_api_refused_total", frozenset({("reason", reason)}))] == 0
+        )
 
     # The health probe's own connection is gone once the server has seen it close.
     async def quiet() -> bool:
-        return metric_samples(await daemon.metrics())[("riskd_api_connections",
-                                                       frozenset())] <= 1
+        return metric_samples(await daemon.metrics())[("riskd_api_connections", frozenset())] <= 1
+
     await wait_until(quiet, what="no connection but the probe's")
     # No condition to wait on here: any probe opens a connection of its own, which the
     # count and the cap would take in.
@@ -73,6 +75,7 @@ async def test_connections_beyond_the_cap_are_refused_and_counted(
 
     async def counted() -> bool:
         return await _refused(daemon, "max_connections") == 1
+
     await wait_until(counted, what="the refusal counted")
     daemon.send(signal.SIGTERM)
     assert await daemon.wait_exit(5.0) == 0
@@ -80,9 +83,9 @@ async def test_connections_beyond_the_cap_are_refused_and_counted(
 
 
 async def test_a_half_sent_request_head_is_closed_after_the_timeout(
-        tmp_path: Path, start_daemon: Any) -> None:
-    daemon = await _start(tmp_path, start_daemon, header_timeout_s=1.0,
-                          keepalive_timeout_s=10.0)
+    tmp_path: Path, start_daemon: Any
+) -> None:
+    daemon = await _start(tmp_path, start_daemon, header_timeout_s=1.0, keepalive_timeout_s=10.0)
     reader, writer = await _open(daemon.port)
     started = time.monotonic()
     writer.write(b"GET /healthz HTTP/1.1\r\nHost: riskd\r\nX-Slow: ")  # never finished
@@ -104,27 +107,34 @@ async def test_a_half_sent_request_head_is_closed_after_the_timeout(
         writer.write(b"GET /healthz HTTP/1.1\r\nHost: riskd\r\n\r\n")
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5.0)
         assert head.startswith(b"HTTP/1.1 200"), head
-        length = int([h for h in head.split(b"\r\n")
-                      if h.lower().startswith(b"content-length")][0].split(b":")[1])
+        length = int(
+            [h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")][0].split(
+                b":"
+            )[1]
+        )
         await reader.readexactly(length)
         await asyncio.sleep(1.5)  # longer than the head timeout, shorter than keep-alive
     writer.close()
 
     async def counted() -> bool:
         return await _refused(daemon, "header_timeout") == 2
+
     await wait_until(counted, what="two head timeouts counted")
     _log_has_no_traceback(daemon)
 
 
 async def test_oversized_headers_get_400_without_a_traceback(
-        tmp_path: Path, start_daemon: Any) -> None:
-    daemon = await _start(tmp_path, start_daemon, max_field_bytes=1024, max_line_bytes=1024,
-                          max_headers=16)
+    tmp_path: Path, start_daemon: Any
+) -> None:
+    daemon = await _start(
+        tmp_path, start_daemon, max_field_bytes=1024, max_line_bytes=1024, max_headers=16
+    )
     requests = [
         b"GET /healthz HTTP/1.1\r\nHost: riskd\r\nX-Big: " + b"a" * 4000 + b"\r\n\r\n",
         b"GET /healthz?" + b"q" * 4000 + b" HTTP/1.1\r\nHost: riskd\r\n\r\n",
         b"GET /healthz HTTP/1.1\r\nHost: riskd\r\n"
-        + b"".join(b"X-H%d: 1\r\n" % k for k in range(40)) + b"\r\n",
+        + b"".join(b"X-H%d: 1\r\n" % k for k in range(40))
+        + b"\r\n",
     ]
     for raw in requests:
         reader, writer = await _open(daemon.port)
@@ -136,11 +146,14 @@ async def test_oversized_headers_get_400_without_a_traceback(
 
     async def counted() -> bool:
         return await _refused(daemon, "header_too_large") == len(requests)
+
     await wait_until(counted, what="oversized heads counted")
     # A body beyond max_body_bytes (1 MiB by default) is refused before it is read.
     reader, writer = await _open(daemon.port)
-    writer.write(b"POST /v1/admin/override HTTP/1.1\r\nHost: riskd\r\n"
-                 b"Content-Type: application/json\r\nContent-Length: 5000000\r\n\r\n{")
+    writer.write(
+        b"POST /v1/admin/override HTTP/1.1\r\nHost: riskd\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 5000000\r\n\r\n{"
+    )
     answer = await _read_all(reader, 15.0)
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
     writer.close()

@@ -16,13 +16,34 @@ PACKAGE = Path(__file__).resolve().parent.parent / "riskd"
 MODEL = PACKAGE / "model"
 # What the model may import: data structures, numbers, its siblings, the compiler
 # (riskd.jit) and, for type checking only, the settings.
-ALLOWED = {"__future__", "dataclasses", "typing", "functools", "math", "numpy",
-           "riskd.jit", "riskd.model", "riskd.model.scenarios", "riskd.model.estimator",
-           "riskd.model.parameters", "riskd.model.governor"}
+ALLOWED = {
+    "__future__",
+    "dataclasses",
+    "typing",
+    "functools",
+    "math",
+    "numpy",
+    "riskd.jit",
+    "riskd.model",
+    "riskd.model.scenarios",
+    "riskd.model.estimator",
+    "riskd.model.parameters",
+    "riskd.model.governor",
+}
 TYPE_ONLY = {"riskd.config"}
 # Calls that read the world: files, the clock, the environment, randomness.
-FORBIDDEN_CALLS = {"open", "print", "input", "time", "monotonic", "now", "getenv", "random",
-                   "sleep", "urlopen"}
+FORBIDDEN_CALLS = {
+    "open",
+    "print",
+    "input",
+    "time",
+    "monotonic",
+    "now",
+    "getenv",
+    "random",
+    "sleep",
+    "urlopen",
+}
 
 
 def _imports(tree: ast.Module) -> list[tuple[str, bool]]:
@@ -46,8 +67,11 @@ def test_the_model_imports_no_io() -> None:
     for path in files:
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for module, typed in _imports(tree):
-            allowed = module in ALLOWED or module.startswith("riskd.model.") or \
-                (typed and module in TYPE_ONLY)
+            allowed = (
+                module in ALLOWED
+                or module.startswith("riskd.model.")
+                or (typed and module in TYPE_ONLY)
+            )
             assert allowed, f"{path.name} imports {module}"
 
 
@@ -61,9 +85,23 @@ def test_the_model_calls_nothing_that_reads_the_world() -> None:
 
 # What a codec may import: data helpers, the JSON parsers, the tick and market types,
 # shared codec helpers and its venue's config (types only at run time).
-CODEC_ALLOWED = {"__future__", "math", "json", "dataclasses", "typing", "collections.abc",
-                 "datetime", "enum", "orjson", "msgspec", "numpy", "riskd.feeds.base",
-                 "riskd.feeds.codec", "riskd.markets", "riskd.timeutil"}
+CODEC_ALLOWED = {
+    "__future__",
+    "math",
+    "json",
+    "dataclasses",
+    "typing",
+    "collections.abc",
+    "datetime",
+    "enum",
+    "orjson",
+    "msgspec",
+    "numpy",
+    "riskd.feeds.base",
+    "riskd.feeds.codec",
+    "riskd.markets",
+    "riskd.timeutil",
+}
 
 
 def _codecs() -> list[Path]:
@@ -77,8 +115,9 @@ def test_codecs_import_only_data_helpers() -> None:
         venue = path.parent.name
         for module, typed in _imports(ast.parse(path.read_text(encoding="utf-8"))):
             own = module.startswith(f"riskd.feeds.{venue}.") and module.endswith("config")
-            assert typed or own or module in CODEC_ALLOWED, \
+            assert typed or own or module in CODEC_ALLOWED, (
                 f"{path.relative_to(PACKAGE)} imports {module}"
+            )
 
 
 def _module_name(path: Path) -> str:
@@ -97,8 +136,10 @@ def _load_time_imports(path: Path, modules: set[str]) -> set[str]:
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             # `from riskd.x import y`: y may be a module of its own.
-            names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules
-                     else node.module for a in node.names]
+            names = [
+                f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                for a in node.names
+            ]
         for name in names:
             parts = name.split(".")
             found |= {".".join(parts[:k]) for k in range(1, len(parts) + 1)}
@@ -115,7 +156,7 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(node)
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if nxt not in state and (found := visit(nxt)) is not None:
                 return found
         path.pop()
@@ -130,8 +171,7 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_no_import_cycle_at_run_time() -> None:
     files = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
-    graph = {name: _load_time_imports(path, set(files)) - {name}
-             for name, path in files.items()}
+    graph = {name: _load_time_imports(path, set(files)) - {name} for name, path in files.items()}
     cycle = _cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
 

@@ -57,13 +57,15 @@ def test_every_midterm_tape_keeps_lenders_whole(midterms: list[runner.TapeResult
 
 
 def test_fed_tape_keeps_lenders_whole(fed: list[runner.TapeResult]) -> None:
-    assert [r.markets for r in fed] == [["fed-dec2025-nochange-poly",
-                                         "fed-dec2025-nochange-kalshi"]]
+    assert [r.markets for r in fed] == [
+        ["fed-dec2025-nochange-poly", "fed-dec2025-nochange-kalshi"]
+    ]
     _check_lender_safety(fed[0])
 
 
-def test_riskd_is_not_1x_everywhere(midterms: list[runner.TapeResult],
-                                   fed: list[runner.TapeResult]) -> None:
+def test_riskd_is_not_1x_everywhere(
+    midterms: list[runner.TapeResult], fed: list[runner.TapeResult]
+) -> None:
     """More than 1x for a material share of the time where markets are calm."""
     assert fed[0].tallies["riskd"].as_dict()["share_leveraged"] > 0.5
     by_tape = {r.name: r.tallies["riskd"].as_dict() for r in midterms}
@@ -91,8 +93,9 @@ def test_freeze_before_event_is_1x_reduce_only(settings: Settings) -> None:
 def test_seeded_ensemble_of_200_markets(settings: Settings) -> None:
     ticks, markets, _ = synthetic.ensemble(n=200, seed=11, days=1.5)
     ids = sorted(markets)
-    sim = simulate(ticks, ids, markets, all_policies(settings, markets), settle=True,
-                   rules=Rules.of(settings))
+    sim = simulate(
+        ticks, ids, markets, all_policies(settings, markets), settle=True, rules=Rules.of(settings)
+    )
     total = {name: Tally() for name in sim.tallies}
     for name, tallies in sim.tallies.items():
         for tally in tallies:
@@ -105,8 +108,13 @@ def test_seeded_ensemble_of_200_markets(settings: Settings) -> None:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "riskd.cli", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "riskd.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_json_report_schema() -> None:
@@ -115,11 +123,23 @@ def test_json_report_schema() -> None:
     report = json.loads(out.stdout)
     assert report["tape"] == "fed_nochange.csv"
     assert report["markets"] == 2 and report["ticks"] == 2011 and report["rejected_rows"] == 0
-    assert set(report["policies"]) == {"riskd", "static_20x", "static_1x", "oi_scaled",
-                                       "d8x_entropy"}
+    assert set(report["policies"]) == {
+        "riskd",
+        "static_20x",
+        "static_1x",
+        "oi_scaled",
+        "d8x_entropy",
+    }
     for values in report["policies"].values():
-        assert set(values) == {"bad_debt", "fees", "lp_pnl", "mean_max_leverage",
-                               "share_leveraged", "liquidations", "worst_jump_loss"}
+        assert set(values) == {
+            "bad_debt",
+            "fees",
+            "lp_pnl",
+            "mean_max_leverage",
+            "share_leveraged",
+            "liquidations",
+            "worst_jump_loss",
+        }
         assert values["lp_pnl"] == pytest.approx(values["fees"] - values["bad_debt"], abs=1e-5)
     assert report["policies"]["static_1x"]["bad_debt"] == 0.0
 
@@ -169,8 +189,10 @@ def test_a_row_that_is_not_utf8_is_skipped_and_reported(tmp_path: Path, kind: st
     lines = (MIDTERMS / "ohio_senate.csv").read_bytes().splitlines()
     if kind == "jsonl":  # the same rows as JSON objects, no header line
         keys = lines[0].decode().split(",")
-        lines = [json.dumps(dict(zip(keys, row.decode().split(","), strict=True))).encode()
-                 for row in lines[1:]]
+        lines = [
+            json.dumps(dict(zip(keys, row.decode().split(","), strict=True))).encode()
+            for row in lines[1:]
+        ]
     lines[6] = lines[6].replace(b"pm22", b"pm\xe922")  # line 7: a Latin-1 byte
     tape = tmp_path / f"ohio.{kind}"
     tape.write_bytes(b"\n".join(lines) + b"\n")
@@ -192,9 +214,11 @@ def test_a_tape_with_no_usable_row_exits_2_saying_why(tmp_path: Path) -> None:
     folder.mkdir()
     (folder / "a.csv").write_text("ts,market,price\n")
     (folder / "b.jsonl").write_text("")
-    for tape, why in ((header_only, f"{header_only}: no data rows"),
-                      (all_bad, f"{all_bad}: all 1 rows rejected (bad_price 1)"),
-                      (folder, f"{folder}: no usable rows in any of its 2 tape files")):
+    for tape, why in (
+        (header_only, f"{header_only}: no data rows"),
+        (all_bad, f"{all_bad}: all 1 rows rejected (bad_price 1)"),
+        (folder, f"{folder}: no usable rows in any of its 2 tape files"),
+    ):
         out = _cli("backtest", str(tape), "--json")
         assert out.returncode == 2, (tape, out.stderr)
         # After the line saying which config file it ran on.
@@ -218,8 +242,12 @@ def test_backtest_says_which_config_it_ran_on(tmp_path: Path) -> None:
     out = _cli("backtest", str(FED / "fed_nochange.csv"), "-c", "config/riskd.toml")
     assert out.returncode == 0, out.stderr
     assert f"config file {ROOT / 'config/riskd.toml'}" in out.stderr
-    bare = subprocess.run([sys.executable, "-m", "riskd.cli", "backtest",
-                           str(FED / "fed_nochange.csv")], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=120)
+    bare = subprocess.run(
+        [sys.executable, "-m", "riskd.cli", "backtest", str(FED / "fed_nochange.csv")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bare.returncode == 0, bare.stderr
     assert "built-in defaults" in bare.stderr

@@ -42,8 +42,13 @@ def log_uniform(lo: float, hi: float) -> st.SearchStrategy[float]:
 def books(draw: Any) -> dict[str, float]:
     """One market's estimator state and book, over the whole valid domain."""
     return {
-        "p": draw(st.one_of(st.floats(1e-3, 1 - 1e-3), log_uniform(1e-4, 0.05),
-                            log_uniform(1e-4, 0.05).map(lambda d: 1 - d))),
+        "p": draw(
+            st.one_of(
+                st.floats(1e-3, 1 - 1e-3),
+                log_uniform(1e-4, 0.05),
+                log_uniform(1e-4, 0.05).map(lambda d: 1 - d),
+            )
+        ),
         "sigma": draw(log_uniform(1e-6, 1e-2)),
         "lam": draw(st.one_of(st.just(0.0), log_uniform(1e-9, 1e-2))),
         "J": draw(log_uniform(0.05, 5.0)),
@@ -64,8 +69,13 @@ model_settings = st.builds(
 )
 
 
-def state(b: dict[str, float], cfg: ModelSettings, depth: float | None = None,
-          gap: float | None = None, last_tick: float | None = None) -> EstimatorState:
+def state(
+    b: dict[str, float],
+    cfg: ModelSettings,
+    depth: float | None = None,
+    gap: float | None = None,
+    last_tick: float | None = None,
+) -> EstimatorState:
     s = EstimatorState.empty(1, cfg)
     s.x[:] = math.log(b["p"]) - math.log1p(-b["p"])
     s.t[:] = NOW - b["since"] if last_tick is None else last_tick
@@ -79,24 +89,37 @@ def state(b: dict[str, float], cfg: ModelSettings, depth: float | None = None,
     return s
 
 
-def targets(b: dict[str, float], cfg: ModelSettings, live: bool, pin: float | None = None,
-            **kw: Any) -> tuple[parameters.RiskInputs, parameters.Targets]:
+def targets(
+    b: dict[str, float], cfg: ModelSettings, live: bool, pin: float | None = None, **kw: Any
+) -> tuple[parameters.RiskInputs, parameters.Targets]:
     s = state(b, cfg, **kw)
     confirmed = np.array([NOW - b["since"]]) if live else None
-    inp = parameters.risk_inputs(s, NOW, np.array([NOW + b["tau"]]), cfg, confirmed,
-                                 np.array([live]) if live else None,
-                                 np.array([b["notional"]]))
+    inp = parameters.risk_inputs(
+        s,
+        NOW,
+        np.array([NOW + b["tau"]]),
+        cfg,
+        confirmed,
+        np.array([live]) if live else None,
+        np.array([b["notional"]]),
+    )
     with np.errstate(all="ignore"):
-        tg = parameters.compute(inp, cfg, np.array([20.0]), np.array([0.05]),
-                                np.array([1e-5]),
-                                leverage_pin=None if pin is None else np.array([pin]))
+        tg = parameters.compute(
+            inp,
+            cfg,
+            np.array([20.0]),
+            np.array([0.05]),
+            np.array([1e-5]),
+            leverage_pin=None if pin is None else np.array([pin]),
+        )
     return inp, tg
 
 
 @PROPS
 @given(books(), log_uniform(1.0, 1e4), st.booleans(), model_settings)
-def test_more_depth_never_lowers_leverage(b: dict[str, float], factor: float, live: bool,
-                                          cfg: ModelSettings) -> None:
+def test_more_depth_never_lowers_leverage(
+    b: dict[str, float], factor: float, live: bool, cfg: ModelSettings
+) -> None:
     deeper = max(b["depth"], 1.0) * factor
     _, thin = targets(b, cfg, live)
     inp, deep = targets(b, cfg, live, depth=deeper)
@@ -107,8 +130,8 @@ def test_more_depth_never_lowers_leverage(b: dict[str, float], factor: float, li
 @PROPS
 @given(books(), log_uniform(1.0, 1e4), st.booleans(), st.floats(1.01, 20.0), model_settings)
 def test_more_depth_never_raises_the_fee_at_a_given_leverage(
-        b: dict[str, float], factor: float, live: bool, pin: float,
-        cfg: ModelSettings) -> None:
+    b: dict[str, float], factor: float, live: bool, pin: float, cfg: ModelSettings
+) -> None:
     deeper = max(b["depth"], 1.0) * factor
     thin_inp, thin = targets(b, cfg, live, pin=pin)
     # See the module docstring; and the diffusion's spread over the thin book's horizon
@@ -125,8 +148,17 @@ def test_fee_past_the_event_is_the_mixture_effect() -> None:
     jump it replaces at p near 1 with wide jumps (the counterexample behind the
     `assume` above, and behind spec 6.3's fee clause)."""
     cfg = ModelSettings(book_refill_s=3600.0)
-    b = {"p": 0.986, "sigma": 1.5e-4, "lam": 1e-3, "J": 2.85, "tau": 27_115.0,
-         "depth": 30.0, "notional": 10_000.0, "gap": 10.0, "since": 0.0}
+    b = {
+        "p": 0.986,
+        "sigma": 1.5e-4,
+        "lam": 1e-3,
+        "J": 2.85,
+        "tau": 27_115.0,
+        "depth": 30.0,
+        "notional": 10_000.0,
+        "gap": 10.0,
+        "since": 0.0,
+    }
     thin_inp, thin = targets(b, cfg, live=True, pin=17.0)
     _, deep = targets(b, cfg, live=True, pin=17.0, depth=1e6)
     assert thin_inp.h[0] > b["tau"]
@@ -136,7 +168,8 @@ def test_fee_past_the_event_is_the_mixture_effect() -> None:
 @PROPS
 @given(books(), log_uniform(0.01, 1e5), st.floats(0.0, 86_400.0), model_settings)
 def test_top_of_book_tick_rate_changes_nothing_on_a_live_book(
-        b: dict[str, float], gap: float, quiet: float, cfg: ModelSettings) -> None:
+    b: dict[str, float], gap: float, quiet: float, cfg: ModelSettings
+) -> None:
     """A live book's market: the EWMA of the time between its ticks and when it last
     ticked (its top last moved) do not change its inputs or targets."""
     assume(b["depth"] > 0.0)
@@ -149,8 +182,9 @@ def test_top_of_book_tick_rate_changes_nothing_on_a_live_book(
 
 @PROPS
 @given(books(), model_settings)
-def test_a_deep_live_book_is_not_thin_and_a_shallow_one_is(b: dict[str, float],
-                                                           cfg: ModelSettings) -> None:
+def test_a_deep_live_book_is_not_thin_and_a_shallow_one_is(
+    b: dict[str, float], cfg: ModelSettings
+) -> None:
     assume(cfg.book_refill_s > 0 and b["since"] * cfg.k_liquidity <= cfg.liquidation_horizon_s)
     value = min(b["p"], 1 - b["p"])
     shares = b["notional"] / value

@@ -61,8 +61,9 @@ def test_the_pending_ticks_are_bounded_and_none_is_lost(monkeypatch: Any) -> Non
     engine = Engine(Settings(), KNOWN, discover=False)
     largest = 0
     for k in range(50):
-        batch = [Tick(m, BASE_T + k * 100 + j, 0.5 + 0.001 * (j % 7))
-                 for j in range(100) for m in KNOWN]
+        batch = [
+            Tick(m, BASE_T + k * 100 + j, 0.5 + 0.001 * (j % 7)) for j in range(100) for m in KNOWN
+        ]
         assert engine.enqueue(batch).accepted == len(batch)
         largest = max(largest, len(engine._pending))
     assert largest <= 1000
@@ -77,14 +78,15 @@ def footprint(obj: Any, depth: int = 2) -> int:
     if isinstance(obj, np.ndarray):
         return int(obj.nbytes)
     if isinstance(obj, dict | list | set | tuple):
-        return len(obj) + (sum(footprint(v, depth - 1) for v in
-                               (obj.values() if isinstance(obj, dict) else obj))
-                           if depth > 0 else 0)
+        return len(obj) + (
+            sum(footprint(v, depth - 1) for v in (obj.values() if isinstance(obj, dict) else obj))
+            if depth > 0
+            else 0
+        )
     if depth > 0 and hasattr(obj, "__dict__"):
         return sum(footprint(v, depth - 1) for v in vars(obj).values())
     if depth > 0 and dataclasses.is_dataclass(obj):
-        return sum(footprint(getattr(obj, f.name), depth - 1)
-                   for f in dataclasses.fields(obj))
+        return sum(footprint(getattr(obj, f.name), depth - 1) for f in dataclasses.fields(obj))
     return 0
 
 
@@ -99,8 +101,9 @@ def test_memory_per_market_is_constant() -> None:
         for _ in range(cycles):
             for _ in range(20):
                 t += 1.0
-                engine.enqueue([Tick(m, t, float(np.clip(0.5 + rng.normal(0, 0.02), 0, 1)))
-                                for m in KNOWN])
+                engine.enqueue(
+                    [Tick(m, t, float(np.clip(0.5 + rng.normal(0, 0.02), 0, 1))) for m in KNOWN]
+                )
             engine.cycle(t)
 
     run(50)
@@ -111,41 +114,55 @@ def test_memory_per_market_is_constant() -> None:
 
 
 async def test_a_live_feed_flooding_unknown_ids_and_hostile_frames(
-        tmp_path: Path, in_process: Any) -> None:
+    tmp_path: Path, in_process: Any
+) -> None:
     """Through the daemon: unknown ids, a time in the future and an oversized frame
     are counted by reason; the market table stays as configured; prices still flow."""
     server = VenueServer(path="/prices")
     await server.start()
     try:
         markets = tmp_path / "markets.json"
-        markets.write_text(json.dumps({"markets": [
-            {"id": "fed-hold", "resolves_at": "2030-01-01T00:00:00Z"}]}), encoding="utf-8")
+        markets.write_text(
+            json.dumps({"markets": [{"id": "fed-hold", "resolves_at": "2030-01-01T00:00:00Z"}]}),
+            encoding="utf-8",
+        )
         doc = base_config(
-            tmp_path, 0, markets={"file": str(markets)},
-            feed={"kind": "websocket", "url": server.url, "max_future_s": 5.0,
-                  "websocket": {"backoff_initial_s": 0.05, "backoff_max_s": 0.2,
-                                "max_message_bytes": 4096}},
+            tmp_path,
+            0,
+            markets={"file": str(markets)},
+            feed={
+                "kind": "websocket",
+                "url": server.url,
+                "max_future_s": 5.0,
+                "websocket": {
+                    "backoff_initial_s": 0.05,
+                    "backoff_max_s": 0.2,
+                    "max_message_bytes": 4096,
+                },
+            },
             governor={"publish_interval_s": 0.05, "ttl_s": 5.0},
-            model={"warmup_s": 0.0, "warmup_ticks": 2})
+            model={"warmup_s": 0.0, "warmup_ticks": 2},
+        )
         d = await in_process(doc)
         d.start()
         await wait_until(lambda: _true(bool(server.connections)), what="a connection")
 
         async def metric(reason: str) -> float:
             _, _, text = await http_get(d.url + "/metrics")
-            return sample(text, "riskd_ticks_rejected_total", venue="websocket",
-                          reason=reason) or 0.0
+            return (
+                sample(text, "riskd_ticks_rejected_total", venue="websocket", reason=reason) or 0.0
+            )
 
         for k in range(10):  # 500 made-up ids, 50 per frame (each under 4 KiB)
-            await server.send([{"market": f"spam-{k}-{i}", "price": 0.5, "ts": now_ms()}
-                               for i in range(50)])
+            await server.send(
+                [{"market": f"spam-{k}-{i}", "price": 0.5, "ts": now_ms()} for i in range(50)]
+            )
         await server.send({"market": "fed-hold", "price": 0.5, "ts": now_ms() + 60_000})
         await wait_until(lambda: _equals(metric("unknown_market"), 500), what="unknown ids")
         await wait_until(lambda: _equals(metric("future_ts"), 1), what="the future tick")
         assert len(d.daemon.engine) == 1
 
-        await server.send({"market": "fed-hold", "price": 0.5, "pad": "x" * 8192,
-                           "ts": now_ms()})
+        await server.send({"market": "fed-hold", "price": 0.5, "pad": "x" * 8192, "ts": now_ms()})
         await wait_until(lambda: _equals(metric("message_too_big"), 1), what="the big frame")
         await wait_until(lambda: _true(server.handshakes >= 2), what="the reconnection")
         for k in range(3):
@@ -214,7 +231,10 @@ async def test_the_audit_log_rotates_into_a_bounded_number_of_files(tmp_path: Pa
     await pub.close()
     files = sorted(p.name for p in tmp_path.iterdir())
     assert files == ["audit.jsonl", "audit.jsonl.1", "audit.jsonl.2", "audit.jsonl.3"]
-    seqs = [b["seq"] for name in ("audit.jsonl.3", "audit.jsonl.2", "audit.jsonl.1",
-                                  "audit.jsonl") for b in read_audit(tmp_path / name)]
+    seqs = [
+        b["seq"]
+        for name in ("audit.jsonl.3", "audit.jsonl.2", "audit.jsonl.1", "audit.jsonl")
+        for b in read_audit(tmp_path / name)
+    ]
     assert seqs == list(range(seqs[0], 101))  # the newest kept, in order, no gap
     assert all(p.stat().st_size <= 2000 + 600 for p in tmp_path.iterdir())

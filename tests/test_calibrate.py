@@ -104,7 +104,7 @@ def test_range_extremes_against_a_loop() -> None:
     hi = lo + 1 + rng.integers(0, 300 - lo)
     mins, maxs = cal.range_extremes(x, lo, hi)
     for k in range(500):
-        assert mins[k] == x[lo[k]:hi[k]].min() and maxs[k] == x[lo[k]:hi[k]].max()
+        assert mins[k] == x[lo[k] : hi[k]].min() and maxs[k] == x[lo[k] : hi[k]].max()
 
 
 # -- exceedances through the engine ------------------------------------------------------
@@ -156,8 +156,10 @@ def test_exceedances_are_the_jump_inside_h_and_nothing_else(settings: Settings) 
 def test_a_move_smaller_than_the_margin_is_not_an_exceedance(settings: Settings) -> None:
     ticks, markets = _tape()
     # The fall is only 0.01 now: below every margin riskd offers at 0.5 (20x: 0.025).
-    ticks = [Tick(tk.market, tk.ts, tk.price + 0.29) if k >= JUMP_ROW else tk
-             for k, tk in enumerate(ticks)]
+    ticks = [
+        Tick(tk.market, tk.ts, tk.price + 0.29) if k >= JUMP_ROW else tk
+        for k, tk in enumerate(ticks)
+    ]
     result = cal.calibrate("constructed", ticks, markets, settings, settle=False)
     assert result.obs is not None and result.obs.t.shape[0] > 300
     assert result.obs.loss.max() == pytest.approx(0.012, abs=1e-9)
@@ -192,8 +194,13 @@ def test_disjoint_windows_do_not_overlap() -> None:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "riskd.cli", "calibrate", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=170)
+    return subprocess.run(
+        [sys.executable, "-m", "riskd.cli", "calibrate", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=170,
+    )
 
 
 def test_cli_prints_the_table_and_json_on_the_fed_tape(tmp_path: Path) -> None:

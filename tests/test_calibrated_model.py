@@ -33,13 +33,18 @@ seconds = st.floats(0.0, 1e8)
 @PROPS
 @given(counts, seconds, counts, seconds)
 def test_long_run_rate_lies_between_the_market_and_its_pool(
-        jumps: float, exposure: float, pool_jumps: float, pool_exposure: float) -> None:
+    jumps: float, exposure: float, pool_jumps: float, pool_exposure: float
+) -> None:
     pool_jumps += jumps  # the pool holds the market
     pool_exposure += exposure
-    rate = float(parameters.pooled_jump_rate(np.array([jumps]), np.array([exposure]),
-                                             pool_jumps, pool_exposure, CFG)[0])
-    pool = (pool_jumps + CFG.lambda_prior * CFG.jump_pool_prior_s) / \
-        (pool_exposure + CFG.jump_pool_prior_s)
+    rate = float(
+        parameters.pooled_jump_rate(
+            np.array([jumps]), np.array([exposure]), pool_jumps, pool_exposure, CFG
+        )[0]
+    )
+    pool = (pool_jumps + CFG.lambda_prior * CFG.jump_pool_prior_s) / (
+        pool_exposure + CFG.jump_pool_prior_s
+    )
     own = jumps / exposure if exposure > 0 else (math.inf if jumps > 0 else pool)
     assert min(own, pool) * (1 - 1e-12) <= rate <= max(own, pool) * (1 + 1e-12)
 
@@ -47,11 +52,15 @@ def test_long_run_rate_lies_between_the_market_and_its_pool(
 @PROPS
 @given(counts, seconds, counts, seconds, st.integers(1, 20), st.floats(1.0, 1e6))
 def test_more_jumps_raise_the_rate_and_quiet_time_lowers_it(
-        jumps: float, exposure: float, pool_jumps: float, pool_exposure: float, more: int,
-        quiet: float) -> None:
+    jumps: float, exposure: float, pool_jumps: float, pool_exposure: float, more: int, quiet: float
+) -> None:
     def rate(j: float, e: float) -> float:
-        return float(parameters.pooled_jump_rate(np.array([j]), np.array([e]),
-                                                 pool_jumps, pool_exposure, CFG)[0])
+        return float(
+            parameters.pooled_jump_rate(
+                np.array([j]), np.array([e]), pool_jumps, pool_exposure, CFG
+            )[0]
+        )
+
     assert rate(jumps + more, exposure) > rate(jumps, exposure)
     assert rate(jumps, exposure + quiet) < rate(jumps, exposure)
 
@@ -79,10 +88,20 @@ def test_the_backtest_pool_is_the_live_pool_at_each_row() -> None:
     batch = Engine(settings, markets, discover=False)
     idx = np.array([batch.index[tk.market] for tk in ticks])
     times = np.array([tk.ts for tk in ticks])
-    rec = EstimatorState(**{name: np.empty(len(ticks), getattr(batch.est, name).dtype)
-                            for name in EstimatorState.__dataclass_fields__})
-    batch.apply(idx, times, np.array([tk.price for tk in ticks]),
-                np.zeros(len(ticks)), np.full(len(ticks), np.nan), record=rec)
+    rec = EstimatorState(
+        **{
+            name: np.empty(len(ticks), getattr(batch.est, name).dtype)
+            for name in EstimatorState.__dataclass_fields__
+        }
+    )
+    batch.apply(
+        idx,
+        times,
+        np.array([tk.price for tk in ticks]),
+        np.zeros(len(ticks)),
+        np.full(len(ticks), np.nan),
+        record=rec,
+    )
     rows = batch.long_jump_rate(times, idx, est=rec)
     assert int(rec.jumps.max()) > 0  # the tape has jumps
     live = Engine(settings, markets, discover=False)
@@ -93,18 +112,33 @@ def test_the_backtest_pool_is_the_live_pool_at_each_row() -> None:
 
 
 @PROPS
-@given(st.floats(0.02, 0.98), st.floats(1.0, 5.0), st.floats(2.0, 8.0),
-       st.floats(1e-5, 1e-3), st.floats(0.3, 3.0))
+@given(
+    st.floats(0.02, 0.98),
+    st.floats(1.0, 5.0),
+    st.floats(2.0, 8.0),
+    st.floats(1e-5, 1e-3),
+    st.floats(0.3, 3.0),
+)
 def test_a_scheduled_event_lowers_the_fee_and_leaves_the_margins(
-        p: float, log_h: float, log_tau: float, sigma: float, jump: float) -> None:
+    p: float, log_h: float, log_tau: float, sigma: float, jump: float
+) -> None:
     h, tau = 10.0**log_h, 10.0**log_tau
     one = np.ones(1)
 
     def targets(scheduled: bool) -> parameters.Targets:
-        inp = RiskInputs(p=p * one, x=logit(p * one), tau=tau * one, sigma=sigma * one,
-                         lam=1e-6 * one, J=jump * one, gap=np.zeros(1), h=h * one,
-                         half_spread=np.zeros(1), tick=0.01 * one,
-                         scheduled=np.array([scheduled]))
+        inp = RiskInputs(
+            p=p * one,
+            x=logit(p * one),
+            tau=tau * one,
+            sigma=sigma * one,
+            lam=1e-6 * one,
+            J=jump * one,
+            gap=np.zeros(1),
+            h=h * one,
+            half_spread=np.zeros(1),
+            tick=0.01 * one,
+            scheduled=np.array([scheduled]),
+        )
         return parameters.compute(inp, CFG, 20.0 * one, 0.05 * one, 1e-5 * one)
 
     deadline, dated = targets(False), targets(True)
@@ -116,10 +150,12 @@ def test_a_scheduled_event_lowers_the_fee_and_leaves_the_margins(
 @PROPS
 @given(st.floats(1.0, 1e5), st.floats(0.0, 1e8), st.floats(0.0, 1.0))
 def test_the_scheduled_hazard_is_below_the_uniform_and_one_at_the_event(
-        h: float, tau: float, share: float) -> None:
+    h: float, tau: float, share: float
+) -> None:
     uniform = resolution_probability(np.array([h]), np.array([tau]), CFG.h_min_s)
-    dated = resolution_probability(np.array([h]), np.array([tau]), CFG.h_min_s,
-                                   np.array([True]), 0.0, share)
+    dated = resolution_probability(
+        np.array([h]), np.array([tau]), CFG.h_min_s, np.array([True]), 0.0, share
+    )
     assert dated[0] <= uniform[0] + 1e-12
     if tau <= h:
         assert dated[0] == 1.0

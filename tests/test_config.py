@@ -273,21 +273,38 @@ def test_run_with_an_unusable_audit_log_exits_2(tmp_path: Path) -> None:
 
 PAIRS = [
     # (override, key the message must name): each would be accepted, then fail later.
-    ({"publisher": {"http": {"backoff_initial_s": 20.0, "backoff_max_s": 1.0}}},
-     "publisher.http.backoff_max_s"),
-    ({"publisher": {"http": {"circuit_reset_s": 30.0, "circuit_max_reset_s": 5.0}}},
-     "publisher.http.circuit_max_reset_s"),
-    ({"feed": {"polymarket": {"backoff_initial_s": 5.0, "backoff_max_s": 1.0}}},
-     "feed.polymarket.backoff_max_s"),
-    ({"feed": {"kalshi": {"backoff_initial_s": 5.0, "backoff_max_s": 1.0}}},
-     "feed.kalshi.backoff_max_s"),
-    ({"feed": {"websocket": {"backoff_initial_s": 5.0, "backoff_max_s": 1.0}}},
-     "feed.websocket.backoff_max_s"),
-    ({"feed": {"polymarket": {"ping_interval_s": 40.0, "read_timeout_s": 30.0}}},
-     "feed.polymarket.read_timeout_s"),
-    ({"feed": {"websocket": {"ping_text": "ping", "ping_interval_s": 90.0,
-                             "read_timeout_s": 60.0}}},
-     "feed.websocket.read_timeout_s"),
+    (
+        {"publisher": {"http": {"backoff_initial_s": 20.0, "backoff_max_s": 1.0}}},
+        "publisher.http.backoff_max_s",
+    ),
+    (
+        {"publisher": {"http": {"circuit_reset_s": 30.0, "circuit_max_reset_s": 5.0}}},
+        "publisher.http.circuit_max_reset_s",
+    ),
+    (
+        {"feed": {"polymarket": {"backoff_initial_s": 5.0, "backoff_max_s": 1.0}}},
+        "feed.polymarket.backoff_max_s",
+    ),
+    (
+        {"feed": {"kalshi": {"backoff_initial_s": 5.0, "backoff_max_s": 1.0}}},
+        "feed.kalshi.backoff_max_s",
+    ),
+    (
+        {"feed": {"websocket": {"backoff_initial_s": 5.0, "backoff_max_s": 1.0}}},
+        "feed.websocket.backoff_max_s",
+    ),
+    (
+        {"feed": {"polymarket": {"ping_interval_s": 40.0, "read_timeout_s": 30.0}}},
+        "feed.polymarket.read_timeout_s",
+    ),
+    (
+        {
+            "feed": {
+                "websocket": {"ping_text": "ping", "ping_interval_s": 90.0, "read_timeout_s": 60.0}
+            }
+        },
+        "feed.websocket.read_timeout_s",
+    ),
     ({"feed": {"websocket": {"ping_interval_s": 5.0}}}, "feed.websocket.ping_text"),
     ({"governor": {"publish_interval_s": 5.0, "ttl_s": 5.0}}, "governor.ttl_s"),
     ({"state": {"snapshot_interval_s": 600.0, "max_age_s": 300.0}}, "state.max_age_s"),
@@ -309,14 +326,23 @@ def test_conflicting_env_value_names_the_key_and_variable(tmp_path: Path) -> Non
     env = {"RISKD_PUBLISHER__HTTP__BACKOFF_MAX_S": "0.01"}
     with pytest.raises(ConfigError) as info:
         load_settings_with_env(config(tmp_path), env)
-    assert "publisher.http.backoff_max_s (or env RISKD_PUBLISHER__HTTP__BACKOFF_MAX_S)" \
-        in str(info.value)
+    assert "publisher.http.backoff_max_s (or env RISKD_PUBLISHER__HTTP__BACKOFF_MAX_S)" in str(
+        info.value
+    )
 
 
 def test_equal_bounds_are_accepted(tmp_path: Path) -> None:
-    path = config(tmp_path, publisher={"http": {
-        "backoff_initial_s": 2.0, "backoff_max_s": 2.0,
-        "circuit_reset_s": 7.0, "circuit_max_reset_s": 7.0}})
+    path = config(
+        tmp_path,
+        publisher={
+            "http": {
+                "backoff_initial_s": 2.0,
+                "backoff_max_s": 2.0,
+                "circuit_reset_s": 7.0,
+                "circuit_max_reset_s": 7.0,
+            }
+        },
+    )
     http = load_settings(path).publisher.http
     assert http is not None and http.backoff_max_s == http.backoff_initial_s == 2.0
 
@@ -324,11 +350,15 @@ def test_equal_bounds_are_accepted(tmp_path: Path) -> None:
 # --- the HTTP publisher signs: it needs a key -------------------------------------------
 
 
-@pytest.mark.parametrize(("http", "key"), [
-    ({"secret": None}, "publisher.http.secret"),
-    ({"secret": ""}, "publisher.http.secret"),
-    ({"secret": "   "}, "publisher.http.secret"),
-], ids=["absent", "empty", "blank"])
+@pytest.mark.parametrize(
+    ("http", "key"),
+    [
+        ({"secret": None}, "publisher.http.secret"),
+        ({"secret": ""}, "publisher.http.secret"),
+        ({"secret": "   "}, "publisher.http.secret"),
+    ],
+    ids=["absent", "empty", "blank"],
+)
 def test_http_publisher_without_secret_is_rejected(
     tmp_path: Path, http: dict[str, Any], key: str
 ) -> None:
@@ -347,8 +377,11 @@ def test_http_secret_file_must_not_be_empty_or_doubled(tmp_path: Path) -> None:
     full = tmp_path / "http.secret"
     full.write_text(FILE_SECRET, encoding="utf-8")
     path = config(tmp_path, publisher={"http": {"secret_file": str(full)}})  # and secret
-    with pytest.raises(ConfigError, match=r"publisher\.http\.secret_file: set secret or "
-                                          r"secret_file, not both"):
+    with pytest.raises(
+        ConfigError,
+        match=r"publisher\.http\.secret_file: set secret or "
+        r"secret_file, not both",
+    ):
         load_settings(path)
 
 
@@ -363,17 +396,32 @@ def test_audit_log_must_not_be_the_tape_or_inside_its_directory(tmp_path: Path) 
     markets = tmp_path / "markets.json"
     markets.write_bytes(FED_MARKETS.read_bytes())
     cases = [
-        ({"feed": {"path": str(tape)}, "publisher": {"jsonl": {"path": str(tape)}}},
-         "publisher.jsonl.path: is the replay tape feed.path"),
-        ({"feed": {"path": str(tapes)}, "publisher": {"jsonl": {"path": str(tapes / "a.jsonl")}}},
-         "publisher.jsonl.path: is inside the tape directory feed.path"),
-        ({"publisher": {"jsonl": {"path": str(tmp_path / "st")}},
-          "state": {"dir": str(tmp_path / "st")}},
-         "publisher.jsonl.path: is the state directory state.dir"),
-        ({"markets": {"file": str(markets)}, "publisher": {"jsonl": {"path": str(markets)}}},
-         "publisher.jsonl.path: is the markets file markets.file"),
-        ({"feed": {"path": str(tapes)}, "state": {"dir": str(tapes)}},
-         "state.dir: is the replay tape feed.path"),
+        (
+            {"feed": {"path": str(tape)}, "publisher": {"jsonl": {"path": str(tape)}}},
+            "publisher.jsonl.path: is the replay tape feed.path",
+        ),
+        (
+            {
+                "feed": {"path": str(tapes)},
+                "publisher": {"jsonl": {"path": str(tapes / "a.jsonl")}},
+            },
+            "publisher.jsonl.path: is inside the tape directory feed.path",
+        ),
+        (
+            {
+                "publisher": {"jsonl": {"path": str(tmp_path / "st")}},
+                "state": {"dir": str(tmp_path / "st")},
+            },
+            "publisher.jsonl.path: is the state directory state.dir",
+        ),
+        (
+            {"markets": {"file": str(markets)}, "publisher": {"jsonl": {"path": str(markets)}}},
+            "publisher.jsonl.path: is the markets file markets.file",
+        ),
+        (
+            {"feed": {"path": str(tapes)}, "state": {"dir": str(tapes)}},
+            "state.dir: is the replay tape feed.path",
+        ),
     ]
     for override, message in cases:
         result = riskd("check-config", "-c", str(config(tmp_path, **override)))
@@ -382,11 +430,15 @@ def test_audit_log_must_not_be_the_tape_or_inside_its_directory(tmp_path: Path) 
     # Spelled differently, the same file: still caught (paths are compared resolved).
     alias = str(tapes / ".." / "tapes" / "t.csv")
     with pytest.raises(ConfigError, match="is the replay tape"):
-        load_settings(config(tmp_path, feed={"path": str(tape)},
-                             publisher={"jsonl": {"path": alias}}))
+        load_settings(
+            config(tmp_path, feed={"path": str(tape)}, publisher={"jsonl": {"path": alias}})
+        )
     # A live feed does not read feed.path: nothing to protect there.
-    live = config(tmp_path, feed={"kind": "polymarket", "path": str(tapes)},
-                  publisher={"jsonl": {"path": str(tapes / "a.jsonl")}})
+    live = config(
+        tmp_path,
+        feed={"kind": "polymarket", "path": str(tapes)},
+        publisher={"jsonl": {"path": str(tapes / "a.jsonl")}},
+    )
     assert load_settings(live).publisher.jsonl is not None
 
 
@@ -398,13 +450,18 @@ URL_TOKEN = "url-token-b04d2a"
 
 def test_check_config_masks_credentials_in_urls(tmp_path: Path) -> None:
     url = f"http://exch:{URL_PASSWORD}@127.0.0.1:9/risk-params?token={URL_TOKEN}&venue=a"
-    path = config(tmp_path, publisher={"http": {"url": url}},
-                  feed={"polymarket": {"gamma_url": f"https://gamma.example/?api_key={URL_TOKEN}"}})
+    path = config(
+        tmp_path,
+        publisher={"http": {"url": url}},
+        feed={"polymarket": {"gamma_url": f"https://gamma.example/?api_key={URL_TOKEN}"}},
+    )
     result = riskd("check-config", "-c", str(path))
     assert result.returncode == 0, result.stderr
     settings = json.loads(result.stdout)
-    assert settings["publisher"]["http"]["url"] == \
-        "http://exch:***@127.0.0.1:9/risk-params?token=***&venue=a"
+    assert (
+        settings["publisher"]["http"]["url"]
+        == "http://exch:***@127.0.0.1:9/risk-params?token=***&venue=a"
+    )
     assert settings["feed"]["polymarket"]["gamma_url"] == "https://gamma.example/?api_key=***"
     for out in (result.stdout, result.stderr):
         assert URL_PASSWORD not in out and URL_TOKEN not in out
@@ -428,8 +485,10 @@ def test_check_config_says_which_file_it_loaded(tmp_path: Path) -> None:
     implicit = write(tmp_path / "config", to_toml(merge(VALID, {"limits": {"max_leverage": 4.0}})))
     result = riskd("check-config", cwd=tmp_path, env={"RISKD_LIMITS__MAX_LEVERAGE": "3"})
     assert result.returncode == 0, result.stderr
-    assert f"config file {implicit.resolve()} (found as ./config/riskd.toml, no -c given)" \
+    assert (
+        f"config file {implicit.resolve()} (found as ./config/riskd.toml, no -c given)"
         in result.stderr
+    )
     assert "environment overrides: RISKD_LIMITS__MAX_LEVERAGE" in result.stderr
     assert json.loads(result.stdout)["limits"]["max_leverage"] == 3.0
 

@@ -51,10 +51,16 @@ def exposition(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exposition]
     base = tmp_path_factory.mktemp("exposition")
     exchange = ReceiverThread(Receiver(b"dashboard-test"))
     tape = broken_tape(base / "tape" / "fed.csv")
-    daemon = Riskd(base, merge(base_config(base, free_port()), {
-        "feed": {"path": str(tape)},
-        "publisher": {"http": {"url": exchange.url, "secret": "dashboard-test"}},
-    }))
+    daemon = Riskd(
+        base,
+        merge(
+            base_config(base, free_port()),
+            {
+                "feed": {"path": str(tape)},
+                "publisher": {"http": {"url": exchange.url, "secret": "dashboard-test"}},
+            },
+        ),
+    )
     try:
         daemon.wait_healthy()
         daemon.signal(signal.SIGHUP)
@@ -111,12 +117,22 @@ def test_the_rows_and_panels_the_issue_lists() -> None:
     dash = load_dashboard()
     used = {name for _, expr in dashboard_queries(dash) for name in metric_names(expr)}
     wanted = {
-        "riskd_probability", "riskd_max_leverage", "riskd_fee_rate_hourly",
-        "riskd_max_slippage", "riskd_time_to_resolution_seconds", "riskd_belief_volatility",
-        "riskd_jump_intensity", "riskd_jumps_detected_total", "riskd_market_mode",
-        "riskd_feed_connected", "riskd_feed_lag_seconds", "riskd_feed_reconnects_total",
-        "riskd_ticks_rejected_total", "riskd_publishes_total",
-        "riskd_publish_latency_seconds_bucket", "riskd_tick_to_publish_seconds_bucket",
+        "riskd_probability",
+        "riskd_max_leverage",
+        "riskd_fee_rate_hourly",
+        "riskd_max_slippage",
+        "riskd_time_to_resolution_seconds",
+        "riskd_belief_volatility",
+        "riskd_jump_intensity",
+        "riskd_jumps_detected_total",
+        "riskd_market_mode",
+        "riskd_feed_connected",
+        "riskd_feed_lag_seconds",
+        "riskd_feed_reconnects_total",
+        "riskd_ticks_rejected_total",
+        "riskd_publishes_total",
+        "riskd_publish_latency_seconds_bucket",
+        "riskd_tick_to_publish_seconds_bucket",
         "riskd_cycle_seconds_bucket",
     }
     assert wanted <= used, wanted - used
@@ -125,8 +141,15 @@ def test_the_rows_and_panels_the_issue_lists() -> None:
     # Panels showing one market's values follow the $market selection.
     for where, expr in dashboard_queries(dash):
         for sel in selectors(expr):
-            if sel.metric.startswith(("riskd_probability", "riskd_max_leverage",
-                                      "riskd_fee_rate", "riskd_jump", "riskd_market_mode")):
+            if sel.metric.startswith(
+                (
+                    "riskd_probability",
+                    "riskd_max_leverage",
+                    "riskd_fee_rate",
+                    "riskd_jump",
+                    "riskd_market_mode",
+                )
+            ):
                 assert "market" in variables_used(expr), where
 
 
@@ -162,14 +185,14 @@ def _refers_to_exported(where: str, expr: str, expo: Exposition) -> None:
             assert not extra, f"{where}: {sel.metric} has no label {extra}"
 
 
-def test_no_panel_refers_to_a_metric_the_daemon_does_not_export(
-        exposition: Exposition) -> None:
+def test_no_panel_refers_to_a_metric_the_daemon_does_not_export(exposition: Exposition) -> None:
     for where, expr in dashboard_queries(load_dashboard()):
         _refers_to_exported(where, expr, exposition)
 
 
 def test_no_alert_rule_refers_to_a_metric_the_daemon_does_not_export(
-        exposition: Exposition) -> None:
+    exposition: Exposition,
+) -> None:
     for rule in alert_rules():
         _refers_to_exported(f"rule {rule['alert']}", rule["expr"], exposition)
 
@@ -178,7 +201,7 @@ def _interface_metrics() -> list[tuple[str, set[str], str]]:
     """(name, labels, type) of every metric docs/interfaces.md lists, plus the two
     the observability issue adds."""
     text = (DASHBOARD.parents[2] / "docs" / "interfaces.md").read_text(encoding="utf-8")
-    section = text[text.index("## Metrics"):]
+    section = text[text.index("## Metrics") :]
     out = []
     for m in re.finditer(r"`(riskd_\w+)(?:\{([\w,]+)\})?`(\s+\(histogram\))?", section):
         name, labels, histogram = m.groups()
@@ -191,7 +214,8 @@ def _interface_metrics() -> list[tuple[str, set[str], str]]:
 
 
 def test_every_interface_metric_is_exported_with_its_type_and_labels(
-        exposition: Exposition) -> None:
+    exposition: Exposition,
+) -> None:
     for name, labels, kind in _interface_metrics():
         assert exposition.types.get(name) == kind, (name, exposition.types.get(name), kind)
         sample = f"{name}_count" if kind == "histogram" else name
@@ -232,8 +256,8 @@ def _volumes(service: dict[str, Any]) -> dict[str, str]:
 
 def test_readme_monitoring_section_describes_every_row_and_alert() -> None:
     readme = (DASHBOARD.parents[2] / "README.md").read_text(encoding="utf-8")
-    section = readme[readme.index("## Monitoring"):]
-    section = section[:section.find("\n## ", 1)]
+    section = readme[readme.index("## Monitoring") :]
+    section = section[: section.find("\n## ", 1)]
     for panel in panels(load_dashboard()):
         if panel["type"] == "row":
             assert f"**{panel['title']}**" in section, panel["title"]

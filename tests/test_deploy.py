@@ -16,28 +16,37 @@ def test_kubernetes_sidecar_config_passes_check_config(tmp_path: Path) -> None:
     kinds = {d["kind"] for d in docs}
     assert {"Deployment", "ConfigMap", "Secret", "PersistentVolumeClaim"} <= kinds
     deployment = next(d for d in docs if d["kind"] == "Deployment")
-    riskd = next(c for c in deployment["spec"]["template"]["spec"]["containers"]
-                 if c["name"] == "riskd")
+    riskd = next(
+        c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "riskd"
+    )
     assert riskd["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert riskd["readinessProbe"]["httpGet"]["path"] == "/readyz"
     config = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
     secret = tmp_path / "http-secret"
     secret.write_text("s3cret")
     (tmp_path / "markets.toml").write_text(config["markets.toml"])
-    toml = (config["riskd.toml"]
-            .replace("/etc/riskd/markets.toml", str(tmp_path / "markets.toml"))
-            .replace("/etc/riskd/secrets/http-secret", str(secret)))
+    toml = (
+        config["riskd.toml"]
+        .replace("/etc/riskd/markets.toml", str(tmp_path / "markets.toml"))
+        .replace("/etc/riskd/secrets/http-secret", str(secret))
+    )
     (tmp_path / "riskd.toml").write_text(toml)
-    done = subprocess.run([sys.executable, "-m", "riskd.cli", "check-config", "-c",
-                           str(tmp_path / "riskd.toml")], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "riskd.cli", "check-config", "-c", str(tmp_path / "riskd.toml")],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     assert "s3cret" not in done.stdout
 
 
 def test_systemd_unit_runs_the_daemon_and_keeps_config_errors_down() -> None:
     unit = (ROOT / "deploy/systemd/riskd.service").read_text()
-    lines = {line.split("=", 1)[0]: line.split("=", 1)[1] for line in unit.splitlines()
-             if "=" in line and not line.startswith("#")}
+    lines = {
+        line.split("=", 1)[0]: line.split("=", 1)[1]
+        for line in unit.splitlines()
+        if "=" in line and not line.startswith("#")
+    }
     assert lines["ExecStart"].endswith("riskd run -c /etc/riskd/riskd.toml")
     assert lines["Restart"] == "on-failure"
     assert lines["RestartPreventExitStatus"] == "2"  # riskd's exit code for bad config

@@ -30,19 +30,33 @@ def settings() -> Settings:
     return Settings(
         # The pooled long-run jump rate drifts with every market's time and jumps:
         # a prior of strength far beyond the run and a rate of 0 pin it at ~0.
-        model={"warmup_ticks": 3, "warmup_s": 20.0, "jump_halflife_s": 1e12,
-               "k_liquidity": 0.0, "lambda_prior": 0.0, "jump_pool_prior_s": 1e15,
-               "jump_shrinkage_s": 1e15},
-        governor={"publish_interval_s": 1.0, "stale_after_s": 30.0, "ttl_s": 60.0,
-                  "loosen_interval_s": 60.0, "jump_cooldown_s": 120.0,
-                  "halt_after_jump_s": 30.0, "freeze_before_resolution_s": 600.0,
-                  "reevaluate_s": 1e9},
+        model={
+            "warmup_ticks": 3,
+            "warmup_s": 20.0,
+            "jump_halflife_s": 1e12,
+            "k_liquidity": 0.0,
+            "lambda_prior": 0.0,
+            "jump_pool_prior_s": 1e15,
+            "jump_shrinkage_s": 1e15,
+        },
+        governor={
+            "publish_interval_s": 1.0,
+            "stale_after_s": 30.0,
+            "ttl_s": 60.0,
+            "loosen_interval_s": 60.0,
+            "jump_cooldown_s": 120.0,
+            "halt_after_jump_s": 30.0,
+            "freeze_before_resolution_s": 600.0,
+            "reevaluate_s": 1e9,
+        },
     )
 
 
 def markets() -> dict[str, Market]:
-    out = {f"t{k}": Market(id=f"t{k}", resolves_at=float("nan"), event_at=float("nan"))
-           for k in range(TRADED)}
+    out = {
+        f"t{k}": Market(id=f"t{k}", resolves_at=float("nan"), event_at=float("nan"))
+        for k in range(TRADED)
+    }
     for k in range(SCHEDULED):
         at = T0 + 900.0 + 300.0 * k
         out[f"s{k}"] = Market(id=f"s{k}", resolves_at=at, event_at=at)
@@ -88,8 +102,14 @@ def test_scheduled_cycles_publish_what_full_cycles_publish(seed: int) -> None:
             leverage[entry["market"]] = lev
     assert dict(scheduled.current) == dict(full.current)
     # Every time-driven rule came into play, and loosening steps were taken.
-    assert {"stale_feed", "warming_up", "jump_detected", "halted_after_jump",
-            "near_resolution", "resolved"} <= reasons
+    assert {
+        "stale_feed",
+        "warming_up",
+        "jump_detected",
+        "halted_after_jump",
+        "near_resolution",
+        "resolved",
+    } <= reasons
     assert loosened > 0
     # And the schedule skipped work: most markets sat out most cycles.
     assert waiting > 0.5 * 2400 * (TRADED + SCHEDULED)

@@ -30,9 +30,19 @@ class Run:
     seconds: float  # simulated time per market
 
 
-def simulate(*, markets: int, days: float, dt: float, sigma: float, lam: float = 0.0,
-             J: float = 0.0, seed: int, tick_size: float = 0.01, bounce: float = 0.0,
-             alternate: bool = False) -> Run:
+def simulate(
+    *,
+    markets: int,
+    days: float,
+    dt: float,
+    sigma: float,
+    lam: float = 0.0,
+    J: float = 0.0,
+    seed: int,
+    tick_size: float = 0.01,
+    bounce: float = 0.0,
+    alternate: bool = False,
+) -> Run:
     """x_{k+1} = x_k + sigma sqrt(dt) z + jump; a jump (probability lam dt per tick)
     moves x by J towards 0, so that p stays where a jump of J is also a move of
     money (jump_min_move). With `bounce`, prints are p(x) +- bounce (a random side
@@ -56,8 +66,11 @@ def simulate(*, markets: int, days: float, dt: float, sigma: float, lam: float =
             true[k] = jump
         p = expit(x)
         if bounce:
-            side = (np.full(markets, 1.0 if k % 2 else -1.0) if alternate
-                    else np.where(rng.random(markets) < 0.5, 1.0, -1.0))
+            side = (
+                np.full(markets, 1.0 if k % 2 else -1.0)
+                if alternate
+                else np.where(rng.random(markets) < 0.5, 1.0, -1.0)
+            )
             p = p + bounce * side
         det[k] = estimator.update(state, CFG, idx, np.full(markets, t), p)
         lam_path[k] = state.lambda_at(t, CFG)
@@ -72,8 +85,9 @@ def diffusion() -> Run:
 
 @pytest.fixture(scope="module")
 def jumpy() -> Run:
-    return simulate(markets=20, days=10, dt=60.0, sigma=1e-3, lam=4.0 / DAY, J=1.0, seed=2,
-                    tick_size=0.001)
+    return simulate(
+        markets=20, days=10, dt=60.0, sigma=1e-3, lam=4.0 / DAY, J=1.0, seed=2, tick_size=0.001
+    )
 
 
 def test_sigma_recovered_on_a_diffusion(diffusion: Run) -> None:
@@ -242,8 +256,9 @@ def test_bid_ask_bounce_is_not_volatility(alternate: bool) -> None:
     rectified by that floor (observed: at most 19% with random sides, the floor
     itself when alternating). With random sides the noise estimate itself is close
     to the bounce (mean over markets within 20% of 0.02 logit)."""
-    run = simulate(markets=10, days=5, dt=60.0, sigma=0.0, seed=5, bounce=0.005,
-                   alternate=alternate)
+    run = simulate(
+        markets=10, days=5, dt=60.0, sigma=0.0, seed=5, bounce=0.005, alternate=alternate
+    )
     c = 0.005 / 0.25  # the bounce in logit units at p = 0.5
     naive = np.sqrt((4.0 if alternate else 2.0) * c * c / 60.0)
     sigma_hat = np.sqrt(run.state.sigma2)
@@ -290,21 +305,22 @@ def test_vectorised_update_equals_separate_updates() -> None:
         idx = rng.permutation(m)[: rng.integers(1, m + 1)]
         t[idx] += rng.exponential(120.0, idx.size)
         x[idx] += rng.normal(0.0, 0.05, idx.size) + np.where(
-            rng.random(idx.size) < 0.05, rng.normal(0.0, 1.5, idx.size), 0.0)
+            rng.random(idx.size) < 0.05, rng.normal(0.0, 1.5, idx.size), 0.0
+        )
         p = expit(x[idx]) + rng.choice([-0.002, 0.0, 0.002], idx.size)
         half = rng.uniform(0.0, 0.01, idx.size)
         depth = rng.uniform(10.0, 1e4, idx.size)
         jumps_a = estimator.update(together, CFG, idx, t[idx].copy(), p, half, depth)
         for k, i in enumerate(idx):
             one = np.array([i])
-            jumps_b = estimator.update(alone, CFG, one, t[one].copy(), p[k : k + 1],
-                                       half[k : k + 1], depth[k : k + 1])
+            jumps_b = estimator.update(
+                alone, CFG, one, t[one].copy(), p[k : k + 1], half[k : k + 1], depth[k : k + 1]
+            )
             assert jumps_a[k] == jumps_b[0]
     assert together.jumps.sum() > 0
     for f in fields(EstimatorState):
         a, b = getattr(together, f.name), getattr(alone, f.name)
-        np.testing.assert_allclose(a, b, rtol=1e-12, atol=0.0, equal_nan=True,
-                                   err_msg=f.name)
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=0.0, equal_nan=True, err_msg=f.name)
 
 
 def test_a_batch_with_repeated_markets_equals_tick_by_tick() -> None:
@@ -323,18 +339,23 @@ def test_a_batch_with_repeated_markets_equals_tick_by_tick() -> None:
     half = rng.uniform(0.0, 0.01, n)
     depth = rng.uniform(10.0, 1e4, n)
     batch = EstimatorState.empty(m, CFG)
-    rec = EstimatorState(**{f.name: np.empty(n, getattr(batch, f.name).dtype)
-                            for f in fields(EstimatorState)})
+    rec = EstimatorState(
+        **{f.name: np.empty(n, getattr(batch, f.name).dtype) for f in fields(EstimatorState)}
+    )
     jumps = estimator.update(batch, CFG, idx, t, p, half, depth, record=rec)
     single = EstimatorState.empty(m, CFG)
     for k in range(n):
         one = slice(k, k + 1)
-        assert estimator.update(single, CFG, idx[one], t[one], p[one], half[one],
-                                depth[one])[0] == jumps[k]
+        assert (
+            estimator.update(single, CFG, idx[one], t[one], p[one], half[one], depth[one])[0]
+            == jumps[k]
+        )
         for f in fields(EstimatorState):
             assert getattr(rec, f.name)[k] == getattr(single, f.name)[idx[k]] or (
-                np.isnan(getattr(rec, f.name)[k]) and np.isnan(getattr(single, f.name)[idx[k]]))
+                np.isnan(getattr(rec, f.name)[k]) and np.isnan(getattr(single, f.name)[idx[k]])
+            )
     assert jumps.sum() > 0
     for f in fields(EstimatorState):
-        np.testing.assert_array_equal(getattr(batch, f.name), getattr(single, f.name),
-                                      err_msg=f.name)
+        np.testing.assert_array_equal(
+            getattr(batch, f.name), getattr(single, f.name), err_msg=f.name
+        )

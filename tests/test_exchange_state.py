@@ -48,14 +48,32 @@ STATUSES = {200, 400, 401, 403, 409, 413}
 # --- helpers ---------------------------------------------------------------------------
 
 
-def report(seq: int, oi: dict[str, Any] | None = None, exchange: str = "ex-a",
-           fund: float = 1_250_000.0, **extra: Any) -> bytes:
+def report(
+    seq: int,
+    oi: dict[str, Any] | None = None,
+    exchange: str = "ex-a",
+    fund: float = 1_250_000.0,
+    **extra: Any,
+) -> bytes:
     if oi is None:
-        oi = {POLY: {"long": 120000.0, "short": 80000.0,
-                     "leverage": {"long": {"2": 50000.0, "5": 70000.0}}},
-              KALSHI: {"long": 1000, "short": 0}}
-    return json.dumps({"exchange": exchange, "seq": seq, "as_of": "2026-12-06T10:00:00Z",
-                       "insurance_fund": fund, "open_interest": oi, **extra}).encode()
+        oi = {
+            POLY: {
+                "long": 120000.0,
+                "short": 80000.0,
+                "leverage": {"long": {"2": 50000.0, "5": 70000.0}},
+            },
+            KALSHI: {"long": 1000, "short": 0},
+        }
+    return json.dumps(
+        {
+            "exchange": exchange,
+            "seq": seq,
+            "as_of": "2026-12-06T10:00:00Z",
+            "insurance_fund": fund,
+            "open_interest": oi,
+            **extra,
+        }
+    ).encode()
 
 
 def signature(body: bytes, secret: str = EX_SECRET, ts: float | None = None) -> tuple[str, str]:
@@ -67,18 +85,23 @@ def signature(body: bytes, secret: str = EX_SECRET, ts: float | None = None) -> 
 
 def signed(body: bytes, secret: str = EX_SECRET, ts: float | None = None) -> dict[str, str]:
     stamp, sig = signature(body, secret, ts)
-    return {"Content-Type": "application/json", "X-Riskd-Timestamp": stamp,
-            "X-Riskd-Signature": sig}
+    return {
+        "Content-Type": "application/json",
+        "X-Riskd-Timestamp": stamp,
+        "X-Riskd-Signature": sig,
+    }
 
 
 async def post(d: InProcessDaemon, body: bytes, headers: dict[str, str]) -> tuple[int, Any]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
-        async with session.post(d.url + "/v1/exchange/state", data=io.BytesIO(body),
-                                headers=headers) as resp:
+        async with session.post(
+            d.url + "/v1/exchange/state", data=io.BytesIO(body), headers=headers
+        ) as resp:
             text = await resp.text()
             # aiohttp's own 413 (the body over [server] max_body_bytes) is text.
-            return resp.status, json.loads(text) if resp.status != 413 or \
-                text.startswith("{") else {"error": text}
+            return resp.status, json.loads(text) if resp.status != 413 or text.startswith(
+                "{"
+            ) else {"error": text}
 
 
 async def shown(d: InProcessDaemon) -> dict[str, Any]:
@@ -94,8 +117,12 @@ async def metrics(d: InProcessDaemon) -> str:
 
 
 def exchange_doc(tmp_path: Path, **exchange: Any) -> dict[str, Any]:
-    return base_config(tmp_path, 0, feed={"path": str(FED_TAPE), "speed": 0.0},
-                       exchange={"secret": EX_SECRET, **exchange})
+    return base_config(
+        tmp_path,
+        0,
+        feed={"path": str(FED_TAPE), "speed": 0.0},
+        exchange={"secret": EX_SECRET, **exchange},
+    )
 
 
 async def running(in_process: Any, doc: dict[str, Any]) -> InProcessDaemon:
@@ -118,13 +145,22 @@ async def test_a_signed_state_is_accepted_and_shown(tmp_path: Path, in_process: 
     before = await shown(d)
     assert before["enabled"] is True and before["state"] is None and before["stale"] is True
     assert sample(await metrics(d), "riskd_exchange_state_age_seconds") == math.inf
-    oi = {POLY: {"long": 120000.0, "short": 80000.0,
-                 "leverage": {"long": {"2": 50000.0, "5": 70000.0}}},
-          "not-a-riskd-market": {"long": 5.0}}
+    oi = {
+        POLY: {
+            "long": 120000.0,
+            "short": 80000.0,
+            "leverage": {"long": {"2": 50000.0, "5": 70000.0}},
+        },
+        "not-a-riskd-market": {"long": 5.0},
+    }
     status, answer = await post(d, report(12, oi), signed(report(12, oi)))
     assert status == 200, answer
-    assert answer == {"accepted": True, "markets": 2, "unknown": ["not-a-riskd-market"],
-                      "unknown_count": 1}
+    assert answer == {
+        "accepted": True,
+        "markets": 2,
+        "unknown": ["not-a-riskd-market"],
+        "unknown_count": 1,
+    }
     view = await shown(d)
     state = view["state"]
     assert state["exchange"] == "ex-a" and state["seq"] == 12
@@ -145,8 +181,9 @@ async def test_a_signed_state_is_accepted_and_shown(tmp_path: Path, in_process: 
     for result in RESULTS:  # every result exported from the start
         assert sample(text, "riskd_exchange_state_total", result=result) is not None
     # A newer report replaces the whole state: markets it leaves out have none.
-    status, _ = await post(d, report(13, {KALSHI: {"short": 7.5}}),
-                           signed(report(13, {KALSHI: {"short": 7.5}})))
+    status, _ = await post(
+        d, report(13, {KALSHI: {"short": 7.5}}), signed(report(13, {KALSHI: {"short": 7.5}}))
+    )
     assert status == 200
     assert set((await shown(d))["state"]["open_interest"]) == {KALSHI}
 
@@ -160,21 +197,46 @@ def _bad_requests() -> list[tuple[str, bytes, dict[str, str], int, str]]:
         ("unsigned", good, {"Content-Type": "application/json"}, 401, "bad_timestamp"),
         ("no signature", good, {"X-Riskd-Timestamp": stamp}, 401, "bad_signature"),
         ("wrong secret", good, signed(good, secret=SECRET), 401, "bad_signature"),
-        ("body changed", report(51), {"X-Riskd-Timestamp": stamp, "X-Riskd-Signature": sig},
-         401, "bad_signature"),
-        ("bare hex", good, {"X-Riskd-Timestamp": stamp, "X-Riskd-Signature": sig[7:]},
-         401, "bad_signature"),
+        (
+            "body changed",
+            report(51),
+            {"X-Riskd-Timestamp": stamp, "X-Riskd-Signature": sig},
+            401,
+            "bad_signature",
+        ),
+        (
+            "bare hex",
+            good,
+            {"X-Riskd-Timestamp": stamp, "X-Riskd-Signature": sig[7:]},
+            401,
+            "bad_signature",
+        ),
         ("old timestamp", good, signed(good, ts=now - 400), 401, "stale_timestamp"),
         ("future timestamp", good, signed(good, ts=now + 400), 401, "stale_timestamp"),
-        ("timestamp not digits", good, {"X-Riskd-Timestamp": f"{now:.3f}",
-                                        "X-Riskd-Signature": sig}, 401, "bad_timestamp"),
+        (
+            "timestamp not digits",
+            good,
+            {"X-Riskd-Timestamp": f"{now:.3f}", "X-Riskd-Signature": sig},
+            401,
+            "bad_timestamp",
+        ),
         ("replayed seq", report(10), signed(report(10)), 409, "replayed_seq"),
         ("older seq", report(3), signed(report(3)), 409, "replayed_seq"),
-        ("too many buckets", report(52, {POLY: {"long": 1.0, "leverage": {"long": {
-            str(k): 1.0 for k in range(1, 70)}}}}), None, 413, "too_large"),
+        (
+            "too many buckets",
+            report(
+                52, {POLY: {"long": 1.0, "leverage": {"long": {str(k): 1.0 for k in range(1, 70)}}}}
+            ),
+            None,
+            413,
+            "too_large",
+        ),
     ]
     malformed: list[bytes] = [
-        b"", b"not json", b"[]", b'{"exchange": "ex-a"}',
+        b"",
+        b"not json",
+        b"[]",
+        b'{"exchange": "ex-a"}',
         report(53, {POLY: {"long": -1.0}}),
         report(53, {POLY: {"long": "100"}}),
         report(53, {POLY: {"long": True}}),
@@ -191,10 +253,11 @@ def _bad_requests() -> list[tuple[str, bytes, dict[str, str], int, str]]:
         report(53).replace(b"2026-12-06T10:00:00Z", b"2026-12-06T10:00:00"),
         report(53).replace(b"2026-12-06T10:00:00Z", b"tomorrow"),
     ]
-    cases += [(f"malformed {i}", body, None, 400, "bad_body")
-              for i, body in enumerate(malformed)]
-    return [(what, body, headers if headers is not None else signed(body), status, reason)
-            for what, body, headers, status, reason in cases]
+    cases += [(f"malformed {i}", body, None, 400, "bad_body") for i, body in enumerate(malformed)]
+    return [
+        (what, body, headers if headers is not None else signed(body), status, reason)
+        for what, body, headers, status, reason in cases
+    ]
 
 
 async def test_refused_requests_change_nothing(tmp_path: Path, in_process: Any) -> None:
@@ -225,7 +288,8 @@ async def test_refused_requests_change_nothing(tmp_path: Path, in_process: Any) 
 
 
 async def test_disabled_without_a_secret_and_one_instance_only(
-        tmp_path: Path, in_process: Any) -> None:
+    tmp_path: Path, in_process: Any
+) -> None:
     d = await in_process(base_config(tmp_path, 0))
     for headers in ({}, signed(report(1))):
         status, answer = await post(d, report(1), headers)
@@ -276,8 +340,14 @@ def test_a_snapshot_without_exchange_state_restores_none(tmp_path: Path) -> None
     assert loaded.status == "restored" and loaded.exchange is None
 
     held = ExchangeStore()
-    verdict = held.receive(ExchangeSettings(secret=EX_SECRET), signed(report(4)), report(4),
-                           time.time(), 123.0, 1 << 20)
+    verdict = held.receive(
+        ExchangeSettings(secret=EX_SECRET),
+        signed(report(4)),
+        report(4),
+        time.time(),
+        123.0,
+        1 << 20,
+    )
     assert verdict.status == 200
     store.save(engine(), clock=1.0, seqs={"batch": 2}, exchange=held)
     loaded = store.load(engine())
@@ -285,8 +355,12 @@ def test_a_snapshot_without_exchange_state_restores_none(tmp_path: Path) -> None
     assert back == held and back.age(130.0) == 7.0
     only_seqs = ExchangeStore.from_dict(loaded.exchange, with_state=False)
     assert only_seqs.current() is None and only_seqs.last_seq == {"ex-a": 4}
-    for broken in ([], {"last_seq": {"ex-a": "4"}}, {"state": {"seq": 1}},
-                   {"state": {**held.as_dict()["state"], "insurance_fund": -1}}):
+    for broken in (
+        [],
+        {"last_seq": {"ex-a": "4"}},
+        {"state": {"seq": 1}},
+        {"state": {**held.as_dict()["state"], "insurance_fund": -1}},
+    ):
         with pytest.raises(ValueError):
             ExchangeStore.from_dict(broken)
 
@@ -296,8 +370,9 @@ def test_a_snapshot_without_exchange_state_restores_none(tmp_path: Path) -> None
 
 def frame(body: bytes, secret: str = EX_SECRET, ts: float | None = None) -> str:
     stamp, sig = signature(body, secret, ts)
-    return json.dumps({"type": "exchange_state", "timestamp": stamp, "signature": sig,
-                       "body": body.decode()})
+    return json.dumps(
+        {"type": "exchange_state", "timestamp": stamp, "signature": sig, "body": body.decode()}
+    )
 
 
 async def reply(ws: ClientConnection, text: str) -> tuple[int, Any]:
@@ -322,10 +397,12 @@ async def test_the_stream_gives_the_same_answers(tmp_path: Path, in_process: Any
         assert status == 200 and answer["markets"] == 300 and answer["unknown_count"] == 300
         assert (await shown(d))["state"]["seq"] == 5
         # The same report again, and others refused: the HTTP endpoint's answers.
-        for body, ts, secret in ((report(5), None, EX_SECRET),
-                                 (report(6), time.time() - 900, EX_SECRET),
-                                 (report(6), None, "wrong"),
-                                 (b"{}", None, EX_SECRET)):
+        for body, ts, secret in (
+            (report(5), None, EX_SECRET),
+            (report(6), time.time() - 900, EX_SECRET),
+            (report(6), None, "wrong"),
+            (b"{}", None, EX_SECRET),
+        ):
             status, answer = await reply(ws, frame(body, secret, ts))
             http = await post(d, body, signed(body, secret, ts))
             assert (status, answer) == http, (body[:40], status, answer)
@@ -348,12 +425,32 @@ async def test_the_receiver_reports_its_book(tmp_path: Path, in_process: Any) ->
     positions = tmp_path / "positions.json"
     positions.write_text(json.dumps({POLY: {"long": 300.0, "short": 100.0}}))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "riskd.cli", "receiver", "--port", str(free_port()),
-         "--riskd-url", d.url, "--positions", str(positions), "--insurance-fund", "5000",
-         "--report-interval-s", "0.1", "--exchange-name", "ref-ex", "--log-level", "debug"],
+        [
+            sys.executable,
+            "-m",
+            "riskd.cli",
+            "receiver",
+            "--port",
+            str(free_port()),
+            "--riskd-url",
+            d.url,
+            "--positions",
+            str(positions),
+            "--insurance-fund",
+            "5000",
+            "--report-interval-s",
+            "0.1",
+            "--exchange-name",
+            "ref-ex",
+            "--log-level",
+            "debug",
+        ],
         env=clean_env(RISKD_RECEIVER_SECRET=SECRET, RISKD_RECEIVER_EXCHANGE_SECRET=EX_SECRET),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
+
         async def reported(long: float) -> bool:
             state = (await shown(d))["state"]
             return state is not None and state["open_interest"][POLY]["long"] == long
@@ -362,8 +459,9 @@ async def test_the_receiver_reports_its_book(tmp_path: Path, in_process: Any) ->
         state = (await shown(d))["state"]
         assert state["exchange"] == "ref-ex" and state["insurance_fund"] == 5000.0
         assert state["seq"] > 1_700_000_000_000  # wall-clock milliseconds: rises over restarts
-        positions.write_text(json.dumps({POLY: {"long": 450.0, "short": 100.0,
-                                                "leverage": {"long": {"3": 450.0}}}}))
+        positions.write_text(
+            json.dumps({POLY: {"long": 450.0, "short": 100.0, "leverage": {"long": {"3": 450.0}}}})
+        )
         await wait_until(lambda: reported(450.0), what="the changed book")
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=10)
@@ -379,13 +477,20 @@ async def test_the_receiver_reports_its_book(tmp_path: Path, in_process: Any) ->
 def test_the_receiver_refuses_bad_reporting_options(tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({POLY: {"long": -1}}))
-    for args, env in ((["--riskd-url", "http://127.0.0.1:1"], {}),
-                      (["--positions", str(bad)], {"RISKD_RECEIVER_EXCHANGE_SECRET": "x"}),
-                      (["--riskd-url", "http://127.0.0.1:1", "--positions", str(bad)],
-                       {"RISKD_RECEIVER_EXCHANGE_SECRET": "x"})):
-        done = subprocess.run([sys.executable, "-m", "riskd.cli", "receiver", *args],
-                              env=clean_env(RISKD_RECEIVER_SECRET=SECRET, **env),
-                              capture_output=True, timeout=30)
+    for args, env in (
+        (["--riskd-url", "http://127.0.0.1:1"], {}),
+        (["--positions", str(bad)], {"RISKD_RECEIVER_EXCHANGE_SECRET": "x"}),
+        (
+            ["--riskd-url", "http://127.0.0.1:1", "--positions", str(bad)],
+            {"RISKD_RECEIVER_EXCHANGE_SECRET": "x"},
+        ),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "riskd.cli", "receiver", *args],
+            env=clean_env(RISKD_RECEIVER_SECRET=SECRET, **env),
+            capture_output=True,
+            timeout=30,
+        )
         assert done.returncode == 2, (args, done.stderr)
         assert b"Traceback" not in done.stderr
 
@@ -396,9 +501,28 @@ NOW = 1_780_000_000
 CFG = ExchangeSettings(secret=EX_SECRET)
 SEED = json.loads(report(100))
 hostile = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(), st.text(max_size=8),
-    st.sampled_from(["", "NaN", "inf", "-1", "1e309", "2", "long", "short", "leverage",
-                     "2026-12-06T10:00:00Z", "0001-01-01T00:00:00+01:00", "\u00b2"]))
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(),
+    st.text(max_size=8),
+    st.sampled_from(
+        [
+            "",
+            "NaN",
+            "inf",
+            "-1",
+            "1e309",
+            "2",
+            "long",
+            "short",
+            "leverage",
+            "2026-12-06T10:00:00Z",
+            "0001-01-01T00:00:00+01:00",
+            "\u00b2",
+        ]
+    ),
+)
 
 
 @st.composite
@@ -406,19 +530,30 @@ def mutated(draw: st.DrawFn) -> bytes:
     doc: Any = copy.deepcopy(SEED)
     doc["seq"] = draw(st.integers(0, 10**6))
     for _ in range(draw(st.integers(0, 4))):
-        path = draw(st.sampled_from([["exchange"], ["seq"], ["as_of"], ["insurance_fund"],
-                                     ["open_interest"], ["open_interest", POLY],
-                                     ["open_interest", POLY, "long"],
-                                     ["open_interest", POLY, "leverage"],
-                                     ["open_interest", POLY, "leverage", "long"],
-                                     ["open_interest", POLY, "leverage", "long", "2"]]))
+        path = draw(
+            st.sampled_from(
+                [
+                    ["exchange"],
+                    ["seq"],
+                    ["as_of"],
+                    ["insurance_fund"],
+                    ["open_interest"],
+                    ["open_interest", POLY],
+                    ["open_interest", POLY, "long"],
+                    ["open_interest", POLY, "leverage"],
+                    ["open_interest", POLY, "leverage", "long"],
+                    ["open_interest", POLY, "leverage", "long", "2"],
+                ]
+            )
+        )
         node = doc
         for key in path[:-1]:
             node = node.get(key) if isinstance(node, dict) else None
         if isinstance(node, dict):
             if draw(st.booleans()):
-                node[path[-1]] = draw(hostile | st.dictionaries(st.text(max_size=4), hostile,
-                                                                max_size=3))
+                node[path[-1]] = draw(
+                    hostile | st.dictionaries(st.text(max_size=4), hostile, max_size=3)
+                )
             else:
                 node.pop(path[-1], None)
     raw = json.dumps(doc).encode()
@@ -426,13 +561,27 @@ def mutated(draw: st.DrawFn) -> bytes:
     return raw if cut is None else raw[:cut]
 
 
-@settings(max_examples=300, derandomize=True, deadline=None, database=None,
-          suppress_health_check=list(HealthCheck))
-@given(posts=st.lists(st.tuples(mutated(), st.sampled_from(["right"] * 4 + ["wrong", "none"]),
-                                st.sampled_from([NOW, NOW - 299, NOW + 301, NOW - 5000])),
-                      min_size=1, max_size=5))
+@settings(
+    max_examples=300,
+    derandomize=True,
+    deadline=None,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+)
+@given(
+    posts=st.lists(
+        st.tuples(
+            mutated(),
+            st.sampled_from(["right"] * 4 + ["wrong", "none"]),
+            st.sampled_from([NOW, NOW - 299, NOW + 301, NOW - 5000]),
+        ),
+        min_size=1,
+        max_size=5,
+    )
+)
 def test_the_parser_only_ever_refuses_with_a_counted_reason(
-        posts: list[tuple[bytes, str, int]]) -> None:
+    posts: list[tuple[bytes, str, int]],
+) -> None:
     store = ExchangeStore()
     for raw, how, ts in posts:
         headers = signed(raw, EX_SECRET if how == "right" else "wrong", ts)
@@ -456,9 +605,15 @@ def test_the_parser_only_ever_refuses_with_a_counted_reason(
 
 
 @settings(max_examples=200, derandomize=True, deadline=None, database=None)
-@given(text=st.one_of(st.text(max_size=50), st.builds(
-    lambda parts: json.dumps({"type": "exchange_state", **parts}),
-    st.dictionaries(st.sampled_from(["timestamp", "signature", "body"]), hostile))))
+@given(
+    text=st.one_of(
+        st.text(max_size=50),
+        st.builds(
+            lambda parts: json.dumps({"type": "exchange_state", **parts}),
+            st.dictionaries(st.sampled_from(["timestamp", "signature", "body"]), hostile),
+        ),
+    )
+)
 def test_a_stream_frame_is_a_request_ignored_or_a_value_error(text: str) -> None:
     try:
         request = frame_request(text)
@@ -466,5 +621,4 @@ def test_a_stream_frame_is_a_request_ignored_or_a_value_error(text: str) -> None
         return
     if request is not None:
         headers, raw = request
-        assert isinstance(raw, bytes) and set(headers) == {"X-Riskd-Timestamp",
-                                                           "X-Riskd-Signature"}
+        assert isinstance(raw, bytes) and set(headers) == {"X-Riskd-Timestamp", "X-Riskd-Signature"}

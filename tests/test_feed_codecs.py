@@ -54,8 +54,11 @@ def one_tick(ticks: list[Tick]) -> Tick:
 def test_polymarket_subscription_message() -> None:
     codec = pm_codec()
     (sub,) = codec.on_connect()
-    assert json.loads(sub) == {"assets_ids": sorted([PM_YES, PM_NO]), "type": "market",
-                               "custom_feature_enabled": True}
+    assert json.loads(sub) == {
+        "assets_ids": sorted([PM_YES, PM_NO]),
+        "type": "market",
+        "custom_feature_enabled": True,
+    }
 
 
 def test_polymarket_real_books_give_the_top_of_book() -> None:
@@ -128,8 +131,12 @@ def test_polymarket_events_price_change_forms_tick_size_and_resolution() -> None
     out = codec.decode(lines[3], RECEIVED)  # tick_size_change
     assert out.ticks == [] and out.rejected == []
     (event,) = out.events
-    assert (event.market, event.kind, event.tick_size, event.ts) == \
-        ("pm-x", "tick_size", 0.001, 1770921583.0)
+    assert (event.market, event.kind, event.tick_size, event.ts) == (
+        "pm-x",
+        "tick_size",
+        0.001,
+        1770921583.0,
+    )
 
     out = codec.decode(lines[4], RECEIVED)  # new_market: known, not used
     assert (out.ticks, out.events, out.rejected) == ([], [], [])
@@ -142,33 +149,92 @@ def test_polymarket_events_price_change_forms_tick_size_and_resolution() -> None
 def test_polymarket_batched_frame_and_the_pong() -> None:
     codec = pm_codec()
     codec.on_connect()
-    books = [json.loads(line) for line in frames("polymarket_book.jsonl")
-             if PM_YES in line]
+    books = [json.loads(line) for line in frames("polymarket_book.jsonl") if PM_YES in line]
     out = codec.decode(json.dumps(books), RECEIVED)  # the initial dump is a JSON array
     assert len(out.ticks) == 1
     assert codec.decode("PONG", RECEIVED).ticks == []
     assert codec.decode("PONG", RECEIVED).rejected == []
 
 
-@pytest.mark.parametrize(("frame", "reason"), [
-    ("not json at all", "bad_json"),
-    (b"\xff\xfe", "bad_json"),
-    ("[1]", "bad_message"),
-    (json.dumps({"event_type": "book", "asset_id": PM_YES, "timestamp": "1770921580000",
-                 "bids": "many", "asks": []}), "bad_message"),
-    (json.dumps({"event_type": "last_trade_price", "asset_id": PM_YES, "price": "1.5",
-                 "timestamp": "1770921580000"}), "bad_price"),
-    (json.dumps({"event_type": "last_trade_price", "asset_id": PM_YES, "price": "NaN",
-                 "timestamp": "1770921580000"}), "bad_price"),
-    (json.dumps({"event_type": "last_trade_price", "asset_id": PM_YES, "price": 0.5,
-                 "timestamp": "yesterday"}), "bad_timestamp"),
-    (json.dumps({"event_type": "price_change", "asset_id": PM_YES, "price": "0.5",
-                 "side": "MAYBE", "size": "1", "timestamp": "1770921580000"}), "bad_message"),
-    (json.dumps({"event_type": "tick_size_change", "asset_id": PM_YES,
-                 "new_tick_size": "0", "timestamp": "1770921580000"}), "bad_tick_size"),
-    (json.dumps({"event_type": "mystery", "asset_id": PM_YES}), "unknown_event"),
-    (json.dumps({"event_type": "book", "asset_id": None}), "bad_message"),
-])
+@pytest.mark.parametrize(
+    ("frame", "reason"),
+    [
+        ("not json at all", "bad_json"),
+        (b"\xff\xfe", "bad_json"),
+        ("[1]", "bad_message"),
+        (
+            json.dumps(
+                {
+                    "event_type": "book",
+                    "asset_id": PM_YES,
+                    "timestamp": "1770921580000",
+                    "bids": "many",
+                    "asks": [],
+                }
+            ),
+            "bad_message",
+        ),
+        (
+            json.dumps(
+                {
+                    "event_type": "last_trade_price",
+                    "asset_id": PM_YES,
+                    "price": "1.5",
+                    "timestamp": "1770921580000",
+                }
+            ),
+            "bad_price",
+        ),
+        (
+            json.dumps(
+                {
+                    "event_type": "last_trade_price",
+                    "asset_id": PM_YES,
+                    "price": "NaN",
+                    "timestamp": "1770921580000",
+                }
+            ),
+            "bad_price",
+        ),
+        (
+            json.dumps(
+                {
+                    "event_type": "last_trade_price",
+                    "asset_id": PM_YES,
+                    "price": 0.5,
+                    "timestamp": "yesterday",
+                }
+            ),
+            "bad_timestamp",
+        ),
+        (
+            json.dumps(
+                {
+                    "event_type": "price_change",
+                    "asset_id": PM_YES,
+                    "price": "0.5",
+                    "side": "MAYBE",
+                    "size": "1",
+                    "timestamp": "1770921580000",
+                }
+            ),
+            "bad_message",
+        ),
+        (
+            json.dumps(
+                {
+                    "event_type": "tick_size_change",
+                    "asset_id": PM_YES,
+                    "new_tick_size": "0",
+                    "timestamp": "1770921580000",
+                }
+            ),
+            "bad_tick_size",
+        ),
+        (json.dumps({"event_type": "mystery", "asset_id": PM_YES}), "unknown_event"),
+        (json.dumps({"event_type": "book", "asset_id": None}), "bad_message"),
+    ],
+)
 def test_polymarket_malformed_frames_are_rejected_with_a_reason(frame: Any, reason: str) -> None:
     codec = pm_codec()
     codec.on_connect()
@@ -180,13 +246,19 @@ def test_polymarket_malformed_frames_are_rejected_with_a_reason(frame: Any, reas
 def test_polymarket_a_bad_batched_entry_changes_no_book() -> None:
     codec = pm_codec()
     codec.on_connect()
-    codec.decode(next(line for line in frames("polymarket_book.jsonl") if PM_YES in line),
-                 RECEIVED)
+    codec.decode(next(line for line in frames("polymarket_book.jsonl") if PM_YES in line), RECEIVED)
     before = dict(codec.books[PM_YES].bids)
-    frame = json.dumps({"event_type": "price_change", "market": PM_MARKET,
-                        "timestamp": "1770921580000", "price_changes": [
-                            {"asset_id": PM_YES, "price": "0.30", "side": "BUY", "size": "9"},
-                            {"asset_id": PM_YES, "price": "2", "side": "BUY", "size": "9"}]})
+    frame = json.dumps(
+        {
+            "event_type": "price_change",
+            "market": PM_MARKET,
+            "timestamp": "1770921580000",
+            "price_changes": [
+                {"asset_id": PM_YES, "price": "0.30", "side": "BUY", "size": "9"},
+                {"asset_id": PM_YES, "price": "2", "side": "BUY", "size": "9"},
+            ],
+        }
+    )
     assert codec.decode(frame, RECEIVED).rejected == ["bad_price"]
     assert codec.books[PM_YES].bids == before
 
@@ -196,8 +268,14 @@ def test_polymarket_timestamps_going_back_are_rejected() -> None:
     codec.on_connect()
 
     def trade(price: str, ms: int) -> str:
-        return json.dumps({"event_type": "last_trade_price", "asset_id": PM_YES,
-                           "price": price, "timestamp": str(ms)})
+        return json.dumps(
+            {
+                "event_type": "last_trade_price",
+                "asset_id": PM_YES,
+                "price": price,
+                "timestamp": str(ms),
+            }
+        )
 
     assert one_tick(codec.decode(trade("0.5", 1770921580000), RECEIVED).ticks).ts == 1770921580
     # Within a second: kept at the later time (venues mix clocks of different grain).
@@ -209,9 +287,12 @@ def test_polymarket_timestamps_going_back_are_rejected() -> None:
 
 
 def kalshi_codec(channels: tuple[str, ...] = ("ticker", "orderbook_delta")) -> KalshiCodec:
-    tickers = {d["msg"]["market_ticker"]: "k-" + d["msg"]["market_ticker"]
-               for name in ("kalshi_ticker.jsonl", "kalshi_trade.jsonl", "kalshi_book.jsonl")
-               for d in docs(name) if "market_ticker" in d.get("msg", {})}
+    tickers = {
+        d["msg"]["market_ticker"]: "k-" + d["msg"]["market_ticker"]
+        for name in ("kalshi_ticker.jsonl", "kalshi_trade.jsonl", "kalshi_book.jsonl")
+        for d in docs(name)
+        if "market_ticker" in d.get("msg", {})
+    }
     return KalshiCodec(tickers, channels)
 
 
@@ -241,8 +322,9 @@ def test_kalshi_real_tickers_in_dollars_and_in_legacy_cents() -> None:
             ticks.append(one_tick(out.ticks))
         assert ticks[0] == ticks[1]  # the same numbers, either encoding
         tick = ticks[0]
-        bid, ask, last = (float(msg[k]) for k in ("yes_bid_dollars", "yes_ask_dollars",
-                                                  "price_dollars"))
+        bid, ask, last = (
+            float(msg[k]) for k in ("yes_bid_dollars", "yes_ask_dollars", "price_dollars")
+        )
         assert tick.market == "k-" + msg["market_ticker"] and tick.ts == msg["ts"]
         assert tick.bid == (bid or None)  # a bid of 0 is no bid
         assert tick.ask == (ask if ask < 1 else None)  # an ask of 1 is no ask
@@ -307,35 +389,62 @@ def test_kalshi_seq_gap_resubscribes_and_waits_for_a_new_snapshot() -> None:
     late["seq"] = 6
     assert codec.decode(json.dumps(late), RECEIVED).ticks == []
     # Nor does the ticker channel price the market until the book is whole again.
-    ticker_msg = {"type": "ticker", "sid": 1, "msg": {
-        "market_ticker": ticker, "price_dollars": "0.5000", "yes_bid_dollars": "0.4900",
-        "yes_ask_dollars": "0.5100", "ts": 1770897995}}
+    ticker_msg = {
+        "type": "ticker",
+        "sid": 1,
+        "msg": {
+            "market_ticker": ticker,
+            "price_dollars": "0.5000",
+            "yes_bid_dollars": "0.4900",
+            "yes_ask_dollars": "0.5100",
+            "ts": 1770897995,
+        },
+    }
     assert codec.decode(json.dumps(ticker_msg), RECEIVED).ticks == []
     # The new subscription: confirmed, a snapshot, and the book ticks again.
-    codec.decode(json.dumps({"id": sub["id"], "type": "subscribed",
-                             "msg": {"channel": "orderbook_delta", "sid": 7}}), RECEIVED)
+    codec.decode(
+        json.dumps(
+            {"id": sub["id"], "type": "subscribed", "msg": {"channel": "orderbook_delta", "sid": 7}}
+        ),
+        RECEIVED,
+    )
     snap = json.loads(lines[1])
     snap["sid"], snap["seq"] = 7, 1
     tick = one_tick(codec.decode(json.dumps(snap), RECEIVED + 1).ticks)
     assert tick.bid == 0.57
 
 
-@pytest.mark.parametrize(("frame", "reason"), [
-    ("{", "bad_json"),
-    ('"text"', "bad_message"),
-    ('{"type": "ticker", "msg": []}', "bad_message"),
-    ('{"type": "ticker", "sid": 1, "msg": {"market_ticker": "NOPE", "yes_bid": 5}}',
-     "unknown_ticker"),
-    ('{"type": "ticker", "sid": 1, "msg": {"market_ticker": "KXBTCD-26FEB1217-T67749.99",'
-     ' "yes_bid_dollars": "abc", "ts": 1770897990}}', "bad_price"),
-    ('{"type": "ticker", "sid": 1, "msg": {"market_ticker": "KXBTCD-26FEB1217-T67749.99",'
-     ' "yes_bid": 250, "ts": 1770897990}}', "bad_price"),
-    ('{"type": "orderbook_delta", "sid": 2, "seq": "x", "msg": {}}', "bad_message"),
-    ('{"id": 3, "type": "error", "msg": {"code": 6, "msg": "Already subscribed"}}',
-     "venue_error"),
-    ('{"type": "fill", "sid": 1, "msg": {"market_ticker": "KXBTCD-26FEB1217-T67749.99"}}',
-     "unknown_event"),
-])
+@pytest.mark.parametrize(
+    ("frame", "reason"),
+    [
+        ("{", "bad_json"),
+        ('"text"', "bad_message"),
+        ('{"type": "ticker", "msg": []}', "bad_message"),
+        (
+            '{"type": "ticker", "sid": 1, "msg": {"market_ticker": "NOPE", "yes_bid": 5}}',
+            "unknown_ticker",
+        ),
+        (
+            '{"type": "ticker", "sid": 1, "msg": {"market_ticker": "KXBTCD-26FEB1217-T67749.99",'
+            ' "yes_bid_dollars": "abc", "ts": 1770897990}}',
+            "bad_price",
+        ),
+        (
+            '{"type": "ticker", "sid": 1, "msg": {"market_ticker": "KXBTCD-26FEB1217-T67749.99",'
+            ' "yes_bid": 250, "ts": 1770897990}}',
+            "bad_price",
+        ),
+        ('{"type": "orderbook_delta", "sid": 2, "seq": "x", "msg": {}}', "bad_message"),
+        (
+            '{"id": 3, "type": "error", "msg": {"code": 6, "msg": "Already subscribed"}}',
+            "venue_error",
+        ),
+        (
+            '{"type": "fill", "sid": 1, "msg": {"market_ticker": "KXBTCD-26FEB1217-T67749.99"}}',
+            "unknown_event",
+        ),
+    ],
+)
 def test_kalshi_malformed_messages_are_rejected_with_a_reason(frame: str, reason: str) -> None:
     codec = kalshi_codec()
     codec.on_connect()
@@ -347,20 +456,33 @@ def test_kalshi_lifecycle_determined_resolves_the_market() -> None:
     codec = kalshi_codec(("market_lifecycle_v2",))
     (sub,) = (json.loads(s) for s in codec.on_connect())
     assert "market_tickers" not in sub["params"]  # the channel covers every market
-    frame = json.dumps({"type": "market_lifecycle_v2", "sid": 9, "msg": {
-        "market_ticker": "KXBTCD-26FEB1217-T67749.99", "event_type": "determined",
-        "result": "yes", "determination_ts": 1770898000}})
+    frame = json.dumps(
+        {
+            "type": "market_lifecycle_v2",
+            "sid": 9,
+            "msg": {
+                "market_ticker": "KXBTCD-26FEB1217-T67749.99",
+                "event_type": "determined",
+                "result": "yes",
+                "determination_ts": 1770898000,
+            },
+        }
+    )
     (event,) = codec.decode(frame, RECEIVED).events
-    assert (event.market, event.kind, event.ts) == \
-        ("k-KXBTCD-26FEB1217-T67749.99", "resolved", 1770898000)
+    assert (event.market, event.kind, event.ts) == (
+        "k-KXBTCD-26FEB1217-T67749.99",
+        "resolved",
+        1770898000,
+    )
 
 
 def test_kalshi_signature_verifies_with_the_public_key() -> None:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     from cryptography.hazmat.primitives import serialization
 
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     signer = KalshiSigner("key-123", load_private_key(pem))
     headers = signer.headers(1770897976123, "GET", "/trade-api/ws/v2")
     assert headers["KALSHI-ACCESS-KEY"] == "key-123"
@@ -381,26 +503,50 @@ def test_kalshi_signature_verifies_with_the_public_key() -> None:
 
 
 def test_generic_codec_maps_fields_units_and_scale() -> None:
-    cfg = WebsocketFeedSettings.model_validate({
-        "items": "data", "match": {"type": "prices"},
-        "fields": {"market": "m.id", "price": "", "bid": "b", "ask": "a", "depth": "q",
-                   "timestamp": "t"},
-        "timestamp_unit": "us", "price_scale": 0.01, "market_ids": {"7": "fed-hold"},
-    })
+    cfg = WebsocketFeedSettings.model_validate(
+        {
+            "items": "data",
+            "match": {"type": "prices"},
+            "fields": {
+                "market": "m.id",
+                "price": "",
+                "bid": "b",
+                "ask": "a",
+                "depth": "q",
+                "timestamp": "t",
+            },
+            "timestamp_unit": "us",
+            "price_scale": 0.01,
+            "market_ids": {"7": "fed-hold"},
+        }
+    )
     codec = WebsocketCodec(cfg)
     assert codec.on_connect() == []
-    frame = json.dumps({"type": "prices", "data": [
-        {"m": {"id": 7}, "b": "61", "a": 63, "q": 500, "t": 1770897976000000},
-        {"m": {"id": "other"}, "b": 10, "a": 12, "t": 1770897977000000},
-    ]})
+    frame = json.dumps(
+        {
+            "type": "prices",
+            "data": [
+                {"m": {"id": 7}, "b": "61", "a": 63, "q": 500, "t": 1770897976000000},
+                {"m": {"id": "other"}, "b": 10, "a": 12, "t": 1770897977000000},
+            ],
+        }
+    )
     out = codec.decode(frame, RECEIVED)
     assert out.rejected == []
     first, second = out.ticks
     assert first == Tick("fed-hold", 1770897976.0, 0.62, 0.61, 0.63, 500.0)
     assert second.market == "other" and second.price == pytest.approx(0.11)
     assert codec.decode(json.dumps({"type": "heartbeat"}), RECEIVED).rejected == []
-    bad = json.dumps({"type": "prices", "data": [{"m": {"id": 7}, "b": 61, "t": 1}, "x",
-                                                 {"m": {"id": 7}, "b": 61, "a": 300, "t": 1}]})
+    bad = json.dumps(
+        {
+            "type": "prices",
+            "data": [
+                {"m": {"id": 7}, "b": 61, "t": 1},
+                "x",
+                {"m": {"id": 7}, "b": 61, "a": 300, "t": 1},
+            ],
+        }
+    )
     assert codec.decode(bad, RECEIVED).rejected == ["bad_message", "bad_message", "bad_price"]
 
 
@@ -409,8 +555,9 @@ def test_generic_codec_iso_times_and_receive_time() -> None:
     codec = WebsocketCodec(cfg)
     out = codec.decode('{"market": "a", "price": 0.4, "ts": "2026-02-12T12:00:00Z"}', RECEIVED)
     assert one_tick(out.ticks).ts == 1770897600.0
-    assert codec.decode('{"market": "a", "price": 0.4, "ts": "2026-02-12T12:00:00"}',
-                        RECEIVED).rejected == ["bad_timestamp"]
+    assert codec.decode(
+        '{"market": "a", "price": 0.4, "ts": "2026-02-12T12:00:00"}', RECEIVED
+    ).rejected == ["bad_timestamp"]
     codec = WebsocketCodec(WebsocketFeedSettings.model_validate({"timestamp_unit": "receive"}))
     assert one_tick(codec.decode('{"market": "a", "price": 0.4}', RECEIVED).ticks).ts == RECEIVED
 

@@ -40,8 +40,15 @@ def pem() -> bytes:
 def test_kalshi_needs_its_credentials(tmp_path: Path) -> None:
     msg = error(tmp_path, {"feed": {"kind": "kalshi"}})
     assert "feed.kalshi.key_id" in msg and "feed.kalshi.private_key_path" in msg
-    msg = error(tmp_path, {"feed": {"kind": "kalshi", "kalshi": {
-        "key_id": "k", "private_key_path": str(tmp_path / "missing.pem")}}})
+    msg = error(
+        tmp_path,
+        {
+            "feed": {
+                "kind": "kalshi",
+                "kalshi": {"key_id": "k", "private_key_path": str(tmp_path / "missing.pem")},
+            }
+        },
+    )
     assert "feed.kalshi.private_key_path" in msg and "missing.pem" in msg
 
 
@@ -50,21 +57,31 @@ def test_kinds_unknown_keys_and_urls(tmp_path: Path) -> None:
     assert s.feed.kinds() == ["polymarket", "websocket"]
     assert "feed.kind" in error(tmp_path, {"feed": {"kind": ["polymarket", "polymarket"]}})
     assert "feed.kind" in error(tmp_path, {"feed": {"kind": ["replay", "polymarket"]}})
-    assert "feed.url" in error(tmp_path, {"feed": {"kind": ["polymarket", "websocket"],
-                                                   "url": "ws://127.0.0.1:1/"}})
+    assert "feed.url" in error(
+        tmp_path, {"feed": {"kind": ["polymarket", "websocket"], "url": "ws://127.0.0.1:1/"}}
+    )
     msg = error(tmp_path, {"feed": {"kind": "polymarket", "polymarket": {"pingg": 3}}})
     assert "feed.polymarket.pingg" in msg and "unknown key" in msg
-    msg = error(tmp_path, {"feed": {"kind": "polymarket",
-                                    "polymarket": {"backoff_initial_s": 5.0,
-                                                   "backoff_max_s": 1.0}}})
+    msg = error(
+        tmp_path,
+        {
+            "feed": {
+                "kind": "polymarket",
+                "polymarket": {"backoff_initial_s": 5.0, "backoff_max_s": 1.0},
+            }
+        },
+    )
     assert "feed.polymarket" in msg and "backoff_max_s" in msg
-    msg = error(tmp_path, {"feed": {"kind": "websocket",
-                                    "websocket": {"fields": {"price": "", "bid": "b"}}}})
+    msg = error(
+        tmp_path,
+        {"feed": {"kind": "websocket", "websocket": {"fields": {"price": "", "bid": "b"}}}},
+    )
     assert "feed.websocket" in msg
 
 
 def test_the_private_key_from_the_environment_is_never_shown(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pem: bytes) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pem: bytes
+) -> None:
     monkeypatch.setenv("RISKD_FEED__KALSHI__PRIVATE_KEY", pem.decode())
     monkeypatch.setenv("RISKD_FEED__KALSHI__KEY_ID", "key-1")
     s = load(tmp_path, {"feed": {"kind": "kalshi"}})
@@ -81,8 +98,15 @@ def market(mid: str, **ids: str) -> Market:
 def test_each_market_is_bound_to_one_feed(tmp_path: Path, pem: bytes) -> None:
     key = tmp_path / "k.pem"
     key.write_bytes(pem)
-    s = load(tmp_path, {"feed": {"kind": ["polymarket", "kalshi"],
-                                 "kalshi": {"key_id": "k", "private_key_path": str(key)}}})
+    s = load(
+        tmp_path,
+        {
+            "feed": {
+                "kind": ["polymarket", "kalshi"],
+                "kalshi": {"key_id": "k", "private_key_path": str(key)},
+            }
+        },
+    )
     markets = {
         "both": market("both", polymarket_yes_token="1", kalshi_ticker="KX-BOTH"),
         "poly": market("poly", polymarket_no_token="2"),
@@ -106,12 +130,15 @@ def test_each_market_is_bound_to_one_feed(tmp_path: Path, pem: bytes) -> None:
         make_feeds(s, markets={"kal": markets["kal"]})
 
 
-def test_an_unusable_private_key_is_a_config_error(tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_unusable_private_key_is_a_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     key = tmp_path / "k.pem"
     key.write_text("-----BEGIN PRIVATE KEY-----\nc2VjcmV0\n-----END PRIVATE KEY-----\n")
-    msg = error(tmp_path, {"feed": {"kind": "kalshi",
-                                    "kalshi": {"key_id": "k", "private_key_path": str(key)}}})
+    msg = error(
+        tmp_path,
+        {"feed": {"kind": "kalshi", "kalshi": {"key_id": "k", "private_key_path": str(key)}}},
+    )
     assert "feed.kalshi" in msg and "private_key_path: not an unencrypted PEM" in msg
     assert "c2VjcmV0" not in msg
     monkeypatch.setenv("RISKD_FEED__KALSHI__PRIVATE_KEY", "c2VjcmV0")
@@ -119,8 +146,9 @@ def test_an_unusable_private_key_is_a_config_error(tmp_path: Path,
     assert "private_key: not an unencrypted PEM" in msg and "c2VjcmV0" not in msg
 
 
-def test_the_example_live_configs_load(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-                                       pem: bytes) -> None:
+def test_the_example_live_configs_load(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pem: bytes
+) -> None:
     root = Path(__file__).resolve().parents[1]
     monkeypatch.chdir(root)  # the examples name their markets file relative to the repo
     s = load_settings(root / "config/examples/polymarket.toml")

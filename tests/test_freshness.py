@@ -46,21 +46,26 @@ SLACK_S = 0.75  # a loaded machine's scheduling, as in the other live tests
 DEEP, SHALLOW = 50_000, 10
 # Warm-up needs liveness, not top-of-book changes: more ticks than a quiet book gives.
 MODEL = {"warmup_s": 0.3, "warmup_ticks": 50}
-GOVERNOR = {"publish_interval_s": CYCLE_S, "stale_after_s": STALE_S, "ttl_s": 5.0,
-            "loosen_interval_s": 0.05, "max_loosen_step": 1.0}
+GOVERNOR = {
+    "publish_interval_s": CYCLE_S,
+    "stale_after_s": STALE_S,
+    "ttl_s": 5.0,
+    "loosen_interval_s": 0.05,
+    "max_loosen_step": 1.0,
+}
 # The read timeout stays above the silence the tests make: staleness must come from
 # the missing confirmations, and recovery happen on the same connection.
 READ_TIMEOUT_S = 5.0
 
 
-def config(tmp_path: Path, markets: list[dict[str, Any]], feed: dict[str, Any]
-           ) -> dict[str, Any]:
+def config(tmp_path: Path, markets: list[dict[str, Any]], feed: dict[str, Any]) -> dict[str, Any]:
     doc = live_config(tmp_path, markets, feed, model=MODEL, governor=GOVERNOR)
     return doc
 
 
-async def watch(d: InProcessDaemon, market: str, seconds: float,
-                check: Callable[[dict[str, Any]], None]) -> int:
+async def watch(
+    d: InProcessDaemon, market: str, seconds: float, check: Callable[[dict[str, Any]], None]
+) -> int:
     """Read the market's published set every cycle for `seconds`; `check` each."""
     seen = 0
     deadline = time.monotonic() + seconds
@@ -82,20 +87,25 @@ def live_and_leveraged(entry: dict[str, Any]) -> None:
 async def warm(d: InProcessDaemon, market: str) -> dict[str, Any]:
     async def ready() -> dict[str, Any] | None:
         entry = await params(d, market)
-        ok = entry is not None and entry["mode"] == "normal" and \
-            min(entry["max_leverage"].values()) > 1.0
+        ok = (
+            entry is not None
+            and entry["mode"] == "normal"
+            and min(entry["max_leverage"].values()) > 1.0
+        )
         return entry if ok else None
+
     entry = await wait_until(ready, what="warm, above 1x")
     assert isinstance(entry, dict)
     return entry
 
 
-async def stale_within(d: InProcessDaemon, market: str, last_sign: Callable[[], float]
-                       ) -> float:
+async def stale_within(d: InProcessDaemon, market: str, last_sign: Callable[[], float]) -> float:
     """Seconds from the venue's last sign of life to the first published stale set."""
+
     async def stale() -> bool:
         entry = await params(d, market)
         return entry is not None and "stale_feed" in entry["reasons"]
+
     await wait_until(stale, what="stale_feed")
     return time.monotonic() - last_sign()
 
@@ -107,25 +117,46 @@ PM_SHALLOW = ("2001", "2002")
 
 
 def pm_book(asset: str, size: int) -> dict[str, Any]:
-    return {"event_type": "book", "asset_id": asset, "market": "0xabc",
-            "bids": [{"price": "0.30", "size": "900"}, {"price": "0.45", "size": str(size)}],
-            "asks": [{"price": "0.47", "size": str(size)}, {"price": "0.60", "size": "900"}],
-            "hash": "0", "timestamp": str(now_ms())}
+    return {
+        "event_type": "book",
+        "asset_id": asset,
+        "market": "0xabc",
+        "bids": [{"price": "0.30", "size": "900"}, {"price": "0.45", "size": str(size)}],
+        "asks": [{"price": "0.47", "size": str(size)}, {"price": "0.60", "size": "900"}],
+        "hash": "0",
+        "timestamp": str(now_ms()),
+    }
 
 
 def pm_level_change(asset: str, size: int) -> dict[str, Any]:
     """A change at a level far from the top: the venue's best bid/ask stay put."""
-    return {"event_type": "price_change", "market": "0xabc", "timestamp": str(now_ms()),
-            "price_changes": [{"asset_id": asset, "price": "0.30", "size": str(size),
-                               "side": "BUY", "best_bid": "0.45", "best_ask": "0.47",
-                               "hash": "0"}]}
+    return {
+        "event_type": "price_change",
+        "market": "0xabc",
+        "timestamp": str(now_ms()),
+        "price_changes": [
+            {
+                "asset_id": asset,
+                "price": "0.30",
+                "size": str(size),
+                "side": "BUY",
+                "best_bid": "0.45",
+                "best_ask": "0.47",
+                "hash": "0",
+            }
+        ],
+    }
 
 
 @pytest.fixture
 async def quiet_pm() -> AsyncIterator[PolymarketServer]:
     """Answers PING with PONG (noting when), and can go mute (no PONG either)."""
-    server = PolymarketServer(books={PM_DEEP[0]: pm_book(PM_DEEP[0], DEEP),
-                                     PM_SHALLOW[0]: pm_book(PM_SHALLOW[0], SHALLOW)})
+    server = PolymarketServer(
+        books={
+            PM_DEEP[0]: pm_book(PM_DEEP[0], DEEP),
+            PM_SHALLOW[0]: pm_book(PM_SHALLOW[0], SHALLOW),
+        }
+    )
     await server.start()
     yield server
     server.drop()
@@ -133,17 +164,39 @@ async def quiet_pm() -> AsyncIterator[PolymarketServer]:
 
 
 def pm_markets() -> list[dict[str, Any]]:
-    return [{"id": "pm-deep", "resolves_at": RESOLVES, "tick_size": 0.01,
-             "polymarket_yes_token": PM_DEEP[0], "polymarket_no_token": PM_DEEP[1]},
-            {"id": "pm-shallow", "resolves_at": RESOLVES, "tick_size": 0.01,
-             "polymarket_yes_token": PM_SHALLOW[0], "polymarket_no_token": PM_SHALLOW[1]}]
+    return [
+        {
+            "id": "pm-deep",
+            "resolves_at": RESOLVES,
+            "tick_size": 0.01,
+            "polymarket_yes_token": PM_DEEP[0],
+            "polymarket_no_token": PM_DEEP[1],
+        },
+        {
+            "id": "pm-shallow",
+            "resolves_at": RESOLVES,
+            "tick_size": 0.01,
+            "polymarket_yes_token": PM_SHALLOW[0],
+            "polymarket_no_token": PM_SHALLOW[1],
+        },
+    ]
 
 
-async def test_polymarket_quiet_deep_book_stays_live(tmp_path: Path, in_process: Any,
-                                                     quiet_pm: PolymarketServer) -> None:
-    d = await in_process(config(tmp_path, pm_markets(), {
-        "kind": "polymarket", "url": quiet_pm.url, "metadata": False,
-        "polymarket": {**FAST, "ping_interval_s": 0.2, "read_timeout_s": READ_TIMEOUT_S}}))
+async def test_polymarket_quiet_deep_book_stays_live(
+    tmp_path: Path, in_process: Any, quiet_pm: PolymarketServer
+) -> None:
+    d = await in_process(
+        config(
+            tmp_path,
+            pm_markets(),
+            {
+                "kind": "polymarket",
+                "url": quiet_pm.url,
+                "metadata": False,
+                "polymarket": {**FAST, "ping_interval_s": 0.2, "read_timeout_s": READ_TIMEOUT_S},
+            },
+        )
+    )
     d.start()
     deep = await warm(d, "pm-deep")
     assert "thin_market" not in deep["reasons"]
@@ -210,8 +263,11 @@ def k_book(size: int) -> dict[str, Any]:
 
 @pytest.fixture
 async def quiet_kalshi(kalshi_key: rsa.RSAPrivateKey) -> AsyncIterator[KalshiServer]:  # noqa: F811
-    server = KalshiServer("riskd-test-key", kalshi_key.public_key(),
-                          {K_DEEP: k_book(DEEP), K_SHALLOW: k_book(SHALLOW)})
+    server = KalshiServer(
+        "riskd-test-key",
+        kalshi_key.public_key(),
+        {K_DEEP: k_book(DEEP), K_SHALLOW: k_book(SHALLOW)},
+    )
     await server.start()
     yield server
     server.drop()
@@ -219,15 +275,32 @@ async def quiet_kalshi(kalshi_key: rsa.RSAPrivateKey) -> AsyncIterator[KalshiSer
 
 
 async def test_kalshi_quiet_deep_book_stays_live(
-        tmp_path: Path, in_process: Any, quiet_kalshi: KalshiServer,
-        kalshi_key: rsa.RSAPrivateKey) -> None:  # noqa: F811
-    d = await in_process(config(tmp_path, [
-        {"id": "k-deep", "resolves_at": RESOLVES, "kalshi_ticker": K_DEEP},
-        {"id": "k-shallow", "resolves_at": RESOLVES, "kalshi_ticker": K_SHALLOW}], {
-        "kind": "kalshi", "url": quiet_kalshi.url, "metadata": False,
-        "kalshi": {**FAST, "read_timeout_s": READ_TIMEOUT_S, "key_id": "riskd-test-key",
-                   "channels": ["orderbook_delta"],
-                   "private_key_path": str(write_key(tmp_path, kalshi_key))}}))
+    tmp_path: Path,
+    in_process: Any,
+    quiet_kalshi: KalshiServer,
+    kalshi_key: rsa.RSAPrivateKey,  # noqa: F811
+) -> None:
+    d = await in_process(
+        config(
+            tmp_path,
+            [
+                {"id": "k-deep", "resolves_at": RESOLVES, "kalshi_ticker": K_DEEP},
+                {"id": "k-shallow", "resolves_at": RESOLVES, "kalshi_ticker": K_SHALLOW},
+            ],
+            {
+                "kind": "kalshi",
+                "url": quiet_kalshi.url,
+                "metadata": False,
+                "kalshi": {
+                    **FAST,
+                    "read_timeout_s": READ_TIMEOUT_S,
+                    "key_id": "riskd-test-key",
+                    "channels": ["orderbook_delta"],
+                    "private_key_path": str(write_key(tmp_path, kalshi_key)),
+                },
+            },
+        )
+    )
     async with quiet_kalshi.heartbeating():
         d.start()
         await warm(d, "k-deep")
@@ -236,8 +309,13 @@ async def test_kalshi_quiet_deep_book_stays_live(
         async def other_levels() -> None:
             while True:
                 await asyncio.sleep(1.0)  # the venue's pace: a change a second
-                await quiet_kalshi.send(quiet_kalshi.sequenced(sid, "orderbook_delta", {
-                    "market_ticker": K_DEEP, "price": 30, "delta": 5, "side": "yes"}))
+                await quiet_kalshi.send(
+                    quiet_kalshi.sequenced(
+                        sid,
+                        "orderbook_delta",
+                        {"market_ticker": K_DEEP, "price": 30, "delta": 5, "side": "yes"},
+                    )
+                )
 
         changes = asyncio.create_task(other_levels())
         try:
@@ -253,8 +331,14 @@ async def test_kalshi_quiet_deep_book_stays_live(
         # the resubscription brings.
         books, quiet_kalshi.books = quiet_kalshi.books, {}  # the snapshot comes late
         quiet_kalshi.book_sids.clear()
-        await quiet_kalshi.send(quiet_kalshi.sequenced(sid, "orderbook_delta", {
-            "market_ticker": K_DEEP, "price": 30, "delta": 5, "side": "yes"}, skip=1))
+        await quiet_kalshi.send(
+            quiet_kalshi.sequenced(
+                sid,
+                "orderbook_delta",
+                {"market_ticker": K_DEEP, "price": 30, "delta": 5, "side": "yes"},
+                skip=1,
+            )
+        )
         sent = time.monotonic()
         await stale_within(d, "k-deep", lambda: sent)
         assert time.monotonic() - sent < STALE_S, "stale at once, not after stale_after_s"
@@ -263,8 +347,11 @@ async def test_kalshi_quiet_deep_book_stays_live(
         assert not await _live(d, "k-deep"), "heartbeats do not confirm a broken book"
         quiet_kalshi.books = books
         (new_sid,) = quiet_kalshi.book_sids
-        await quiet_kalshi.send(quiet_kalshi.sequenced(new_sid, "orderbook_snapshot", {
-            "market_ticker": K_DEEP, **books[K_DEEP]}))
+        await quiet_kalshi.send(
+            quiet_kalshi.sequenced(
+                new_sid, "orderbook_snapshot", {"market_ticker": K_DEEP, **books[K_DEEP]}
+            )
+        )
         await wait_until(lambda: _live(d, "k-deep"), what="live after the new snapshot")
 
     # The heartbeat stops and nothing else comes: stale within stale_after_s + a cycle.
@@ -280,21 +367,40 @@ async def test_kalshi_quiet_deep_book_stays_live(
 # --- the generic websocket feed --------------------------------------------------------
 
 
-async def test_generic_feed_quiet_deep_book_stays_live(tmp_path: Path,
-                                                       in_process: Any) -> None:
+async def test_generic_feed_quiet_deep_book_stays_live(tmp_path: Path, in_process: Any) -> None:
     # An exchange's own stream: top-of-book updates; "ping" -> "pong" unless mute.
     server = VenueServer(path="/prices", answers={"ping": "pong"})
     await server.start()
     try:
-        d = await in_process(config(tmp_path, [
-            {"id": "x-deep", "resolves_at": RESOLVES, "tick_size": 0.01},
-            {"id": "x-shallow", "resolves_at": RESOLVES, "tick_size": 0.01}], {
-            "kind": "websocket", "url": server.url,
-            "websocket": {**FAST, "read_timeout_s": READ_TIMEOUT_S, "venue": "exchange",
-                          "ping_text": "ping", "ping_interval_s": 0.2,
-                          "timestamp_unit": "ms",
-                          "fields": {"market": "m", "price": "", "bid": "b", "ask": "a",
-                                     "depth": "d", "timestamp": "t"}}}))
+        d = await in_process(
+            config(
+                tmp_path,
+                [
+                    {"id": "x-deep", "resolves_at": RESOLVES, "tick_size": 0.01},
+                    {"id": "x-shallow", "resolves_at": RESOLVES, "tick_size": 0.01},
+                ],
+                {
+                    "kind": "websocket",
+                    "url": server.url,
+                    "websocket": {
+                        **FAST,
+                        "read_timeout_s": READ_TIMEOUT_S,
+                        "venue": "exchange",
+                        "ping_text": "ping",
+                        "ping_interval_s": 0.2,
+                        "timestamp_unit": "ms",
+                        "fields": {
+                            "market": "m",
+                            "price": "",
+                            "bid": "b",
+                            "ask": "a",
+                            "depth": "d",
+                            "timestamp": "t",
+                        },
+                    },
+                },
+            )
+        )
         d.start()
         await until(lambda: server.connections, what="a connection")
         for market, depth in (("x-deep", DEEP), ("x-shallow", SHALLOW)):
@@ -321,21 +427,36 @@ async def test_generic_feed_quiet_deep_book_stays_live(tmp_path: Path,
 
 
 async def test_rejection_and_publish_counters_exist_at_zero(
-        tmp_path: Path, in_process: Any, quiet_pm: PolymarketServer) -> None:
-    d = await in_process(config(tmp_path, pm_markets(), {
-        "kind": "polymarket", "url": quiet_pm.url, "metadata": False,
-        "polymarket": {**FAST, "ping_interval_s": 0.2, "read_timeout_s": READ_TIMEOUT_S}}))
+    tmp_path: Path, in_process: Any, quiet_pm: PolymarketServer
+) -> None:
+    d = await in_process(
+        config(
+            tmp_path,
+            pm_markets(),
+            {
+                "kind": "polymarket",
+                "url": quiet_pm.url,
+                "metadata": False,
+                "polymarket": {**FAST, "ping_interval_s": 0.2, "read_timeout_s": READ_TIMEOUT_S},
+            },
+        )
+    )
     d.start()
-    for reason in ("bad_json", "unknown_asset", "out_of_order", "crossed_book",
-                   "unknown_market", "decode_error"):
-        value = await metric(d, "riskd_ticks_rejected_total", venue="polymarket",
-                             reason=reason)
+    for reason in (
+        "bad_json",
+        "unknown_asset",
+        "out_of_order",
+        "crossed_book",
+        "unknown_market",
+        "decode_error",
+    ):
+        value = await metric(d, "riskd_ticks_rejected_total", venue="polymarket", reason=reason)
         assert value == 0, reason
     for result in ("ok", "error"):
-        assert await metric(d, "riskd_publishes_total", publisher="jsonl", result=result) \
-            is not None, result
+        assert (
+            await metric(d, "riskd_publishes_total", publisher="jsonl", result=result) is not None
+        ), result
     assert await metric(d, "riskd_publishes_total", publisher="jsonl", result="error") == 0
-
 
 
 # --- a replayed CLOB-shaped tape -------------------------------------------------------
@@ -360,8 +481,7 @@ def test_clob_tape_with_hour_long_quiet_stretches_does_not_flap(tmp_path: Path) 
         if not quiet:
             bid = 0.45 if (k // 120) % 2 == 0 else 0.46  # the top moves every 2 hours
             stamp = datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-            rows.append(f"{stamp},clob-deep,{bid + 0.01:.2f},{bid:.2f},{bid + 0.02:.2f},"
-                        f"{DEEP}")
+            rows.append(f"{stamp},clob-deep,{bid + 0.01:.2f},{bid:.2f},{bid + 0.02:.2f},{DEEP}")
             t += 60.0
         else:
             t += 3600.0
@@ -370,9 +490,15 @@ def test_clob_tape_with_hour_long_quiet_stretches_does_not_flap(tmp_path: Path) 
     tape.write_text("\n".join(rows) + "\n", encoding="utf-8")
 
     settings = load_settings("config/riskd.toml")
-    engine = Engine(settings, {"clob-deep": Market("clob-deep", start + 30 * 86_400,
-                                                   start + 30 * 86_400, tick_size=0.01)},
-                    discover=False)
+    engine = Engine(
+        settings,
+        {
+            "clob-deep": Market(
+                "clob-deep", start + 30 * 86_400, start + 30 * 86_400, tick_size=0.01
+            )
+        },
+        discover=False,
+    )
     ticks = list(Tape(tape))
     assert len(ticks) == len(rows) - 1
     warm_until = start + 3600.0

@@ -29,15 +29,20 @@ def fed(settings: Settings) -> list[Point]:
     """The alternatives' whole sweeps and a riskd confidence line on the Fed tape."""
     tapes = frontier.load_set(FED)
     points = [(f, s) for f, s in frontier.grid() if f != "riskd"]
-    points += [("riskd", {"confidence": c, "k_liquidity": 3.0, "fee_loading": 0.4})
-               for c in (0.95, 0.975, 0.99, 0.995)]
+    points += [
+        ("riskd", {"confidence": c, "k_liquidity": 3.0, "fee_loading": 0.4})
+        for c in (0.95, 0.975, 0.99, 0.995)
+    ]
     return frontier.sweep(tapes, settings, points)
 
 
-def _line(points: list[Point], family: str, knob: str, traders: str = "max"
-          ) -> list[tuple[float, Figures]]:
-    return sorted(((p.setting[knob], p.figures[traders]) for p in points
-                   if p.family == family), key=lambda kv: kv[0])
+def _line(
+    points: list[Point], family: str, knob: str, traders: str = "max"
+) -> list[tuple[float, Figures]]:
+    return sorted(
+        ((p.setting[knob], p.figures[traders]) for p in points if p.family == family),
+        key=lambda kv: kv[0],
+    )
 
 
 def test_static_offers_more_leverage_as_its_knob_rises(fed: list[Point]) -> None:
@@ -92,8 +97,14 @@ def test_a_sweep_is_deterministic(settings: Settings) -> None:
 
 
 def _point(family: str, setting: dict[str, float], lev: float, lp: float) -> Point:
-    f = Figures(mean_leverage=lev, borrowed_hours=0.0, fees=max(lp, 0.0),
-                bad_debt=max(-lp, 0.0), lp_pnl=lp, worst_tape_lp=lp)
+    f = Figures(
+        mean_leverage=lev,
+        borrowed_hours=0.0,
+        fees=max(lp, 0.0),
+        bad_debt=max(-lp, 0.0),
+        lp_pnl=lp,
+        worst_tape_lp=lp,
+    )
     return Point(family, setting, {"max": f, "cohort": f})
 
 
@@ -103,7 +114,9 @@ def _riskd(c: float, lev: float, lp: float, k: float = 3.0, fl: float = 0.4) -> 
 
 def test_dominance_on_a_constructed_frontier() -> None:
     points = [
-        _riskd(0.99, 2.0, 0.5), _riskd(0.95, 6.0, 0.1), _riskd(0.9, 9.0, -1.0),
+        _riskd(0.99, 2.0, 0.5),
+        _riskd(0.95, 6.0, 0.1),
+        _riskd(0.9, 9.0, -1.0),
         _point("static", {"leverage": 1.0}, 1.0, 0.0),  # covered and Pareto-dominated
         _point("static", {"leverage": 5.0}, 5.0, 0.2),  # covered by the 6x point, not on LP
         _point("static", {"leverage": 8.0}, 8.0, 0.2),  # only riskd's losing 9x has more
@@ -111,8 +124,12 @@ def test_dominance_on_a_constructed_frontier() -> None:
         _point("d8x_entropy", {"scale": 1.0}, 1.8, 4.0),  # covered, not on its LP P&L
     ]
     checks = {c.alternative.label: c for c in frontier.dominance(points)}
-    assert set(checks) == {"static(leverage=1)", "static(leverage=5)", "static(leverage=8)",
-                           "d8x_entropy(scale=1)"}
+    assert set(checks) == {
+        "static(leverage=1)",
+        "static(leverage=5)",
+        "static(leverage=8)",
+        "d8x_entropy(scale=1)",
+    }
     assert checks["static(leverage=1)"].covered and checks["static(leverage=1)"].pareto
     assert checks["static(leverage=5)"].covered and not checks["static(leverage=5)"].pareto
     assert not checks["static(leverage=8)"].covered
@@ -122,14 +139,25 @@ def test_dominance_on_a_constructed_frontier() -> None:
 
 
 def test_select_wants_every_tape_whole_and_prefers_the_cheaper_loading() -> None:
-    a = [_riskd(0.95, 6.0, 1.0, fl=0.4), _riskd(0.95, 6.0, 1.0, fl=1.0),
-         _riskd(0.9, 9.0, 2.0, fl=0.4), _riskd(0.99, 2.0, 0.1, fl=0.4)]
-    b = [_riskd(0.95, 5.0, 0.3, fl=0.4), _riskd(0.95, 5.0, 0.3, fl=1.0),
-         _riskd(0.9, 8.0, -0.5, fl=0.4), _riskd(0.99, 1.5, 0.0, fl=0.4)]
+    a = [
+        _riskd(0.95, 6.0, 1.0, fl=0.4),
+        _riskd(0.95, 6.0, 1.0, fl=1.0),
+        _riskd(0.9, 9.0, 2.0, fl=0.4),
+        _riskd(0.99, 2.0, 0.1, fl=0.4),
+    ]
+    b = [
+        _riskd(0.95, 5.0, 0.3, fl=0.4),
+        _riskd(0.95, 5.0, 0.3, fl=1.0),
+        _riskd(0.9, 8.0, -0.5, fl=0.4),
+        _riskd(0.99, 1.5, 0.0, fl=0.4),
+    ]
     assert frontier.select({"a": a})["confidence"] == 0.9
     # 0.9 loses on b: 0.95 is the most leverage kept whole on both, at the lower loading.
-    assert frontier.select({"a": a, "b": b}) == {"confidence": 0.95, "k_liquidity": 3.0,
-                                                 "fee_loading": 0.4}
+    assert frontier.select({"a": a, "b": b}) == {
+        "confidence": 0.95,
+        "k_liquidity": 3.0,
+        "fee_loading": 0.4,
+    }
     # A tape file of a set in the red rules a setting out even when the set's total is not.
     b[0].figures["cohort"].worst_tape_lp = -0.01
     b[1].figures["max"].worst_tape_lp = -0.01
@@ -141,9 +169,13 @@ def test_select_wants_every_tape_whole_and_prefers_the_cheaper_loading() -> None
 
 def test_cli_on_the_fed_tape(tmp_path: Path, settings: Settings) -> None:
     png = tmp_path / "frontier.png"
-    out = subprocess.run([sys.executable, "-m", "riskd.cli", "frontier", str(FED), "--json",
-                          "--plot", str(png)], cwd=ROOT, capture_output=True, text=True,
-                         timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "riskd.cli", "frontier", str(FED), "--json", "--plot", str(png)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
     points = doc["sets"]["fed_dec2025"]["points"]
@@ -151,16 +183,22 @@ def test_cli_on_the_fed_tape(tmp_path: Path, settings: Settings) -> None:
     assert {p["family"] for p in points} == set(frontier.FAMILIES)
     for p in points:
         for figures in p["traders"].values():
-            assert figures["lp_pnl"] == pytest.approx(figures["fees"] - figures["bad_debt"],
-                                                      abs=1e-5)
+            assert figures["lp_pnl"] == pytest.approx(
+                figures["fees"] - figures["bad_debt"], abs=1e-5
+            )
     assert doc["defaults"] == frontier.defaults(settings)
     assert set(doc["sets"]["fed_dec2025"]["dominance"]) == {"max", "cohort"}
     assert png.stat().st_size > 10_000
 
 
 def test_cli_without_tapes_exits_2() -> None:
-    out = subprocess.run([sys.executable, "-m", "riskd.cli", "frontier"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "riskd.cli", "frontier"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2 and "no tape given" in out.stderr
 
 

@@ -32,8 +32,7 @@ def config() -> Settings:
 
 @pytest.fixture(scope="module")
 def midterms(config: Settings) -> tuple[list[runner.TapeResult], Simulation]:
-    results, sim, _ = runner.run(MIDTERMS, config, settle=True,
-                                 fund=Fund.of(config, STATED_FUND))
+    results, sim, _ = runner.run(MIDTERMS, config, settle=True, fund=Fund.of(config, STATED_FUND))
     return results, sim
 
 
@@ -56,7 +55,8 @@ def test_the_midterms_are_one_group_related_to_a_republican_wave() -> None:
 
 
 def test_under_riskd_the_stated_fund_is_never_exhausted(
-        midterms: tuple[list[runner.TapeResult], Simulation]) -> None:
+    midterms: tuple[list[runner.TapeResult], Simulation],
+) -> None:
     _, sim = midterms
     assert sim.funds is not None
     ours = sim.funds["riskd"].as_dict()["total"]
@@ -68,7 +68,8 @@ def test_under_riskd_the_stated_fund_is_never_exhausted(
 
 
 def test_the_alternatives_exhaust_it_and_say_how_much_was_socialised(
-        midterms: tuple[list[runner.TapeResult], Simulation]) -> None:
+    midterms: tuple[list[runner.TapeResult], Simulation],
+) -> None:
     results, sim = midterms
     assert sim.funds is not None
     totals = runner.totals(results)
@@ -84,10 +85,13 @@ def test_the_alternatives_exhaust_it_and_say_how_much_was_socialised(
 
 
 def test_per_group_accounting_sums_to_the_totals(
-        midterms: tuple[list[runner.TapeResult], Simulation], config: Settings) -> None:
+    midterms: tuple[list[runner.TapeResult], Simulation], config: Settings
+) -> None:
     _, fed, _ = runner.run(FED, config, settle=True, fund=Fund.of(config, 10.0))
-    for sim, groups in ((midterms[1], {"us-midterms-2022"}),
-                        (fed, {"fed-dec2025-nochange-poly", "fed-dec2025-nochange-kalshi"})):
+    for sim, groups in (
+        (midterms[1], {"us-midterms-2022"}),
+        (fed, {"fed-dec2025-nochange-poly", "fed-dec2025-nochange-kalshi"}),
+    ):
         assert sim.funds is not None
         for name, report in sim.funds.items():
             d = report.as_dict()
@@ -108,23 +112,33 @@ def test_a_fund_that_never_binds_changes_no_figure(config: Settings) -> None:
     assert sim.funds["riskd"].caps["evaluations"] > 0
     assert sim.funds["riskd"].caps["reduced"] == sim.funds["riskd"].caps["refused"] == 0
     for a, b in zip(plain, funded, strict=True):
-        assert {k: v.as_dict() for k, v in a.tallies.items()} == \
-            {k: v.as_dict() for k, v in b.tallies.items()}
+        assert {k: v.as_dict() for k, v in a.tallies.items()} == {
+            k: v.as_dict() for k, v in b.tallies.items()
+        }
 
 
 def _fund(balance: float, threshold: float = 0.0) -> Fund:
-    return Fund(balance=balance, insurance=InsuranceSettings(
-        fund_source="fixed", fund_balance=balance, socialisation_threshold=threshold))
+    return Fund(
+        balance=balance,
+        insurance=InsuranceSettings(
+            fund_source="fixed", fund_balance=balance, socialisation_threshold=threshold
+        ),
+    )
 
 
 @settings(max_examples=200, deadline=None)
-@given(losses=st.lists(st.tuples(st.floats(0.0, 30 * 86_400.0), st.integers(0, 2),
-                                 st.floats(1e-6, 50.0)), max_size=40),
-       small=st.floats(0.5, 100.0), more=st.floats(0.0, 100.0),
-       threshold=st.floats(0.0, 0.4))
-def test_a_larger_fund_never_exhausts_earlier(losses: list[tuple[float, int, float]],
-                                              small: float, more: float,
-                                              threshold: float) -> None:
+@given(
+    losses=st.lists(
+        st.tuples(st.floats(0.0, 30 * 86_400.0), st.integers(0, 2), st.floats(1e-6, 50.0)),
+        max_size=40,
+    ),
+    small=st.floats(0.5, 100.0),
+    more=st.floats(0.0, 100.0),
+    threshold=st.floats(0.0, 0.4),
+)
+def test_a_larger_fund_never_exhausts_earlier(
+    losses: list[tuple[float, int, float]], small: float, more: float, threshold: float
+) -> None:
     """The same losses (the alternatives' do not depend on the fund) through a fund and
     a larger one with the same threshold."""
     log = _log([x[0] for x in losses], [x[1] for x in losses], [x[2] for x in losses])
@@ -165,20 +179,31 @@ def test_a_night_runs_from_noon_utc() -> None:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "riskd.cli", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "riskd.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_cli_fund_block_per_group_and_policy() -> None:
-    out = _cli("backtest", str(FED / "fed_nochange.csv"), "--json", "--insurance-fund", "5",
-               "--group-share", "0.2")
+    out = _cli(
+        "backtest",
+        str(FED / "fed_nochange.csv"),
+        "--json",
+        "--insurance-fund",
+        "5",
+        "--group-share",
+        "0.2",
+    )
     assert out.returncode == 0, out.stderr
     fund = json.loads(out.stdout)["fund"]
     assert set(fund) == {"riskd", "static_20x", "static_1x", "oi_scaled", "d8x_entropy"}
     for report in fund.values():
         assert report["total"]["start"] == 5.0
-        assert set(report["groups"]) == {"fed-dec2025-nochange-poly",
-                                         "fed-dec2025-nochange-kalshi"}
+        assert set(report["groups"]) == {"fed-dec2025-nochange-poly", "fed-dec2025-nochange-kalshi"}
     assert fund["static_20x"]["total"]["socialised"] > 0
     text = _cli("backtest", str(FED / "fed_nochange.csv"), "--insurance-fund", "5")
     assert text.returncode == 0 and "insurance fund 5" in text.stdout

@@ -73,36 +73,104 @@ def _report_counts() -> Iterator[None]:
 
 def budget(examples: int) -> settings:
     """A fixed, derandomized budget in CI; `make fuzz` raises it and explores afresh."""
-    return settings(max_examples=FUZZ or examples, derandomize=not FUZZ, deadline=None,
-                    database=None, print_blob=True, suppress_health_check=list(HealthCheck))
+    return settings(
+        max_examples=FUZZ or examples,
+        derandomize=not FUZZ,
+        deadline=None,
+        database=None,
+        print_blob=True,
+        suppress_health_check=list(HealthCheck),
+    )
 
 
 # --- hostile values ----------------------------------------------------------------
 
 NASTY_STRINGS = [
-    "", " ", "NaN", "nan", "-nan", "inf", "-inf", "Infinity", "1e309", "-1e309", "1e-320",
-    "-0", "-0.0", "0", "1", "1.0", "1.0000001", "-0.0000001", "0.5", " 0.5 ", "0x10",
-    "1_0", "\u0663", "\u00b2", "9" * 40, "0001-01-01T00:00:00+01:00",
-    "9999-12-31T23:59:59-01:00", "2026-02-12T17:00:00Z", "2026-02-12T17:00:00",
-    "\x00", "BUY", "SELL", "yes", "no", "book", "price_change", "last_trade_price",
-    "best_bid_ask", "orderbook_delta", "ticker", "trade",
+    "",
+    " ",
+    "NaN",
+    "nan",
+    "-nan",
+    "inf",
+    "-inf",
+    "Infinity",
+    "1e309",
+    "-1e309",
+    "1e-320",
+    "-0",
+    "-0.0",
+    "0",
+    "1",
+    "1.0",
+    "1.0000001",
+    "-0.0000001",
+    "0.5",
+    " 0.5 ",
+    "0x10",
+    "1_0",
+    "\u0663",
+    "\u00b2",
+    "9" * 40,
+    "0001-01-01T00:00:00+01:00",
+    "9999-12-31T23:59:59-01:00",
+    "2026-02-12T17:00:00Z",
+    "2026-02-12T17:00:00",
+    "\x00",
+    "BUY",
+    "SELL",
+    "yes",
+    "no",
+    "book",
+    "price_change",
+    "last_trade_price",
+    "best_bid_ask",
+    "orderbook_delta",
+    "ticker",
+    "trade",
 ]
 NASTY_NUMBERS: list[Any] = [
-    0, -1, 1, 2, 100, 10**20, -(10**20), 10**400, 1e308, -1e308, 5e-324, 0.5, 1.0000000001,
-    -0.0, 1770921580000, 1770921580, 1e13, 1e16, 253402300800, 1e30,
-    math.nan, math.inf, -math.inf,
+    0,
+    -1,
+    1,
+    2,
+    100,
+    10**20,
+    -(10**20),
+    10**400,
+    1e308,
+    -1e308,
+    5e-324,
+    0.5,
+    1.0000000001,
+    -0.0,
+    1770921580000,
+    1770921580,
+    1e13,
+    1e16,
+    253402300800,
+    1e30,
+    math.nan,
+    math.inf,
+    -math.inf,
 ]
 json_scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(),
-    st.text(max_size=12), st.sampled_from(NASTY_STRINGS), st.sampled_from(NASTY_NUMBERS),
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(),
+    st.text(max_size=12),
+    st.sampled_from(NASTY_STRINGS),
+    st.sampled_from(NASTY_NUMBERS),
 )
 
 
 def json_values(keys: list[str]) -> st.SearchStrategy[Any]:
     return st.recursive(
         json_scalars,
-        lambda inner: st.lists(inner, max_size=3)
-        | st.dictionaries(st.sampled_from(keys) | st.text(max_size=6), inner, max_size=3),
+        lambda inner: (
+            st.lists(inner, max_size=3)
+            | st.dictionaries(st.sampled_from(keys) | st.text(max_size=6), inner, max_size=3)
+        ),
         max_leaves=8,
     )
 
@@ -177,10 +245,12 @@ def byte_mutation(draw: st.DrawFn, data: bytes) -> bytes:
         if op == "flip":
             buf[at] = draw(st.integers(0, 255))
         elif op == "insert":
-            buf[at:at] = draw(st.binary(min_size=1, max_size=4)
-                              | st.sampled_from([b"\x00", b"\xff", b"\"", b"\n", b",", b"]"]))
+            buf[at:at] = draw(
+                st.binary(min_size=1, max_size=4)
+                | st.sampled_from([b"\x00", b"\xff", b'"', b"\n", b",", b"]"])
+            )
         elif op == "delete":
-            del buf[at:at + draw(st.integers(1, 8))]
+            del buf[at : at + draw(st.integers(1, 8))]
         else:
             del buf[at:]
     return bytes(buf)
@@ -199,8 +269,11 @@ def frames_of(draw: st.DrawFn, raw: list[str], keys: list[str]) -> str | bytes:
     if kind == "real":
         return draw(st.sampled_from(raw))
     if kind == "batch":  # several updates in one frame (Polymarket's initial dump)
-        return dumps(draw(st.lists(mutated_doc(seeds, keys) | st.sampled_from(seeds),
-                                   min_size=1, max_size=4)))
+        return dumps(
+            draw(
+                st.lists(mutated_doc(seeds, keys) | st.sampled_from(seeds), min_size=1, max_size=4)
+            )
+        )
     if kind == "bytes":
         mangled = draw(byte_mutation(draw(st.sampled_from(raw)).encode()))
         if draw(st.booleans()):
@@ -229,8 +302,7 @@ def assert_valid_tick(tick: Tick, latest: float = math.inf) -> None:
     assert tick.depth is None or 0.0 <= tick.depth <= MAX_DEPTH, tick
 
 
-def run_codec(codec: Any, frames: list[str | bytes], markets: set[str] | None = None
-              ) -> list[Tick]:
+def run_codec(codec: Any, frames: list[str | bytes], markets: set[str] | None = None) -> list[Tick]:
     """Decode frames one second apart; check every output; per-market time never goes back."""
     last: dict[str, float] = {}
     ticks: list[Tick] = []
@@ -265,12 +337,18 @@ def _lines(name: str) -> list[str]:
     return (WS / name).read_text(encoding="utf-8").splitlines()
 
 
-PM_RAW = [line for name in ("polymarket_book.jsonl", "polymarket_events.jsonl",
-                            "polymarket_trade.jsonl") for line in _lines(name)]
+PM_RAW = [
+    line
+    for name in ("polymarket_book.jsonl", "polymarket_events.jsonl", "polymarket_trade.jsonl")
+    for line in _lines(name)
+]
 PM_DOCS = [json.loads(line) for line in PM_RAW]
 PM_KEYS = _keys(PM_DOCS)
-KALSHI_RAW = [line for name in ("kalshi_book.jsonl", "kalshi_ticker.jsonl",
-                                "kalshi_trade.jsonl") for line in _lines(name)]
+KALSHI_RAW = [
+    line
+    for name in ("kalshi_book.jsonl", "kalshi_ticker.jsonl", "kalshi_trade.jsonl")
+    for line in _lines(name)
+]
 KALSHI_DOCS = [json.loads(line) for line in KALSHI_RAW]
 KALSHI_KEYS = _keys(KALSHI_DOCS)
 
@@ -295,9 +373,11 @@ def _pm_codec() -> PolymarketCodec:
 
 
 def _kalshi_codec() -> KalshiCodec:
-    tickers = {d["msg"]["market_ticker"]: "k-" + d["msg"]["market_ticker"]
-               for d in KALSHI_DOCS if isinstance(d.get("msg"), dict)
-               and "market_ticker" in d["msg"]}
+    tickers = {
+        d["msg"]["market_ticker"]: "k-" + d["msg"]["market_ticker"]
+        for d in KALSHI_DOCS
+        if isinstance(d.get("msg"), dict) and "market_ticker" in d["msg"]
+    }
     codec = KalshiCodec(tickers, ["ticker", "orderbook_delta", "trade"])
     codec.on_connect()
     return codec
@@ -321,31 +401,72 @@ def test_kalshi_codec_survives_mutated_frames(frames: list[str | bytes]) -> None
 
 
 WS_CONFIGS: list[tuple[WebsocketFeedSettings, list[dict[str, Any]]]] = [
-    (WebsocketFeedSettings(url="ws://x"),
-     [{"market": "m1", "price": 0.42, "ts": 1770921500000},
-      {"market": "m2", "price": "0.9", "ts": "1770921501000"}]),
-    (WebsocketFeedSettings(url="ws://x", items="data", match={"type": "quote"},
-                           timestamp_unit="iso",
-                           fields={"market": "sym", "price": "", "bid": "b.px", "ask": "a.px",
-                                   "depth": "b.qty", "timestamp": "time"}),
-     [{"type": "quote", "data": [{"sym": "m1", "b": {"px": 0.4, "qty": 10},
-                                  "a": {"px": 0.45}, "time": "2026-02-12T17:00:00Z"},
-                                 {"sym": 7, "b": {"px": 0.1, "qty": 3}, "a": {"px": 0.2},
-                                  "time": "2026-02-12T17:00:01+00:00"}]},
-      {"type": "heartbeat"}]),
-    (WebsocketFeedSettings(url="ws://x", timestamp_unit="s", price_scale=0.01,
-                           market_ids={"X1": "m1"}, ping_text="ping"),
-     [{"market": "X1", "price": 42, "ts": 1770921500.5}, {"market": "X2", "price": "99",
-                                                          "ts": 1770921500}]),
-    (WebsocketFeedSettings(url="ws://x", timestamp_unit="receive", items="u"),
-     [{"u": [{"market": "m3", "price": 0.5}, {"market": "m4", "price": 0.01}]}]),
+    (
+        WebsocketFeedSettings(url="ws://x"),
+        [
+            {"market": "m1", "price": 0.42, "ts": 1770921500000},
+            {"market": "m2", "price": "0.9", "ts": "1770921501000"},
+        ],
+    ),
+    (
+        WebsocketFeedSettings(
+            url="ws://x",
+            items="data",
+            match={"type": "quote"},
+            timestamp_unit="iso",
+            fields={
+                "market": "sym",
+                "price": "",
+                "bid": "b.px",
+                "ask": "a.px",
+                "depth": "b.qty",
+                "timestamp": "time",
+            },
+        ),
+        [
+            {
+                "type": "quote",
+                "data": [
+                    {
+                        "sym": "m1",
+                        "b": {"px": 0.4, "qty": 10},
+                        "a": {"px": 0.45},
+                        "time": "2026-02-12T17:00:00Z",
+                    },
+                    {
+                        "sym": 7,
+                        "b": {"px": 0.1, "qty": 3},
+                        "a": {"px": 0.2},
+                        "time": "2026-02-12T17:00:01+00:00",
+                    },
+                ],
+            },
+            {"type": "heartbeat"},
+        ],
+    ),
+    (
+        WebsocketFeedSettings(
+            url="ws://x",
+            timestamp_unit="s",
+            price_scale=0.01,
+            market_ids={"X1": "m1"},
+            ping_text="ping",
+        ),
+        [
+            {"market": "X1", "price": 42, "ts": 1770921500.5},
+            {"market": "X2", "price": "99", "ts": 1770921500},
+        ],
+    ),
+    (
+        WebsocketFeedSettings(url="ws://x", timestamp_unit="receive", items="u"),
+        [{"u": [{"market": "m3", "price": 0.5}, {"market": "m4", "price": 0.01}]}],
+    ),
 ]
 
 
 @budget(150)
 @given(data=st.data(), config=st.sampled_from(range(len(WS_CONFIGS))))
-def test_generic_websocket_codec_survives_mutated_frames(data: st.DataObject, config: int
-                                                         ) -> None:
+def test_generic_websocket_codec_survives_mutated_frames(data: st.DataObject, config: int) -> None:
     cfg, seeds = WS_CONFIGS[config]
     raw = [json.dumps(d) for d in seeds]
     keys = _keys(seeds) + ["ts", "price", "market"]
@@ -362,8 +483,12 @@ def test_codecs_reject_times_in_the_future(ts_ms: float) -> None:
     is not poisoned (its next honest tick still gets through)."""
     codec = _pm_codec()
     token = PM_DOCS[0]["asset_id"]
-    trade = {"event_type": "last_trade_price", "asset_id": token, "price": "0.5",
-             "timestamp": str(int(ts_ms))}
+    trade = {
+        "event_type": "last_trade_price",
+        "asset_id": token,
+        "price": "0.5",
+        "timestamp": str(int(ts_ms)),
+    }
     out = codec.decode(json.dumps(trade), RECEIVED)
     assert out.ticks == [] and out.rejected == ["future_ts"]
     trade["timestamp"] = str(int(RECEIVED * 1000))
@@ -375,8 +500,11 @@ def test_codecs_reject_times_in_the_future(ts_ms: float) -> None:
 
     kalshi = _kalshi_codec()
     ticker = next(t for t in kalshi.tickers)
-    msg = {"type": "trade", "sid": 3, "msg": {"market_ticker": ticker, "yes_price": 40,
-                                              "ts_ms": ts_ms}}
+    msg = {
+        "type": "trade",
+        "sid": 3,
+        "msg": {"market_ticker": ticker, "yes_price": 40, "ts_ms": ts_ms},
+    }
     out = kalshi.decode(json.dumps(msg), RECEIVED)
     assert out.ticks == [] and out.rejected == ["future_ts"]
     msg["msg"]["ts_ms"] = RECEIVED * 1000  # type: ignore[index]
@@ -387,8 +515,11 @@ def test_codecs_reject_times_in_the_future(ts_ms: float) -> None:
 
 CSV_LINES = FED_CSV.read_text(encoding="utf-8").splitlines()[:25]
 CSV_HEADER = CSV_LINES[0].split(",")
-CSV_FIELDS = st.one_of(st.sampled_from(NASTY_STRINGS), st.text(max_size=8),
-                       st.sampled_from([repr(x) for x in NASTY_NUMBERS]))
+CSV_FIELDS = st.one_of(
+    st.sampled_from(NASTY_STRINGS),
+    st.text(max_size=8),
+    st.sampled_from([repr(x) for x in NASTY_NUMBERS]),
+)
 
 
 def _jsonl(line: str) -> dict[str, Any]:
@@ -415,8 +546,9 @@ def tape_bytes(draw: st.DrawFn) -> tuple[str, bytes]:
             cells[draw(st.integers(0, len(cells) - 1))] = draw(CSV_FIELDS).replace("\n", " ")
             lines[at] = ",".join(cells)
         elif op == "field":
-            lines[at] = dumps(draw(mutated_doc(JSONL_DOCS, ["ts", "market", "price", "bid",
-                                                            "ask", "depth"])))
+            lines[at] = dumps(
+                draw(mutated_doc(JSONL_DOCS, ["ts", "market", "price", "bid", "ask", "depth"]))
+            )
         elif op == "drop" and len(lines) > 1:
             del lines[at]
         elif op == "dup":
@@ -478,10 +610,14 @@ maybe_float = st.none() | any_float | st.floats(0, 1)
 ticks_st = st.builds(
     Tick,
     market=st.sampled_from([*KNOWN, "unknown-1", "unknown-2", ""]),
-    ts=st.one_of(st.floats(BASE_T - 100, BASE_T + 100), any_float,
-                 st.sampled_from([BASE_T + 1e6, math.nan, -BASE_T])),
+    ts=st.one_of(
+        st.floats(BASE_T - 100, BASE_T + 100),
+        any_float,
+        st.sampled_from([BASE_T + 1e6, math.nan, -BASE_T]),
+    ),
     price=st.one_of(st.floats(0, 1), any_float),
-    bid=maybe_float, ask=maybe_float,
+    bid=maybe_float,
+    ask=maybe_float,
     depth=st.none() | st.floats(0, 1e6) | any_float,
 )
 
@@ -492,9 +628,16 @@ def model_guard() -> Iterator[list[int]]:
     applied = [0]
     update: Callable[..., np.ndarray] = estimator.update
 
-    def checked(state: Any, cfg: Any, idx: np.ndarray, t: np.ndarray, p: np.ndarray,
-                half_spread: np.ndarray, depth: np.ndarray | None = None,
-                record: Any = None) -> np.ndarray:
+    def checked(
+        state: Any,
+        cfg: Any,
+        idx: np.ndarray,
+        t: np.ndarray,
+        p: np.ndarray,
+        half_spread: np.ndarray,
+        depth: np.ndarray | None = None,
+        record: Any = None,
+    ) -> np.ndarray:
         # A market may appear several times (ticks apply in order), never out of range.
         assert ((idx >= 0) & (idx < len(state.t))).all()
         assert np.isfinite(t).all() and (t > 0).all()
@@ -514,10 +657,14 @@ MARKETS = {m: Market(m, BASE_T + 86_400, BASE_T + 86_400) for m in KNOWN}
 
 
 @budget(200)
-@given(batches=st.lists(st.lists(ticks_st, max_size=25), min_size=1, max_size=4),
-       discover=st.booleans(), live=st.booleans())
+@given(
+    batches=st.lists(st.lists(ticks_st, max_size=25), min_size=1, max_size=4),
+    discover=st.booleans(),
+    live=st.booleans(),
+)
 def test_engine_rejects_every_invalid_tick_with_a_reason(
-        batches: list[list[Tick]], discover: bool, live: bool) -> None:
+    batches: list[list[Tick]], discover: bool, live: bool
+) -> None:
     COUNTS["engine ticks"] += sum(map(len, batches))
     engine = Engine(Settings(), MARKETS, discover=discover)
     with model_guard() as applied:
@@ -543,10 +690,17 @@ def test_engine_counts_each_kind_of_bad_tick() -> None:
     bad = {
         "bad_price": [Tick("a", now, math.nan), Tick("a", now, 1.5), Tick("a", now, -0.1)],
         "bad_ts": [Tick("a", math.inf, 0.5), Tick("a", math.nan, 0.5), Tick("a", -5.0, 0.5)],
-        "bad_bid_ask": [Tick("a", now, 0.5, 0.6, 0.4), Tick("a", now, 0.5, math.nan, 0.6),
-                        Tick("a", now, 0.5, -0.1, 0.6), Tick("a", now, 0.5, 0.4, math.inf)],
-        "bad_depth": [Tick("a", now, 0.5, depth=-1.0), Tick("a", now, 0.5, depth=math.inf),
-                      Tick("a", now, 0.5, depth=MAX_DEPTH * 10)],
+        "bad_bid_ask": [
+            Tick("a", now, 0.5, 0.6, 0.4),
+            Tick("a", now, 0.5, math.nan, 0.6),
+            Tick("a", now, 0.5, -0.1, 0.6),
+            Tick("a", now, 0.5, 0.4, math.inf),
+        ],
+        "bad_depth": [
+            Tick("a", now, 0.5, depth=-1.0),
+            Tick("a", now, 0.5, depth=math.inf),
+            Tick("a", now, 0.5, depth=MAX_DEPTH * 10),
+        ],
         "future_ts": [Tick("a", now + 3600, 0.5)],
         "unknown_market": [Tick("zz", now, 0.5)],
     }
@@ -561,8 +715,9 @@ def test_engine_counts_each_kind_of_bad_tick() -> None:
 
 def test_invalid_ticks_do_not_discover_markets() -> None:
     engine = Engine(Settings(), {}, discover=True)
-    result = engine.ingest([Tick("x", math.nan, 0.5), Tick("y", BASE_T, 2.0),
-                            Tick("z", BASE_T + 1e6, 0.5)], now=BASE_T)
+    result = engine.ingest(
+        [Tick("x", math.nan, 0.5), Tick("y", BASE_T, 2.0), Tick("z", BASE_T + 1e6, 0.5)], now=BASE_T
+    )
     assert result.accepted == 0 and len(engine) == 0
 
 
@@ -584,18 +739,41 @@ def _schema(model: type[BaseModel]) -> dict[str, Any]:
 SCHEMA = _schema(Settings)
 LEAF_KEYS = sorted({k for sec in SCHEMA.values() if sec for k in sec})
 toml_scalars = st.one_of(
-    st.booleans(), st.integers(-(2**63), 2**63 - 1), st.floats(), st.text(max_size=10),
-    st.sampled_from(["replay", "polymarket", "kalshi", "websocket", "json", "text", "debug",
-                     "/nonexistent/x", "var/x", "ms", "iso", "receive", "ticker", ""]),
-    st.sampled_from([0, 1, -1, 0.5, 1e-9, 1e300, 2**31, 65536, math.inf, -math.inf,
-                     math.nan]),
-    st.datetimes(timezones=st.none() | st.timezones()), st.dates(), st.times(),
+    st.booleans(),
+    st.integers(-(2**63), 2**63 - 1),
+    st.floats(),
+    st.text(max_size=10),
+    st.sampled_from(
+        [
+            "replay",
+            "polymarket",
+            "kalshi",
+            "websocket",
+            "json",
+            "text",
+            "debug",
+            "/nonexistent/x",
+            "var/x",
+            "ms",
+            "iso",
+            "receive",
+            "ticker",
+            "",
+        ]
+    ),
+    st.sampled_from([0, 1, -1, 0.5, 1e-9, 1e300, 2**31, 65536, math.inf, -math.inf, math.nan]),
+    st.datetimes(timezones=st.none() | st.timezones()),
+    st.dates(),
+    st.times(),
 )
+
+
 def _toml_containers(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
     # A named function: hypothesis reads a multi-line lambda's source wrongly and warns
     # (an error here) that it does not recurse, in random runs only.
     return st.lists(inner, max_size=3) | st.dictionaries(
-        st.sampled_from(LEAF_KEYS) | st.text(max_size=5), inner, max_size=3)
+        st.sampled_from(LEAF_KEYS) | st.text(max_size=5), inner, max_size=3
+    )
 
 
 toml_values = st.recursive(toml_scalars, _toml_containers, max_leaves=6)
@@ -639,9 +817,10 @@ def config_docs(draw: st.DrawFn) -> dict[str, Any]:
         for key in draw(st.lists(st.sampled_from(sorted(keys)), max_size=4, unique=True)):
             sub = keys[key]
             if sub is not None and draw(st.booleans()):
-                table[key] = {k: draw(toml_values)
-                              for k in draw(st.lists(st.sampled_from(sorted(sub)), max_size=3,
-                                                     unique=True))}
+                table[key] = {
+                    k: draw(toml_values)
+                    for k in draw(st.lists(st.sampled_from(sorted(sub)), max_size=3, unique=True))
+                }
             else:
                 table[key] = draw(toml_values)
         if draw(st.integers(0, 5)) == 0:
@@ -662,15 +841,33 @@ def _walk_floats(node: Any) -> Iterator[float]:
 
 
 @budget(200)
-@given(doc=config_docs(), mangle=st.integers(0, 7), data=st.data(),
-       env=st.dictionaries(st.sampled_from([
-           "RISKD_FEED__KIND", "RISKD_FEED__SPEED", "RISKD_GOVERNOR__TTL_S",
-           "RISKD_PUBLISHER__HTTP", "RISKD_MARKETS__INLINE", "RISKD_SERVER__PORT",
-           "RISKD_FEED__POLYMARKET__MARKETS", "RISKD_LIMITS__MAX_LEVERAGE"]),
-           st.sampled_from(["[", "{", "[1,", "nan", "inf", "1e999", "[\"replay\"]", "{}", "x",
-                            "-1", "{\"url\": 3}"]) | st.text(max_size=8), max_size=2))
+@given(
+    doc=config_docs(),
+    mangle=st.integers(0, 7),
+    data=st.data(),
+    env=st.dictionaries(
+        st.sampled_from(
+            [
+                "RISKD_FEED__KIND",
+                "RISKD_FEED__SPEED",
+                "RISKD_GOVERNOR__TTL_S",
+                "RISKD_PUBLISHER__HTTP",
+                "RISKD_MARKETS__INLINE",
+                "RISKD_SERVER__PORT",
+                "RISKD_FEED__POLYMARKET__MARKETS",
+                "RISKD_LIMITS__MAX_LEVERAGE",
+            ]
+        ),
+        st.sampled_from(
+            ["[", "{", "[1,", "nan", "inf", "1e999", '["replay"]', "{}", "x", "-1", '{"url": 3}']
+        )
+        | st.text(max_size=8),
+        max_size=2,
+    ),
+)
 def test_config_loader_gives_settings_or_config_error(
-        doc: dict[str, Any], mangle: int, data: st.DataObject, env: dict[str, str]) -> None:
+    doc: dict[str, Any], mangle: int, data: st.DataObject, env: dict[str, str]
+) -> None:
     COUNTS["config documents"] += 1
     COUNTS["config env overrides"] += len(env)
     text = "\n".join(f"{_toml_key(k)} = {_toml(v)}" for k, v in doc.items()) + "\n"
@@ -694,19 +891,52 @@ def test_config_loader_gives_settings_or_config_error(
     assert loaded.governor.ttl_s > loaded.governor.publish_interval_s
 
 
-market_values = st.one_of(toml_scalars, st.none(), st.sampled_from(
-    ["2026-11-03T00:00:00Z", "0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00",
-     "2026-11-03", "x"]))
+market_values = st.one_of(
+    toml_scalars,
+    st.none(),
+    st.sampled_from(
+        [
+            "2026-11-03T00:00:00Z",
+            "0001-01-01T00:00:00+01:00",
+            "9999-12-31T23:59:59-01:00",
+            "2026-11-03",
+            "x",
+        ]
+    ),
+)
 
 
 @budget(200)
-@given(entries=st.lists(st.dictionaries(
-    st.sampled_from(["id", "resolves_at", "event_at", "outcome", "tick_size", "title",
-                     "max_leverage", "max_slippage", "fee_floor_hourly", "limits",
-                     "polymarket_yes_token", "kalshi_ticker", "rows"]),
-    market_values | st.dictionaries(st.sampled_from(["max_leverage", "max_slippage"]),
-                                    market_values, max_size=2), max_size=6), max_size=4)
-    | toml_values)
+@given(
+    entries=st.lists(
+        st.dictionaries(
+            st.sampled_from(
+                [
+                    "id",
+                    "resolves_at",
+                    "event_at",
+                    "outcome",
+                    "tick_size",
+                    "title",
+                    "max_leverage",
+                    "max_slippage",
+                    "fee_floor_hourly",
+                    "limits",
+                    "polymarket_yes_token",
+                    "kalshi_ticker",
+                    "rows",
+                ]
+            ),
+            market_values
+            | st.dictionaries(
+                st.sampled_from(["max_leverage", "max_slippage"]), market_values, max_size=2
+            ),
+            max_size=6,
+        ),
+        max_size=4,
+    )
+    | toml_values
+)
 def test_markets_parser_gives_markets_or_markets_error(entries: Any) -> None:
     COUNTS["markets documents"] += 1
     try:
@@ -736,31 +966,79 @@ OVERRIDE_SEEDS: list[Any] = [
     {"market": "no-such-market", "mode": "halted"},
 ]
 OVERRIDE_KEYS = ["market", "mode", "max_leverage", "loosen", "note", "clear", "colour"]
-HOSTILE_TEXT = ["\ud800", "\udfff", "\x00", "x" * 70_000, POLY, KALSHI, "normal", "halted",
-                "reduce_only", "../../etc/passwd", "%00", "\u202e"]
+HOSTILE_TEXT = [
+    "\ud800",
+    "\udfff",
+    "\x00",
+    "x" * 70_000,
+    POLY,
+    KALSHI,
+    "normal",
+    "halted",
+    "reduce_only",
+    "../../etc/passwd",
+    "%00",
+    "\u202e",
+]
 # A few values for each way a field can be wrong: too big for a float, NaN and inf as
 # text, not UTF-8 encodable, the wrong type, out of range.
-HOSTILE_VALUES: list[Any] = [10**400, -(10**400), 1e308, "NaN", "inf", "1e309", "\ud800",
-                             "x" * 70_000, None, True, [], {}, [1], -1, 0, 0.999, 1, 1e9, "2",
-                             "0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00",
-                             "2026-02-12T17:00:00", "2026-02-30T00:00:00Z"]
-AUTHS: list[dict[str, str] | None] = [
-    None, {}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {ADMIN_TOKEN}"},
-    {"Authorization": ADMIN_TOKEN}, {"Authorization": f"Bearer {ADMIN_TOKEN}x"},
-    {"Authorization": "Bearer " + ADMIN_TOKEN[:-1]}, {"Authorization": "Bearer"},
+HOSTILE_VALUES: list[Any] = [
+    10**400,
+    -(10**400),
+    1e308,
+    "NaN",
+    "inf",
+    "1e309",
+    "\ud800",
+    "x" * 70_000,
+    None,
+    True,
+    [],
+    {},
+    [1],
+    -1,
+    0,
+    0.999,
+    1,
+    1e9,
+    "2",
+    "0001-01-01T00:00:00+01:00",
+    "9999-12-31T23:59:59-01:00",
+    "2026-02-12T17:00:00",
+    "2026-02-30T00:00:00Z",
 ]
-CONTENT_TYPES = [None, "application/json", "text/plain", "application/octet-stream",
-                 "application/json; charset=latin-1", "application/json; charset=utf-16",
-                 "application/json; charset=no-such-charset", "multipart/form-data; boundary=x",
-                 "application/x-www-form-urlencoded"]
+AUTHS: list[dict[str, str] | None] = [
+    None,
+    {},
+    {"Authorization": "Bearer wrong"},
+    {"Authorization": f"Basic {ADMIN_TOKEN}"},
+    {"Authorization": ADMIN_TOKEN},
+    {"Authorization": f"Bearer {ADMIN_TOKEN}x"},
+    {"Authorization": "Bearer " + ADMIN_TOKEN[:-1]},
+    {"Authorization": "Bearer"},
+]
+CONTENT_TYPES = [
+    None,
+    "application/json",
+    "text/plain",
+    "application/octet-stream",
+    "application/json; charset=latin-1",
+    "application/json; charset=utf-16",
+    "application/json; charset=no-such-charset",
+    "multipart/form-data; boundary=x",
+    "application/x-www-form-urlencoded",
+]
 
 
 class Blob(bytes):
     """A request body that prints short (a failing example may carry megabytes)."""
 
     def __repr__(self) -> str:
-        return f"Blob({bytes(self[:120])!r}... {len(self)} bytes)" if len(self) > 120 \
+        return (
+            f"Blob({bytes(self[:120])!r}... {len(self)} bytes)"
+            if len(self) > 120
             else f"Blob({bytes(self)!r})"
+        )
 
 
 @st.composite
@@ -771,8 +1049,23 @@ def json_bodies(draw: st.DrawFn, seeds: list[Any], keys: list[str]) -> Blob:
 @st.composite
 def _json_bodies(draw: st.DrawFn, seeds: list[Any], keys: list[str]) -> bytes:
     """A request body: a real one, a mutated one, any JSON value, or not JSON at all."""
-    kind = draw(st.sampled_from(["real", "field", "field", "field", "doc", "doc", "value",
-                                 "bytes", "binary", "deep", "huge"]))
+    kind = draw(
+        st.sampled_from(
+            [
+                "real",
+                "field",
+                "field",
+                "field",
+                "doc",
+                "doc",
+                "value",
+                "bytes",
+                "binary",
+                "deep",
+                "huge",
+            ]
+        )
+    )
     values = json_values(keys) | st.sampled_from(HOSTILE_TEXT)
     if kind == "real":
         return dumps(draw(st.sampled_from(seeds))).encode()
@@ -816,37 +1109,54 @@ def admin_requests(draw: st.DrawFn) -> tuple[str, str, bytes | None, dict[str, s
     ctype = draw(st.sampled_from(CONTENT_TYPES))
     if ctype is not None:
         headers["Content-Type"] = ctype
-    route = draw(st.sampled_from(["override"] * 12 + ["delete", "delete", "list", "reload",
-                                                      "wrong_method"]))
+    route = draw(
+        st.sampled_from(["override"] * 12 + ["delete", "delete", "list", "reload", "wrong_method"])
+    )
     if route == "override":
-        return "POST", "/v1/admin/override", draw(json_bodies(OVERRIDE_SEEDS, OVERRIDE_KEYS)), \
-            headers, authorized
+        return (
+            "POST",
+            "/v1/admin/override",
+            draw(json_bodies(OVERRIDE_SEEDS, OVERRIDE_KEYS)),
+            headers,
+            authorized,
+        )
     if route == "delete":
-        market = draw(st.sampled_from([POLY, KALSHI, "no-such-market", "%2e%2e", "%ED%A0%80",
-                                       "a%2Fb"]) | st.from_regex(r"\A[A-Za-z0-9._~-]{1,20}\Z"))
+        market = draw(
+            st.sampled_from([POLY, KALSHI, "no-such-market", "%2e%2e", "%ED%A0%80", "a%2Fb"])
+            | st.from_regex(r"\A[A-Za-z0-9._~-]{1,20}\Z")
+        )
         return "DELETE", f"/v1/admin/override/{market}", None, headers, authorized
     if route == "list":
         return "GET", "/v1/admin/overrides", None, headers, authorized
     if route == "reload":
-        return "POST", "/v1/admin/reload", draw(st.none() | st.binary(max_size=16)), headers, \
-            authorized
-    return draw(st.sampled_from(["PUT", "PATCH"])), "/v1/admin/override", b"{}", headers, \
-        authorized
+        return (
+            "POST",
+            "/v1/admin/reload",
+            draw(st.none() | st.binary(max_size=16)),
+            headers,
+            authorized,
+        )
+    return draw(st.sampled_from(["PUT", "PATCH"])), "/v1/admin/override", b"{}", headers, authorized
 
 
-async def _request(session: Any, url: str, method: str, body: bytes | None,
-                   headers: dict[str, str]) -> tuple[int, Any]:
+async def _request(
+    session: Any, url: str, method: str, body: bytes | None, headers: dict[str, str]
+) -> tuple[int, Any]:
     data: Any = body if body is None or len(body) < 2**16 else io.BytesIO(body)  # no warning
-    async with session.request(method, url, data=data, headers=headers,
-                               skip_auto_headers=["Content-Type"]) as resp:
+    async with session.request(
+        method, url, data=data, headers=headers, skip_auto_headers=["Content-Type"]
+    ) as resp:
         text = await resp.text()
         ctype = resp.headers.get("Content-Type", "")
         return resp.status, json.loads(text) if ctype.startswith("application/json") else text
 
 
 def _sides(params: dict[str, Any]) -> dict[tuple[str, str], float]:
-    return {(p["market"], side): lev for p in params["params"]
-            for side, lev in p["max_leverage"].items()}
+    return {
+        (p["market"], side): lev
+        for p in params["params"]
+        for side, lev in p["max_leverage"].items()
+    }
 
 
 @pytest.fixture
@@ -856,8 +1166,14 @@ async def admin_daemon(tmp_path: Path, in_process: Any) -> Any:
     with overrides. Yields it and the leverage published before any override."""
     from tests.support import FED_TAPE, base_config, http_json, wait_until
 
-    d = await in_process(base_config(tmp_path, 0, feed={"path": str(FED_TAPE), "speed": 0.0},
-                                     server={"admin_token": ADMIN_TOKEN}))
+    d = await in_process(
+        base_config(
+            tmp_path,
+            0,
+            feed={"path": str(FED_TAPE), "speed": 0.0},
+            server={"admin_token": ADMIN_TOKEN},
+        )
+    )
     d.start()
 
     async def settled() -> bool:
@@ -872,7 +1188,7 @@ async def admin_daemon(tmp_path: Path, in_process: Any) -> Any:
 @budget(60)
 @given(requests=st.lists(admin_requests(), min_size=1, max_size=6))
 async def test_admin_api_answers_bad_requests_with_4xx_and_only_tightens(
-        admin_daemon: Any, requests: list[tuple[str, str, bytes | None, dict[str, str], bool]]
+    admin_daemon: Any, requests: list[tuple[str, str, bytes | None, dict[str, str], bool]]
 ) -> None:
     import aiohttp
 
@@ -939,20 +1255,32 @@ NOW = 1_770_921_600  # the receivers' fixed wall clock
 def _entry(market: str, version: int, valid_until: float) -> dict[str, Any]:
     from riskd.timeutil import iso
 
-    return {"market": market, "version": version, "mode": "normal",
-            "max_leverage": {"long": 3.0, "short": 3.0},
-            "initial_margin": {"long": 0.2, "short": 0.13},
-            "maintenance_margin": {"long": 0.1, "short": 0.07},
-            "fee_rate_hourly": {"long": 0.0004, "short": 0.0004}, "max_slippage": 0.02,
-            "oi_cap": None, "valid_until": iso(valid_until), "reasons": [],
-            "inputs": {"p": 0.6, "tau_s": 86400.0}}
+    return {
+        "market": market,
+        "version": version,
+        "mode": "normal",
+        "max_leverage": {"long": 3.0, "short": 3.0},
+        "initial_margin": {"long": 0.2, "short": 0.13},
+        "maintenance_margin": {"long": 0.1, "short": 0.07},
+        "fee_rate_hourly": {"long": 0.0004, "short": 0.0004},
+        "max_slippage": 0.02,
+        "oi_cap": None,
+        "valid_until": iso(valid_until),
+        "reasons": [],
+        "inputs": {"p": 0.6, "tau_s": 86400.0},
+    }
 
 
 def _batch(instance: str, seq: int, generated: float, params: list[Any]) -> dict[str, Any]:
     from riskd.timeutil import iso
 
-    return {"source": "riskd", "instance": instance, "seq": seq,
-            "generated_at": iso(generated), "params": params}
+    return {
+        "source": "riskd",
+        "instance": instance,
+        "seq": seq,
+        "generated_at": iso(generated),
+        "params": params,
+    }
 
 
 BATCH_SEEDS: list[Any] = [
@@ -961,28 +1289,42 @@ BATCH_SEEDS: list[Any] = [
     _batch("fz", 3, NOW + 10, []),
 ]
 BATCH_KEYS = _keys(BATCH_SEEDS) + ["long", "short", "p"]
-TIMESTAMPS = [str(NOW), str(NOW - 600), str(NOW + 600), str(NOW - 299), "", "abc", "-5", "0",
-              f" {NOW}", f"{NOW}.0", "\u00b2", "\u0661\u0667\u0667\u0660", "9" * 30,
-              "1" + "0" * 400, "9" * 5000]
+TIMESTAMPS = [
+    str(NOW),
+    str(NOW - 600),
+    str(NOW + 600),
+    str(NOW - 299),
+    "",
+    "abc",
+    "-5",
+    "0",
+    f" {NOW}",
+    f"{NOW}.0",
+    "\u00b2",
+    "\u0661\u0667\u0667\u0660",
+    "9" * 30,
+    "1" + "0" * 400,
+    "9" * 5000,
+]
 RECEIVER_STATUSES = {200, 400, 401, 403, 409, 413, 415}
 
 
 @st.composite
-def receiver_posts(draw: st.DrawFn, instance: str
-                   ) -> tuple[bytes, dict[str, str], bool]:
+def receiver_posts(draw: st.DrawFn, instance: str) -> tuple[bytes, dict[str, str], bool]:
     """(body, headers, signed): a batch signed right or wrong, its headers mutated."""
     seeds = [{**s, "instance": instance} for s in BATCH_SEEDS]
     body = draw(json_bodies(seeds, BATCH_KEYS))
     ts = draw(st.sampled_from(TIMESTAMPS[:4]) | st.sampled_from(TIMESTAMPS))
     headers = {"Content-Type": "application/json", "X-Riskd-Timestamp": ts}
-    signed = draw(st.sampled_from(["right", "right", "right", "wrong_secret", "flipped",
-                                   "garbage", "none"]))
+    signed = draw(
+        st.sampled_from(["right", "right", "right", "wrong_secret", "flipped", "garbage", "none"])
+    )
     mac = hmac.new(RECEIVER_SECRET, ts.encode() + b"." + body, hashlib.sha256).hexdigest()
     if signed == "wrong_secret":
         mac = hmac.new(b"other", ts.encode() + b"." + body, hashlib.sha256).hexdigest()
     elif signed == "flipped":
         at = draw(st.integers(0, len(mac) - 1))
-        mac = mac[:at] + ("0" if mac[at] != "0" else "1") + mac[at + 1:]
+        mac = mac[:at] + ("0" if mac[at] != "0" else "1") + mac[at + 1 :]
     elif signed == "garbage":
         mac = draw(st.from_regex(r"\A[ -~]{0,70}\Z"))
     if signed != "none":
@@ -1024,8 +1366,9 @@ async def receivers() -> Any:
 
     runners, out = [], []
     for clock in ("wall", "feed"):
-        cfg = ReceiverConfig(secret=RECEIVER_SECRET, max_skew_s=300.0, clock=clock,
-                             max_body_bytes=1024 * 1024)
+        cfg = ReceiverConfig(
+            secret=RECEIVER_SECRET, max_skew_s=300.0, clock=clock, max_body_bytes=1024 * 1024
+        )
         app = make_app(cfg, wall_clock=lambda: float(NOW))
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
@@ -1040,7 +1383,8 @@ async def receivers() -> Any:
 @budget(60)
 @given(data=st.data())
 async def test_receiver_answers_bad_batches_with_4xx_and_stores_only_valid_sets(
-        receivers: Any, data: st.DataObject) -> None:
+    receivers: Any, data: st.DataObject
+) -> None:
     import aiohttp
 
     COUNTS["receiver examples"] += 1
@@ -1051,8 +1395,9 @@ async def test_receiver_answers_bad_batches_with_4xx_and_stores_only_valid_sets(
             for url, state in receivers:
                 COUNTS["receiver posts"] += 1
                 before = (copy.deepcopy(state.current), dict(state.last_seq))
-                status, answer = await _request(session, url + "/risk-params", "POST", body,
-                                                headers)
+                status, answer = await _request(
+                    session, url + "/risk-params", "POST", body, headers
+                )
                 assert status in RECEIVER_STATUSES, (body[:300], headers, status, answer)
                 if status != 200:
                     assert (state.current, state.last_seq) == before  # refused: no effect
@@ -1066,8 +1411,9 @@ async def test_receiver_answers_bad_batches_with_4xx_and_stores_only_valid_sets(
                 status, _ = await _request(session, url + path, "GET", None, {})
                 assert status == 200, (url, path)
             for market in _state.current:
-                status, _ = await _request(session, url + "/params/" + market.replace(
-                    "/", "%2F"), "GET", None, {})
+                status, _ = await _request(
+                    session, url + "/params/" + market.replace("/", "%2F"), "GET", None, {}
+                )
                 assert status in (200, 404)
 
 
@@ -1113,26 +1459,30 @@ def test_a_corrupt_gzip_tape_is_a_tape_error(tmp_path: Path) -> None:
 
 def test_tape_rejects_absurd_depth_and_time_zero(tmp_path: Path) -> None:
     path = tmp_path / "t.csv"
-    path.write_text("ts,market,price,bid,ask,depth\n"
-                    "1700000000,a,0.5,0.4,0.6,1e13\n"
-                    "0,a,0.5,,,\n"
-                    "-0.0,a,0.5,,,\n"
-                    "1700000001,a,0.5,0.4,0.6,1e12\n")
+    path.write_text(
+        "ts,market,price,bid,ask,depth\n"
+        "1700000000,a,0.5,0.4,0.6,1e13\n"
+        "0,a,0.5,,,\n"
+        "-0.0,a,0.5,,,\n"
+        "1700000001,a,0.5,0.4,0.6,1e12\n"
+    )
     tape = Tape(path)
     assert [t.ts for t in tape] == [1700000001.0]
     assert tape.reports[0].by_reason == {"bad_depth": 1, "bad_ts": 2}
 
 
-@pytest.mark.parametrize(("text", "env"), [
-    (b"[feed]\nspeed = 1.0\n# \xff\xfe not UTF-8\n", {}),
-    (b"", {"RISKD_FEED__KIND": "[1,"}),
-    (b"[limits]\nmax_leverage = inf\n", {}),
-    (b"[model]\nk_liquidity = nan\n", {}),
-    (b"[feed.polymarket]\nread_timeout_s = inf\n", {}),
-    (b"[feed]\nmax_future_s = 0\n", {}),
-])
-def test_config_errors_found_by_fuzzing(tmp_path: Path, text: bytes, env: dict[str, str]
-                                        ) -> None:
+@pytest.mark.parametrize(
+    ("text", "env"),
+    [
+        (b"[feed]\nspeed = 1.0\n# \xff\xfe not UTF-8\n", {}),
+        (b"", {"RISKD_FEED__KIND": "[1,"}),
+        (b"[limits]\nmax_leverage = inf\n", {}),
+        (b"[model]\nk_liquidity = nan\n", {}),
+        (b"[feed.polymarket]\nread_timeout_s = inf\n", {}),
+        (b"[feed]\nmax_future_s = 0\n", {}),
+    ],
+)
+def test_config_errors_found_by_fuzzing(tmp_path: Path, text: bytes, env: dict[str, str]) -> None:
     """Were UnicodeDecodeError and pydantic-settings' SettingsError (tracebacks, not
     messages; SIGHUP would not have said why), and inf accepted as a limit."""
     path = tmp_path / "riskd.toml"
@@ -1148,21 +1498,35 @@ def test_books_keep_a_bounded_number_of_levels() -> None:
     codec = _pm_codec()
     token = PM_DOCS[0]["asset_id"]
     levels = [{"price": f"{0.2 + i * 1e-6:.7f}", "size": "1"} for i in range(MAX_LEVELS + 500)]
-    book = {"event_type": "book", "asset_id": token, "timestamp": str(int(RECEIVED * 1000)),
-            "bids": levels, "asks": [{"price": "0.9", "size": "1"}]}
+    book = {
+        "event_type": "book",
+        "asset_id": token,
+        "timestamp": str(int(RECEIVED * 1000)),
+        "bids": levels,
+        "asks": [{"price": "0.9", "size": "1"}],
+    }
     (tick,) = codec.decode(json.dumps(book), RECEIVED).ticks
     assert len(codec.books[token].bids) == MAX_LEVELS
     assert tick.bid == pytest.approx(0.2 + (MAX_LEVELS + 499) * 1e-6)  # the best stays
-    low = {"event_type": "price_change", "asset_id": token, "price": "0.01", "side": "BUY",
-           "size": "5", "timestamp": str(int(RECEIVED * 1000))}
+    low = {
+        "event_type": "price_change",
+        "asset_id": token,
+        "price": "0.01",
+        "side": "BUY",
+        "size": "5",
+        "timestamp": str(int(RECEIVED * 1000)),
+    }
     codec.decode(json.dumps(low), RECEIVED)  # worse than every level kept: ignored
     assert 0.01 not in codec.books[token].bids
     assert len(codec.books[token].bids) == MAX_LEVELS
 
 
 @budget(300)
-@given(text=st.one_of(st.from_regex(r"\A[ ]?-?[01]?\.?[0-9]{0,6}(e-?[0-9])?[ ]?\Z"),
-                      st.text(max_size=12)))
+@given(
+    text=st.one_of(
+        st.from_regex(r"\A[ ]?-?[01]?\.?[0-9]{0,6}(e-?[0-9])?[ ]?\Z"), st.text(max_size=12)
+    )
+)
 def test_interned_prices_parse_exactly_like_the_first_time(text: str) -> None:
     """probability() remembers each price text it parsed: the remembered answer is the
     parse itself (value or rejection), and 1 - p is the rounded complement."""
@@ -1192,10 +1556,12 @@ def test_interned_prices_are_bounded() -> None:
     """A venue inventing prices cannot grow the interning tables beyond their cap."""
     from riskd.feeds import codec as shared
 
-    with mock.patch.object(shared, "MAX_INTERNED", 100), \
-            mock.patch.dict(shared._prices, clear=True), \
-            mock.patch.dict(shared._floats, clear=True), \
-            mock.patch.dict(shared._complements, clear=True):
+    with (
+        mock.patch.object(shared, "MAX_INTERNED", 100),
+        mock.patch.dict(shared._prices, clear=True),
+        mock.patch.dict(shared._floats, clear=True),
+        mock.patch.dict(shared._complements, clear=True),
+    ):
         for i in range(1000):
             p = shared.probability(f"0.{i:06d}")
             assert p == i / 1e6
@@ -1208,8 +1574,10 @@ def test_kalshi_remembers_a_bounded_number_of_subscriptions() -> None:
 
     codec = _kalshi_codec()
     for sid in range(5 * MAX_SUBSCRIPTIONS):
-        codec.decode(json.dumps({"type": "subscribed", "msg": {"channel": "ticker",
-                                                                "sid": 1000 + sid}}), RECEIVED)
+        codec.decode(
+            json.dumps({"type": "subscribed", "msg": {"channel": "ticker", "sid": 1000 + sid}}),
+            RECEIVED,
+        )
     assert len(codec.subscriptions) <= MAX_SUBSCRIPTIONS
 
 
@@ -1226,10 +1594,12 @@ def test_tape_rejects_json_integers_beyond_any_float(tmp_path: Path) -> None:
     """Found by `make fuzz` (20,000 examples): OverflowError out of the JSONL reader."""
     path = tmp_path / "t.jsonl"
     huge = "1" + "0" * 400
-    path.write_text(f'{{"ts": {huge}, "market": "a", "price": 0.5}}\n'
-                    f'{{"ts": 1700000000, "market": "a", "price": {huge}}}\n'
-                    f'{{"ts": 1700000000, "market": "a", "price": 0.5, "depth": {huge}}}\n'
-                    '{"ts": 1700000001, "market": "a", "price": 0.5}\n')
+    path.write_text(
+        f'{{"ts": {huge}, "market": "a", "price": 0.5}}\n'
+        f'{{"ts": 1700000000, "market": "a", "price": {huge}}}\n'
+        f'{{"ts": 1700000000, "market": "a", "price": 0.5, "depth": {huge}}}\n'
+        '{"ts": 1700000001, "market": "a", "price": 0.5}\n'
+    )
     tape = Tape(path)
     assert [t.ts for t in tape] == [1700000001.0]
     assert tape.reports[0].by_reason == {"bad_ts": 1, "bad_price": 1, "bad_depth": 1}
@@ -1249,13 +1619,15 @@ def test_a_subnormal_depth_is_the_longest_horizon_without_a_warning() -> None:
         assert all(math.isfinite(v) and v >= 1 for v in entry["max_leverage"].values())
 
 
-@pytest.mark.parametrize("body", [
-    {"market": "m", "max_leverage": 10**400},  # was OverflowError out of math.isfinite
-    {"market": "m", "mode": "halted", "note": "\ud800"},  # was orjson's TypeError at audit
-    {"market": "\udfff", "mode": "halted"},
-])
-def test_override_requests_the_audit_trail_cannot_hold_are_refused(body: dict[str, Any]
-                                                                   ) -> None:
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"market": "m", "max_leverage": 10**400},  # was OverflowError out of math.isfinite
+        {"market": "m", "mode": "halted", "note": "\ud800"},  # was orjson's TypeError at audit
+        {"market": "\udfff", "mode": "halted"},
+    ],
+)
+def test_override_requests_the_audit_trail_cannot_hold_are_refused(body: dict[str, Any]) -> None:
     """Both were 500s from the admin API (found while writing its fuzz test)."""
     from riskd.overrides import OverrideError, parse_request
 
@@ -1270,17 +1642,27 @@ async def test_admin_api_refuses_bodies_it_cannot_parse(admin_daemon: Any) -> No
 
     d, _ = admin_daemon
     auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-    bodies = [(b'{"market": "%s", "mode": "halted"}' % POLY.encode(),
-               "application/json; charset=no-such-charset"),
-              (b"[" * 100_000, "application/json"), (b'{"a":' * 100_000, "application/json"),
-              (b'{"market": "%s", "max_leverage": 1%s}' % (POLY.encode(), b"0" * 400),
-               "application/json"),
-              (b'{"market": "%s", "mode": "halted", "note": "\\ud800"}' % POLY.encode(),
-               "application/json")]
+    bodies = [
+        (
+            b'{"market": "%s", "mode": "halted"}' % POLY.encode(),
+            "application/json; charset=no-such-charset",
+        ),
+        (b"[" * 100_000, "application/json"),
+        (b'{"a":' * 100_000, "application/json"),
+        (
+            b'{"market": "%s", "max_leverage": 1%s}' % (POLY.encode(), b"0" * 400),
+            "application/json",
+        ),
+        (
+            b'{"market": "%s", "mode": "halted", "note": "\\ud800"}' % POLY.encode(),
+            "application/json",
+        ),
+    ]
     async with aiohttp.ClientSession() as session:
         for body, ctype in bodies:
-            status, answer = await _request(session, d.url + "/v1/admin/override", "POST",
-                                            body, {**auth, "Content-Type": ctype})
+            status, answer = await _request(
+                session, d.url + "/v1/admin/override", "POST", body, {**auth, "Content-Type": ctype}
+            )
             assert status == 400 and answer["error"], (body[:60], status, answer)
     assert d.daemon.overrides.overrides == {}
 
@@ -1290,9 +1672,15 @@ def _signed_receive(state: Any, doc: dict[str, Any], now: float = NOW) -> Any:
 
     raw = json.dumps(doc).encode()
     ts = str(int(now))
-    return state.receive({"X-Riskd-Timestamp": ts, "Idempotency-Key":
-                          f"{doc['instance']}:{doc['seq']}",
-                          "X-Riskd-Signature": signature(RECEIVER_SECRET, ts, raw)}, raw, now)
+    return state.receive(
+        {
+            "X-Riskd-Timestamp": ts,
+            "Idempotency-Key": f"{doc['instance']}:{doc['seq']}",
+            "X-Riskd-Signature": signature(RECEIVER_SECRET, ts, raw),
+        },
+        raw,
+        now,
+    )
 
 
 def test_receiver_refuses_what_it_could_not_serve_back() -> None:
@@ -1305,12 +1693,21 @@ def test_receiver_refuses_what_it_could_not_serve_back() -> None:
     state = ReceiverState(ReceiverConfig(secret=RECEIVER_SECRET, clock="feed"))
     raw = json.dumps(_batch("i", 1, NOW, [])).encode()
     for ts in ("1" + "0" * 400, "\u00b2", "\u0661\u0667"):
-        verdict = state.receive({"X-Riskd-Timestamp": ts, "Idempotency-Key": "i:1",
-                                 "X-Riskd-Signature": signature(RECEIVER_SECRET, ts, raw)},
-                                raw, NOW)
+        verdict = state.receive(
+            {
+                "X-Riskd-Timestamp": ts,
+                "Idempotency-Key": "i:1",
+                "X-Riskd-Signature": signature(RECEIVER_SECRET, ts, raw),
+            },
+            raw,
+            NOW,
+        )
         assert verdict.status == 401 and verdict.body["reason"] == "bad_timestamp"
-    bad = [_batch("i", True, NOW, []), _batch("i", 2, NOW, [_entry("m", 1, NOW + 60)]),
-           {**_batch("i", 3, NOW, []), "generated_at": "9999-12-31T23:59:59-01:00"}]
+    bad = [
+        _batch("i", True, NOW, []),
+        _batch("i", 2, NOW, [_entry("m", 1, NOW + 60)]),
+        {**_batch("i", 3, NOW, []), "generated_at": "9999-12-31T23:59:59-01:00"},
+    ]
     bad[1]["params"][0]["version"] = False
     for doc in bad:
         assert _signed_receive(state, doc).status == 400

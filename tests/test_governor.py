@@ -29,9 +29,14 @@ def targets(lev: Any = 5.0, fee: Any = 2e-3, slip: Any = 0.01, m: int = 1) -> Ta
     fee_a = np.broadcast_to(np.asarray(fee, dtype=np.float64), (m, 2)).copy()
     slip_a = np.broadcast_to(np.asarray(slip, dtype=np.float64), (m,)).copy()
     return Targets(
-        max_leverage=lev_a, initial_margin=0.5 / lev_a, maintenance_margin=0.25 / lev_a,
-        fee_rate_hourly=fee_a, max_slippage=slip_a, q=np.zeros(m),
-        reasons=np.zeros(m, np.int64), es=np.zeros((m, 2)),
+        max_leverage=lev_a,
+        initial_margin=0.5 / lev_a,
+        maintenance_margin=0.25 / lev_a,
+        fee_rate_hourly=fee_a,
+        max_slippage=slip_a,
+        q=np.zeros(m),
+        reasons=np.zeros(m, np.int64),
+        es=np.zeros((m, 2)),
     )
 
 
@@ -53,9 +58,12 @@ class Gov:
         m = self.m
         tick = now if self.last_tick is None else self.last_tick
         args: dict[str, Any] = {
-            "last_tick_t": np.full(m, tick), "last_jump_t": np.full(m, self.last_jump),
-            "event_t": np.full(m, self.event_t), "resolve_t": np.full(m, self.resolve_t),
-            "warm": np.full(m, self.warm), "fee_floor": np.full(m, FLOOR),
+            "last_tick_t": np.full(m, tick),
+            "last_jump_t": np.full(m, self.last_jump),
+            "event_t": np.full(m, self.event_t),
+            "resolve_t": np.full(m, self.resolve_t),
+            "warm": np.full(m, self.warm),
+            "fee_floor": np.full(m, FLOOR),
         }
         args.update(cond)
         return governor.step(self.state, self.cfg, now, tg or targets(m=m), Conditions(**args))
@@ -107,8 +115,7 @@ def test_loosening_rises_one_step_per_interval() -> None:
     for k in range(1, 601):  # ten minutes of one-second cycles, target 5x
         g.step(T0 + k, targets(lev=5.0))
         history.append((T0 + k, g.lev[0]))
-    changes = [(t, v) for (t, v), (_, u) in zip(history[1:], history[:-1], strict=True)
-               if v != u]
+    changes = [(t, v) for (t, v), (_, u) in zip(history[1:], history[:-1], strict=True) if v != u]
     first = next(t for t, v in history if v > 2.0)
     assert first == T0 + 60  # a whole interval before the first step
     prev_t, prev_v = T0, 2.0
@@ -383,8 +390,12 @@ def test_overrides_cap_leverage_and_pin_the_mode() -> None:
 def test_a_halted_pin_publishes_1x_on_both_sides_whatever_the_cap() -> None:
     g = Gov()
     g.step(T0, targets(lev=[[5.0, 3.0]]))
-    d = g.step(T0 + 1, targets(lev=[[5.0, 3.0]]), mode_floor=np.array([HALTED]),
-               leverage_cap=np.array([[2.5, 2.5]]))
+    d = g.step(
+        T0 + 1,
+        targets(lev=[[5.0, 3.0]]),
+        mode_floor=np.array([HALTED]),
+        leverage_cap=np.array([[2.5, 2.5]]),
+    )
     assert d.publish[0] and d.tightened[0]
     assert g.mode == HALTED and list(g.lev) == [1.0, 1.0]
     assert list(g.state.fee[0]) == pytest.approx([FLOOR, FLOOR])

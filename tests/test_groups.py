@@ -49,15 +49,30 @@ def market(draw: Any) -> dict[str, float]:
 def model(ms: list[dict[str, float]], cfg: ModelSettings = CFG) -> tuple[RiskInputs, Targets]:
     col = {k: np.array([m[k] for m in ms]) for k in ms[0]}
     n = len(ms)
-    inp = RiskInputs(p=col["p"], x=np.log(col["p"] / (1.0 - col["p"])), tau=col["tau"],
-                     sigma=col["sigma"], lam=col["lam"], J=col["J"], gap=np.full(n, np.nan),
-                     h=col["h"], half_spread=np.zeros(n), tick=np.full(n, 0.01))
+    inp = RiskInputs(
+        p=col["p"],
+        x=np.log(col["p"] / (1.0 - col["p"])),
+        tau=col["tau"],
+        sigma=col["sigma"],
+        lam=col["lam"],
+        J=col["J"],
+        gap=np.full(n, np.nan),
+        h=col["h"],
+        half_spread=np.zeros(n),
+        tick=np.full(n, 0.01),
+    )
     tg = parameters.compute(inp, cfg, np.full(n, 20.0), np.full(n, 0.05), np.full(n, 1e-5))
     return inp, tg
 
 
-def risk(inp: RiskInputs, tg: Targets, oi: np.ndarray, names: list[str | None],
-         relations: list[str], share_budget: float) -> groups.GroupRisk:
+def risk(
+    inp: RiskInputs,
+    tg: Targets,
+    oi: np.ndarray,
+    names: list[str | None],
+    relations: list[str],
+    share_budget: float,
+) -> groups.GroupRisk:
     index, sign, group_names = groups.group_index(names, relations)
     budget = np.full(len(group_names), share_budget)
     return groups.group_risk(inp, tg, oi, index, sign, budget, CFG.confidence, CFG.nodes)
@@ -76,19 +91,31 @@ budgets = log_uniform(1.0, 1e5)
 
 
 @PROPS
-@given(st.lists(market(), min_size=1, max_size=5),
-       st.lists(st.sampled_from(["same", "opposite"]), min_size=5, max_size=5))
-def test_each_market_keeps_its_own_distribution(ms: list[dict[str, float]],
-                                                relations: list[str]) -> None:
+@given(
+    st.lists(market(), min_size=1, max_size=5),
+    st.lists(st.sampled_from(["same", "opposite"]), min_size=5, max_size=5),
+)
+def test_each_market_keeps_its_own_distribution(
+    ms: list[dict[str, float]], relations: list[str]
+) -> None:
     inp, tg = model(ms)
     sign = np.array([groups.SIGN[r] for r in relations[: len(ms)]])[None, :]
     value_h, prob = groups.joint_scenarios(
-        inp.p[None], inp.x[None], inp.sigma[None], inp.lam[None], inp.J[None], inp.h[None],
-        tg.q[None], sign, CFG.nodes)
+        inp.p[None],
+        inp.x[None],
+        inp.sigma[None],
+        inp.lam[None],
+        inp.J[None],
+        inp.h[None],
+        tg.q[None],
+        sign,
+        CFG.nodes,
+    )
     assert prob.sum() == pytest.approx(1.0, abs=1e-12)
     value = np.stack([inp.p, 1.0 - inp.p], axis=-1)
-    es, _ = groups.expected_shortfall(value[None, :, :, None] - value_h, prob[:, None, None, :],
-                                      CFG.confidence)
+    es, _ = groups.expected_shortfall(
+        value[None, :, :, None] - value_h, prob[:, None, None, :], CFG.confidence
+    )
     np.testing.assert_allclose(es[0], tg.es, rtol=1e-9, atol=1e-12)
     # Given the resolution event, YES with probability p.
     yes = (value_h[0, :, LONG] == 1.0) * prob[0]
@@ -96,13 +123,22 @@ def test_each_market_keeps_its_own_distribution(ms: list[dict[str, float]],
 
 
 def test_same_markets_lose_together_and_opposite_ones_apart() -> None:
-    inp, tg = model([{"p": 0.5, "tau": 86_400.0, "h": 3600.0, "sigma": 1e-4, "lam": 1e-6,
-                      "J": 1.0}] * 2)
+    inp, tg = model(
+        [{"p": 0.5, "tau": 86_400.0, "h": 3600.0, "sigma": 1e-4, "lam": 1e-6, "J": 1.0}] * 2
+    )
     for relation, together in (("same", 0.5), ("opposite", 0.0)):
         sign = np.array([[groups.SAME, groups.SIGN[relation]]])
         value_h, prob = groups.joint_scenarios(
-            inp.p[None], inp.x[None], inp.sigma[None], inp.lam[None], inp.J[None],
-            inp.h[None], tg.q[None], sign, CFG.nodes)
+            inp.p[None],
+            inp.x[None],
+            inp.sigma[None],
+            inp.lam[None],
+            inp.J[None],
+            inp.h[None],
+            tg.q[None],
+            sign,
+            CFG.nodes,
+        )
         both_no = (value_h[0, 0, LONG] == 0.0) & (value_h[0, 1, LONG] == 0.0)
         assert prob[0, both_no].sum() == pytest.approx(together * tg.q[0])
 
@@ -111,8 +147,7 @@ def test_same_markets_lose_together_and_opposite_ones_apart() -> None:
 # caps
 
 
-def pair_caps(ms: list[dict[str, float]], oi: np.ndarray, budget: float
-              ) -> dict[str, np.ndarray]:
+def pair_caps(ms: list[dict[str, float]], oi: np.ndarray, budget: float) -> dict[str, np.ndarray]:
     inp, tg = model(ms)
     return {
         "same": risk(inp, tg, oi, ["g", "g"], ["same", "same"], budget).oi_cap,
@@ -125,7 +160,8 @@ def pair_caps(ms: list[dict[str, float]], oi: np.ndarray, budget: float
 @PROPS
 @given(market(), market(), st.lists(lent, min_size=4, max_size=4), budgets)
 def test_linked_same_caps_are_no_looser_than_ungrouped(
-        a: dict[str, float], b: dict[str, float], oi: list[float], budget: float) -> None:
+    a: dict[str, float], b: dict[str, float], oi: list[float], budget: float
+) -> None:
     caps = pair_caps([a, b], np.reshape(oi, (2, 2)), budget)
     note(str(caps))
     assert leq(caps["same"], caps["alone"])
@@ -144,8 +180,9 @@ def test_linked_same_caps_are_tighter_than_ungrouped_in_a_typical_case() -> None
 
 @PROPS
 @given(market(), market(), st.floats(0.0, 1e4), st.floats(0.0, 1e4), budgets)
-def test_opposite_links_hedge(a: dict[str, float], b: dict[str, float], oi_a: float,
-                              oi_b: float, budget: float) -> None:
+def test_opposite_links_hedge(
+    a: dict[str, float], b: dict[str, float], oi_a: float, oi_b: float, budget: float
+) -> None:
     """Open interest on both long sides: one market's YES is the other's NO, so the
     lender's two loans lose in different outcomes."""
     caps = pair_caps([a, b], np.array([[oi_a, 0.0], [oi_b, 0.0]]), budget)
@@ -155,15 +192,14 @@ def test_opposite_links_hedge(a: dict[str, float], b: dict[str, float], oi_a: fl
 
 
 @PROPS
-@given(st.lists(market(), min_size=1, max_size=4), st.data(), budgets,
-       log_uniform(1.001, 100.0))
-def test_a_larger_fund_never_lowers_a_cap(ms: list[dict[str, float]], data: Any,
-                                          budget: float, factor: float) -> None:
+@given(st.lists(market(), min_size=1, max_size=4), st.data(), budgets, log_uniform(1.001, 100.0))
+def test_a_larger_fund_never_lowers_a_cap(
+    ms: list[dict[str, float]], data: Any, budget: float, factor: float
+) -> None:
     n = len(ms)
     oi = np.array(data.draw(st.lists(lent, min_size=2 * n, max_size=2 * n))).reshape(n, 2)
     names = data.draw(st.lists(st.sampled_from([None, "g", "h"]), min_size=n, max_size=n))
-    relations = data.draw(st.lists(st.sampled_from(list(groups.SIGN)), min_size=n,
-                                   max_size=n))
+    relations = data.draw(st.lists(st.sampled_from(list(groups.SIGN)), min_size=n, max_size=n))
     inp, tg = model(ms)
     small = risk(inp, tg, oi, names, relations, budget)
     large = risk(inp, tg, oi, names, relations, budget * factor)
@@ -174,11 +210,11 @@ def test_a_larger_fund_never_lowers_a_cap(ms: list[dict[str, float]], data: Any,
 @PROPS
 @given(st.lists(market(), min_size=1, max_size=4), st.data(), budgets)
 def test_the_cap_is_the_largest_open_interest_within_the_share(
-        ms: list[dict[str, float]], data: Any, budget: float) -> None:
+    ms: list[dict[str, float]], data: Any, budget: float
+) -> None:
     n = len(ms)
     oi = np.array(data.draw(st.lists(lent, min_size=2 * n, max_size=2 * n))).reshape(n, 2)
-    relations = data.draw(st.lists(st.sampled_from(list(groups.SIGN)), min_size=n,
-                                   max_size=n))
+    relations = data.draw(st.lists(st.sampled_from(list(groups.SIGN)), min_size=n, max_size=n))
     inp, tg = model(ms)
     caps = risk(inp, tg, oi, ["g"] * n, relations, budget).oi_cap
     for i in range(n):
@@ -188,8 +224,7 @@ def test_the_cap_is_the_largest_open_interest_within_the_share(
                 continue
             at, above = oi.copy(), oi.copy()
             at[i, side], above[i, side] = cap, cap * (1.0 + 1e-6)
-            assert risk(inp, tg, at, ["g"] * n, relations, budget).es[0] <= \
-                budget * (1.0 + 1e-9)
+            assert risk(inp, tg, at, ["g"] * n, relations, budget).es[0] <= budget * (1.0 + 1e-9)
             assert risk(inp, tg, above, ["g"] * n, relations, budget).es[0] > budget
 
 
@@ -198,10 +233,8 @@ def test_the_cap_is_the_largest_open_interest_within_the_share(
 def test_group_es_is_monotone_in_open_interest(ms: list[dict[str, float]], data: Any) -> None:
     n = len(ms)
     oi = np.array(data.draw(st.lists(lent, min_size=2 * n, max_size=2 * n))).reshape(n, 2)
-    more = oi + np.array(data.draw(st.lists(lent, min_size=2 * n, max_size=2 * n))
-                         ).reshape(n, 2)
-    relations = data.draw(st.lists(st.sampled_from(list(groups.SIGN)), min_size=n,
-                                   max_size=n))
+    more = oi + np.array(data.draw(st.lists(lent, min_size=2 * n, max_size=2 * n))).reshape(n, 2)
+    relations = data.draw(st.lists(st.sampled_from(list(groups.SIGN)), min_size=n, max_size=n))
     inp, tg = model(ms)
     low = risk(inp, tg, oi, ["g"] * n, relations, 1.0).es
     high = risk(inp, tg, more, ["g"] * n, relations, 1.0).es
@@ -223,8 +256,9 @@ def test_a_market_without_a_model_gets_no_cap_and_counts_its_loans_lost() -> Non
 
 @PROPS
 @given(market(), st.floats(0.0, 0.95), log_uniform(1.0, 1e5))
-def test_open_interest_at_the_cap_raises_margins(m: dict[str, float], start: float,
-                                                 cap: float) -> None:
+def test_open_interest_at_the_cap_raises_margins(
+    m: dict[str, float], start: float, cap: float
+) -> None:
     inp, tg = model([m])
     caps = np.full((1, 2), cap)
     value = np.array([[inp.p[0], 1.0 - inp.p[0]]])
@@ -247,9 +281,16 @@ def test_ramp_is_continuous_with_its_slope() -> None:
     assert r[0] == 0.0 and r[-1] == 1.0
     assert np.max(np.abs(np.diff(r))) < 4e-5  # slope at most 1.5 / (1 - start)
     assert np.max(np.abs(np.diff(r, 2))) < 1e-8  # no kink: O(du^2)
-    np.testing.assert_array_equal(groups.oi_margins(
-        np.array([[0.1, 0.1]]), np.array([0.5]), np.array([[1.0, 1.0]]),
-        np.array([[np.inf, 0.0]]), 0.5)[0], [[0.1, 0.5]])
+    np.testing.assert_array_equal(
+        groups.oi_margins(
+            np.array([[0.1, 0.1]]),
+            np.array([0.5]),
+            np.array([[1.0, 1.0]]),
+            np.array([[np.inf, 0.0]]),
+            0.5,
+        )[0],
+        [[0.1, 0.5]],
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -274,8 +315,9 @@ def horizon_targets(m: dict[str, float], window: float, gap: float) -> parameter
 
 @PROPS
 @given(market(), log_uniform(1.0, 1e5), log_uniform(1.0, 1e5), log_uniform(1.0, 1e4))
-def test_a_longer_margin_call_window_never_loosens(m: dict[str, float], short: float,
-                                                   extra: float, gap: float) -> None:
+def test_a_longer_margin_call_window_never_loosens(
+    m: dict[str, float], short: float, extra: float, gap: float
+) -> None:
     base, longer = horizon_targets(m, short, gap), horizon_targets(m, short + extra, gap)
     assert np.all(longer.max_leverage <= base.max_leverage * (1.0 + 1e-9))
     assert np.all(longer.initial_margin >= base.initial_margin * (1.0 - 1e-9))
@@ -285,13 +327,14 @@ def test_a_longer_margin_call_window_never_loosens(m: dict[str, float], short: f
 
 def test_group_index_and_budgets() -> None:
     index, sign, names = groups.group_index(
-        ["us", None, "us", "fed", None], ["same", "independent", "opposite", "same",
-                                          "independent"])
+        ["us", None, "us", "fed", None], ["same", "independent", "opposite", "same", "independent"]
+    )
     assert names == ["us", None, "fed", None]
     assert index.tolist() == [0, 1, 0, 2, 3]
     assert sign.tolist() == [1, 0, -1, 1, 0]
-    cfg = InsuranceSettings(group_share=0.1, group_shares={"us": 0.5},
-                            socialisation_threshold=200.0)
+    cfg = InsuranceSettings(
+        group_share=0.1, group_shares={"us": 0.5}, socialisation_threshold=200.0
+    )
     assert groups.budgets(names, 1200.0, cfg).tolist() == [500.0, 100.0, 100.0, 100.0]
     assert groups.budgets(names, 100.0, cfg).tolist() == [0.0] * 4
 
@@ -299,17 +342,23 @@ def test_group_index_and_budgets() -> None:
 def test_insurance_is_off_by_default_and_checked(tmp_path: Any) -> None:
     assert Settings().insurance is None and Settings().model.margin_call_window_s == 0.0
     path = tmp_path / "c.toml"
-    path.write_text('[insurance]\nfund_source = "fixed"\nfund_balance = 1e6\n'
-                    'group_shares = { "us-midterms-2022" = 0.4 }\n'
-                    "[exchange]\nmax_age_s = 30\n[model]\nmargin_call_window_s = 900\n")
+    path.write_text(
+        '[insurance]\nfund_source = "fixed"\nfund_balance = 1e6\n'
+        'group_shares = { "us-midterms-2022" = 0.4 }\n'
+        "[exchange]\nmax_age_s = 30\n[model]\nmargin_call_window_s = 900\n"
+    )
     s = load_settings(path)
     assert s.insurance is not None and s.insurance.share("us-midterms-2022") == 0.4
     assert s.exchange.max_age_s == 30.0 and s.model.margin_call_window_s == 900.0
-    for body, key in (('fund_source = "fixed"', "insurance.fund_balance"),
-                      ("fund_balance = 5", "insurance.fund_balance"),
-                      ("group_shares = { g = 1.5 }", "insurance.group_shares"),
-                      ('fund_source = "fixed"\nfund_balance = 5\nsocialisation_threshold = 9',
-                       "insurance.fund_balance")):
+    for body, key in (
+        ('fund_source = "fixed"', "insurance.fund_balance"),
+        ("fund_balance = 5", "insurance.fund_balance"),
+        ("group_shares = { g = 1.5 }", "insurance.group_shares"),
+        (
+            'fund_source = "fixed"\nfund_balance = 5\nsocialisation_threshold = 9',
+            "insurance.fund_balance",
+        ),
+    ):
         path.write_text(f"[insurance]\n{body}\n")
         with pytest.raises(ConfigError, match=key):
             load_settings(path)

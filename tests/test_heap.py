@@ -24,8 +24,10 @@ def rss_mib() -> float:
         return int(f.read().split()[1]) * 4096 / 2**20
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or ctypes.util.find_library("c")
-                    != "libc.so.6", reason="malloc_trim is glibc's (this checks Linux/glibc)")
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or ctypes.util.find_library("c") != "libc.so.6",
+    reason="malloc_trim is glibc's (this checks Linux/glibc)",
+)
 def test_trim_returns_freed_heap_memory() -> None:
     # 4 KiB blocks come from glibc's heap (not pymalloc, not mmap); one block kept
     # after them pins the heap's top, so free() alone cannot shrink it.
@@ -40,7 +42,8 @@ def test_trim_returns_freed_heap_memory() -> None:
 
 @pytest.mark.parametrize("mass", [1, None])
 async def test_a_mass_publish_freezes_what_lives_and_trims(
-        tmp_path: Path, in_process: Any, mass: int | None) -> None:
+    tmp_path: Path, in_process: Any, mass: int | None
+) -> None:
     """A cycle publishing MASS_PUBLISH sets or more moves what is alive out of the
     garbage collector's walk and trims the heap; smaller ones do neither. (The Fed
     tape has 2 markets: MASS_PUBLISH 1 makes its first publish a mass publish.)"""
@@ -56,8 +59,10 @@ async def test_a_mass_publish_freezes_what_lives_and_trims(
     gc.unfreeze()
     limit = app.MASS_PUBLISH if mass is None else mass
     try:
-        with mock.patch.object(app, "MASS_PUBLISH", limit), \
-                mock.patch.object(heap, "trim", counted):
+        with (
+            mock.patch.object(app, "MASS_PUBLISH", limit),
+            mock.patch.object(heap, "trim", counted),
+        ):
             d = await in_process(base_config(tmp_path, 0))
             d.start()
             await wait_until(lambda: _published(d), what="a first publish")
@@ -77,8 +82,9 @@ async def _published(d: Any) -> bool:
 
 def test_the_engine_counts_markets_at_their_first_tick_once() -> None:
     """What the daemon settles memory on: markets whose feed state (books) now exists."""
-    engine = Engine(Settings(), {f"m{i}": Market(f"m{i}", 2e9, 2e9) for i in range(5)},
-                    discover=False)
+    engine = Engine(
+        Settings(), {f"m{i}": Market(f"m{i}", 2e9, 2e9) for i in range(5)}, discover=False
+    )
     clock = [1.7e9]
 
     def apply(idx: list[int]) -> None:

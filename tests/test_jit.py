@@ -16,23 +16,37 @@ FED_TAPE = Path(__file__).resolve().parents[1] / "data" / "tapes" / "fed_dec2025
 
 
 def cache_dir_with(env: dict[str, str]) -> str:
-    out = subprocess.run([sys.executable, "-c",
-                          "import riskd.jit as j; print(j.configure_cache())"],
-                         env={**os.environ, **env}, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", "import riskd.jit as j; print(j.configure_cache())"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return out.stdout.strip()
 
 
 def test_importing_the_kernels_writes_nothing(tmp_path: Path) -> None:
     # numba makes a kernel's cache folder when its caching is turned on: at start
     # (configure_cache), not at import.
-    bases = {"NUMBA_CACHE_DIR": tmp_path / "numba", "XDG_CACHE_HOME": tmp_path / "xdg",
-             "TMPDIR": tmp_path / "tmp", "HOME": tmp_path / "home"}
+    bases = {
+        "NUMBA_CACHE_DIR": tmp_path / "numba",
+        "XDG_CACHE_HOME": tmp_path / "xdg",
+        "TMPDIR": tmp_path / "tmp",
+        "HOME": tmp_path / "home",
+    }
     (tmp_path / "tmp").mkdir()
-    code = ("import riskd.jit, riskd.engine, riskd.backtest.simulate, riskd.backtest.policies;"
-            " print(len(riskd.jit.KERNELS))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1",
-                                          **{k: str(v) for k, v in bases.items()}})
+    code = (
+        "import riskd.jit, riskd.engine, riskd.backtest.simulate, riskd.backtest.policies;"
+        " print(len(riskd.jit.KERNELS))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1", **{k: str(v) for k, v in bases.items()}},
+    )
     assert int(out.stdout) > 0
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["tmp"]
 
@@ -51,8 +65,9 @@ def test_unwritable_cache_dir_falls_back_to_the_users_cache(tmp_path: Path) -> N
     assert Path(found).parent == xdg / "riskd"
 
 
-def test_any_source_change_means_a_fresh_cache(tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_any_source_change_means_a_fresh_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # numba keys its cache on each kernel's own file: a caller compiled against an old
     # callee in another file would survive an edit of the callee without this.
     (tmp_path / "a.py").write_text("x = 1\n")
@@ -119,6 +134,10 @@ def test_kernels_compiled_up_front_are_what_the_live_cycle_runs(first: str) -> N
     is compiled up front: `compile_kernels` at the daemon's start, and the image's
     build step, a backtest (Dockerfile). In a fresh process: this one's kernels already
     have what other tests ran."""
-    out = subprocess.run([sys.executable, "-c", LIVE_CYCLES, first, str(FED_TAPE)],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", LIVE_CYCLES, first, str(FED_TAPE)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert out.stdout.strip() == "{}"

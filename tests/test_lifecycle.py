@@ -231,8 +231,12 @@ async def test_the_drain_stops_at_the_configured_shutdown_deadline(
     start_daemon: Any,
 ) -> None:
     receiver.hang = True  # the drain waits for its deadline, no longer
-    doc = base_config(tmp_path, free_port(), publisher={"http": {"url": receiver.url}},
-                      server={"shutdown_deadline_s": 0.5})
+    doc = base_config(
+        tmp_path,
+        free_port(),
+        publisher={"http": {"url": receiver.url}},
+        server={"shutdown_deadline_s": 0.5},
+    )
     daemon = await start_daemon(doc, env=SECRET_ENV)
 
     async def stuck() -> bool:

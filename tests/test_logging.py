@@ -42,20 +42,25 @@ def events(text: str) -> list[dict[str, object]]:
 
 
 def test_json_events_carry_their_fields_one_per_line(
-        capture: tuple[logging.Logger, io.StringIO]) -> None:
+    capture: tuple[logging.Logger, io.StringIO],
+) -> None:
     logger, stream = capture
-    logger.info("market %s: mode %s", "m1", "reduce_only",
-                extra={"market": "m1", "reason": "near_resolution"})
+    logger.info(
+        "market %s: mode %s",
+        "m1",
+        "reduce_only",
+        extra={"market": "m1", "reason": "near_resolution"},
+    )
     logger.warning("two\nlines", extra={"publisher": "http", "reason": "http_503"})
     first, second = events(stream.getvalue())
     assert {"ts", "level", "logger", "msg"} <= set(first)
-    assert (first["market"], first["reason"], first["level"]) == ("m1", "near_resolution",
-                                                                 "info")
+    assert (first["market"], first["reason"], first["level"]) == ("m1", "near_resolution", "info")
     assert (second["publisher"], second["reason"]) == ("http", "http_503")
 
 
 def test_secrets_are_masked_in_messages_fields_and_tracebacks(
-        capture: tuple[logging.Logger, io.StringIO]) -> None:
+    capture: tuple[logging.Logger, io.StringIO],
+) -> None:
     logger, stream = capture
     logger.error("url http://x/?key=%s", SECRET, extra={"detail": f"Bearer {ADMIN_TOKEN}"})
     logger.info("config", extra={"secret": "anything", "admin_token": "whatever"})
@@ -77,20 +82,31 @@ def test_the_daemon_logs_json_events_without_secrets(tmp_path: Path) -> None:
     secrets configured: every stderr line is one JSON event; market events carry market
     and reason, publisher events publisher and reason; no secret appears."""
     port = free_port()
-    daemon = Riskd(tmp_path, merge(base_config(tmp_path, port), {
-        "publisher": {"http": {"url": f"http://127.0.0.1:{free_port()}/risk-params",
-                               "secret": SECRET}},
-        "server": {"admin_token": ADMIN_TOKEN},
-        "log": {"level": "info", "format": "json"},
-    }))
+    daemon = Riskd(
+        tmp_path,
+        merge(
+            base_config(tmp_path, port),
+            {
+                "publisher": {
+                    "http": {"url": f"http://127.0.0.1:{free_port()}/risk-params", "secret": SECRET}
+                },
+                "server": {"admin_token": ADMIN_TOKEN},
+                "log": {"level": "info", "format": "json"},
+            },
+        ),
+    )
     try:
         daemon.wait_healthy()
 
         def publish_failed() -> bool:
             samples = metric_samples(daemon.metrics())
-            return any(name == "riskd_publishes_total" and ("publisher", "http") in labels
-                       and ("result", "ok") not in labels and value > 0
-                       for (name, labels), value in samples.items())
+            return any(
+                name == "riskd_publishes_total"
+                and ("publisher", "http") in labels
+                and ("result", "ok") not in labels
+                and value > 0
+                for (name, labels), value in samples.items()
+            )
 
         wait_for(publish_failed, 15, "an HTTP publish to fail")
         daemon.signal(signal.SIGTERM)

@@ -16,10 +16,17 @@ from riskd.metrics import Metrics
 from riskd.tape import Tape
 from tests.support import FED_CSV, FED_MARKETS, REPO
 
-PER_MARKET = ("riskd_max_leverage", "riskd_fee_rate_hourly", "riskd_max_slippage",
-              "riskd_probability", "riskd_time_to_resolution_seconds",
-              "riskd_belief_volatility", "riskd_jump_intensity", "riskd_jumps_detected_total",
-              "riskd_market_mode")
+PER_MARKET = (
+    "riskd_max_leverage",
+    "riskd_fee_rate_hourly",
+    "riskd_max_slippage",
+    "riskd_probability",
+    "riskd_time_to_resolution_seconds",
+    "riskd_belief_volatility",
+    "riskd_jump_intensity",
+    "riskd_jumps_detected_total",
+    "riskd_market_mode",
+)
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +36,7 @@ def engine() -> Engine:
     eng = Engine(settings, load_markets(FED_MARKETS), discover=False)
     ticks = list(Tape(FED_CSV))
     for start in range(0, len(ticks), 500):
-        eng.ingest(ticks[start:start + 500])
+        eng.ingest(ticks[start : start + 500])
     eng.cycle(eng.now)
     return eng
 
@@ -63,10 +70,14 @@ def test_alert_thresholds_follow_the_settings(engine: Engine) -> None:
     Metrics(registry).watch(engine, 10)
     g = engine.settings.governor
     assert registry.get_sample_value("riskd_governor_stale_after_seconds") == g.stale_after_s
-    assert registry.get_sample_value(
-        "riskd_governor_freeze_before_resolution_seconds") == g.freeze_before_resolution_s
-    assert registry.get_sample_value(
-        "riskd_snapshot_interval_seconds") == engine.settings.state.snapshot_interval_s
+    assert (
+        registry.get_sample_value("riskd_governor_freeze_before_resolution_seconds")
+        == g.freeze_before_resolution_s
+    )
+    assert (
+        registry.get_sample_value("riskd_snapshot_interval_seconds")
+        == engine.settings.state.snapshot_interval_s
+    )
 
 
 def test_resting_values_before_any_event() -> None:
@@ -79,13 +90,20 @@ def test_resting_values_before_any_event() -> None:
     assert registry.get_sample_value("riskd_last_snapshot_timestamp_seconds") == 0
     assert registry.get_sample_value("riskd_feed_reconnects_total", {"venue": "replay"}) == 0
     assert registry.get_sample_value("riskd_feed_connected", {"venue": "replay"}) == 1
-    metrics.feed_batch("replay", 3, {"bad_price": 1}, received=1000.0, latest_event=990.0,
-                       now=995.0)
+    metrics.feed_batch(
+        "replay", 3, {"bad_price": 1}, received=1000.0, latest_event=990.0, now=995.0
+    )
     assert registry.get_sample_value("riskd_ticks_total", {"venue": "replay"}) == 3
-    assert registry.get_sample_value("riskd_ticks_rejected_total",
-                                     {"venue": "replay", "reason": "bad_price"}) == 1
-    assert registry.get_sample_value("riskd_feed_last_message_timestamp_seconds",
-                                     {"venue": "replay"}) == 1000.0
+    assert (
+        registry.get_sample_value(
+            "riskd_ticks_rejected_total", {"venue": "replay", "reason": "bad_price"}
+        )
+        == 1
+    )
+    assert (
+        registry.get_sample_value("riskd_feed_last_message_timestamp_seconds", {"venue": "replay"})
+        == 1000.0
+    )
     assert registry.get_sample_value("riskd_feed_lag_seconds", {"venue": "replay"}) == 5.0
     metrics.feed_ended("replay")
     assert registry.get_sample_value("riskd_feed_connected", {"venue": "replay"}) == 0
@@ -117,11 +135,16 @@ def test_only_accepted_ticks_make_the_feed_fresher() -> None:
     metrics.feed_started("polymarket")
     metrics.feed_batch("polymarket", 2, {}, received=50.0, latest_event=49.0, now=50.5)
     # A batch of venue events or rejected input only: counted, but no price arrived.
-    metrics.feed_batch("polymarket", 0, {"unknown_market": 4}, received=60.0,
-                       latest_event=59.0, now=60.0)
+    metrics.feed_batch(
+        "polymarket", 0, {"unknown_market": 4}, received=60.0, latest_event=59.0, now=60.0
+    )
     labels = {"venue": "polymarket"}
     assert registry.get_sample_value("riskd_feed_last_message_timestamp_seconds", labels) == 50
     assert registry.get_sample_value("riskd_feed_lag_seconds", labels) == 1.5
     assert registry.get_sample_value("riskd_ticks_total", labels) == 2
-    assert registry.get_sample_value("riskd_ticks_rejected_total",
-                                     {"venue": "polymarket", "reason": "unknown_market"}) == 4
+    assert (
+        registry.get_sample_value(
+            "riskd_ticks_rejected_total", {"venue": "polymarket", "reason": "unknown_market"}
+        )
+        == 4
+    )

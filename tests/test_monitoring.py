@@ -71,8 +71,9 @@ pytestmark = pytest.mark.timeout(240)
 
 
 def promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([tool("promtool"), *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=60)
+    return subprocess.run(
+        [tool("promtool"), *args], cwd=cwd, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_promtool_check_rules() -> None:
@@ -127,27 +128,47 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     base = tmp_path_factory.mktemp("monitoring")
     ports = {name: free_port() for name in ("live", "broken", "doomed")}
     exchange = ReceiverThread(Receiver(b"monitoring-test"))
-    prometheus = Prometheus(base / "prometheus", [f"127.0.0.1:{p}" for p in ports.values()],
-                            [RULES], SCRAPE_S)
+    prometheus = Prometheus(
+        base / "prometheus", [f"127.0.0.1:{p}" for p in ports.values()], [RULES], SCRAPE_S
+    )
     daemons: list[Riskd] = []
     try:
         # Prometheus first, so it scrapes the daemons from their first second.
         prometheus.wait_ready()
-        live = Riskd(base / "live", merge(base_config(base / "live", ports["live"]), {
-            "feed": {"path": str(MIDTERMS), "speed": 7200.0,
-                     "fast_forward_until": "2022-11-08T00:00:00Z"},
-            "markets": {"file": str(MIDTERMS / "markets.json")},
-            "governor": {"publish_interval_s": 0.25},
-            "publisher": {"http": {"url": exchange.url, "secret": "monitoring-test"}},
-        }))
+        live = Riskd(
+            base / "live",
+            merge(
+                base_config(base / "live", ports["live"]),
+                {
+                    "feed": {
+                        "path": str(MIDTERMS),
+                        "speed": 7200.0,
+                        "fast_forward_until": "2022-11-08T00:00:00Z",
+                    },
+                    "markets": {"file": str(MIDTERMS / "markets.json")},
+                    "governor": {"publish_interval_s": 0.25},
+                    "publisher": {"http": {"url": exchange.url, "secret": "monitoring-test"}},
+                },
+            ),
+        )
         daemons.append(live)
-        broken = Riskd(base / "broken", merge(base_config(base / "broken", ports["broken"]), {
-            "feed": {"path": str(broken_tape(base / "broken" / "tape" / "fed.csv"))},
-            "governor": {"stale_after_s": BROKEN_STALE_AFTER_S},
-            "state": {"dir": str(base / "broken" / "state"), "snapshot_interval_s": 0.5},
-            "publisher": {"http": {"url": f"http://127.0.0.1:{free_port()}/risk-params",
-                                   "secret": "monitoring-test"}},
-        }))
+        broken = Riskd(
+            base / "broken",
+            merge(
+                base_config(base / "broken", ports["broken"]),
+                {
+                    "feed": {"path": str(broken_tape(base / "broken" / "tape" / "fed.csv"))},
+                    "governor": {"stale_after_s": BROKEN_STALE_AFTER_S},
+                    "state": {"dir": str(base / "broken" / "state"), "snapshot_interval_s": 0.5},
+                    "publisher": {
+                        "http": {
+                            "url": f"http://127.0.0.1:{free_port()}/risk-params",
+                            "secret": "monitoring-test",
+                        }
+                    },
+                },
+            ),
+        )
         daemons.append(broken)
         doomed = Riskd(base / "doomed", base_config(base / "doomed", ports["doomed"]))
         daemons.append(doomed)
@@ -160,9 +181,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             return len(result) == len(daemons)
 
         wait_for(all_up, 30, "Prometheus to scrape every daemon")
-        yield Stack(prometheus, live, broken, doomed, exchange,
-                    _market_ids(MIDTERMS / "markets.json"), _market_ids(FED_MARKETS),
-                    base / "broken" / "state")
+        yield Stack(
+            prometheus,
+            live,
+            broken,
+            doomed,
+            exchange,
+            _market_ids(MIDTERMS / "markets.json"),
+            _market_ids(FED_MARKETS),
+            base / "broken" / "state",
+        )
     finally:
         for daemon in daemons:
             daemon.close()
@@ -204,13 +232,17 @@ def test_every_dashboard_query_returns_data(stack: Stack) -> None:
     """Each panel target and annotation, as Grafana sends it with Market = All over the
     time the stack has run, returns at least one series with finite values."""
     prom = stack.prometheus
-    queries = [(where, _grafana_query(expr, ".*")) for where, expr in
-               dashboard_queries(load_dashboard())]
+    queries = [
+        (where, _grafana_query(expr, ".*")) for where, expr in dashboard_queries(load_dashboard())
+    ]
 
     def empty() -> list[tuple[str, str]]:
         end = time.time()
-        return [(where, q) for where, q in queries
-                if not finite_points(prom.query_range(q, prom.started, end, SCRAPE_S))]
+        return [
+            (where, q)
+            for where, q in queries
+            if not finite_points(prom.query_range(q, prom.started, end, SCRAPE_S))
+        ]
 
     missing: list[tuple[str, str]] = []
 
@@ -226,8 +258,7 @@ def test_every_dashboard_query_returns_data(stack: Stack) -> None:
 def test_market_variable_resolves_and_selects_one_market(stack: Stack) -> None:
     prom = stack.prometheus
     (variable,) = load_dashboard()["templating"]["list"]
-    query = variable["query"]["query"] if isinstance(variable["query"], dict) \
-        else variable["query"]
+    query = variable["query"]["query"] if isinstance(variable["query"], dict) else variable["query"]
     match = re.fullmatch(r"label_values\((\w+),\s*(\w+)\)", query)
     assert match, query
     metric, label = match.groups()
@@ -260,8 +291,9 @@ def test_feed_stale_fires_for_the_silent_feed_only(stack: Stack) -> None:
 
     # Prometheus' own rule evaluation agrees: the alert is pending (or already firing).
     def alert() -> list[dict[str, Any]] | None:
-        return [a for a in prom.api("alerts")["alerts"]
-                if a["labels"]["alertname"] == "RiskdFeedStale"] or None
+        return [
+            a for a in prom.api("alerts")["alerts"] if a["labels"]["alertname"] == "RiskdFeedStale"
+        ] or None
 
     alerts = wait_for(alert, 15, "RiskdFeedStale to be pending")
     assert {a["labels"]["instance"] for a in alerts} == {stack.broken.target}
@@ -278,7 +310,8 @@ def test_publish_failing_fires_for_the_unreachable_exchange_only(stack: Stack) -
 
     result = wait_for(failing, 60, "RiskdPublishFailing for the broken daemon")
     assert {(s["metric"]["instance"], s["metric"]["publisher"]) for s in result} == {
-        (stack.broken.target, "http")}
+        (stack.broken.target, "http")
+    }
     # The live daemon's exchange got batches all along.
     assert stack.exchange.requests > 0
 
@@ -298,7 +331,8 @@ def test_daemon_down_fires_after_sigterm(stack: Stack) -> None:
 
 
 def test_leveraged_in_freeze_window_stays_quiet_while_markets_enter_the_freeze(
-        stack: Stack) -> None:
+    stack: Stack,
+) -> None:
     """The governor publishes 1x inside the freeze, so this alert cannot be made to fire
     without breaking riskd (its firing is covered by the promtool unit tests). Here both
     of its operands are seen with data: markets leveraged before the freeze, and the
@@ -307,8 +341,10 @@ def test_leveraged_in_freeze_window_stays_quiet_while_markets_enter_the_freeze(
     expr = rule_expr("RiskdLeveragedInFreezeWindow")
     live = stack.live.target
     leveraged = f'max by (job, instance, market) (riskd_max_leverage{{instance="{live}"}}) > 1'
-    in_window = (f'riskd_time_to_resolution_seconds{{instance="{live}"}} <= on (job, instance) '
-                 "group_left () riskd_governor_freeze_before_resolution_seconds")
+    in_window = (
+        f'riskd_time_to_resolution_seconds{{instance="{live}"}} <= on (job, instance) '
+        "group_left () riskd_governor_freeze_before_resolution_seconds"
+    )
 
     def all_in_window() -> bool:
         return {s["metric"]["market"] for s in prom.query(in_window)} == stack.live_markets
@@ -316,9 +352,11 @@ def test_leveraged_in_freeze_window_stays_quiet_while_markets_enter_the_freeze(
     wait_for(all_in_window, 60, "every live market to be inside its freeze window")
     # Scraped after the freeze began for all: what Prometheus sees now is steady.
     frozen_at = time.time()
-    wait_for(lambda: prom.query(f'timestamp(up{{instance="{live}"}}) > '
-                                f"{frozen_at + SCRAPE_S}") or None,
-             30, "two scrapes after the freeze began")
+    wait_for(
+        lambda: prom.query(f'timestamp(up{{instance="{live}"}}) > {frozen_at + SCRAPE_S}') or None,
+        30,
+        "two scrapes after the freeze began",
+    )
     assert prom.query(in_window), in_window
     assert not [s for s in prom.query(expr) if s["metric"]["instance"] == live]
     before = prom.query_range(leveraged, prom.started, time.time(), SCRAPE_S)
@@ -331,11 +369,14 @@ def test_circuit_open_fires_for_the_unreachable_exchange_only(stack: Stack) -> N
     expr = rule_expr("RiskdPublisherCircuitOpen")
     result = wait_for(lambda: prom.query(expr) or None, 60, "RiskdPublisherCircuitOpen")
     assert {(s["metric"]["instance"], s["metric"]["publisher"]) for s in result} == {
-        (stack.broken.target, "http")}
+        (stack.broken.target, "http")
+    }
     # Every publisher of the healthy daemon has its circuit series, closed.
     circuits = prom.query(f'riskd_publisher_circuit_open{{instance="{stack.live.target}"}}')
     assert {(s["metric"]["publisher"], s["value"][1]) for s in circuits} >= {
-        ("jsonl", "0"), ("http", "0")}
+        ("jsonl", "0"),
+        ("http", "0"),
+    }
 
 
 def test_snapshot_failing_fires_when_the_state_dir_is_gone(stack: Stack) -> None:
@@ -343,9 +384,13 @@ def test_snapshot_failing_fires_when_the_state_dir_is_gone(stack: Stack) -> None
     file, so every later snapshot fails. The live daemon keeps snapshotting."""
     prom = stack.prometheus
     broken = stack.broken.target
-    written = wait_for(lambda: prom.query(
-        f'riskd_last_snapshot_timestamp_seconds{{instance="{broken}"}} > 0') or None,
-        30, "the broken daemon's first snapshot")
+    written = wait_for(
+        lambda: (
+            prom.query(f'riskd_last_snapshot_timestamp_seconds{{instance="{broken}"}} > 0') or None
+        ),
+        30,
+        "the broken daemon's first snapshot",
+    )
     assert written
     shutil.rmtree(stack.broken_state)
     stack.broken_state.write_text("not a directory\n", encoding="utf-8")

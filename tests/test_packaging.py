@@ -58,8 +58,11 @@ def stages() -> list[list[tuple[str, str]]]:
 def ignored(path: str) -> bool:
     """Whether .dockerignore leaves `path` out of the build context (last match wins,
     a match on a parent directory counts)."""
-    patterns = [p.strip() for p in DOCKERIGNORE.read_text(encoding="utf-8").splitlines()
-                if p.strip() and not p.startswith("#")]
+    patterns = [
+        p.strip()
+        for p in DOCKERIGNORE.read_text(encoding="utf-8").splitlines()
+        if p.strip() and not p.startswith("#")
+    ]
     parts = Path(path).parts
     result = False
     for pattern in patterns:
@@ -75,8 +78,9 @@ def ignored(path: str) -> bool:
 
 def _match(pattern: str, path: str) -> bool:
     if pattern.startswith("**/"):
-        return any(_match(pattern[3:], "/".join(path.split("/")[k:]))
-                   for k in range(len(path.split("/"))))
+        return any(
+            _match(pattern[3:], "/".join(path.split("/")[k:])) for k in range(len(path.split("/")))
+        )
     regex = fnmatch.translate(pattern).replace(".*", "[^/]*")
     return re.fullmatch(regex, path) is not None
 
@@ -88,7 +92,7 @@ def pip_installs(commands: str) -> list[list[str]]:
         words = shlex.split(part)
         for k in range(len(words) - 1):
             if words[k].endswith("pip") and words[k + 1] == "install":
-                out.append(words[k + 2:])
+                out.append(words[k + 2 :])
     return out
 
 
@@ -130,8 +134,11 @@ def test_everything_the_dockerfile_copies_exists_in_the_build_context() -> None:
             assert (REPO / source).exists(), f"COPY {source}: missing"
             assert not ignored(source), f"COPY {source}: excluded by .dockerignore"
             if (REPO / source).is_dir():
-                files = [p for p in (REPO / source).rglob("*") if p.is_file()
-                         and "__pycache__" not in p.parts]
+                files = [
+                    p
+                    for p in (REPO / source).rglob("*")
+                    if p.is_file() and "__pycache__" not in p.parts
+                ]
                 assert files and not any(ignored(str(p.relative_to(REPO))) for p in files)
     # And what is not needed stays out of the context.
     for path in (".venv/bin/python", "var/audit.jsonl", ".git/HEAD", "tests/conftest.py"):
@@ -143,7 +150,7 @@ def test_the_image_installs_riskd_the_way_make_run_does() -> None:
     image: the same commands in a venv at /opt/riskd, the project without the
     developer extras and not editable (the source tree is not in the image)."""
     make = MAKEFILE.read_text(encoding="utf-8")
-    recipe = make[make.index("$(STAMP):"):].split("\n\n")[0]
+    recipe = make[make.index("$(STAMP):") :].split("\n\n")[0]
     make_installs = pip_installs(recipe.replace("$(BIN)/", ""))
     (build, _) = stages()
     run = " && ".join(args_of(build, "RUN"))
@@ -189,8 +196,9 @@ def test_the_image_stops_gracefully_on_sigterm_and_documents_its_config_path() -
     command = exec_form(args_of(final, "CMD")[0])
     assert entrypoint == ["riskd"]
     assert command == ["run", "-c", "/etc/riskd/riskd.toml"]
-    assert "COPY config/riskd.toml /etc/riskd/riskd.toml" in [f"COPY {a}" for a in
-                                                            args_of(final, "COPY")]
+    assert "COPY config/riskd.toml /etc/riskd/riskd.toml" in [
+        f"COPY {a}" for a in args_of(final, "COPY")
+    ]
     text = DOCKERFILE.read_text(encoding="utf-8")
     assert "/etc/riskd/riskd.toml" in text.split("ARG")[0]  # in the header comment
     readme = (REPO / "README.md").read_text(encoding="utf-8")
@@ -229,8 +237,7 @@ def test_compose_services_and_mounts(compose: dict[str, Any]) -> None:
             assert container.startswith("/"), (name, container)
 
 
-def test_compose_riskd_uses_the_documented_config_path_and_port(
-        compose: dict[str, Any]) -> None:
+def test_compose_riskd_uses_the_documented_config_path_and_port(compose: dict[str, Any]) -> None:
     riskd = compose["services"]["riskd"]
     mounts = _volumes(riskd)
     assert mounts["/etc/riskd/riskd.toml"] == "./config/riskd.toml"
@@ -262,11 +269,11 @@ def test_compose_prometheus_scrapes_riskd_with_the_rules(compose: dict[str, Any]
 def test_compose_grafana_is_provisioned(compose: dict[str, Any]) -> None:
     grafana = compose["services"]["grafana"]
     mounts = _volumes(grafana)
-    assert mounts["/etc/grafana/provisioning/datasources"] == \
-        "./grafana/provisioning/datasources"
+    assert mounts["/etc/grafana/provisioning/datasources"] == "./grafana/provisioning/datasources"
     assert mounts["/etc/grafana/provisioning/dashboards"] == "./grafana/provisioning/dashboards"
-    provider = yaml.safe_load((REPO / "grafana" / "provisioning" / "dashboards" /
-                               "riskd.yaml").read_text())["providers"][0]
+    provider = yaml.safe_load(
+        (REPO / "grafana" / "provisioning" / "dashboards" / "riskd.yaml").read_text()
+    )["providers"][0]
     assert mounts[provider["options"]["path"]] == "./grafana/dashboards"
     home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
     assert home == provider["options"]["path"] + "/riskd.json"

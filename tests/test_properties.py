@@ -37,8 +37,7 @@ MONO_RTOL = 1e-9  # float noise of re-sorted ES sums; see the module docstring
 EXACT = 1e-12  # P2 and P7
 DEFAULT_EPS = ModelSettings().eps
 GRID = 2.0**40  # dyadic grid for p: 1 - p is exact
-FAST = settings(max_examples=100, deadline=None,
-                suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 # ---------------------------------------------------------------------------
@@ -105,16 +104,25 @@ model_settings = st.builds(
 
 
 def compute(ms: list[Market], cfg: ModelSettings, detail: bool = False) -> Targets:
-    arr = {f.name: np.array([getattr(m, f.name) for m in ms], dtype=np.float64)
-           for f in fields(Market)}
+    arr = {
+        f.name: np.array([getattr(m, f.name) for m in ms], dtype=np.float64) for f in fields(Market)
+    }
     p = arr["p"]
     inp = RiskInputs(
-        p=p, x=logit(p), tau=arr["tau"], sigma=arr["sigma"], lam=arr["lam"], J=arr["J"],
-        gap=np.full(len(ms), np.nan), h=arr["h"], half_spread=arr["half_spread"],
+        p=p,
+        x=logit(p),
+        tau=arr["tau"],
+        sigma=arr["sigma"],
+        lam=arr["lam"],
+        J=arr["J"],
+        gap=np.full(len(ms), np.nan),
+        h=arr["h"],
+        half_spread=arr["half_spread"],
         tick=arr["tick"],
     )
-    return parameters.compute(inp, cfg, arr["max_leverage"], arr["max_slippage"],
-                              arr["fee_floor"], detail=detail)
+    return parameters.compute(
+        inp, cfg, arr["max_leverage"], arr["max_slippage"], arr["fee_floor"], detail=detail
+    )
 
 
 def one(m: Market, cfg: ModelSettings) -> Targets:
@@ -139,8 +147,15 @@ def test_p1_bounds(ms: list[Market], cfg: ModelSettings) -> None:
     floor = np.array([m.fee_floor for m in ms])[:, None]
     p = np.array([m.p for m in ms])
     value = np.stack([p, 1.0 - p], axis=1)
-    for name in ("max_leverage", "initial_margin", "maintenance_margin",
-                 "fee_rate_hourly", "max_slippage", "es", "q"):
+    for name in (
+        "max_leverage",
+        "initial_margin",
+        "maintenance_margin",
+        "fee_rate_hourly",
+        "max_slippage",
+        "es",
+        "q",
+    ):
         assert np.all(np.isfinite(getattr(tg, name))), name
     assert np.all(tg.max_leverage >= 1.0)
     assert np.all(tg.max_leverage <= lim_lev)
@@ -174,10 +189,12 @@ def test_p2_symmetry(m: Market, cfg: ModelSettings) -> None:
         assert lev_a == pytest.approx(lev_b, rel=EXACT, abs=0)
         for name in ("initial_margin", "maintenance_margin"):
             assert getattr(a, name)[0, side] == pytest.approx(
-                getattr(b, name)[0, other], rel=EXACT, abs=0), name
+                getattr(b, name)[0, other], rel=EXACT, abs=0
+            ), name
         assert a.es[0, side] == pytest.approx(b.es[0, other], rel=0, abs=EXACT)
         assert a.fee_rate_hourly[0, side] == pytest.approx(
-            b.fee_rate_hourly[0, other], rel=fee_rtol(min(lev_a, lev_b)), abs=0)
+            b.fee_rate_hourly[0, other], rel=fee_rtol(min(lev_a, lev_b)), abs=0
+        )
     assert a.max_slippage[0] == pytest.approx(b.max_slippage[0], rel=0, abs=EXACT)
     assert a.q[0] == b.q[0]
     assert a.reasons[0] == b.reasons[0]
@@ -188,16 +205,24 @@ def test_p2_symmetry(m: Market, cfg: ModelSettings) -> None:
 
 
 NEAR_CERTAIN = Market(  # before the fix: 1.28x at 32 minutes, 7.7x at 12 minutes
-    p=0.9996235631106704, tau=1910.1990911047035, sigma=0.02598763882414508,
-    lam=0.0012771576109218306, J=3.9945546534132705, h=680.4022495063967, half_spread=0.0,
-    tick=0.01, max_leverage=20.0, max_slippage=0.05, fee_floor=1e-5)
+    p=0.9996235631106704,
+    tau=1910.1990911047035,
+    sigma=0.02598763882414508,
+    lam=0.0012771576109218306,
+    J=3.9945546534132705,
+    h=680.4022495063967,
+    half_spread=0.0,
+    tick=0.01,
+    max_leverage=20.0,
+    max_slippage=0.05,
+    fee_floor=1e-5,
+)
 
 
 @FAST
 @given(markets(), st.floats(0.0, 1.0), model_settings)
 @example(NEAR_CERTAIN, 712.9107813380824 / 1910.1990911047035, ModelSettings())
-def test_p3_leverage_non_increasing_as_tau_falls(m: Market, f: float,
-                                                 cfg: ModelSettings) -> None:
+def test_p3_leverage_non_increasing_as_tau_falls(m: Market, f: float, cfg: ModelSettings) -> None:
     far, near = one(m, cfg), one(replace(m, tau=m.tau * f), cfg)
     assert np.all(near.max_leverage <= far.max_leverage * (1.0 + MONO_RTOL))
 
@@ -238,22 +263,46 @@ def test_p3_leverage_tends_to_one_as_tau_tends_to_zero(m: Market, tau_over_h: fl
 # clause is kept as a strict xfail with one counterexample of each kind.
 
 REALISTIC_SMALLER_LOAN = (
-    Market(p=0.4632048989531684, tau=3660751.154990554, sigma=6.098328055127685e-4,
-           lam=1.492467698970403e-5, J=1.357304110270921, h=2958.3810480942807,
-           half_spread=0.0, tick=0.01, max_leverage=20.0, max_slippage=0.05, fee_floor=1e-5),
+    Market(
+        p=0.4632048989531684,
+        tau=3660751.154990554,
+        sigma=6.098328055127685e-4,
+        lam=1.492467698970403e-5,
+        J=1.357304110270921,
+        h=2958.3810480942807,
+        half_spread=0.0,
+        tick=0.01,
+        max_leverage=20.0,
+        max_slippage=0.05,
+        fee_floor=1e-5,
+    ),
     2645708.5212654164 / 3660751.154990554,
 )
 MIXTURE = (
-    Market(p=0.9996235631106704, tau=1910.1990911047035, sigma=0.02598763882414508,
-           lam=0.0012771576109218306, J=3.9945546534132705, h=43.317208205406516,
-           half_spread=0.0, tick=0.01, max_leverage=20.0, max_slippage=0.05, fee_floor=1e-5),
+    Market(
+        p=0.9996235631106704,
+        tau=1910.1990911047035,
+        sigma=0.02598763882414508,
+        lam=0.0012771576109218306,
+        J=3.9945546534132705,
+        h=43.317208205406516,
+        half_spread=0.0,
+        tick=0.01,
+        max_leverage=20.0,
+        max_slippage=0.05,
+        fee_floor=1e-5,
+    ),
     712.9107813380824 / 1910.1990911047035,
 )
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "spec 6.3 fee clause vs section 4 fee definition: the fair premium per unit lent "
-    "falls when the loan shrinks (a) or when resolution is the cheaper risk (b)"))
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "spec 6.3 fee clause vs section 4 fee definition: the fair premium per unit lent "
+        "falls when the loan shrinks (a) or when resolution is the cheaper risk (b)"
+    ),
+)
 @settings(max_examples=20, deadline=None)
 @given(markets(), st.floats(0.0, 1.0))
 @example(*REALISTIC_SMALLER_LOAN)
@@ -262,17 +311,28 @@ def test_p3_fee_non_decreasing_as_tau_falls_while_levered(m: Market, f: float) -
     cfg = ModelSettings()
     far, near = one(m, cfg), one(replace(m, tau=m.tau * f), cfg)
     levered = (far.max_leverage[0] > 1.0) & (near.max_leverage[0] > 1.0)
-    assert np.all(near.fee_rate_hourly[0][levered]
-                  >= far.fee_rate_hourly[0][levered] * (1.0 - MONO_RTOL))
+    assert np.all(
+        near.fee_rate_hourly[0][levered] >= far.fee_rate_hourly[0][levered] * (1.0 - MONO_RTOL)
+    )
 
 
-@settings(max_examples=80, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@settings(
+    max_examples=80,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
 @given(
     # Calm markets, where leverage can sit at the cap.
-    markets().map(lambda m: replace(m, sigma=min(m.sigma, 1e-4), lam=min(m.lam, 1e-6),
-                                    J=min(m.J, 0.5), h=min(m.h, 900.0),
-                                    tau=max(m.tau, 2e3))),
+    markets().map(
+        lambda m: replace(
+            m,
+            sigma=min(m.sigma, 1e-4),
+            lam=min(m.lam, 1e-6),
+            J=min(m.J, 0.5),
+            h=min(m.h, 900.0),
+            tau=max(m.tau, 2e3),
+        )
+    ),
     st.floats(0.0, 1.0),
     st.floats(2.0, 10.0),
     st.integers(0, 1),
@@ -299,10 +359,10 @@ def test_p3_fee_non_decreasing_as_tau_falls_at_a_fixed_loan(
 
 
 @FAST
-@given(markets(), st.sampled_from(["sigma", "lam", "J"]), log_uniform(1.0, 1e3),
-       model_settings)
-def test_p4_leverage_non_increasing_in_risk(m: Market, name: str, factor: float,
-                                            cfg: ModelSettings) -> None:
+@given(markets(), st.sampled_from(["sigma", "lam", "J"]), log_uniform(1.0, 1e3), model_settings)
+def test_p4_leverage_non_increasing_in_risk(
+    m: Market, name: str, factor: float, cfg: ModelSettings
+) -> None:
     base = getattr(m, name)
     bumped = base * factor if base > 0 else 1e-9 * factor
     calm, risky = one(m, cfg), one(replace(m, **{name: bumped}), cfg)
@@ -340,8 +400,7 @@ def test_p7_vectorised_equals_scalar(ms: list[Market], cfg: ModelSettings) -> No
         for f in fields(Targets):
             a, b = getattr(together, f.name), getattr(alone, f.name)
             assert a is not None and b is not None
-            np.testing.assert_allclose(a[i], b[0], rtol=EXACT, atol=EXACT * 1e-3,
-                                       err_msg=f.name)
+            np.testing.assert_allclose(a[i], b[0], rtol=EXACT, atol=EXACT * 1e-3, err_msg=f.name)
 
 
 # ---------------------------------------------------------------------------
@@ -351,17 +410,25 @@ def test_p7_vectorised_equals_scalar(ms: list[Market], cfg: ModelSettings) -> No
 def targets(lev: np.ndarray, fee: np.ndarray, slip: np.ndarray) -> Targets:
     m = lev.shape[0]
     return Targets(
-        max_leverage=lev, initial_margin=0.5 / lev, maintenance_margin=0.25 / lev,
-        fee_rate_hourly=fee, max_slippage=slip, q=np.zeros(m),
-        reasons=np.zeros(m, np.int64), es=np.zeros((m, 2)),
+        max_leverage=lev,
+        initial_margin=0.5 / lev,
+        maintenance_margin=0.25 / lev,
+        fee_rate_hourly=fee,
+        max_slippage=slip,
+        q=np.zeros(m),
+        reasons=np.zeros(m, np.int64),
+        es=np.zeros((m, 2)),
     )
 
 
 def fresh(now: float, m: int, fee_floor: float = 1e-5, **kw: Any) -> governor.Conditions:
     args: dict[str, Any] = {
-        "last_tick_t": np.full(m, now), "last_jump_t": np.full(m, np.nan),
-        "event_t": np.full(m, np.nan), "resolve_t": np.full(m, np.nan),
-        "warm": np.ones(m, bool), "fee_floor": np.full(m, fee_floor),
+        "last_tick_t": np.full(m, now),
+        "last_jump_t": np.full(m, np.nan),
+        "event_t": np.full(m, np.nan),
+        "resolve_t": np.full(m, np.nan),
+        "warm": np.ones(m, bool),
+        "fee_floor": np.full(m, fee_floor),
     }
     args.update(kw)
     return governor.Conditions(**args)
@@ -388,12 +455,15 @@ def target_paths(draw: Any) -> tuple[list[float], list[Targets]]:
             fee = fee * draw(st.floats(0.95, 1.03))
             slip = slip * draw(st.floats(0.97, 1.05))
         elif kind == "jump":
-            lev = np.array(draw(st.lists(st.floats(1.0, 20.0), min_size=2 * MARKETS,
-                                         max_size=2 * MARKETS))).reshape(MARKETS, 2)
-            fee = np.array(draw(st.lists(log_uniform(1e-5, 1e-1), min_size=2 * MARKETS,
-                                         max_size=2 * MARKETS))).reshape(MARKETS, 2)
-            slip = np.array(draw(st.lists(log_uniform(1e-4, 0.05), min_size=MARKETS,
-                                          max_size=MARKETS)))
+            lev = np.array(
+                draw(st.lists(st.floats(1.0, 20.0), min_size=2 * MARKETS, max_size=2 * MARKETS))
+            ).reshape(MARKETS, 2)
+            fee = np.array(
+                draw(st.lists(log_uniform(1e-5, 1e-1), min_size=2 * MARKETS, max_size=2 * MARKETS))
+            ).reshape(MARKETS, 2)
+            slip = np.array(
+                draw(st.lists(log_uniform(1e-4, 0.05), min_size=MARKETS, max_size=MARKETS))
+            )
         times.append(t)
         out.append(targets(lev.copy(), fee.copy(), slip.copy()))
     return times, out
@@ -432,7 +502,8 @@ def test_p6_governor_tightens_at_once_and_loosens_by_steps(
         assert np.all(levered_now | np.isclose(state.fee, 1e-5, rtol=1e-9, atol=0.0))
         assert np.all(state.slippage <= tg.max_slippage + 1e-12)
         tighter = (
-            np.any(state.leverage < before[0], axis=1) | np.any(state.fee > before[1], axis=1)
+            np.any(state.leverage < before[0], axis=1)
+            | np.any(state.fee > before[1], axis=1)
             | (state.slippage < before[2])
         )
         assert np.all(decision.publish[tighter])
@@ -467,8 +538,9 @@ def test_p6_governor_tightens_at_once_and_loosens_by_steps(
 def test_p6_stale_feed_reaches_fail_safe(
     interval: float, stale_after: float, last_tick: float, lev: float
 ) -> None:
-    cfg = GovernorSettings(publish_interval_s=interval, stale_after_s=stale_after,
-                           ttl_s=max(60.0, 2 * interval))
+    cfg = GovernorSettings(
+        publish_interval_s=interval, stale_after_s=stale_after, ttl_s=max(60.0, 2 * interval)
+    )
     t0 = 1.7e9
     state = GovernorState.empty(1)
     tg = targets(np.full((1, 2), lev), np.full((1, 2), 2e-3), np.full(1, 0.01))
@@ -480,7 +552,8 @@ def test_p6_stale_feed_reaches_fail_safe(
         tick_t = min(now, t0 + last_tick)
         governor.step(state, cfg, now, tg, fresh(now, 1, floor, last_tick_t=np.array([tick_t])))
         fail_safe = (
-            state.mode[0] == REDUCE_ONLY and np.all(state.leverage[0] == 1.0)
+            state.mode[0] == REDUCE_ONLY
+            and np.all(state.leverage[0] == 1.0)
             and np.all(state.fee[0] == pytest.approx(floor, rel=1e-9))
             and bool(state.reasons[0] & BIT["stale_feed"])
         )
@@ -495,5 +568,7 @@ def test_p6_stale_feed_reaches_fail_safe(
     # Fresh data again: the fail-safe lifts, and leverage loosens by steps from 1x.
     governor.step(state, cfg, now, tg, fresh(now, 1, floor))
     assert state.mode[0] != REDUCE_ONLY
-    assert np.all(state.leverage[0] <= max(1.0, LEVERAGE_STEP * math.floor(
-        (1.0 + cfg.max_loosen_step) / LEVERAGE_STEP + 1e-9)))
+    assert np.all(
+        state.leverage[0]
+        <= max(1.0, LEVERAGE_STEP * math.floor((1.0 + cfg.max_loosen_step) / LEVERAGE_STEP + 1e-9))
+    )

@@ -81,8 +81,12 @@ async def caught_up(d: InProcessDaemon, receiver: Receiver) -> bool:
 
 def fed_config(tmp_path: Path, url: str, speed: float = 1e6, **http: Any) -> dict[str, Any]:
     # ~1.9e6 event seconds: about two wall seconds at 1e6x, ~40 cycles of 0.05 s.
-    return base_config(tmp_path, 0, feed={"path": str(FED_TAPE), "speed": speed},
-                       publisher={"http": {"url": url, **FAST_RETRY, **http}})
+    return base_config(
+        tmp_path,
+        0,
+        feed={"path": str(FED_TAPE), "speed": speed},
+        publisher={"http": {"url": url, **FAST_RETRY, **http}},
+    )
 
 
 async def test_5xx_then_200_ends_with_the_newest_values(
@@ -91,8 +95,9 @@ async def test_5xx_then_200_ends_with_the_newest_values(
     exchange.script.extend([Step(500), Step(503), Step(500), Step(502), Step(500)])
     d = await in_process(fed_config(tmp_path, exchange.url, circuit_failures=10))
     d.start()
-    await wait_until(lambda: caught_up(d, exchange), timeout=15,
-                     what="the exchange to hold the current sets")
+    await wait_until(
+        lambda: caught_up(d, exchange), timeout=15, what="the exchange to hold the current sets"
+    )
     assert await d.stop() == 0
 
     receiver = exchange
@@ -113,8 +118,9 @@ async def test_timeout_is_retried(tmp_path: Path, in_process: Any, exchange: Rec
     exchange.script.append(Step(hang_s=1.0, status=200))
     d = await in_process(fed_config(tmp_path, exchange.url, timeout_s=0.3))
     d.start()
-    await wait_until(lambda: caught_up(d, exchange), timeout=15,
-                     what="the exchange to hold the current sets")
+    await wait_until(
+        lambda: caught_up(d, exchange), timeout=15, what="the exchange to hold the current sets"
+    )
     assert await d.stop() == 0
 
     receiver = exchange
@@ -134,8 +140,9 @@ async def test_429_waits_for_retry_after(
     exchange.script.append(Step(429, retry_after="1"))
     d = await in_process(fed_config(tmp_path, exchange.url))
     d.start()
-    await wait_until(lambda: caught_up(d, exchange), timeout=15,
-                     what="the exchange to hold the current sets")
+    await wait_until(
+        lambda: caught_up(d, exchange), timeout=15, what="the exchange to hold the current sets"
+    )
     assert await d.stop() == 0
 
     check_delivery(exchange)
@@ -192,9 +199,17 @@ def write_many_markets(tmp_path: Path, seconds: int = 1200, step: int = 5) -> tu
     tape = tmp_path / "many.csv"
     tape.write_text("ts,market,price\n" + "\n".join(rows) + "\n", encoding="utf-8")
     markets = tmp_path / "many_markets.json"
-    markets.write_text(json.dumps({"markets": [
-        {"id": f"mkt-{m:03d}", "resolves_at": iso(T0 + 60 * 86400)} for m in range(N_MARKETS)
-    ]}), encoding="utf-8")
+    markets.write_text(
+        json.dumps(
+            {
+                "markets": [
+                    {"id": f"mkt-{m:03d}", "resolves_at": iso(T0 + 60 * 86400)}
+                    for m in range(N_MARKETS)
+                ]
+            }
+        ),
+        encoding="utf-8",
+    )
     return tape, markets
 
 
@@ -205,13 +220,21 @@ async def test_outage_opens_the_circuit_with_bounded_memory_then_recovers(
     # 50 event seconds per wall second: the outage below spans over a minute of the
     # daemon clock (1.5 wall seconds), with a publish cycle every 0.02 s (1 event second).
     doc = base_config(
-        tmp_path, 0,
+        tmp_path,
+        0,
         feed={"path": str(tape), "speed": 50.0},
         markets={"file": str(markets)},
         governor={"publish_interval_s": 0.02, "ttl_s": 30.0},
-        publisher={"http": {"url": exchange.url, **FAST_RETRY, "max_batch": 50,
-                            "circuit_failures": 3, "circuit_reset_s": 0.2,
-                            "circuit_max_reset_s": 0.4}},
+        publisher={
+            "http": {
+                "url": exchange.url,
+                **FAST_RETRY,
+                "max_batch": 50,
+                "circuit_failures": 3,
+                "circuit_reset_s": 0.2,
+                "circuit_max_reset_s": 0.4,
+            }
+        },
     )
     d = await in_process(doc)
     pub = http_publisher(d)
@@ -235,8 +258,10 @@ async def test_outage_opens_the_circuit_with_bounded_memory_then_recovers(
     status, body = await d.get_json("/readyz")
     assert status == 503 and "publisher_failing:http" in body["reasons"]
     # The daemon went on publishing (the audit log, the API) while the exchange was gone.
-    assert sum(int(e["version"]) for e in d.daemon.engine.current.values()) \
+    assert (
+        sum(int(e["version"]) for e in d.daemon.engine.current.values())
         > versions_at_stop + N_MARKETS
+    )
     # Bounded memory: what waits is at most one set per market, however long the outage.
     assert 0 < largest_backlog <= N_MARKETS
     # The open circuit stops the hammering: a few failures, then one probe per reset.
@@ -244,8 +269,11 @@ async def test_outage_opens_the_circuit_with_bounded_memory_then_recovers(
     assert 3 <= tries <= 3 + outage_s / 0.2 + 2, (tries, outage_s)
 
     await exchange.start()  # the same port
-    await wait_until(lambda: caught_up(d, receiver), timeout=15,
-                     what="the exchange to hold the current sets after it came back")
+    await wait_until(
+        lambda: caught_up(d, receiver),
+        timeout=15,
+        what="the exchange to hold the current sets after it came back",
+    )
     assert count(d, "riskd_publisher_circuit_open", publisher="http") == 0
     assert await d.stop() == 0
     check_delivery(receiver)
@@ -260,15 +288,25 @@ async def test_outage_opens_the_circuit_with_bounded_memory_then_recovers(
 
 
 def entry(market: str, version: int) -> dict[str, Any]:
-    return {"market": market, "version": version, "mode": "normal",
-            "max_leverage": {"long": 2.0, "short": 2.0}}
+    return {
+        "market": market,
+        "version": version,
+        "mode": "normal",
+        "max_leverage": {"long": 2.0, "short": 2.0},
+    }
 
 
 async def test_tightened_markets_go_first_in_batches_of_max_batch(exchange: Receiver) -> None:
     registry = CollectorRegistry()
     metrics = Metrics(registry)
-    pub = HttpPublisher(exchange.url, SECRET.encode(), "riskd-test", metrics, 2.0,
-                        DeliveryPolicy(max_batch=3, backoff_initial_s=0.02, backoff_max_s=0.05))
+    pub = HttpPublisher(
+        exchange.url,
+        SECRET.encode(),
+        "riskd-test",
+        metrics,
+        2.0,
+        DeliveryPolicy(max_batch=3, backoff_initial_s=0.02, backoff_max_s=0.05),
+    )
     exchange.script.append(Step(hang_s=0.3, record=True))  # the first request is slow
     await pub.start()
     try:
@@ -276,8 +314,15 @@ async def test_tightened_markets_go_first_in_batches_of_max_batch(exchange: Rece
         pub.submit(Batch("riskd-test", 1, stamp, [entry(f"m{k}", 1) for k in range(6)]))
         await wait_until(lambda: _true(len(exchange.arrivals) == 1), what="a first request")
         # While it is in flight: m4 tightens (version 2), m7 appears (a loosening).
-        pub.submit(Batch("riskd-test", 2, stamp, [entry("m4", 2), entry("m7", 1)],
-                         tightened=frozenset({"m4"})))
+        pub.submit(
+            Batch(
+                "riskd-test",
+                2,
+                stamp,
+                [entry("m4", 2), entry("m7", 1)],
+                tightened=frozenset({"m4"}),
+            )
+        )
         await pub.drain(5.0)
     finally:
         await pub.close()
@@ -289,8 +334,10 @@ async def test_tightened_markets_go_first_in_batches_of_max_batch(exchange: Rece
     ]
     assert [b["seq"] for b in exchange.attempts] == [1, 2, 3]
     assert pub.seq == 3
-    assert registry.get_sample_value("riskd_publishes_total",
-                                     {"publisher": "http", "result": "ok"}) == 3
+    assert (
+        registry.get_sample_value("riskd_publishes_total", {"publisher": "http", "result": "ok"})
+        == 3
+    )
 
 
 async def test_seq_restored_before_start_continues(exchange: Receiver) -> None:
@@ -310,7 +357,6 @@ async def test_seq_restored_before_start_continues(exchange: Receiver) -> None:
 
 async def _true(value: bool) -> bool:
     return value
-
 
 
 # --- the delivery policy, without I/O ---------------------------------------------------
@@ -366,8 +412,10 @@ def test_circuit_breaker_opens_probes_and_closes() -> None:
 def test_the_engine_names_the_markets_that_tightened(monkeypatch: pytest.MonkeyPatch) -> None:
     """What `Batch.tightened` carries: the governor's `Decision.tightened`, by market id."""
     monkeypatch.delenv("RISKD_PUBLISHER__HTTP__SECRET")
-    settings = Settings(markets={"file": None, "discover": True},
-                        governor={"stale_after_s": 30.0, "stale_after_gaps": 0.0})
+    settings = Settings(
+        markets={"file": None, "discover": True},
+        governor={"stale_after_s": 30.0, "stale_after_gaps": 0.0},
+    )
     engine = Engine(settings, {}, discover=True)
     for k in range(40):
         engine.ingest([Tick(f"m{m}", T0 + 10 * k, 0.5 + 0.002 * (k % 2)) for m in range(3)])

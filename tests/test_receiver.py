@@ -33,41 +33,57 @@ from tests.support import (
     wait_until,
 )
 
-SAFE = SafeParams(mode="reduce_only", max_leverage=1.0, fee_rate_hourly=0.002,
-                  max_slippage=0.005)
+SAFE = SafeParams(mode="reduce_only", max_leverage=1.0, fee_rate_hourly=0.002, max_slippage=0.005)
 INSTANCE = "riskd-x"
 
 
-def params_entry(market: str, version: int, valid_until: float, lev: float = 3.0,
-                 p: float = 0.6) -> dict[str, Any]:
+def params_entry(
+    market: str, version: int, valid_until: float, lev: float = 3.0, p: float = 0.6
+) -> dict[str, Any]:
     im = {"long": p / lev, "short": (1 - p) / lev}
     return {
-        "market": market, "version": version, "mode": "normal",
+        "market": market,
+        "version": version,
+        "mode": "normal",
         "max_leverage": {"long": lev, "short": lev},
         "initial_margin": im,
         "maintenance_margin": {k: v / 2 for k, v in im.items()},
         "fee_rate_hourly": {"long": 0.0004, "short": 0.0004},
-        "max_slippage": 0.02, "oi_cap": None, "valid_until": iso(valid_until),
-        "reasons": [], "inputs": {"p": p, "tau_s": 86400.0, "sigma": 0.001, "lambda": 1e-5,
-                                  "J": 0.5},
+        "max_slippage": 0.02,
+        "oi_cap": None,
+        "valid_until": iso(valid_until),
+        "reasons": [],
+        "inputs": {"p": p, "tau_s": 86400.0, "sigma": 0.001, "lambda": 1e-5, "J": 0.5},
     }
 
 
-def message(seq: int, generated_at: float, params: list[dict[str, Any]],
-            instance: str = INSTANCE) -> bytes:
-    return json.dumps({"source": "riskd", "instance": instance, "seq": seq,
-                       "generated_at": iso(generated_at), "params": params}).encode()
+def message(
+    seq: int, generated_at: float, params: list[dict[str, Any]], instance: str = INSTANCE
+) -> bytes:
+    return json.dumps(
+        {
+            "source": "riskd",
+            "instance": instance,
+            "seq": seq,
+            "generated_at": iso(generated_at),
+            "params": params,
+        }
+    ).encode()
 
 
-def signed(body: bytes, secret: str = SECRET, ts: float | None = None,
-           key: str | None = None) -> dict[str, str]:
+def signed(
+    body: bytes, secret: str = SECRET, ts: float | None = None, key: str | None = None
+) -> dict[str, str]:
     """Headers as interfaces.md specifies them, computed here independently."""
     stamp = str(int(time.time() if ts is None else ts))
     digest = hmac.new(secret.encode(), stamp.encode() + b"." + body, hashlib.sha256).hexdigest()
     doc = json.loads(body)
-    return {"Content-Type": "application/json",
-            "Idempotency-Key": key or f"{doc['instance']}:{doc['seq']}",
-            "X-Riskd-Timestamp": stamp, "X-Riskd-Signature": f"sha256={digest}"}
+    return {
+        "Content-Type": "application/json",
+        "Idempotency-Key": key or f"{doc['instance']}:{doc['seq']}",
+        "X-Riskd-Timestamp": stamp,
+        "X-Riskd-Signature": f"sha256={digest}",
+    }
 
 
 Serve = Callable[..., Awaitable[str]]
@@ -177,8 +193,9 @@ async def test_replays_and_older_sets_are_refused(serve: Serve) -> None:
     older = message(4, now, [params_entry("m1", 11, now + 60, lev=9.0)])
     assert (await post(url, older, signed(older)))[0] == 409
     # A newer seq with an older version of m1: accepted, the set dropped as not newer.
-    stale = message(6, now, [params_entry("m1", 9, now + 60, lev=9.0),
-                             params_entry("m2", 1, now + 60)])
+    stale = message(
+        6, now, [params_entry("m1", 9, now + 60, lev=9.0), params_entry("m2", 1, now + 60)]
+    )
     status, answer = await post(url, stale, signed(stale))
     assert status == 200 and answer == {"ok": True, "applied": 1, "stale": 1}
     # The Idempotency-Key must name the message.
@@ -194,11 +211,15 @@ async def test_replays_and_older_sets_are_refused(serve: Serve) -> None:
 
 
 async def test_expired_sets_fall_back_to_safe_values_by_wall_clock(
-        serve: Serve, wall: ShiftedClock) -> None:
+    serve: Serve, wall: ShiftedClock
+) -> None:
     url = await serve()
     now = time.time()
-    body = message(1, now, [params_entry("m1", 1, now + 0.4, lev=4.0),
-                            params_entry("m2", 1, now + 60, lev=4.0)])
+    body = message(
+        1,
+        now,
+        [params_entry("m1", 1, now + 0.4, lev=4.0), params_entry("m2", 1, now + 60, lev=4.0)],
+    )
     assert (await post(url, body, signed(body)))[0] == 200
     assert (await in_force(url))["m1"]["source"] == "riskd"
     wall.advance(0.5)  # m1's valid_until passes with nothing newer
@@ -248,24 +269,45 @@ async def test_riskd_run_to_riskd_receiver_and_the_dead_mans_switch(
     url = f"http://127.0.0.1:{port}"
     log = (tmp_path / "receiver.stderr").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "riskd.cli", "receiver", "--port", str(port), "--clock", "feed",
-         "--instance", "riskd-test", "--log-level", "warning"],
-        env=clean_env(RISKD_RECEIVER_SECRET=SECRET), stdout=log, stderr=log,
-        stdin=subprocess.DEVNULL)
+        [
+            sys.executable,
+            "-m",
+            "riskd.cli",
+            "receiver",
+            "--port",
+            str(port),
+            "--clock",
+            "feed",
+            "--instance",
+            "riskd-test",
+            "--log-level",
+            "warning",
+        ],
+        env=clean_env(RISKD_RECEIVER_SECRET=SECRET),
+        stdout=log,
+        stderr=log,
+        stdin=subprocess.DEVNULL,
+    )
     try:
         await wait_until(lambda: _ok(url + "/healthz"), timeout=10, what="riskd receiver")
         # The whole tape at once; sets valid for 3 s of the daemon's (event) clock.
-        doc = base_config(tmp_path, free_port(), feed={"path": str(FED_TAPE), "speed": 0.0},
-                          governor={"ttl_s": 3.0},
-                          publisher={"http": {"url": url + "/risk-params"}})
+        doc = base_config(
+            tmp_path,
+            free_port(),
+            feed={"path": str(FED_TAPE), "speed": 0.0},
+            governor={"ttl_s": 3.0},
+            publisher={"http": {"url": url + "/risk-params"}},
+        )
         daemon = await start_daemon(doc, env={"RISKD_PUBLISHER__HTTP__SECRET": SECRET})
 
         async def caught_up() -> bool:
             _, listing = await daemon.get_json("/v1/params")
             want = {e["market"]: e["version"] for e in listing["params"]}
             held = await in_force(url)
-            return bool(want) and {m: e["version"] for m, e in held.items()
-                                   if e["source"] == "riskd"} == want
+            return (
+                bool(want)
+                and {m: e["version"] for m, e in held.items() if e["source"] == "riskd"} == want
+            )
 
         await wait_until(caught_up, timeout=15, what="the receiver to hold riskd's sets")
         daemon.proc.send_signal(signal.SIGKILL)  # the daemon dies: nothing newer comes
@@ -293,6 +335,10 @@ async def _ok(url: str) -> bool:
 
 
 def test_receiver_without_a_secret_is_a_usage_error() -> None:
-    done = subprocess.run([sys.executable, "-m", "riskd.cli", "receiver"], env=clean_env(),
-                          capture_output=True, timeout=30)
+    done = subprocess.run(
+        [sys.executable, "-m", "riskd.cli", "receiver"],
+        env=clean_env(),
+        capture_output=True,
+        timeout=30,
+    )
     assert done.returncode == 2

@@ -69,8 +69,7 @@ async def test_a_row_with_bytes_that_are_not_utf8_does_not_stop_the_replay(
 
     daemon = await start_daemon(base_config(tmp_path, free_port(), feed={"path": str(tape)}))
     await _replayed(daemon, len(poly) + len(kalshi) - 2, bad_encoding=2)
-    await _last_prices_published(daemon, {POLY: float(poly[-1][2]),
-                                          KALSHI: float(kalshi[-1][2])})
+    await _last_prices_published(daemon, {POLY: float(poly[-1][2]), KALSHI: float(kalshi[-1][2])})
     status, _ = await daemon.get_json("/healthz")
     assert status == 200
     daemon.send(signal.SIGTERM)
@@ -97,8 +96,10 @@ async def test_a_file_cut_short_costs_the_rest_of_that_file_only(
 
     await wait_until(done, timeout=20, what="the cut file to be counted as unreadable")
     # The other file is replayed to its end, and the daemon still serves.
-    await wait_until(lambda: _published_price(daemon, KALSHI, float(kalshi[-1][2])),
-                     what="the last price of the readable file")
+    await wait_until(
+        lambda: _published_price(daemon, KALSHI, float(kalshi[-1][2])),
+        what="the last price of the readable file",
+    )
     status, _ = await daemon.get_json("/healthz")
     assert status == 200
     daemon.send(signal.SIGTERM)
@@ -115,8 +116,9 @@ async def test_a_tape_with_nothing_to_replay_is_an_error_at_start(
 ) -> None:
     tape = tmp_path / "header_only.csv"
     tape.write_text(HEADER + "\n")
-    daemon = await start_daemon(base_config(tmp_path, free_port(), feed={"path": str(tape)}),
-                                wait=False)
+    daemon = await start_daemon(
+        base_config(tmp_path, free_port(), feed={"path": str(tape)}), wait=False
+    )
     assert await daemon.wait_exit(20) == 2
     err = daemon.stderr()
     assert f"{tape}: no data rows" in err and "Traceback" not in err

@@ -32,12 +32,15 @@ URL_TOKEN = "feed-token-a81b93"
 # --- the HTTP sender never dies of its delay settings ---------------------------------
 
 
-@pytest.mark.parametrize(("initial", "cap", "longest"), [
-    (20.0, 1.0, 20.0),  # reversed: the cap is raised to the first delay
-    (0.0, 5.0, 5.0),  # not positive: a short first delay
-    (-1.0, -1.0, 0.1),
-    (float("nan"), float("inf"), 0.1),
-])
+@pytest.mark.parametrize(
+    ("initial", "cap", "longest"),
+    [
+        (20.0, 1.0, 20.0),  # reversed: the cap is raised to the first delay
+        (0.0, 5.0, 5.0),  # not positive: a short first delay
+        (-1.0, -1.0, 0.1),
+        (float("nan"), float("inf"), 0.1),
+    ],
+)
 def test_retry_delays_never_raise(initial: float, cap: float, longest: float) -> None:
     delays = retry_delays(initial, cap)
     taken = [next(delays) for _ in range(20)]
@@ -54,10 +57,14 @@ async def test_http_publisher_with_a_reversed_backoff_range_keeps_retrying(
     """Was: the first retry raised ValueError in backoff() inside the sender task, which
     ended without a word; every later batch was queued and never sent."""
     receiver.fail_status = 503
-    pub = HttpPublisher(receiver.url, SECRET.encode(), "riskd-test",
-                        Metrics(CollectorRegistry()), 2.0,
-                        DeliveryPolicy(backoff_initial_s=0.05, backoff_max_s=0.01,
-                                       circuit_failures=1000))
+    pub = HttpPublisher(
+        receiver.url,
+        SECRET.encode(),
+        "riskd-test",
+        Metrics(CollectorRegistry()),
+        2.0,
+        DeliveryPolicy(backoff_initial_s=0.05, backoff_max_s=0.01, circuit_failures=1000),
+    )
     await pub.start()
     try:
         entry = {"market": "m0", "version": 1, "mode": "normal"}
@@ -74,14 +81,17 @@ async def test_http_publisher_with_a_reversed_backoff_range_keeps_retrying(
 # --- credentials inside URLs ------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("url", "shown"), [
-    ("http://user:pw@host/x", "http://user:***@host/x"),
-    ("https://TOKEN@host:8443/p", "https://***@host:8443/p"),
-    ("wss://h/ws?api_key=k1&x=1&signature=s2", "wss://h/ws?api_key=***&x=1&signature=***"),
-    ("https://h/cb#access_token=t&state=1", "https://h/cb#access_token=***&state=1"),
-    ("http://127.0.0.1:9000/risk-params", "http://127.0.0.1:9000/risk-params"),
-    ("data/tapes/x.csv", "data/tapes/x.csv"),
-])
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("http://user:pw@host/x", "http://user:***@host/x"),
+        ("https://TOKEN@host:8443/p", "https://***@host:8443/p"),
+        ("wss://h/ws?api_key=k1&x=1&signature=s2", "wss://h/ws?api_key=***&x=1&signature=***"),
+        ("https://h/cb#access_token=t&state=1", "https://h/cb#access_token=***&state=1"),
+        ("http://127.0.0.1:9000/risk-params", "http://127.0.0.1:9000/risk-params"),
+        ("data/tapes/x.csv", "data/tapes/x.csv"),
+    ],
+)
 def test_mask_url(url: str, shown: str) -> None:
     assert mask_url(url) == shown
 
@@ -140,14 +150,19 @@ def test_feed_url_credentials_never_reach_the_daemon_log(
 ) -> None:
     url = f"ws://feeduser:{URL_PASSWORD}@127.0.0.1:{refusing_venue}/ws?token={URL_TOKEN}&x=1"
     path = tmp_path / "riskd.toml"
-    path.write_text(to_toml({
-        "feed": {"kind": "websocket", "url": url},
-        "markets": {"file": str(FED_MARKETS)},
-        "publisher": {"jsonl": {"path": str(tmp_path / "audit.jsonl")}},
-        "server": {"port": free_port()},
-        "state": {"dir": str(tmp_path / "state")},
-        "log": {"level": "info", "format": "json"},
-    }), encoding="utf-8")
+    path.write_text(
+        to_toml(
+            {
+                "feed": {"kind": "websocket", "url": url},
+                "markets": {"file": str(FED_MARKETS)},
+                "publisher": {"jsonl": {"path": str(tmp_path / "audit.jsonl")}},
+                "server": {"port": free_port()},
+                "state": {"dir": str(tmp_path / "state")},
+                "log": {"level": "info", "format": "json"},
+            }
+        ),
+        encoding="utf-8",
+    )
     result = riskd("run", "-c", str(path), cwd=tmp_path, timeout=60)
     assert result.returncode == 1, result.stderr  # the feed's fatal error
     assert URL_PASSWORD not in result.stderr and URL_TOKEN not in result.stderr
@@ -162,28 +177,38 @@ def test_feed_url_credentials_never_reach_the_daemon_log(
 
 def test_run_logs_the_config_file_found_in_the_working_directory(tmp_path: Path) -> None:
     tape = tmp_path / "t.csv"
-    tape.write_text("ts,market,price\n" + "".join(
-        f"{1_700_000_000 + 60 * i},m,0.5\n" for i in range(5)), encoding="utf-8")
+    tape.write_text(
+        "ts,market,price\n" + "".join(f"{1_700_000_000 + 60 * i},m,0.5\n" for i in range(5)),
+        encoding="utf-8",
+    )
     markets = tmp_path / "markets.json"
-    markets.write_text(json.dumps({"markets": [
-        {"id": "m", "resolves_at": "2030-01-01T00:00:00Z"}]}), encoding="utf-8")
+    markets.write_text(
+        json.dumps({"markets": [{"id": "m", "resolves_at": "2030-01-01T00:00:00Z"}]}),
+        encoding="utf-8",
+    )
     (tmp_path / "config").mkdir()
     found = tmp_path / "config" / "riskd.toml"
-    found.write_text(to_toml({
-        "feed": {"kind": "replay", "path": str(tape), "speed": 0.0, "exit_at_end": True},
-        "markets": {"file": str(markets)},
-        "publisher": {"jsonl": {"path": str(tmp_path / "audit.jsonl")}},
-        "server": {"port": free_port()},
-        "state": {"dir": str(tmp_path / "state")},
-        "log": {"level": "info", "format": "json"},
-    }), encoding="utf-8")
+    found.write_text(
+        to_toml(
+            {
+                "feed": {"kind": "replay", "path": str(tape), "speed": 0.0, "exit_at_end": True},
+                "markets": {"file": str(markets)},
+                "publisher": {"jsonl": {"path": str(tmp_path / "audit.jsonl")}},
+                "server": {"port": free_port()},
+                "state": {"dir": str(tmp_path / "state")},
+                "log": {"level": "info", "format": "json"},
+            }
+        ),
+        encoding="utf-8",
+    )
     result = riskd("run", cwd=tmp_path, timeout=60)  # no -c
     assert result.returncode == 0, result.stderr
     first = json.loads(result.stderr.splitlines()[0])
     assert first["level"] == "info"
     assert first["config"] == str(found.resolve())
-    assert first["msg"] == (f"config file {found.resolve()} "
-                            "(found as ./config/riskd.toml, no -c given)")
+    assert first["msg"] == (
+        f"config file {found.resolve()} (found as ./config/riskd.toml, no -c given)"
+    )
 
 
 def test_run_on_built_in_defaults_warns_first(tmp_path: Path) -> None:
@@ -192,5 +217,6 @@ def test_run_on_built_in_defaults_warns_first(tmp_path: Path) -> None:
     result = riskd("run", cwd=tmp_path, timeout=60)
     assert result.returncode == 2
     first = result.stderr.splitlines()[0]
-    assert " WARNING riskd: no config file (no -c, no ./config/riskd.toml): built-in " \
-           "defaults" in first
+    assert (
+        " WARNING riskd: no config file (no -c, no ./config/riskd.toml): built-in defaults" in first
+    )

@@ -65,10 +65,16 @@ def _row(o: Offers, r: int) -> Offer:
     def pair(a: np.ndarray) -> tuple[float, float]:
         return float(a[r, 0]), float(a[r, 1])
 
-    return Offer(pair(o.leverage), pair(o.maintenance), pair(o.fee_hourly), pair(o.open_fee),
-                 bool(o.opening[r]), bool(o.deleverage[r]),
-                 float(o.expires_after[r]) if o.fallback else math.inf,
-                 _row(o.fallback, r) if o.fallback else None)
+    return Offer(
+        pair(o.leverage),
+        pair(o.maintenance),
+        pair(o.fee_hourly),
+        pair(o.open_fee),
+        bool(o.opening[r]),
+        bool(o.deleverage[r]),
+        float(o.expires_after[r]) if o.fallback else math.inf,
+        _row(o.fallback, r) if o.fallback else None,
+    )
 
 
 def _offer(o: Offers, r: int, oi: float) -> Offer:
@@ -77,8 +83,7 @@ def _offer(o: Offers, r: int, oi: float) -> Offer:
         tier = o.oi_tier
         scale = (oi - tier.lower_cap) / (tier.upper_cap - tier.lower_cap)
         imf = tier.base_imf + (1.0 - tier.base_imf) * min(1.0, max(0.0, scale))
-        offer = replace(offer, leverage=(1.0 / imf, 1.0 / imf),
-                        maintenance=(0.6 * imf, 0.6 * imf))
+        offer = replace(offer, leverage=(1.0 / imf, 1.0 / imf), maintenance=(0.6 * imf, 0.6 * imf))
     return offer
 
 
@@ -100,8 +105,14 @@ def _close(pos: list[Position | None], s: int, value: float, tally: Tally) -> No
     pos[s] = None
 
 
-def _take_book(pos: list[Position | None], s: int, value: float, depth: float | None,
-               slippage: float, tally: Tally) -> None:
+def _take_book(
+    pos: list[Position | None],
+    s: int,
+    value: float,
+    depth: float | None,
+    slippage: float,
+    tally: Tally,
+) -> None:
     q = pos[s]
     if q is None or depth is None or not depth > 0.0:
         return
@@ -113,8 +124,15 @@ def _take_book(pos: list[Position | None], s: int, value: float, depth: float | 
         _close(pos, s, 0.0, tally)
 
 
-def _step(pos: list[Position | None], offer: Offer, values: tuple[float, float],
-          depth: float | None, slippage: float, frozen: bool, tally: Tally) -> None:
+def _step(
+    pos: list[Position | None],
+    offer: Offer,
+    values: tuple[float, float],
+    depth: float | None,
+    slippage: float,
+    frozen: bool,
+    tally: Tally,
+) -> None:
     for s in (0, 1):
         q = pos[s]
         if q is None:
@@ -129,14 +147,21 @@ def _step(pos: list[Position | None], offer: Offer, values: tuple[float, float],
             continue
         equity = q.shares * value - q.debt
         if equity < offer.maintenance[s] * q.shares * value or (
-                (offer.deleverage or frozen) and q.debt > 0):
+            (offer.deleverage or frozen) and q.debt > 0
+        ):
             q.armed = value
             _take_book(pos, s, value, depth, slippage, tally)
 
 
-def reference(ticks: list[Tick], ids: list[str], markets: dict[str, Market],
-              policies: list[Policy], settle: bool, rules: Rules, traders: Traders | None = None
-              ) -> tuple[dict[str, list[Tally]], list[Series], int]:
+def reference(
+    ticks: list[Tick],
+    ids: list[str],
+    markets: dict[str, Market],
+    policies: list[Policy],
+    settle: bool,
+    rules: Rules,
+    traders: Traders | None = None,
+) -> tuple[dict[str, list[Tally]], list[Series], int]:
     """The backtest's former Python loop, on the policies' offer arrays; a trader opening
     at a row takes that row's draw of `traders` (default: the max, collateral 1)."""
     if traders is None:
@@ -144,19 +169,23 @@ def reference(ticks: list[Tick], ids: list[str], markets: dict[str, Market],
     index = {m: i for i, m in enumerate(ids)}
     n = len(ids)
     resolve_t = [markets[m].resolves_at if m in markets else float("inf") for m in ids]
-    freeze_t = [markets[m].event_at - rules.freeze_before_resolution_s if m in markets
-                else float("inf") for m in ids]
+    freeze_t = [
+        markets[m].event_at - rules.freeze_before_resolution_s if m in markets else float("inf")
+        for m in ids
+    ]
     tallies = {pol.name: [Tally() for _ in range(n)] for pol in policies}
-    positions: list[list[list[Position | None]]] = [[[None, None] for _ in range(n)]
-                                                    for _ in policies]
+    positions: list[list[list[Position | None]]] = [
+        [[None, None] for _ in range(n)] for _ in policies
+    ]
     offers: list[list[Offer | None]] = [[None] * n for _ in policies]
     last_t = [float("nan")] * n
     last_p = [float("nan")] * n
     series = [Series(leverage={pol.name: [] for pol in policies}) for _ in range(n)]
     count = stale = 0
     t_all = np.array([tk.ts for tk in ticks])
-    p_all = np.array([tk.price if tk.bid is None or tk.ask is None else 0.5 * (tk.bid + tk.ask)
-                      for tk in ticks])
+    p_all = np.array(
+        [tk.price if tk.bid is None or tk.ask is None else 0.5 * (tk.bid + tk.ask) for tk in ticks]
+    )
     for pol in policies:
         pol.prepare(ticks)
     arrays = [pol.offers(t_all, p_all) for pol in policies]
@@ -180,8 +209,15 @@ def reference(ticks: list[Tick], ids: list[str], markets: dict[str, Market],
                 _accrue(positions[k][i], prev, live, tally)
                 if now_in_force is not prev:
                     _accrue(positions[k][i], now_in_force, dt - live, tally)
-                _step(positions[k][i], now_in_force, values, tick.depth, rules.max_slippage,
-                      frozen, tally)
+                _step(
+                    positions[k][i],
+                    now_in_force,
+                    values,
+                    tick.depth,
+                    rules.max_slippage,
+                    frozen,
+                    tally,
+                )
                 lev = max(prev.leverage)
                 tally.leverage_time += lev * live + max(now_in_force.leverage) * (dt - live)
                 tally.leveraged_time += live if lev > 1.0 else 0.0
@@ -199,8 +235,9 @@ def reference(ticks: list[Tick], ids: list[str], markets: dict[str, Market],
                         frac, size = traders.frac[row, s], traders.size[row, s]
                         lev_s = lev_s - (1.0 - frac) * (lev_s - 1.0)
                         paid = offer.open_fee[s] * lev_s * size
-                        pos[s] = Position(shares=size * lev_s / values[s],
-                                          debt=size * (lev_s - 1.0) + paid)
+                        pos[s] = Position(
+                            shares=size * lev_s / values[s], debt=size * (lev_s - 1.0) + paid
+                        )
                         tally.fees += paid
             series[i].leverage[pol.name].append(max(offer.leverage))
             if pol.name == "riskd":
@@ -259,7 +296,7 @@ def _ensemble(seed: int) -> tuple[list[Tick], list[str], dict[str, Market]]:
     ids = sorted(markets)
     for m, price in ((ids[6], 1.0), (ids[7], 0.0)):
         rows = [r for r, tk in enumerate(ticks) if tk.market == m]
-        for r in rows[len(rows) // 2:len(rows) // 2 + 3]:
+        for r in rows[len(rows) // 2 : len(rows) // 2 + 3]:
             ticks[r] = replace(ticks[r], price=price)
     for k, m in enumerate(ids[:4]):  # at one of its rows: that row is after resolution
         times = [tk.ts for tk in ticks if tk.market == m]
@@ -268,27 +305,51 @@ def _ensemble(seed: int) -> tuple[list[Tick], list[str], dict[str, Market]]:
     times = [tk.ts for tk in ticks if tk.market == ids[8]]
     markets[ids[8]] = replace(markets[ids[8]], event_at=times[len(times) // 2])
     depth = np.random.default_rng(seed).choice([0.0, 0.5, 3.0, 20.0, 1e4], len(ticks)).tolist()
-    ticks = [Tick(tk.market, tk.ts, tk.price, max(tk.price - 0.01, 0.0), min(tk.price + 0.01, 1.0),
-                  depth[r]) if tk.market == ids[5] else tk for r, tk in enumerate(ticks)]
+    ticks = [
+        Tick(
+            tk.market,
+            tk.ts,
+            tk.price,
+            max(tk.price - 0.01, 0.0),
+            min(tk.price + 0.01, 1.0),
+            depth[r],
+        )
+        if tk.market == ids[5]
+        else tk
+        for r, tk in enumerate(ticks)
+    ]
     return ticks, ids, markets
 
 
 def _policies(settings: Settings, markets: dict[str, Market]) -> list[Policy]:
-    return [*all_policies(settings, markets), RandomOffers("random", 1, fallback=False),
-            RandomOffers("random_stale", 2, fallback=True)]
+    return [
+        *all_policies(settings, markets),
+        RandomOffers("random", 1, fallback=False),
+        RandomOffers("random_stale", 2, fallback=True),
+    ]
 
 
 @pytest.mark.parametrize(("seed", "rules"), [(5, Rules(0.05, 3600.0)), (6, Rules(0.002, 7200.0))])
 @pytest.mark.parametrize("settle", [True, False])
 @pytest.mark.parametrize("cohort", [False, True])
-def test_compiled_simulation_matches_the_python_loop(settings: Settings, seed: int, rules: Rules,
-                                                     settle: bool, cohort: bool) -> None:
+def test_compiled_simulation_matches_the_python_loop(
+    settings: Settings, seed: int, rules: Rules, settle: bool, cohort: bool
+) -> None:
     ticks, ids, markets = _ensemble(seed)
     traders = Traders.cohort([tk.market for tk in ticks], seed) if cohort else None
-    sim = simulate(ticks, ids, markets, _policies(settings, markets), settle=settle, rules=rules,
-                   record=True, traders=traders)
-    tallies, series, count = reference(ticks, ids, markets, _policies(settings, markets), settle,
-                                       rules, traders)
+    sim = simulate(
+        ticks,
+        ids,
+        markets,
+        _policies(settings, markets),
+        settle=settle,
+        rules=rules,
+        record=True,
+        traders=traders,
+    )
+    tallies, series, count = reference(
+        ticks, ids, markets, _policies(settings, markets), settle, rules, traders
+    )
     assert sim.ticks == count < len(ticks)
     for name, per_market in tallies.items():
         assert [asdict(x) for x in sim.tallies[name]] == [asdict(x) for x in per_market], name
@@ -349,8 +410,7 @@ def test_offer_arrays_match_the_per_row_definitions(settings: Settings) -> None:
         assert got.deleverage[r] == bool(int(pol.reasons[r]) & Riskd.FREEZE)
         # The engine's staleness rule at that row: a few of the market's own gaps.
         gov = settings.governor
-        assert got.expires_after[r] == max(gov.stale_after_s,
-                                           gov.stale_after_gaps * pol.gap_at[r])
+        assert got.expires_after[r] == max(gov.stale_after_s, gov.stale_after_gaps * pol.gap_at[r])
         floor = float(eng.fee_floor[eng.index[tk.market]])
         assert got.fallback.leverage[r].tolist() == [1.0, 1.0]
         assert got.fallback.maintenance[r].tolist() == [ratio, ratio]
@@ -360,15 +420,24 @@ def test_offer_arrays_match_the_per_row_definitions(settings: Settings) -> None:
 
 # The judge's rules (docs/model.md section 8): the same for every policy.
 
-def _tape(prices: list[float], depth: list[float | None] | None = None, gap: float = 600.0
-          ) -> list[Tick]:
+
+def _tape(
+    prices: list[float], depth: list[float | None] | None = None, gap: float = 600.0
+) -> list[Tick]:
     depth = depth or [None] * len(prices)
-    return [Tick("m", 1e9 + k * gap, q, depth=d) for k, (q, d) in
-            enumerate(zip(prices, depth, strict=True))]
+    return [
+        Tick("m", 1e9 + k * gap, q, depth=d)
+        for k, (q, d) in enumerate(zip(prices, depth, strict=True))
+    ]
 
 
-def _one(policy: Policy, ticks: list[Tick], rules: Rules, event_at: float = math.inf,
-         outcome: int | None = None) -> Tally:
+def _one(
+    policy: Policy,
+    ticks: list[Tick],
+    rules: Rules,
+    event_at: float = math.inf,
+    outcome: int | None = None,
+) -> Tally:
     markets = {"m": Market("m", resolves_at=event_at, event_at=event_at, outcome=outcome)}
     sim = simulate(ticks, ["m"], markets, [policy], settle=outcome is not None, rules=rules)
     return sim.tallies[policy.name][0]

@@ -29,8 +29,15 @@ def _engine(ticks: int = 40) -> Engine:
     rng = np.random.default_rng(1)
     for k in range(ticks):
         for m, p0 in (("a", 0.3), ("b", 0.6), ("c", 0.9)):
-            engine.ingest([Tick(m, 1_700_000_000.0 + 60 * k,
-                                float(np.clip(p0 + rng.normal(0, 0.01), 0.01, 0.99)))])
+            engine.ingest(
+                [
+                    Tick(
+                        m,
+                        1_700_000_000.0 + 60 * k,
+                        float(np.clip(p0 + rng.normal(0, 0.01), 0.01, 0.99)),
+                    )
+                ]
+            )
     engine.cycle(1_700_000_000.0 + 60 * (ticks - 1))
     return engine
 
@@ -120,9 +127,12 @@ def test_audit_log_tail_holds_the_governor_tight(tmp_path: Path) -> None:
     engine = _engine()
     audit = tmp_path / "audit.jsonl"
     entry: dict[str, Any] = {
-        "market": "b", "version": 999, "mode": "reduce_only",
+        "market": "b",
+        "version": 999,
+        "mode": "reduce_only",
         "max_leverage": {"long": 1.0, "short": 1.0},
-        "fee_rate_hourly": {"long": 0.5, "short": 0.5}, "max_slippage": 0.0001,
+        "fee_rate_hourly": {"long": 0.5, "short": 0.5},
+        "max_slippage": 0.0001,
     }
     audit.write_text(json.dumps({"seq": 1, "params": [entry]}) + "\n" + '{"seq": 2, "par')
     i = engine.index["b"]
@@ -144,13 +154,20 @@ def test_torn_audit_line_is_cut_and_skipped(tmp_path: Path) -> None:
 
 def _drill_config(tmp_path: Path, port: int) -> dict[str, Any]:
     return base_config(
-        tmp_path, port,
-        feed={"path": str(MIDTERMS), "speed": 86400.0,
-              "fast_forward_until": "2022-10-15T00:00:00Z"},
+        tmp_path,
+        port,
+        feed={
+            "path": str(MIDTERMS),
+            "speed": 86400.0,
+            "fast_forward_until": "2022-10-15T00:00:00Z",
+        },
         markets={"file": str(MIDTERMS / "markets.json")},
         # Loosening one step per 5 event-days keeps the bound below tight enough to bite.
-        governor={"publish_interval_s": 0.05, "loosen_interval_s": 432000.0,
-                  "max_loosen_step": 0.1},
+        governor={
+            "publish_interval_s": 0.05,
+            "loosen_interval_s": 432000.0,
+            "max_loosen_step": 0.1,
+        },
         state={"snapshot_interval_s": 0.2},
     )
 
@@ -187,7 +204,7 @@ async def test_kill_9_drill(tmp_path: Path, start_daemon: Any) -> None:
 
     batches = list(read_audit(audit))  # raises on any bad line: the log parses completely
     assert batches[: len(before)] == before
-    after = batches[len(before):]
+    after = batches[len(before) :]
     seqs = [b["seq"] for b in batches]
     assert all(b > a for a, b in zip(seqs, seqs[1:], strict=False))
     last_before: dict[str, tuple[float, dict[str, Any]]] = {}
@@ -217,8 +234,7 @@ async def test_daemon_starts_conservatively_on_bad_state(
 ) -> None:
     port = free_port()
     # Paced (10 event-hours per second) so that cycles run during the warm-up.
-    doc = base_config(tmp_path, port, state={"snapshot_interval_s": 0.1},
-                      feed={"speed": 36000.0})
+    doc = base_config(tmp_path, port, state={"snapshot_interval_s": 0.1}, feed={"speed": 36000.0})
     state = Path(doc["state"]["dir"])
     if damage == "unwritable":
         # Root ignores permission bits; the immutable attribute makes the directory
@@ -241,14 +257,18 @@ async def test_daemon_starts_conservatively_on_bad_state(
             np.savez(store.path, **arrays)
     daemon = await start_daemon(doc)
     _, ready = await daemon.get_json("/readyz")
-    assert ready["state"] == {"corrupt": "corrupt", "schema": "schema",
-                              "unwritable": "none"}[damage]
+    assert (
+        ready["state"] == {"corrupt": "corrupt", "schema": "schema", "unwritable": "none"}[damage]
+    )
     if damage == "unwritable":
+
         async def failing() -> bool:
             return (await daemon.metric("riskd_snapshot_failures_total") or 0) >= 2
+
         await wait_until(failing, 10.0, what="snapshot failures counted")
     if damage == "corrupt":
         assert list(state.glob("snapshot.npz.corrupt-*"))
+
     # Fresh start: every market begins at its fail-safe values while it warms up.
     async def published() -> dict[str, Any] | None:
         _, body = await daemon.get_json("/v1/params")
@@ -267,7 +287,6 @@ async def test_daemon_starts_conservatively_on_bad_state(
         assert entry["max_leverage"] == {"long": 1.0, "short": 1.0}
         assert entry["mode"] == "reduce_only" and "warming_up" in entry["reasons"]
     assert params["params"]
-
 
 
 def test_snapshot_without_a_newer_field_restores_the_rest(tmp_path: Path) -> None:
@@ -291,8 +310,11 @@ def test_last_published_time_from_the_audit_log(tmp_path: Path) -> None:
     audit = tmp_path / "audit.jsonl"
     assert last_published_at(audit) == float("-inf")
     first = b'{"source":"riskd","seq":1,"generated_at":"2022-11-08T00:00:00.000Z","params":[]}'
-    big = (b'{"source":"riskd","seq":2,"generated_at":"2022-11-09T00:00:00.000Z","params":['
-           + b'{"market":"m"},' * 20_000 + b'{}]}')
+    big = (
+        b'{"source":"riskd","seq":2,"generated_at":"2022-11-09T00:00:00.000Z","params":['
+        + b'{"market":"m"},' * 20_000
+        + b"{}]}"
+    )
     audit.write_bytes(first + b"\n" + big + b"\n" + b'{"seq":3,"generated_at":"2023-01-01T0')
     assert last_published_at(audit, chunk=4096) == parse_iso("2022-11-09T00:00:00Z")
     audit.rename(tmp_path / "audit.jsonl.1")
@@ -314,7 +336,8 @@ def _snapshot_clock(state: Path) -> float:
 
 
 async def test_kill_9_mid_replay_never_stamps_a_batch_earlier(
-        tmp_path: Path, start_daemon: Any) -> None:
+    tmp_path: Path, start_daemon: Any
+) -> None:
     """After kill -9 the replay resumes from the snapshot, older than the last batches
     published: the new process's batches are never stamped (generated_at) earlier
     than the last one before the kill."""
@@ -327,16 +350,19 @@ async def test_kill_9_mid_replay_never_stamps_a_batch_earlier(
 
     async def snapshot() -> bool:
         return (state / "snapshot.npz").exists()
+
     await wait_until(snapshot, 30.0, what="a first snapshot")
     written = (state / "snapshot.npz").stat().st_mtime_ns
 
     async def fresh_snapshot() -> bool:
         return (state / "snapshot.npz").stat().st_mtime_ns != written
+
     await wait_until(fresh_snapshot, 10.0, what="a fresh snapshot")
     lines = audit.read_bytes().count(b"\n")
 
     async def batches_after_it() -> bool:
         return audit.read_bytes().count(b"\n") >= lines + 8
+
     await wait_until(batches_after_it, 10.0, what="batches after the snapshot")
     first.proc.send_signal(signal.SIGKILL)
     assert await first.wait_exit(5.0) == -signal.SIGKILL
@@ -351,6 +377,7 @@ async def test_kill_9_mid_replay_never_stamps_a_batch_earlier(
 
     async def more() -> bool:
         return len(list(read_audit(audit))) >= len(before) + 10
+
     await wait_until(more, 30.0, what="10 batches after the restart")
     second.send(signal.SIGINT)
     assert await second.wait_exit(5.0) == 0

@@ -43,8 +43,9 @@ async def collect(ws: ClientConnection, into: list[dict[str, Any]]) -> None:
 
 
 def stream_doc(tmp_path: Path, **stream: Any) -> dict[str, Any]:
-    return base_config(tmp_path, 0, feed={"path": str(FED_TAPE), "speed": 1e6},
-                       publisher={"websocket": stream})
+    return base_config(
+        tmp_path, 0, feed={"path": str(FED_TAPE), "speed": 1e6}, publisher={"websocket": stream}
+    )
 
 
 async def test_snapshot_on_connect_then_every_batch(tmp_path: Path, in_process: Any) -> None:
@@ -58,8 +59,9 @@ async def test_snapshot_on_connect_then_every_batch(tmp_path: Path, in_process: 
     got: list[dict[str, Any]] = []
     async with connect(ws_url(d)) as ws:
         reader = asyncio.create_task(collect(ws, got))
-        await wait_until(lambda: _true(bool(d.daemon.feed.finished)), timeout=15,
-                         what="the end of the replay")
+        await wait_until(
+            lambda: _true(bool(d.daemon.feed.finished)), timeout=15, what="the end of the replay"
+        )
         assert await d.stop() == 0  # the publisher closes the stream (going away)
         await asyncio.wait_for(reader, 5)
 
@@ -121,8 +123,11 @@ async def test_slow_consumer_is_cut_off_and_others_get_everything(
         nonlocal sent
         sent += 1
         stream.submit(Batch("riskd-test", sent, "2026-01-01T00:00:00.000Z", payload))
-        await wait_until(lambda: _true(len(fast_got) == sent + 1), timeout=5,
-                         what=f"the fast client to get batch {sent}")
+        await wait_until(
+            lambda: _true(len(fast_got) == sent + 1),
+            timeout=5,
+            what=f"the fast client to get batch {sent}",
+        )
 
     while len(stream.clients) == 2 and sent < 2000:
         await send_one()
@@ -140,10 +145,18 @@ async def test_slow_consumer_is_cut_off_and_others_get_everything(
     if closed.value.rcvd is not None:  # else the close frame itself could not get through
         assert closed.value.rcvd.code == 1008
     registry = d.daemon.metrics.registry
-    assert registry.get_sample_value(
-        "riskd_publishes_total", {"publisher": "websocket", "result": "slow_consumer"}) == 1
-    assert registry.get_sample_value(
-        "riskd_publishes_total", {"publisher": "websocket", "result": "ok"}) == sent
+    assert (
+        registry.get_sample_value(
+            "riskd_publishes_total", {"publisher": "websocket", "result": "slow_consumer"}
+        )
+        == 1
+    )
+    assert (
+        registry.get_sample_value(
+            "riskd_publishes_total", {"publisher": "websocket", "result": "ok"}
+        )
+        == sent
+    )
     await fast.close()
     await fast_reader
 
@@ -153,18 +166,24 @@ async def test_a_dead_exchange_blocks_neither_the_audit_log_nor_the_stream(
 ) -> None:
     monkeypatch.setenv("RISKD_PUBLISHER__HTTP__SECRET", SECRET)
     receiver.hang = True  # the exchange accepts connections and never answers
-    doc = base_config(tmp_path, 0, feed={"path": str(FED_TAPE), "speed": 1e6},
-                      publisher={"websocket": {}, "http": {"url": receiver.url,
-                                                           "timeout_s": 30.0}})
+    doc = base_config(
+        tmp_path,
+        0,
+        feed={"path": str(FED_TAPE), "speed": 1e6},
+        publisher={"websocket": {}, "http": {"url": receiver.url, "timeout_s": 30.0}},
+    )
     d = await in_process(doc)
     got: list[dict[str, Any]] = []
     async with connect(ws_url(d)) as ws:
         reader = asyncio.create_task(collect(ws, got))
         d.start()
-        await wait_until(lambda: _true(bool(d.daemon.feed.finished)), timeout=15,
-                         what="the end of the replay")
-        await wait_until(lambda: _true(bool(got) and got[-1]["seq"] == d.daemon.seq),
-                         what="the stream to catch up")
+        await wait_until(
+            lambda: _true(bool(d.daemon.feed.finished)), timeout=15, what="the end of the replay"
+        )
+        await wait_until(
+            lambda: _true(bool(got) and got[-1]["seq"] == d.daemon.seq),
+            what="the stream to catch up",
+        )
         audit = read_audit(tmp_path / "audit.jsonl")
         assert len(audit) == d.daemon.seq >= 10
         assert got[1:] == audit  # connected before the first batch: every one of them
@@ -177,4 +196,3 @@ async def test_a_dead_exchange_blocks_neither_the_audit_log_nor_the_stream(
 
 async def _true(value: bool) -> bool:
     return value
-

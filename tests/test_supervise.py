@@ -59,7 +59,8 @@ class CrashingPublisher:
 
 
 async def test_a_crashing_publisher_task_is_logged_counted_shown_and_restarted(
-        tmp_path: Path, in_process: Any) -> None:
+    tmp_path: Path, in_process: Any
+) -> None:
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
     handler.emit = records.append  # type: ignore[method-assign]
@@ -76,13 +77,15 @@ async def test_a_crashing_publisher_task_is_logged_counted_shown_and_restarted(
     async def failures() -> float:
         _, _, text = await http_get(d.url + "/metrics")
         return metric_samples(text).get(
-            ("riskd_task_failures_total", frozenset({("task", "publish-crashing")})), -1.0)
+            ("riskd_task_failures_total", frozenset({("task", "publish-crashing")})), -1.0
+        )
 
     await wait_until(lambda: _at_least(failures, 1), 15.0, what="the sender's failure counted")
     _, _, text = await http_get(d.url + "/metrics")
     for task in ("feed", "cycle", "snapshots"):
-        assert ("riskd_task_failures_total", frozenset({("task", task)})) in \
-            metric_samples(text), task
+        assert ("riskd_task_failures_total", frozenset({("task", task)})) in metric_samples(text), (
+            task
+        )
     status, ready = await d.get_json("/readyz")
     assert status == 503 and "task_failed:publish-crashing" in ready["reasons"], ready
     logged = [r for r in records if "publish-crashing" in r.getMessage()]
@@ -132,6 +135,7 @@ async def test_a_restartable_task_is_restarted_with_backoff() -> None:
 
     async def fourth_run() -> bool:
         return len(runs) >= 4
+
     await wait_until(fourth_run, 5.0, what="three restarts")
     assert _sample(metrics, "riskd_task_failures_total", "flaky") == 3
     assert _sample(metrics, "riskd_task_running", "flaky") == 1
@@ -181,6 +185,7 @@ async def test_a_watched_task_is_restarted_through_its_owner() -> None:
 
     async def running() -> bool:
         return len(started) == 2 and not started[-1].done()
+
     await wait_until(running, 5.0, what="the sender restarted twice")
     assert _sample(metrics, "riskd_task_failures_total", "publish-x") == 2
     await sup.close()
@@ -209,8 +214,9 @@ async def test_a_loop_that_returns_because_the_daemon_stops_is_no_failure() -> N
             await asyncio.sleep(0.01)
 
     task = sup.spawn("cycle", loop, restart=True)
-    await wait_until(lambda: _sample(metrics, "riskd_task_running", "cycle") == 1,
-                     what="the loop running")
+    await wait_until(
+        lambda: _sample(metrics, "riskd_task_running", "cycle") == 1, what="the loop running"
+    )
     stop.set()
     await asyncio.wait_for(task, 2.0)
     assert _sample(metrics, "riskd_task_failures_total", "cycle") == 0

@@ -406,8 +406,7 @@ def test_a_csv_row_with_bytes_that_are_not_utf8_costs_only_that_row(tmp_path: Pa
     for path in (p, _gzip(p)):
         ticks, (report,) = read_tape(path)
         assert ticks == [Tick("a", T0, 0.5), Tick("a", T0 + 3, 0.7)], path
-        assert rejections(report) == [(3, "bad_encoding"), (4, "bad_encoding"),
-                                      (5, "bad_encoding")]
+        assert rejections(report) == [(3, "bad_encoding"), (4, "bad_encoding"), (5, "bad_encoding")]
         assert report.rows == 5 and report.accepted == 2
         assert report.examples[0].path == str(path)
         assert "b'\\xe9' are not UTF-8" in report.examples[0].detail
@@ -432,8 +431,10 @@ def test_a_jsonl_line_with_bytes_that_are_not_utf8_costs_only_that_line(tmp_path
 
 def test_a_row_the_csv_parser_refuses_costs_only_that_row(tmp_path: Path) -> None:
     huge = "x" * 200_000  # over the csv module's field size limit
-    p = write(tmp_path / "t.csv",
-              f"ts,market,price,note\n{T0},a,0.5,\n{T0 + 1},a,0.6,{huge}\n{T0 + 2},a,0.7,\n")
+    p = write(
+        tmp_path / "t.csv",
+        f"ts,market,price,note\n{T0},a,0.5,\n{T0 + 1},a,0.6,{huge}\n{T0 + 2},a,0.7,\n",
+    )
     ticks, (report,) = read_tape(p)
     assert ticks == [Tick("a", T0, 0.5), Tick("a", T0 + 2, 0.7)]
     assert rejections(report) == [(3, "bad_row")]
@@ -457,8 +458,11 @@ def test_a_tape_without_a_usable_row_is_an_error_saying_why(tmp_path: Path) -> N
         Tape(write(tmp_path / "empty.jsonl", "\n"))
     bad = tmp_path / "bad.csv"
     bad.write_bytes(b"ts,market,price\n" + f"{T0},a,7\n".encode() + b"\xff,a,0.5\n")
-    with pytest.raises(TapeError, match=r"bad\.csv: all 2 rows rejected \(bad_encoding 1, "
-                       r"bad_price 1\); first: line 2: bad_price: price '7'"):
+    with pytest.raises(
+        TapeError,
+        match=r"bad\.csv: all 2 rows rejected \(bad_encoding 1, "
+        r"bad_price 1\); first: line 2: bad_price: price '7'",
+    ):
         read_tape(bad)
     # Not required: read as empty, with the reasons in the report.
     tape = Tape(bad, require_rows=False)
@@ -468,14 +472,16 @@ def test_a_tape_without_a_usable_row_is_an_error_saying_why(tmp_path: Path) -> N
 def test_a_directory_needs_a_usable_row_in_some_file(tmp_path: Path) -> None:
     write(tmp_path / "a.csv", "ts,market,price\n")
     write(tmp_path / "b.jsonl", '{"ts": "yesterday", "market": "b", "price": 0.5}\n')
-    with pytest.raises(TapeError, match=r"no usable rows in any of its 2 tape files .*a\.csv: "
-                       r"no data rows; .*b\.jsonl: all 1 rows rejected \(bad_ts 1\)"):
+    with pytest.raises(
+        TapeError,
+        match=r"no usable rows in any of its 2 tape files .*a\.csv: "
+        r"no data rows; .*b\.jsonl: all 1 rows rejected \(bad_ts 1\)",
+    ):
         Tape(tmp_path)
     write(tmp_path / "c.csv", f"ts,market,price\n{T0},c,0.5\n")
     ticks, reports = read_tape(tmp_path)  # one file with rows is enough; the others report
     assert ticks == [Tick("c", T0, 0.5)]
-    assert [(r.rows, r.accepted, r.rejected) for r in reports] == [(0, 0, 0), (1, 0, 1),
-                                                                   (1, 1, 0)]
+    assert [(r.rows, r.accepted, r.rejected) for r in reports] == [(0, 0, 0), (1, 0, 1), (1, 1, 0)]
 
 
 def test_a_file_cut_short_can_cost_only_the_rest_of_that_file(tmp_path: Path) -> None:

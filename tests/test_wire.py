@@ -53,8 +53,12 @@ async def test_the_http_body_is_the_audit_and_stream_body() -> None:
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = runner.addresses[0][1]
-    pub = HttpPublisher(f"http://127.0.0.1:{port}/risk-params", b"secret", "riskd-test",
-                        Metrics(CollectorRegistry()))
+    pub = HttpPublisher(
+        f"http://127.0.0.1:{port}/risk-params",
+        b"secret",
+        "riskd-test",
+        Metrics(CollectorRegistry()),
+    )
     try:
         await pub.start()
         batch = Batch("riskd-test", 1, "2023-11-14T23:13:20.000Z", params)
@@ -67,11 +71,15 @@ async def test_the_http_body_is_the_audit_and_stream_body() -> None:
     assert list(orjson.loads(batch.body())) == ENVELOPE
 
 
-def test_the_stream_snapshot_is_the_envelope_marked(monkeypatch: pytest.MonkeyPatch,
-                                                    tmp_path: Path) -> None:
-    for name, value in {"RISKD_STATE__DIR": str(tmp_path), "RISKD_STATE__ENABLED": "false",
-                        "RISKD_SERVER__ENABLED": "false",
-                        "RISKD_PUBLISHER__JSONL__PATH": str(tmp_path / "audit.jsonl")}.items():
+def test_the_stream_snapshot_is_the_envelope_marked(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for name, value in {
+        "RISKD_STATE__DIR": str(tmp_path),
+        "RISKD_STATE__ENABLED": "false",
+        "RISKD_SERVER__ENABLED": "false",
+        "RISKD_PUBLISHER__JSONL__PATH": str(tmp_path / "audit.jsonl"),
+    }.items():
         monkeypatch.setenv(name, value)
     daemon = Daemon(load_settings(ROOT / "config/riskd.toml"), None)
     snapshot = orjson.loads(daemon.stream_snapshot())
@@ -81,23 +89,39 @@ def test_the_stream_snapshot_is_the_envelope_marked(monkeypatch: pytest.MonkeyPa
 
 def test_sets_are_named_and_rounded() -> None:
     rows = wire.SetRows(
-        markets=["m"], version=np.array([7]), mode=np.array([1]),
-        leverage=np.array([[3.14159, 2.0]]), initial_margin=np.array([[0.1234567891, 0.5]]),
+        markets=["m"],
+        version=np.array([7]),
+        mode=np.array([1]),
+        leverage=np.array([[3.14159, 2.0]]),
+        initial_margin=np.array([[0.1234567891, 0.5]]),
         maintenance_margin=np.array([[0.0617283945, 0.25]]),
-        fee_hourly=np.array([[1.23456789e-5, 2e-5]]), slippage=np.array([0.0123456789]),
-        valid_until=np.array([T0]), reasons=np.array([0]),
-        inputs=np.array([[0.123456789, 12.34567, 1e-4, 2e-6, 0.05, 3599.99951]]))
+        fee_hourly=np.array([[1.23456789e-5, 2e-5]]),
+        slippage=np.array([0.0123456789]),
+        valid_until=np.array([T0]),
+        reasons=np.array([0]),
+        inputs=np.array([[0.123456789, 12.34567, 1e-4, 2e-6, 0.05, 3599.99951]]),
+    )
     (entry,) = wire.param_sets(rows)
     assert entry == {
-        "market": "m", "version": 7, "mode": "reduce_only",
+        "market": "m",
+        "version": 7,
+        "mode": "reduce_only",
         "max_leverage": {"long": 3.14, "short": 2.0},
         "initial_margin": {"long": 0.123457, "short": 0.5},
         "maintenance_margin": {"long": 0.0617284, "short": 0.25},
         "fee_rate_hourly": {"long": 1.23457e-5, "short": 2e-5},
-        "max_slippage": 0.0123457, "oi_cap": None,
-        "valid_until": "2023-11-14T22:13:20.000Z", "reasons": [],
-        "inputs": {"p": 0.123457, "tau_s": 12.346, "sigma": 1e-4, "lambda": 2e-6, "J": 0.05,
-                   "h_s": 3600.0},
+        "max_slippage": 0.0123457,
+        "oi_cap": None,
+        "valid_until": "2023-11-14T22:13:20.000Z",
+        "reasons": [],
+        "inputs": {
+            "p": 0.123457,
+            "tau_s": 12.346,
+            "sigma": 1e-4,
+            "lambda": 2e-6,
+            "J": 0.05,
+            "h_s": 3600.0,
+        },
     }
 
 
@@ -107,10 +131,12 @@ finite = st.floats(min_value=-1e9, max_value=1e9, allow_nan=False)
 @given(st.lists(finite, min_size=1, max_size=20), st.integers(-3, 12))
 def test_round_places_is_python_round(values: list[float], places: int) -> None:
     assert wire.round_places(np.array(values), places).tolist() == [
-        round(v, places) for v in values]
+        round(v, places) for v in values
+    ]
 
 
-@given(st.lists(finite | st.sampled_from([math.inf, -math.inf, 0.0, 5e-324]), min_size=1,
-                max_size=20))
+@given(
+    st.lists(finite | st.sampled_from([math.inf, -math.inf, 0.0, 5e-324]), min_size=1, max_size=20)
+)
 def test_round_sig_is_six_significant_digits(values: list[float]) -> None:
     assert wire.round_sig(np.array(values)).tolist() == [float(f"{v:.6g}") for v in values]

@@ -71,8 +71,9 @@ def kupiec(exceedances: int, n: int, rate: float) -> tuple[float, float]:
     if n <= 0:
         return float("nan"), float("nan")
     phat = x / n
-    lr = -2.0 * (_xlogy(n - x, 1.0 - rate) + _xlogy(x, rate)) \
-        + 2.0 * (_xlogy(n - x, 1.0 - phat) + _xlogy(x, phat))
+    lr = -2.0 * (_xlogy(n - x, 1.0 - rate) + _xlogy(x, rate)) + 2.0 * (
+        _xlogy(n - x, 1.0 - phat) + _xlogy(x, phat)
+    )
     lr = lr if lr > 0.0 else 0.0  # rounding below 0 when phat == rate
     return lr, chi2_sf(lr)
 
@@ -82,8 +83,12 @@ def transitions(hits: np.ndarray, group: np.ndarray) -> tuple[int, int, int, int
     market's side, in time order), n_ij counting i followed by j."""
     same = group[1:] == group[:-1]
     a, b = hits[:-1][same], hits[1:][same]
-    return (int(np.count_nonzero(~a & ~b)), int(np.count_nonzero(~a & b)),
-            int(np.count_nonzero(a & ~b)), int(np.count_nonzero(a & b)))
+    return (
+        int(np.count_nonzero(~a & ~b)),
+        int(np.count_nonzero(~a & b)),
+        int(np.count_nonzero(a & ~b)),
+        int(np.count_nonzero(a & b)),
+    )
 
 
 def christoffersen(n00: int, n01: int, n10: int, n11: int) -> tuple[float, float]:
@@ -99,8 +104,7 @@ def christoffersen(n00: int, n01: int, n10: int, n11: int) -> tuple[float, float
     pi0 = n01 / n0 if n0 else 0.0
     pi1 = n11 / n1 if n1 else 0.0
     null = _xlogy(n00 + n10, 1.0 - pi) + _xlogy(n01 + n11, pi)
-    alt = (_xlogy(n00, 1.0 - pi0) + _xlogy(n01, pi0) + _xlogy(n10, 1.0 - pi1)
-           + _xlogy(n11, pi1))
+    alt = _xlogy(n00, 1.0 - pi0) + _xlogy(n01, pi0) + _xlogy(n10, 1.0 - pi1) + _xlogy(n11, pi1)
     lr = -2.0 * (null - alt)
     lr = lr if lr > 0.0 else 0.0
     return lr, chi2_sf(lr)
@@ -143,22 +147,28 @@ class Coverage:
             return round(v, places) if math.isfinite(v) else None
 
         lr_cc = self.lr_pof + self.lr_ind
-        return {"observations": self.n, "exceedances": self.exceedances,
-                "verdict": self.verdict,
-                "rate": num(self.rate), "expected_rate": num(self.expected_rate),
-                "kupiec_lr": num(self.lr_pof, 4), "kupiec_p": num(self.p_pof, 4),
-                "christoffersen_lr": num(self.lr_ind, 4), "christoffersen_p": num(self.p_ind, 4),
-                # Christoffersen's conditional coverage: both at once, 2 dof.
-                "conditional_coverage_lr": num(lr_cc, 4),
-                "conditional_coverage_p": num(chi2_sf(lr_cc, 2) if math.isfinite(lr_cc)
-                                              else float("nan"), 4)}
+        return {
+            "observations": self.n,
+            "exceedances": self.exceedances,
+            "verdict": self.verdict,
+            "rate": num(self.rate),
+            "expected_rate": num(self.expected_rate),
+            "kupiec_lr": num(self.lr_pof, 4),
+            "kupiec_p": num(self.p_pof, 4),
+            "christoffersen_lr": num(self.lr_ind, 4),
+            "christoffersen_p": num(self.p_ind, 4),
+            # Christoffersen's conditional coverage: both at once, 2 dof.
+            "conditional_coverage_lr": num(lr_cc, 4),
+            "conditional_coverage_p": num(
+                chi2_sf(lr_cc, 2) if math.isfinite(lr_cc) else float("nan"), 4
+            ),
+        }
 
 
 # -- exceedances ----------------------------------------------------------------------
 
 
-def range_extremes(x: np.ndarray, lo: np.ndarray, hi: np.ndarray
-                   ) -> tuple[np.ndarray, np.ndarray]:
+def range_extremes(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """min and max of x[lo[k]:hi[k]] for every k (hi > lo), by a sparse table: O(n log n)
     however long the windows (a thin book's horizon spans days of rows)."""
     n = x.shape[0]
@@ -174,12 +184,15 @@ def range_extremes(x: np.ndarray, lo: np.ndarray, hi: np.ndarray
     top = np.stack(mins)  # (levels, n)
     bottom = np.stack(maxs)
     end = hi - (1 << level)
-    return (np.minimum(top[level, lo], top[level, end]),
-            np.maximum(bottom[level, lo], bottom[level, end]))
+    return (
+        np.minimum(top[level, lo], top[level, end]),
+        np.maximum(bottom[level, lo], bottom[level, end]),
+    )
 
 
-def worst_moves(market: np.ndarray, t: np.ndarray, p: np.ndarray, h: np.ndarray
-                ) -> tuple[np.ndarray, np.ndarray]:
+def worst_moves(
+    market: np.ndarray, t: np.ndarray, p: np.ndarray, h: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Per row, the worst adverse move over [t, t + h] in its market's later prices:
     long YES p - min, long NO max - p. Where no later price lies within h, the next
     price after h (the first a liquidation could fill at). nan where h is unknown or
@@ -261,10 +274,17 @@ def observe(pol: Riskd, settings: Settings, t: np.ndarray, p: np.ndarray) -> Obs
     order = np.lexsort((t[rows], group))
     rows, sides, group = rows[order], sides[order], group[order]
     return Observations(
-        group=group, t=t[rows], loss=loss[rows, sides], initial=initial[rows, sides],
-        buffer=buffer[rows, sides], leverage=leverage[rows, sides], h=h[rows],
-        event_day=event_day[rows], after_jump=after_jump[rows],
-        disjoint=disjoint(group, t[rows], h[rows]))
+        group=group,
+        t=t[rows],
+        loss=loss[rows, sides],
+        initial=initial[rows, sides],
+        buffer=buffer[rows, sides],
+        leverage=leverage[rows, sides],
+        h=h[rows],
+        event_day=event_day[rows],
+        after_jump=after_jump[rows],
+        disjoint=disjoint(group, t[rows], h[rows]),
+    )
 
 
 def disjoint(group: np.ndarray, t: np.ndarray, h: np.ndarray) -> np.ndarray:
@@ -304,19 +324,25 @@ class SetResult:
     def as_dict(self) -> dict[str, Any]:
         ratio = self.fee_to_loss
         return {
-            "set": self.name, "rows": self.rows, "markets": self.markets,
-            "regimes": {r: {k: c.as_dict() for k, c in tests.items()}
-                        for r, tests in self.coverage.items()},
-            "lender": {"fees": round(self.lender.fees, 6),
-                       "borne_loss": round(self.lender.bad_debt, 6),
-                       "liquidations": self.lender.liquidations,
-                       # null: no loss borne, the ratio is unbounded
-                       "fee_to_loss": round(ratio, 4) if math.isfinite(ratio) else None},
+            "set": self.name,
+            "rows": self.rows,
+            "markets": self.markets,
+            "regimes": {
+                r: {k: c.as_dict() for k, c in tests.items()} for r, tests in self.coverage.items()
+            },
+            "lender": {
+                "fees": round(self.lender.fees, 6),
+                "borne_loss": round(self.lender.bad_debt, 6),
+                "liquidations": self.lender.liquidations,
+                # null: no loss borne, the ratio is unbounded
+                "fee_to_loss": round(ratio, 4) if math.isfinite(ratio) else None,
+            },
         }
 
 
-def calibrate(name: str, ticks: list[Tick], markets: dict[str, Market], settings: Settings,
-              settle: bool) -> SetResult:
+def calibrate(
+    name: str, ticks: list[Tick], markets: dict[str, Market], settings: Settings, settle: bool
+) -> SetResult:
     """The margin backtest of one tape set (ticks in time order)."""
     ids = list(dict.fromkeys(tick.market for tick in ticks))
     pol = Riskd(settings, markets)
@@ -331,25 +357,32 @@ def calibrate(name: str, ticks: list[Tick], markets: dict[str, Market], settings
     coverage = {}
     for regime in REGIMES:
         mask = obs.regime(regime)
-        coverage[regime] = {test: Coverage.of(obs.hits(test)[mask], obs.group[mask], rate)
-                            for test in TESTS}
-    return SetResult(name=name, rows=len(ticks), markets=len(ids), expected_rate=rate,
-                     coverage=coverage, lender=lender, obs=obs)
+        coverage[regime] = {
+            test: Coverage.of(obs.hits(test)[mask], obs.group[mask], rate) for test in TESTS
+        }
+    return SetResult(
+        name=name,
+        rows=len(ticks),
+        markets=len(ids),
+        expected_rate=rate,
+        coverage=coverage,
+        lender=lender,
+        obs=obs,
+    )
 
 
-def calibrate_path(path: Path, settings: Settings, markets_file: Path | None = None
-                   ) -> SetResult:
+def calibrate_path(path: Path, settings: Settings, markets_file: Path | None = None) -> SetResult:
     """A tape, or a directory of tapes, as one set; settled at the outcomes when a
     markets file gives them (as `riskd backtest` does by default)."""
     if markets_file is None:
         markets_file = runner.find_markets_file(path)
     _, _, per_file, markets = runner.load(path, markets_file)
-    return calibrate(path.name, runner.merge(per_file), markets, settings,
-                     settle=markets_file is not None)
+    return calibrate(
+        path.name, runner.merge(per_file), markets, settings, settle=markets_file is not None
+    )
 
 
-def calibrate_synthetic(n: int, settings: Settings, seed: int = 7, days: float = 3.0
-                        ) -> SetResult:
+def calibrate_synthetic(n: int, settings: Settings, seed: int = 7, days: float = 3.0) -> SetResult:
     """The seeded ensemble of `riskd.backtest.synthetic` (the backtest's: seed 7, 3 days)."""
     ticks, markets, _ = synthetic.ensemble(n=n, seed=seed, days=days)
     return calibrate(f"ensemble_{n}_seed{seed}", ticks, markets, settings, settle=True)
@@ -357,8 +390,20 @@ def calibrate_synthetic(n: int, settings: Settings, seed: int = 7, days: float =
 
 # -- reports ----------------------------------------------------------------------------
 
-HEAD = ("set", "regime", "obs", "exceed", "rate", "kupiec_lr", "kupiec_p", "verdict", "chr_lr",
-        "chr_p", "buf_exceed", "buf_rate")
+HEAD = (
+    "set",
+    "regime",
+    "obs",
+    "exceed",
+    "rate",
+    "kupiec_lr",
+    "kupiec_p",
+    "verdict",
+    "chr_lr",
+    "chr_p",
+    "buf_exceed",
+    "buf_rate",
+)
 
 
 def _f(v: float, places: int) -> str:
@@ -370,17 +415,36 @@ def rows(results: list[SetResult]) -> list[tuple[str, ...]]:
     for r in results:
         for regime, tests in r.coverage.items():
             im, buf = tests["initial"], tests["buffer"]
-            out.append((r.name, regime, str(im.n), str(im.exceedances), _f(im.rate, 4),
-                        _f(im.lr_pof, 2), _f(im.p_pof, 3), im.verdict, _f(im.lr_ind, 2),
-                        _f(im.p_ind, 3),
-                        str(buf.exceedances), _f(buf.rate, 4)))
+            out.append(
+                (
+                    r.name,
+                    regime,
+                    str(im.n),
+                    str(im.exceedances),
+                    _f(im.rate, 4),
+                    _f(im.lr_pof, 2),
+                    _f(im.p_pof, 3),
+                    im.verdict,
+                    _f(im.lr_ind, 2),
+                    _f(im.p_ind, 3),
+                    str(buf.exceedances),
+                    _f(buf.rate, 4),
+                )
+            )
     return out
 
 
 def lender_rows(results: list[SetResult]) -> list[tuple[str, ...]]:
-    return [(r.name, f"{r.lender.fees:.4f}", f"{r.lender.bad_debt:.4f}",
-             str(r.lender.liquidations), _f(r.fee_to_loss, 2) if r.lender.bad_debt > 0
-             else "inf (no loss)") for r in results]
+    return [
+        (
+            r.name,
+            f"{r.lender.fees:.4f}",
+            f"{r.lender.bad_debt:.4f}",
+            str(r.lender.liquidations),
+            _f(r.fee_to_loss, 2) if r.lender.bad_debt > 0 else "inf (no loss)",
+        )
+        for r in results
+    ]
 
 
 LENDER_HEAD = ("set", "fees", "borne_loss", "liquidations", "fee_to_loss")
@@ -389,8 +453,11 @@ LENDER_HEAD = ("set", "fees", "borne_loss", "liquidations", "fee_to_loss")
 def table(results: list[SetResult]) -> str:
     """The readable report: coverage per set and regime, then the lender's fees and loss."""
     rate = results[0].expected_rate if results else float("nan")
-    lines = [f"Margin backtest: initial margin vs the worst adverse move over h "
-             f"(expected exceedance rate {rate:.4f} = 1 - confidence)", ""]
+    lines = [
+        f"Margin backtest: initial margin vs the worst adverse move over h "
+        f"(expected exceedance rate {rate:.4f} = 1 - confidence)",
+        "",
+    ]
     lines += _text_table(HEAD, rows(results))
     lines += ["", "Lender (riskd's simulated traders): fees charged vs loss borne", ""]
     lines += _text_table(LENDER_HEAD, lender_rows(results))
@@ -398,8 +465,9 @@ def table(results: list[SetResult]) -> str:
 
 
 def _text_table(head: tuple[str, ...], body: list[tuple[str, ...]]) -> list[str]:
-    widths = [max(len(h), *(len(row[k]) for row in body)) if body else len(h)
-              for k, h in enumerate(head)]
+    widths = [
+        max(len(h), *(len(row[k]) for row in body)) if body else len(h) for k, h in enumerate(head)
+    ]
     fmt = [f"{{:<{w}}}" if k < 2 else f"{{:>{w}}}" for k, w in enumerate(widths)]
 
     def line(cells: tuple[str, ...]) -> str:
@@ -413,18 +481,20 @@ def markdown(results: list[SetResult]) -> list[str]:
     """The same two tables in Markdown (docs/backtests.md)."""
     out = ["| " + " | ".join(HEAD) + " |", "|---|---|" + "---:|" * (len(HEAD) - 2)]
     out += ["| " + " | ".join(row) + " |" for row in rows(results)]
-    out += ["", "| " + " | ".join(LENDER_HEAD) + " |",
-            "|---|" + "---:|" * (len(LENDER_HEAD) - 1)]
+    out += ["", "| " + " | ".join(LENDER_HEAD) + " |", "|---|" + "---:|" * (len(LENDER_HEAD) - 1)]
     out += ["| " + " | ".join(row) + " |" for row in lender_rows(results)]
     return out
 
 
 def as_json(results: list[SetResult], settings: Settings) -> dict[str, Any]:
-    return {"confidence": settings.model.confidence,
-            "expected_rate": round(1.0 - settings.model.confidence, 12),
-            "maintenance_ratio": settings.model.maintenance_ratio,
-            "after_jump_s": AFTER_JUMP_S, "event_day_s": EVENT_DAY_S,
-            "sets": [r.as_dict() for r in results]}
+    return {
+        "confidence": settings.model.confidence,
+        "expected_rate": round(1.0 - settings.model.confidence, 12),
+        "maintenance_ratio": settings.model.maintenance_ratio,
+        "after_jump_s": AFTER_JUMP_S,
+        "event_day_s": EVENT_DAY_S,
+        "sets": [r.as_dict() for r in results],
+    }
 
 
 def plot(results: list[SetResult], out: Path) -> None:
@@ -443,11 +513,15 @@ def plot(results: list[SetResult], out: Path) -> None:
             rates = [r.coverage[g][test].rate for g in REGIMES]
             ax.bar(x + k * width, np.nan_to_num(rates), width, label=r.name)
         if test == "initial" and results:
-            ax.axhline(results[0].expected_rate, color="black", lw=0.9, ls="--",
-                       label="1 - confidence")
+            ax.axhline(
+                results[0].expected_rate, color="black", lw=0.9, ls="--", label="1 - confidence"
+            )
         ax.set_xticks(x + width * (len(results) - 1) / 2, REGIMES)
-        ax.set_title("exceedances of the initial margin" if test == "initial"
-                     else "exceedances of the maintenance buffer")
+        ax.set_title(
+            "exceedances of the initial margin"
+            if test == "initial"
+            else "exceedances of the maintenance buffer"
+        )
         ax.set_ylabel("share of observations")
         ax.legend(fontsize=8)
     fig.tight_layout()

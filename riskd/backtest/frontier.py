@@ -66,8 +66,7 @@ class TapeSet:
     settle: bool = True
 
 
-def load_set(path: Path, markets_file: Path | None = None, settle: bool | None = None
-             ) -> TapeSet:
+def load_set(path: Path, markets_file: Path | None = None, settle: bool | None = None) -> TapeSet:
     if settle is None:
         settle = (markets_file or runner.find_markets_file(path)) is not None
     files, _, per_file, markets = runner.load(path, markets_file, settle)
@@ -75,16 +74,28 @@ def load_set(path: Path, markets_file: Path | None = None, settle: bool | None =
     for k, ticks in enumerate(per_file):
         for tick in ticks:
             owner.setdefault(tick.market, k)
-    return TapeSet(path.name, runner.merge(per_file), list(owner), markets,
-                   [f.name for f in files], np.fromiter(owner.values(), np.int64, len(owner)),
-                   settle)
+    return TapeSet(
+        path.name,
+        runner.merge(per_file),
+        list(owner),
+        markets,
+        [f.name for f in files],
+        np.fromiter(owner.values(), np.int64, len(owner)),
+        settle,
+    )
 
 
 def synthetic_set(n: int = 200, seed: int = 7, days: float = 3.0) -> TapeSet:
     ticks, markets, _ = synthetic.ensemble(n=n, seed=seed, days=days)
     ids = sorted(markets)
-    return TapeSet(f"ensemble_{n}_seed{seed}", ticks, ids, markets, [f"ensemble_{n}"],
-                   np.zeros(len(ids), np.int64))
+    return TapeSet(
+        f"ensemble_{n}_seed{seed}",
+        ticks,
+        ids,
+        markets,
+        [f"ensemble_{n}"],
+        np.zeros(len(ids), np.int64),
+    )
 
 
 @dataclass
@@ -113,8 +124,11 @@ class Point:
         return f"{self.family}(" + ", ".join(f"{k}={v:g}" for k, v in self.setting.items()) + ")"
 
     def as_dict(self) -> dict[str, Any]:
-        return {"family": self.family, "setting": self.setting,
-                "traders": {k: f.as_dict() for k, f in self.figures.items()}}
+        return {
+            "family": self.family,
+            "setting": self.setting,
+            "traders": {k: f.as_dict() for k, f in self.figures.items()},
+        }
 
 
 def riskd_settings(settings: Settings, **model: float) -> Settings:
@@ -135,8 +149,9 @@ def grid() -> list[tuple[str, dict[str, float]]]:
     return out
 
 
-def policy(family: str, setting: dict[str, float], settings: Settings,
-           markets: dict[str, Market]) -> Policy:
+def policy(
+    family: str, setting: dict[str, float], settings: Settings, markets: dict[str, Market]
+) -> Policy:
     if family == "riskd":
         return Riskd(riskd_settings(settings, **setting), markets)
     if family == "static":
@@ -155,21 +170,29 @@ def _figures(table: np.ndarray, owner: np.ndarray, ntapes: int) -> Figures:
     time = total[TIME]
     return Figures(
         mean_leverage=float(total[LEVERAGE_TIME] / time) if time > 0 else 1.0,
-        borrowed_hours=float(total[BORROWED_HOURS]), fees=float(total[FEES]),
-        bad_debt=float(total[BAD_DEBT]), lp_pnl=float(total[FEES] - total[BAD_DEBT]),
-        worst_tape_lp=float(per_tape.min()))
+        borrowed_hours=float(total[BORROWED_HOURS]),
+        fees=float(total[FEES]),
+        bad_debt=float(total[BAD_DEBT]),
+        lp_pnl=float(total[FEES] - total[BAD_DEBT]),
+        worst_tape_lp=float(per_tape.min()),
+    )
 
 
 def cohorts(tapes: TapeSet) -> dict[str, list[Traders]]:
     """Each trader model's traders per market side: one at the max, or the cohort."""
     ids = [tk.market for tk in tapes.ticks]
-    return {"max": [Traders.at_max(len(ids))],
-            "cohort": [Traders.cohort(ids, seed) for seed in range(COHORT_TRADERS)]}
+    return {
+        "max": [Traders.at_max(len(ids))],
+        "cohort": [Traders.cohort(ids, seed) for seed in range(COHORT_TRADERS)],
+    }
 
 
-def sweep(tapes: TapeSet, settings: Settings,
-          points: Iterable[tuple[str, dict[str, float]]] | None = None,
-          progress: Callable[[str], None] | None = None) -> list[Point]:
+def sweep(
+    tapes: TapeSet,
+    settings: Settings,
+    points: Iterable[tuple[str, dict[str, float]]] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> list[Point]:
     """Every point of `points` (default: the whole grid) on one tape set, under both
     trader models."""
     rules = Rules.of(settings)
@@ -202,11 +225,16 @@ class Check:
     def as_dict(self, traders: str) -> dict[str, Any]:
         alt = self.alternative.figures[traders]
         best = self.best.figures[traders] if self.best else None
-        return {"alternative": self.alternative.label, "leverage": round(alt.mean_leverage, 4),
-                "lp_pnl": round(alt.lp_pnl, 6), "covered": self.covered, "pareto": self.pareto,
-                "riskd_best": self.best.label if self.best else None,
-                "riskd_best_leverage": round(best.mean_leverage, 4) if best else None,
-                "riskd_best_lp_pnl": round(best.lp_pnl, 6) if best else None}
+        return {
+            "alternative": self.alternative.label,
+            "leverage": round(alt.mean_leverage, 4),
+            "lp_pnl": round(alt.lp_pnl, 6),
+            "covered": self.covered,
+            "pareto": self.pareto,
+            "riskd_best": self.best.label if self.best else None,
+            "riskd_best_leverage": round(best.mean_leverage, 4) if best else None,
+            "riskd_best_lp_pnl": round(best.lp_pnl, 6) if best else None,
+        }
 
 
 def dominance(points: list[Point], traders: str = "cohort") -> list[Check]:
@@ -222,8 +250,11 @@ def dominance(points: list[Point], traders: str = "cohort") -> list[Check]:
         if alt.family == "riskd" or a.lp_pnl < -TOL:
             continue
         covered = any(p.figures[traders].mean_leverage >= a.mean_leverage - TOL for p in safe)
-        pareto = any(p.figures[traders].mean_leverage >= a.mean_leverage - TOL
-                     and p.figures[traders].lp_pnl >= a.lp_pnl - TOL for p in ours)
+        pareto = any(
+            p.figures[traders].mean_leverage >= a.mean_leverage - TOL
+            and p.figures[traders].lp_pnl >= a.lp_pnl - TOL
+            for p in ours
+        )
         out.append(Check(alt, covered, pareto, best))
     return out
 
@@ -249,15 +280,26 @@ def select(results: dict[str, list[Point]]) -> dict[str, float] | None:
         for p in points:
             if p.family == "riskd":
                 settings.setdefault(setting_key(p.setting), []).append(p)
-    feasible = [(key, ps) for key, ps in settings.items() if len(ps) == len(results)
-                and all(p.figures[t].worst_tape_lp >= -TOL for p in ps for t in TRADERS)
-                and all(p.figures["max"].fees <= FEE_TO_LOSS_MAX * p.figures["max"].bad_debt
-                        for p in ps if p.figures["max"].bad_debt > TOL)]
+    feasible = [
+        (key, ps)
+        for key, ps in settings.items()
+        if len(ps) == len(results)
+        and all(p.figures[t].worst_tape_lp >= -TOL for p in ps for t in TRADERS)
+        and all(
+            p.figures["max"].fees <= FEE_TO_LOSS_MAX * p.figures["max"].bad_debt
+            for p in ps
+            if p.figures["max"].bad_debt > TOL
+        )
+    ]
     if not feasible:
         return None
-    key, ps = max(feasible, key=lambda kp: (
-        sum(p.figures["cohort"].mean_leverage for p in kp[1]) / len(kp[1]),
-        -kp[0][list(RISKD_GRID).index("fee_loading")]))
+    key, ps = max(
+        feasible,
+        key=lambda kp: (
+            sum(p.figures["cohort"].mean_leverage for p in kp[1]) / len(kp[1]),
+            -kp[0][list(RISKD_GRID).index("fee_loading")],
+        ),
+    )
     return dict(ps[0].setting)
 
 
@@ -272,17 +314,23 @@ def defaults(settings: Settings) -> dict[str, float]:
     return {k: float(getattr(settings.model, k)) for k in RISKD_GRID}
 
 
-def out_of_sample(results: dict[str, list[Point]], train: list[str], test: list[str]
-                  ) -> dict[str, Any]:
+def out_of_sample(
+    results: dict[str, list[Point]], train: list[str], test: list[str]
+) -> dict[str, Any]:
     """riskd's setting chosen on `train` (select), reported on `test`, beside the setting
     `test` itself would choose."""
     chosen = select({k: results[k] for k in train})
     own = select({k: results[k] for k in test})
     doc: dict[str, Any] = {"train": train, "test": test, "chosen": chosen, "test_own": own}
     for name, setting in (("chosen_on_test", chosen), ("own_on_test", own)):
-        doc[name] = {k: ({t: p.figures[t].as_dict() for t in TRADERS}
-                         if setting and (p := find(results[k], "riskd", setting)) else None)
-                     for k in test}
+        doc[name] = {
+            k: (
+                {t: p.figures[t].as_dict() for t in TRADERS}
+                if setting and (p := find(results[k], "riskd", setting))
+                else None
+            )
+            for k in test
+        }
     return doc
 
 
@@ -300,8 +348,10 @@ def table(results: dict[str, list[Point]]) -> str:
     lines = [head, "-" * len(head)]
     for name, points in results.items():
         for label, t, d in rows(points):
-            lines.append(f"{name[:26]:<26} {label[:62]:<62} {t:<7} "
-                         + " ".join(f"{d[c]:>14.4f}" for c in COLUMNS))
+            lines.append(
+                f"{name[:26]:<26} {label[:62]:<62} {t:<7} "
+                + " ".join(f"{d[c]:>14.4f}" for c in COLUMNS)
+            )
     return "\n".join(lines)
 
 
@@ -312,37 +362,54 @@ def dominance_lines(results: dict[str, list[Point]]) -> list[str]:
             checks = dominance(points, t)
             missed = [c for c in checks if not c.covered]
             not_pareto = [c for c in checks if not c.pareto]
-            lines.append(f"{name} ({t} traders): {len(checks) - len(missed)} of {len(checks)} "
-                         f"alternative points with LP P&L >= 0 covered by riskd at LP P&L >= 0; "
-                         f"{len(checks) - len(not_pareto)} also at their LP P&L")
+            lines.append(
+                f"{name} ({t} traders): {len(checks) - len(missed)} of {len(checks)} "
+                f"alternative points with LP P&L >= 0 covered by riskd at LP P&L >= 0; "
+                f"{len(checks) - len(not_pareto)} also at their LP P&L"
+            )
             for c in missed:
                 d = c.as_dict(t)
-                lines.append(f"  not covered: {d['alternative']} leverage {d['leverage']} "
-                             f"LP {d['lp_pnl']}; riskd's best {d['riskd_best']} leverage "
-                             f"{d['riskd_best_leverage']} LP {d['riskd_best_lp_pnl']}")
+                lines.append(
+                    f"  not covered: {d['alternative']} leverage {d['leverage']} "
+                    f"LP {d['lp_pnl']}; riskd's best {d['riskd_best']} leverage "
+                    f"{d['riskd_best_leverage']} LP {d['riskd_best_lp_pnl']}"
+                )
             for c in not_pareto:
                 d = c.as_dict(t)
-                lines.append(f"  riskd has no point with at least this leverage and LP P&L: "
-                             f"{d['alternative']} leverage {d['leverage']} LP {d['lp_pnl']}")
+                lines.append(
+                    f"  riskd has no point with at least this leverage and LP P&L: "
+                    f"{d['alternative']} leverage {d['leverage']} LP {d['lp_pnl']}"
+                )
     return lines
 
 
 def as_json(results: dict[str, list[Point]], settings: Settings) -> dict[str, Any]:
     chosen = select(results)
     return {
-        "grid": {"riskd": RISKD_GRID, "static": {"leverage": STATIC_LEVERAGE},
-                 "oi_scaled": {"base_imf": OI_BASE_IMF}, "d8x_entropy": {"scale": D8X_SCALE}},
+        "grid": {
+            "riskd": RISKD_GRID,
+            "static": {"leverage": STATIC_LEVERAGE},
+            "oi_scaled": {"base_imf": OI_BASE_IMF},
+            "d8x_entropy": {"scale": D8X_SCALE},
+        },
         "defaults": defaults(settings),
-        "sets": {name: {"points": [p.as_dict() for p in points],
-                        "dominance": {t: [c.as_dict(t) for c in dominance(points, t)]
-                                      for t in TRADERS}}
-                 for name, points in results.items()},
+        "sets": {
+            name: {
+                "points": [p.as_dict() for p in points],
+                "dominance": {t: [c.as_dict(t) for c in dominance(points, t)] for t in TRADERS},
+            }
+            for name, points in results.items()
+        },
         "recommended": chosen,
     }
 
 
-def plot(results: dict[str, list[Point]], out: Path, default: dict[str, float] | None = None,
-         traders: Iterable[str] = TRADERS) -> None:
+def plot(
+    results: dict[str, list[Point]],
+    out: Path,
+    default: dict[str, float] | None = None,
+    traders: Iterable[str] = TRADERS,
+) -> None:
     """Lender P&L against leverage offered: a curve per family, riskd's grid as points
     with its upper envelope; a column per tape set, a row per trader model."""
     import matplotlib
@@ -352,11 +419,15 @@ def plot(results: dict[str, list[Point]], out: Path, default: dict[str, float] |
 
     models = list(traders)
     names = list(results)
-    fig, axes = plt.subplots(len(models), len(names), figsize=(5.2 * len(names),
-                                                               4.2 * len(models)),
-                             squeeze=False)
-    colors = {"riskd": "tab:blue", "static": "tab:gray", "oi_scaled": "tab:orange",
-              "d8x_entropy": "tab:green"}
+    fig, axes = plt.subplots(
+        len(models), len(names), figsize=(5.2 * len(names), 4.2 * len(models)), squeeze=False
+    )
+    colors = {
+        "riskd": "tab:blue",
+        "static": "tab:gray",
+        "oi_scaled": "tab:orange",
+        "d8x_entropy": "tab:green",
+    }
     for row, t in enumerate(models):
         for col, name in enumerate(names):
             ax = axes[row][col]
@@ -371,14 +442,22 @@ def plot(results: dict[str, list[Point]], out: Path, default: dict[str, float] |
                 if family == "riskd":
                     ax.scatter(x, y, s=10, color=colors[family], alpha=0.45)
                     env_x, env_y = _best_loading(points, t)
-                    ax.plot(env_x, env_y, color=colors[family], lw=1.4,
-                            label="riskd (best fee_loading)")
+                    ax.plot(
+                        env_x, env_y, color=colors[family], lw=1.4, label="riskd (best fee_loading)"
+                    )
                 else:
                     ax.plot(x, y, marker="o", ms=3, lw=1.0, color=colors[family], label=family)
             if default is not None and (d := find(points, "riskd", default)):
                 f = d.figures[t]
-                ax.scatter([f.mean_leverage], [f.lp_pnl], marker="*", s=140, color="black",
-                           zorder=5, label="riskd defaults")
+                ax.scatter(
+                    [f.mean_leverage],
+                    [f.lp_pnl],
+                    marker="*",
+                    s=140,
+                    color="black",
+                    zorder=5,
+                    label="riskd defaults",
+                )
             ax.axhline(0.0, color="black", lw=0.6)
             ax.set_xscale("log")
             ax.set_yscale("symlog", linthresh=0.1)

@@ -54,8 +54,10 @@ class Fund:
         try:
             insurance = InsuranceSettings.model_validate(data)
         except ValidationError as exc:
-            raise ConfigError(f"insurance fund {balance:g}: " + "; ".join(
-                e["msg"].removeprefix("Value error, ") for e in exc.errors())) from None
+            raise ConfigError(
+                f"insurance fund {balance:g}: "
+                + "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+            ) from None
         return cls(balance=balance, insurance=insurance)
 
     @property
@@ -74,8 +76,9 @@ class GroupCaps:
     (its latest row; the opening market's, this row's). A market resolved, or without
     a row yet, holds no open interest the caps count."""
 
-    def __init__(self, policy: Riskd, replay: Replay, ids: list[str],
-                 markets: dict[str, Market], fund: Fund) -> None:
+    def __init__(
+        self, policy: Riskd, replay: Replay, ids: list[str], markets: dict[str, Market], fund: Fund
+    ) -> None:
         self.inputs, self.targets = policy.inputs, policy.targets
         self.replay, self.fund = replay, fund
         model = policy.engine.settings.model
@@ -92,12 +95,20 @@ class GroupCaps:
         rows = book.prev.copy()
         rows[rp.market[row]] = row
         live = np.flatnonzero((rows >= 0) & (rp.t[row] < rp.resolve_t))
-        index, sign, names = groups.group_index([self.group[i] for i in live],
-                                                [self.relation[i] for i in live])
+        index, sign, names = groups.group_index(
+            [self.group[i] for i in live], [self.relation[i] for i in live]
+        )
         budget = groups.budgets(names, self.fund.balance, self.fund.insurance)
-        risk = groups.group_risk(_rows(self.inputs, rows[live]), _rows(self.targets, rows[live]),
-                                 book.lent()[live], index, sign, budget, self.confidence,
-                                 self.nodes)
+        risk = groups.group_risk(
+            _rows(self.inputs, rows[live]),
+            _rows(self.targets, rows[live]),
+            book.lent()[live],
+            index,
+            sign,
+            budget,
+            self.confidence,
+            self.nodes,
+        )
         caps.lent[:] = np.inf
         # An unknown cap (nan) is reached at any open interest, as groups.oi_margins has it.
         caps.lent[live] = np.where(np.isnan(risk.oi_cap), 0.0, risk.oi_cap)
@@ -159,8 +170,11 @@ class FundReport:
 
     def exhausted_nights(self, group: str | None = None) -> list[str]:
         """Nights on which a loss (of `group`) was socialised: the fund was spent."""
-        return [n for n, a in self.nights.items() if a.socialised > 0.0
-                and (group is None or group in self.night_groups[n])]
+        return [
+            n
+            for n, a in self.nights.items()
+            if a.socialised > 0.0 and (group is None or group in self.night_groups[n])
+        ]
 
     def nights_over_fund(self) -> list[str]:
         """Nights whose bad debt alone exceeds the spendable fund: spent even if it were
@@ -169,21 +183,34 @@ class FundReport:
         return [n for n, a in self.nights.items() if a.bad_debt > room]
 
     def as_dict(self) -> dict[str, Any]:
-        total: dict[str, Any] = {**self.total.as_dict(), **{
-            "start": self.start, "socialisation_threshold": self.threshold,
-            "min_balance": round(self.min_balance, 6),
-            "max_drawdown": round(self.start - self.min_balance, 6),
-            "first_exhausted": next(iter(self.exhausted_nights()), None),
-            "exhausted_nights": self.exhausted_nights(),
-            "nights_over_fund": self.nights_over_fund(),
-            "worst_night": round(max((a.bad_debt for a in self.nights.values()), default=0.0), 6),
-            "nights": {n: a.as_dict() | {"balance": round(self.balance[n], 6)}
-                       for n, a in self.nights.items()}}}
+        total: dict[str, Any] = {
+            **self.total.as_dict(),
+            **{
+                "start": self.start,
+                "socialisation_threshold": self.threshold,
+                "min_balance": round(self.min_balance, 6),
+                "max_drawdown": round(self.start - self.min_balance, 6),
+                "first_exhausted": next(iter(self.exhausted_nights()), None),
+                "exhausted_nights": self.exhausted_nights(),
+                "nights_over_fund": self.nights_over_fund(),
+                "worst_night": round(
+                    max((a.bad_debt for a in self.nights.values()), default=0.0), 6
+                ),
+                "nights": {
+                    n: a.as_dict() | {"balance": round(self.balance[n], 6)}
+                    for n, a in self.nights.items()
+                },
+            },
+        }
         if self.caps is not None:
             total["caps"] = self.caps
-        return {"total": total,
-                "groups": {g: a.as_dict() | {"exhausted_nights": self.exhausted_nights(g)}
-                           for g, a in self.groups.items()}}
+        return {
+            "total": total,
+            "groups": {
+                g: a.as_dict() | {"exhausted_nights": self.exhausted_nights(g)}
+                for g, a in self.groups.items()
+            },
+        }
 
 
 def night(t: float) -> str:
@@ -197,8 +224,11 @@ def account(log: LossLog, group_of: list[str], fund: Fund) -> FundReport:
     threshold, the rest socialised. Every group starts with an empty account."""
     t, market, amount = log.used()
     order = np.argsort(t, kind="stable")
-    report = FundReport(start=fund.balance, threshold=fund.threshold,
-                        groups={g: Account() for g in dict.fromkeys(group_of)})
+    report = FundReport(
+        start=fund.balance,
+        threshold=fund.threshold,
+        groups={g: Account() for g in dict.fromkeys(group_of)},
+    )
     balance = whole = fund.balance  # whole: were the threshold's tier spent too
     for k in order.tolist():
         loss, group, name = float(amount[k]), group_of[int(market[k])], night(float(t[k]))
@@ -206,8 +236,7 @@ def account(log: LossLog, group_of: list[str], fund: Fund) -> FundReport:
         beyond = max(loss - max(whole, 0.0), 0.0)
         balance -= paid
         whole -= loss
-        for acc in (report.total, report.groups[group],
-                    report.nights.setdefault(name, Account())):
+        for acc in (report.total, report.groups[group], report.nights.setdefault(name, Account())):
             acc.add(loss, paid, beyond)
         socialised = report.night_groups.setdefault(name, set())
         if paid < loss:

@@ -25,8 +25,9 @@ def plot(sim: Simulation, out: Path, market: str | None = None, title: str = "")
     when = [datetime.fromtimestamp(t, UTC) for t in s.t]
     jumps = [datetime.fromtimestamp(t, UTC) for t in sim.jump_times[i]]
 
-    fig, (ax_p, ax_l, ax_f) = plt.subplots(3, 1, figsize=(11, 8), sharex=True,
-                                           height_ratios=[2, 2, 1])
+    fig, (ax_p, ax_l, ax_f) = plt.subplots(
+        3, 1, figsize=(11, 8), sharex=True, height_ratios=[2, 2, 1]
+    )
     ax_p.plot(when, s.p, color="black", lw=0.9, label="YES probability")
     for j in jumps:
         ax_p.axvline(j, color="tab:red", alpha=0.35, lw=0.8)
@@ -38,8 +39,14 @@ def plot(sim: Simulation, out: Path, market: str | None = None, title: str = "")
     ax_p.legend(loc="upper left", fontsize=8)
 
     for name, lev in s.leverage.items():
-        ax_l.step(when, lev, where="post", lw=1.4 if name == "riskd" else 0.9,
-                  label=name, alpha=1.0 if name == "riskd" else 0.7)
+        ax_l.step(
+            when,
+            lev,
+            where="post",
+            lw=1.4 if name == "riskd" else 0.9,
+            label=name,
+            alpha=1.0 if name == "riskd" else 0.7,
+        )
     ax_l.set_yscale("log")
     ax_l.set_ylabel("max leverage offered")
     ax_l.legend(loc="upper left", fontsize=8, ncol=5)

@@ -65,10 +65,15 @@ class Offers:
     @classmethod
     def constant(cls, n: int, leverage: float, maintenance: float, fee_hourly: float) -> Offers:
         """The same offer, on both sides, after every row: no opening fee, opening."""
-        return cls(leverage=np.full((n, 2), leverage), maintenance=np.full((n, 2), maintenance),
-                   fee_hourly=np.full((n, 2), fee_hourly), open_fee=np.zeros((n, 2)),
-                   opening=np.ones(n, bool), deleverage=np.zeros(n, bool),
-                   expires_after=np.full(n, np.inf))
+        return cls(
+            leverage=np.full((n, 2), leverage),
+            maintenance=np.full((n, 2), maintenance),
+            fee_hourly=np.full((n, 2), fee_hourly),
+            open_fee=np.zeros((n, 2)),
+            opening=np.ones(n, bool),
+            deleverage=np.zeros(n, bool),
+            expires_after=np.full(n, np.inf),
+        )
 
 
 class Policy(Protocol):
@@ -101,9 +106,14 @@ class OpenInterestScaled:
     """dYdX v4 liquidity tier: IMF 5% rising linearly with open interest to 100%
     between the lower and upper cap; MMF 60% of the IMF."""
 
-    def __init__(self, lower_cap: float = 20.0, upper_cap: float = 100.0,
-                 base_imf: float = 0.05, fee_hourly: float = FLAT_FEE_HOURLY,
-                 name: str = "oi_scaled") -> None:
+    def __init__(
+        self,
+        lower_cap: float = 20.0,
+        upper_cap: float = 100.0,
+        base_imf: float = 0.05,
+        fee_hourly: float = FLAT_FEE_HOURLY,
+        name: str = "oi_scaled",
+    ) -> None:
         self.name = name
         self.lower_cap, self.upper_cap, self.base_imf = lower_cap, upper_cap, base_imf
         self.fee = fee_hourly
@@ -191,8 +201,11 @@ class Riskd:
         idx = self._idx = np.fromiter(map(eng.index.__getitem__, markets), np.int64, n)
         # What was in force after each row, as published (mode -1: nothing yet).
         published = GovernorState.empty(n)
-        self.leverage, self.fee, self.slippage = published.leverage, published.fee, \
-            published.slippage
+        self.leverage, self.fee, self.slippage = (
+            published.leverage,
+            published.fee,
+            published.slippage,
+        )
         self.mode, self.reasons = published.mode, published.reasons
         self.jump = np.zeros(n, bool)
         self.stale_limit = np.full(n, self.stale_after_s)
@@ -203,8 +216,9 @@ class Riskd:
         t, p, half_spread, depth = tick_arrays(ticks)
         # Pass 1, one compiled pass in time order: the estimator, recording each market's
         # state right after each of its ticks.
-        rec = EstimatorState(**{f.name: np.empty(n, getattr(eng.est, f.name).dtype)
-                                for f in fields(EstimatorState)})
+        rec = EstimatorState(
+            **{f.name: np.empty(n, getattr(eng.est, f.name).dtype) for f in fields(EstimatorState)}
+        )
         self.jump[:] = eng.apply(idx, t, p, half_spread, depth, record=rec)
         # Pass 2, vectorised: the model and the governor's conditions at every row.
         inputs, targets = eng.targets(t, idx, est=rec)
@@ -212,13 +226,13 @@ class Riskd:
         self.inputs, self.targets = inputs, targets
         conds = eng.conditions(t, idx, est=rec)
         # How long each row's values stay in force without a price (the engine's rule).
-        self.stale_limit = np.full(n, self.stale_after_s) if conds.stale_limit is None \
-            else conds.stale_limit
+        self.stale_limit = (
+            np.full(n, self.stale_after_s) if conds.stale_limit is None else conds.stale_limit
+        )
         self.gap_at = np.nan_to_num(rec.gap, nan=0.0)  # each row's mean gap (tests, docs)
         # Pass 3, one compiled pass in time order: the governor, recording what was in
         # force after each row.
-        _, decision = eng.govern(t, idx, computed=(inputs, targets), cond=conds,
-                                 record=published)
+        _, decision = eng.govern(t, idx, computed=(inputs, targets), cond=conds, record=published)
         # For the margin backtest (calibrate.py): the liquidation horizon of the set in
         # force after each row, as the daemon publishes it (the inputs of the set's own
         # publish, not the row's), and the estimator's last jump.
@@ -233,10 +247,16 @@ class Riskd:
         fail_safe = Offers.constant(n, 1.0, self.ratio, 0.0)
         fail_safe.fee_hourly[:] = floor[:, None]
         fail_safe.opening[:] = False
-        offer = Offers(leverage=self.leverage.copy(), maintenance=self.ratio / self.leverage,
-                       fee_hourly=self.fee.copy(), open_fee=np.zeros((n, 2)),
-                       opening=self.mode == NORMAL, deleverage=(self.reasons & self.FREEZE) != 0,
-                       expires_after=self.stale_limit.copy(), fallback=fail_safe)
+        offer = Offers(
+            leverage=self.leverage.copy(),
+            maintenance=self.ratio / self.leverage,
+            fee_hourly=self.fee.copy(),
+            open_fee=np.zeros((n, 2)),
+            opening=self.mode == NORMAL,
+            deleverage=(self.reasons & self.FREEZE) != 0,
+            expires_after=self.stale_limit.copy(),
+            fallback=fail_safe,
+        )
         # Nothing published yet: no leverage, no fee, no opening, never stale.
         none = self.mode < 0
         offer.leverage[none] = 1.0

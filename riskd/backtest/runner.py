@@ -48,14 +48,22 @@ def find_markets_file(tape: Path) -> Path | None:
 
 def tape_files(path: Path) -> list[Path]:
     if path.is_dir():
-        return sorted(p for p in path.iterdir() if p.is_file() and tape_kind(p) is not None
-                      and p.name not in MARKETS_FILES)
+        return sorted(
+            p
+            for p in path.iterdir()
+            if p.is_file() and tape_kind(p) is not None and p.name not in MARKETS_FILES
+        )
     return [path]
 
 
-def run(path: Path, settings: Settings, markets_file: Path | None = None,
-        settle: bool = False, record: bool = False, fund: Fund | None = None
-        ) -> tuple[list[TapeResult], Simulation, float]:
+def run(
+    path: Path,
+    settings: Settings,
+    markets_file: Path | None = None,
+    settle: bool = False,
+    record: bool = False,
+    fund: Fund | None = None,
+) -> tuple[list[TapeResult], Simulation, float]:
     """Backtest a tape, or every tape of a directory at once (one row per tape).
 
     A directory is simulated in one pass over the merged tape and split by tape
@@ -73,8 +81,16 @@ def run(path: Path, settings: Settings, markets_file: Path | None = None,
     merged = merge(per_file)
     policies = all_policies(settings, markets)
     started = time.perf_counter()
-    sim = simulate(merged, ids, markets, policies, settle=settle, rules=Rules.of(settings),
-                   record=record, fund=fund)
+    sim = simulate(
+        merged,
+        ids,
+        markets,
+        policies,
+        settle=settle,
+        rules=Rules.of(settings),
+        record=record,
+        fund=fund,
+    )
     elapsed = time.perf_counter() - started
     results = []
     for k, f in enumerate(files):
@@ -85,23 +101,32 @@ def run(path: Path, settings: Settings, markets_file: Path | None = None,
             for i in mine:
                 total.add(sim.tallies[pol.name][i])
             tallies[pol.name] = total
-        results.append(TapeResult(
-            name=f.name, markets=[ids[i] for i in mine], ticks=len(per_file[k]),
-            rejected_rows=tapes[k].rejected_total, reports=tapes[k].reports, tallies=tallies,
-        ))
+        results.append(
+            TapeResult(
+                name=f.name,
+                markets=[ids[i] for i in mine],
+                ticks=len(per_file[k]),
+                rejected_rows=tapes[k].rejected_total,
+                reports=tapes[k].reports,
+                tallies=tallies,
+            )
+        )
     return results, sim, elapsed
 
 
-def load(path: Path, markets_file: Path | None = None, settle: bool = False
-         ) -> tuple[list[Path], list[Tape], list[list[Tick]], dict[str, Market]]:
+def load(
+    path: Path, markets_file: Path | None = None, settle: bool = False
+) -> tuple[list[Path], list[Tape], list[list[Tick]], dict[str, Market]]:
     """A tape, or every tape of a directory: (files, tapes, ticks per file, markets), the
     markets from `markets_file` or the file beside the tape (none: no markets)."""
     if markets_file is None:
         markets_file = find_markets_file(path)
     if markets_file is None:
         if settle:
-            raise MarketsError(f"{path}: --settle needs outcomes: no markets file given "
-                               f"(--markets) or found beside the tape ({', '.join(MARKETS_FILES)})")
+            raise MarketsError(
+                f"{path}: --settle needs outcomes: no markets file given "
+                f"(--markets) or found beside the tape ({', '.join(MARKETS_FILES)})"
+            )
         markets: dict[str, Market] = {}
     else:
         markets = load_markets(markets_file)
@@ -129,8 +154,15 @@ def totals(results: list[TapeResult]) -> dict[str, Tally]:
     return out
 
 
-COLUMNS = ("bad_debt", "fees", "lp_pnl", "mean_max_leverage", "share_leveraged",
-           "liquidations", "worst_jump_loss")
+COLUMNS = (
+    "bad_debt",
+    "fees",
+    "lp_pnl",
+    "mean_max_leverage",
+    "share_leveraged",
+    "liquidations",
+    "worst_jump_loss",
+)
 
 
 def table(results: list[TapeResult]) -> str:
@@ -143,14 +175,24 @@ def table(results: list[TapeResult]) -> str:
     for name, tallies in rows:
         for policy, tally in tallies.items():
             d = tally.as_dict()
-            cells = " ".join(f"{d[c]:>17.4f}" if isinstance(d[c], float) else f"{d[c]:>17}"
-                             for c in COLUMNS)
+            cells = " ".join(
+                f"{d[c]:>17.4f}" if isinstance(d[c], float) else f"{d[c]:>17}" for c in COLUMNS
+            )
             lines.append(f"{name[:44]:<44} {policy:<12} {cells}")
     return "\n".join(lines)
 
 
-FUND_COLUMNS = ("bad_debt", "paid", "socialised", "beyond_fund", "min_balance",
-                "max_drawdown", "worst_night", "exhausted", "over_fund")
+FUND_COLUMNS = (
+    "bad_debt",
+    "paid",
+    "socialised",
+    "beyond_fund",
+    "min_balance",
+    "max_drawdown",
+    "worst_night",
+    "exhausted",
+    "over_fund",
+)
 
 
 def fund_rows(sim: Simulation) -> list[tuple[str, str, dict[str, Any]]]:
@@ -166,8 +208,17 @@ def fund_rows(sim: Simulation) -> list[tuple[str, str, dict[str, Any]]]:
             rows.append((group, policy, g | {"exhausted": len(g["exhausted_nights"])}))
     for policy, report in sim.funds.items():
         d = report.as_dict()["total"]
-        rows.append(("TOTAL", policy, d | {"exhausted": len(d["exhausted_nights"]),
-                                           "over_fund": len(d["nights_over_fund"])}))
+        rows.append(
+            (
+                "TOTAL",
+                policy,
+                d
+                | {
+                    "exhausted": len(d["exhausted_nights"]),
+                    "over_fund": len(d["nights_over_fund"]),
+                },
+            )
+        )
     return rows
 
 

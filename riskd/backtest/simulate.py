@@ -45,8 +45,10 @@ class Rules:
 
     @classmethod
     def of(cls, settings: Settings) -> Rules:
-        return cls(max_slippage=settings.limits.max_slippage,
-                   freeze_before_resolution_s=settings.governor.freeze_before_resolution_s)
+        return cls(
+            max_slippage=settings.limits.max_slippage,
+            freeze_before_resolution_s=settings.governor.freeze_before_resolution_s,
+        )
 
 
 @dataclass
@@ -90,10 +92,26 @@ class Tally:
 
 
 # The compiled pass's tally: one row per market, one column per Tally field.
-(BAD_DEBT, FEES, LIQUIDATIONS, WORST_JUMP_LOSS, LEVERAGE_TIME, LEVERAGED_TIME, TIME,
- BORROWED_HOURS) = range(8)
-TALLY_FIELDS = ("bad_debt", "fees", "liquidations", "worst_jump_loss", "leverage_time",
-                "leveraged_time", "time", "borrowed_hours")
+(
+    BAD_DEBT,
+    FEES,
+    LIQUIDATIONS,
+    WORST_JUMP_LOSS,
+    LEVERAGE_TIME,
+    LEVERAGED_TIME,
+    TIME,
+    BORROWED_HOURS,
+) = range(8)
+TALLY_FIELDS = (
+    "bad_debt",
+    "fees",
+    "liquidations",
+    "worst_jump_loss",
+    "leverage_time",
+    "leveraged_time",
+    "time",
+    "borrowed_hours",
+)
 
 # The cohort's draws (docs/model.md section 8): the leverage a trader takes is
 # uniform between 1x and the max offered, the collateral lognormal with mean 1.
@@ -127,7 +145,7 @@ class Traders:
             rng = np.random.default_rng([seed, zlib.crc32(m.encode())])
             k = len(mine)
             frac[mine] = rng.uniform(0.0, 1.0, (k, 2))
-            size[mine] = rng.lognormal(-0.5 * SIZE_SIGMA ** 2, SIZE_SIGMA, (k, 2))
+            size[mine] = rng.lognormal(-0.5 * SIZE_SIGMA**2, SIZE_SIGMA, (k, 2))
         return cls(frac=frac, size=size)
 
 
@@ -165,33 +183,58 @@ class Replay(NamedTuple):
     max_slippage: float
 
     @classmethod
-    def of(cls, ticks: list[Tick], ids: list[str], markets: dict[str, Market], settle: bool,
-           rules: Rules) -> Replay:
+    def of(
+        cls,
+        ticks: list[Tick],
+        ids: list[str],
+        markets: dict[str, Market],
+        settle: bool,
+        rules: Rules,
+    ) -> Replay:
         index = {m: i for i, m in enumerate(ids)}
         n = len(ticks)
         market = np.fromiter((index[tk.market] for tk in ticks), np.int64, n)
         t = np.fromiter((tk.ts for tk in ticks), np.float64, n)
         # The mid when there is a book, else the print.
-        p = np.fromiter((tk.price if tk.bid is None or tk.ask is None
-                         else 0.5 * (tk.bid + tk.ask) for tk in ticks), np.float64, n)
+        p = np.fromiter(
+            (
+                tk.price if tk.bid is None or tk.ask is None else 0.5 * (tk.bid + tk.ask)
+                for tk in ticks
+            ),
+            np.float64,
+            n,
+        )
         # Shares within max_slippage of the mid where the tape has a book (nan: unknown).
-        depth = np.fromiter((math.nan if tk.depth is None else tk.depth for tk in ticks),
-                            np.float64, n)
-        resolve_t = np.array([markets[m].resolves_at if m in markets else np.inf for m in ids],
-                             np.float64)
+        depth = np.fromiter(
+            (math.nan if tk.depth is None else tk.depth for tk in ticks), np.float64, n
+        )
+        resolve_t = np.array(
+            [markets[m].resolves_at if m in markets else np.inf for m in ids], np.float64
+        )
         # The freeze, for every policy, from the event time where the markets file has one.
-        freeze_t = np.array([markets[m].event_at - rules.freeze_before_resolution_s
-                             if m in markets else np.inf for m in ids], np.float64)
+        freeze_t = np.array(
+            [
+                markets[m].event_at - rules.freeze_before_resolution_s if m in markets else np.inf
+                for m in ids
+            ],
+            np.float64,
+        )
         freeze_t[np.isnan(freeze_t)] = np.inf
         # Settlement: at the outcome where it is known and asked for (nan: at the last price).
         outcomes = [markets[m].outcome if settle and m in markets else None for m in ids]
         settle_at = np.array([np.nan if o is None else float(o) for o in outcomes], np.float64)
-        return cls(market=market, t=t, p=p, depth=depth, resolve_t=resolve_t,
-                   freeze_t=freeze_t, settle_at=settle_at,
-                   max_slippage=float(rules.max_slippage))
+        return cls(
+            market=market,
+            t=t,
+            p=p,
+            depth=depth,
+            resolve_t=resolve_t,
+            freeze_t=freeze_t,
+            settle_at=settle_at,
+            max_slippage=float(rules.max_slippage),
+        )
 
-    def run(self, offers: Offers, traders: Traders | None = None
-            ) -> tuple[np.ndarray, np.ndarray]:
+    def run(self, offers: Offers, traders: Traders | None = None) -> tuple[np.ndarray, np.ndarray]:
         """One policy's offers through the pass: (tally per market, leverage offered)."""
         return _run(self, offers, traders)
 
@@ -225,8 +268,9 @@ def simulate(
         if fund is None:
             table, leverage = replay.run(offers, traders)
         else:
-            table, leverage, funds[pol.name] = _through_fund(pol, offers, replay, traders,
-                                                             ids, markets, fund)
+            table, leverage, funds[pol.name] = _through_fund(
+                pol, offers, replay, traders, ids, markets, fund
+            )
         tallies[pol.name] = [_tally(row) for row in table.tolist()]
         max_leverage[pol.name] = _max2(leverage)
         if pol.name == "riskd":
@@ -238,27 +282,44 @@ def simulate(
         if isinstance(pol, Riskd):
             for jump_row in np.flatnonzero(pol.jump).tolist():
                 jump_times[index[ticks[jump_row].market]].append(ticks[jump_row].ts)
-    return Simulation(ids=ids, tallies=tallies, series=series, jump_times=jump_times,
-                      ticks=int(live.sum()), funds=None if fund is None else funds)
+    return Simulation(
+        ids=ids,
+        tallies=tallies,
+        series=series,
+        jump_times=jump_times,
+        ticks=int(live.sum()),
+        funds=None if fund is None else funds,
+    )
 
 
-def _through_fund(pol: Policy, offers: Offers, replay: Replay, traders: Traders | None,
-                  ids: list[str], markets: dict[str, Market], fund: Fund
-                  ) -> tuple[np.ndarray, np.ndarray, FundReport]:
+def _through_fund(
+    pol: Policy,
+    offers: Offers,
+    replay: Replay,
+    traders: Traders | None,
+    ids: list[str],
+    markets: dict[str, Market],
+    fund: Fund,
+) -> tuple[np.ndarray, np.ndarray, FundReport]:
     """One policy through the pass with its bad debt through the fund; riskd's openings
     capped by its open-interest caps."""
     capper = GroupCaps(pol, replay, ids, markets, fund) if isinstance(pol, Riskd) else None
-    table, leverage, log, caps = run_capped(replay, offers, traders, capper,
-                                            capper.refresh_s if capper else 0.0)
+    table, leverage, log, caps = run_capped(
+        replay, offers, traders, capper, capper.refresh_s if capper else 0.0
+    )
     report = account(log, group_names(ids, markets), fund)
     if capper is not None:
-        report.caps = {"reduced": int(caps.reduced.sum()), "refused": int(caps.refused.sum()),
-                       "evaluations": capper.calls}
+        report.caps = {
+            "reduced": int(caps.reduced.sum()),
+            "refused": int(caps.refused.sum()),
+            "evaluations": capper.calls,
+        }
     return table, leverage, report
 
 
-def _run(replay: Replay, offers: Offers, traders: Traders | None = None
-         ) -> tuple[np.ndarray, np.ndarray]:
+def _run(
+    replay: Replay, offers: Offers, traders: Traders | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """One policy through the compiled pass: the tally per market, and the leverage
     offered after each row (filled in by the pass for an open-interest tier)."""
     table, leverage, _, _ = run_capped(replay, offers, traders)
@@ -269,9 +330,13 @@ def _run(replay: Replay, offers: Offers, traders: Traders | None = None
 Capper = Callable[[int, "Book", "CapState"], None]
 
 
-def run_capped(replay: Replay, offers: Offers, traders: Traders | None = None,
-               capper: Capper | None = None, refresh_s: float = 0.0
-               ) -> tuple[np.ndarray, np.ndarray, LossLog, CapState]:
+def run_capped(
+    replay: Replay,
+    offers: Offers,
+    traders: Traders | None = None,
+    capper: Capper | None = None,
+    refresh_s: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray, LossLog, CapState]:
     """`_run`, with a cap on what each opening lends where `capper` is given (set
     at the first opening, after every opening and every refresh_s), and each bad
     debt in time: (tally, leverage offered, the losses, the caps' counts)."""
@@ -281,16 +346,31 @@ def run_capped(replay: Replay, offers: Offers, traders: Traders | None = None,
     m = replay.resolve_t.shape[0]
     # Copies: the pass writes a tier's leverage and maintenance, and the freeze's 1x, into them.
     offer = OfferRows(
-        leverage=_f64(offers.leverage).copy(), maintenance=_f64(offers.maintenance).copy(),
-        fee_hourly=_f64(offers.fee_hourly), open_fee=_f64(offers.open_fee),
-        opening=_flags(offers.opening), deleverage=_flags(offers.deleverage),
-        expires_after=_f64(np.full(n, np.inf) if offers.fallback is None
-                           else offers.expires_after))
-    fallback = FallbackRows(leverage=_f64(fb.leverage), maintenance=_f64(fb.maintenance),
-                            fee_hourly=_f64(fb.fee_hourly), deleverage=_flags(fb.deleverage))
+        leverage=_f64(offers.leverage).copy(),
+        maintenance=_f64(offers.maintenance).copy(),
+        fee_hourly=_f64(offers.fee_hourly),
+        open_fee=_f64(offers.open_fee),
+        opening=_flags(offers.opening),
+        deleverage=_flags(offers.deleverage),
+        expires_after=_f64(np.full(n, np.inf) if offers.fallback is None else offers.expires_after),
+    )
+    fallback = FallbackRows(
+        leverage=_f64(fb.leverage),
+        maintenance=_f64(fb.maintenance),
+        fee_hourly=_f64(fb.fee_hourly),
+        deleverage=_flags(fb.deleverage),
+    )
     tier = offers.oi_tier
-    scaled = TierScale(on=True, lower_cap=float(tier.lower_cap), upper_cap=float(tier.upper_cap),
-                       base_imf=float(tier.base_imf)) if tier else TierScale(False, 0.0, 0.0, 0.0)
+    scaled = (
+        TierScale(
+            on=True,
+            lower_cap=float(tier.lower_cap),
+            upper_cap=float(tier.upper_cap),
+            base_imf=float(tier.base_imf),
+        )
+        if tier
+        else TierScale(False, 0.0, 0.0, 0.0)
+    )
     if traders is None:
         traders = Traders.at_max(n)
     draws = TraderDraws(frac=_f64(traders.frac), size=_f64(traders.size))
@@ -320,10 +400,15 @@ class Book(NamedTuple):
 
     @classmethod
     def empty(cls, m: int) -> Book:
-        return cls(held=np.zeros((m, 2), np.bool_), shares=np.zeros((m, 2)),
-                   debt=np.zeros((m, 2)), armed=np.full((m, 2), np.nan),
-                   prev=np.full(m, -1, np.int64), last_t=np.full(m, np.nan),
-                   last_p=np.full(m, np.nan))
+        return cls(
+            held=np.zeros((m, 2), np.bool_),
+            shares=np.zeros((m, 2)),
+            debt=np.zeros((m, 2)),
+            armed=np.full((m, 2), np.nan),
+            prev=np.full(m, -1, np.int64),
+            last_t=np.full(m, np.nan),
+            last_p=np.full(m, np.nan),
+        )
 
     def lent(self) -> np.ndarray:
         """Open interest: what each market side owes (m, 2), 0 where nothing is held."""
@@ -345,9 +430,15 @@ class CapState(NamedTuple):
 
     @classmethod
     def empty(cls, m: int, on: bool, refresh_s: float) -> CapState:
-        return cls(on=on, lent=np.full((m, 2), np.inf), at=np.full(1, -np.inf),
-                   stale=np.ones(1, np.bool_), refresh_s=float(refresh_s),
-                   reduced=np.zeros((m, 2), np.int64), refused=np.zeros((m, 2), np.int64))
+        return cls(
+            on=on,
+            lent=np.full((m, 2), np.inf),
+            at=np.full(1, -np.inf),
+            stale=np.ones(1, np.bool_),
+            refresh_s=float(refresh_s),
+            reduced=np.zeros((m, 2), np.int64),
+            refused=np.zeros((m, 2), np.int64),
+        )
 
 
 class LossLog(NamedTuple):
@@ -360,8 +451,12 @@ class LossLog(NamedTuple):
 
     @classmethod
     def empty(cls, size: int) -> LossLog:
-        return cls(t=np.zeros(size), market=np.zeros(size, np.int64), amount=np.zeros(size),
-                   filled=np.zeros(1, np.int64))
+        return cls(
+            t=np.zeros(size),
+            market=np.zeros(size, np.int64),
+            amount=np.zeros(size),
+            filled=np.zeros(1, np.int64),
+        )
 
     def used(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         k = int(self.filled[0])
@@ -425,24 +520,47 @@ def _max2(a: np.ndarray) -> np.ndarray:
     return np.where(a[:, 1] > a[:, 0], a[:, 1], a[:, 0])
 
 
-def _series(n: int, market: np.ndarray, live: np.ndarray, t: np.ndarray, p: np.ndarray,
-            leverage: dict[str, np.ndarray], fee: np.ndarray) -> list[Series]:
+def _series(
+    n: int,
+    market: np.ndarray,
+    live: np.ndarray,
+    t: np.ndarray,
+    p: np.ndarray,
+    leverage: dict[str, np.ndarray],
+    fee: np.ndarray,
+) -> list[Series]:
     """Per market, its rows before resolution in time order."""
     rows = np.flatnonzero(live)
     rows = rows[np.argsort(market[rows], kind="stable")]
     end = np.cumsum(np.bincount(market[rows], minlength=n)).tolist()
     out = []
     for i in range(n):
-        mine = rows[end[i - 1] if i else 0:end[i]]
-        out.append(Series(t=t[mine].tolist(), p=p[mine].tolist(),
-                          leverage={name: lev[mine].tolist() for name, lev in leverage.items()},
-                          fee=fee[mine].tolist() if fee.shape[0] else []))
+        mine = rows[end[i - 1] if i else 0 : end[i]]
+        out.append(
+            Series(
+                t=t[mine].tolist(),
+                p=p[mine].tolist(),
+                leverage={name: lev[mine].tolist() for name, lev in leverage.items()},
+                fee=fee[mine].tolist() if fee.shape[0] else [],
+            )
+        )
     return out
 
 
 @njit
-def _trade(replay, offer, fallback, tier, traders, tally,  # type: ignore[no-untyped-def]
-           book, caps, log, start, resume):
+def _trade(  # type: ignore[no-untyped-def]
+    replay,
+    offer,
+    fallback,
+    tier,
+    traders,
+    tally,
+    book,
+    caps,
+    log,
+    start,
+    resume,
+):
     """The rows from `start` in time order for one policy; tally (markets, 8) is added to.
 
     Row k of `offer` holds what is in force after row k; `fallback` what is in force
@@ -485,14 +603,33 @@ def _trade(replay, offer, fallback, tier, traders, tally,  # type: ignore[no-unt
                 _accrue(held[i], debt[i], fee[q], live, tally[i])
                 lev = _max(leverage[q])
                 if dt <= live:
-                    _step(held[i], shares[i], debt[i], armed[i], values, depth[r],
-                          maintenance[q], slippage, deleverage[q] or frozen, tally[i])
+                    _step(
+                        held[i],
+                        shares[i],
+                        debt[i],
+                        armed[i],
+                        values,
+                        depth[r],
+                        maintenance[q],
+                        slippage,
+                        deleverage[q] or frozen,
+                        tally[i],
+                    )
                     lev_now = lev
                 else:  # no price for expires_after: the fallback for the rest
                     _accrue(held[i], debt[i], fallback.fee_hourly[q], dt - live, tally[i])
-                    _step(held[i], shares[i], debt[i], armed[i], values, depth[r],
-                          fallback.maintenance[q], slippage, fallback.deleverage[q] or frozen,
-                          tally[i])
+                    _step(
+                        held[i],
+                        shares[i],
+                        debt[i],
+                        armed[i],
+                        values,
+                        depth[r],
+                        fallback.maintenance[q],
+                        slippage,
+                        fallback.deleverage[q] or frozen,
+                        tally[i],
+                    )
                     lev_now = _max(fallback.leverage[q])
                 tally[i, LEVERAGE_TIME] += lev * live + lev_now * (dt - live)
                 tally[i, LEVERAGED_TIME] += live if lev > 1.0 else 0.0
@@ -512,8 +649,13 @@ def _trade(replay, offer, fallback, tier, traders, tally,  # type: ignore[no-unt
                 maintenance[r, 0] = maintenance[r, 1] = 0.6 * imf
             if frozen:
                 leverage[r, 0] = leverage[r, 1] = 1.0
-            if (caps.on and opening[r] and not deleverage[r] and not frozen
-                    and (caps.stale[0] or t[r] > caps.at[0] + caps.refresh_s)):
+            if (
+                caps.on
+                and opening[r]
+                and not deleverage[r]
+                and not frozen
+                and (caps.stale[0] or t[r] > caps.at[0] + caps.refresh_s)
+            ):
                 for s in range(2):
                     if not held[i, s] and leverage[r, s] > 1.0 and values[s] > 0.0:
                         return r
@@ -554,8 +696,12 @@ def _trade(replay, offer, fallback, tier, traders, tally,  # type: ignore[no-unt
             if held[i, s]:
                 value = p_end if s == 0 else 1.0 - p_end
                 _loss(tally[i], debt[i, s] - shares[i, s] * value)
-        _log(log, resolve_t[i] if resolve_t[i] < np.inf else last_t[i], i,
-             tally[i, BAD_DEBT] - bad_before)
+        _log(
+            log,
+            resolve_t[i] if resolve_t[i] < np.inf else last_t[i],
+            i,
+            tally[i, BAD_DEBT] - bad_before,
+        )
     return -1
 
 
@@ -581,8 +727,9 @@ def _loss(tally: np.ndarray, amount: float) -> None:
 
 
 @njit
-def _accrue(held: np.ndarray, debt: np.ndarray, fee_hourly: np.ndarray, dt: float,
-            tally: np.ndarray) -> None:
+def _accrue(
+    held: np.ndarray, debt: np.ndarray, fee_hourly: np.ndarray, dt: float, tally: np.ndarray
+) -> None:
     """The fee in force on what is lent, for dt seconds; unpaid fees add to the debt."""
     for s in range(2):
         if held[s] and dt > 0.0 and debt[s] > 0.0:
@@ -593,9 +740,18 @@ def _accrue(held: np.ndarray, debt: np.ndarray, fee_hourly: np.ndarray, dt: floa
 
 
 @njit
-def _step(held: np.ndarray, shares: np.ndarray, debt: np.ndarray, armed: np.ndarray,
-          values: np.ndarray, depth: float, maintenance: np.ndarray, slippage: float,
-          deleverage: bool, tally: np.ndarray) -> None:
+def _step(
+    held: np.ndarray,
+    shares: np.ndarray,
+    debt: np.ndarray,
+    armed: np.ndarray,
+    values: np.ndarray,
+    depth: float,
+    maintenance: np.ndarray,
+    slippage: float,
+    deleverage: bool,
+    tally: np.ndarray,
+) -> None:
     """Liquidation fills and triggers at this price (the row's depth: `depth`)."""
     for s in range(2):
         if not held[s]:
@@ -615,8 +771,16 @@ def _step(held: np.ndarray, shares: np.ndarray, debt: np.ndarray, armed: np.ndar
 
 
 @njit
-def _take_book(held: np.ndarray, shares: np.ndarray, debt: np.ndarray, s: int, value: float,
-               depth: float, slippage: float, tally: np.ndarray) -> None:
+def _take_book(
+    held: np.ndarray,
+    shares: np.ndarray,
+    debt: np.ndarray,
+    s: int,
+    value: float,
+    depth: float,
+    slippage: float,
+    tally: np.ndarray,
+) -> None:
     """An order going out at `value` sells into the book's depth (shares within slippage
     of the mid, nan unknown), walking a linear book: x of d shares fill on average
     slippage * x / (2 d) below the price."""
@@ -632,8 +796,9 @@ def _take_book(held: np.ndarray, shares: np.ndarray, debt: np.ndarray, s: int, v
 
 
 @njit
-def _close(held: np.ndarray, shares: np.ndarray, debt: np.ndarray, s: int, value: float,
-           tally: np.ndarray) -> None:
+def _close(
+    held: np.ndarray, shares: np.ndarray, debt: np.ndarray, s: int, value: float, tally: np.ndarray
+) -> None:
     """The rest of the position fills at `value`: a liquidation, a loss if short of debt."""
     _loss(tally, debt[s] - shares[s] * value)
     tally[LIQUIDATIONS] += 1

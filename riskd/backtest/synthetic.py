@@ -31,14 +31,18 @@ class Truth:
     mean_gap: float  # seconds between prices
 
 
-def logit_path(rng: np.random.Generator, times: np.ndarray, x0: float, truth: Truth
-               ) -> tuple[np.ndarray, np.ndarray]:
+def logit_path(
+    rng: np.random.Generator, times: np.ndarray, x0: float, truth: Truth
+) -> tuple[np.ndarray, np.ndarray]:
     """Logit diffusion plus compound-Poisson jumps, sampled at `times`; returns (x, jumped)."""
     dt = np.diff(times, prepend=times[0])
     jumps = rng.poisson(truth.jump_rate * dt)
     steps = truth.sigma * np.sqrt(dt) * rng.standard_normal(len(times))
-    steps += np.where(jumps > 0, truth.jump_size * np.sqrt(np.maximum(jumps, 1))
-                      * rng.standard_normal(len(times)), 0.0)
+    steps += np.where(
+        jumps > 0,
+        truth.jump_size * np.sqrt(np.maximum(jumps, 1)) * rng.standard_normal(len(times)),
+        0.0,
+    )
     steps[0] = 0.0
     return x0 + np.cumsum(steps), jumps > 0
 
@@ -61,14 +65,21 @@ def market(rng: np.random.Generator, k: int, days: float) -> tuple[list[Tick], M
     mid = f"sim-{k:04d}"
     ticks = [Tick(mid, float(t), float(round(q, 4))) for t, q in zip(times, p, strict=True)]
     ticks.append(Tick(mid, event_at, 0.999 if outcome else 0.001))
-    meta = Market(id=mid, resolves_at=event_at + 3600.0, event_at=event_at, outcome=outcome,
-                  scheduled=True,
-                  tick_size=0.0001, title=f"simulated market {k}")
+    meta = Market(
+        id=mid,
+        resolves_at=event_at + 3600.0,
+        event_at=event_at,
+        outcome=outcome,
+        scheduled=True,
+        tick_size=0.0001,
+        title=f"simulated market {k}",
+    )
     return ticks, meta, truth
 
 
-def ensemble(n: int = 200, seed: int = 7, days: float = 3.0
-             ) -> tuple[list[Tick], dict[str, Market], list[Truth]]:
+def ensemble(
+    n: int = 200, seed: int = 7, days: float = 3.0
+) -> tuple[list[Tick], dict[str, Market], list[Truth]]:
     rng = np.random.default_rng(seed)
     ticks: list[Tick] = []
     markets: dict[str, Market] = {}
@@ -90,9 +101,17 @@ def write(out: Path, n: int, seed: int, days: float) -> None:
         w.writerow(["ts", "market", "price"])
         for t in ticks:
             w.writerow([f"{t.ts:.3f}", t.market, f"{t.price:.4f}"])
-    entries = [{"id": m.id, "title": m.title, "event_at": iso(m.event_at),
-                "resolves_at": iso(m.resolves_at), "outcome": m.outcome,
-                "tick_size": m.tick_size} for m in markets.values()]
+    entries = [
+        {
+            "id": m.id,
+            "title": m.title,
+            "event_at": iso(m.event_at),
+            "resolves_at": iso(m.resolves_at),
+            "outcome": m.outcome,
+            "tick_size": m.tick_size,
+        }
+        for m in markets.values()
+    ]
     (out / "markets.json").write_text(json.dumps({"markets": entries}, indent=1))
 
 

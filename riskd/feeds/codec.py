@@ -91,8 +91,12 @@ class MarketCodec(Codec, Protocol):
 def number(value: Any, reason: str = "bad_number") -> float:
     """A finite float from a JSON number or a numeric string (venues send both)."""
     kind = type(value)  # the exact types JSON gives first: this runs for every number
-    if kind is not str and kind is not float and kind is not int and (
-            isinstance(value, bool) or not isinstance(value, int | float | str)):
+    if (
+        kind is not str
+        and kind is not float
+        and kind is not int
+        and (isinstance(value, bool) or not isinstance(value, int | float | str))
+    ):
         raise BadMessage(reason, f"expected a number, got {value!r}")
     try:
         x = float(value)
@@ -196,8 +200,13 @@ def band_depth(levels: dict[float, float], edge: float, bids: bool) -> float:
     return sum([q for price, q in levels.items() if price <= edge])
 
 
-def book_depth(bid: float | None, ask: float | None, bids: dict[float, float],
-               asks: dict[float, float], band: float) -> float | None:
+def book_depth(
+    bid: float | None,
+    ask: float | None,
+    bids: dict[float, float],
+    asks: dict[float, float],
+    band: float,
+) -> float | None:
     """Depth within `band` of the mid, in shares: the thinner side's, since a long
     position leaves through the bids and a short one through the asks. 0 when a side
     is empty (nothing to unwind into); None when neither side is known."""
@@ -206,12 +215,18 @@ def book_depth(bid: float | None, ask: float | None, bids: dict[float, float],
     if bid is None or ask is None:
         return 0.0
     mid = 0.5 * (bid + ask)
-    return min(band_depth(bids, mid - band - HAIR, True),
-               band_depth(asks, mid + band + HAIR, False))
+    return min(
+        band_depth(bids, mid - band - HAIR, True), band_depth(asks, mid + band + HAIR, False)
+    )
 
 
-def yes_no_depth(bid: float | None, no_bid: float | None, yes_bids: dict[float, float],
-                 no_bids: dict[float, float], band: float) -> float | None:
+def yes_no_depth(
+    bid: float | None,
+    no_bid: float | None,
+    yes_bids: dict[float, float],
+    no_bids: dict[float, float],
+    band: float,
+) -> float | None:
     """`book_depth` of a book kept as YES bids and NO bids (a YES ask at 1 - n is a NO
     bid at n), from the best of each."""
     if bid is None and no_bid is None:
@@ -219,8 +234,10 @@ def yes_no_depth(bid: float | None, no_bid: float | None, yes_bids: dict[float, 
     if bid is None or no_bid is None:
         return 0.0
     mid = 0.5 * (bid + 1.0 - no_bid)
-    return min(band_depth(yes_bids, mid - band - HAIR, True),
-               band_depth(no_bids, 1.0 - mid - band - HAIR, True))
+    return min(
+        band_depth(yes_bids, mid - band - HAIR, True),
+        band_depth(no_bids, 1.0 - mid - band - HAIR, True),
+    )
 
 
 @dataclass(slots=True)
@@ -238,8 +255,7 @@ class TickMaker:
     frame's arrival (`received`, set by the codec for each frame). Shared by the
     venue codecs."""
 
-    def __init__(self, max_future_s: float = MAX_FUTURE_S, max_markets: int = MAX_MARKETS
-                 ) -> None:
+    def __init__(self, max_future_s: float = MAX_FUTURE_S, max_markets: int = MAX_MARKETS) -> None:
         self._last_quote: dict[str, tuple[float | None, float | None]] = {}
         self._last_ts: dict[str, float] = {}
         self._last_depth: dict[str, float] = {}
@@ -256,8 +272,7 @@ class TickMaker:
         self._last_quote.pop(market, None)
         self._last_depth.pop(market, None)
 
-    def quote(self, market: str, ts: float, quote: Quote, last: float | None,
-              out: Decoded) -> None:
+    def quote(self, market: str, ts: float, quote: Quote, last: float | None, out: Decoded) -> None:
         """A book update: a tick if the best bid or ask changed."""
         key = (quote.bid, quote.ask)
         if self._last_quote.get(market) == key:
@@ -272,22 +287,33 @@ class TickMaker:
         if depth is None or not 0.0 <= depth <= MAX_DEPTH:
             return
         prev = self._last_depth.get(market)
-        if prev is not None and abs(depth - prev) <= DEPTH_CHANGE * prev and \
-                (depth > 0.0) == (prev > 0.0):
+        if (
+            prev is not None
+            and abs(depth - prev) <= DEPTH_CHANGE * prev
+            and (depth > 0.0) == (prev > 0.0)
+        ):
             return
         if prev is None and market not in self._last_quote:
             return  # no price yet: the first tick carries it
         self._last_depth[market] = depth
         out.depths[market] = depth
 
-    def trade(self, market: str, ts: float, price: float, quote: Quote | None,
-              out: Decoded) -> None:
+    def trade(
+        self, market: str, ts: float, price: float, quote: Quote | None, out: Decoded
+    ) -> None:
         """A trade: always a price observation."""
         q = quote or Quote(None, None)
         self._emit(market, ts, q, price, out, (q.bid, q.ask))
 
-    def _emit(self, market: str, ts: float, q: Quote, last: float | None, out: Decoded,
-              key: tuple[float | None, float | None]) -> None:
+    def _emit(
+        self,
+        market: str,
+        ts: float,
+        q: Quote,
+        last: float | None,
+        out: Decoded,
+        key: tuple[float | None, float | None],
+    ) -> None:
         bid, ask = q.bid, q.ask
         if bid is not None and ask is not None and bid > ask:
             out.rejected.append("crossed_book")

@@ -218,8 +218,9 @@ class WebsocketFeed:
 
     def _backoff(self) -> Iterator[float]:
         s = self.settings
-        return backoff(s.backoff_initial_s, s.backoff_max_s, s.backoff_factor,
-                       s.backoff_jitter, self.rng)
+        return backoff(
+            s.backoff_initial_s, s.backoff_max_s, s.backoff_factor, s.backoff_jitter, self.rng
+        )
 
     def _set_connected(self, link: Link | None = None, up: bool = False) -> None:
         """`connected` (and the venue's gauge): every connection of the feed is up."""
@@ -242,8 +243,10 @@ class WebsocketFeed:
             if self._events:
                 yield []  # let the daemon take the listed markets before any price
             codecs = self.codecs()
-            self._links = [Link(codec, k, f" {k + 1}/{len(codecs)}" if len(codecs) > 1 else "")
-                           for k, codec in enumerate(codecs)]
+            self._links = [
+                Link(codec, k, f" {k + 1}/{len(codecs)}" if len(codecs) > 1 else "")
+                for k, codec in enumerate(codecs)
+            ]
             self._set_connected()
             try:
                 one = len(self._links) == 1
@@ -276,8 +279,10 @@ class WebsocketFeed:
             except Exception as exc:  # noqa: BLE001 - handed to the consumer
                 await queue.put(exc)
 
-        pumps = [asyncio.create_task(pump(link), name=f"{self.venue}-{link.number}")
-                 for link in self._links]
+        pumps = [
+            asyncio.create_task(pump(link), name=f"{self.venue}-{link.number}")
+            for link in self._links
+        ]
         try:
             while True:
                 item = await queue.get()
@@ -312,14 +317,19 @@ class WebsocketFeed:
                 reason = classify(exc)
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 if reason is None:
-                    raise FeedError(f"{self.venue} feed at {mask_url(self.url)}: "
-                                    f"{self.last_error}") \
-                        from exc
+                    raise FeedError(
+                        f"{self.venue} feed at {mask_url(self.url)}: {self.last_error}"
+                    ) from exc
                 if reason == "message_too_big":
                     self.count(reason)
                     yield []  # so the daemon counts it now
-                log.warning("%s: connection%s lost (%s): %s", self.venue, link.label,
-                            reason, self.last_error)
+                log.warning(
+                    "%s: connection%s lost (%s): %s",
+                    self.venue,
+                    link.label,
+                    reason,
+                    self.last_error,
+                )
             finally:
                 self._set_connected(link, False)
             if healthy:
@@ -331,9 +341,12 @@ class WebsocketFeed:
         except Exception as exc:  # noqa: BLE001 - metadata is optional, prices are not
             self.count("metadata_unavailable")
             self._prepare_at = time.monotonic() + self.settings.metadata_retry_s
-            log.warning("%s: metadata lookup failed, using the markets file alone "
-                        "(retrying in %gs): %s", self.venue, self.settings.metadata_retry_s,
-                        exc)
+            log.warning(
+                "%s: metadata lookup failed, using the markets file alone (retrying in %gs): %s",
+                self.venue,
+                self.settings.metadata_retry_s,
+                exc,
+            )
         else:
             self._prepared = True
 
@@ -374,8 +387,9 @@ class WebsocketFeed:
             if self.ping_text and self.ping_interval_s > 0:
                 pinger = asyncio.create_task(self._ping(ws), name=f"{self.venue}-ping")
             loop = asyncio.get_running_loop()
-            watchdog = asyncio.create_task(self._watchdog(ws, link, s.read_timeout_s),
-                                           name=f"{self.venue}-read-timeout")
+            watchdog = asyncio.create_task(
+                self._watchdog(ws, link, s.read_timeout_s), name=f"{self.venue}-read-timeout"
+            )
             try:
                 while True:
                     link.waiting_since = loop.time()
@@ -385,7 +399,8 @@ class WebsocketFeed:
                     except ConnectionClosed:
                         if watchdog.done():
                             raise SilentConnection(
-                                f"nothing received for {s.read_timeout_s:g}s") from None
+                                f"nothing received for {s.read_timeout_s:g}s"
+                            ) from None
                         raise
                     link.waiting_since = None
                     received = link.life_t = time.time()
@@ -406,23 +421,30 @@ class WebsocketFeed:
                             await task
                 self._lookup = None
 
-    def _decode(self, frame: str | bytes, codec: Codec | None = None,
-                received: float | None = None) -> Decoded:
+    def _decode(
+        self, frame: str | bytes, codec: Codec | None = None, received: float | None = None
+    ) -> Decoded:
         """The codec's reading of one frame. A codec that raises (a bug: bad input is
         rejected by reason) costs that frame only, counted as `decode_error`, never the
         connection or the daemon."""
         try:
             return (codec or self.codec).decode(
-                frame, time.time() if received is None else received)
+                frame, time.time() if received is None else received
+            )
         except Exception:  # noqa: BLE001 - one hostile frame must not stop the feed
             errors = self._rejected.get("decode_error", 0) + 1
             if errors in (1, 10, 100) or errors % 1000 == 0:
-                log.exception("%s: could not decode a frame (%d so far)", self.venue, errors,
-                              extra={"venue": self.venue, "reason": "decode_error"})
+                log.exception(
+                    "%s: could not decode a frame (%d so far)",
+                    self.venue,
+                    errors,
+                    extra={"venue": self.venue, "reason": "decode_error"},
+                )
             return Decoded(rejected=["decode_error"])
 
-    def _take(self, decoded: Decoded, session: int = -1, received: float = math.nan
-              ) -> list[Tick] | None:
+    def _take(
+        self, decoded: Decoded, session: int = -1, received: float = math.nan
+    ) -> list[Tick] | None:
         """The ticks to yield, or None when the frame changed nothing the daemon sees
         at once; what it says of freshness waits for `take_liveness`."""
         for reason in decoded.rejected:
@@ -470,9 +492,18 @@ class LookupFeed(WebsocketFeed):
 
     codec: MarketCodec
 
-    def __init__(self, venue: str, url: str, codec: MarketCodec, settings: ConnectionSettings,
-                 markets: dict[str, Market], *, metadata: bool, metrics: Metrics | None,
-                 **connection: Any) -> None:
+    def __init__(
+        self,
+        venue: str,
+        url: str,
+        codec: MarketCodec,
+        settings: ConnectionSettings,
+        markets: dict[str, Market],
+        *,
+        metadata: bool,
+        metrics: Metrics | None,
+        **connection: Any,
+    ) -> None:
         super().__init__(venue, url, codec, settings, metrics, **connection)
         self.markets = dict(markets)
         self.metadata = metadata

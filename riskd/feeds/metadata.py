@@ -61,8 +61,7 @@ def iso_time(value: Any, what: str) -> float:
     return when.timestamp()
 
 
-def parse_entries(entries: Iterable[Any], parse: Callable[[Any], Market], lookup: Lookup
-                  ) -> None:
+def parse_entries(entries: Iterable[Any], parse: Callable[[Any], Market], lookup: Lookup) -> None:
     for entry in entries:
         try:
             lookup.markets.append(parse(entry))
@@ -81,8 +80,11 @@ def merge(file_markets: dict[str, Market], found: Iterable[Market]) -> dict[str,
                 by_venue_id[vid] = m.id
     for m in found:
         venue_ids = (m.polymarket_yes_token, m.polymarket_no_token, m.kalshi_ticker)
-        mid = m.id if m.id in out else next(
-            (by_venue_id[v] for v in venue_ids if v and v in by_venue_id), None)
+        mid = (
+            m.id
+            if m.id in out
+            else next((by_venue_id[v] for v in venue_ids if v and v in by_venue_id), None)
+        )
         if mid is None:
             out[m.id] = m
             continue
@@ -98,8 +100,9 @@ def merge(file_markets: dict[str, Market], found: Iterable[Market]) -> dict[str,
     return out
 
 
-def listing_events(old: dict[str, Market], merged: dict[str, Market], ts: float
-                   ) -> list[MarketEvent]:
+def listing_events(
+    old: dict[str, Market], merged: dict[str, Market], ts: float
+) -> list[MarketEvent]:
     """What the daemon must learn from a lookup: the new markets, and the tick sizes
     the markets file left open."""
     events = []
@@ -124,17 +127,19 @@ async def get_json(session: aiohttp.ClientSession, url: str, params: list[tuple[
             async for chunk in resp.content.iter_chunked(1 << 16):
                 body += chunk
                 if len(body) > MAX_RESPONSE_BYTES:
-                    raise MetadataError(f"GET {mask_url(url)}: response larger than "
-                                        f"{MAX_RESPONSE_BYTES} bytes")
+                    raise MetadataError(
+                        f"GET {mask_url(url)}: response larger than {MAX_RESPONSE_BYTES} bytes"
+                    )
             return json.loads(body)
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-        raise MetadataError(f"GET {mask_url(url)}: {type(exc).__name__}: "
-                            f"{mask_urls(str(exc))}") from None
+        raise MetadataError(
+            f"GET {mask_url(url)}: {type(exc).__name__}: {mask_urls(str(exc))}"
+        ) from None
 
 
 def chunks(items: list[str], n: int) -> Iterable[list[str]]:
     for i in range(0, len(items), n):
-        yield items[i:i + n]
+        yield items[i : i + n]
 
 
 Fetch = Callable[[aiohttp.ClientSession], Awaitable[Lookup]]

@@ -15,51 +15,75 @@ if TYPE_CHECKING:
 Builder = Callable[[Settings, dict[str, Market], str, "Metrics | None"], WebsocketFeed]
 
 
-def _polymarket(settings: Settings, markets: dict[str, Market], url: str,
-                metrics: Metrics | None) -> WebsocketFeed:
+def _polymarket(
+    settings: Settings, markets: dict[str, Market], url: str, metrics: Metrics | None
+) -> WebsocketFeed:
     from riskd.feeds.polymarket.feed import PolymarketFeed
 
     cfg = settings.feed
     if not markets and not (cfg.metadata and cfg.polymarket.markets):
-        raise ConfigError("feed.kind = polymarket: no market to follow; bind markets in the "
-                          "markets file (polymarket_yes_token / polymarket_no_token) or list "
-                          "them in [feed.polymarket] markets (with [feed] metadata = true)")
-    return PolymarketFeed(cfg.polymarket, markets, url=url, metadata=cfg.metadata,
-                          metrics=metrics, max_future_s=cfg.max_future_s,
-                          band=settings.limits.max_slippage)
+        raise ConfigError(
+            "feed.kind = polymarket: no market to follow; bind markets in the "
+            "markets file (polymarket_yes_token / polymarket_no_token) or list "
+            "them in [feed.polymarket] markets (with [feed] metadata = true)"
+        )
+    return PolymarketFeed(
+        cfg.polymarket,
+        markets,
+        url=url,
+        metadata=cfg.metadata,
+        metrics=metrics,
+        max_future_s=cfg.max_future_s,
+        band=settings.limits.max_slippage,
+    )
 
 
-def _kalshi(settings: Settings, markets: dict[str, Market], url: str,
-            metrics: Metrics | None) -> WebsocketFeed:
+def _kalshi(
+    settings: Settings, markets: dict[str, Market], url: str, metrics: Metrics | None
+) -> WebsocketFeed:
     from riskd.feeds.kalshi.auth import BadKey
     from riskd.feeds.kalshi.feed import KalshiFeed
 
     cfg = settings.feed
     if not markets and not (cfg.metadata and cfg.kalshi.markets):
-        raise ConfigError("feed.kind = kalshi: no market to follow; bind markets in the "
-                          "markets file (kalshi_ticker) or list tickers in [feed.kalshi] "
-                          "markets (with [feed] metadata = true)")
+        raise ConfigError(
+            "feed.kind = kalshi: no market to follow; bind markets in the "
+            "markets file (kalshi_ticker) or list tickers in [feed.kalshi] "
+            "markets (with [feed] metadata = true)"
+        )
     try:
-        return KalshiFeed(cfg.kalshi, markets, url=url, metadata=cfg.metadata, metrics=metrics,
-                          max_future_s=cfg.max_future_s, band=settings.limits.max_slippage)
+        return KalshiFeed(
+            cfg.kalshi,
+            markets,
+            url=url,
+            metadata=cfg.metadata,
+            metrics=metrics,
+            max_future_s=cfg.max_future_s,
+            band=settings.limits.max_slippage,
+        )
     except BadKey as exc:
         where = "private_key_path" if cfg.kalshi.private_key_path else "private_key"
         raise ConfigError(f"feed.kalshi.{where}: {exc}") from None
 
 
-def _websocket(settings: Settings, markets: dict[str, Market], url: str,
-               metrics: Metrics | None) -> WebsocketFeed:
+def _websocket(
+    settings: Settings, markets: dict[str, Market], url: str, metrics: Metrics | None
+) -> WebsocketFeed:
     from riskd.feeds.websocket.feed import GenericWebsocketFeed
 
-    feed = GenericWebsocketFeed(settings.feed.websocket, url=url, metrics=metrics,
-                                max_future_s=settings.feed.max_future_s)
+    feed = GenericWebsocketFeed(
+        settings.feed.websocket, url=url, metrics=metrics, max_future_s=settings.feed.max_future_s
+    )
     if not feed.url:
         raise ConfigError("feed.kind = websocket: set [feed.websocket] url (or [feed] url)")
     return feed
 
 
-BUILDERS: dict[str, Builder] = {"polymarket": _polymarket, "kalshi": _kalshi,
-                                "websocket": _websocket}
+BUILDERS: dict[str, Builder] = {
+    "polymarket": _polymarket,
+    "kalshi": _kalshi,
+    "websocket": _websocket,
+}
 
 # Which markets a venue can serve: those with its ids. The generic feed sends its
 # own market ids, so nothing is bound to it.
@@ -70,8 +94,9 @@ BINDS: dict[str, Callable[[Market], bool]] = {
 }
 
 
-def live_feeds(settings: Settings, markets: dict[str, Market], metrics: Metrics | None = None
-               ) -> list[WebsocketFeed]:
+def live_feeds(
+    settings: Settings, markets: dict[str, Market], metrics: Metrics | None = None
+) -> list[WebsocketFeed]:
     """One feed per live kind; a market with ids on several venues goes to the first."""
     cfg = settings.feed
     kinds = cfg.kinds()
@@ -85,6 +110,5 @@ def live_feeds(settings: Settings, markets: dict[str, Market], metrics: Metrics 
     for kind in kinds:
         bound = {mid: m for mid, m in pool.items() if mid not in taken and BINDS[kind](m)}
         taken |= bound.keys()
-        feeds.append(BUILDERS[kind](settings, bound, cfg.url if len(kinds) == 1 else "",
-                                    metrics))
+        feeds.append(BUILDERS[kind](settings, bound, cfg.url if len(kinds) == 1 else "", metrics))
     return feeds

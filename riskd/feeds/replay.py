@@ -53,8 +53,11 @@ class ReplayFeed:
         return max(self._last_ts, min(running, self._next_ts))
 
     def _unreadable(self, exc: TapeError) -> None:
-        log.error("%s; the rest of that file is skipped", exc,
-                  extra={"venue": self.venue, "reason": "unreadable"})
+        log.error(
+            "%s; the rest of that file is skipped",
+            exc,
+            extra={"venue": self.venue, "reason": "unreadable"},
+        )
 
     def rejected(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -94,5 +97,8 @@ class ReplayFeed:
         self.finished = True
         if self.tape.rejected_total:  # where they are: file and line, by reason
             summary = "\n".join(r.summary() for r in self.tape.reports if r.rejected)
-            log.warning("tape rows skipped:\n%s", summary,
-                        extra={"venue": self.venue, "reason": "rejected_rows"})
+            log.warning(
+                "tape rows skipped:\n%s",
+                summary,
+                extra={"venue": self.venue, "reason": "rejected_rows"},
+            )

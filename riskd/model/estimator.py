@@ -114,14 +114,19 @@ def update(
     n = len(idx)
     nan = np.full(n, np.nan)
     ticks = TickArrays(
-        idx=np.asarray(idx, np.int64), t=np.asarray(t, np.float64),
+        idx=np.asarray(idx, np.int64),
+        t=np.asarray(t, np.float64),
         p=np.asarray(p, np.float64),
         half_spread=nan if half_spread is None else np.asarray(half_spread, np.float64),
         has_half_spread=half_spread is not None,
         depth=nan if depth is None else np.asarray(depth, np.float64),
-        has_depth=depth is not None)
-    out = UpdateOut(jump=np.zeros(n, np.bool_), recording=record is not None,
-                    record=_NO_RECORD if record is None else StateArrays.of(record))
+        has_depth=depth is not None,
+    )
+    out = UpdateOut(
+        jump=np.zeros(n, np.bool_),
+        recording=record is not None,
+        record=_NO_RECORD if record is None else StateArrays.of(record),
+    )
     _apply(StateArrays.of(state), ticks, EstimatorSettings.of(cfg), out)
     return out.jump
 
@@ -178,11 +183,18 @@ class EstimatorSettings(NamedTuple):
 
     @classmethod
     def of(cls, cfg: ModelSettings) -> EstimatorSettings:
-        return cls(eps=cfg.eps, dt_min=cfg.dt_min_s, k_jump=cfg.k_jump,
-                   jump_min_move=cfg.jump_min_move, sigma_halflife=cfg.sigma_halflife_s,
-                   sigma_floor=cfg.sigma_floor, noise_halflife=cfg.noise_halflife_ticks,
-                   jump_halflife=cfg.jump_halflife_s, jump_weight=cfg.jump_size_weight,
-                   gap_halflife=cfg.gap_halflife_ticks)
+        return cls(
+            eps=cfg.eps,
+            dt_min=cfg.dt_min_s,
+            k_jump=cfg.k_jump,
+            jump_min_move=cfg.jump_min_move,
+            sigma_halflife=cfg.sigma_halflife_s,
+            sigma_floor=cfg.sigma_floor,
+            noise_halflife=cfg.noise_halflife_ticks,
+            jump_halflife=cfg.jump_halflife_s,
+            jump_weight=cfg.jump_size_weight,
+            gap_halflife=cfg.gap_halflife_ticks,
+        )
 
 
 class UpdateOut(NamedTuple):
@@ -196,9 +208,14 @@ class UpdateOut(NamedTuple):
 
 if StateArrays._fields != tuple(f.name for f in fields(EstimatorState)):
     raise TypeError("StateArrays must name EstimatorState's fields, in order")
-_NO_RECORD = StateArrays.of(EstimatorState(**{
-    name: np.zeros(0, np.int64 if name in ("ticks", "jumps") else np.float64)
-    for name in StateArrays._fields}))
+_NO_RECORD = StateArrays.of(
+    EstimatorState(
+        **{
+            name: np.zeros(0, np.int64 if name in ("ticks", "jumps") else np.float64)
+            for name in StateArrays._fields
+        }
+    )
+)
 
 
 @njit
@@ -289,8 +306,12 @@ def _apply(state, ticks, cfg, out):  # type: ignore[no-untyped-def]
             depth[i] = ticks.depth[k]
         ticks_seen[i] += 1
         if out.recording:
-            rec.x[k], rec.t[k], rec.half_spread[k], rec.depth[k] = \
-                x[i], t_last[i], half_spread[i], depth[i]
+            rec.x[k], rec.t[k], rec.half_spread[k], rec.depth[k] = (
+                x[i],
+                t_last[i],
+                half_spread[i],
+                depth[i],
+            )
             rec.sigma2[k], rec.lam[k], rec.lam_t[k], rec.J2[k] = sigma2[i], lam[i], lam_t[i], J2[i]
             rec.last_jump_t[k], rec.noise2[k], rec.gap[k] = last_jump_t[i], noise2[i], gap[i]
             rec.dx_prev[k], rec.ticks[k], rec.jumps[k] = dx_prev[i], ticks_seen[i], jumps[i]

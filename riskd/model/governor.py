@@ -114,27 +114,42 @@ def step(
     rows = np.arange(n) if idx is None else np.asarray(idx, np.int64)
     # One layout for every caller (a C-contiguous array of its own): a broadcast scalar
     # would be another type signature for the kernel, compiled in the first live cycle.
-    at = np.full(n, now, np.float64) if np.ndim(now) == 0 \
-        else np.ascontiguousarray(now, np.float64)
+    at = np.full(n, now, np.float64) if np.ndim(now) == 0 else np.ascontiguousarray(now, np.float64)
     if at.shape != (n,):
         raise ValueError(f"now: {at.shape[0]} times for {n} rows")
     mode_floor = np.zeros(n, np.int64) if cond.mode_floor is None else cond.mode_floor
     cap = np.full((n, 2), np.inf) if cond.leverage_cap is None else cond.leverage_cap
-    stale_limit = np.full(n, cfg.stale_after_s) if cond.stale_limit is None \
+    stale_limit = (
+        np.full(n, cfg.stale_after_s)
+        if cond.stale_limit is None
         else np.ascontiguousarray(cond.stale_limit, np.float64)
-    out = StepOut(publish=np.zeros(n, np.bool_), tightened=np.zeros(n, np.bool_),
-                  recording=record is not None,
-                  record=_NO_RECORD if record is None else StateArrays.of(record))
+    )
+    out = StepOut(
+        publish=np.zeros(n, np.bool_),
+        tightened=np.zeros(n, np.bool_),
+        recording=record is not None,
+        record=_NO_RECORD if record is None else StateArrays.of(record),
+    )
     _step(
         StateArrays.of(state),
         StepRows(market=rows, now=at, margin=refresh_margin(cfg, rows)),
-        TargetArrays(leverage=targets.max_leverage, fee=targets.fee_rate_hourly,
-                     slippage=targets.max_slippage, reasons=targets.reasons),
+        TargetArrays(
+            leverage=targets.max_leverage,
+            fee=targets.fee_rate_hourly,
+            slippage=targets.max_slippage,
+            reasons=targets.reasons,
+        ),
         ConditionArrays(
-            last_tick_t=cond.last_tick_t, last_jump_t=cond.last_jump_t, event_t=cond.event_t,
-            resolve_t=cond.resolve_t, warm=np.asarray(cond.warm, np.bool_),
-            fee_floor=cond.fee_floor, mode_floor=mode_floor, leverage_cap=cap,
-            stale_limit=stale_limit),
+            last_tick_t=cond.last_tick_t,
+            last_jump_t=cond.last_jump_t,
+            event_t=cond.event_t,
+            resolve_t=cond.resolve_t,
+            warm=np.asarray(cond.warm, np.bool_),
+            fee_floor=cond.fee_floor,
+            mode_floor=mode_floor,
+            leverage_cap=cap,
+            stale_limit=stale_limit,
+        ),
         GovernorLimits.of(cfg),
         out,
     )
@@ -204,9 +219,15 @@ class GovernorLimits(NamedTuple):
 
     @classmethod
     def of(cls, cfg: GovernorSettings) -> GovernorLimits:
-        return cls(freeze_s=cfg.freeze_before_resolution_s, cooldown_s=cfg.jump_cooldown_s,
-                   halt_s=cfg.halt_after_jump_s, loosen_interval_s=cfg.loosen_interval_s,
-                   max_loosen_step=cfg.max_loosen_step, deadband=cfg.deadband, ttl_s=cfg.ttl_s)
+        return cls(
+            freeze_s=cfg.freeze_before_resolution_s,
+            cooldown_s=cfg.jump_cooldown_s,
+            halt_s=cfg.halt_after_jump_s,
+            loosen_interval_s=cfg.loosen_interval_s,
+            max_loosen_step=cfg.max_loosen_step,
+            deadband=cfg.deadband,
+            ttl_s=cfg.ttl_s,
+        )
 
 
 class StepOut(NamedTuple):
@@ -255,17 +276,28 @@ def _step(state, rows, targets, cond, cfg, out):  # type: ignore[no-untyped-def]
 
         stale = not (now - last_tick_t[k] < stale_limit[k])  # nan (no data) counts as stale
         warming = not warm[k] and not stale
-        broken = not (np.isfinite(lev_t[0]) and np.isfinite(lev_t[1]) and np.isfinite(fee_t[0])
-                      and np.isfinite(fee_t[1]) and np.isfinite(slip_t))
+        broken = not (
+            np.isfinite(lev_t[0])
+            and np.isfinite(lev_t[1])
+            and np.isfinite(fee_t[0])
+            and np.isfinite(fee_t[1])
+            and np.isfinite(slip_t)
+        )
         resolved = now >= resolve_t[k]
         frozen = now >= event_t[k] - freeze_s and not resolved
         since_jump = now - last_jump_t[k]
         cooldown = since_jump < cooldown_s
         halted = since_jump < halt_s
-        reasons |= ((_STALE if stale else 0) | (_WARMING if warming else 0)
-                    | (_BROKEN if broken else 0) | (_RESOLVED if resolved else 0)
-                    | (_FROZEN if frozen else 0) | (_COOLDOWN if cooldown else 0)
-                    | (_HALTED if halted else 0) | (_UNKNOWN if np.isnan(event_t[k]) else 0))
+        reasons |= (
+            (_STALE if stale else 0)
+            | (_WARMING if warming else 0)
+            | (_BROKEN if broken else 0)
+            | (_RESOLVED if resolved else 0)
+            | (_FROZEN if frozen else 0)
+            | (_COOLDOWN if cooldown else 0)
+            | (_HALTED if halted else 0)
+            | (_UNKNOWN if np.isnan(event_t[k]) else 0)
+        )
 
         # Fail-safe: leverage 1, fee floor (below), the tightest slippage.
         if broken:
@@ -325,8 +357,13 @@ def _step(state, rows, targets, cond, cfg, out):  # type: ignore[no-untyped-def]
             slip_new = _max(_min(slip_t, prev_slip * grow), prev_slip)
 
         tightened = not first and (
-            lev_new[0] < prev_lev[0] or lev_new[1] < prev_lev[1] or fee_new[0] > prev_fee[0]
-            or fee_new[1] > prev_fee[1] or slip_new < prev_slip or mode_t > mode[i])
+            lev_new[0] < prev_lev[0]
+            or lev_new[1] < prev_lev[1]
+            or fee_new[0] > prev_fee[0]
+            or fee_new[1] > prev_fee[1]
+            or slip_new < prev_slip
+            or mode_t > mode[i]
+        )
         loosen_rel = _max(_looser(lev_new, prev_lev, fee_new, prev_fee), slip_new / prev_slip - 1.0)
         loosened = loosen_rel >= deadband and not first
         if not loosened and not tightened and not first:
@@ -337,14 +374,25 @@ def _step(state, rows, targets, cond, cfg, out):  # type: ignore[no-untyped-def]
             slip_new = _min(slip_new, prev_slip)
 
         expiring = not (valid_until[i] - now > rows.margin[k])
-        publish = (first or tightened or loosened or mode_t != mode[i]
-                   or reasons != reasons_pub[i] or expiring)
+        publish = (
+            first
+            or tightened
+            or loosened
+            or mode_t != mode[i]
+            or reasons != reasons_pub[i]
+            or expiring
+        )
         out.publish[k] = publish
         out.tightened[k] = tightened and publish
         if publish:
-            moved = (first or lev_new[0] != prev_lev[0] or lev_new[1] != prev_lev[1]
-                     or fee_new[0] != prev_fee[0] or fee_new[1] != prev_fee[1]
-                     or slip_new != prev_slip)
+            moved = (
+                first
+                or lev_new[0] != prev_lev[0]
+                or lev_new[1] != prev_lev[1]
+                or fee_new[0] != prev_fee[0]
+                or fee_new[1] != prev_fee[1]
+                or slip_new != prev_slip
+            )
             leverage[i] = lev_new
             fee[i] = fee_new
             slippage[i] = slip_new
@@ -383,8 +431,9 @@ def _min(a: float, b: float) -> float:
     return a + b if np.isnan(a) or np.isnan(b) else min(a, b)
 
 
-def loosening_anchor(state: GovernorState, last_jump_t: np.ndarray, cooldown_s: float
-                     ) -> np.ndarray:
+def loosening_anchor(
+    state: GovernorState, last_jump_t: np.ndarray, cooldown_s: float
+) -> np.ndarray:
     """When the loosening steps start counting (section 5); nan: not yet."""
     return np.fmax(np.fmax(state.changed_at, state.idle_at), last_jump_t + cooldown_s)
 
@@ -402,9 +451,14 @@ def refresh_margin(cfg: GovernorSettings, idx: np.ndarray) -> np.ndarray:
     return np.maximum(2.0 * cfg.publish_interval_s, cfg.ttl_s / 4.0 * (1.0 - spread / 2.0))
 
 
-
-def next_change(state: GovernorState, cfg: GovernorSettings, now: float, cond: Conditions,
-                warm_at: np.ndarray, idx: np.ndarray) -> np.ndarray:
+def next_change(
+    state: GovernorState,
+    cfg: GovernorSettings,
+    now: float,
+    cond: Conditions,
+    warm_at: np.ndarray,
+    idx: np.ndarray,
+) -> np.ndarray:
     """Right after `step` at `now`: the first time after `now` at which `step` could decide
     otherwise for the same targets and conditions (inf: never). These are the time-driven
     rules of section 5: staleness, the end of warm-up (`warm_at`), the resolution freeze,

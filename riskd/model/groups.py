@@ -42,8 +42,9 @@ class GroupRisk:
     oi_cap: np.ndarray  # largest lent notional per side; inf where nothing is lent
 
 
-def group_index(groups: list[str | None], relations: list[str]
-                ) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
+def group_index(
+    groups: list[str | None], relations: list[str]
+) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
     """(group of each market, its sign, the groups' names): a market without a group
     is a group of its own (name None), independent of every other."""
     names: list[str | None] = []
@@ -63,17 +64,24 @@ def group_index(groups: list[str | None], relations: list[str]
     return index, sign, names
 
 
-def budgets(names: list[str | None], fund_balance: float,
-            cfg: InsuranceSettings) -> np.ndarray:
+def budgets(names: list[str | None], fund_balance: float, cfg: InsuranceSettings) -> np.ndarray:
     """Each group's share of the first-loss tier: the fund above the balance at which
     the exchange socialises losses instead."""
     spendable = max(fund_balance - cfg.socialisation_threshold, 0.0)
     return np.array([cfg.share(name) * spendable for name in names], np.float64)
 
 
-def joint_scenarios(p: np.ndarray, x: np.ndarray, sigma: np.ndarray, lam: np.ndarray,
-                    J: np.ndarray, h: np.ndarray, q: np.ndarray, sign: np.ndarray,
-                    nodes: int) -> tuple[np.ndarray, np.ndarray]:
+def joint_scenarios(
+    p: np.ndarray,
+    x: np.ndarray,
+    sigma: np.ndarray,
+    lam: np.ndarray,
+    J: np.ndarray,
+    h: np.ndarray,
+    q: np.ndarray,
+    sign: np.ndarray,
+    nodes: int,
+) -> tuple[np.ndarray, np.ndarray]:
     """Joint prices after h of B blocks of m markets each (inputs (B, m)).
 
     Returns (value_h (B, m, 2, S), prob (B, S)). Two uniforms drive a block. The event
@@ -89,13 +97,25 @@ def joint_scenarios(p: np.ndarray, x: np.ndarray, sigma: np.ndarray, lam: np.nda
     diff_scale = sigma * np.sqrt(h)
     jump_scale = np.maximum(J, diff_scale)  # as scenarios.fill
     p_jump = (1.0 - q) * -np.expm1(-lam * h)
-    u_cut = np.sort(np.concatenate([np.zeros((b, 1)), q, np.minimum(q + p_jump, 1.0),
-                                    np.ones((b, 1))], axis=1), axis=1)
+    u_cut = np.sort(
+        np.concatenate([np.zeros((b, 1)), q, np.minimum(q + p_jump, 1.0), np.ones((b, 1))], axis=1),
+        axis=1,
+    )
     cum = np.cumsum(w)[:-1]
     own = np.where(sign == OPPOSITE, 1.0 - p, p)
-    y_cut = np.sort(np.concatenate([np.zeros((b, 1)), np.broadcast_to(cum, (b, cum.size)),
-                                    np.broadcast_to(1.0 - cum, (b, cum.size)),
-                                    own, np.ones((b, 1))], axis=1), axis=1)
+    y_cut = np.sort(
+        np.concatenate(
+            [
+                np.zeros((b, 1)),
+                np.broadcast_to(cum, (b, cum.size)),
+                np.broadcast_to(1.0 - cum, (b, cum.size)),
+                own,
+                np.ones((b, 1)),
+            ],
+            axis=1,
+        ),
+        axis=1,
+    )
     u_mid = 0.5 * (u_cut[:, :-1] + u_cut[:, 1:])[:, None, :, None]  # (B, 1, Su, 1)
     y_mid = 0.5 * (y_cut[:, :-1] + y_cut[:, 1:])[:, None, None, :]  # (B, 1, 1, Sy)
     y = np.where((sign == OPPOSITE)[:, :, None, None], 1.0 - y_mid, y_mid)
@@ -109,7 +129,7 @@ def joint_scenarios(p: np.ndarray, x: np.ndarray, sigma: np.ndarray, lam: np.nda
     short_h = np.where(resolved, 1.0 - yes, _expit(-x_h))
     s = long_h.shape[2] * long_h.shape[3]
     value_h = np.stack([long_h.reshape(b, m, s), short_h.reshape(b, m, s)], axis=2)
-    prob = (np.diff(u_cut, axis=1)[:, :, None] * np.diff(y_cut, axis=1)[:, None, :])
+    prob = np.diff(u_cut, axis=1)[:, :, None] * np.diff(y_cut, axis=1)[:, None, :]
     return value_h, prob.reshape(b, s)
 
 
@@ -118,8 +138,13 @@ def _expit(x: np.ndarray) -> np.ndarray:
     return np.exp(-np.logaddexp(0.0, -x))
 
 
-def loss_per_unit_lent(value: np.ndarray, value_h: np.ndarray, margin: np.ndarray,
-                       fee_rate_hourly: np.ndarray, h: np.ndarray) -> np.ndarray:
+def loss_per_unit_lent(
+    value: np.ndarray,
+    value_h: np.ndarray,
+    margin: np.ndarray,
+    fee_rate_hourly: np.ndarray,
+    h: np.ndarray,
+) -> np.ndarray:
     """The lender's loss per unit lent, per scenario ((..., 2) inputs, (..., 2, S) out).
 
     Lent per share is the debt d = value - margin; the lender loses what the side's
@@ -138,8 +163,9 @@ def loss_per_unit_lent(value: np.ndarray, value_h: np.ndarray, margin: np.ndarra
     return np.where(bad, 1.0, loss)
 
 
-def expected_shortfall(loss: np.ndarray, prob: np.ndarray, alpha: float
-                       ) -> tuple[np.ndarray, np.ndarray]:
+def expected_shortfall(
+    loss: np.ndarray, prob: np.ndarray, alpha: float
+) -> tuple[np.ndarray, np.ndarray]:
     """ES_alpha over the last axis and its slope: the tail weights (summing to 1) of
     each scenario, the boundary atom in part, so ES is exact for a discrete
     distribution and sum(weights * dloss) is a subgradient. loss (..., S), prob
@@ -155,8 +181,9 @@ def expected_shortfall(loss: np.ndarray, prob: np.ndarray, alpha: float
     return (loss * weights).sum(axis=-1), weights
 
 
-def solve_caps(rest: np.ndarray, unit: np.ndarray, prob: np.ndarray, allowance: np.ndarray,
-               alpha: float) -> np.ndarray:
+def solve_caps(
+    rest: np.ndarray, unit: np.ndarray, prob: np.ndarray, allowance: np.ndarray, alpha: float
+) -> np.ndarray:
     """The largest D >= 0 with ES(rest + D unit) <= allowance, per row (..., S).
 
     ES(rest + D unit) is convex, piecewise linear and non-decreasing in D (unit >= 0):
@@ -187,8 +214,15 @@ def solve_caps(rest: np.ndarray, unit: np.ndarray, prob: np.ndarray, allowance: 
     return np.where(per_unit <= 0.0, np.inf, np.where(live, d, 0.0))
 
 
-def _bisect(rest: np.ndarray, unit: np.ndarray, prob: np.ndarray, target: np.ndarray,
-            alpha: float, live: np.ndarray, hi: np.ndarray) -> np.ndarray:
+def _bisect(
+    rest: np.ndarray,
+    unit: np.ndarray,
+    prob: np.ndarray,
+    target: np.ndarray,
+    alpha: float,
+    live: np.ndarray,
+    hi: np.ndarray,
+) -> np.ndarray:
     lo = np.zeros_like(hi)
     for _ in range(60):
         mid = 0.5 * (lo + hi)
@@ -198,9 +232,16 @@ def _bisect(rest: np.ndarray, unit: np.ndarray, prob: np.ndarray, target: np.nda
     return np.where(live, lo, hi)
 
 
-def group_risk(inp: RiskInputs, targets: Targets, oi: np.ndarray, index: np.ndarray,
-               sign: np.ndarray, budget: np.ndarray, confidence: float, nodes: int
-               ) -> GroupRisk:
+def group_risk(
+    inp: RiskInputs,
+    targets: Targets,
+    oi: np.ndarray,
+    index: np.ndarray,
+    sign: np.ndarray,
+    budget: np.ndarray,
+    confidence: float,
+    nodes: int,
+) -> GroupRisk:
     """Section 10: each group's ES of lender loss at today's open interest `oi` (lent
     notional per market and side, finite and >= 0) and each side's cap: the largest lent
     notional that keeps its group's ES within `budget`, today's OI everywhere else.
@@ -246,17 +287,36 @@ def _blocks(index: np.ndarray, sign: np.ndarray) -> list[np.ndarray]:
     return ([singles] if singles.size else []) + linked
 
 
-def _block_loss(inp: RiskInputs, targets: Targets, oi: np.ndarray, members: np.ndarray,
-                sign: np.ndarray, nodes: int) -> tuple[np.ndarray, np.ndarray]:
+def _block_loss(
+    inp: RiskInputs,
+    targets: Targets,
+    oi: np.ndarray,
+    members: np.ndarray,
+    sign: np.ndarray,
+    nodes: int,
+) -> tuple[np.ndarray, np.ndarray]:
     """(loss per unit lent (B, 2m, S), prob (B, S)) of a batch of blocks, the columns
     without any loss merged into one (exact for the ES: equal losses)."""
     with np.errstate(invalid="ignore"):  # a market without a model: nan, lost below
         value_h, prob = joint_scenarios(
-            inp.p[members], inp.x[members], inp.sigma[members], inp.lam[members],
-            inp.J[members], inp.h[members], targets.q[members], sign[members], nodes)
+            inp.p[members],
+            inp.x[members],
+            inp.sigma[members],
+            inp.lam[members],
+            inp.J[members],
+            inp.h[members],
+            targets.q[members],
+            sign[members],
+            nodes,
+        )
     value = np.stack([inp.p, 1.0 - inp.p], axis=-1)[members]
-    unit = loss_per_unit_lent(value, value_h, targets.initial_margin[members],
-                              targets.fee_rate_hourly[members], inp.h[members])
+    unit = loss_per_unit_lent(
+        value,
+        value_h,
+        targets.initial_margin[members],
+        targets.fee_rate_hourly[members],
+        inp.h[members],
+    )
     b, m = members.shape
     unit = unit.reshape(b, 2 * m, -1)
     keep = (unit > 0.0).any(axis=(0, 1)) & (prob > 0.0).any(axis=0)
@@ -272,8 +332,9 @@ def ramp(u: np.ndarray, start: float) -> np.ndarray:
     return t * t * (3.0 - 2.0 * t)
 
 
-def oi_margins(initial_margin: np.ndarray, p: np.ndarray, oi: np.ndarray, cap: np.ndarray,
-               ramp_start: float) -> tuple[np.ndarray, np.ndarray]:
+def oi_margins(
+    initial_margin: np.ndarray, p: np.ndarray, oi: np.ndarray, cap: np.ndarray, ramp_start: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Initial margins (n, 2) raised as open interest nears its cap, and the markets
     where the cap raised one (reason `oi_cap_binding`).
 

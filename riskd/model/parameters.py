@@ -95,8 +95,7 @@ def risk_inputs(
     sigma = np.maximum(np.sqrt(state.sigma2), cfg.sigma_floor)
     # The hot rate (a jump says "this market is moving now") or the market's long-run
     # rate shrunk toward the pool of all markets (`pooled_jump_rate`), the larger.
-    lam = np.maximum(state.lambda_at(now, cfg),
-                     cfg.lambda_prior if lam_long is None else lam_long)
+    lam = np.maximum(state.lambda_at(now, cfg), cfg.lambda_prior if lam_long is None else lam_long)
     J = np.maximum(np.sqrt(state.J2), cfg.J_floor)
     # The silence since the price was last confirmed is evidence about the wait for
     # the next one.
@@ -106,23 +105,35 @@ def risk_inputs(
     if live_book is not None:
         gap = np.where(live_book, since, gap)
     h0 = np.maximum(cfg.liquidation_horizon_s, cfg.k_liquidity * np.nan_to_num(gap, nan=0.0))
-    depth, ratio, h_book = book_horizon(state.depth, p, cfg,
-                                        cfg.liquidation_notional if notional is None
-                                        else notional)
+    depth, ratio, h_book = book_horizon(
+        state.depth, p, cfg, cfg.liquidation_notional if notional is None else notional
+    )
     h = np.where(np.isnan(depth), h0, np.maximum(h0, h_book))
     # A margin-call window is waited through before the liquidation starts: both
     # horizons carry it (0 by default: adding 0.0 leaves them bit for bit).
     h0 = h0 + cfg.margin_call_window_s
     h = h + cfg.margin_call_window_s
     return RiskInputs(
-        p=p, x=np.log(p) - np.log1p(-p), tau=tau, sigma=sigma, lam=lam, J=J, gap=gap, h=h,
-        half_spread=state.half_spread, tick=state.tick_size, h0=h0, depth=depth,
-        book_ratio=ratio, scheduled=scheduled,
+        p=p,
+        x=np.log(p) - np.log1p(-p),
+        tau=tau,
+        sigma=sigma,
+        lam=lam,
+        J=J,
+        gap=gap,
+        h=h,
+        half_spread=state.half_spread,
+        tick=state.tick_size,
+        h0=h0,
+        depth=depth,
+        book_ratio=ratio,
+        scheduled=scheduled,
     )
 
 
-def book_horizon(depth: np.ndarray, p: np.ndarray, cfg: ModelSettings,
-                 notional: np.ndarray | float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def book_horizon(
+    depth: np.ndarray, p: np.ndarray, cfg: ModelSettings, notional: np.ndarray | float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Section 4, liquidity from the book: (depth, ratio, horizon).
 
     A position of `notional` is `notional / value` shares (value p long, 1 - p
@@ -168,49 +179,68 @@ def compute(
     """Section 4 for all markets at once: margins, leverage and fee per market and side
     in one compiled pass (`_margins_and_fees`), slippage and reasons vectorised."""
     q = scenarios.resolution_probability(inp.h, inp.tau, cfg.h_min_s)
-    q_fee = scenarios.resolution_probability(inp.h, inp.tau, cfg.h_min_s, inp.scheduled,
-                                             cfg.early_news_rate, cfg.early_news_share)
+    q_fee = scenarios.resolution_probability(
+        inp.h, inp.tau, cfg.h_min_s, inp.scheduled, cfg.early_news_rate, cfg.early_news_share
+    )
     m = inp.p.shape[0]
     z, w = scenarios.gauss_hermite(cfg.nodes)
-    out = MarginOut(detail=detail, leverage=np.empty((m, 2)), initial_margin=np.empty((m, 2)),
-                    fee=np.empty((m, 2)), es=np.empty((m, 2)),
-                    es_by_group=np.zeros((m if detail else 0, 2, 3)),
-                    fee_by_group=np.zeros((m if detail else 0, 2, 3)))
+    out = MarginOut(
+        detail=detail,
+        leverage=np.empty((m, 2)),
+        initial_margin=np.empty((m, 2)),
+        fee=np.empty((m, 2)),
+        es=np.empty((m, 2)),
+        es_by_group=np.zeros((m if detail else 0, 2, 3)),
+        fee_by_group=np.zeros((m if detail else 0, 2, 3)),
+    )
 
     def per_market(a: np.ndarray) -> np.ndarray:
         return np.broadcast_to(np.asarray(a, np.float64), (m,)).copy()
 
     _margins_and_fees(
         MarketInputs.of(inp, q, q_fee),
-        MarketLimits(max_leverage=per_market(max_leverage), fee_floor=per_market(fee_floor),
-                     pin=_f64(np.full(m, np.nan) if leverage_pin is None else leverage_pin)),
+        MarketLimits(
+            max_leverage=per_market(max_leverage),
+            fee_floor=per_market(fee_floor),
+            pin=_f64(np.full(m, np.nan) if leverage_pin is None else leverage_pin),
+        ),
         ScenarioNodes(z=z, w=w, group=scenarios.groups(cfg.nodes)),
-        MarginSettings(confidence=cfg.confidence, m_floor=cfg.m_floor,
-                       fee_loading=cfg.fee_loading),
-        out)
+        MarginSettings(confidence=cfg.confidence, m_floor=cfg.m_floor, fee_loading=cfg.fee_loading),
+        out,
+    )
 
     price_vol = inp.p * (1.0 - inp.p) * inp.sigma
     # With a book, the reference position's own impact: the depth within max_slippage
     # of the mid taken as spread evenly over that band, unwinding a share of it moves
     # the price by that share of the band (all of it when the book is too shallow).
-    impact = 0.0 if inp.book_ratio is None else \
-        max_slippage * np.nan_to_num(np.minimum(inp.book_ratio, 1.0), nan=0.0)
+    impact = (
+        0.0
+        if inp.book_ratio is None
+        else max_slippage * np.nan_to_num(np.minimum(inp.book_ratio, 1.0), nan=0.0)
+    )
     slip = np.clip(
-        cfg.z_slip * price_vol * np.sqrt(cfg.h_exec_s) + inp.half_spread + impact, inp.tick,
+        cfg.z_slip * price_vol * np.sqrt(cfg.h_exec_s) + inp.half_spread + impact,
+        inp.tick,
         max_slippage,
     )
     reasons = np.zeros(m, dtype=np.int64)
     reasons |= np.where(np.minimum(inp.p, 1 - inp.p) < 0.05, BIT["extreme_probability"], 0)
     reasons |= np.where(inp.sigma > 4.0 * cfg.sigma_prior, BIT["high_volatility"], 0)
     # Sparse prices or a thin book, not the margin-call window every market waits.
-    reasons |= np.where(inp.h > cfg.liquidation_horizon_s + cfg.margin_call_window_s,
-                        BIT["thin_market"], 0)
+    reasons |= np.where(
+        inp.h > cfg.liquidation_horizon_s + cfg.margin_call_window_s, BIT["thin_market"], 0
+    )
     if leverage_pin is not None:
         reasons |= np.where(np.isnan(leverage_pin), 0, BIT["config_override"])
     return Targets(
-        max_leverage=out.leverage, initial_margin=out.initial_margin,
+        max_leverage=out.leverage,
+        initial_margin=out.initial_margin,
         maintenance_margin=cfg.maintenance_ratio * out.initial_margin,
-        fee_rate_hourly=out.fee, max_slippage=slip, q=q, reasons=reasons, es=out.es,
+        fee_rate_hourly=out.fee,
+        max_slippage=slip,
+        q=q,
+        reasons=reasons,
+        es=out.es,
         es_by_group=out.es_by_group if detail else None,
         fee_by_group=out.fee_by_group if detail else None,
     )
@@ -231,9 +261,17 @@ class MarketInputs(NamedTuple):
 
     @classmethod
     def of(cls, inp: RiskInputs, q: np.ndarray, q_fee: np.ndarray) -> MarketInputs:
-        return cls(p=_f64(inp.p), x=_f64(inp.x), sigma=_f64(inp.sigma), lam=_f64(inp.lam),
-                   J=_f64(inp.J), h=_f64(inp.h), h0=_f64(inp.h if inp.h0 is None else inp.h0),
-                   q=_f64(q), q_fee=_f64(q_fee))
+        return cls(
+            p=_f64(inp.p),
+            x=_f64(inp.x),
+            sigma=_f64(inp.sigma),
+            lam=_f64(inp.lam),
+            J=_f64(inp.J),
+            h=_f64(inp.h),
+            h0=_f64(inp.h if inp.h0 is None else inp.h0),
+            q=_f64(q),
+            q_fee=_f64(q_fee),
+        )
 
 
 def _f64(a: np.ndarray) -> np.ndarray:
@@ -302,12 +340,14 @@ def _margins_and_fees(inp, limits, nodes, cfg, out):  # type: ignore[no-untyped-
             fee[i, :] = np.nan
             es[i, :] = np.nan
             continue
-        scenarios.fill(p[i], x[i], sigma[i], lam[i], J[i], h[i], q[i], z, w,
-                       p_h, p_h_no, prob, prob_liquid)
+        scenarios.fill(
+            p[i], x[i], sigma[i], lam[i], J[i], h[i], q[i], z, w, p_h, p_h_no, prob, prob_liquid
+        )
         # The fee's scenarios: the same prices, weighted by the hazard a position can
         # meet (a scheduled event lies after the freeze: only early news counts).
-        scenarios.fill(p[i], x[i], sigma[i], lam[i], J[i], h[i], q_fee[i], z, w,
-                       p_h, p_h_no, prob_fee, spare)
+        scenarios.fill(
+            p[i], x[i], sigma[i], lam[i], J[i], h[i], q_fee[i], z, w, p_h, p_h_no, prob_fee, spare
+        )
         h_hours = h0[i] / 3600.0
         for side in range(2):
             value = p[i] if side == LONG else 1.0 - p[i]
@@ -350,22 +390,27 @@ def _margins_and_fees(inp, limits, nodes, cfg, out):  # type: ignore[no-untyped-
             if detail:  # explain's split by scenario group
                 for k in range(s):
                     es_g[i, side, group[k]] += loss[k] * w_all[k]
-                    fee_g[i, side, group[k]] += prob_fee[k] * max(debt - value_h[k], 0.0) \
-                        * scale
+                    fee_g[i, side, group[k]] += prob_fee[k] * max(debt - value_h[k], 0.0) * scale
             fee[i, side] = max(premium * scale, fee_floor[i])
             lev[i, side], im[i, side], es[i, side] = lev_side, im_side, es_side
             if np.isnan(es_side + es_liquid + premium):  # inf - inf on the way: no model
                 lev[i, side] = im[i, side] = fee[i, side] = es[i, side] = np.nan
 
 
-def pooled_jump_rate(jumps: np.ndarray, exposure: np.ndarray, pool_jumps: float | np.ndarray,
-                     pool_exposure: float | np.ndarray, cfg: ModelSettings) -> np.ndarray:
+def pooled_jump_rate(
+    jumps: np.ndarray,
+    exposure: np.ndarray,
+    pool_jumps: float | np.ndarray,
+    pool_exposure: float | np.ndarray,
+    cfg: ModelSettings,
+) -> np.ndarray:
     """Section 3, the long-run jump rate: each market's own count over its own time,
     shrunk toward the pool of all markets, itself shrunk toward `lambda_prior`
     (Gamma-Poisson: a prior of rate r and strength K seconds adds r K jumps and K
     seconds). A market with a week of data (`jump_shrinkage_s`) weighs its own rate
     as much as the pool's; the pool needs `jump_pool_prior_s` of market-time to
     outweigh the prior."""
-    pool = (pool_jumps + cfg.lambda_prior * cfg.jump_pool_prior_s) / \
-        (pool_exposure + cfg.jump_pool_prior_s)
+    pool = (pool_jumps + cfg.lambda_prior * cfg.jump_pool_prior_s) / (
+        pool_exposure + cfg.jump_pool_prior_s
+    )
     return (jumps + pool * cfg.jump_shrinkage_s) / (exposure + cfg.jump_shrinkage_s)

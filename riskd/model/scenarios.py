@@ -40,9 +40,14 @@ def groups(nodes: int) -> np.ndarray:
     return g
 
 
-def resolution_probability(h: np.ndarray, tau: np.ndarray, h_min: float,
-                           scheduled: np.ndarray | None = None, early_rate: float = 0.0,
-                           early_share: float = 0.0) -> np.ndarray:
+def resolution_probability(
+    h: np.ndarray,
+    tau: np.ndarray,
+    h_min: float,
+    scheduled: np.ndarray | None = None,
+    early_rate: float = 0.0,
+    early_share: float = 0.0,
+) -> np.ndarray:
     """q, the probability that the decisive information arrives within h (section 4.1).
 
     Unscheduled (a deadline): it arrives uniformly over the remaining life, h / tau.
@@ -70,9 +75,21 @@ def expit(x: float) -> float:
 
 
 @njit
-def fill(p: float, x: float, sigma: float, lam: float, J: float, h: float, q: float,
-         z: np.ndarray, w: np.ndarray, p_h: np.ndarray, p_h_no: np.ndarray,
-         prob: np.ndarray, prob_liquid: np.ndarray) -> None:
+def fill(
+    p: float,
+    x: float,
+    sigma: float,
+    lam: float,
+    J: float,
+    h: float,
+    q: float,
+    z: np.ndarray,
+    w: np.ndarray,
+    p_h: np.ndarray,
+    p_h_no: np.ndarray,
+    prob: np.ndarray,
+    prob_liquid: np.ndarray,
+) -> None:
     """One market's scenarios (section 4: resolution event, news jump, diffusion).
 
     prob sums to 1; prob_liquid is the distribution given no resolution event inside
@@ -88,15 +105,39 @@ def fill(p: float, x: float, sigma: float, lam: float, J: float, h: float, q: fl
     p_h[0], p_h_no[0], prob[0], prob_liquid[0] = 1.0, 0.0, q * p, 0.0
     p_h[1], p_h_no[1], prob[1], prob_liquid[1] = 0.0, 1.0, q * (1.0 - p), 0.0
     for k in range(n):
-        _node(x + jump_scale * z[k], p_jump * w[k], p_jump_liquid * w[k], 2 + k,
-              p_h, p_h_no, prob, prob_liquid)
-        _node(x + diff_scale * z[k], p_diff * w[k], (1.0 - p_jump_liquid) * w[k], 2 + n + k,
-              p_h, p_h_no, prob, prob_liquid)
+        _node(
+            x + jump_scale * z[k],
+            p_jump * w[k],
+            p_jump_liquid * w[k],
+            2 + k,
+            p_h,
+            p_h_no,
+            prob,
+            prob_liquid,
+        )
+        _node(
+            x + diff_scale * z[k],
+            p_diff * w[k],
+            (1.0 - p_jump_liquid) * w[k],
+            2 + n + k,
+            p_h,
+            p_h_no,
+            prob,
+            prob_liquid,
+        )
 
 
 @njit
-def _node(x_h: float, mass: float, liquid: float, col: int, p_h: np.ndarray,
-          p_h_no: np.ndarray, prob: np.ndarray, prob_liquid: np.ndarray) -> None:
+def _node(
+    x_h: float,
+    mass: float,
+    liquid: float,
+    col: int,
+    p_h: np.ndarray,
+    p_h_no: np.ndarray,
+    prob: np.ndarray,
+    prob_liquid: np.ndarray,
+) -> None:
     # YES and NO values from one exp of -|x_h|: each side's value is a quotient
     # without cancellation, exact in relative terms at both ends, so long NO at p is
     # long YES at 1 - p to rounding (property 6.2).
@@ -134,16 +175,16 @@ def worst_first(loss: np.ndarray, order: np.ndarray) -> None:
     for a in range(1, order.shape[0]):
         col = order[a]
         b = a - 1
-        while b >= 0 and (loss[order[b]] < loss[col]
-                          or (loss[order[b]] == loss[col] and order[b] > col)):
+        while b >= 0 and (
+            loss[order[b]] < loss[col] or (loss[order[b]] == loss[col] and order[b] > col)
+        ):
             order[b + 1] = order[b]
             b -= 1
         order[b + 1] = col
 
 
 @njit
-def tail_weights(prob: np.ndarray, order: np.ndarray, alpha: float, weights: np.ndarray
-                 ) -> None:
+def tail_weights(prob: np.ndarray, order: np.ndarray, alpha: float, weights: np.ndarray) -> None:
     """Weight of each scenario in the worst (1 - alpha) of the distribution, summing to 1.
 
     Expected shortfall is sum(loss * weights); the atom on the boundary counts in

@@ -97,8 +97,15 @@ class HttpPublisher:
 
     name = "http"
 
-    def __init__(self, url: str, secret: bytes, instance: str, stats: PublishStats,
-                 timeout_s: float = 5.0, policy: DeliveryPolicy | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        secret: bytes,
+        instance: str,
+        stats: PublishStats,
+        timeout_s: float = 5.0,
+        policy: DeliveryPolicy | None = None,
+    ) -> None:
         self.url = url
         self._secret = secret
         self.instance = instance
@@ -112,8 +119,11 @@ class HttpPublisher:
         self._tight: dict[str, None] = {}
         # market -> highest version delivered: a set not newer is never sent.
         self._delivered: dict[str, int] = {}
-        self.breaker = CircuitBreaker(self.policy.circuit_failures, self.policy.circuit_reset_s,
-                                      self.policy.circuit_max_reset_s)
+        self.breaker = CircuitBreaker(
+            self.policy.circuit_failures,
+            self.policy.circuit_reset_s,
+            self.policy.circuit_max_reset_s,
+        )
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -136,9 +146,13 @@ class HttpPublisher:
             return
         self._ok = False
         exc = task.exception()
-        log.error("http publisher stopped, nothing more is sent to %s: %r",
-                  mask_url(self.url), exc, exc_info=exc,
-                  extra={"publisher": self.name, "reason": "publisher_stopped"})
+        log.error(
+            "http publisher stopped, nothing more is sent to %s: %r",
+            mask_url(self.url),
+            exc,
+            exc_info=exc,
+            extra={"publisher": self.name, "reason": "publisher_stopped"},
+        )
 
     def submit(self, batch: Batch) -> None:
         self._generated_at = batch.generated_at  # the daemon clock: event time in replay
@@ -163,8 +177,11 @@ class HttpPublisher:
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
         except TimeoutError:
-            log.warning("http publisher: %d markets unsent at shutdown", len(self._pending),
-                        extra={"publisher": self.name, "reason": "shutdown_deadline"})
+            log.warning(
+                "http publisher: %d markets unsent at shutdown",
+                len(self._pending),
+                extra={"publisher": self.name, "reason": "shutdown_deadline"},
+            )
 
     async def close(self) -> None:
         if self._task is not None:
@@ -224,20 +241,24 @@ class HttpPublisher:
                 attempt = await self._post(taken, bool(tight & taken.keys()))
             except Exception:  # a bug (classify_error): drop these sets, keep the sender
                 self._ok = False
-                log.exception("http publisher: could not send %d sets", len(taken),
-                              extra={"publisher": self.name, "reason": "publisher_error"})
+                log.exception(
+                    "http publisher: could not send %d sets",
+                    len(taken),
+                    extra={"publisher": self.name, "reason": "publisher_error"},
+                )
                 self.stats.published(self.name, "error", None)
                 continue
             if attempt.outcome is Outcome.RETRY:
                 self._put_back(taken, tight)
                 if self.breaker.failure(time.monotonic()):
                     self.stats.circuit(self.name, True)
-                    log.error("http publisher: circuit open after %d consecutive failures",
-                              self.breaker.consecutive,
-                              extra={"publisher": self.name, "reason": "circuit_open"})
+                    log.error(
+                        "http publisher: circuit open after %d consecutive failures",
+                        self.breaker.consecutive,
+                        extra={"publisher": self.name, "reason": "circuit_open"},
+                    )
                 if delays is None:
-                    delays = retry_delays(self.policy.backoff_initial_s,
-                                          self.policy.backoff_max_s)
+                    delays = retry_delays(self.policy.backoff_initial_s, self.policy.backoff_max_s)
                 delay = next(delays)
                 if attempt.retry_after_s is not None:
                     delay = max(delay, attempt.retry_after_s)
@@ -248,12 +269,15 @@ class HttpPublisher:
             # A permanent refusal still means the exchange is up and answering.
             if self.breaker.success():
                 self.stats.circuit(self.name, False)
-                log.info("http publisher: circuit closed, the exchange answers again",
-                         extra={"publisher": self.name, "reason": "circuit_closed"})
+                log.info(
+                    "http publisher: circuit closed, the exchange answers again",
+                    extra={"publisher": self.name, "reason": "circuit_closed"},
+                )
             if attempt.outcome is Outcome.DELIVERED:
                 for market, entry in taken.items():
-                    self._delivered[market] = max(self._delivered.get(market, 0),
-                                                  int(entry["version"]))
+                    self._delivered[market] = max(
+                        self._delivered.get(market, 0), int(entry["version"])
+                    )
 
     async def _post(self, taken: dict[str, dict[str, Any]], tightens: bool) -> Attempt:
         assert self._session is not None
@@ -266,14 +290,19 @@ class HttpPublisher:
             "X-Riskd-Timestamp": ts,
             "X-Riskd-Signature": sign(self._secret, ts, body),
         }
-        extra: dict[str, Any] = {"publisher": self.name, "seq": self.seq,
-                                 "markets": len(taken), "tightens": tightens}
+        extra: dict[str, Any] = {
+            "publisher": self.name,
+            "seq": self.seq,
+            "markets": len(taken),
+            "tightens": tightens,
+        }
         started = time.perf_counter()
         try:
             # A redirect is answered as it is (permanent): signed parameters go to the
             # configured URL only.
-            async with self._session.post(self.url, data=body, headers=headers,
-                                          allow_redirects=False) as resp:
+            async with self._session.post(
+                self.url, data=body, headers=headers, allow_redirects=False
+            ) as resp:
                 text = await resp.text(errors="replace")
                 status = resp.status
                 wait_header = resp.headers.get("Retry-After")
@@ -283,8 +312,12 @@ class HttpPublisher:
             self._ok = False
             reason = error_reason(exc)
             level = logging.DEBUG if self.breaker.is_open else logging.WARNING
-            log.log(level, "http publish failed (%s), will retry", reason,
-                    extra={**extra, "reason": reason})
+            log.log(
+                level,
+                "http publish failed (%s), will retry",
+                reason,
+                extra={**extra, "reason": reason},
+            )
             self.stats.published(self.name, Outcome.RETRY.value, None)
             return Attempt(Outcome.RETRY)
         latency = time.perf_counter() - started
@@ -298,9 +331,18 @@ class HttpPublisher:
         if outcome is Outcome.RETRY:
             wait = retry_after(wait_header, time.time(), self.policy.retry_after_max_s)
             level = logging.DEBUG if self.breaker.is_open else logging.WARNING
-            log.log(level, "http publish got %d, will retry%s", status,
-                    f" after {wait:g} s (Retry-After)" if wait is not None else "", extra=extra)
+            log.log(
+                level,
+                "http publish got %d, will retry%s",
+                status,
+                f" after {wait:g} s (Retry-After)" if wait is not None else "",
+                extra=extra,
+            )
             return Attempt(outcome, status, wait)
-        log.error("http publish refused with %d (not retried): %s", status,
-                  text[:BODY_LOG_CHARS], extra=extra)
+        log.error(
+            "http publish refused with %d (not retried): %s",
+            status,
+            text[:BODY_LOG_CHARS],
+            extra=extra,
+        )
         return Attempt(outcome, status)

@@ -21,8 +21,14 @@ log = logging.getLogger(__name__)
 class JsonlPublisher:
     name = "jsonl"
 
-    def __init__(self, path: Path, stats: PublishStats, fsync: bool = False,
-                 max_bytes: int = 0, backups: int = 5) -> None:
+    def __init__(
+        self,
+        path: Path,
+        stats: PublishStats,
+        fsync: bool = False,
+        max_bytes: int = 0,
+        backups: int = 5,
+    ) -> None:
         self.path = path
         self.stats = stats
         self.fsync = fsync
@@ -36,8 +42,11 @@ class JsonlPublisher:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.torn_bytes = repair_tail(self.path)
         if self.torn_bytes:
-            log.warning("audit log ended in a torn line (a crash mid-write): cut %d bytes",
-                        self.torn_bytes, extra={"publisher": self.name, "path": str(self.path)})
+            log.warning(
+                "audit log ended in a torn line (a crash mid-write): cut %d bytes",
+                self.torn_bytes,
+                extra={"publisher": self.name, "path": str(self.path)},
+            )
         self._fh = self.path.open("ab")
 
     def _rotate(self) -> None:
@@ -67,8 +76,10 @@ class JsonlPublisher:
         except OSError as exc:
             # The audit log failing must not stop the exchange from getting parameters.
             self._ok = False
-            log.error("audit log write failed", extra={
-                "publisher": self.name, "path": str(self.path), "reason": exc.strerror})
+            log.error(
+                "audit log write failed",
+                extra={"publisher": self.name, "path": str(self.path), "reason": exc.strerror},
+            )
             self.stats.published(self.name, "error", None)
             return
         self._ok = True

@@ -39,13 +39,18 @@ def _jsonl(cfg: JsonlPublisherSettings, ctx: PublishContext) -> Publisher:
 
 
 def _http(cfg: HttpPublisherSettings, ctx: PublishContext) -> Publisher:
-    return HttpPublisher(cfg.url, cfg.secret_bytes(), ctx.instance, ctx.metrics,
-                         cfg.timeout_s, DeliveryPolicy.from_settings(cfg))
+    return HttpPublisher(
+        cfg.url,
+        cfg.secret_bytes(),
+        ctx.instance,
+        ctx.metrics,
+        cfg.timeout_s,
+        DeliveryPolicy.from_settings(cfg),
+    )
 
 
 def _websocket(cfg: WebsocketPublisherSettings, ctx: PublishContext) -> Publisher:
-    return WebsocketPublisher(cfg, ctx.metrics, ctx.snapshot, ctx.on_message,
-                              ctx.max_message_bytes)
+    return WebsocketPublisher(cfg, ctx.metrics, ctx.snapshot, ctx.on_message, ctx.max_message_bytes)
 
 
 # In the order the daemon hands each batch to them: the audit log first.
@@ -55,5 +60,6 @@ BUILDERS: dict[str, Builder] = {"jsonl": _jsonl, "http": _http, "websocket": _we
 def make_publishers(cfg: PublisherSettings, ctx: PublishContext) -> list[Publisher]:
     """One publisher per `[publisher.<name>]` section present."""
     sections = {name: getattr(cfg, name) for name in BUILDERS}
-    return [build(sections[name], ctx) for name, build in BUILDERS.items()
-            if sections[name] is not None]
+    return [
+        build(sections[name], ctx) for name, build in BUILDERS.items() if sections[name] is not None
+    ]

@@ -74,8 +74,9 @@ def retry_after(value: str | None, now: float, limit: float) -> float | None:
     return min(max(0.0, when - now), limit)
 
 
-def retry_delays(initial_s: float, max_s: float, rng: random.Random | None = None
-                 ) -> Iterator[float]:
+def retry_delays(
+    initial_s: float, max_s: float, rng: random.Random | None = None
+) -> Iterator[float]:
     """`backoff` delays for any pair of settings: the config rejects a reversed or
     non-positive range, but the sender runs in a task where a ValueError would stop
     publishing for good, so a bad range is made usable (max raised to initial) rather

@@ -49,10 +49,14 @@ class _Client:
 class WebsocketPublisher:
     name = "websocket"
 
-    def __init__(self, cfg: WebsocketPublisherSettings, stats: PublishStats,
-                 snapshot: Callable[[], bytes],
-                 on_message: Callable[[str], bytes | None] | None = None,
-                 max_message_bytes: int = 4096) -> None:
+    def __init__(
+        self,
+        cfg: WebsocketPublisherSettings,
+        stats: PublishStats,
+        snapshot: Callable[[], bytes],
+        on_message: Callable[[str], bytes | None] | None = None,
+        max_message_bytes: int = 4096,
+    ) -> None:
         self.cfg = cfg
         self.stats = stats
         self.snapshot = snapshot
@@ -82,8 +86,7 @@ class WebsocketPublisher:
     async def drain(self, timeout: float) -> None:
         """Until every client has been sent what is queued for it (or the deadline)."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*(c.queue.join() for c in self.clients)),
-                                   timeout)
+            await asyncio.wait_for(asyncio.gather(*(c.queue.join() for c in self.clients)), timeout)
 
     async def close(self) -> None:
         self._stopped = True
@@ -97,18 +100,21 @@ class WebsocketPublisher:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         token = self.cfg.token.get_secret_value()
         if token and not bearer_matches(request.headers.get("Authorization"), token):
-            return web.json_response({"error": "a valid bearer token is required"}, status=401,
-                                     headers={"WWW-Authenticate": "Bearer"})
+            return web.json_response(
+                {"error": "a valid bearer token is required"},
+                status=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         if self._stopped:
             return web.json_response({"error": "shutting down"}, status=503)
         if len(self.clients) >= self.cfg.max_clients:
             return web.json_response({"error": "too many stream clients"}, status=503)
         # Clients mostly read: bounded incoming frames, no compression work per client.
-        ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, compress=False,
-                                   max_msg_size=self.max_message_bytes)
+        ws = web.WebSocketResponse(
+            heartbeat=HEARTBEAT_S, compress=False, max_msg_size=self.max_message_bytes
+        )
         await ws.prepare(request)
-        client = _Client(request, ws, asyncio.Queue(self.cfg.max_backlog),
-                         peer=str(request.remote))
+        client = _Client(request, ws, asyncio.Queue(self.cfg.max_backlog), peer=str(request.remote))
         # Snapshot and registration in one step: every later batch follows it.
         client.queue.put_nowait(self.snapshot())
         self.clients.add(client)
@@ -143,8 +149,11 @@ class WebsocketPublisher:
         except (ConnectionError, RuntimeError):
             pass  # the client went away: the handler cleans up
         except Exception:  # a bug: this client would get nothing more; say so, cut it off
-            log.exception("stream client %s: sending failed", client.peer,
-                          extra={"publisher": self.name, "reason": "stream_writer_failed"})
+            log.exception(
+                "stream client %s: sending failed",
+                client.peer,
+                extra={"publisher": self.name, "reason": "stream_writer_failed"},
+            )
             self.stats.published(self.name, "error", None)
             client.writer = None  # this task: _disconnect must not wait for itself
             self._disconnect(client, WSCloseCode.INTERNAL_ERROR, b"internal error")
@@ -153,9 +162,12 @@ class WebsocketPublisher:
 
     def _drop(self, client: _Client) -> None:
         """A slow consumer: cut it off now, whatever it still has queued."""
-        log.warning("stream client %s fell %d batches behind: disconnected", client.peer,
-                    self.cfg.max_backlog,
-                    extra={"publisher": self.name, "reason": "slow_consumer"})
+        log.warning(
+            "stream client %s fell %d batches behind: disconnected",
+            client.peer,
+            self.cfg.max_backlog,
+            extra={"publisher": self.name, "reason": "slow_consumer"},
+        )
         self.stats.published(self.name, "slow_consumer", None)
         self._disconnect(client, WSCloseCode.POLICY_VIOLATION, b"slow consumer")
 
@@ -177,8 +189,12 @@ class WebsocketPublisher:
             await asyncio.wait_for(client.ws.close(code=code, message=reason), CLOSE_TIMEOUT_S)
         except Exception as exc:  # a client that cannot take the close frame is cut off
             if not isinstance(exc, TimeoutError | ConnectionError | RuntimeError):
-                log.warning("stream client %s: close failed: %r", client.peer, exc,
-                            extra={"publisher": self.name, "reason": "close_failed"})
+                log.warning(
+                    "stream client %s: close failed: %r",
+                    client.peer,
+                    exc,
+                    extra={"publisher": self.name, "reason": "close_failed"},
+                )
             transport = client.request.transport
             if transport is not None:
                 transport.abort()

@@ -23,8 +23,9 @@ class _Subprocess:
     """`riskd run -c CONFIG`, its stdout and stderr in a file read only for failure
     messages: tests observe the daemon over its API, never its log text."""
 
-    def __init__(self, config: Path, port: int, cwd: Path, env: dict[str, str],
-                 stderr_path: Path) -> None:
+    def __init__(
+        self, config: Path, port: int, cwd: Path, env: dict[str, str], stderr_path: Path
+    ) -> None:
         self.config = config
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
@@ -92,8 +93,9 @@ class DaemonProcess(_Subprocess):
         try:
             await wait_until(lambda: self.proc.poll() is not None, timeout, 0.01)
         except AssertionError:
-            raise AssertionError(f"riskd still running after {timeout}s:\n"
-                                 f"{self.stderr()}") from None
+            raise AssertionError(
+                f"riskd still running after {timeout}s:\n{self.stderr()}"
+            ) from None
         return self.proc.returncode
 
 
@@ -124,8 +126,9 @@ class Riskd(_Subprocess):
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            raise AssertionError(f"riskd still running after {timeout}s:\n"
-                                 f"{self.stderr()}") from None
+            raise AssertionError(
+                f"riskd still running after {timeout}s:\n{self.stderr()}"
+            ) from None
 
 
 @dataclass

@@ -81,8 +81,17 @@ def datasource_uid() -> str:
 
 # --- Grafana's variable expansion ---------------------------------------------------
 
-GRAFANA_BUILTINS = {"__interval", "__interval_ms", "__rate_interval", "__range", "__range_s",
-                    "__range_ms", "__dashboard", "__from", "__to"}
+GRAFANA_BUILTINS = {
+    "__interval",
+    "__interval_ms",
+    "__rate_interval",
+    "__range",
+    "__range_s",
+    "__range_ms",
+    "__dashboard",
+    "__from",
+    "__to",
+}
 VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\[\[(\w+)\]\]|\$(\w+)")
 
 
@@ -122,7 +131,8 @@ def _duration(seconds: float) -> str:
 
 # --- PromQL inspection ----------------------------------------------------------------
 
-_TOKEN = re.compile(r"""
+_TOKEN = re.compile(
+    r"""
   (?P<string>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|`[^`]*`)
 | (?P<number>(?<![\w:])\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)
 | (?P<ident>[a-zA-Z_:][a-zA-Z0-9_:]*)
@@ -131,23 +141,81 @@ _TOKEN = re.compile(r"""
 | (?P<close>[)}\]])
 | (?P<op>=~|!~|!=|==|<=|>=|[=<>+\-*/%^,])
 | (?P<space>\s+)
-""", re.X)
+""",
+    re.X,
+)
 _GROUPING = {"by", "without", "on", "ignoring", "group_left", "group_right"}
 _KEYWORDS = {"and", "or", "unless", "bool", "offset", "inf", "nan", "atan2"}
 _FUNCTIONS = {
     # aggregations
-    "sum", "min", "max", "avg", "group", "stddev", "stdvar", "count", "count_values",
-    "bottomk", "topk", "quantile",
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "group",
+    "stddev",
+    "stdvar",
+    "count",
+    "count_values",
+    "bottomk",
+    "topk",
+    "quantile",
     # functions
-    "abs", "absent", "absent_over_time", "ceil", "changes", "clamp", "clamp_max",
-    "clamp_min", "day_of_month", "day_of_week", "day_of_year", "days_in_month", "delta",
-    "deriv", "exp", "floor", "histogram_count", "histogram_sum", "histogram_fraction",
-    "histogram_quantile", "holt_winters", "hour", "idelta", "increase", "irate",
-    "label_join", "label_replace", "ln", "log2", "log10", "minute", "month",
-    "predict_linear", "rate", "resets", "round", "scalar", "sgn", "sort", "sort_desc",
-    "sqrt", "time", "timestamp", "vector", "year", "avg_over_time", "min_over_time",
-    "max_over_time", "sum_over_time", "count_over_time", "quantile_over_time",
-    "stddev_over_time", "stdvar_over_time", "last_over_time", "present_over_time",
+    "abs",
+    "absent",
+    "absent_over_time",
+    "ceil",
+    "changes",
+    "clamp",
+    "clamp_max",
+    "clamp_min",
+    "day_of_month",
+    "day_of_week",
+    "day_of_year",
+    "days_in_month",
+    "delta",
+    "deriv",
+    "exp",
+    "floor",
+    "histogram_count",
+    "histogram_sum",
+    "histogram_fraction",
+    "histogram_quantile",
+    "holt_winters",
+    "hour",
+    "idelta",
+    "increase",
+    "irate",
+    "label_join",
+    "label_replace",
+    "ln",
+    "log2",
+    "log10",
+    "minute",
+    "month",
+    "predict_linear",
+    "rate",
+    "resets",
+    "round",
+    "scalar",
+    "sgn",
+    "sort",
+    "sort_desc",
+    "sqrt",
+    "time",
+    "timestamp",
+    "vector",
+    "year",
+    "avg_over_time",
+    "min_over_time",
+    "max_over_time",
+    "sum_over_time",
+    "count_over_time",
+    "quantile_over_time",
+    "stddev_over_time",
+    "stdvar_over_time",
+    "last_over_time",
+    "present_over_time",
 }
 
 
@@ -161,8 +229,7 @@ def selectors(expr: str) -> list[Selector]:
     """The vector selectors of a PromQL expression: metric names with the label names
     they match on. Function and aggregation names, grouping label lists, ranges and
     durations are not selectors."""
-    tokens = [(m.lastgroup, m.group()) for m in _TOKEN.finditer(expr)
-              if m.lastgroup != "space"]
+    tokens = [(m.lastgroup, m.group()) for m in _TOKEN.finditer(expr) if m.lastgroup != "space"]
     consumed = sum(len(m.group()) for m in _TOKEN.finditer(expr))
     assert consumed == len(expr), f"cannot tokenize PromQL: {expr!r}"
     out: list[Selector] = []
@@ -179,8 +246,9 @@ def selectors(expr: str) -> list[Selector]:
         if kind == "ident" and text == "offset":
             i += 3 if i + 2 < len(tokens) and tokens[i + 2][0] == "ident" else 2
             continue
-        if kind == "ident" and (text in _KEYWORDS or (text in _FUNCTIONS and nxt in ("(", "by",
-                                                                                    "without"))):
+        if kind == "ident" and (
+            text in _KEYWORDS or (text in _FUNCTIONS and nxt in ("(", "by", "without"))
+        ):
             i += 1
             continue
         if kind == "ident" and nxt == "(":
@@ -190,10 +258,13 @@ def selectors(expr: str) -> list[Selector]:
             i += 1
             if nxt == "{":
                 end = _skip_group(tokens, i)
-                inner = tokens[i + 1:end - 1]
+                inner = tokens[i + 1 : end - 1]
                 for k, (ikind, itext) in enumerate(inner):
-                    if ikind == "ident" and k + 1 < len(inner) and inner[k + 1][1] in (
-                            "=", "!=", "=~", "!~"):
+                    if (
+                        ikind == "ident"
+                        and k + 1 < len(inner)
+                        and inner[k + 1][1] in ("=", "!=", "=~", "!~")
+                    ):
                         labels.add(itext)
                 i = end
             out.append(Selector(text, frozenset(labels)))
@@ -268,8 +339,10 @@ def tool(name: str) -> str:
     """Path of a Prometheus binary; skips the test when missing (fails under CI)."""
     path = shutil.which(name)
     if path is None:
-        message = (f"{name} not found: `make test` installs the Debian package prometheus "
-                   "(scripts/ensure-prometheus.sh)")
+        message = (
+            f"{name} not found: `make test` installs the Debian package prometheus "
+            "(scripts/ensure-prometheus.sh)"
+        )
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
@@ -280,8 +353,9 @@ class Prometheus:
     """A real Prometheus on 127.0.0.1 (free port, temporary data dir), scraping `targets`
     as job "riskd" every `scrape_s` and evaluating `rule_files` as often."""
 
-    def __init__(self, workdir: Path, targets: list[str], rule_files: list[Path],
-                 scrape_s: float = 1.0) -> None:
+    def __init__(
+        self, workdir: Path, targets: list[str], rule_files: list[Path], scrape_s: float = 1.0
+    ) -> None:
         binary = tool("prometheus")
         self.scrape_s = scrape_s
         self.port = free_port()
@@ -289,8 +363,11 @@ class Prometheus:
         workdir.mkdir(parents=True, exist_ok=True)
         interval = f"{int(scrape_s * 1000)}ms"
         config = {
-            "global": {"scrape_interval": interval, "scrape_timeout": interval,
-                       "evaluation_interval": interval},
+            "global": {
+                "scrape_interval": interval,
+                "scrape_timeout": interval,
+                "evaluation_interval": interval,
+            },
             "rule_files": [str(p) for p in rule_files],
             "scrape_configs": [{"job_name": JOB, "static_configs": [{"targets": targets}]}],
         }
@@ -299,10 +376,16 @@ class Prometheus:
         self.log_path = workdir / "prometheus.log"
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            [binary, f"--config.file={config_path}",
-             f"--storage.tsdb.path={workdir / 'data'}",
-             f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
-            stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log,
+            [
+                binary,
+                f"--config.file={config_path}",
+                f"--storage.tsdb.path={workdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--log.level=warn",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=self._log,
         )
         self.started = time.time()
 
@@ -313,8 +396,9 @@ class Prometheus:
     def wait_ready(self, timeout: float = 30.0) -> None:
         def ready() -> bool:
             if self.proc.poll() is not None:
-                raise AssertionError(f"prometheus exited with {self.proc.returncode}:\n"
-                                     f"{self.log()}")
+                raise AssertionError(
+                    f"prometheus exited with {self.proc.returncode}:\n{self.log()}"
+                )
             return get_blocking(self.url + "/-/ready")[0] == 200
 
         wait_for(ready, timeout, "prometheus to be ready")
@@ -335,8 +419,7 @@ class Prometheus:
         assert data["resultType"] == "vector", data
         return list(data["result"])
 
-    def query_range(self, expr: str, start: float, end: float, step: float
-                    ) -> list[dict[str, Any]]:
+    def query_range(self, expr: str, start: float, end: float, step: float) -> list[dict[str, Any]]:
         data = self.api("query_range", query=expr, start=start, end=end, step=step)
         return list(data["result"])
 

@@ -62,8 +62,13 @@ class VenueServer:
     refused: int = 0
 
     async def start(self) -> None:
-        self.server = await serve(self._handler, "127.0.0.1", 0,
-                                  process_request=self._process_request, **self.serve_options)
+        self.server = await serve(
+            self._handler,
+            "127.0.0.1",
+            0,
+            process_request=self._process_request,
+            **self.serve_options,
+        )
         port = self.server.sockets[0].getsockname()[1]
         self.url = f"ws://127.0.0.1:{port}{self.path}"
 
@@ -72,8 +77,7 @@ class VenueServer:
             self.server.close()
             await self.server.wait_closed()
 
-    def _process_request(self, connection: ServerConnection, request: Request
-                         ) -> Response | None:
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         if self.refusing is not None:
             self.refused += 1
             return connection.respond(self.refusing, "maintenance\n")
@@ -164,12 +168,21 @@ class PolymarketServer(VenueServer):
     `dump=False` sends no books. `stream`, if given, runs per connection after its
     first subscription until the connection ends (a benchmark's own writer)."""
 
-    def __init__(self, books: dict[str, dict[str, Any]] | None = None, *,
-                 book_for: Callable[[str], dict[str, Any] | None] | None = None,
-                 dump: bool = True, stream: Stream | None = None, **options: Any) -> None:
+    def __init__(
+        self,
+        books: dict[str, dict[str, Any]] | None = None,
+        *,
+        book_for: Callable[[str], dict[str, Any] | None] | None = None,
+        dump: bool = True,
+        stream: Stream | None = None,
+        **options: Any,
+    ) -> None:
         super().__init__(path="/ws/market", answers={"PING": "PONG"}, **options)
-        self.books = books if books is not None else {
-            d["asset_id"]: d for d in fixture_docs("polymarket_book.jsonl")}
+        self.books = (
+            books
+            if books is not None
+            else {d["asset_id"]: d for d in fixture_docs("polymarket_book.jsonl")}
+        )
         self.book_for = book_for
         self.dump = dump
         self.stream = stream
@@ -185,8 +198,9 @@ class PolymarketServer(VenueServer):
                     await conn.send(json.dumps(doc))
 
     def connection_of(self, asset: str) -> ServerConnection:
-        (conn,) = [c for c, assets in self.subscribed.items()
-                   if asset in assets and c in self.connections]
+        (conn,) = [
+            c for c, assets in self.subscribed.items() if asset in assets and c in self.connections
+        ]
         return conn
 
     def subscriptions(self) -> list[dict[str, Any]]:
@@ -221,8 +235,9 @@ class PolymarketServer(VenueServer):
 
 
 def private_key_pem(key: rsa.RSAPrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 class KalshiServer(VenueServer):
@@ -230,8 +245,9 @@ class KalshiServer(VenueServer):
     `key_id`; `subscribe` commands are confirmed with a new sid, and an
     `orderbook_delta` subscription starts with a snapshot per ticker (seq 1)."""
 
-    def __init__(self, key_id: str, public_key: rsa.RSAPublicKey,
-                 books: dict[str, dict[str, Any]]) -> None:
+    def __init__(
+        self, key_id: str, public_key: rsa.RSAPublicKey, books: dict[str, dict[str, Any]]
+    ) -> None:
         super().__init__(path="/trade-api/ws/v2")
         self.key_id = key_id
         self.public_key = public_key
@@ -252,10 +268,13 @@ class KalshiServer(VenueServer):
             return "stale timestamp"
         try:
             self.public_key.verify(
-                base64.b64decode(sig), f"{ts}GET{self.path}".encode(),
-                padding.PSS(mgf=padding.MGF1(hashes.SHA256()),
-                            salt_length=padding.PSS.DIGEST_LENGTH),
-                hashes.SHA256())
+                base64.b64decode(sig),
+                f"{ts}GET{self.path}".encode(),
+                padding.PSS(
+                    mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.DIGEST_LENGTH
+                ),
+                hashes.SHA256(),
+            )
         except (InvalidSignature, ValueError):
             self.rejected_handshakes += 1
             return "bad signature"
@@ -268,22 +287,32 @@ class KalshiServer(VenueServer):
     async def on_frame(self, connection: ServerConnection, frame: str) -> None:
         doc = json.loads(frame)
         if doc.get("cmd") == "unsubscribe":
-            await connection.send(json.dumps({"id": doc["id"], "type": "unsubscribed",
-                                              "sid": doc["params"]["sids"][0]}))
+            await connection.send(
+                json.dumps(
+                    {"id": doc["id"], "type": "unsubscribed", "sid": doc["params"]["sids"][0]}
+                )
+            )
             return
         (channel,) = doc["params"]["channels"]
         sid = self.next_sid
         self.next_sid += 1
-        await connection.send(json.dumps({"id": doc["id"], "type": "subscribed",
-                                          "msg": {"channel": channel, "sid": sid}}))
+        await connection.send(
+            json.dumps(
+                {"id": doc["id"], "type": "subscribed", "msg": {"channel": channel, "sid": sid}}
+            )
+        )
         if channel == "orderbook_delta":
             self.book_sids.append(sid)
             self.seq[sid] = 0
             for ticker in doc["params"]["market_tickers"]:
                 if ticker in self.books:
-                    await connection.send(self.sequenced(sid, "orderbook_snapshot",
-                                                         {"market_ticker": ticker,
-                                                          **self.books[ticker]}))
+                    await connection.send(
+                        self.sequenced(
+                            sid,
+                            "orderbook_snapshot",
+                            {"market_ticker": ticker, **self.books[ticker]},
+                        )
+                    )
 
     def sequenced(self, sid: int, kind: str, msg: dict[str, Any], skip: int = 0) -> str:
         self.seq[sid] += 1 + skip
@@ -333,7 +362,7 @@ class RestServer:
 
         hits = [e for e in self.gamma if matches(e)]
         limit, offset = int(request.query["limit"]), int(request.query["offset"])
-        return web.json_response(hits[offset:offset + limit])
+        return web.json_response(hits[offset : offset + limit])
 
     async def _kalshi(self, request: web.Request) -> web.Response:
         query = list(request.query.items())
@@ -342,6 +371,6 @@ class RestServer:
         hits = [e for e in self.kalshi if e.get("ticker") in tickers or "ticker" not in e]
         limit = int(request.query["limit"])
         start = int(request.query.get("cursor") or 0)
-        page = hits[start:start + limit]
+        page = hits[start : start + limit]
         more = start + limit < len(hits)
         return web.json_response({"markets": page, "cursor": str(start + limit) if more else ""})

@@ -45,8 +45,7 @@ async def until(check: Callable[[], Any], timeout: float = 5.0, what: str = "con
     return await wait_until(check, timeout, 0.01, what)
 
 
-def wait_for(check: Callable[[], T | None], timeout: float, what: str,
-             interval: float = 0.25) -> T:
+def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.25) -> T:
     """`wait_until` for code without an event loop: blocks between polls."""
     deadline = time.monotonic() + timeout
     last: Any = None

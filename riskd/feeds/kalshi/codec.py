@@ -132,8 +132,13 @@ class KalshiCodec:
     """Tickers -> market ids; the subscriptions, sequence numbers and books of one
     connection."""
 
-    def __init__(self, tickers: dict[str, str], channels: Iterable[str],
-                 max_future_s: float = MAX_FUTURE_S, band: float = DEFAULT_BAND) -> None:
+    def __init__(
+        self,
+        tickers: dict[str, str],
+        channels: Iterable[str],
+        max_future_s: float = MAX_FUTURE_S,
+        band: float = DEFAULT_BAND,
+    ) -> None:
         self.tickers = tickers
         # Depth counts within this much of the mid ([limits] max_slippage; per market
         # where the markets file sets it).
@@ -157,9 +162,13 @@ class KalshiCodec:
         self.clock: float | None = None
 
     @classmethod
-    def for_markets(cls, markets: Iterable[Market], channels: Iterable[str],
-                    max_future_s: float = MAX_FUTURE_S, band: float = DEFAULT_BAND
-                    ) -> KalshiCodec:
+    def for_markets(
+        cls,
+        markets: Iterable[Market],
+        channels: Iterable[str],
+        max_future_s: float = MAX_FUTURE_S,
+        band: float = DEFAULT_BAND,
+    ) -> KalshiCodec:
         codec = cls({}, channels, max_future_s, band)
         codec.bind(markets)
         return codec
@@ -168,8 +177,11 @@ class KalshiCodec:
         """Follow these markets' tickers (from the next connection on)."""
         markets = list(markets)
         self.tickers = {m.kalshi_ticker: m.id for m in markets if m.kalshi_ticker}
-        self.bands = {m.kalshi_ticker: m.max_slippage for m in markets
-                      if m.kalshi_ticker and m.max_slippage is not None}
+        self.bands = {
+            m.kalshi_ticker: m.max_slippage
+            for m in markets
+            if m.kalshi_ticker and m.max_slippage is not None
+        }
 
     def _book_quote(self, ticker: str, book: Book) -> Quote:
         return book.quote(self.bands.get(ticker, self.band))
@@ -187,8 +199,9 @@ class KalshiCodec:
         tickers = sorted(self.tickers)
         return [self._command("subscribe", channel=ch, tickers=tickers) for ch in self.channels]
 
-    def _command(self, cmd: str, channel: str = "", tickers: list[str] | None = None,
-                 sid: int | None = None) -> str:
+    def _command(
+        self, cmd: str, channel: str = "", tickers: list[str] | None = None, sid: int | None = None
+    ) -> str:
         cid = self._next_id
         self._next_id += 1
         params: dict[str, Any]
@@ -255,8 +268,7 @@ class KalshiCodec:
         else:
             raise BadMessage("unknown_event", f"type {kind!r}")
 
-    def _event_time(self, msg: dict[str, Any], market: str, received: float, out: Decoded
-                    ) -> float:
+    def _event_time(self, msg: dict[str, Any], market: str, received: float, out: Decoded) -> float:
         """The message's time (else the venue's clock), the market heard from."""
         ts = event_time(msg, math.nan)
         out.heard.append(market)
@@ -268,17 +280,24 @@ class KalshiCodec:
         self.clock = ts if self.clock is None else max(self.clock, ts)
         return ts
 
-    def _snapshot(self, msg: dict[str, Any], ticker: str, market: str, ts: float,
-                  out: Decoded) -> None:
+    def _snapshot(
+        self, msg: dict[str, Any], ticker: str, market: str, ts: float, out: Decoded
+    ) -> None:
         self.books[ticker] = Book(levels(msg, "yes"), levels(msg, "no"))
         self.awaiting.discard(ticker)
         self.maker.forget(market)
         out.books.append(market)
-        self.maker.quote(market, ts, self._book_quote(ticker, self.books[ticker]),
-                         self.last_price.get(ticker), out)
+        self.maker.quote(
+            market,
+            ts,
+            self._book_quote(ticker, self.books[ticker]),
+            self.last_price.get(ticker),
+            out,
+        )
 
-    def _delta(self, msg: dict[str, Any], ticker: str, market: str, ts: float,
-               out: Decoded) -> None:
+    def _delta(
+        self, msg: dict[str, Any], ticker: str, market: str, ts: float, out: Decoded
+    ) -> None:
         book = self.books.get(ticker)
         if book is None:
             return  # no snapshot yet (or a gap is being repaired): nothing to apply to
@@ -292,11 +311,13 @@ class KalshiCodec:
         levels_ = book.yes if side == "yes" else book.no
         left = levels_.get(p, 0.0) + delta
         put_level(levels_, p, left if left > 1e-9 else 0.0, bids=True)
-        self.maker.quote(market, ts, self._book_quote(ticker, book),
-                         self.last_price.get(ticker), out)
+        self.maker.quote(
+            market, ts, self._book_quote(ticker, book), self.last_price.get(ticker), out
+        )
 
-    def _ticker(self, msg: dict[str, Any], ticker: str, market: str, ts: float,
-                out: Decoded) -> None:
+    def _ticker(
+        self, msg: dict[str, Any], ticker: str, market: str, ts: float, out: Decoded
+    ) -> None:
         bid, ask, last = price(msg, "yes_bid"), price(msg, "yes_ask"), price(msg, "price")
         # An empty side is sent as a bid of 0 or an ask of 1.
         quote = Quote(bid if bid else None, ask if ask is not None and ask < 1.0 else None)
@@ -314,16 +335,18 @@ class KalshiCodec:
         else:
             self.maker.quote(market, ts, quote, last, out)
 
-    def _trade(self, msg: dict[str, Any], ticker: str, market: str, ts: float,
-               out: Decoded) -> None:
+    def _trade(
+        self, msg: dict[str, Any], ticker: str, market: str, ts: float, out: Decoded
+    ) -> None:
         p = price(msg, "yes_price")
         if p is None:
             raise BadMessage("bad_message", "no yes_price")
         if ticker in self.awaiting:
             return
         book = self.books.get(ticker)
-        self.maker.trade(market, ts, p,
-                         None if book is None else self._book_quote(ticker, book), out)
+        self.maker.trade(
+            market, ts, p, None if book is None else self._book_quote(ticker, book), out
+        )
 
     def _subscribed(self, doc: dict[str, Any]) -> None:
         msg = doc.get("msg")

@@ -37,8 +37,17 @@ class KalshiFeed(LookupFeed):
         band: float = DEFAULT_BAND,
     ) -> None:
         codec = KalshiCodec.for_markets(markets.values(), settings.channels, max_future_s, band)
-        super().__init__("kalshi", url or settings.url, codec, settings, markets,
-                         metadata=metadata, metrics=metrics, heartbeat=True, rng=rng)
+        super().__init__(
+            "kalshi",
+            url or settings.url,
+            codec,
+            settings,
+            markets,
+            metadata=metadata,
+            metrics=metrics,
+            heartbeat=True,
+            rng=rng,
+        )
         self.cfg = settings
         # Raises BadKey (without the key in the message) if the key is unusable.
         self.signer = KalshiSigner(settings.key_id, load_private_key(settings.private_key_pem()))
@@ -49,9 +58,14 @@ class KalshiFeed(LookupFeed):
         return self.signer.headers(int(time.time() * 1000), "GET", self.sign_path)
 
     def lookup(self) -> Fetch | None:
-        tickers = list(self.cfg.markets) + [m.kalshi_ticker for m in self.markets.values()
-                                            if m.kalshi_ticker]
+        tickers = list(self.cfg.markets) + [
+            m.kalshi_ticker for m in self.markets.values() if m.kalshi_ticker
+        ]
         if not tickers:
             return None
-        return functools.partial(fetch_kalshi, base_url=self.cfg.rest_url, tickers=tickers,
-                                 page_size=self.cfg.rest_page_size)
+        return functools.partial(
+            fetch_kalshi,
+            base_url=self.cfg.rest_url,
+            tickers=tickers,
+            page_size=self.cfg.rest_page_size,
+        )

@@ -42,11 +42,20 @@ def kalshi_market(entry: Any) -> Market:
     if not math.isnan(resolves) and not math.isnan(event):
         event = min(event, resolves)
     tick = entry.get("tick_size")  # cents
-    tick_size = tick / 100.0 if isinstance(tick, int) and not isinstance(tick, bool) \
-        and 0 < tick < 100 else None
+    tick_size = (
+        tick / 100.0
+        if isinstance(tick, int) and not isinstance(tick, bool) and 0 < tick < 100
+        else None
+    )
     title = " ".join(str(x) for x in (entry.get("title"), entry.get("yes_sub_title")) if x)
-    return Market(id=ticker, resolves_at=resolves, event_at=event, tick_size=tick_size,
-                  title=title, kalshi_ticker=ticker)
+    return Market(
+        id=ticker,
+        resolves_at=resolves,
+        event_at=event,
+        tick_size=tick_size,
+        title=title,
+        kalshi_ticker=ticker,
+    )
 
 
 async def fetch_kalshi(

@@ -107,15 +107,23 @@ def _venue_top(bid_raw: Any, ask_raw: Any) -> tuple[float | None, float | None]:
 def _yes(quote: Quote, no: bool) -> Quote:
     if not no:
         return quote
-    return Quote(None if quote.ask is None else complement(quote.ask),
-                 None if quote.bid is None else complement(quote.bid), quote.depth)
+    return Quote(
+        None if quote.ask is None else complement(quote.ask),
+        None if quote.bid is None else complement(quote.bid),
+        quote.depth,
+    )
 
 
 class PolymarketCodec:
     """Subscribed tokens -> market ids; keeps the books of one connection."""
 
-    def __init__(self, assets: dict[str, Binding], custom_feature_enabled: bool = True,
-                 max_future_s: float = MAX_FUTURE_S, band: float = DEFAULT_BAND) -> None:
+    def __init__(
+        self,
+        assets: dict[str, Binding],
+        custom_feature_enabled: bool = True,
+        max_future_s: float = MAX_FUTURE_S,
+        band: float = DEFAULT_BAND,
+    ) -> None:
         self.assets: dict[str, Binding] = {}
         self.tokens: dict[str, list[str]] = {}  # market -> its subscribed tokens
         # Depth counts within this much of the mid ([limits] max_slippage; per market
@@ -129,9 +137,13 @@ class PolymarketCodec:
         self.maker = TickMaker(max_future_s)
 
     @classmethod
-    def for_markets(cls, markets: Iterable[Market], custom_feature_enabled: bool = True,
-                    max_future_s: float = MAX_FUTURE_S, band: float = DEFAULT_BAND
-                    ) -> PolymarketCodec:
+    def for_markets(
+        cls,
+        markets: Iterable[Market],
+        custom_feature_enabled: bool = True,
+        max_future_s: float = MAX_FUTURE_S,
+        band: float = DEFAULT_BAND,
+    ) -> PolymarketCodec:
         codec = cls({}, custom_feature_enabled, max_future_s, band)
         codec.bind(markets)
         return codec
@@ -255,8 +267,9 @@ class PolymarketCodec:
             if not isinstance(tokens, list):
                 raise BadMessage("bad_message", "assets_ids: expected a list")
             tokens = tokens + [event.get("winning_asset_id")]
-            markets = {self.assets[t].market for t in tokens
-                       if isinstance(t, str) and t in self.assets}
+            markets = {
+                self.assets[t].market for t in tokens if isinstance(t, str) and t in self.assets
+            }
             if not markets:
                 raise BadMessage("unknown_asset", "market_resolved for no subscribed token")
             for market in sorted(markets):
@@ -266,8 +279,9 @@ class PolymarketCodec:
         else:
             raise BadMessage("unknown_event", f"event_type {kind!r}")
 
-    def _book(self, event: dict[str, Any], touched: dict[str, tuple[float, str]],
-              out: Decoded) -> None:
+    def _book(
+        self, event: dict[str, Any], touched: dict[str, tuple[float, str]], out: Decoded
+    ) -> None:
         token, binding = self._binding(event)
         ts = ms_time(event.get("timestamp"))
         book = Book(complete=True)
@@ -289,8 +303,7 @@ class PolymarketCodec:
         touched[binding.market] = (ts, token)
         out.books.append(binding.market)
 
-    def _price_change(self, event: dict[str, Any], touched: dict[str, tuple[float, str]]
-                      ) -> None:
+    def _price_change(self, event: dict[str, Any], touched: dict[str, tuple[float, str]]) -> None:
         ts = ms_time(event.get("timestamp"))
         changes = event.get("price_changes")
         if changes is not None:  # the batched form (since Sept 2025)
@@ -331,8 +344,9 @@ class PolymarketCodec:
         return book
 
     @classmethod
-    def _change(cls, change: Any) -> tuple[str, tuple[str, float, float],
-                                            tuple[float | None, float | None] | None]:
+    def _change(
+        cls, change: Any
+    ) -> tuple[str, tuple[str, float, float], tuple[float | None, float | None] | None]:
         """One entry of a batched price_change, checked: token, level, and the venue's
         top (None when the entry has none)."""
         if type(change) is not dict:

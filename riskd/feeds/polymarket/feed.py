@@ -36,11 +36,21 @@ class PolymarketFeed(LookupFeed):
         max_future_s: float = MAX_FUTURE_S,
         band: float = DEFAULT_BAND,
     ) -> None:
-        codec = PolymarketCodec.for_markets(markets.values(), settings.custom_feature_enabled,
-                                            max_future_s, band)
-        super().__init__("polymarket", url or settings.url, codec, settings, markets,
-                         metadata=metadata, metrics=metrics, ping_text="PING",
-                         ping_interval_s=settings.ping_interval_s, rng=rng)
+        codec = PolymarketCodec.for_markets(
+            markets.values(), settings.custom_feature_enabled, max_future_s, band
+        )
+        super().__init__(
+            "polymarket",
+            url or settings.url,
+            codec,
+            settings,
+            markets,
+            metadata=metadata,
+            metrics=metrics,
+            ping_text="PING",
+            ping_interval_s=settings.ping_interval_s,
+            rng=rng,
+        )
         self.cfg = settings
 
     def codecs(self) -> list[Codec]:
@@ -60,18 +70,32 @@ class PolymarketFeed(LookupFeed):
         if len(chunks) == 1:
             return [self.codec]  # bound to the same markets
         self.codec.bind([])  # unused while split (memory); `prepare` binds it again
-        log.info("%s: %d markets over %d connections", self.venue, len(self.markets),
-                 len(chunks))
-        return [PolymarketCodec.for_markets(chunk, self.cfg.custom_feature_enabled,
-                                            self.codec.maker.max_future_s, self.codec.band)
-                for chunk in chunks]
+        log.info("%s: %d markets over %d connections", self.venue, len(self.markets), len(chunks))
+        return [
+            PolymarketCodec.for_markets(
+                chunk,
+                self.cfg.custom_feature_enabled,
+                self.codec.maker.max_future_s,
+                self.codec.band,
+            )
+            for chunk in chunks
+        ]
 
     def lookup(self) -> Fetch | None:
         tokens, conditions, slugs = split_polymarket_ids(self.cfg.markets)
-        tokens += [t for m in self.markets.values()
-                   for t in (m.polymarket_yes_token, m.polymarket_no_token) if t]
+        tokens += [
+            t
+            for m in self.markets.values()
+            for t in (m.polymarket_yes_token, m.polymarket_no_token)
+            if t
+        ]
         if not (tokens or conditions or slugs):
             return None
-        return functools.partial(fetch_polymarket, base_url=self.cfg.gamma_url,
-                                 token_ids=tokens, condition_ids=conditions, slugs=slugs,
-                                 page_size=self.cfg.gamma_page_size)
+        return functools.partial(
+            fetch_polymarket,
+            base_url=self.cfg.gamma_url,
+            token_ids=tokens,
+            condition_ids=conditions,
+            slugs=slugs,
+            page_size=self.cfg.gamma_page_size,
+        )

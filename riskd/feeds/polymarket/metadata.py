@@ -83,8 +83,11 @@ async def fetch_polymarket(
     url = base_url.rstrip("/") + "/markets"
     lookup = Lookup()
     seen: set[str] = set()
-    queries = [("clob_token_ids", sorted(set(token_ids))),
-               ("condition_ids", sorted(set(condition_ids))), ("slug", sorted(set(slugs)))]
+    queries = [
+        ("clob_token_ids", sorted(set(token_ids))),
+        ("condition_ids", sorted(set(condition_ids))),
+        ("slug", sorted(set(slugs))),
+    ]
     for key, values in queries:
         for chunk in chunks(values, IDS_PER_REQUEST):
             offset = 0
@@ -94,8 +97,9 @@ async def fetch_polymarket(
                 page = await get_json(session, url, params)
                 if not isinstance(page, list):
                     raise MetadataError(f"GET {mask_url(url)}: expected a JSON list of markets")
-                fresh = [e for e in page
-                         if not (isinstance(e, dict) and e.get("conditionId") in seen)]
+                fresh = [
+                    e for e in page if not (isinstance(e, dict) and e.get("conditionId") in seen)
+                ]
                 parse_entries(fresh, gamma_market, lookup)
                 seen.update(m.id for m in lookup.markets)
                 if len(page) < page_size:

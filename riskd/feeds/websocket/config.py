@@ -54,7 +54,7 @@ class WebsocketFeedSettings(ConnectionSettings):
         if not f.market:
             raise ValueError("fields.market: must name the market id field")
         if self.timestamp_unit != "receive" and not f.timestamp:
-            raise ValueError("fields.timestamp: required unless timestamp_unit = \"receive\"")
+            raise ValueError('fields.timestamp: required unless timestamp_unit = "receive"')
         # An interval with nothing to send pings nothing.
         if self.ping_interval_s > 0 and not self.ping_text:
             raise KeyValueError("ping_text", "required when ping_interval_s > 0")

@@ -24,8 +24,14 @@ class GenericWebsocketFeed(WebsocketFeed):
         rng: random.Random | None = None,
         max_future_s: float = MAX_FUTURE_S,
     ) -> None:
-        super().__init__(settings.venue, url or settings.url,
-                         WebsocketCodec(settings, max_future_s), settings,
-                         metrics, ping_text=settings.ping_text,
-                         ping_interval_s=settings.ping_interval_s,
-                         heartbeat=settings.heartbeat, rng=rng)
+        super().__init__(
+            settings.venue,
+            url or settings.url,
+            WebsocketCodec(settings, max_future_s),
+            settings,
+            metrics,
+            ping_text=settings.ping_text,
+            ping_interval_s=settings.ping_interval_s,
+            heartbeat=settings.heartbeat,
+            rng=rng,
+        )
