@@ -47,8 +47,10 @@ SOAK_DURATION ?= 3600
 soak: $(STAMP)
 	$(BIN)/python scripts/soak.py --duration $(SOAK_DURATION)
 
+# Lint: ruff's checks and layout, and mypy; `.ci/run` runs it before the tests.
 lint: $(STAMP)
-	$(BIN)/ruff check riskd tests
+	$(BIN)/ruff check riskd tests scripts
+	$(BIN)/ruff format --check riskd tests scripts
 	$(BIN)/mypy riskd
 
 clean:
