@@ -32,6 +32,36 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-c", "--config", type=Path, help="config file (default config/riskd.toml)")
     check = sub.add_parser("check-config", help="validate a config and print it, secrets masked")
     check.add_argument("-c", "--config", type=Path)
+    _backtest_parser(sub)
+    cal = _tape_set_parser(
+        sub,
+        "calibrate",
+        "margin backtest: exceedances of riskd's "
+        "margins (Kupiec, Christoffersen) per tape set and regime",
+        "write a PNG of the rates",
+    )
+    cal.add_argument("--markets", type=Path, help="markets file (default: beside each tape)")
+    _tape_set_parser(
+        sub,
+        "frontier",
+        "each policy family swept along its knob: lender P&L "
+        "against leverage offered, per tape set",
+        "write a PNG of LP P&L against leverage offered",
+    )
+    ex = sub.add_parser("explain", help="why a market has its current parameters")
+    ex.add_argument("market")
+    ex.add_argument("--url", help="the daemon's API (default: [server] host and port of -c)")
+    ex.add_argument("-c", "--config", type=Path)
+    ex.add_argument("--json", action="store_true", help="print the JSON document")
+    rc = sub.add_parser("receiver", help="run the reference exchange receiver")
+    from riskd.receiver import add_arguments
+
+    add_arguments(rc)
+    rc.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    return parser
+
+
+def _backtest_parser(sub: Any) -> None:
     bt = sub.add_parser("backtest", help="compare leverage policies on a tape or a directory")
     bt.add_argument("tape", type=Path, help="tape file (CSV/JSONL, .gz) or directory of tapes")
     bt.add_argument("--markets", type=Path, help="markets file (default: beside the tape)")
@@ -59,32 +89,6 @@ def _parser() -> argparse.ArgumentParser:
         help="with --insurance-fund: every group's share of the fund "
         "(default [insurance] group_share and group_shares)",
     )
-    cal = _tape_set_parser(
-        sub,
-        "calibrate",
-        "margin backtest: exceedances of riskd's "
-        "margins (Kupiec, Christoffersen) per tape set and regime",
-        "write a PNG of the rates",
-    )
-    cal.add_argument("--markets", type=Path, help="markets file (default: beside each tape)")
-    _tape_set_parser(
-        sub,
-        "frontier",
-        "each policy family swept along its knob: lender P&L "
-        "against leverage offered, per tape set",
-        "write a PNG of LP P&L against leverage offered",
-    )
-    ex = sub.add_parser("explain", help="why a market has its current parameters")
-    ex.add_argument("market")
-    ex.add_argument("--url", help="the daemon's API (default: [server] host and port of -c)")
-    ex.add_argument("-c", "--config", type=Path)
-    ex.add_argument("--json", action="store_true", help="print the JSON document")
-    rc = sub.add_parser("receiver", help="run the reference exchange receiver")
-    from riskd.receiver import add_arguments
-
-    add_arguments(rc)
-    rc.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -123,25 +123,8 @@ class Engine:
     def add_markets(self, markets: list[tuple[str, Market | None]]) -> int:
         """Append markets (one array copy for all of them); returns the first's index."""
         first = len(self.ids)
-        n = first + len(markets)
-        lim = self.settings.limits
-        self.est.grow(n, self.settings.model, DEFAULT_TICK_SIZE)
-        self.gov.grow(n)
-
-        def opt(value: float | None, default: float) -> float:
-            return default if value is None else value
-
-        columns: dict[str, list[float]] = {
-            name: []
-            for name in (
-                "event_t",
-                "resolve_t",
-                "max_leverage",
-                "max_slippage",
-                "fee_floor",
-                "notional",
-            )
-        }
+        self.est.grow(first + len(markets), self.settings.model, DEFAULT_TICK_SIZE)
+        self.gov.grow(first + len(markets))
         for k, (market_id, meta) in enumerate(markets, first):
             if meta is None:
                 self.discovered += 1
@@ -150,48 +133,49 @@ class Engine:
             self.meta.append(meta)
             if meta is not None and meta.tick_size:
                 self.est.tick_size[k] = meta.tick_size
-            columns["event_t"].append(opt(meta.event_at if meta else None, np.nan))
-            columns["resolve_t"].append(opt(meta.resolves_at if meta else None, np.nan))
-            columns["max_leverage"].append(
-                opt(meta.max_leverage if meta else None, lim.max_leverage)
-            )
-            columns["max_slippage"].append(
-                opt(meta.max_slippage if meta else None, lim.max_slippage)
-            )
-            columns["fee_floor"].append(
-                opt(meta.fee_floor_hourly if meta else None, lim.fee_floor_hourly)
-            )
-            columns["notional"].append(
-                opt(
-                    meta.liquidation_notional if meta else None,
-                    self.settings.model.liquidation_notional,
-                )
-            )
-        k = len(markets)
-        for name, values in columns.items():
+        for name, values in self._static_columns([meta for _, meta in markets]).items():
             setattr(self, name, np.concatenate([getattr(self, name), values]))
-        self.first_t = np.concatenate([self.first_t, np.full(k, np.nan)])
-        self._seen = np.concatenate([self._seen, np.zeros(k, bool)])
-        self.due_t = np.concatenate([self.due_t, np.full(k, -np.inf)])
-        self.idle = np.concatenate([self.idle, np.zeros(k, bool)])
-        self.published = np.concatenate([self.published, np.zeros(k, bool)])
-        self.published_inputs = np.concatenate(
-            [self.published_inputs, np.full((k, len(INPUTS)), np.nan)]
-        )
-        self.link = np.concatenate([self.link, np.full(k, -1, np.int64)])
-        self.heard_t = np.concatenate([self.heard_t, np.full(k, np.nan)])
-        self.booked = np.concatenate([self.booked, np.zeros(k, bool)])
-        self.book_since = np.concatenate([self.book_since, np.full(k, np.nan)])
-        self.broken = np.concatenate([self.broken, np.zeros(k, bool)])
-        self.scheduled = np.concatenate(
-            [
-                self.scheduled,
-                np.fromiter(
-                    (bool(meta is not None and meta.scheduled) for _, meta in markets), bool, k
-                ),
-            ]
-        )
+        self._grow_state(len(markets))
         return first
+
+    def _static_columns(self, metas: list[Market | None]) -> dict[str, list[float]]:
+        """Per-market settings: the markets file's value, else the config's."""
+        lim, model = self.settings.limits, self.settings.model
+
+        def column(field: str, default: float) -> list[float]:
+            values = [None if meta is None else getattr(meta, field) for meta in metas]
+            return [default if v is None else v for v in values]
+
+        return {
+            "event_t": column("event_at", np.nan),
+            "resolve_t": column("resolves_at", np.nan),
+            "max_leverage": column("max_leverage", lim.max_leverage),
+            "max_slippage": column("max_slippage", lim.max_slippage),
+            "fee_floor": column("fee_floor_hourly", lim.fee_floor_hourly),
+            "notional": column("liquidation_notional", model.liquidation_notional),
+        }
+
+    def _grow_state(self, k: int) -> None:
+        """`k` new markets' run-time state: nothing seen, nothing published yet."""
+
+        def grown(name: str, fill: Any, dtype: Any = float, width: int | None = None) -> None:
+            shape = (k,) if width is None else (k, width)
+            setattr(self, name, np.concatenate([getattr(self, name), np.full(shape, fill, dtype)]))
+
+        grown("first_t", np.nan)
+        grown("_seen", False, bool)
+        grown("due_t", -np.inf)
+        grown("idle", False, bool)
+        grown("published", False, bool)
+        grown("published_inputs", np.nan, float, len(INPUTS))
+        grown("link", -1, np.int64)
+        grown("heard_t", np.nan)
+        grown("booked", False, bool)
+        grown("book_since", np.nan)
+        grown("broken", False, bool)
+        new = self.meta[len(self.meta) - k :]
+        scheduled = [bool(meta is not None and meta.scheduled) for meta in new]
+        self.scheduled = np.concatenate([self.scheduled, np.array(scheduled, bool)])
 
     @property
     def overrides(self) -> dict[str, Override]:

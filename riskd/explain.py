@@ -181,25 +181,7 @@ def _governor(engine: Engine, i: int, now: float, target_lev: np.ndarray | None)
     override = engine.overrides.get(engine.ids[i])
     if override is not None:
         out["override"] = override.as_dict()
-    pending: dict[str, Any] = {}
-    if target_lev is not None and g.mode[i] >= 0:
-        anchor = float(loosening_anchor(g, engine.est.last_jump_t, gcfg.jump_cooldown_s)[i])
-        for s, side in enumerate(SIDES):
-            published = float(g.leverage[i, s])
-            # Published values move in LEVERAGE_STEP steps (rounded down).
-            target = math.floor(float(target_lev[s]) / LEVERAGE_STEP + 1e-9) * LEVERAGE_STEP
-            if target > published + 1e-9:
-                step = min(target, published * (1 + gcfg.max_loosen_step))
-                pending[side] = {
-                    "published_max_leverage": _num(published),
-                    "target_max_leverage": _num(target),
-                    "next_step_max_leverage": _num(step),
-                    "next_step_not_before": _time(anchor + gcfg.loosen_interval_s)
-                    if math.isfinite(anchor)
-                    else None,
-                    # A step smaller than the deadband is not published on its own.
-                    "held_by_deadband": step / published - 1.0 < gcfg.deadband,
-                }
+    pending = _pending_loosening(engine, i, target_lev) if target_lev is not None else {}
     out["pending_loosening"] = pending or None
     out["loosening"] = {
         "max_step": gcfg.max_loosen_step,
@@ -207,6 +189,32 @@ def _governor(engine: Engine, i: int, now: float, target_lev: np.ndarray | None)
         "deadband": gcfg.deadband,
     }
     return out
+
+
+def _pending_loosening(engine: Engine, i: int, target_lev: np.ndarray) -> dict[str, Any]:
+    """Per side whose target is above what is published: the governor's next step."""
+    gcfg, g = engine.settings.governor, engine.gov
+    pending: dict[str, Any] = {}
+    if g.mode[i] < 0:
+        return pending
+    anchor = float(loosening_anchor(g, engine.est.last_jump_t, gcfg.jump_cooldown_s)[i])
+    for s, side in enumerate(SIDES):
+        published = float(g.leverage[i, s])
+        # Published values move in LEVERAGE_STEP steps (rounded down).
+        target = math.floor(float(target_lev[s]) / LEVERAGE_STEP + 1e-9) * LEVERAGE_STEP
+        if target > published + 1e-9:
+            step = min(target, published * (1 + gcfg.max_loosen_step))
+            pending[side] = {
+                "published_max_leverage": _num(published),
+                "target_max_leverage": _num(target),
+                "next_step_max_leverage": _num(step),
+                "next_step_not_before": _time(anchor + gcfg.loosen_interval_s)
+                if math.isfinite(anchor)
+                else None,
+                # A step smaller than the deadband is not published on its own.
+                "held_by_deadband": step / published - 1.0 < gcfg.deadband,
+            }
+    return pending
 
 
 def format_text(doc: dict[str, Any]) -> str:

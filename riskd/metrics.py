@@ -355,54 +355,64 @@ class EngineCollector(Collector):
         self.clock = clock
 
     def collect(self) -> Iterator[Metric]:
+        yield from self._settings()
+        yield from self._markets()
+
+    def _settings(self) -> Iterator[Metric]:
+        """The series cap and the settings the alert rules compare against."""
         e = self.engine
         n = min(len(e), self.max_series)
-        yield _gauge(
-            "riskd_market_series_limit",
-            "[server] max_market_series: markets whose series are exported",
-            float(self.max_series),
-        )
-        yield _gauge(
-            "riskd_market_series_dropped",
-            "Markets beyond [server] max_market_series, whose series are not exported",
-            float(len(e) - n),
-        )
         cfg = e.settings
-        yield _gauge(
-            "riskd_governor_stale_after_seconds",
-            "[governor] stale_after_s: a market without a tick this long is stale",
-            cfg.governor.stale_after_s,
-        )
-        yield _gauge(
-            "riskd_governor_freeze_before_resolution_seconds",
-            "[governor] freeze_before_resolution_s: 1x this long before the event",
-            cfg.governor.freeze_before_resolution_s,
-        )
-        yield _gauge(
-            "riskd_snapshot_interval_seconds",
-            "[state] snapshot_interval_s",
-            cfg.state.snapshot_interval_s,
-        )
-        lev = GaugeMetricFamily(
-            "riskd_max_leverage", "Published max leverage", labels=["market", "side"]
-        )
+        for name, doc, value in (
+            (
+                "riskd_market_series_limit",
+                "[server] max_market_series: markets whose series are exported",
+                self.max_series,
+            ),
+            (
+                "riskd_market_series_dropped",
+                "Markets beyond [server] max_market_series, whose series are not exported",
+                len(e) - n,
+            ),
+            (
+                "riskd_governor_stale_after_seconds",
+                "[governor] stale_after_s: a market without a tick this long is stale",
+                cfg.governor.stale_after_s,
+            ),
+            (
+                "riskd_governor_freeze_before_resolution_seconds",
+                "[governor] freeze_before_resolution_s: 1x this long before the event",
+                cfg.governor.freeze_before_resolution_s,
+            ),
+            (
+                "riskd_snapshot_interval_seconds",
+                "[state] snapshot_interval_s",
+                cfg.state.snapshot_interval_s,
+            ),
+        ):
+            yield _gauge(name, doc, float(value))
+
+    def _markets(self) -> Iterator[Metric]:
+        """Per market: what is published, and the model's inputs now."""
+        e = self.engine
+        n = min(len(e), self.max_series)
+        by_side, by_market = ["market", "side"], ["market"]
+        lev = GaugeMetricFamily("riskd_max_leverage", "Published max leverage", labels=by_side)
         fee = GaugeMetricFamily(
-            "riskd_fee_rate_hourly", "Published borrow fee per hour", labels=["market", "side"]
+            "riskd_fee_rate_hourly", "Published borrow fee per hour", labels=by_side
         )
-        slip = GaugeMetricFamily("riskd_max_slippage", "Published max slippage", labels=["market"])
-        prob = GaugeMetricFamily("riskd_probability", "YES probability", labels=["market"])
+        slip = GaugeMetricFamily("riskd_max_slippage", "Published max slippage", labels=by_market)
+        prob = GaugeMetricFamily("riskd_probability", "YES probability", labels=by_market)
         tau = GaugeMetricFamily(
-            "riskd_time_to_resolution_seconds", "Seconds to the decisive event", labels=["market"]
+            "riskd_time_to_resolution_seconds", "Seconds to the decisive event", labels=by_market
         )
         vol = GaugeMetricFamily(
-            "riskd_belief_volatility",
-            "Belief volatility, logit per sqrt(second)",
-            labels=["market"],
+            "riskd_belief_volatility", "Belief volatility, logit per sqrt(second)", labels=by_market
         )
         lam = GaugeMetricFamily(
-            "riskd_jump_intensity", "Jump intensity per second", labels=["market"]
+            "riskd_jump_intensity", "Jump intensity per second", labels=by_market
         )
-        jumps = CounterMetricFamily("riskd_jumps_detected", "Jumps detected", labels=["market"])
+        jumps = CounterMetricFamily("riskd_jumps_detected", "Jumps detected", labels=by_market)
         mode = GaugeMetricFamily(
             "riskd_market_mode", "1 for the published mode", labels=["market", "mode"]
         )

@@ -175,12 +175,7 @@ class StateStore:
         age = time.time() - float(header.get("written_at", 0.0))
         if not age <= self.max_age_s:
             # The model state is too old to trust, but seqs and versions must go on rising.
-            versions = data.get("gov_version")
-            if versions is not None and len(versions) == len(header["ids"]):
-                for market_id, version in zip(header["ids"], versions.tolist(), strict=True):
-                    i = engine.index.get(market_id)
-                    if i is not None:
-                        engine.gov.version[i] = max(int(engine.gov.version[i]), int(version))
+            _keep_versions(engine, header["ids"], data.get("gov_version"))
             return Loaded(
                 "stale",
                 f"{self.path}: {age:.0f} s old, more than state.max_age_s "
@@ -220,6 +215,16 @@ class StateStore:
 def _exchange(header: dict[str, Any]) -> dict[str, Any] | None:
     doc = header.get("exchange")
     return doc if isinstance(doc, dict) else None
+
+
+def _keep_versions(engine: Engine, ids: list[str], versions: np.ndarray | None) -> None:
+    """Each market's version at least the snapshot's."""
+    if versions is None or len(versions) != len(ids):
+        return
+    for market_id, version in zip(ids, versions.tolist(), strict=True):
+        i = engine.index.get(market_id)
+        if i is not None:
+            engine.gov.version[i] = max(int(engine.gov.version[i]), int(version))
 
 
 def _wall_ms() -> int:

@@ -179,3 +179,20 @@ def test_no_import_cycle_at_run_time() -> None:
 def test_the_cycle_check_finds_a_cycle() -> None:
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+def _njit(node: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    return any(getattr(d, "id", getattr(d, "attr", None)) == "njit" for d in node.decorator_list)
+
+
+def test_no_function_over_60_lines_outside_the_compiled_kernels() -> None:
+    # A compiled kernel (riskd/jit.py) is one loop over every market; the locals it
+    # carries from step to step would become long argument lists in helpers.
+    long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and not _njit(node):
+                lines = (node.end_lineno or node.lineno) - node.lineno + 1
+                if lines > 60:
+                    long.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name} {lines}")
+    assert not long, long

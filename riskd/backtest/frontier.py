@@ -422,53 +422,56 @@ def plot(
     fig, axes = plt.subplots(
         len(models), len(names), figsize=(5.2 * len(names), 4.2 * len(models)), squeeze=False
     )
-    colors = {
-        "riskd": "tab:blue",
-        "static": "tab:gray",
-        "oi_scaled": "tab:orange",
-        "d8x_entropy": "tab:green",
-    }
     for row, t in enumerate(models):
         for col, name in enumerate(names):
-            ax = axes[row][col]
-            points = results[name]
-            for family in FAMILIES:
-                mine = [p.figures[t] for p in points if p.family == family]
-                if not mine:
-                    continue
-                mine.sort(key=lambda f: f.mean_leverage)
-                x = [f.mean_leverage for f in mine]
-                y = [f.lp_pnl for f in mine]
-                if family == "riskd":
-                    ax.scatter(x, y, s=10, color=colors[family], alpha=0.45)
-                    env_x, env_y = _best_loading(points, t)
-                    ax.plot(
-                        env_x, env_y, color=colors[family], lw=1.4, label="riskd (best fee_loading)"
-                    )
-                else:
-                    ax.plot(x, y, marker="o", ms=3, lw=1.0, color=colors[family], label=family)
-            if default is not None and (d := find(points, "riskd", default)):
-                f = d.figures[t]
-                ax.scatter(
-                    [f.mean_leverage],
-                    [f.lp_pnl],
-                    marker="*",
-                    s=140,
-                    color="black",
-                    zorder=5,
-                    label="riskd defaults",
-                )
-            ax.axhline(0.0, color="black", lw=0.6)
-            ax.set_xscale("log")
-            ax.set_yscale("symlog", linthresh=0.1)
-            ax.set_xlabel("mean max leverage offered")
-            ax.set_ylabel("LP P&L (collateral units)")
-            ax.set_title(f"{name}: {t} traders", fontsize=10)
-            ax.legend(fontsize=7, loc="lower left")
+            _panel(axes[row][col], results[name], t, default)
+            axes[row][col].set_title(f"{name}: {t} traders", fontsize=10)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
     plt.close(fig)
+
+
+COLORS = {
+    "riskd": "tab:blue",
+    "static": "tab:gray",
+    "oi_scaled": "tab:orange",
+    "d8x_entropy": "tab:green",
+}
+
+
+def _panel(ax: Any, points: list[Point], t: str, default: dict[str, float] | None) -> None:
+    """One tape set and trader model: a curve per family, riskd's envelope, defaults."""
+    for family in FAMILIES:
+        mine = [p.figures[t] for p in points if p.family == family]
+        if not mine:
+            continue
+        mine.sort(key=lambda f: f.mean_leverage)
+        x = [f.mean_leverage for f in mine]
+        y = [f.lp_pnl for f in mine]
+        if family == "riskd":
+            ax.scatter(x, y, s=10, color=COLORS[family], alpha=0.45)
+            env_x, env_y = _best_loading(points, t)
+            ax.plot(env_x, env_y, color=COLORS[family], lw=1.4, label="riskd (best fee_loading)")
+        else:
+            ax.plot(x, y, marker="o", ms=3, lw=1.0, color=COLORS[family], label=family)
+    if default is not None and (d := find(points, "riskd", default)):
+        f = d.figures[t]
+        ax.scatter(
+            [f.mean_leverage],
+            [f.lp_pnl],
+            marker="*",
+            s=140,
+            color="black",
+            zorder=5,
+            label="riskd defaults",
+        )
+    ax.axhline(0.0, color="black", lw=0.6)
+    ax.set_xscale("log")
+    ax.set_yscale("symlog", linthresh=0.1)
+    ax.set_xlabel("mean max leverage offered")
+    ax.set_ylabel("LP P&L (collateral units)")
+    ax.legend(fontsize=7, loc="lower left")
 
 
 def _best_loading(points: list[Point], traders: str) -> tuple[list[float], list[float]]:

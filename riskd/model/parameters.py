@@ -209,29 +209,8 @@ def compute(
         out,
     )
 
-    price_vol = inp.p * (1.0 - inp.p) * inp.sigma
-    # With a book, the reference position's own impact: the depth within max_slippage
-    # of the mid taken as spread evenly over that band, unwinding a share of it moves
-    # the price by that share of the band (all of it when the book is too shallow).
-    impact = (
-        0.0
-        if inp.book_ratio is None
-        else max_slippage * np.nan_to_num(np.minimum(inp.book_ratio, 1.0), nan=0.0)
-    )
-    slip = np.clip(
-        cfg.z_slip * price_vol * np.sqrt(cfg.h_exec_s) + inp.half_spread + impact,
-        inp.tick,
-        max_slippage,
-    )
-    reasons = np.zeros(m, dtype=np.int64)
-    reasons |= np.where(np.minimum(inp.p, 1 - inp.p) < 0.05, BIT["extreme_probability"], 0)
-    reasons |= np.where(inp.sigma > 4.0 * cfg.sigma_prior, BIT["high_volatility"], 0)
-    # Sparse prices or a thin book, not the margin-call window every market waits.
-    reasons |= np.where(
-        inp.h > cfg.liquidation_horizon_s + cfg.margin_call_window_s, BIT["thin_market"], 0
-    )
-    if leverage_pin is not None:
-        reasons |= np.where(np.isnan(leverage_pin), 0, BIT["config_override"])
+    slip = _slippage(inp, cfg, max_slippage)
+    reasons = _reasons(inp, cfg, leverage_pin)
     return Targets(
         max_leverage=out.leverage,
         initial_margin=out.initial_margin,
@@ -244,6 +223,39 @@ def compute(
         es_by_group=out.es_by_group if detail else None,
         fee_by_group=out.fee_by_group if detail else None,
     )
+
+
+def _slippage(inp: RiskInputs, cfg: ModelSettings, max_slippage: np.ndarray) -> np.ndarray:
+    """Section 4, max slippage: the price's move over the execution time, the half
+    spread and, with a book, the reference position's own impact: the depth within
+    max_slippage of the mid taken as spread evenly over that band, unwinding a share
+    of it moves the price by that share of the band (all of it when the book is too
+    shallow)."""
+    price_vol = inp.p * (1.0 - inp.p) * inp.sigma
+    impact = (
+        0.0
+        if inp.book_ratio is None
+        else max_slippage * np.nan_to_num(np.minimum(inp.book_ratio, 1.0), nan=0.0)
+    )
+    return np.clip(
+        cfg.z_slip * price_vol * np.sqrt(cfg.h_exec_s) + inp.half_spread + impact,
+        inp.tick,
+        max_slippage,
+    )
+
+
+def _reasons(inp: RiskInputs, cfg: ModelSettings, leverage_pin: np.ndarray | None) -> np.ndarray:
+    """The model's reason bits per market."""
+    reasons = np.zeros(inp.p.shape[0], dtype=np.int64)
+    reasons |= np.where(np.minimum(inp.p, 1 - inp.p) < 0.05, BIT["extreme_probability"], 0)
+    reasons |= np.where(inp.sigma > 4.0 * cfg.sigma_prior, BIT["high_volatility"], 0)
+    # Sparse prices or a thin book, not the margin-call window every market waits.
+    reasons |= np.where(
+        inp.h > cfg.liquidation_horizon_s + cfg.margin_call_window_s, BIT["thin_market"], 0
+    )
+    if leverage_pin is not None:
+        reasons |= np.where(np.isnan(leverage_pin), 0, BIT["config_override"])
+    return reasons
 
 
 class MarketInputs(NamedTuple):

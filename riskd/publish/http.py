@@ -283,13 +283,6 @@ class HttpPublisher:
         assert self._session is not None
         self.seq += 1
         body = wire.batch(self.instance, self.seq, self._generated_at, list(taken.values()))
-        ts = str(int(time.time()))
-        headers = {
-            "Content-Type": "application/json",
-            "Idempotency-Key": f"{self.instance}:{self.seq}",
-            "X-Riskd-Timestamp": ts,
-            "X-Riskd-Signature": sign(self._secret, ts, body),
-        }
         extra: dict[str, Any] = {
             "publisher": self.name,
             "seq": self.seq,
@@ -301,7 +294,7 @@ class HttpPublisher:
             # A redirect is answered as it is (permanent): signed parameters go to the
             # configured URL only.
             async with self._session.post(
-                self.url, data=body, headers=headers, allow_redirects=False
+                self.url, data=body, headers=self._headers(body), allow_redirects=False
             ) as resp:
                 text = await resp.text(errors="replace")
                 status = resp.status
@@ -321,12 +314,52 @@ class HttpPublisher:
             self.stats.published(self.name, Outcome.RETRY.value, None)
             return Attempt(Outcome.RETRY)
         latency = time.perf_counter() - started
+        return self._answered(status, text, wait_header, latency, extra)
+
+    def _headers(self, body: bytes) -> dict[str, str]:
+        """The request's headers (interfaces.md): idempotency key and signature."""
+        ts = str(int(time.time()))
+        return {
+            "Content-Type": "application/json",
+            "Idempotency-Key": f"{self.instance}:{self.seq}",
+            "X-Riskd-Timestamp": ts,
+            "X-Riskd-Signature": sign(self._secret, ts, body),
+        }
+
+    def _answered(
+        self,
+        status: int,
+        text: str,
+        wait_header: str | None,
+        latency: float,
+        extra: dict[str, Any],
+    ) -> Attempt:
+        """What an answer means: delivered, retry (after Retry-After), or refused."""
         outcome = classify_status(status)
         self.stats.published(self.name, outcome.value, latency)
         extra["reason"] = f"http_{status}"
         if outcome is Outcome.DELIVERED:
             self._ok = True
             return Attempt(outcome, status)
+        self._ok = False
+        if outcome is Outcome.RETRY:
+            wait = retry_after(wait_header, time.time(), self.policy.retry_after_max_s)
+            level = logging.DEBUG if self.breaker.is_open else logging.WARNING
+            log.log(
+                level,
+                "http publish got %d, will retry%s",
+                status,
+                f" after {wait:g} s (Retry-After)" if wait is not None else "",
+                extra=extra,
+            )
+            return Attempt(outcome, status, wait)
+        log.error(
+            "http publish refused with %d (not retried): %s",
+            status,
+            text[:BODY_LOG_CHARS],
+            extra=extra,
+        )
+        return Attempt(outcome, status)
         self._ok = False
         if outcome is Outcome.RETRY:
             wait = retry_after(wait_header, time.time(), self.policy.retry_after_max_s)
