@@ -360,22 +360,3 @@ class HttpPublisher:
             extra=extra,
         )
         return Attempt(outcome, status)
-        self._ok = False
-        if outcome is Outcome.RETRY:
-            wait = retry_after(wait_header, time.time(), self.policy.retry_after_max_s)
-            level = logging.DEBUG if self.breaker.is_open else logging.WARNING
-            log.log(
-                level,
-                "http publish got %d, will retry%s",
-                status,
-                f" after {wait:g} s (Retry-After)" if wait is not None else "",
-                extra=extra,
-            )
-            return Attempt(outcome, status, wait)
-        log.error(
-            "http publish refused with %d (not retried): %s",
-            status,
-            text[:BODY_LOG_CHARS],
-            extra=extra,
-        )
-        return Attempt(outcome, status)
