@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-tools bench backtests lint clean fuzz soak
+.PHONY: run test test-tools bench backtests lint clean fuzz soak failover
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,10 +21,16 @@ run: $(STAMP)
 test: $(STAMP) test-tools
 	$(BIN)/python -m pytest -q
 
-# prometheus and promtool for tests/test_monitoring.py: Debian's `prometheus` package,
-# installed only when missing (as root or with passwordless sudo; CI runs as root).
+# prometheus and promtool for tests/test_monitoring.py, nats-server for
+# tests/test_cluster.py: Debian's `prometheus` and `nats-server` packages, installed
+# only when missing (as root or with passwordless sudo; CI runs as root).
 test-tools:
 	@bash scripts/ensure-prometheus.sh
+	@bash scripts/ensure-nats.sh
+
+# Failover figures (docs/scaling.md): two replicas, the leader killed 20 times.
+failover: $(STAMP) test-tools
+	$(BIN)/python scripts/failover.py $(ARGS)
 
 # Speed figures (docs/performance.md): the backtest, then riskd against a local venue
 # (scripts/bench_live.py; ~6 minutes). `make bench ARGS=--quick` for a short run.

@@ -34,7 +34,6 @@ import asyncio
 import hashlib
 import hmac
 import logging
-import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -46,6 +45,7 @@ from aiohttp import web
 
 from riskd.model.governor import MODES
 from riskd.receiver_client import ReportConfig, Reporter, ReportError, report_config
+from riskd.secrets import read_secret
 from riskd.timeutil import iso, parse_iso
 
 log = logging.getLogger("riskd.receiver")
@@ -371,17 +371,9 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> ReceiverConfig:
-    if args.secret_file is not None:
-        try:
-            secret = args.secret_file.read_bytes().strip()
-        except OSError as exc:
-            raise ReceiverError(
-                f"--secret-file: cannot read {args.secret_file}: {exc.strerror}"
-            ) from None
-    else:
-        secret = os.environ.get(SECRET_ENV, "").encode()
-    if not secret:
-        raise ReceiverError(f"no shared secret: set {SECRET_ENV} or --secret-file")
+    secret = read_secret(
+        args.secret_file, "--secret-file", SECRET_ENV, "no shared secret", ReceiverError
+    )
     if args.safe_max_leverage < 1.0:
         raise ReceiverError("--safe-max-leverage must be >= 1")
     if args.max_skew_s <= 0:

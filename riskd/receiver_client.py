@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import aiohttp
 
 from riskd.exchange import MAX_ID_CHARS, SideBook, check_book, open_interest_dict
 from riskd.publish.http import sign
+from riskd.secrets import read_secret
 from riskd.timeutil import iso
 
 log = logging.getLogger("riskd.receiver.report")
@@ -163,19 +163,13 @@ def report_config(
         if positions is not None:
             raise ReportError("--positions needs --riskd-url (where to report them)")
         return None
-    if secret_file is not None:
-        try:
-            secret = secret_file.read_bytes().strip()
-        except OSError as exc:
-            raise ReportError(
-                f"--exchange-secret-file: cannot read {secret_file}: {exc.strerror}"
-            ) from None
-    else:
-        secret = os.environ.get(EXCHANGE_SECRET_ENV, "").encode()
-    if not secret:
-        raise ReportError(
-            f"--riskd-url: no exchange secret: set {EXCHANGE_SECRET_ENV} or --exchange-secret-file"
-        )
+    secret = read_secret(
+        secret_file,
+        "--exchange-secret-file",
+        EXCHANGE_SECRET_ENV,
+        "--riskd-url: no exchange secret",
+        ReportError,
+    )
     if not (insurance_fund >= 0 and insurance_fund < float("inf")):
         raise ReportError("--insurance-fund must be a finite number >= 0")
     if not interval_s > 0:

@@ -1,4 +1,5 @@
-"""Secrets inside URLs: masked wherever a URL is shown (check-config, logs, errors).
+"""Secrets inside URLs: masked wherever a URL is shown (check-config, logs, errors);
+and a command's secret read from its file or the environment, never its arguments.
 
 A URL may carry a credential in its userinfo (`https://user:pw@host/`, or a bare
 token as the user: `https://TOKEN@host/`) or in a query parameter (`?token=...`,
@@ -8,7 +9,9 @@ readable: they are what an operator needs to tell which endpoint is meant.
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 MASK = "***"
@@ -82,3 +85,20 @@ def mask_urls(text: str) -> str:
     if "://" not in text:
         return text
     return _URL_IN_TEXT.sub(lambda m: mask_url(m.group(0)), text)
+
+
+def read_secret(
+    path: Path | None, option: str, env: str, missing: str, error: type[Exception]
+) -> bytes:
+    """The secret in `path` (given as `option`), else in the environment variable `env`
+    (a secret on the command line is visible in `ps`); `error` when there is none."""
+    if path is None:
+        secret = os.environ.get(env, "").encode()
+    else:
+        try:
+            secret = path.read_bytes().strip()
+        except OSError as exc:
+            raise error(f"{option}: cannot read {path}: {exc.strerror}") from None
+    if not secret:
+        raise error(f"{missing}: set {env} or {option}")
+    return secret

@@ -15,18 +15,26 @@ if TYPE_CHECKING:
 Builder = Callable[[Settings, dict[str, Market], str, "Metrics | None"], WebsocketFeed]
 
 
+def _something_to_follow(venue: str, some: bool, binding: str) -> None:
+    """A venue feed needs markets: bound in the markets file, or listed for lookup."""
+    if not some:
+        raise ConfigError(
+            f"feed.kind = {venue}: no market to follow; bind markets in the markets file "
+            f"({binding}) or list them in [feed.{venue}] markets (with [feed] metadata = true)"
+        )
+
+
 def _polymarket(
     settings: Settings, markets: dict[str, Market], url: str, metrics: Metrics | None
 ) -> WebsocketFeed:
     from riskd.feeds.polymarket.feed import PolymarketFeed
 
     cfg = settings.feed
-    if not markets and not (cfg.metadata and cfg.polymarket.markets):
-        raise ConfigError(
-            "feed.kind = polymarket: no market to follow; bind markets in the "
-            "markets file (polymarket_yes_token / polymarket_no_token) or list "
-            "them in [feed.polymarket] markets (with [feed] metadata = true)"
-        )
+    _something_to_follow(
+        "polymarket",
+        bool(markets or (cfg.metadata and cfg.polymarket.markets)),
+        "polymarket_yes_token / polymarket_no_token",
+    )
     return PolymarketFeed(
         cfg.polymarket,
         markets,
@@ -45,12 +53,9 @@ def _kalshi(
     from riskd.feeds.kalshi.feed import KalshiFeed
 
     cfg = settings.feed
-    if not markets and not (cfg.metadata and cfg.kalshi.markets):
-        raise ConfigError(
-            "feed.kind = kalshi: no market to follow; bind markets in the "
-            "markets file (kalshi_ticker) or list tickers in [feed.kalshi] "
-            "markets (with [feed] metadata = true)"
-        )
+    _something_to_follow(
+        "kalshi", bool(markets or (cfg.metadata and cfg.kalshi.markets)), "kalshi_ticker"
+    )
     try:
         return KalshiFeed(
             cfg.kalshi,
