@@ -6,14 +6,25 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
+import yaml
 
-from tests.support import DaemonProcess, wait_until
-from tests.support.cluster import Exchange, Ticker, epoch_of, holders, looser, replica_config
+from tests.support import REPO, DaemonProcess, clean_env, wait_until
+from tests.support.cluster import (
+    Exchange,
+    Ticker,
+    check_history,
+    epoch_of,
+    handovers_not_looser,
+    holders,
+    replica_config,
+)
 from tests.support.nats import NatsServer, nats_binary
 
 pytestmark = pytest.mark.skipif(
@@ -72,39 +83,6 @@ async def leader_of(nats_url: str, shard: int = 0) -> str:
 
     await wait_until(held, 10.0, what=f"a leader of shard {shard}")
     return str(await held())
-
-
-def check_history(exchange: Exchange) -> None:
-    """Never an older version nor a lower epoch taken; nothing refused."""
-    state = exchange.state
-    assert state.stats["rejected"] == {}, state.stats
-    assert state.stats["stale_sets"] == 0, state.stats
-    highest: dict[int, int] = {}
-    versions: dict[str, int] = {}
-    for arrival in state.accepted():
-        shard, epoch = epoch_of(arrival)
-        assert epoch >= highest.get(shard, 0)
-        highest[shard] = epoch
-        for entry in arrival.body["params"]:
-            assert entry["version"] > versions.get(entry["market"], 0)
-            versions[entry["market"]] = entry["version"]
-
-
-def handovers_not_looser(exchange: Exchange) -> int:
-    """The first sets of each new epoch are no looser than those in force before them."""
-    state = exchange.state
-    seen: dict[int, int] = {}
-    checked = 0
-    for arrival, before in zip(state.accepted(), state.before, strict=True):
-        shard, epoch = epoch_of(arrival)
-        if shard in seen and epoch > seen[shard]:
-            for entry in arrival.body["params"]:
-                old = before.get(entry["market"])
-                if old is not None:
-                    assert not looser(entry, old), (entry, old)
-                    checked += 1
-        seen[shard] = epoch
-    return checked
 
 
 async def first_arrival(exchange: Exchange, since: float, epoch_above: int) -> float:
@@ -202,3 +180,27 @@ async def test_three_replicas_share_eight_shards(
         what="all eight shards published",
     )
     check_history(exchange)
+
+
+def test_kubernetes_cluster_config_passes_check_config(tmp_path: Path) -> None:
+    docs = list(yaml.safe_load_all((REPO / "deploy/kubernetes/riskd-cluster.yaml").read_text()))
+    riskd = next(d for d in docs if d["kind"] == "StatefulSet" and d["metadata"]["name"] == "riskd")
+    assert riskd["spec"]["replicas"] == 2
+    assert any(d["kind"] == "Service" and d["metadata"]["name"] == "riskd-nats" for d in docs)
+    config = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
+    secret = tmp_path / "http-secret"
+    secret.write_text("s3cret")
+    (tmp_path / "markets.toml").write_text(config["markets.toml"])
+    toml = (
+        config["riskd.toml"]
+        .replace("/etc/riskd/markets.toml", str(tmp_path / "markets.toml"))
+        .replace("/etc/riskd/secrets/http-secret", str(secret))
+    )
+    (tmp_path / "riskd.toml").write_text(toml)
+    done = subprocess.run(
+        [sys.executable, "-m", "riskd.cli", "check-config", "-c", str(tmp_path / "riskd.toml")],
+        capture_output=True,
+        text=True,
+        env=clean_env(RISKD_CLUSTER__REPLICA="riskd-0"),
+    )
+    assert done.returncode == 0, done.stderr

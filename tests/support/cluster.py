@@ -201,3 +201,36 @@ def looser(after: dict[str, Any], before: dict[str, Any]) -> bool:
         and modes.index(after["mode"]) < modes.index(before["mode"])
     )
     return lev or mode
+
+
+def check_history(exchange: Exchange) -> None:
+    """Never an older version nor a lower epoch taken; nothing refused."""
+    state = exchange.state
+    assert state.stats["rejected"] == {}, state.stats
+    assert state.stats["stale_sets"] == 0, state.stats
+    highest: dict[int, int] = {}
+    versions: dict[str, int] = {}
+    for arrival in state.accepted():
+        shard, epoch = epoch_of(arrival)
+        assert epoch >= highest.get(shard, 0)
+        highest[shard] = epoch
+        for entry in arrival.body["params"]:
+            assert entry["version"] > versions.get(entry["market"], 0)
+            versions[entry["market"]] = entry["version"]
+
+
+def handovers_not_looser(exchange: Exchange) -> int:
+    """The first sets of each new epoch are no looser than those in force before them."""
+    state = exchange.state
+    seen: dict[int, int] = {}
+    checked = 0
+    for arrival, before in zip(state.accepted(), state.before, strict=True):
+        shard, epoch = epoch_of(arrival)
+        if shard in seen and epoch > seen[shard]:
+            for entry in arrival.body["params"]:
+                old = before.get(entry["market"])
+                if old is not None:
+                    assert not looser(entry, old), (entry, old)
+                    checked += 1
+        seen[shard] = epoch
+    return checked
