@@ -392,6 +392,27 @@ class ExchangeSettings(Section):
     max_age_s: float = Field(60.0, gt=0.0)
 
 
+class ClusterSettings(Section):
+    """`[cluster]`: replicas sharing shard leases on NATS JetStream (docs/scaling.md).
+    Absent: one process publishes every market, as without it."""
+
+    nats_url: str = "nats://127.0.0.1:4222"
+    # Markets are spread over this many shards by a stable hash of their id.
+    shards: int = Field(1, ge=1, le=1024)
+    # A shard's lease lapses this long after its leader's last renewal; the leader
+    # stops publishing the shard before then.
+    lease_ttl_s: float = Field(2.0, ge=0.5, le=60.0)
+    # This replica's name in the lease values and the presence bucket; "" is
+    # <hostname>-<pid>.
+    replica: str = ""
+    # JetStream names: the lease and presence buckets, the stream of published batches
+    # (one subject per shard: <subject>.<shard>) and how long it keeps them.
+    bucket: str = Field("riskd_leases", pattern=r"^[A-Za-z0-9_-]+$")
+    stream: str = Field("RISKD_BATCHES", pattern=r"^[A-Za-z0-9_-]+$")
+    subject: str = Field("riskd.batches", pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+    history_s: float = Field(3600.0, gt=0.0)
+
+
 class LogSettings(Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["text", "json"] = "text"
@@ -417,6 +438,7 @@ class Settings(BaseSettings):
     exchange: ExchangeSettings = Field(default_factory=ExchangeSettings)
     log: LogSettings = Field(default_factory=LogSettings)
     insurance: InsuranceSettings | None = None
+    cluster: ClusterSettings | None = None
 
     # The file loaded (None: built-in defaults) and whether -c named it; set by
     # load_settings.
@@ -431,6 +453,18 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _distinct_paths(self) -> Settings:
         _check_paths(self)
+        return self
+
+    @model_validator(mode="after")
+    def _history_covers_sets(self) -> Settings:
+        # A new leader holds its shard at the sets still in force: the stream must
+        # keep every batch whose sets have not expired.
+        if self.cluster is not None and self.cluster.history_s <= self.governor.ttl_s:
+            raise KeyValueError(
+                "cluster.history_s",
+                f"must exceed governor.ttl_s ({self.governor.ttl_s:g}): the stream must "
+                "hold every set still in force",
+            )
         return self
 
     @classmethod

@@ -26,6 +26,7 @@ from riskd.server import serve
 
 if TYPE_CHECKING:
     from riskd.app import Daemon
+    from riskd.cluster import Cluster
 
 log = logging.getLogger("riskd")
 
@@ -34,6 +35,8 @@ class Lifecycle:
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
         self.hurry = asyncio.Event()  # a second signal: cut the drain short
+        self.cluster: Cluster | None = None
+        self.cluster_task: asyncio.Task[Any] | None = None
         self._signals = 0
 
     async def run(self) -> int:
@@ -41,6 +44,7 @@ class Lifecycle:
         self._install_signals()
         compile_kernels(self.daemon.settings)
         runner = await self._start_server()
+        self._cluster()
         await self._start_publishers(runner)
         self.daemon.restore()
         gc.collect()  # the start-up's garbage, once, before the heap is trimmed
@@ -97,8 +101,33 @@ class Lifecycle:
                 await runner.cleanup()
             raise ConfigError(f"publisher.{pub.name}: cannot start: {exc}") from None
 
+    def _cluster(self) -> None:
+        """`[cluster]`: the exchange-facing publishers become one per shard, started
+        and stopped with the shard's lease (riskd/cluster.py); the others stay."""
+        daemon = self.daemon
+        cfg = daemon.settings.cluster
+        if cfg is None:
+            return
+        from riskd.cluster import FENCED, Cluster
+        from riskd.publish.registry import BUILDERS, PublishContext
+
+        publisher = daemon.settings.publisher
+        daemon.publishers[:] = [p for p in daemon.publishers if p.name not in FENCED]
+
+        def fenced(instance: str) -> list[Publisher]:
+            context = PublishContext(daemon.metrics, instance, daemon.stream_snapshot)
+            sections = [(name, getattr(publisher, name)) for name in FENCED]
+            return [BUILDERS[name](s, context) for name, s in sections if s is not None]
+
+        daemon.pipeline.cluster = self.cluster = Cluster(
+            cfg, publisher.instance, daemon.engine, daemon.publishers, fenced
+        )
+
     def _spawn(self) -> list[asyncio.Task[Any]]:
         daemon, sup = self.daemon, self.daemon.supervisor
+        if self.cluster is not None:
+            # Not among the tasks cancelled first at shutdown: it sends the final batch.
+            self.cluster_task = sup.spawn("cluster", self.cluster.run, restart=True)
         for pub in daemon.publishers:
             self._watch(pub)
         return [
@@ -133,6 +162,7 @@ class Lifecycle:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         daemon.pipeline.cycle()  # the final batch
+        await self._stop_cluster()
         await self._drain()
         for pub in daemon.publishers:
             await pub.close()
@@ -151,6 +181,14 @@ class Lifecycle:
             return 1
         log.info("stopped cleanly after %d batches", daemon.pipeline.seq)
         return 0
+
+    async def _stop_cluster(self) -> None:
+        if self.cluster is None:
+            return
+        await self.cluster.stop(self.daemon.settings.server.shutdown_deadline_s)
+        if self.cluster_task is not None:
+            self.cluster_task.cancel()
+            await asyncio.gather(self.cluster_task, return_exceptions=True)
 
     async def _drain(self) -> None:
         """Every publisher at once (a hanging exchange never eats the audit log's or

@@ -11,7 +11,7 @@ import gc
 import logging
 import math
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from riskd import heap
 from riskd.clock import Clock
@@ -21,6 +21,9 @@ from riskd.feeds.base import EventSource, Feed, LivenessSource, MarketEvent, Rep
 from riskd.metrics import Metrics
 from riskd.publish.base import Batch, Publisher
 from riskd.timeutil import iso
+
+if TYPE_CHECKING:
+    from riskd.cluster import Cluster
 
 log = logging.getLogger("riskd")
 
@@ -64,6 +67,8 @@ class Pipeline:
         self._modes: dict[str, str] = {}  # market -> published mode, for change events
         self._settled_at = 0  # engine.ticked at the last _settle_memory
         self._tallies: dict[str, FeedTally] = {}  # venue -> what came since the last cycle
+        # `[cluster]`: batches go by shard to the leases this replica holds.
+        self.cluster: Cluster | None = None
 
     # --- in -------------------------------------------------------------------
 
@@ -229,7 +234,9 @@ class Pipeline:
 
     def _publish(self, batch: Batch) -> None:
         self.seq = batch.seq
-        for pub in self.publishers:
+        if self.cluster is not None:
+            self.cluster.submit(batch)
+        for pub in self.publishers if self.cluster is None else ():
             try:
                 pub.submit(batch)
             except Exception:  # one sink failing never blocks another

@@ -11,6 +11,10 @@ riskd's parameters means (interfaces.md):
    `instance` (409 otherwise) and `Idempotency-Key` must be `<instance>:<seq>`.
    riskd's `seq` and `version` survive its restarts, so this never locks it out;
    a receiver restart forgets them (it then takes whatever comes next).
+   Clustered riskd (docs/scaling.md) names each shard's stream `<instance>/<shard>`
+   and carries the leader's term in `shard` and `epoch`: a batch whose `epoch` is
+   below the highest accepted for its instance and shard is refused (409,
+   `stale_epoch`): a deposed leader can never overwrite its successor.
 3. Apply per market only what is newer: an entry replaces the current set only if
    its `version` is higher; older or equal ones are counted and dropped (a retried
    request whose first attempt did arrive carries the same versions).
@@ -93,6 +97,7 @@ class _Message:
     seq: int
     generated: float | None  # generated_at, unix seconds
     sets: list[tuple[dict[str, Any], float]]
+    term: tuple[tuple[str, int], int] | None = None  # (instance, shard), epoch
 
 
 def signature(secret: bytes, timestamp: str, body: bytes) -> str:
@@ -107,6 +112,7 @@ class ReceiverState:
     def __init__(self, cfg: ReceiverConfig) -> None:
         self.cfg = cfg
         self.last_seq: dict[str, int] = {}
+        self.epochs: dict[tuple[str, int], int] = {}  # (instance, shard) -> highest epoch
         self.current: dict[str, dict[str, Any]] = {}  # market -> newest accepted set
         self._expiry: dict[str, float] = {}  # market -> valid_until, unix seconds
         self.newest_generated = float("-inf")  # unix seconds
@@ -133,6 +139,8 @@ class ReceiverState:
             return message
         # Only a whole, valid message moves anything.
         self.last_seq[message.instance] = message.seq
+        if message.term is not None:
+            self.epochs[message.term[0]] = message.term[1]
         self.stats["accepted"] += 1
         if message.generated is not None and message.generated > self.newest_generated:
             self.newest_generated, self._newest_wall = message.generated, wall_now
@@ -175,6 +183,9 @@ class ReceiverState:
             return self._reject(
                 400, "bad_idempotency_key", "Idempotency-Key must be <instance>:<seq>"
             )
+        term = self._term(doc, instance, headers)
+        if isinstance(term, Verdict):
+            return term
         last = self.last_seq.get(instance)
         if last is not None and seq <= last:
             return self._reject(
@@ -190,7 +201,29 @@ class ReceiverState:
             if not isinstance(market, str) or not _integer(version):
                 return self._reject(400, "bad_body", "market and version have the wrong types")
             sets.append((entry, expiry))
-        return _Message(instance, seq, generated, sets)
+        return _Message(instance, seq, generated, sets, term)
+
+    def _term(
+        self, doc: dict[str, Any], instance: str, headers: dict[str, str]
+    ) -> tuple[tuple[str, int], int] | Verdict | None:
+        """A clustered batch's (instance, shard) and epoch, or the refusal of a stale
+        or malformed one; None for a batch of an unclustered riskd."""
+        if "epoch" not in doc and "shard" not in doc:
+            return None
+        if not _integer(doc.get("epoch")) or not _integer(doc.get("shard")):
+            return self._reject(400, "bad_body", "epoch and shard must be integers")
+        epoch, shard = int(doc["epoch"]), int(doc["shard"])
+        header = headers.get("X-Riskd-Epoch")
+        if header is not None and header != str(epoch):
+            return self._reject(400, "bad_epoch_header", "X-Riskd-Epoch is not the body's epoch")
+        highest = self.epochs.get((instance, shard))
+        if highest is not None and epoch < highest:
+            return self._reject(
+                409,
+                "stale_epoch",
+                f"epoch {epoch} is below {highest} for {instance!r} shard {shard}",
+            )
+        return (instance, shard), epoch
 
     def _apply(self, sets: list[tuple[dict[str, Any], float]]) -> tuple[int, int]:
         """Newest wins per market: (sets applied, sets not newer than the current one)."""
@@ -304,7 +337,10 @@ def make_app(
 
     async def stats(request: web.Request) -> web.Response:
         state = app[STATE]
-        return web.json_response({**state.stats, "last_seq": state.last_seq})
+        epochs = {f"{inst}#{shard}": e for (inst, shard), e in state.epochs.items()}
+        return web.json_response(
+            {**state.stats, "last_seq": state.last_seq, **({"epochs": epochs} if epochs else {})}
+        )
 
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

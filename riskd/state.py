@@ -296,6 +296,13 @@ def tighten_from_audit(engine: Engine, path: Path, tail_bytes: int = 8 << 20) ->
         for entry in entries:
             if isinstance(entry, dict) and isinstance(entry.get("market"), str):
                 latest[entry["market"]] = entry
+    return hold_published(engine, latest)
+
+
+def hold_published(engine: Engine, latest: dict[str, dict[str, Any]]) -> int:
+    """Hold each market's governor state at least as tight as `latest[market]`, a set
+    published before (by this process before a restart, or by another replica), and
+    its version at least at that set's. Returns the number of markets it tightened."""
     g = engine.gov
     tightened = 0
     for market_id, entry in latest.items():

@@ -99,10 +99,15 @@ def param_sets(rows: SetRows) -> list[dict[str, Any]]:
 
 
 def batch(
-    instance: str, seq: int, generated_at: str, params: list[dict[str, Any]], snapshot: bool = False
+    instance: str,
+    seq: int,
+    generated_at: str,
+    params: list[dict[str, Any]],
+    snapshot: bool = False,
+    fence: dict[str, int] | None = None,
 ) -> bytes:
     """The batch envelope around sets, as sent by every publisher; `snapshot` marks what
-    a /v1/stream client gets on connect."""
+    a /v1/stream client gets on connect; `fence` (clustered only) the shard and epoch."""
     doc: dict[str, Any] = {
         "source": SOURCE,
         "instance": instance,
@@ -111,6 +116,8 @@ def batch(
     }
     if snapshot:
         doc["snapshot"] = True
+    if fence:
+        doc.update(fence)
     doc["params"] = params
     return orjson.dumps(doc)
 

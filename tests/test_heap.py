@@ -47,7 +47,7 @@ async def test_a_mass_publish_freezes_what_lives_and_trims(
     """A cycle publishing MASS_PUBLISH sets or more moves what is alive out of the
     garbage collector's walk and trims the heap; smaller ones do neither. (The Fed
     tape has 2 markets: MASS_PUBLISH 1 makes its first publish a mass publish.)"""
-    from riskd import app
+    from riskd import pipeline
 
     trims: list[bool] = []
     real_trim = heap.trim
@@ -57,10 +57,10 @@ async def test_a_mass_publish_freezes_what_lives_and_trims(
         return real_trim()
 
     gc.unfreeze()
-    limit = app.MASS_PUBLISH if mass is None else mass
+    limit = pipeline.MASS_PUBLISH if mass is None else mass
     try:
         with (
-            mock.patch.object(app, "MASS_PUBLISH", limit),
+            mock.patch.object(pipeline, "MASS_PUBLISH", limit),
             mock.patch.object(heap, "trim", counted),
         ):
             d = await in_process(base_config(tmp_path, 0))

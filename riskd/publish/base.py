@@ -20,11 +20,15 @@ class Batch:
     # Markets whose set in this batch is tighter than their previous one (the
     # governor's `Decision.tightened`): publishers send these first. Not in the body.
     tightened: frozenset[str] = frozenset()
+    # Clustered (riskd/cluster.py): {"shard": ..., "epoch": ...}, in the body.
+    fence: dict[str, int] | None = None
     _body: bytes | None = field(default=None, repr=False)
 
     def body(self) -> bytes:
         if self._body is None:
-            self._body = wire.batch(self.instance, self.seq, self.generated_at, self.params)
+            self._body = wire.batch(
+                self.instance, self.seq, self.generated_at, self.params, fence=self.fence
+            )
         return self._body
 
 

@@ -279,10 +279,19 @@ class HttpPublisher:
                         self._delivered.get(market, 0), int(entry["version"])
                     )
 
+    # Clustered (riskd/cluster.py): the shard and the leader's epoch this publisher
+    # sends for, in every body and as X-Riskd-Epoch. None: not clustered.
+    fence: dict[str, int] | None = None
+
+    def fence_headers(self) -> dict[str, str]:
+        return {} if self.fence is None else {"X-Riskd-Epoch": str(self.fence["epoch"])}
+
     async def _post(self, taken: dict[str, dict[str, Any]], tightens: bool) -> Attempt:
         assert self._session is not None
         self.seq += 1
-        body = wire.batch(self.instance, self.seq, self._generated_at, list(taken.values()))
+        body = wire.batch(
+            self.instance, self.seq, self._generated_at, list(taken.values()), fence=self.fence
+        )
         extra: dict[str, Any] = {
             "publisher": self.name,
             "seq": self.seq,
@@ -324,6 +333,7 @@ class HttpPublisher:
             "Idempotency-Key": f"{self.instance}:{self.seq}",
             "X-Riskd-Timestamp": ts,
             "X-Riskd-Signature": sign(self._secret, ts, body),
+            **self.fence_headers(),
         }
 
     def _answered(
