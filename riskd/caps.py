@@ -8,11 +8,14 @@ and raises the margins of the evaluated markets as their open interest nears the
 (`margins`), before the governor: tightening at once, loosening on its schedule.
 
 A cap unit is a group of the markets file, or an ungrouped market alone. Its caps are
-recomputed when a member is evaluated and they are older than `REFRESH_S`, or at once
-after a report that moved the open interest of one of its markets (or the fund:
-then every unit), a reload or a restart. Exchange state that is missing or older than
-`[exchange] max_age_s` counts as open interest at the cap: every margin is the side's
-value (1x) until a fresh report arrives.
+recomputed when a member is evaluated and they are older than `[governor]
+reevaluate_s` (the slow sweep's period), and at the first evaluation after a report
+that moved the open interest of one of its markets (or the fund: then every unit), a
+reload or a restart. At most `MAX_ROWS_PER_CYCLE` markets' caps are recomputed per
+cycle (~35 us a market alone, ~1.5 ms a member of a 39-market linked group); units
+left over are evaluated again at the next cycle. Exchange state that is missing or
+older than `[exchange] max_age_s` counts as open interest at the cap: every margin is
+the side's value (1x) until a fresh report arrives.
 """
 
 from __future__ import annotations
@@ -32,10 +35,9 @@ if TYPE_CHECKING:
     from riskd.exchange import ExchangeState
     from riskd.markets import Market
 
-# A unit's caps are recomputed at most this often while nothing it depends on was
-# reported to change (a 39-market linked group takes ~40-70 ms): prices and margins
-# drift between reports, the open interest and the fund only move with one.
-REFRESH_S = 10.0
+# Markets whose caps are recomputed in one cycle at most (~150 ms of numpy): a report
+# that moved every market's open interest is worked off over several cycles.
+MAX_ROWS_PER_CYCLE = 4096
 # now -> (the newest exchange state or None, its age in seconds on the daemon clock)
 ExchangeSource = Callable[[float], tuple["ExchangeState | None", float]]
 _BINDING = BIT[groups.OI_CAP_BINDING]
@@ -63,9 +65,14 @@ def cap_moved(new: np.ndarray, old: np.ndarray, deadband: float) -> np.ndarray:
 class OpenInterestCaps:
     """Per market: its unit, open interest and cap; per unit: its stress."""
 
-    def __init__(self, cfg: InsuranceSettings, max_age_s: float) -> None:
+    def __init__(self, cfg: InsuranceSettings, max_age_s: float, refresh_s: float) -> None:
         self.cfg = cfg
         self.max_age_s = max_age_s
+        # A unit's caps are recomputed at most this often while no report moved what
+        # they depend on: prices and margins drift between reports.
+        self.refresh_s = refresh_s
+        self.room = MAX_ROWS_PER_CYCLE  # markets whose caps this cycle may still compute
+        self.left_over = False  # units were due beyond the room
         self.unit = np.zeros(0, np.int64)  # per market
         self.sign = np.zeros(0, np.int64)  # groups.SAME, OPPOSITE or INDEPENDENT
         self.grouped = np.zeros(0, bool)  # in a group of the markets file
@@ -121,6 +128,7 @@ class OpenInterestCaps:
         because what their margins or caps depend on changed, or None."""
         n = len(self)
         due = np.zeros(n, bool)
+        self.room, self.left_over = MAX_ROWS_PER_CYCLE, False
         stale = state is None or not age <= self.max_age_s
         if stale != self.stale:
             self.stale = stale
@@ -157,13 +165,24 @@ class OpenInterestCaps:
     def plan(self, now: float, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(units of `rows` whose caps are due, their members outside `rows`): the
         engine computes the members' targets at `now` with those of `rows`."""
+        none = np.zeros(0, np.int64)
         units = np.unique(self.unit[rows])
-        due = units[~(self.computed_t[units] > now - REFRESH_S)]
+        due = units[~(self.computed_t[units] > now - self.refresh_s)]
+        if not due.size:
+            return due, none
+        if self.room <= 0:
+            self.left_over = True
+            return none, none
         named = due[np.asarray([self.names[u] is not None for u in due.tolist()], bool)]
-        if not named.size:
-            return due, np.zeros(0, np.int64)
-        members = np.flatnonzero(self.grouped & np.isin(self.unit, named))
-        return due, np.setdiff1d(members, rows)
+        members = np.flatnonzero(self.grouped & np.isin(self.unit, named)) if named.size else none
+        extra = np.setdiff1d(members, rows)
+        self.room -= int(np.count_nonzero(np.isin(self.unit[rows], due))) + extra.size
+        return due, extra
+
+    def pending(self) -> np.ndarray:
+        """Markets of units whose caps a report or a reload made due and that no cycle
+        has recomputed yet (left over when a cycle ran out of room)."""
+        return np.flatnonzero(self.computed_t[self.unit] == -math.inf)
 
     def refresh(
         self,

@@ -263,6 +263,8 @@ class Engine:
             self.settings.exchange.max_age_s,
         ):
             self.caps = _make_caps(settings)
+        elif self.caps is not None:
+            self.caps.refresh_s = settings.governor.reevaluate_s
         self.settings = settings
         self.invalidate()
 
@@ -659,6 +661,8 @@ class Engine:
             entries += self.render(published)
             tightened += [self.ids[i] for i in part[decision.tightened].tolist()]
             self._schedule(now, part, cond, fresh[1])
+        if caps is not None and caps.left_over:
+            self.due_t[caps.pending()] = -np.inf  # their caps at the next cycle
         markets = frozenset(tightened)
         return CycleResult(
             now=now, entries=entries, tightened=len(markets), tightened_markets=markets
@@ -806,7 +810,9 @@ class PublishedSets(Mapping[str, dict[str, Any]]):
 
 def _make_caps(settings: Settings) -> OpenInterestCaps | None:
     cfg = settings.insurance
-    return None if cfg is None else OpenInterestCaps(cfg, settings.exchange.max_age_s)
+    if cfg is None:
+        return None
+    return OpenInterestCaps(cfg, settings.exchange.max_age_s, settings.governor.reevaluate_s)
 
 
 def compile_kernels(settings: Settings) -> None:
