@@ -13,13 +13,16 @@ import json
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import numpy as np
 import pytest
 from aiohttp import web
 
+from riskd import wire
 from riskd.receiver import ReceiverConfig, make_app
 from riskd.receiver_client import ReportConfig
 from tests.support import (
@@ -191,6 +194,32 @@ async def caps_of(capped: Any, tmp_path: Path, grouped: bool) -> dict[str, dict[
 
 
 # --- the tests ------------------------------------------------------------------------------
+
+
+def test_the_set_carries_oi_cap_per_side() -> None:
+    """Rounded as the other numbers; a side without a cap (inf) or none known: null."""
+    one = np.ones((3, 2))
+    rows = wire.SetRows(
+        markets=["a", "b", "c"],
+        version=np.array([1, 1, 1]),
+        mode=np.zeros(3, np.int64),
+        leverage=2.0 * one,
+        initial_margin=0.25 * one,
+        maintenance_margin=0.125 * one,
+        fee_hourly=1e-4 * one,
+        slippage=np.full(3, 0.01),
+        valid_until=np.full(3, 1.7e9),
+        reasons=np.zeros(3, np.int64),
+        inputs=np.full((3, 6), 0.5),
+        oi_cap=np.array([[123456.789, 0.0], [np.inf, 5.0], [np.nan, np.nan]]),
+    )
+    caps = [entry["oi_cap"] for entry in wire.param_sets(rows)]
+    assert caps == [
+        {"long": 123457.0, "short": 0.0},
+        {"long": None, "short": 5.0},
+        {"long": None, "short": None},
+    ]
+    assert all(e["oi_cap"] is None for e in wire.param_sets(replace(rows, oi_cap=None)))
 
 
 async def test_no_exchange_state_is_1x_at_once(tmp_path: Path, capped: Any) -> None:
