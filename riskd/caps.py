@@ -12,7 +12,7 @@ recomputed when a member is evaluated and they are older than `[governor]
 reevaluate_s` (the slow sweep's period), and at the first evaluation after a report
 that moved the open interest of one of its markets (or the fund: then every unit), a
 reload or a restart. At most `MAX_ROWS_PER_CYCLE` markets' caps are recomputed per
-cycle (~35 us a market alone, ~1.5 ms a member of a 39-market linked group); units
+cycle (~35 us a market alone, ~1 ms a member of a 39-market linked group); units
 left over are evaluated again at the next cycle. Exchange state that is missing or
 older than `[exchange] max_age_s` counts as open interest at the cap: every margin is
 the side's value (1x) until a fresh report arrives.

@@ -265,6 +265,7 @@ class Engine:
             self.caps = _make_caps(settings)
         elif self.caps is not None:
             self.caps.refresh_s = settings.governor.reevaluate_s
+            self.caps.computed_t[:] = -np.inf  # the model's settings may have changed
         self.settings = settings
         self.invalidate()
 
