@@ -23,7 +23,7 @@ from riskd import health, wire
 from riskd.clock import Clock, iso_or_empty
 from riskd.config import ConfigError, Settings, describe_source, load_settings
 from riskd.engine import Engine
-from riskd.exchange import ExchangeStore, Verdict, frame_request, refuse, reply_frame
+from riskd.exchange import ExchangeState, ExchangeStore, Verdict, frame_request, refuse, reply_frame
 from riskd.explain import explain
 from riskd.feeds.base import Feed, Replayed
 from riskd.feeds.replay import ReplayFeed
@@ -94,6 +94,7 @@ class Daemon:
         self.now: Clock = clock or self.feed.now
         self.metrics.watch(self.engine, settings.server.max_market_series, clock=self.now)
         self.exchange = ExchangeStore()
+        self.engine.exchange = self._exchange_now  # open-interest caps ([insurance])
         self.metrics.watch_exchange(lambda: self.exchange.age(self.now()))
         self.publishers: list[Publisher] = self._make_publishers(settings)
         self.metrics.register_publishers([p.name for p in self.publishers])
@@ -199,6 +200,9 @@ class Daemon:
             verdict = self._exchange_receive(*request)
         self._exchange_counted(verdict)
         return reply_frame(verdict)
+
+    def _exchange_now(self, now: float) -> tuple[ExchangeState | None, float]:
+        return self.exchange.current(), self.exchange.age(now)
 
     def _exchange_receive(self, headers: Mapping[str, str], raw: bytes) -> Verdict:
         # The timestamp is judged by the wall clock, the state stamped by the daemon's.

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from riskd import wire
+from riskd.caps import ExchangeSource, OpenInterestCaps, cap_moved, take
 from riskd.config import Settings
 from riskd.feeds.base import Liveness, Tick
 from riskd.jit import configure_cache
@@ -112,6 +113,11 @@ class Engine:
         self._sweep = 0  # where the next slow re-evaluation of every market goes on
         self._last_cycle = float("nan")
         self.discovered = 0  # markets added without metadata (discovery)
+        # Open-interest caps (riskd/caps.py): with [insurance], once the daemon attaches
+        # the exchange's state as `exchange`. The caps in the sets last published.
+        self.exchange: ExchangeSource | None = None
+        self.caps = _make_caps(settings)
+        self.published_cap = np.zeros((0, 2))
         self.add_markets([(m.id, m) for m in markets.values()])
 
     def __len__(self) -> int:
@@ -236,6 +242,14 @@ class Engine:
             self.fee_floor[i] = lim.fee_floor_hourly if ff is None else ff
             ln = meta.liquidation_notional if meta else None
             self.notional[i] = settings.model.liquidation_notional if ln is None else ln
+        if (settings.insurance, settings.exchange.max_age_s) != (
+            self.settings.insurance,
+            self.settings.exchange.max_age_s,
+        ):
+            self.caps = _make_caps(settings)
+        elif self.caps is not None:
+            self.caps.refresh_s = settings.governor.reevaluate_s
+            self.caps.computed_t[:] = -np.inf  # the model's settings may have changed
         self.settings = settings
         self.invalidate()
 
@@ -600,6 +614,9 @@ class Engine:
         previous, self._last_cycle = self._last_cycle, now
         if not self.ids:
             return CycleResult(now=now, entries=[], tightened=0)
+        caps = self.capping()
+        if caps is not None:
+            self._observe_exchange(caps, now)
         rows = self._due(now, previous) if idx is None else np.arange(len(self.ids))[idx]
         # A market skipped while idle would have moved its idle anchor at each skipped
         # cycle (section 5): the latest of them was the previous one.
@@ -613,21 +630,72 @@ class Engine:
             # Freshness once per chunk: the conditions, the inputs and the schedule use it.
             fresh = self.freshness(part)
             cond = self.conditions(now, part, fresh=fresh)
-            inp, decision = self.govern(
-                now, part, computed=self.targets(now, part, fresh=fresh), cond=cond
+            computed = (
+                self.targets(now, part, fresh=fresh)
+                if caps is None
+                else self._capped_targets(caps, now, part)
             )
+            inp, decision = self.govern(now, part, computed=computed, cond=cond)
             published = part[decision.publish]
             self.published[published] = True
+            if caps is not None:
+                self.published_cap[published] = caps.cap[published]
             self.published_inputs[published] = np.stack(
                 [getattr(inp, name)[decision.publish] for name in INPUTS], axis=1
             )
             entries += self.render(published)
             tightened += [self.ids[i] for i in part[decision.tightened].tolist()]
             self._schedule(now, part, cond, fresh[1])
+        if caps is not None and caps.left_over:
+            self.due_t[caps.pending()] = -np.inf  # their caps at the next cycle
         markets = frozenset(tightened)
         return CycleResult(
             now=now, entries=entries, tightened=len(markets), tightened_markets=markets
         )
+
+    def capping(self) -> OpenInterestCaps | None:
+        """The open-interest caps when they apply ([insurance] set, the exchange's state
+        attached), grown to every market."""
+        if self.caps is None or self.exchange is None:
+            return None
+        self.caps.grow(self.meta)
+        n = len(self.ids)
+        if self.published_cap.shape[0] < n:
+            grown = np.full((n - self.published_cap.shape[0], 2), np.nan)
+            self.published_cap = np.concatenate([self.published_cap, grown])
+        return self.caps
+
+    def _observe_exchange(self, caps: OpenInterestCaps, now: float) -> None:
+        """The exchange's newest state: markets whose open interest or fund moved, and
+        every market when it went stale or fresh, are evaluated in this cycle."""
+        assert self.exchange is not None
+        state, age = self.exchange(now)
+        due = caps.observe(state, age, self.index)
+        if due is not None:
+            self.due_t[due] = -np.inf
+
+    def _capped_targets(
+        self, caps: OpenInterestCaps, now: float, part: np.ndarray
+    ) -> tuple[parameters.RiskInputs, parameters.Targets]:
+        """The targets of `part` with OI-scaled margins (docs/model.md section 10). The
+        caps due among their units are recomputed first, with the other members'
+        inputs at `now` (those members are governed when their own turn comes: at the
+        next cycle if their cap moved). A set whose cap moved by the deadband is
+        republished at once, as a refresh."""
+        due, extra = caps.plan(now, part)
+        ext = np.concatenate([part, extra]) if extra.size else part
+        inp, tg = self.targets(now, ext)
+        cfg = self.settings.model
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            caps.refresh(now, ext, inp, tg, due, cfg.confidence, cfg.nodes)
+        deadband = self.settings.governor.deadband
+        if extra.size:
+            moved = cap_moved(caps.cap[extra], self.published_cap[extra], deadband)
+            self.due_t[extra[moved & self.published[extra]]] = -np.inf
+            inp, tg = take(inp, slice(0, len(part))), take(tg, slice(0, len(part)))
+        moved = cap_moved(caps.cap[part], self.published_cap[part], deadband)
+        self.gov.valid_until[part[moved & self.published[part]]] = np.nan
+        return inp, caps.margins(part, inp, tg, cfg.maintenance_ratio)
 
     def _due(self, now: float, previous: float) -> np.ndarray:
         """The markets to evaluate at `now`: those due, and the sweep's share (every
@@ -685,8 +753,18 @@ class Engine:
                 valid_until=g.valid_until[rows],
                 reasons=g.reasons[rows],
                 inputs=inputs,
+                oi_cap=self._published_caps(rows),
             )
         )
+
+    def _published_caps(self, rows: np.ndarray) -> np.ndarray | None:
+        """The caps the sets of `rows` carry; None without caps (`"oi_cap": null`)."""
+        if self.caps is None or self.exchange is None:
+            return None
+        out = np.full((len(rows), 2), np.nan)
+        held = rows < self.published_cap.shape[0]
+        out[held] = self.published_cap[rows[held]]
+        return out
 
 
 class PublishedSets(Mapping[str, dict[str, Any]]):
@@ -713,6 +791,13 @@ class PublishedSets(Mapping[str, dict[str, Any]]):
     def sets(self) -> list[dict[str, Any]]:
         """Every set, made in one pass."""
         return self._engine.render(np.flatnonzero(self._engine.published))
+
+
+def _make_caps(settings: Settings) -> OpenInterestCaps | None:
+    cfg = settings.insurance
+    if cfg is None:
+        return None
+    return OpenInterestCaps(cfg, settings.exchange.max_age_s, settings.governor.reevaluate_s)
 
 
 def compile_kernels(settings: Settings) -> None:

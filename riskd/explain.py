@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from riskd.model.governor import LEVERAGE_STEP, MODES, loosening_anchor
-from riskd.model.parameters import SIDES, RiskInputs, Targets, reason_names
+from riskd.model.groups import OI_CAP_BINDING
+from riskd.model.parameters import BIT, SIDES, RiskInputs, Targets, reason_names
 from riskd.model.scenarios import GROUP_NAMES
 from riskd.timeutil import iso
 
@@ -47,14 +48,63 @@ def explain(engine: Engine, market: str, now: float) -> dict[str, Any] | None:
     }
     if not math.isfinite(now):
         doc.update(inputs=None, model=None, governor=_governor(engine, i, now, None))
+        doc["open_interest"] = None
         return doc
     idx = np.array([i])
     inp, tg = engine.targets(now, idx, detail=True)
     doc["inputs"] = _inputs(engine, inp, i)
     doc["freshness"] = _freshness(engine, idx)
     doc["model"] = _model(tg)
-    doc["governor"] = _governor(engine, i, now, tg.max_leverage[0])
+    capped = _open_interest(engine, i, inp, tg)
+    doc["open_interest"] = capped[0] if capped is not None else None
+    target = capped[1] if capped is not None else tg.max_leverage[0]
+    doc["governor"] = _governor(engine, i, now, target)
     return doc
+
+
+def _open_interest(
+    engine: Engine, i: int, inp: RiskInputs, tg: Targets
+) -> tuple[dict[str, Any], np.ndarray] | None:
+    """The group stress (docs/model.md section 10) and whether the cap binds, with the
+    leverage target under it; None without caps. The caps and the stress are those of
+    the group's last computation (riskd/caps.py), the margins the model's now."""
+    caps = engine.capping()
+    if caps is None:
+        return None
+    idx = np.array([i])
+    capped = caps.margins(idx, inp, tg, engine.settings.model.maintenance_ratio)
+    unit = int(caps.unit[i])
+    meta = engine.meta[i]
+    sides: dict[str, Any] = {}
+    for s, side in enumerate(SIDES):
+        oi, cap = float(caps.oi[i, s]), float(caps.cap[i, s])
+        sides[side] = {
+            "open_interest": _num(oi),
+            "oi_cap": _num(cap),
+            "used": _num(oi / cap) if cap > 0.0 else None,
+            "initial_margin": _num(capped.initial_margin[0, s]),
+            "max_leverage": _num(capped.max_leverage[0, s]),
+        }
+    binding = bool(capped.reasons[0] & BIT[OI_CAP_BINDING])
+    doc = {
+        "group": caps.names[unit],
+        "relation": meta.relation if meta is not None and meta.group is not None else None,
+        "expected_shortfall": _num(caps.es[unit]),
+        "budget": _num(caps.budget[unit]),
+        "utilisation": _num(caps.utilisation(unit)),
+        "computed_at": _time(caps.computed_t[unit]),
+        "insurance_fund": _num(caps.fund),
+        "exchange_state": "stale" if caps.stale else "fresh",
+        "sides": sides,
+        "binding": OI_CAP_BINDING if binding else None,
+        "note": (
+            "the group's expected shortfall of lender loss at today's open interest "
+            "over its budget (its share of the fund above the socialisation threshold); "
+            "margins rise from margin_ramp_start of the cap to the side's value at it "
+            "(or at once while the exchange state is stale or missing)"
+        ),
+    }
+    return doc, capped.max_leverage[0]
 
 
 def _estimator(engine: Engine, i: int) -> dict[str, Any]:
@@ -246,7 +296,24 @@ def format_text(doc: dict[str, Any]) -> str:
     if doc.get("model"):
         lines += _model_lines(doc["model"])
     lines += _governor_lines(doc["governor"])
+    if doc.get("open_interest"):
+        lines += _open_interest_lines(doc["open_interest"])
     return "\n".join(lines) + "\n"
+
+
+def _open_interest_lines(oi: dict[str, Any]) -> list[str]:
+    """The group stress and, per side, the open interest against its cap."""
+    lines = [
+        f"open interest: group {oi['group'] or '(alone)'}, ES {_fmt(oi['expected_shortfall'])}"
+        f" of budget {_fmt(oi['budget'])} (utilisation {_fmt(oi['utilisation'])}), "
+        f"exchange state {oi['exchange_state']}, binding: {oi['binding'] or 'none'}"
+    ]
+    for side, s in oi["sides"].items():
+        lines.append(
+            f"  {side:<6} open interest {_fmt(s['open_interest'])} of cap {_fmt(s['oi_cap'])}"
+            f" -> margin {_fmt(s['initial_margin'])}, max leverage {_fmt(s['max_leverage'])}"
+        )
+    return lines
 
 
 def _model_lines(model: dict[str, Any]) -> list[str]:

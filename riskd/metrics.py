@@ -329,6 +329,7 @@ class Metrics:
         """Export the engine's markets at scrape time, their inputs at `clock()` (the
         daemon clock, as the governor sees it); without a clock, at the latest tick."""
         self.registry.register(EngineCollector(engine, max_series, clock))
+        self.registry.register(CapsCollector(engine, max_series))
 
 
 @dataclass(frozen=True)
@@ -438,6 +439,43 @@ class EngineCollector(Collector):
                     lam.add_metric([mid], float(inp.lam[i]))
                 jumps.add_metric([mid], float(e.est.jumps[i]))
         yield from (lev, fee, slip, prob, tau, vol, lam, jumps, mode)
+
+
+class CapsCollector(Collector):
+    """The open-interest caps (docs/model.md section 10) at scrape time: the cap in
+    each published set (finite ones; the first `max_series` markets, as the other
+    per-market series) and each group's expected shortfall over its budget. Declared
+    without samples when there are no caps."""
+
+    def __init__(self, engine: Engine, max_series: int) -> None:
+        self.engine = engine
+        self.max_series = max_series
+
+    def collect(self) -> Iterator[Metric]:
+        cap = GaugeMetricFamily(
+            "riskd_oi_cap",
+            "Published open-interest cap: lent notional per market and side, quote units",
+            labels=["market", "side"],
+        )
+        used = GaugeMetricFamily(
+            "riskd_insurance_fund_utilisation",
+            "A group's expected shortfall of lender loss over its share of the insurance fund",
+            labels=["group"],
+        )
+        e = self.engine
+        caps = e.capping()
+        if caps is not None:
+            n = min(len(e), self.max_series)
+            rows = np.flatnonzero(e.published[:n])
+            held = e.published_cap[rows]
+            for i, (long, short) in zip(rows.tolist(), held.tolist(), strict=True):
+                for side, value in zip(SIDES, (long, short), strict=True):
+                    if math.isfinite(value):
+                        cap.add_metric([e.ids[i], side], value)
+            for unit, name in enumerate(caps.names):
+                if name is not None and math.isfinite(caps.computed_t[unit]):
+                    used.add_metric([name], caps.utilisation(unit))
+        yield from (cap, used)
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

@@ -29,6 +29,14 @@ riskd's parameters means (interfaces.md):
 
 `GET /params` (and `/params/{market}`) is what is in force now; `GET /stats` the
 counters; `GET /healthz` liveness. The core (`ReceiverState`) does no I/O.
+
+5. Open interest: before opening, the exchange asks `POST /orders` `{"market", "side",
+   "notional"}` (the lent notional the order adds). Refused (409) when the set in
+   force expired (`expired`: the safe values lend nothing new), is not `normal`
+   (its mode), or when the side's open interest (the positions file it reports to
+   riskd plus what this endpoint accepted since it started) plus the notional would
+   exceed the set's `oi_cap` (`oi_cap`); else accepted and added to its book, which
+   the next report to riskd carries.
 """
 
 from __future__ import annotations
@@ -47,8 +55,16 @@ from typing import Any, Literal
 import orjson
 from aiohttp import web
 
+from riskd.exchange import SideBook
 from riskd.model.governor import MODES
-from riskd.receiver_client import ReportConfig, Reporter, ReportError, report_config
+from riskd.receiver_client import (
+    Book,
+    ReportConfig,
+    Reporter,
+    ReportError,
+    load_book,
+    report_config,
+)
 from riskd.secrets import read_secret
 from riskd.timeutil import iso, parse_iso
 
@@ -115,6 +131,10 @@ class ReceiverState:
         self.epochs: dict[tuple[str, int], int] = {}  # (instance, shard) -> highest epoch
         self.current: dict[str, dict[str, Any]] = {}  # market -> newest accepted set
         self._expiry: dict[str, float] = {}  # market -> valid_until, unix seconds
+        # The positions file's book (as last read) and the lent notional accepted by
+        # `POST /orders` since the start, per (market, side).
+        self.positions: Book = {}
+        self.opened: dict[tuple[str, str], float] = {}
         self.newest_generated = float("-inf")  # unix seconds
         self._newest_wall = 0.0  # wall time at which newest_generated arrived
         self.stats: dict[str, Any] = {
@@ -123,6 +143,7 @@ class ReceiverState:
             "stale_sets": 0,
             "rejected": {},
         }
+        self.orders: dict[str, int] = {}  # accepted, or the reason refused
 
     def _reject(self, status: int, reason: str, detail: str) -> Verdict:
         rejected = self.stats["rejected"]
@@ -285,6 +306,69 @@ class ReceiverState:
             "params": [p for m in self.current if (p := self.in_force(m, wall_now))],
         }
 
+    def order(self, doc: Any, wall_now: float) -> Verdict:
+        """`POST /orders`: may the exchange lend `notional` more on this market's side?"""
+        try:
+            market, side, notional = doc["market"], doc["side"], doc["notional"]
+        except (KeyError, TypeError):
+            return self._order(400, "bad_body", "need market, side and notional")
+        if not isinstance(market, str) or side not in ("long", "short") or not _amount(notional):
+            return self._order(
+                400, "bad_body", "market: a string, side: long or short, notional: a number > 0"
+            )
+        entry = self.in_force(market, wall_now)
+        if entry is None:
+            return self._order(409, "no_params", f"no parameters for {market!r}")
+        if entry["source"] != "riskd":
+            return self._order(409, "expired", "the set expired: safe values lend nothing new")
+        if entry["mode"] != "normal":
+            return self._order(409, entry["mode"], f"the market is {entry['mode']}")
+        book = self.positions.get(market, {}).get(side) or SideBook()
+        have = book.notional + self.opened.get((market, side), 0.0)
+        caps = entry.get("oi_cap")
+        cap = caps.get(side) if isinstance(caps, dict) else None
+        answer = {"market": market, "side": side, "open_interest": have, "oi_cap": cap}
+        if cap is not None and have + notional > cap:
+            verdict = self._order(409, "oi_cap", "over the open-interest cap")
+            return Verdict(409, {**verdict.body, **answer})
+        self.opened[(market, side)] = self.opened.get((market, side), 0.0) + notional
+        self.orders["accepted"] = self.orders.get("accepted", 0) + 1
+        return Verdict(200, {"accepted": True, **answer, "open_interest": have + notional})
+
+    def _order(self, status: int, reason: str, detail: str) -> Verdict:
+        self.orders[reason] = self.orders.get(reason, 0) + 1
+        return Verdict(status, {"accepted": False, "error": detail, "reason": reason})
+
+    def book(self) -> Book:
+        """The positions file's book plus what `POST /orders` accepted: the reports'."""
+        out = {market: dict(sides) for market, sides in self.positions.items()}
+        for (market, side), amount in self.opened.items():
+            sides = out.setdefault(market, {})
+            have = sides.get(side) or SideBook()
+            sides[side] = SideBook(have.notional + amount, have.leverage)
+        return out
+
+
+class BookReporter(Reporter):
+    """Reports the positions file plus what the receiver accepted since it started."""
+
+    def __init__(self, cfg: ReportConfig, state: ReceiverState) -> None:
+        super().__init__(cfg)
+        self.state = state
+
+    def _reread(self) -> None:
+        super()._reread()
+        self.state.positions = self.book
+        self.book = self.state.book()
+
+
+def _amount(value: Any) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and 0.0 < value < float("inf")
+    )
+
 
 # The feed clock is printed as a date: it must stay well inside datetime's years.
 LATEST = parse_iso("9000-01-01T00:00:00Z")
@@ -311,6 +395,8 @@ def make_app(
 ) -> web.Application:
     app = web.Application(client_max_size=cfg.max_body_bytes)
     app[STATE] = ReceiverState(cfg)
+    if cfg.report is not None:
+        app[STATE].positions = load_book(cfg.report.positions)
 
     async def post(request: web.Request) -> web.Response:
         if request.content_type != "application/json":
@@ -342,6 +428,14 @@ def make_app(
             {**state.stats, "last_seq": state.last_seq, **({"epochs": epochs} if epochs else {})}
         )
 
+    async def orders(request: web.Request) -> web.Response:
+        try:
+            doc = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            doc = None
+        verdict = app[STATE].order(doc, wall_clock())
+        return web.json_response(verdict.body, status=verdict.status)
+
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
@@ -349,6 +443,7 @@ def make_app(
     app.router.add_get("/params", params)
     app.router.add_get("/params/{market}", params_one)
     app.router.add_get("/stats", stats)
+    app.router.add_post("/orders", orders)
     app.router.add_get("/healthz", healthz)
     return app
 
@@ -444,7 +539,8 @@ async def serve(cfg: ReceiverConfig, host: str, port: int, path: str) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    runner = web.AppRunner(make_app(cfg, path), access_log=None, handle_signals=False)
+    app = make_app(cfg, path)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     try:
@@ -458,7 +554,9 @@ async def serve(cfg: ReceiverConfig, host: str, port: int, path: str) -> int:
         "receiver on http://%s:%d%s (clock: %s)", host, runner.addresses[0][1], path, cfg.clock
     )
     reporting = (
-        asyncio.create_task(Reporter(cfg.report).run(stop)) if cfg.report is not None else None
+        asyncio.create_task(BookReporter(cfg.report, app[STATE]).run(stop))
+        if cfg.report is not None
+        else None
     )
     await stop.wait()
     if reporting is not None:

@@ -41,6 +41,9 @@ class SetRows:
     valid_until: np.ndarray  # unix seconds
     reasons: np.ndarray  # bitmask (riskd/model/parameters.py REASONS)
     inputs: np.ndarray  # (n, len(INPUTS))
+    # (n, 2) lent notional caps with [insurance] (inf or nan: none on that side);
+    # None: no caps at all, `"oi_cap": null`.
+    oi_cap: np.ndarray | None = None
 
 
 def param_sets(rows: SetRows) -> list[dict[str, Any]]:
@@ -57,8 +60,9 @@ def param_sets(rows: SetRows) -> list[dict[str, Any]]:
     for name, places in _INPUT_PLACES.items():
         k = INPUTS.index(name)
         inputs[:, k] = round_places(rows.inputs[:, k], places)
+    caps = _caps(rows.oi_cap, len(rows.markets))
     out = []
-    for market, version, mode, lev_i, margin_i, fee_i, slip_i, until, reasons, inp_i in zip(
+    for market, version, mode, lev_i, margin_i, fee_i, slip_i, until, reasons, inp_i, cap_i in zip(
         rows.markets,
         rows.version.tolist(),
         rows.mode.tolist(),
@@ -69,6 +73,7 @@ def param_sets(rows: SetRows) -> list[dict[str, Any]]:
         rows.valid_until.tolist(),
         rows.reasons.tolist(),
         inputs.tolist(),
+        caps,
         strict=True,
     ):
         p, tau, sigma, lam, jump, h = inp_i
@@ -82,7 +87,7 @@ def param_sets(rows: SetRows) -> list[dict[str, Any]]:
                 "maintenance_margin": {long: margin_i[2], short: margin_i[3]},
                 "fee_rate_hourly": {long: fee_i[0], short: fee_i[1]},
                 "max_slippage": slip_i,
-                "oi_cap": None,
+                "oi_cap": cap_i,
                 "valid_until": _iso(until),
                 "reasons": _reason_names(reasons),
                 "inputs": {
@@ -96,6 +101,20 @@ def param_sets(rows: SetRows) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def _caps(oi_cap: np.ndarray | None, n: int) -> list[dict[str, float | None] | None]:
+    """Per set its `oi_cap`: {"long", "short"} in quote units, null on a side without
+    one (infinite: nothing is lent at its margin); all null without caps."""
+    if oi_cap is None:
+        return [None] * n
+    long, short = SIDES
+    rounded = round_sig(oi_cap)
+    known = np.isfinite(rounded)
+    return [
+        {long: a if ka else None, short: b if kb else None}
+        for (a, b), (ka, kb) in zip(rounded.tolist(), known.tolist(), strict=True)
+    ]
 
 
 def batch(

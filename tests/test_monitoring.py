@@ -22,6 +22,7 @@ in that scenario. `promtool check` and `promtool test rules` run here too.
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import shutil
 import signal
@@ -117,6 +118,17 @@ class Stack:
         return {s["metric"].get("instance", "") for s in result}
 
 
+def _grouped_fed_markets(where: Path) -> Path:
+    """The Fed markets file with both markets in one group, linked "same"."""
+    doc = json.loads(FED_MARKETS.read_text(encoding="utf-8"))
+    for market in doc["markets"]:
+        market.update(group="fed-dec-2025", relation="same")
+    where.mkdir(parents=True, exist_ok=True)
+    path = where / "markets.json"
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    return path
+
+
 def _market_ids(path: Path) -> set[str]:
     return {m["id"] for m in load_yaml(path)["markets"]}  # JSON is YAML
 
@@ -159,6 +171,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 {
                     "feed": {"path": str(broken_tape(base / "broken" / "tape" / "fed.csv"))},
                     "governor": {"stale_after_s": BROKEN_STALE_AFTER_S},
+                    # Open-interest caps (the markets linked in one group, a fixed fund)
+                    # for the panels of riskd_oi_cap and the fund's utilisation.
+                    "markets": {"file": str(_grouped_fed_markets(base / "broken"))},
+                    "insurance": {"fund_source": "fixed", "fund_balance": 1_000_000.0},
                     "state": {"dir": str(base / "broken" / "state"), "snapshot_interval_s": 0.5},
                     "publisher": {
                         "http": {

@@ -34,6 +34,8 @@ REASONS = (
     "halted_after_jump",
     "thin_market",
     "model_error",
+    # Open interest near its cap raised a margin (docs/model.md section 10).
+    "oi_cap_binding",
 )
 BIT = {name: 1 << i for i, name in enumerate(REASONS)}
 

@@ -64,7 +64,11 @@ def assert_complete_entry(entry: dict[str, Any]) -> None:
         assert entry["fee_rate_hourly"][side] >= 0.0
         assert 0.0 <= entry["maintenance_margin"][side] <= entry["initial_margin"][side]
     assert _number(entry["max_slippage"]) and 0.0 < entry["max_slippage"] < 1.0
-    assert "oi_cap" in entry and (entry["oi_cap"] is None or _number(entry["oi_cap"]))
+    # null without [insurance]; else per side a cap >= 0, or null (none on that side)
+    cap = entry["oi_cap"]
+    assert cap is None or (
+        set(cap) == set(SIDES) and all(v is None or (_number(v) and v >= 0.0) for v in cap.values())
+    ), cap
     assert isinstance(entry["valid_until"], str)
     parse_time(entry["valid_until"])
     assert isinstance(entry["reasons"], list)
