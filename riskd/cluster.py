@@ -50,6 +50,11 @@ TICKS_PER_TTL = 8
 # A leader stops publishing this far into the TTL after its last renewal was sent:
 # the lease lapses at the server no sooner than a TTL after it arrived there.
 FENCE_FRACTION = 0.75
+# A standby takes a lease over once its revision has not changed for this much more
+# of the TTL on the standby's own clock (it saw the revision after it was sent, so
+# the leader has stopped by then): compare-and-set on that revision, no wait for the
+# TTL. The margin covers clock rate drift and a late timer in the leader.
+TAKEOVER_MARGIN = 0.1
 # Messages a lost leader's HTTP publisher may have sent after its last write to the
 # stream, per second of the TTL (retries, a large batch in several requests): the
 # next leader's HTTP seq starts this far above the recorded one.
@@ -108,6 +113,8 @@ class Cluster:
         self.live = 1  # replicas present, this one included
         self.latest: dict[str, dict[str, Any]] = {}  # market -> newest set in the stream
         self.followed = 0  # stream sequence of the last batch read
+        # shard -> (its lease's revision, loop time this replica first saw it)
+        self.seen: dict[int, tuple[int, float]] = {}
         self._shards: dict[str, int] = {}
         self._queue: asyncio.Queue[tuple[int, int, Batch]] = asyncio.Queue()
         self._closing: set[asyncio.Future[None]] = set()
@@ -165,6 +172,7 @@ class Cluster:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._send(), name="cluster-send")
                 group.create_task(self._leases_loop(), name="cluster-leases")
+                group.create_task(self._watch(), name="cluster-watch")
         finally:
             for term in list(self.terms.values()):
                 self._drop(term, "cluster task ended")
@@ -296,7 +304,43 @@ class Cluster:
                     await self._release(self.terms[shard], "rebalancing")
             elif excess < 0 and not self._stopping:
                 await self._take(target)
-            await asyncio.sleep(self.ttl / TICKS_PER_TTL)
+            await asyncio.sleep(self._pause(target))
+
+    def _pause(self, target: int) -> float:
+        """Until the next tick, or sooner when a lease this replica wants goes stale."""
+        pause = self.ttl / TICKS_PER_TTL
+        if len(self.terms) < target and not self._stopping:
+            now = asyncio.get_running_loop().time()
+            for shard in self.seen.keys() - self.terms.keys():
+                pause = min(pause, max(0.0, self._stale_at(shard) - now))
+        return pause
+
+    def _stale_at(self, shard: int) -> float:
+        """When the holder of the shard's lease, as last seen, has surely stopped."""
+        _, seen_at = self.seen[shard]
+        return seen_at + (FENCE_FRACTION + TAKEOVER_MARGIN) * self.ttl
+
+    async def _watch(self) -> None:
+        """Every change of a lease, noted on this replica's clock when it is seen."""
+        assert self._leases is not None
+        while True:
+            try:
+                watcher = await self._leases.watchall()
+                async for entry in watcher:
+                    if entry is None or not entry.key.startswith("shard-"):
+                        continue
+                    self._saw(int(entry.key.removeprefix("shard-")), entry)
+            except Exception as exc:  # no server: the TTL still frees the leases
+                log.debug("cluster: watching the leases: %r", exc)
+                await asyncio.sleep(self.ttl / TICKS_PER_TTL)
+
+    def _saw(self, shard: int, entry: Any) -> None:
+        if entry.operation in ("DEL", "PURGE"):
+            self.seen.pop(shard, None)
+            return
+        have = self.seen.get(shard)
+        if have is None or have[0] != entry.revision:
+            self.seen[shard] = (entry.revision, asyncio.get_running_loop().time())
 
     async def _presence(self) -> None:
         """Say this replica is here; count the replicas that said so within 2 TTLs."""
@@ -344,7 +388,7 @@ class Cluster:
                 continue
             sent = asyncio.get_running_loop().time()
             try:
-                revision = await self._leases.create(self._key(shard), self.replica.encode())
+                revision = await self._claim(shard, sent)
             except KeyWrongLastSequenceError:
                 continue  # held by another replica
             except Exception as exc:
@@ -358,6 +402,19 @@ class Cluster:
                 await self._release(term, "no catch-up")
                 continue
             await self._lead(term)
+
+    async def _claim(self, shard: int, now: float) -> int:
+        """The shard's lease: over from a holder gone silent (compare-and-set on the
+        revision seen, which its renewal would have changed), or created when free."""
+        assert self._leases is not None
+        key, value = self._key(shard), self.replica.encode()
+        seen = self.seen.get(shard)
+        if seen is not None and now >= self._stale_at(shard):
+            with contextlib.suppress(KeyWrongLastSequenceError):
+                revision = await self._leases.update(key, value, last=seen[0])
+                log.info("cluster: shard %d taken over from revision %d", shard, seen[0])
+                return revision
+        return await self._leases.create(key, value)
 
     async def _catch_up(self, term: Term) -> None:
         """Before a new term publishes: its seqs above the shard's last batch, and the

@@ -8,7 +8,7 @@ the receiver. At the end: the distribution, and the checks of tests/test_cluster
 handover than right before it). Exit status 1 if a handover took `--limit-s` or more
 or a check failed.
 
-    python scripts/failover.py [--kills 20] [--lease-ttl-s 1.0]
+    python scripts/failover.py [--kills 20] [--lease-ttl-s 2.0]
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def report(times: list[float], ttl: float, compared: int) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kills", type=int, default=20)
-    parser.add_argument("--lease-ttl-s", type=float, default=1.0)
+    parser.add_argument("--lease-ttl-s", type=float, default=2.0)  # the default
     parser.add_argument("--limit-s", type=float, default=2.0)
     args = parser.parse_args()
     return asyncio.run(run(args.kills, args.lease_ttl_s, args.limit_s))
