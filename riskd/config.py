@@ -29,6 +29,7 @@ from pydantic_settings import (
 )
 
 from riskd.feeds.kalshi.config import KalshiSettings
+from riskd.feeds.nats.config import NatsFeedSettings
 from riskd.feeds.polymarket.config import PolymarketSettings
 from riskd.feeds.websocket.config import WebsocketFeedSettings
 from riskd.secrets import mask_url
@@ -48,13 +49,13 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
-LiveKind = Literal["polymarket", "kalshi", "websocket"]
+LiveKind = Literal["polymarket", "kalshi", "websocket", "nats"]
 
 
 class FeedSettings(Section):
     # One kind, or several live kinds at once (e.g. ["polymarket", "kalshi"]): a
     # market with ids on several venues follows the first kind listed.
-    kind: Literal["replay", "polymarket", "kalshi", "websocket"] | list[LiveKind] = "replay"
+    kind: Literal["replay", "polymarket", "kalshi", "websocket", "nats"] | list[LiveKind] = "replay"
     path: Path = Path("data/tapes/polymarket_midterms_2022")
     speed: float = Field(600.0, ge=0.0)
     # Ticks before this time are replayed as fast as possible (estimator warm-up),
@@ -75,6 +76,7 @@ class FeedSettings(Section):
     polymarket: PolymarketSettings = Field(default_factory=PolymarketSettings)
     kalshi: KalshiSettings = Field(default_factory=KalshiSettings)
     websocket: WebsocketFeedSettings = Field(default_factory=WebsocketFeedSettings)
+    nats: NatsFeedSettings = Field(default_factory=NatsFeedSettings)
 
     def kinds(self) -> list[str]:
         return [self.kind] if isinstance(self.kind, str) else list(self.kind)
@@ -331,11 +333,25 @@ class WebsocketPublisherSettings(Section):
     max_clients: int = Field(64, ge=1)
 
 
+class NatsPublisherSettings(Section):
+    """Batches to a NATS subject: JetStream with an ack when `jetstream`, else core NATS."""
+
+    url: str = "nats://127.0.0.1:4222"
+    subject: str = Field("riskd.params", min_length=1)
+    # The subject must be in a stream; each batch is acknowledged by the server and
+    # deduplicated by its Nats-Msg-Id (<instance>:<seq>) when retried.
+    jetstream: bool = False
+    timeout_s: float = Field(2.0, gt=0.0)
+    # Batches waiting to be sent; beyond, the oldest is dropped (counted as an error).
+    max_backlog: int = Field(1024, ge=1)
+
+
 class PublisherSettings(Section):
     instance: str = "riskd-a"
     jsonl: JsonlPublisherSettings | None = Field(default_factory=JsonlPublisherSettings)
     http: HttpPublisherSettings | None = None
     websocket: WebsocketPublisherSettings | None = None
+    nats: NatsPublisherSettings | None = None
 
 
 class ServerSettings(Section):

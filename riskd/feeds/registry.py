@@ -10,9 +10,12 @@ from riskd.feeds.connection import WebsocketFeed
 from riskd.markets import Market
 
 if TYPE_CHECKING:
+    from riskd.feeds.nats.feed import NatsFeed
     from riskd.metrics import Metrics
 
-Builder = Callable[[Settings, dict[str, Market], str, "Metrics | None"], WebsocketFeed]
+    LiveFeed = WebsocketFeed | NatsFeed
+
+Builder = Callable[[Settings, dict[str, Market], str, "Metrics | None"], "LiveFeed"]
 
 
 def _something_to_follow(venue: str, some: bool, binding: str) -> None:
@@ -84,10 +87,21 @@ def _websocket(
     return feed
 
 
+def _nats(
+    settings: Settings, markets: dict[str, Market], url: str, metrics: Metrics | None
+) -> NatsFeed:
+    from riskd.feeds.nats.feed import NatsFeed
+
+    return NatsFeed(
+        settings.feed.nats, url=url, metrics=metrics, max_future_s=settings.feed.max_future_s
+    )
+
+
 BUILDERS: dict[str, Builder] = {
     "polymarket": _polymarket,
     "kalshi": _kalshi,
     "websocket": _websocket,
+    "nats": _nats,
 }
 
 # Which markets a venue can serve: those with its ids. The generic feed sends its
@@ -96,12 +110,13 @@ BINDS: dict[str, Callable[[Market], bool]] = {
     "polymarket": lambda m: bool(m.polymarket_yes_token or m.polymarket_no_token),
     "kalshi": lambda m: bool(m.kalshi_ticker),
     "websocket": lambda m: False,
+    "nats": lambda m: False,
 }
 
 
 def live_feeds(
     settings: Settings, markets: dict[str, Market], metrics: Metrics | None = None
-) -> list[WebsocketFeed]:
+) -> list[LiveFeed]:
     """One feed per live kind; a market with ids on several venues goes to the first."""
     cfg = settings.feed
     kinds = cfg.kinds()
@@ -110,7 +125,7 @@ def live_feeds(
     if unknown:
         raise ConfigError(f"feed.markets: not in the markets file: {', '.join(unknown)}")
     pool = {mid: m for mid, m in markets.items() if not follow or mid in follow}
-    feeds: list[WebsocketFeed] = []
+    feeds: list[LiveFeed] = []
     taken: set[str] = set()
     for kind in kinds:
         bound = {mid: m for mid, m in pool.items() if mid not in taken and BINDS[kind](m)}

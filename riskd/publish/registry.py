@@ -10,12 +10,14 @@ from typing import TYPE_CHECKING, Any
 from riskd.publish.base import Publisher, PublishStats
 from riskd.publish.http import DeliveryPolicy, HttpPublisher
 from riskd.publish.jsonl import JsonlPublisher
+from riskd.publish.nats import NatsPublisher
 from riskd.publish.websocket import WebsocketPublisher
 
 if TYPE_CHECKING:
     from riskd.config import (
         HttpPublisherSettings,
         JsonlPublisherSettings,
+        NatsPublisherSettings,
         PublisherSettings,
         WebsocketPublisherSettings,
     )
@@ -53,8 +55,17 @@ def _websocket(cfg: WebsocketPublisherSettings, ctx: PublishContext) -> Publishe
     return WebsocketPublisher(cfg, ctx.metrics, ctx.snapshot, ctx.on_message, ctx.max_message_bytes)
 
 
+def _nats(cfg: NatsPublisherSettings, ctx: PublishContext) -> Publisher:
+    return NatsPublisher(cfg, ctx.metrics)
+
+
 # In the order the daemon hands each batch to them: the audit log first.
-BUILDERS: dict[str, Builder] = {"jsonl": _jsonl, "http": _http, "websocket": _websocket}
+BUILDERS: dict[str, Builder] = {
+    "jsonl": _jsonl,
+    "http": _http,
+    "websocket": _websocket,
+    "nats": _nats,
+}
 
 
 def make_publishers(cfg: PublisherSettings, ctx: PublishContext) -> list[Publisher]:
