@@ -7,6 +7,9 @@ taken with compare-and-set (`create`) and renewed with `update(last=revision)`; 
 revision at which it was taken is the term's `epoch`, carried in every batch so that
 the receiver can refuse an older term. A leader that has not renewed in time stops
 publishing the shard at once: silent rather than split-brained.
+A standby does not wait for a dead leader's TTL: it watches the leases and takes
+over by compare-and-set on a revision it has seen unchanged for longer than the
+leader may publish under it (`TAKEOVER_MARGIN`; the argument is in docs/scaling.md).
 
 Each shard batch is first written to a JetStream stream (subject <subject>.<shard>,
 only if nothing else wrote there since this term's last write), then handed to the
