@@ -315,7 +315,10 @@ class Cluster:
         if len(self.terms) < target and not self._stopping:
             now = asyncio.get_running_loop().time()
             for shard in self.seen.keys() - self.terms.keys():
-                pause = min(pause, max(0.0, self._stale_at(shard) - now))
+                # One already stale, and not taken, waits for the next tick.
+                stale_in = self._stale_at(shard) - now
+                if stale_in > 0:
+                    pause = min(pause, stale_in)
         return pause
 
     def _stale_at(self, shard: int) -> float:
