@@ -225,7 +225,8 @@ def _volumes(service: dict[str, Any]) -> dict[str, str]:
 
 def test_compose_services_and_mounts(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) == {"riskd", "prometheus", "grafana"}
+    # nats: JetStream for clustering (docs/scaling.md); riskd alone does not need it.
+    assert set(services) == {"riskd", "prometheus", "grafana", "nats"}
     assert services["riskd"]["build"] == "."
     named = set(compose.get("volumes", {}))
     for name, service in services.items():
