@@ -25,8 +25,9 @@ test: $(STAMP) test-tools
 # tests/test_cluster.py: Debian's `prometheus` and `nats-server` packages, installed
 # only when missing (as root or with passwordless sudo; CI runs as root).
 test-tools:
-	@bash scripts/ensure-prometheus.sh
-	@bash scripts/ensure-nats.sh
+	@bash scripts/ensure-package.sh prometheus "tests/test_monitoring.py" prometheus promtool
+	@bash scripts/ensure-package.sh nats-server "tests/test_cluster.py, tests/test_nats.py" \
+		nats-server
 
 # Failover figures (docs/scaling.md): two replicas, the leader killed 20 times.
 failover: $(STAMP) test-tools

@@ -29,7 +29,7 @@ from tests.support.nats import NatsServer, nats_binary
 
 pytestmark = pytest.mark.skipif(
     nats_binary() is None and os.environ.get("CI") != "true",
-    reason="nats-server not installed (scripts/ensure-nats.sh)",
+    reason="nats-server not installed (make test-tools)",
 )
 
 TTL_S = 1.0

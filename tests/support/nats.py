@@ -1,6 +1,6 @@
 """A real nats-server with JetStream on 127.0.0.1, for the cluster tests and
 scripts/failover.py. `make test` installs Debian's `nats-server` when missing
-(scripts/ensure-nats.sh)."""
+(make test-tools)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ class NatsServer:
     def __init__(self, store: Path, port: int | None = None) -> None:
         binary = nats_binary()
         if binary is None:
-            raise RuntimeError("nats-server not found: run scripts/ensure-nats.sh")
+            raise RuntimeError("nats-server not found: run make test-tools")
         self.binary = binary
         self.store = store
         self.port = port or free_port()

@@ -341,7 +341,7 @@ def tool(name: str) -> str:
     if path is None:
         message = (
             f"{name} not found: `make test` installs the Debian package prometheus "
-            "(scripts/ensure-prometheus.sh)"
+            "(make test-tools)"
         )
         if os.environ.get("CI"):
             pytest.fail(message)
