@@ -113,6 +113,7 @@ def number(value: Any, reason: str = "bad_number") -> float:
 # prices cannot grow it.
 MAX_INTERNED = 65_536
 _prices: dict[str, float] = {}
+PRICES = _prices  # read-only for the codecs' hot paths: a hit is `probability`'s answer
 _complements: dict[float, float] = {}  # p -> 1 - p
 _floats: dict[float, float] = {}  # one object per value
 
