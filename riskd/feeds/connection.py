@@ -57,6 +57,20 @@ CONNECT_STAGGER_S = 0.05
 SESSIONS = itertools.count()
 
 
+# Frames already received when one is decoded are decoded with it, up to this many,
+# and their ticks yielded as one batch: one pass through the generators and the
+# daemon's checks per socket read, not per frame. A frame read when nothing else waits
+# is yielded at once; after this many the loop gets a turn (the cycle runs on time).
+COALESCE = 64
+
+
+def queued(ws: ClientConnection) -> bool:
+    """Whether frames wait in the connection's buffer (the next `recv` will not wait).
+    websockets keeps them in `recv_messages.frames`; without it, nothing waits."""
+    frames = getattr(getattr(ws, "recv_messages", None), "frames", None)
+    return bool(frames)
+
+
 class HeartbeatConnection(ClientConnection):
     """A client connection that notes when the venue last pinged us (see `heartbeat`
     of WebsocketFeed; only there, as this runs for every frame)."""
@@ -373,16 +387,7 @@ class WebsocketFeed:
             max_size=s.max_message_bytes,
             create_connection=HeartbeatConnection if self.heartbeat else ClientConnection,
         ) as ws:
-            # Life is what the venue sends: a handshake alone confirms nothing.
-            link.session, link.life_t, link.ws = next(SESSIONS), math.nan, ws
-            self._set_connected(link, True)
-            self.connections += 1
-            link.connections += 1
-            if link.connections > 1 and self.metrics is not None:
-                self.metrics.reconnects.labels(self.venue).inc()
-            log.info("%s: connected%s to %s", self.venue, link.label, mask_url(self.url))
-            for subscription in link.codec.on_connect():
-                await ws.send(subscription)
+            await self._opened(link, ws)
             pinger = None
             if self.ping_text and self.ping_interval_s > 0:
                 pinger = asyncio.create_task(self._ping(ws), name=f"{self.venue}-ping")
@@ -390,6 +395,8 @@ class WebsocketFeed:
             watchdog = asyncio.create_task(
                 self._watchdog(ws, link, s.read_timeout_s), name=f"{self.venue}-read-timeout"
             )
+            held: list[Tick] | None = None  # ticks of the frames read, not yet yielded
+            frames = 0  # frames read since the last yield
             try:
                 while True:
                     link.waiting_since = loop.time()
@@ -409,17 +416,45 @@ class WebsocketFeed:
                         await ws.send(reply)
                     batch = self._take(decoded, link.session, received)
                     if batch is not None:
-                        yield batch
+                        if held is None:
+                            held = batch
+                        else:
+                            held += batch  # the frame's own list, free to grow
+                    frames += 1
+                    if frames < COALESCE and queued(ws):
+                        continue
+                    if held is not None:
+                        yield held
+                    if frames >= COALESCE:
+                        await asyncio.sleep(0)  # a saturated socket: the cycle runs on time
+                    held, frames = None, 0
                     self._check_lookup()
             finally:
-                self._live.ended.append(link.session)
-                link.session, link.ws = -1, None
-                for task in (pinger, watchdog, self._lookup):
-                    if task is not None:
-                        task.cancel()
-                        with contextlib.suppress(asyncio.CancelledError):
-                            await task
-                self._lookup = None
+                await self._closed(link, pinger, watchdog)
+
+    async def _opened(self, link: Link, ws: ClientConnection) -> None:
+        """A connection is up: count it and subscribe."""
+        # Life is what the venue sends: a handshake alone confirms nothing.
+        link.session, link.life_t, link.ws = next(SESSIONS), math.nan, ws
+        self._set_connected(link, True)
+        self.connections += 1
+        link.connections += 1
+        if link.connections > 1 and self.metrics is not None:
+            self.metrics.reconnects.labels(self.venue).inc()
+        log.info("%s: connected%s to %s", self.venue, link.label, mask_url(self.url))
+        for subscription in link.codec.on_connect():
+            await ws.send(subscription)
+
+    async def _closed(self, link: Link, *tasks: asyncio.Task[None] | None) -> None:
+        """A connection ended: its session, and the tasks that served it."""
+        self._live.ended.append(link.session)
+        link.session, link.ws = -1, None
+        for task in (*tasks, self._lookup):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._lookup = None
 
     def _decode(
         self, frame: str | bytes, codec: Codec | None = None, received: float | None = None

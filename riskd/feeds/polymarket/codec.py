@@ -13,14 +13,18 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
+import msgspec
 import orjson
+from msgspec import UNSET, UnsetType
 
 from riskd.feeds.base import MarketEvent
 from riskd.feeds.codec import (
     DEFAULT_BAND,
     MAX_FUTURE_S,
+    MAX_LEVELS,
+    PRICES,
     BadMessage,
     Decoded,
     Quote,
@@ -41,6 +45,39 @@ IGNORED_EVENTS = frozenset({"new_market"})
 # Text frames that are not JSON: the answer to our PING, and the venue's complaint
 # about a bad subscription.
 PONG = frozenset({"PONG", "pong", b"PONG", b"pong"})
+SIDES = ("BUY", "SELL")
+
+
+class PriceChangeEntry(msgspec.Struct, forbid_unknown_fields=True):
+    """One entry of a batched `price_change`, every field a string as the venue sends
+    it. Anything else (a number, null, another field) fails msgspec's validation and
+    the frame takes the general path, whose checks name the rejection."""
+
+    asset_id: str
+    price: str
+    size: str
+    side: str
+    hash: str = ""
+    best_bid: str | UnsetType = UNSET
+    best_ask: str | UnsetType = UNSET
+
+
+class PriceChangeEvent(msgspec.Struct, forbid_unknown_fields=True):
+    """The batched `price_change` event (since Sept 2025): nearly every frame."""
+
+    event_type: Literal["price_change"]
+    timestamp: str
+    price_changes: list[PriceChangeEntry]
+    market: str = ""
+
+
+# Typed while parsing, in C: only frames made of batched price changes with string
+# fields decode; every other frame is parsed again by orjson and read by `_event`.
+# Unknown fields are refused so that no number is skipped unread (msgspec takes
+# 1e400 as inf where orjson refuses the frame).
+# A checked entry: token, (side, price, size), the venue's top (None: none sent).
+Change = tuple[str, tuple[str, float, float], tuple[float | None, float | None] | None]
+PRICE_CHANGES = msgspec.json.Decoder(list[PriceChangeEvent] | PriceChangeEvent)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +86,7 @@ class Binding:
     no: bool  # the NO token: its prices are 1 - YES
 
 
-_NO_LEVELS: dict[float, float] = {}
+NO_LEVELS: dict[float, float] = {}
 
 
 @dataclass(slots=True)
@@ -58,8 +95,8 @@ class Book:
 
     # A side with no levels shares one empty dict, never written to (set_level makes
     # the side's own on its first level): most tokens only ever hear of one side.
-    bids: dict[float, float] = field(default_factory=lambda: _NO_LEVELS)
-    asks: dict[float, float] = field(default_factory=lambda: _NO_LEVELS)
+    bids: dict[float, float] = field(default_factory=lambda: NO_LEVELS)
+    asks: dict[float, float] = field(default_factory=lambda: NO_LEVELS)
     # The venue's own best bid/ask when it sends them (authoritative over the levels);
     # two fields, not a tuple: one object less per book, and 200,000 books.
     has_top: bool = False
@@ -70,7 +107,7 @@ class Book:
     def set_level(self, side: str, price: float, qty: float) -> None:
         bids = side == "BUY"
         levels = self.bids if bids else self.asks
-        if levels is _NO_LEVELS:
+        if levels is NO_LEVELS:
             if qty <= 0:
                 return  # removing what is not there
             levels = {}
@@ -183,20 +220,30 @@ class PolymarketCodec:
         self.maker.received = received
         if len(frame) < 16 and frame.strip() in PONG:
             return out
-        try:
-            doc = orjson.loads(frame)  # surrounding whitespace is fine
-        except ValueError:
-            # Not JSON (or not UTF-8): the venue's plain-text errors ("INVALID
-            # OPERATION") or garbage.
-            out.rejected.append("bad_json")
-            return out
-        events = doc if isinstance(doc, list) else [doc]
         touched: dict[str, tuple[float, str]] = {}  # market -> (ts, token) of its last update
-        for event in events:
+        try:
+            batch = PRICE_CHANGES.decode(frame)
+        except msgspec.MsgspecError:
+            batch = None
+        if batch is not None:
+            for event in batch if isinstance(batch, list) else [batch]:
+                try:
+                    self._price_changes(event, touched)
+                except BadMessage as exc:
+                    out.rejected.append(exc.reason)
+        else:
             try:
-                self._event(event, out, touched)
-            except BadMessage as exc:
-                out.rejected.append(exc.reason)
+                doc = orjson.loads(frame)  # surrounding whitespace is fine
+            except ValueError:
+                # Not JSON (or not UTF-8): the venue's plain-text errors ("INVALID
+                # OPERATION") or garbage.
+                out.rejected.append("bad_json")
+                return out
+            for event in doc if isinstance(doc, list) else [doc]:
+                try:
+                    self._event(event, out, touched)
+                except BadMessage as exc:
+                    out.rejected.append(exc.reason)
         for market, (ts, token) in touched.items():
             quote = self._quote(token)
             if quote is None:
@@ -309,16 +356,7 @@ class PolymarketCodec:
         if changes is not None:  # the batched form (since Sept 2025)
             if not isinstance(changes, list):
                 raise BadMessage("bad_message", "price_changes: expected a list")
-            parsed = [self._change(change) for change in changes]
-            # All or nothing: a bad entry leaves the books as they were.
-            for token, (side, price, size), top in parsed:
-                binding = self.assets.get(token)
-                if binding is None:
-                    continue  # the other token of a market we follow by one token only
-                book = self._book_of(token, binding)
-                book.set_level(side, price, size)
-                book.set_top(top)
-                touched[binding.market] = (ts, token)
+            self._apply_changes(ts, [self._change(change) for change in changes], touched)
             return
         token, binding = self._binding(event)
         if "changes" in event:  # 2024: one token, several levels
@@ -329,10 +367,77 @@ class PolymarketCodec:
         else:  # the single-level form
             levels = [self._level(event)]
         book = self._book_of(token, binding)
-        for side, price, size in levels:
-            book.set_level(side, price, size)
+        for side, price, qty in levels:
+            book.set_level(side, price, qty)
         book.set_top(None)
         touched[binding.market] = (ts, token)
+
+    def _price_changes(
+        self, event: PriceChangeEvent, touched: dict[str, tuple[float, str]]
+    ) -> None:
+        """The batched form, typed by msgspec: the checks of `_change`, in its order,
+        with the common case (a price seen before) a dictionary lookup."""
+        ts = ms_time(event.timestamp)
+        parsed: list[Change] = []
+        seen = PRICES.get
+        for change in event.price_changes:
+            token, side, bid_raw, ask_raw = (
+                change.asset_id,
+                change.side,
+                change.best_bid,
+                change.best_ask,
+            )
+            if not token:
+                text(token, "asset_id")
+            if side != "BUY" and side != "SELL":
+                raise BadMessage("bad_message", f"side {side!r}")
+            price = seen(change.price)
+            if price is None:
+                price = probability(change.price)
+            level = (side, price, size(change.size))
+            if bid_raw is UNSET and ask_raw is UNSET:
+                parsed.append((token, level, None))
+                continue
+            # _venue_top: "" or absent is no price, 0 no bid, 0 or 1 no ask.
+            bid = ask = None
+            if bid_raw is not UNSET and bid_raw != "":
+                bid = seen(bid_raw) or probability(bid_raw) or None
+            if ask_raw is not UNSET and ask_raw != "":
+                ask = seen(ask_raw) or probability(ask_raw)
+                ask = ask if ask < 1.0 else None
+            parsed.append((token, level, (bid, ask or None)))
+        self._apply_changes(ts, parsed, touched)
+
+    def _apply_changes(
+        self,
+        ts: float,
+        parsed: list[
+            tuple[str, tuple[str, float, float], tuple[float | None, float | None] | None]
+        ],
+        touched: dict[str, tuple[float, str]],
+    ) -> None:
+        """All or nothing: the entries are checked before any book changes."""
+        books, assets = self.books, self.assets
+        for token, (side, price, qty), top in parsed:
+            binding = assets.get(token)
+            if binding is None:
+                continue  # the other token of a market we follow by one token only
+            book = books.get(token) or self._book_of(token, binding)
+            levels = book.bids if side == "BUY" else book.asks
+            if (
+                qty > 0
+                and (price in levels or len(levels) < MAX_LEVELS)
+                and levels is not NO_LEVELS
+            ):
+                levels[price] = qty  # put_level's common case
+            else:
+                book.set_level(side, price, qty)
+            if top is None:
+                book.has_top, book.top_bid, book.top_ask = False, None, None
+            else:
+                book.has_top = True
+                book.top_bid, book.top_ask = top
+            touched[binding.market] = (ts, token)
 
     def _book_of(self, token: str, binding: Binding) -> Book:
         """The token's book, made on its first update (keyed by the subscribed token's
@@ -362,6 +467,6 @@ class PolymarketCodec:
     @staticmethod
     def _level(change: dict[str, Any]) -> tuple[str, float, float]:
         side = change.get("side")
-        if side not in ("BUY", "SELL"):
+        if side not in SIDES:
             raise BadMessage("bad_message", f"side {side!r}")
         return side, probability(change.get("price")), size(change.get("size"))
