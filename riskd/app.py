@@ -35,7 +35,7 @@ from riskd.pipeline import Pipeline
 from riskd.publish.base import Publisher
 from riskd.publish.registry import PublishContext, make_publishers
 from riskd.publish.websocket import WebsocketPublisher
-from riskd.state import Loaded, StateStore, resume, seq_gap
+from riskd.state import Loaded, StateStore, publisher_seqs, resume, seq_gap
 from riskd.supervise import Fatal, Supervisor
 from riskd.timeutil import parse_iso
 
@@ -312,21 +312,13 @@ class Daemon:
                     captured = self._capture()
                     self._snapshot_done(await asyncio.to_thread(self._try_write, captured))
 
-    def _seqs(self) -> dict[str, int]:
-        seqs = {"batch": self.seq}
-        for pub in self.publishers:
-            seq = getattr(pub, "seq", None)
-            if isinstance(seq, int):
-                seqs[pub.name] = seq
-        return seqs
-
     def _capture(self) -> dict[str, Any]:
         assert self.store is not None
         self.engine.flush()  # the snapshot holds every tick taken before its clock
         return self.store.capture(
             self.engine,
             self.now(),
-            self._seqs(),
+            publisher_seqs(self.seq, self.publishers),
             self.pipeline.stamped,
             exchange=self.exchange.copy(),
         )

@@ -391,6 +391,15 @@ class Sequenced(Protocol):
     seq: int
 
 
+def publisher_seqs(batch: int, publishers: Sequence[object]) -> dict[str, int]:
+    """The seqs a snapshot keeps: the batch's, and each numbering publisher's."""
+    seqs = {"batch": batch}
+    for pub in publishers:
+        if isinstance(pub, Sequenced) and isinstance(pub.seq, int):
+            seqs[pub.name] = pub.seq
+    return seqs
+
+
 @dataclass
 class Resumed:
     """What the daemon continues from after `resume`."""

@@ -312,6 +312,16 @@ class Exchange:
 # --- the processes -------------------------------------------------------------------
 
 
+def py_spy(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
+    """py-spy sampling riskd for one phase (BENCH_PROFILE), raw stacks to `out`."""
+    return subprocess.Popen(
+        ["py-spy", "record", "-p", str(pid), "-d", str(int(seconds)), "-r", "200"]
+        + ["-f", "raw", "-o", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -550,24 +560,7 @@ async def run_riskd(
         venue.set_mode("saturate")
         await asyncio.sleep(min(2.0, seconds / 2))
         if profile is not None and os.environ.get("BENCH_PROFILE_PHASE") != "paced":
-            profiler = subprocess.Popen(
-                [
-                    "py-spy",
-                    "record",
-                    "-p",
-                    str(proc.pid),
-                    "-d",
-                    str(int(seconds)),
-                    "-r",
-                    "200",
-                    "-f",
-                    "raw",
-                    "-o",
-                    str(profile),
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+            profiler = py_spy(proc.pid, seconds, profile)
         before, cpu0, t0 = scrape(port), cpu_seconds(proc.pid), time.monotonic()
         await asyncio.sleep(seconds)
         after, cpu1, t1 = scrape(port), cpu_seconds(proc.pid), time.monotonic()
@@ -598,24 +591,7 @@ async def run_riskd(
         cpu0 = cpu_seconds(proc.pid)
         venue.set_mode("paced", rate, probe_at)
         if profile is not None and os.environ.get("BENCH_PROFILE_PHASE") == "paced":
-            profiler = subprocess.Popen(
-                [
-                    "py-spy",
-                    "record",
-                    "-p",
-                    str(proc.pid),
-                    "-d",
-                    str(int(seconds)),
-                    "-r",
-                    "200",
-                    "-f",
-                    "raw",
-                    "-o",
-                    str(profile),
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+            profiler = py_spy(proc.pid, seconds, profile)
         if os.environ.get("BENCH_DETAIL"):
             for _ in range(int(seconds * 2)):
                 await asyncio.sleep(0.5)

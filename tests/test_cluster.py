@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -15,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support import REPO, DaemonProcess, clean_env, wait_until
+from tests.support import REPO, DaemonProcess, wait_until
 from tests.support.cluster import (
     Exchange,
     Ticker,
@@ -25,6 +23,7 @@ from tests.support.cluster import (
     holders,
     replica_config,
 )
+from tests.support.config import check_manifest_config
 from tests.support.nats import NatsServer, nats_binary
 
 pytestmark = pytest.mark.skipif(
@@ -190,19 +189,5 @@ def test_kubernetes_cluster_config_passes_check_config(tmp_path: Path) -> None:
     assert riskd["spec"]["replicas"] == 2
     assert any(d["kind"] == "Service" and d["metadata"]["name"] == "riskd-nats" for d in docs)
     config = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
-    secret = tmp_path / "http-secret"
-    secret.write_text("s3cret")
-    (tmp_path / "markets.toml").write_text(config["markets.toml"])
-    toml = (
-        config["riskd.toml"]
-        .replace("/etc/riskd/markets.toml", str(tmp_path / "markets.toml"))
-        .replace("/etc/riskd/secrets/http-secret", str(secret))
-    )
-    (tmp_path / "riskd.toml").write_text(toml)
-    done = subprocess.run(
-        [sys.executable, "-m", "riskd.cli", "check-config", "-c", str(tmp_path / "riskd.toml")],
-        capture_output=True,
-        text=True,
-        env=clean_env(RISKD_CLUSTER__REPLICA="riskd-0"),
-    )
+    done = check_manifest_config(config, tmp_path, RISKD_CLUSTER__REPLICA="riskd-0")
     assert done.returncode == 0, done.stderr

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import yaml
+
+from tests.support.config import check_manifest_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -22,20 +22,7 @@ def test_kubernetes_sidecar_config_passes_check_config(tmp_path: Path) -> None:
     assert riskd["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert riskd["readinessProbe"]["httpGet"]["path"] == "/readyz"
     config = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
-    secret = tmp_path / "http-secret"
-    secret.write_text("s3cret")
-    (tmp_path / "markets.toml").write_text(config["markets.toml"])
-    toml = (
-        config["riskd.toml"]
-        .replace("/etc/riskd/markets.toml", str(tmp_path / "markets.toml"))
-        .replace("/etc/riskd/secrets/http-secret", str(secret))
-    )
-    (tmp_path / "riskd.toml").write_text(toml)
-    done = subprocess.run(
-        [sys.executable, "-m", "riskd.cli", "check-config", "-c", str(tmp_path / "riskd.toml")],
-        capture_output=True,
-        text=True,
-    )
+    done = check_manifest_config(config, tmp_path)
     assert done.returncode == 0, done.stderr
     assert "s3cret" not in done.stdout
 

@@ -8,6 +8,8 @@ import json
 import math
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -113,3 +115,25 @@ def tape_rows(path: Path) -> list[list[str]]:
     """Data rows of a CSV tape (header dropped)."""
     with path.open(encoding="utf-8", newline="") as fh:
         return [row for row in list(csv.reader(fh))[1:] if row]
+
+
+def check_manifest_config(
+    config: dict[str, str], tmp_path: Path, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """`riskd check-config` on a Kubernetes ConfigMap's riskd.toml, its mounted markets
+    file and HTTP secret placed in tmp_path; `env` on top of a clean environment."""
+    secret = tmp_path / "http-secret"
+    secret.write_text("s3cret")
+    (tmp_path / "markets.toml").write_text(config["markets.toml"])
+    toml = (
+        config["riskd.toml"]
+        .replace("/etc/riskd/markets.toml", str(tmp_path / "markets.toml"))
+        .replace("/etc/riskd/secrets/http-secret", str(secret))
+    )
+    (tmp_path / "riskd.toml").write_text(toml)
+    return subprocess.run(
+        [sys.executable, "-m", "riskd.cli", "check-config", "-c", str(tmp_path / "riskd.toml")],
+        capture_output=True,
+        text=True,
+        env=clean_env(**env),
+    )
