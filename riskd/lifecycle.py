@@ -109,15 +109,14 @@ class Lifecycle:
         if cfg is None:
             return
         from riskd.cluster import FENCED, Cluster
-        from riskd.publish.registry import BUILDERS, PublishContext
+        from riskd.publish.registry import PublishContext, make_publishers
 
         publisher = daemon.settings.publisher
         daemon.publishers[:] = [p for p in daemon.publishers if p.name not in FENCED]
 
         def fenced(instance: str) -> list[Publisher]:
             context = PublishContext(daemon.metrics, instance, daemon.stream_snapshot)
-            sections = [(name, getattr(publisher, name)) for name in FENCED]
-            return [BUILDERS[name](s, context) for name, s in sections if s is not None]
+            return make_publishers(publisher, context, only=FENCED)
 
         daemon.pipeline.cluster = self.cluster = Cluster(
             cfg, publisher.instance, daemon.engine, daemon.publishers, fenced

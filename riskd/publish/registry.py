@@ -3,7 +3,7 @@ section and what every publisher may need of the daemon (`PublishContext`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -68,9 +68,10 @@ BUILDERS: dict[str, Builder] = {
 }
 
 
-def make_publishers(cfg: PublisherSettings, ctx: PublishContext) -> list[Publisher]:
-    """One publisher per `[publisher.<name>]` section present."""
-    sections = {name: getattr(cfg, name) for name in BUILDERS}
-    return [
-        build(sections[name], ctx) for name, build in BUILDERS.items() if sections[name] is not None
-    ]
+def make_publishers(
+    cfg: PublisherSettings, ctx: PublishContext, only: Collection[str] | None = None
+) -> list[Publisher]:
+    """One publisher per `[publisher.<name>]` section present (of `only`'s names)."""
+    names = [name for name in BUILDERS if only is None or name in only]
+    sections = {name: getattr(cfg, name) for name in names}
+    return [BUILDERS[name](sections[name], ctx) for name in names if sections[name] is not None]
