@@ -17,7 +17,12 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+# A C compiler for the one compiled part of riskd (setup.py: the Polymarket codec's
+# store); only this stage has it, the image takes the built venv.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
+COPY pyproject.toml setup.py README.md ./
 COPY riskd ./riskd
 # Makefile's install (a venv, pip upgraded, the project from pyproject.toml), without
 # the test/plot/dev extras and not editable: the image carries no source tree. The

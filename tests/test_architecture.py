@@ -83,10 +83,12 @@ def test_the_model_calls_nothing_that_reads_the_world() -> None:
                 assert name not in FORBIDDEN_CALLS, f"{path.name}:{node.lineno} calls {name}"
 
 
-# What a codec may import: data helpers, the JSON parsers, the tick and market types,
-# shared codec helpers and its venue's config (types only at run time).
+# What a codec (and a venue's store of codec state) may import: data helpers, the JSON
+# parsers, the tick and market types, shared codec helpers, its venue's config (types
+# only at run time) and its venue's store.
 CODEC_ALLOWED = {
     "__future__",
+    "array",
     "math",
     "json",
     "dataclasses",
@@ -105,7 +107,13 @@ CODEC_ALLOWED = {
 
 
 def _codecs() -> list[Path]:
-    return sorted([PACKAGE / "feeds" / "codec.py", *PACKAGE.glob("feeds/*/codec.py")])
+    return sorted(
+        [
+            PACKAGE / "feeds" / "codec.py",
+            *PACKAGE.glob("feeds/*/codec.py"),
+            *PACKAGE.glob("feeds/*/store.py"),
+        ]
+    )
 
 
 def test_codecs_import_only_data_helpers() -> None:
@@ -114,7 +122,11 @@ def test_codecs_import_only_data_helpers() -> None:
     for path in codecs:
         venue = path.parent.name
         for module, typed in _imports(ast.parse(path.read_text(encoding="utf-8"))):
-            own = module.startswith(f"riskd.feeds.{venue}.") and module.endswith("config")
+            own = module.startswith(f"riskd.feeds.{venue}.") and module.rsplit(".", 1)[1] in (
+                "config",
+                "store",
+                "_store",
+            )
             assert typed or own or module in CODEC_ALLOWED, (
                 f"{path.relative_to(PACKAGE)} imports {module}"
             )

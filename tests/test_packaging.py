@@ -137,7 +137,8 @@ def test_everything_the_dockerfile_copies_exists_in_the_build_context() -> None:
                 files = [
                     p
                     for p in (REPO / source).rglob("*")
-                    if p.is_file() and "__pycache__" not in p.parts
+                    # Build products stay out: the image compiles its own store.
+                    if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".so"
                 ]
                 assert files and not any(ignored(str(p.relative_to(REPO))) for p in files)
     # And what is not needed stays out of the context.
@@ -175,6 +176,18 @@ def test_the_image_installs_riskd_the_way_make_run_does() -> None:
     assert "-e" in make_project and "-e" not in docker_project
     # `make run` runs the console script with a config file; so does the image.
     assert "$(BIN)/riskd run -c config/riskd.toml" in make
+
+
+def test_the_image_builds_the_compiled_store_in_the_build_stage_only() -> None:
+    """setup.py compiles riskd/feeds/polymarket/_store.c: the build stage has a C
+    compiler and setup.py before pip runs; the runtime stage installs no compiler."""
+    build, final = stages()
+    runs = args_of(build, "RUN")
+    compiler = next(k for k, run in enumerate(runs) if "gcc" in run)
+    install = next(k for k, run in enumerate(runs) if "pip install" in run)
+    assert compiler < install
+    assert any("setup.py" in shlex.split(copy) for copy in args_of(build, "COPY"))
+    assert not any("gcc" in run for run in args_of(final, "RUN"))
 
 
 def test_the_image_runs_riskd_as_a_non_root_user_with_a_health_check() -> None:

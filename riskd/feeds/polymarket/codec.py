@@ -11,8 +11,9 @@ NO price q is a YES probability 1 - q (the NO bid is 1 - the YES ask).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from array import array
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import msgspec
@@ -23,21 +24,17 @@ from riskd.feeds.base import MarketEvent
 from riskd.feeds.codec import (
     DEFAULT_BAND,
     MAX_FUTURE_S,
-    MAX_LEVELS,
     PRICES,
     BadMessage,
     Decoded,
-    Quote,
-    TickMaker,
-    book_depth,
     complement,
     ms_time,
     number,
     probability,
-    put_level,
     size,
     text,
 )
+from riskd.feeds.polymarket.store import Book, Layout, Store, carry, make_store
 from riskd.markets import Market
 
 # Known events riskd does not use.
@@ -86,54 +83,6 @@ class Binding:
     no: bool  # the NO token: its prices are 1 - YES
 
 
-NO_LEVELS: dict[float, float] = {}
-
-
-@dataclass(slots=True)
-class Book:
-    """One token's order book: price -> size per side."""
-
-    # A side with no levels shares one empty dict, never written to (set_level makes
-    # the side's own on its first level): most tokens only ever hear of one side.
-    bids: dict[float, float] = field(default_factory=lambda: NO_LEVELS)
-    asks: dict[float, float] = field(default_factory=lambda: NO_LEVELS)
-    # The venue's own best bid/ask when it sends them (authoritative over the levels);
-    # two fields, not a tuple: one object less per book, and 200,000 books.
-    has_top: bool = False
-    top_bid: float | None = None
-    top_ask: float | None = None
-    complete: bool = False  # a snapshot arrived: the levels are the whole book
-
-    def set_level(self, side: str, price: float, qty: float) -> None:
-        bids = side == "BUY"
-        levels = self.bids if bids else self.asks
-        if levels is NO_LEVELS:
-            if qty <= 0:
-                return  # removing what is not there
-            levels = {}
-            if bids:
-                self.bids = levels
-            else:
-                self.asks = levels
-        put_level(levels, price, qty, bids)
-
-    def set_top(self, top: tuple[float | None, float | None] | None) -> None:
-        self.has_top = top is not None
-        self.top_bid, self.top_ask = top or (None, None)
-
-    def quote(self, band: float = DEFAULT_BAND) -> Quote | None:
-        """The top of this token's book and its depth within `band` of the mid, or
-        None if it is not known."""
-        if self.has_top:
-            bid, ask = self.top_bid, self.top_ask
-        elif self.complete:
-            bid = max(self.bids) if self.bids else None
-            ask = min(self.asks) if self.asks else None
-        else:
-            return None
-        return Quote(bid, ask, book_depth(bid, ask, self.bids, self.asks, band))
-
-
 def _venue_top(bid_raw: Any, ask_raw: Any) -> tuple[float | None, float | None]:
     """best_bid/best_ask as sent: 0 means no bid, 1 (or 0) means no ask."""
     bid = probability(bid_raw) if bid_raw is not None and bid_raw != "" else None
@@ -141,18 +90,31 @@ def _venue_top(bid_raw: Any, ask_raw: Any) -> tuple[float | None, float | None]:
     return (bid if bid else None, ask if ask and ask < 1.0 else None)
 
 
-def _yes(quote: Quote, no: bool) -> Quote:
-    if not no:
-        return quote
-    return Quote(
-        None if quote.ask is None else complement(quote.ask),
-        None if quote.bid is None else complement(quote.bid),
-        quote.depth,
-    )
+class Books(Mapping[str, Book]):
+    """The codec's books by token, read-only copies out of its store (for tests and
+    inspection; the codec itself works on the store)."""
+
+    def __init__(self, codec: PolymarketCodec) -> None:
+        self.codec = codec
+
+    def __getitem__(self, token: str) -> Book:
+        state = self.codec.store.book(self.codec.index[token])
+        if state is None:
+            raise KeyError(token)
+        bids, asks, has_top, top_bid, top_ask, complete = state
+        return Book(bids, asks, has_top, top_bid, top_ask, complete)
+
+    def __iter__(self) -> Iterator[str]:
+        store = self.codec.store
+        return (token for token, k in self.codec.index.items() if store.has_book(k))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
 class PolymarketCodec:
-    """Subscribed tokens -> market ids; keeps the books of one connection."""
+    """Subscribed tokens -> market ids; keeps the books of one connection in its
+    store (riskd/feeds/polymarket/store.py), tokens and markets by index."""
 
     def __init__(
         self,
@@ -160,18 +122,18 @@ class PolymarketCodec:
         custom_feature_enabled: bool = True,
         max_future_s: float = MAX_FUTURE_S,
         band: float = DEFAULT_BAND,
+        compiled: bool = True,
     ) -> None:
-        self.assets: dict[str, Binding] = {}
-        self.tokens: dict[str, list[str]] = {}  # market -> its subscribed tokens
         # Depth counts within this much of the mid ([limits] max_slippage; per market
         # where the markets file sets it).
         self.band = band
-        self.bands: dict[str, float] = {}
-        self._set_assets(assets)
         self.custom_feature_enabled = custom_feature_enabled
-        self.books: dict[str, Book] = {}
-        self.last_trade: dict[str, float] = {}  # per market, as YES
-        self.maker = TickMaker(max_future_s)
+        self.max_future_s = max_future_s
+        self.compiled = compiled  # False: the reference store (tests)
+        self.layout = Layout([], {}, array("i"), bytearray(), [])
+        self.store: Store = make_store(self.layout, max_future_s, compiled)
+        self._set_assets(assets, {})
+        self.books = Books(self)
 
     @classmethod
     def for_markets(
@@ -196,39 +158,65 @@ class PolymarketCodec:
                 assets[m.polymarket_yes_token] = Binding(m.id, no=False)
             if m.polymarket_no_token:
                 assets[m.polymarket_no_token] = Binding(m.id, no=True)
-        self._set_assets(assets)
-        self.bands = bands
+        self._set_assets(assets, bands)
 
-    def _set_assets(self, assets: dict[str, Binding]) -> None:
-        self.assets = assets
-        self.tokens = {}
+    def _set_assets(self, assets: dict[str, Binding], bands: dict[str, float]) -> None:
+        """A new layout and store; what the old store knew of the markets and tokens
+        in both is carried over."""
+        markets: dict[str, int] = {}
+        index: dict[str, int] = {}
+        tok_market, tok_no = array("i"), bytearray()
         for token, binding in assets.items():
-            self.tokens.setdefault(binding.market, []).append(token)
+            index[token] = len(tok_market)
+            tok_market.append(markets.setdefault(binding.market, len(markets)))
+            tok_no.append(binding.no)
+        ids = list(markets)
+        layout = Layout(ids, index, tok_market, tok_no, [bands.get(m, self.band) for m in ids])
+        store = make_store(layout, self.max_future_s, self.compiled)
+        carry(self.store, self.layout, store, layout)
+        self.layout, self.store, self.index = layout, store, index
+        self.tok_market, self.tok_no = tok_market, tok_no
+
+    @property
+    def assets(self) -> dict[str, Binding]:
+        """token -> its market and side (built on demand)."""
+        ids = self.layout.ids
+        return {
+            token: Binding(ids[self.tok_market[k]], no=bool(self.tok_no[k]))
+            for token, k in self.index.items()
+        }
+
+    @property
+    def last_trade(self) -> dict[str, float]:
+        """market -> its last trade as YES (built on demand)."""
+        trades = ((market, self.store.last_trade(k)) for k, market in enumerate(self.layout.ids))
+        return {market: price for market, price in trades if price is not None}
 
     def on_connect(self) -> list[str]:
-        self.books.clear()
-        self.maker.reset()
-        if not self.assets:
+        self.store.clear()
+        if not self.index:
             return []
-        sub: dict[str, Any] = {"assets_ids": sorted(self.assets), "type": "market"}
+        sub: dict[str, Any] = {"assets_ids": sorted(self.index), "type": "market"}
         if self.custom_feature_enabled:
             sub["custom_feature_enabled"] = True
         return [json.dumps(sub)]
 
     def decode(self, frame: str | bytes, received: float) -> Decoded:
         out = Decoded()
-        self.maker.received = received
+        store = self.store
+        store.received = received
         if len(frame) < 16 and frame.strip() in PONG:
             return out
-        touched: dict[str, tuple[float, str]] = {}  # market -> (ts, token) of its last update
         try:
             batch = PRICE_CHANGES.decode(frame)
         except msgspec.MsgspecError:
             batch = None
         if batch is not None:
-            for event in batch if isinstance(batch, list) else [batch]:
+            for event in batch if isinstance(batch, list) else (batch,):
+                if store.price_changes(event):  # compiled: the common case, done
+                    continue
                 try:
-                    self._price_changes(event, touched)
+                    self._price_changes(event)
                 except BadMessage as exc:
                     out.rejected.append(exc.reason)
         else:
@@ -241,124 +229,114 @@ class PolymarketCodec:
                 return out
             for event in doc if isinstance(doc, list) else [doc]:
                 try:
-                    self._event(event, out, touched)
+                    self._event(event, out)
                 except BadMessage as exc:
                     out.rejected.append(exc.reason)
-        for market, (ts, token) in touched.items():
-            quote = self._quote(token)
-            if quote is None:
-                continue
-            self.maker.quote(market, ts, quote, self.last_trade.get(market), out)
-        out.heard += touched
+        # The markets touched: a tick each where the top moved, then heard.
+        store.finish(out.ticks, out.rejected, out.depths, out.heard)
         return out
-
-    def _quote(self, token: str) -> Quote | None:
-        """The market's YES top of book: from this token's book, else its sibling's."""
-        binding = self.assets[token]
-        band = self.bands.get(binding.market, self.band) if self.bands else self.band
-        book = self.books.get(token)
-        quote = book.quote(band) if book is not None else None
-        if quote is not None:
-            return _yes(quote, binding.no)
-        for t in self.tokens[binding.market]:
-            book = self.books.get(t)
-            quote = book.quote(band) if book is not None else None
-            if quote is not None:
-                return _yes(quote, self.assets[t].no)
-        return None
 
     # --- one event ----------------------------------------------------------------
 
-    def _binding(self, event: dict[str, Any]) -> tuple[str, Binding]:
+    def _binding(self, event: dict[str, Any]) -> tuple[int, int]:
+        """(token, market) indexes of the event's asset."""
         token = text(event.get("asset_id"), "asset_id")
-        binding = self.assets.get(token)
-        if binding is None:
+        k = self.index.get(token)
+        if k is None:
             raise BadMessage("unknown_asset", f"asset {token} is not subscribed")
-        return token, binding
+        return k, self.tok_market[k]
 
-    def _event(self, event: Any, out: Decoded, touched: dict[str, tuple[float, str]]) -> None:
+    def _event(self, event: Any, out: Decoded) -> None:
         if not isinstance(event, dict):
             raise BadMessage("bad_message", f"expected an object, got {type(event).__name__}")
         kind = event.get("event_type")
         if not isinstance(kind, str):
             raise BadMessage("bad_message", f"event_type {kind!r}")
         if kind == "book":
-            self._book(event, touched, out)
+            self._book(event, out)
         elif kind == "price_change":
-            self._price_change(event, touched)
+            self._price_change(event)
         elif kind == "best_bid_ask":
-            token, binding = self._binding(event)
+            token, _ = self._binding(event)
             ts = ms_time(event.get("timestamp"))
-            book = self.books.setdefault(token, Book())
-            book.set_top(_venue_top(event.get("best_bid"), event.get("best_ask")))
-            touched[binding.market] = (ts, token)
+            self.store.set_top(token, _venue_top(event.get("best_bid"), event.get("best_ask")))
+            self.store.touch(token, ts)
         elif kind == "last_trade_price":
-            token, binding = self._binding(event)
-            ts = ms_time(event.get("timestamp"))
-            price = probability(event.get("price"))
-            yes_price = complement(price) if binding.no else price
-            self.last_trade[binding.market] = yes_price
-            touched.pop(binding.market, None)  # the trade tick carries the book too
-            out.heard.append(binding.market)
-            self.maker.trade(binding.market, ts, yes_price, self._quote(token), out)
+            self._trade(event, out)
         elif kind == "tick_size_change":
-            _, binding = self._binding(event)
+            _, market = self._binding(event)
             ts = ms_time(event.get("timestamp"))
             tick = number(event.get("new_tick_size"), "bad_tick_size")
             if not 0.0 < tick < 1.0:
                 raise BadMessage("bad_tick_size", f"tick size {tick}")
-            out.events.append(MarketEvent(binding.market, ts, "tick_size", tick_size=tick))
+            out.events.append(MarketEvent(self.layout.ids[market], ts, "tick_size", tick_size=tick))
         elif kind == "market_resolved":
             ts = ms_time(event.get("timestamp"))
             tokens = event.get("assets_ids") or []
             if not isinstance(tokens, list):
                 raise BadMessage("bad_message", "assets_ids: expected a list")
             tokens = tokens + [event.get("winning_asset_id")]
+            ids, index = self.layout.ids, self.index
             markets = {
-                self.assets[t].market for t in tokens if isinstance(t, str) and t in self.assets
+                ids[self.tok_market[index[t]]] for t in tokens if isinstance(t, str) and t in index
             }
             if not markets:
                 raise BadMessage("unknown_asset", "market_resolved for no subscribed token")
-            for market in sorted(markets):
-                out.events.append(MarketEvent(market, ts, "resolved"))
+            for market_id in sorted(markets):
+                out.events.append(MarketEvent(market_id, ts, "resolved"))
         elif kind in IGNORED_EVENTS:
             return
         else:
             raise BadMessage("unknown_event", f"event_type {kind!r}")
 
-    def _book(
-        self, event: dict[str, Any], touched: dict[str, tuple[float, str]], out: Decoded
-    ) -> None:
-        token, binding = self._binding(event)
+    def _trade(self, event: dict[str, Any], out: Decoded) -> None:
+        token, market = self._binding(event)
         ts = ms_time(event.get("timestamp"))
-        book = Book(complete=True)
-        for side, key in (("BUY", "bids"), ("SELL", "asks")):
+        price = probability(event.get("price"))
+        yes_price = complement(price) if self.tok_no[token] else price
+        store = self.store
+        store.set_last_trade(market, yes_price)
+        store.untouch(market)  # the trade tick carries the book too
+        out.heard.append(self.layout.ids[market])
+        store.trade(market, ts, yes_price, store.quote(token), out.ticks, out.rejected, out.depths)
+
+    def _book(self, event: dict[str, Any], out: Decoded) -> None:
+        token, market = self._binding(event)
+        ts = ms_time(event.get("timestamp"))
+        sides: list[tuple[bool, list[tuple[float, float]]]] = []
+        for buy, key in ((True, "bids"), (False, "asks")):
             levels = event.get(key)
             if levels is None:
                 levels = event.get("buys" if key == "bids" else "sells", [])
             if not isinstance(levels, list):
                 raise BadMessage("bad_message", f"{key}: expected a list")
+            parsed = []
             for level in levels:
                 if not isinstance(level, dict):
                     raise BadMessage("bad_message", f"{key}: expected price/size objects")
-                book.set_level(side, probability(level.get("price")), size(level.get("size")))
+                parsed.append((probability(level.get("price")), size(level.get("size"))))
+            sides.append((buy, parsed))
         last = event.get("last_trade_price")
         if last not in (None, ""):
             q = probability(last)
-            self.last_trade[binding.market] = complement(q) if binding.no else q
-        self.books[token] = book
-        touched[binding.market] = (ts, token)
-        out.books.append(binding.market)
+            self.store.set_last_trade(market, complement(q) if self.tok_no[token] else q)
+        # Checked whole: the snapshot replaces the book.
+        self.store.new_book(token, True)
+        for buy, parsed in sides:
+            for price, qty in parsed:
+                self.store.set_level(token, buy, price, qty)
+        self.store.touch(token, ts)
+        out.books.append(self.layout.ids[market])
 
-    def _price_change(self, event: dict[str, Any], touched: dict[str, tuple[float, str]]) -> None:
+    def _price_change(self, event: dict[str, Any]) -> None:
         ts = ms_time(event.get("timestamp"))
         changes = event.get("price_changes")
         if changes is not None:  # the batched form (since Sept 2025)
             if not isinstance(changes, list):
                 raise BadMessage("bad_message", "price_changes: expected a list")
-            self._apply_changes(ts, [self._change(change) for change in changes], touched)
+            self._apply_changes(ts, [self._change(change) for change in changes])
             return
-        token, binding = self._binding(event)
+        token, _ = self._binding(event)
         if "changes" in event:  # 2024: one token, several levels
             raw = event["changes"]
             if not isinstance(raw, list) or not all(isinstance(c, dict) for c in raw):
@@ -366,17 +344,15 @@ class PolymarketCodec:
             levels = [self._level(c) for c in raw]
         else:  # the single-level form
             levels = [self._level(event)]
-        book = self._book_of(token, binding)
         for side, price, qty in levels:
-            book.set_level(side, price, qty)
-        book.set_top(None)
-        touched[binding.market] = (ts, token)
+            self.store.set_level(token, side == "BUY", price, qty)
+        self.store.set_top(token, None)
+        self.store.touch(token, ts)
 
-    def _price_changes(
-        self, event: PriceChangeEvent, touched: dict[str, tuple[float, str]]
-    ) -> None:
-        """The batched form, typed by msgspec: the checks of `_change`, in its order,
-        with the common case (a price seen before) a dictionary lookup."""
+    def _price_changes(self, event: PriceChangeEvent) -> None:
+        """The batched form, typed by msgspec, when the compiled store did not take it
+        (the reference store, a price not seen before, a bad field): the checks of
+        `_change`, in its order, with a price seen before one dictionary lookup."""
         ts = ms_time(event.timestamp)
         parsed: list[Change] = []
         seen = PRICES.get
@@ -406,52 +382,21 @@ class PolymarketCodec:
                 ask = seen(ask_raw) or probability(ask_raw)
                 ask = ask if ask < 1.0 else None
             parsed.append((token, level, (bid, ask or None)))
-        self._apply_changes(ts, parsed, touched)
+        self._apply_changes(ts, parsed)
 
-    def _apply_changes(
-        self,
-        ts: float,
-        parsed: list[
-            tuple[str, tuple[str, float, float], tuple[float | None, float | None] | None]
-        ],
-        touched: dict[str, tuple[float, str]],
-    ) -> None:
+    def _apply_changes(self, ts: float, parsed: list[Change]) -> None:
         """All or nothing: the entries are checked before any book changes."""
-        books, assets = self.books, self.assets
+        store, index = self.store, self.index
         for token, (side, price, qty), top in parsed:
-            binding = assets.get(token)
-            if binding is None:
+            k = index.get(token)
+            if k is None:
                 continue  # the other token of a market we follow by one token only
-            book = books.get(token) or self._book_of(token, binding)
-            levels = book.bids if side == "BUY" else book.asks
-            if (
-                qty > 0
-                and (price in levels or len(levels) < MAX_LEVELS)
-                and levels is not NO_LEVELS
-            ):
-                levels[price] = qty  # put_level's common case
-            else:
-                book.set_level(side, price, qty)
-            if top is None:
-                book.has_top, book.top_bid, book.top_ask = False, None, None
-            else:
-                book.has_top = True
-                book.top_bid, book.top_ask = top
-            touched[binding.market] = (ts, token)
-
-    def _book_of(self, token: str, binding: Binding) -> Book:
-        """The token's book, made on its first update (keyed by the subscribed token's
-        own string, not the copy each message carries)."""
-        book = self.books.get(token)
-        if book is None:
-            key = next((t for t in self.tokens[binding.market] if t == token), token)
-            book = self.books[key] = Book()
-        return book
+            store.set_level(k, side == "BUY", price, qty)
+            store.set_top(k, top)
+            store.touch(k, ts)
 
     @classmethod
-    def _change(
-        cls, change: Any
-    ) -> tuple[str, tuple[str, float, float], tuple[float | None, float | None] | None]:
+    def _change(cls, change: Any) -> Change:
         """One entry of a batched price_change, checked: token, level, and the venue's
         top (None when the entry has none)."""
         if type(change) is not dict:

@@ -75,7 +75,7 @@ class PolymarketFeed(LookupFeed):
             PolymarketCodec.for_markets(
                 chunk,
                 self.cfg.custom_feature_enabled,
-                self.codec.maker.max_future_s,
+                self.codec.max_future_s,
                 self.codec.band,
             )
             for chunk in chunks

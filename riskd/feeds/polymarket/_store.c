@@ -1,0 +1,979 @@
+/* The Polymarket codec's state in compact storage, and its hot path compiled.
+ *
+ * `riskd/feeds/polymarket/store.py` (`PyStore`) is the reference: the same methods
+ * on the codec's Book and TickMaker objects. This file keeps the same state in C
+ * arrays (one Book struct per token, levels in insertion order, the tick maker's
+ * last quote, time and depth per market) and reads the batched `price_change`
+ * event, typed by msgspec, without a Python object per entry. Every rule is the
+ * reference's, in its order; anything the fast path cannot settle (a price never
+ * seen, a bad field) returns False and the codec reads the event in Python, where
+ * the checks name the rejection. tests/test_polymarket_store.py runs both stores
+ * on the same frames.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#define HAIR 1e-9          /* codec.HAIR */
+#define DEPTH_CHANGE 0.05  /* codec.DEPTH_CHANGE */
+#define TS_TOLERANCE 1.0   /* codec.TS_TOLERANCE_S */
+#define MAX_DEPTH 1e12     /* base.MAX_DEPTH */
+#define NONE NAN           /* a missing price: real prices are never NaN */
+#define CACHE 4096         /* complements remembered (a power of two) */
+
+typedef struct {
+    double price, qty;
+} Level;
+
+typedef struct {
+    Level *v;
+    int32_t n, cap;
+} Side;
+
+typedef struct {
+    Side bids, asks;
+    double top_bid, top_ask;
+    uint8_t exists, has_top, complete;
+} Book;
+
+typedef struct {
+    PyObject_HEAD
+    Py_ssize_t n_tokens, n_markets, max_levels;
+    Book *books;
+    int32_t *tok_market;
+    uint8_t *tok_no;
+    int32_t *mkt_first; /* market k's tokens: mkt_toks[mkt_first[k] .. mkt_first[k+1]) */
+    int32_t *mkt_toks;
+    double *band;
+    /* the tick maker, per market (NONE: not known) */
+    uint8_t *has_quote;
+    double *last_bid, *last_ask, *last_ts, *last_depth, *last_trade;
+    /* the markets touched by the frame being decoded, in first-touch order */
+    int32_t *touch_at; /* per market: its entry, or -1 */
+    int32_t *t_mkt, *t_tok;
+    double *t_ts;
+    Py_ssize_t t_n, t_cap;
+    double received, max_future_s;
+    PyObject *ids, *index, *prices, *unset, *make_tick, *complement;
+    double c_key[CACHE], c_val[CACHE];
+    uint8_t c_set[CACHE];
+} Store;
+
+static PyObject *s_asset_id, *s_price, *s_size, *s_side, *s_best_bid, *s_best_ask,
+    *s_timestamp, *s_price_changes, *s_crossed, *s_bad_ts, *s_future, *s_bad_size,
+    *s_out_of_order;
+
+/* --- one side of a book: levels in insertion order, as a dict keeps them ---------- */
+
+static int side_find(const Side *s, double price) {
+    for (int32_t i = 0; i < s->n; i++)
+        if (s->v[i].price == price) return i;
+    return -1;
+}
+
+static void side_del(Side *s, int32_t i) {
+    memmove(&s->v[i], &s->v[i + 1], (size_t)(s->n - i - 1) * sizeof(Level));
+    s->n--;
+}
+
+static int side_append(Side *s, double price, double qty) {
+    if (s->n == s->cap) {
+        int32_t cap = s->cap ? 2 * s->cap : 2;
+        Level *v = PyMem_Realloc(s->v, (size_t)cap * sizeof(Level));
+        if (v == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        s->v = v;
+        s->cap = cap;
+    }
+    s->v[s->n].price = price;
+    s->v[s->n].qty = qty;
+    s->n++;
+    return 0;
+}
+
+static void side_free(Side *s) {
+    PyMem_Free(s->v);
+    s->v = NULL;
+    s->n = s->cap = 0;
+}
+
+/* codec.put_level: qty <= 0 removes; when full, a better level replaces the worst. */
+static int put_level(Side *s, double price, double qty, int bids, Py_ssize_t max_levels) {
+    int32_t i = side_find(s, price);
+    if (qty <= 0) {
+        if (i >= 0) side_del(s, i);
+        return 0;
+    }
+    if (i >= 0) {
+        s->v[i].qty = qty;
+        return 0;
+    }
+    if (s->n >= max_levels && s->n > 0) {
+        int32_t w = 0;
+        for (int32_t k = 1; k < s->n; k++)
+            if (bids ? s->v[k].price < s->v[w].price : s->v[k].price > s->v[w].price) w = k;
+        double worst = s->v[w].price;
+        if (bids ? price <= worst : price >= worst) return 0;
+        side_del(s, w);
+    }
+    return side_append(s, price, qty);
+}
+
+/* codec.band_depth: sum() of the levels at or inside `edge`, in insertion order. */
+static double band_depth(const Side *s, double edge, int bids) {
+    double total = 0.0;
+#if PY_VERSION_HEX >= 0x030C0000
+    double c = 0.0; /* sum() of floats is compensated (Neumaier) since 3.12 */
+#endif
+    for (int32_t i = 0; i < s->n; i++) {
+        double p = s->v[i].price, x = s->v[i].qty;
+        if (bids ? !(p >= edge) : !(p <= edge)) continue;
+#if PY_VERSION_HEX >= 0x030C0000
+        double t = total + x;
+        if (fabs(total) >= fabs(x))
+            c += (total - t) + x;
+        else
+            c += (x - t) + total;
+        total = t;
+#else
+        total += x;
+#endif
+    }
+#if PY_VERSION_HEX >= 0x030C0000
+    if (c && isfinite(c)) total += c;
+#endif
+    return total;
+}
+
+/* Book.quote: 0 with no quote, else 1 with bid/ask (NONE when absent) and depth. */
+static int book_quote(const Book *b, double band, double *bid, double *ask, double *depth) {
+    if (!b->exists) return 0;
+    if (b->has_top) {
+        *bid = b->top_bid;
+        *ask = b->top_ask;
+    } else if (b->complete) {
+        *bid = NONE;
+        for (int32_t i = 0; i < b->bids.n; i++)
+            if (isnan(*bid) || b->bids.v[i].price > *bid) *bid = b->bids.v[i].price;
+        *ask = NONE;
+        for (int32_t i = 0; i < b->asks.n; i++)
+            if (isnan(*ask) || b->asks.v[i].price < *ask) *ask = b->asks.v[i].price;
+    } else {
+        return 0;
+    }
+    if (isnan(*bid) && isnan(*ask)) {
+        *depth = NONE;
+    } else if (isnan(*bid) || isnan(*ask)) {
+        *depth = 0.0;
+    } else {
+        double mid = 0.5 * (*bid + *ask);
+        double lo = band_depth(&b->bids, mid - band - HAIR, 1);
+        double hi = band_depth(&b->asks, mid + band + HAIR, 0);
+        *depth = hi < lo ? hi : lo;
+    }
+    return 1;
+}
+
+static void book_clear(Book *b) {
+    side_free(&b->bids);
+    side_free(&b->asks);
+    b->exists = b->has_top = b->complete = 0;
+    b->top_bid = b->top_ask = NONE;
+}
+
+/* --- helpers ------------------------------------------------------------------- */
+
+static PyObject *opt(double x) { /* NONE -> None */
+    if (isnan(x)) Py_RETURN_NONE;
+    return PyFloat_FromDouble(x);
+}
+
+static int opt_arg(PyObject *o, double *x) { /* None -> NONE */
+    if (o == Py_None) {
+        *x = NONE;
+        return 0;
+    }
+    *x = PyFloat_AsDouble(o);
+    return (*x == -1.0 && PyErr_Occurred()) ? -1 : 0;
+}
+
+/* codec.complement (round(1 - p, 10), which only Python's round gives exactly),
+ * remembered per value. */
+static int complement(Store *st, double p, double *out) {
+    uint64_t bits;
+    memcpy(&bits, &p, sizeof bits);
+    size_t slot = (size_t)((bits ^ (bits >> 29)) * 0x9E3779B97F4A7C15ull >> 52) & (CACHE - 1);
+    if (st->c_set[slot] && memcmp(&st->c_key[slot], &p, sizeof p) == 0) {
+        *out = st->c_val[slot];
+        return 0;
+    }
+    PyObject *arg = PyFloat_FromDouble(p);
+    if (arg == NULL) return -1;
+    PyObject *r = PyObject_CallOneArg(st->complement, arg);
+    Py_DECREF(arg);
+    if (r == NULL) return -1;
+    *out = PyFloat_AsDouble(r);
+    Py_DECREF(r);
+    if (*out == -1.0 && PyErr_Occurred()) return -1;
+    st->c_set[slot] = 1;
+    st->c_key[slot] = p;
+    st->c_val[slot] = *out;
+    return 0;
+}
+
+/* codec._quote: the market's YES quote from this token's book, else its siblings'. */
+static int yes_quote(Store *st, int32_t tok, double *bid, double *ask, double *depth) {
+    int32_t m = st->tok_market[tok];
+    int32_t t = tok, k = st->mkt_first[m];
+    for (;;) {
+        if (book_quote(&st->books[t], st->band[m], bid, ask, depth)) break;
+        if (k >= st->mkt_first[m + 1]) return 0;
+        t = st->mkt_toks[k++];
+    }
+    if (st->tok_no[t]) {
+        double b = *bid, a = *ask;
+        *bid = NONE;
+        *ask = NONE;
+        if (!isnan(a) && complement(st, a, bid) < 0) return -1;
+        if (!isnan(b) && complement(st, b, ask) < 0) return -1;
+    }
+    return 1;
+}
+
+static int check_token(Store *st, Py_ssize_t tok) {
+    if (tok < 0 || tok >= st->n_tokens) {
+        PyErr_SetString(PyExc_IndexError, "token index out of range");
+        return -1;
+    }
+    return 0;
+}
+
+static int check_market(Store *st, Py_ssize_t m) {
+    if (m < 0 || m >= st->n_markets) {
+        PyErr_SetString(PyExc_IndexError, "market index out of range");
+        return -1;
+    }
+    return 0;
+}
+
+/* --- the tick maker (codec.TickMaker), per market index ------------------------- */
+
+typedef struct {
+    PyObject *ticks, *rejected, *depths;
+} Out;
+
+static int reject(Out *out, PyObject *reason) { return PyList_Append(out->rejected, reason); }
+
+/* TickMaker.depth */
+static int maker_depth(Store *st, int32_t m, double depth, Out *out) {
+    if (isnan(depth) || !(0.0 <= depth && depth <= MAX_DEPTH)) return 0;
+    double prev = st->last_depth[m];
+    if (!isnan(prev) && fabs(depth - prev) <= DEPTH_CHANGE * prev &&
+        (depth > 0.0) == (prev > 0.0))
+        return 0;
+    if (isnan(prev) && !st->has_quote[m]) return 0;
+    st->last_depth[m] = depth;
+    PyObject *d = PyFloat_FromDouble(depth);
+    if (d == NULL) return -1;
+    int r = PyDict_SetItem(out->depths, PyList_GET_ITEM(st->ids, m), d);
+    Py_DECREF(d);
+    return r;
+}
+
+/* TickMaker._emit */
+static int maker_emit(Store *st, int32_t m, double ts, double bid, double ask, double depth,
+                      double last, Out *out) {
+    double price;
+    if (!isnan(bid) && !isnan(ask) && bid > ask) return reject(out, s_crossed);
+    if (!isnan(bid) && !isnan(ask)) {
+        price = 0.5 * (bid + ask);
+    } else if (!isnan(last)) {
+        price = !isnan(bid) ? (bid > last ? bid : last) : last;
+        if (!isnan(ask)) price = ask < price ? ask : price;
+    } else if (!isnan(bid) || !isnan(ask)) {
+        price = !isnan(bid) ? bid : ask;
+    } else {
+        return 0;
+    }
+    if (!(ts > 0.0)) return reject(out, s_bad_ts);
+    if (ts > st->received + st->max_future_s) return reject(out, s_future);
+    if (!isnan(depth) && !(0.0 <= depth && depth <= MAX_DEPTH)) return reject(out, s_bad_size);
+    double prev = st->last_ts[m];
+    if (!isnan(prev) && ts < prev) {
+        if (ts < prev - TS_TOLERANCE) return reject(out, s_out_of_order);
+        ts = prev;
+    }
+    st->last_ts[m] = ts;
+    st->has_quote[m] = 1;
+    st->last_bid[m] = bid;
+    st->last_ask[m] = ask;
+    if (!isnan(depth)) st->last_depth[m] = depth;
+    PyObject *args[6] = {PyList_GET_ITEM(st->ids, m), PyFloat_FromDouble(ts),
+                         PyFloat_FromDouble(price), opt(bid), opt(ask), opt(depth)};
+    PyObject *tick = NULL;
+    if (args[1] && args[2] && args[3] && args[4] && args[5])
+        tick = PyObject_Vectorcall(st->make_tick, args, 6, NULL);
+    for (int i = 1; i < 6; i++) Py_XDECREF(args[i]);
+    if (tick == NULL) return -1;
+    int r = PyList_Append(out->ticks, tick);
+    Py_DECREF(tick);
+    return r;
+}
+
+static int same(double a, double b) { return a == b || (isnan(a) && isnan(b)); }
+
+/* TickMaker.quote: a tick if the top moved, else perhaps a depth change. */
+static int maker_quote(Store *st, int32_t m, double ts, double bid, double ask, double depth,
+                       Out *out) {
+    if (st->has_quote[m] && same(st->last_bid[m], bid) && same(st->last_ask[m], ask))
+        return maker_depth(st, m, depth, out);
+    return maker_emit(st, m, ts, bid, ask, depth, st->last_trade[m], out);
+}
+
+/* --- the frame's touched markets ----------------------------------------------- */
+
+static int touch(Store *st, int32_t m, double ts, int32_t tok) {
+    int32_t at = st->touch_at[m];
+    if (at >= 0) {
+        st->t_ts[at] = ts;
+        st->t_tok[at] = tok;
+        return 0;
+    }
+    if (st->t_n == st->t_cap) {
+        Py_ssize_t cap = st->t_cap ? 2 * st->t_cap : 64;
+        int32_t *a = PyMem_Realloc(st->t_mkt, (size_t)cap * sizeof(int32_t));
+        if (a) st->t_mkt = a;
+        int32_t *b = PyMem_Realloc(st->t_tok, (size_t)cap * sizeof(int32_t));
+        if (b) st->t_tok = b;
+        double *c = PyMem_Realloc(st->t_ts, (size_t)cap * sizeof(double));
+        if (c) st->t_ts = c;
+        if (!a || !b || !c) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        st->t_cap = cap;
+    }
+    st->touch_at[m] = (int32_t)st->t_n;
+    st->t_mkt[st->t_n] = m;
+    st->t_ts[st->t_n] = ts;
+    st->t_tok[st->t_n] = tok;
+    st->t_n++;
+    return 0;
+}
+
+static void untouch(Store *st, int32_t m) {
+    int32_t at = st->touch_at[m];
+    if (at >= 0) {
+        st->t_mkt[at] = -1;
+        st->touch_at[m] = -1;
+    }
+}
+
+/* --- the batched price_change, typed ------------------------------------------- */
+
+typedef struct {
+    int32_t tok;
+    uint8_t buy, top;
+    double price, qty, bid, ask;
+} Entry;
+
+/* A float from a str the way float() reads it; 0 when it is not one. */
+static int str_float(PyObject *s, double *x) {
+    if (!PyUnicode_CheckExact(s)) return 0;
+    PyObject *f = PyFloat_FromString(s);
+    if (f == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    *x = PyFloat_AS_DOUBLE(f);
+    Py_DECREF(f);
+    return 1;
+}
+
+/* A price seen before (codec.PRICES); 0 for any other: the codec parses it. */
+static int known_price(Store *st, PyObject *s, double *x) {
+    if (!PyUnicode_CheckExact(s)) return 0;
+    PyObject *f = PyDict_GetItemWithError(st->prices, s);
+    if (f == NULL || !PyFloat_CheckExact(f)) {
+        PyErr_Clear();
+        return 0;
+    }
+    *x = PyFloat_AS_DOUBLE(f);
+    return 1;
+}
+
+static int attr(PyObject *o, PyObject *name, PyObject **v) {
+    *v = PyObject_GetAttr(o, name);
+    if (*v == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    return 1;
+}
+
+/* One entry, checked as PolymarketCodec._price_changes checks it: 1 if it passed,
+ * 0 if the codec must read the event itself. */
+static int read_entry(Store *st, PyObject *change, Entry *e) {
+    PyObject *token = NULL, *side = NULL, *price = NULL, *size = NULL, *bid = NULL,
+             *ask = NULL;
+    int ok = 0;
+    if (!attr(change, s_asset_id, &token) || !PyUnicode_CheckExact(token) ||
+        PyUnicode_GET_LENGTH(token) == 0)
+        goto done;
+    if (!attr(change, s_side, &side) || !PyUnicode_CheckExact(side)) goto done;
+    if (PyUnicode_CompareWithASCIIString(side, "BUY") == 0)
+        e->buy = 1;
+    else if (PyUnicode_CompareWithASCIIString(side, "SELL") == 0)
+        e->buy = 0;
+    else
+        goto done;
+    if (!attr(change, s_price, &price) || !known_price(st, price, &e->price)) goto done;
+    if (!attr(change, s_size, &size) || !str_float(size, &e->qty)) goto done;
+    if (!isfinite(e->qty) || fabs(e->qty) > MAX_DEPTH) goto done;
+    if (!attr(change, s_best_bid, &bid) || !attr(change, s_best_ask, &ask)) goto done;
+    e->top = !(bid == st->unset && ask == st->unset);
+    e->bid = e->ask = NONE;
+    if (bid != st->unset && !(PyUnicode_CheckExact(bid) && PyUnicode_GET_LENGTH(bid) == 0)) {
+        double x;
+        if (!known_price(st, bid, &x)) goto done;
+        if (x != 0.0) e->bid = x; /* 0: no bid */
+    }
+    if (ask != st->unset && !(PyUnicode_CheckExact(ask) && PyUnicode_GET_LENGTH(ask) == 0)) {
+        double x;
+        if (!known_price(st, ask, &x)) goto done;
+        if (x < 1.0 && x != 0.0) e->ask = x; /* 1 (or 0): no ask */
+    }
+    PyObject *idx = PyDict_GetItemWithError(st->index, token);
+    if (idx == NULL) {
+        if (PyErr_Occurred()) {
+            PyErr_Clear();
+            goto done;
+        }
+        e->tok = -1; /* the other token of a market followed by one token only */
+    } else {
+        Py_ssize_t k = PyLong_AsSsize_t(idx);
+        if (k < 0 || k >= st->n_tokens) {
+            PyErr_Clear();
+            goto done;
+        }
+        e->tok = (int32_t)k;
+    }
+    ok = 1;
+done:
+    Py_XDECREF(token);
+    Py_XDECREF(side);
+    Py_XDECREF(price);
+    Py_XDECREF(size);
+    Py_XDECREF(bid);
+    Py_XDECREF(ask);
+    return ok;
+}
+
+static int apply_entry(Store *st, const Entry *e, double ts) {
+    if (e->tok < 0) return 0;
+    Book *b = &st->books[e->tok];
+    if (!b->exists) {
+        book_clear(b);
+        b->exists = 1;
+    }
+    if (put_level(e->buy ? &b->bids : &b->asks, e->price, e->qty, e->buy, st->max_levels) < 0)
+        return -1;
+    b->has_top = e->top;
+    b->top_bid = e->top ? e->bid : NONE;
+    b->top_ask = e->top ? e->ask : NONE;
+    return touch(st, st->tok_market[e->tok], ts, e->tok);
+}
+
+static PyObject *Store_price_changes(Store *st, PyObject *event) {
+    PyObject *stamp = NULL, *changes = NULL, *result = Py_False;
+    Entry small[8], *entries = small;
+    double ts;
+    if (!attr(event, s_timestamp, &stamp) || !str_float(stamp, &ts)) goto done;
+    if (!isfinite(ts) || !(ts > 0)) goto done;
+    ts /= 1000.0;
+    if (!attr(event, s_price_changes, &changes) || !PyList_CheckExact(changes)) goto done;
+    Py_ssize_t n = PyList_GET_SIZE(changes);
+    if (n > 8 && (entries = PyMem_Malloc((size_t)n * sizeof(Entry))) == NULL) {
+        entries = small;
+        PyErr_NoMemory();
+        result = NULL;
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (!read_entry(st, PyList_GET_ITEM(changes, i), &entries[i])) goto done;
+    for (Py_ssize_t i = 0; i < n; i++)  /* all or nothing: every entry passed */
+        if (apply_entry(st, &entries[i], ts) < 0) {
+            result = NULL;
+            goto done;
+        }
+    result = Py_True;
+done:
+    if (entries != small) PyMem_Free(entries);
+    Py_XDECREF(stamp);
+    Py_XDECREF(changes);
+    Py_XINCREF(result);
+    return result;
+}
+
+/* --- methods ------------------------------------------------------------------- */
+
+static int out_args(PyObject *const *args, Out *out) {
+    out->ticks = args[0];
+    out->rejected = args[1];
+    out->depths = args[2];
+    if (!PyList_Check(out->ticks) || !PyList_Check(out->rejected) || !PyDict_Check(out->depths)) {
+        PyErr_SetString(PyExc_TypeError, "expected (ticks: list, rejected: list, depths: dict)");
+        return -1;
+    }
+    return 0;
+}
+
+/* finish(ticks, rejected, depths, heard): the touched markets' ticks, then heard. */
+static PyObject *Store_finish(Store *st, PyObject *const *args, Py_ssize_t nargs) {
+    Out out;
+    if (nargs != 4 || out_args(args, &out) < 0 || !PyList_Check(args[3])) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "finish(ticks, rejected, depths, heard)");
+        return NULL;
+    }
+    PyObject *heard = args[3];
+    int failed = 0;
+    for (Py_ssize_t i = 0; i < st->t_n && !failed; i++) {
+        int32_t m = st->t_mkt[i];
+        if (m < 0) continue;
+        double bid, ask, depth;
+        int q = yes_quote(st, st->t_tok[i], &bid, &ask, &depth);
+        if (q < 0 || (q > 0 && maker_quote(st, m, st->t_ts[i], bid, ask, depth, &out) < 0))
+            failed = 1;
+    }
+    for (Py_ssize_t i = 0; i < st->t_n; i++) {
+        int32_t m = st->t_mkt[i];
+        if (m < 0) continue;
+        st->touch_at[m] = -1;
+        if (!failed && PyList_Append(heard, PyList_GET_ITEM(st->ids, m)) < 0) failed = 1;
+    }
+    st->t_n = 0;
+    if (failed) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* trade(market, ts, price, quote, ticks, rejected, depths): TickMaker.trade */
+static PyObject *Store_trade(Store *st, PyObject *const *args, Py_ssize_t nargs) {
+    Out out;
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "trade(market, ts, price, quote, ticks, rejected, depths)");
+        return NULL;
+    }
+    Py_ssize_t m = PyLong_AsSsize_t(args[0]);
+    double ts = PyFloat_AsDouble(args[1]), price = PyFloat_AsDouble(args[2]);
+    double bid = NONE, ask = NONE, depth = NONE;
+    if (PyErr_Occurred() || check_market(st, m) < 0 || out_args(args + 4, &out) < 0) return NULL;
+    if (args[3] != Py_None) {
+        if (!PyTuple_Check(args[3]) || PyTuple_GET_SIZE(args[3]) != 3) {
+            PyErr_SetString(PyExc_TypeError, "quote: (bid, ask, depth) or None");
+            return NULL;
+        }
+        if (opt_arg(PyTuple_GET_ITEM(args[3], 0), &bid) < 0 ||
+            opt_arg(PyTuple_GET_ITEM(args[3], 1), &ask) < 0 ||
+            opt_arg(PyTuple_GET_ITEM(args[3], 2), &depth) < 0)
+            return NULL;
+    }
+    if (maker_emit(st, (int32_t)m, ts, bid, ask, depth, price, &out) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* quote(token): the market's YES (bid, ask, depth) as codec._quote gives it, or None */
+static PyObject *Store_quote(Store *st, PyObject *arg) {
+    Py_ssize_t tok = PyLong_AsSsize_t(arg);
+    if ((tok == -1 && PyErr_Occurred()) || check_token(st, tok) < 0) return NULL;
+    double bid, ask, depth;
+    int q = yes_quote(st, (int32_t)tok, &bid, &ask, &depth);
+    if (q < 0) return NULL;
+    if (q == 0) Py_RETURN_NONE;
+    return Py_BuildValue("(NNN)", opt(bid), opt(ask), opt(depth));
+}
+
+static PyObject *Store_touch(Store *st, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "touch(token, ts)");
+        return NULL;
+    }
+    Py_ssize_t tok = PyLong_AsSsize_t(args[0]);
+    double ts = PyFloat_AsDouble(args[1]);
+    if (PyErr_Occurred() || check_token(st, tok) < 0) return NULL;
+    if (touch(st, st->tok_market[tok], ts, (int32_t)tok) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Store_untouch(Store *st, PyObject *arg) {
+    Py_ssize_t m = PyLong_AsSsize_t(arg);
+    if ((m == -1 && PyErr_Occurred()) || check_market(st, m) < 0) return NULL;
+    untouch(st, (int32_t)m);
+    Py_RETURN_NONE;
+}
+
+static Book *book_arg(Store *st, PyObject *arg) {
+    Py_ssize_t tok = PyLong_AsSsize_t(arg);
+    if ((tok == -1 && PyErr_Occurred()) || check_token(st, tok) < 0) return NULL;
+    return &st->books[tok];
+}
+
+/* new_book(token, complete): an empty book (a snapshot's start) */
+static PyObject *Store_new_book(Store *st, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "new_book(token, complete)");
+        return NULL;
+    }
+    Book *b = book_arg(st, args[0]);
+    int complete = PyObject_IsTrue(args[1]);
+    if (b == NULL || complete < 0) return NULL;
+    book_clear(b);
+    b->exists = 1;
+    b->complete = (uint8_t)complete;
+    Py_RETURN_NONE;
+}
+
+/* set_level(token, buy, price, qty): Book.set_level, the book made if missing */
+static PyObject *Store_set_level(Store *st, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "set_level(token, buy, price, qty)");
+        return NULL;
+    }
+    Book *b = book_arg(st, args[0]);
+    int buy = PyObject_IsTrue(args[1]);
+    double price = PyFloat_AsDouble(args[2]), qty = PyFloat_AsDouble(args[3]);
+    if (b == NULL || buy < 0 || PyErr_Occurred()) return NULL;
+    if (!b->exists) {
+        book_clear(b);
+        b->exists = 1;
+    }
+    if (put_level(buy ? &b->bids : &b->asks, price, qty, buy, st->max_levels) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* set_top(token, top): Book.set_top with top (bid, ask) or None, the book made if missing */
+static PyObject *Store_set_top(Store *st, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "set_top(token, top)");
+        return NULL;
+    }
+    Book *b = book_arg(st, args[0]);
+    if (b == NULL) return NULL;
+    double bid = NONE, ask = NONE;
+    if (args[1] != Py_None) {
+        if (!PyTuple_Check(args[1]) || PyTuple_GET_SIZE(args[1]) != 2) {
+            PyErr_SetString(PyExc_TypeError, "top: (bid, ask) or None");
+            return NULL;
+        }
+        if (opt_arg(PyTuple_GET_ITEM(args[1], 0), &bid) < 0 ||
+            opt_arg(PyTuple_GET_ITEM(args[1], 1), &ask) < 0)
+            return NULL;
+    }
+    if (!b->exists) {
+        book_clear(b);
+        b->exists = 1;
+    }
+    b->has_top = args[1] != Py_None;
+    b->top_bid = bid;
+    b->top_ask = ask;
+    Py_RETURN_NONE;
+}
+
+static PyObject *levels_dict(const Side *s) {
+    PyObject *d = PyDict_New();
+    for (int32_t i = 0; d && i < s->n; i++) {
+        PyObject *p = PyFloat_FromDouble(s->v[i].price), *q = PyFloat_FromDouble(s->v[i].qty);
+        if (!p || !q || PyDict_SetItem(d, p, q) < 0) Py_CLEAR(d);
+        Py_XDECREF(p);
+        Py_XDECREF(q);
+    }
+    return d;
+}
+
+/* book(token): (bids, asks, has_top, top_bid, top_ask, complete) or None: a copy */
+static PyObject *Store_book(Store *st, PyObject *arg) {
+    Book *b = book_arg(st, arg);
+    if (b == NULL) return NULL;
+    if (!b->exists) Py_RETURN_NONE;
+    return Py_BuildValue("(NNNNNN)", levels_dict(&b->bids), levels_dict(&b->asks),
+                         PyBool_FromLong(b->has_top), opt(b->top_bid), opt(b->top_ask),
+                         PyBool_FromLong(b->complete));
+}
+
+static PyObject *Store_has_book(Store *st, PyObject *arg) {
+    Book *b = book_arg(st, arg);
+    if (b == NULL) return NULL;
+    return PyBool_FromLong(b->exists);
+}
+
+/* clear(): a new connection: no books, and each market's first quote is news again */
+static PyObject *Store_clear(Store *st, PyObject *Py_UNUSED(ignored)) {
+    for (Py_ssize_t t = 0; t < st->n_tokens; t++) book_clear(&st->books[t]);
+    for (Py_ssize_t m = 0; m < st->n_markets; m++) {
+        st->has_quote[m] = 0;
+        st->last_bid[m] = st->last_ask[m] = st->last_depth[m] = NONE;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *get_market_value(Store *st, PyObject *arg, double *values) {
+    Py_ssize_t m = PyLong_AsSsize_t(arg);
+    if ((m == -1 && PyErr_Occurred()) || check_market(st, m) < 0) return NULL;
+    return opt(values[m]);
+}
+
+static PyObject *set_market_value(Store *st, PyObject *const *args, Py_ssize_t nargs,
+                                  double *values) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "expected (market, value or None)");
+        return NULL;
+    }
+    Py_ssize_t m = PyLong_AsSsize_t(args[0]);
+    double x;
+    if ((m == -1 && PyErr_Occurred()) || check_market(st, m) < 0 || opt_arg(args[1], &x) < 0)
+        return NULL;
+    values[m] = x;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Store_last_trade(Store *st, PyObject *arg) {
+    return get_market_value(st, arg, st->last_trade);
+}
+static PyObject *Store_set_last_trade(Store *st, PyObject *const *a, Py_ssize_t n) {
+    return set_market_value(st, a, n, st->last_trade);
+}
+/* maker_state(market): (has_quote, bid, ask, depth, ts, last_trade), to carry a
+ * market's tick-maker state into a store of new bindings */
+static PyObject *Store_maker_state(Store *st, PyObject *arg) {
+    Py_ssize_t m = PyLong_AsSsize_t(arg);
+    if ((m == -1 && PyErr_Occurred()) || check_market(st, m) < 0) return NULL;
+    return Py_BuildValue("(NNNNNN)", PyBool_FromLong(st->has_quote[m]), opt(st->last_bid[m]),
+                         opt(st->last_ask[m]), opt(st->last_depth[m]), opt(st->last_ts[m]),
+                         opt(st->last_trade[m]));
+}
+
+static PyObject *Store_set_maker_state(Store *st, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyTuple_Check(args[1]) || PyTuple_GET_SIZE(args[1]) != 6) {
+        PyErr_SetString(PyExc_TypeError, "set_maker_state(market, state)");
+        return NULL;
+    }
+    Py_ssize_t m = PyLong_AsSsize_t(args[0]);
+    if ((m == -1 && PyErr_Occurred()) || check_market(st, m) < 0) return NULL;
+    PyObject *t = args[1];
+    int has = PyObject_IsTrue(PyTuple_GET_ITEM(t, 0));
+    double v[5];
+    for (int i = 0; i < 5; i++)
+        if (opt_arg(PyTuple_GET_ITEM(t, i + 1), &v[i]) < 0) return NULL;
+    if (has < 0) return NULL;
+    st->has_quote[m] = (uint8_t)has;
+    st->last_bid[m] = v[0];
+    st->last_ask[m] = v[1];
+    st->last_depth[m] = v[2];
+    st->last_ts[m] = v[3];
+    st->last_trade[m] = v[4];
+    Py_RETURN_NONE;
+}
+
+/* --- construction -------------------------------------------------------------- */
+
+static int int_list(PyObject *list, int32_t *out, Py_ssize_t n, Py_ssize_t bound) {
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t v = PyLong_AsSsize_t(PyList_GET_ITEM(list, i));
+        if (v == -1 && PyErr_Occurred()) return -1;
+        if (v < 0 || v >= bound) {
+            PyErr_SetString(PyExc_ValueError, "index out of range");
+            return -1;
+        }
+        out[i] = (int32_t)v;
+    }
+    return 0;
+}
+
+static void *zalloc(size_t n, size_t size) {
+    void *p = PyMem_Calloc(n ? n : 1, size);
+    if (p == NULL) PyErr_NoMemory();
+    return p;
+}
+
+static void fill(double *v, Py_ssize_t n, double x) {
+    for (Py_ssize_t i = 0; i < n; i++) v[i] = x;
+}
+
+/* Store(ids, tok_market, tok_no, mkt_first, mkt_toks, bands, index, helpers, max_levels,
+ *       max_future_s); helpers: (make_tick, complement, UNSET, PRICES) */
+static int Store_init(Store *st, PyObject *args, PyObject *kwds) {
+    PyObject *ids, *tok_market, *tok_no, *mkt_first, *mkt_toks, *bands, *index, *helpers;
+    Py_ssize_t max_levels;
+    double max_future_s;
+    if (st->books != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Store is initialised once");
+        return -1;
+    }
+    if (!PyArg_ParseTuple(args, "O!O!O!O!O!O!O!O!nd", &PyList_Type, &ids, &PyList_Type,
+                          &tok_market, &PyList_Type, &tok_no, &PyList_Type, &mkt_first,
+                          &PyList_Type, &mkt_toks, &PyList_Type, &bands, &PyDict_Type, &index,
+                          &PyTuple_Type, &helpers, &max_levels, &max_future_s))
+        return -1;
+    Py_ssize_t nm = PyList_GET_SIZE(ids), nt = PyList_GET_SIZE(tok_market);
+    if (PyList_GET_SIZE(tok_no) != nt || PyList_GET_SIZE(mkt_first) != nm + 1 ||
+        PyList_GET_SIZE(bands) != nm || PyList_GET_SIZE(mkt_toks) != nt ||
+        PyTuple_GET_SIZE(helpers) != 4 || max_levels < 1 || nt > INT32_MAX || nm > INT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "inconsistent Store arguments");
+        return -1;
+    }
+    st->n_tokens = nt;
+    st->n_markets = nm;
+    st->max_levels = max_levels;
+    st->max_future_s = max_future_s;
+    st->received = INFINITY;
+    if (!(st->books = zalloc((size_t)nt, sizeof(Book))) ||
+        !(st->tok_market = zalloc((size_t)nt, sizeof(int32_t))) ||
+        !(st->tok_no = zalloc((size_t)nt, 1)) ||
+        !(st->mkt_first = zalloc((size_t)nm + 1, sizeof(int32_t))) ||
+        !(st->mkt_toks = zalloc((size_t)nt, sizeof(int32_t))) ||
+        !(st->band = zalloc((size_t)nm, sizeof(double))) ||
+        !(st->has_quote = zalloc((size_t)nm, 1)) ||
+        !(st->last_bid = zalloc((size_t)nm, sizeof(double))) ||
+        !(st->last_ask = zalloc((size_t)nm, sizeof(double))) ||
+        !(st->last_ts = zalloc((size_t)nm, sizeof(double))) ||
+        !(st->last_depth = zalloc((size_t)nm, sizeof(double))) ||
+        !(st->last_trade = zalloc((size_t)nm, sizeof(double))) ||
+        !(st->touch_at = zalloc((size_t)nm, sizeof(int32_t))))
+        return -1;
+    if (int_list(tok_market, st->tok_market, nt, nm) < 0 ||
+        int_list(mkt_first, st->mkt_first, nm + 1, nt + 1) < 0 ||
+        int_list(mkt_toks, st->mkt_toks, nt, nt) < 0)
+        return -1;
+    for (Py_ssize_t i = 0; i < nt; i++) {
+        int no = PyObject_IsTrue(PyList_GET_ITEM(tok_no, i));
+        if (no < 0) return -1;
+        st->tok_no[i] = (uint8_t)no;
+        st->books[i].top_bid = st->books[i].top_ask = NONE;
+    }
+    for (Py_ssize_t m = 0; m < nm; m++) {
+        st->band[m] = PyFloat_AsDouble(PyList_GET_ITEM(bands, m));
+        if (st->band[m] == -1.0 && PyErr_Occurred()) return -1;
+        if (!PyUnicode_CheckExact(PyList_GET_ITEM(ids, m))) {
+            PyErr_SetString(PyExc_TypeError, "market ids must be str");
+            return -1;
+        }
+        st->touch_at[m] = -1;
+    }
+    fill(st->last_bid, nm, NONE);
+    fill(st->last_ask, nm, NONE);
+    fill(st->last_ts, nm, NONE);
+    fill(st->last_depth, nm, NONE);
+    fill(st->last_trade, nm, NONE);
+    st->ids = Py_NewRef(ids);
+    st->index = Py_NewRef(index);
+    st->make_tick = Py_NewRef(PyTuple_GET_ITEM(helpers, 0));
+    st->complement = Py_NewRef(PyTuple_GET_ITEM(helpers, 1));
+    st->unset = Py_NewRef(PyTuple_GET_ITEM(helpers, 2));
+    st->prices = Py_NewRef(PyTuple_GET_ITEM(helpers, 3));
+    if (!PyDict_Check(st->prices)) {
+        PyErr_SetString(PyExc_TypeError, "PRICES must be a dict");
+        return -1;
+    }
+    return 0;
+}
+
+static void Store_dealloc(Store *st) {
+    PyObject_GC_UnTrack(st);
+    if (st->books)
+        for (Py_ssize_t t = 0; t < st->n_tokens; t++) book_clear(&st->books[t]);
+    void *arrays[] = {st->books, st->tok_market, st->tok_no, st->mkt_first, st->mkt_toks,
+                      st->band, st->has_quote, st->last_bid, st->last_ask, st->last_ts,
+                      st->last_depth, st->last_trade, st->touch_at, st->t_mkt, st->t_tok,
+                      st->t_ts};
+    for (size_t i = 0; i < sizeof arrays / sizeof arrays[0]; i++) PyMem_Free(arrays[i]);
+    Py_CLEAR(st->ids);
+    Py_CLEAR(st->index);
+    Py_CLEAR(st->prices);
+    Py_CLEAR(st->unset);
+    Py_CLEAR(st->make_tick);
+    Py_CLEAR(st->complement);
+    Py_TYPE(st)->tp_free((PyObject *)st);
+}
+
+static int Store_traverse(Store *st, visitproc visit, void *arg) {
+    Py_VISIT(st->ids);
+    Py_VISIT(st->index);
+    Py_VISIT(st->prices);
+    Py_VISIT(st->unset);
+    Py_VISIT(st->make_tick);
+    Py_VISIT(st->complement);
+    return 0;
+}
+
+static PyMethodDef Store_methods[] = {
+    {"price_changes", (PyCFunction)Store_price_changes, METH_O,
+     "Apply a typed batched price_change event; False: read it in Python."},
+    {"finish", (PyCFunction)(void (*)(void))Store_finish, METH_FASTCALL,
+     "finish(ticks, rejected, depths, heard): the frame's ticks."},
+    {"trade", (PyCFunction)(void (*)(void))Store_trade, METH_FASTCALL, "TickMaker.trade"},
+    {"quote", (PyCFunction)Store_quote, METH_O, "The market's YES quote via this token."},
+    {"touch", (PyCFunction)(void (*)(void))Store_touch, METH_FASTCALL, "touch(token, ts)"},
+    {"untouch", (PyCFunction)Store_untouch, METH_O, "untouch(market)"},
+    {"new_book", (PyCFunction)(void (*)(void))Store_new_book, METH_FASTCALL, NULL},
+    {"set_level", (PyCFunction)(void (*)(void))Store_set_level, METH_FASTCALL, NULL},
+    {"set_top", (PyCFunction)(void (*)(void))Store_set_top, METH_FASTCALL, NULL},
+    {"book", (PyCFunction)Store_book, METH_O, "A copy of a token's book, or None."},
+    {"has_book", (PyCFunction)Store_has_book, METH_O, NULL},
+    {"clear", (PyCFunction)Store_clear, METH_NOARGS, "A new connection."},
+    {"last_trade", (PyCFunction)Store_last_trade, METH_O, NULL},
+    {"set_last_trade", (PyCFunction)(void (*)(void))Store_set_last_trade, METH_FASTCALL, NULL},
+    {"maker_state", (PyCFunction)Store_maker_state, METH_O, NULL},
+    {"set_maker_state", (PyCFunction)(void (*)(void))Store_set_maker_state, METH_FASTCALL,
+     NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef Store_members[] = {
+    {"received", T_DOUBLE, offsetof(Store, received), 0, "the frame's arrival (wall) time"},
+    {"max_future_s", T_DOUBLE, offsetof(Store, max_future_s), 0, NULL},
+    {"n_markets", T_PYSSIZET, offsetof(Store, n_markets), READONLY, NULL},
+    {"n_tokens", T_PYSSIZET, offsetof(Store, n_tokens), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject StoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "riskd.feeds.polymarket._store.Store",
+    .tp_basicsize = sizeof(Store),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Books and tick-maker state of one Polymarket codec, in C arrays.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Store_init,
+    .tp_dealloc = (destructor)Store_dealloc,
+    .tp_traverse = (traverseproc)Store_traverse,
+    .tp_methods = Store_methods,
+    .tp_members = Store_members,
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_store", NULL, -1, NULL};
+
+PyMODINIT_FUNC PyInit__store(void) {
+    struct {
+        PyObject **s;
+        const char *v;
+    } names[] = {{&s_asset_id, "asset_id"},     {&s_price, "price"},
+                 {&s_size, "size"},             {&s_side, "side"},
+                 {&s_best_bid, "best_bid"},     {&s_best_ask, "best_ask"},
+                 {&s_timestamp, "timestamp"},   {&s_price_changes, "price_changes"},
+                 {&s_crossed, "crossed_book"},  {&s_bad_ts, "bad_timestamp"},
+                 {&s_future, "future_ts"},      {&s_bad_size, "bad_size"},
+                 {&s_out_of_order, "out_of_order"}};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if ((*names[i].s = PyUnicode_InternFromString(names[i].v)) == NULL) return NULL;
+    if (PyType_Ready(&StoreType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL) return NULL;
+    if (PyModule_AddObjectRef(m, "Store", (PyObject *)&StoreType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
