@@ -7,10 +7,10 @@ and turns one cycle's model output into the published JSON entries. No I/O.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from operator import attrgetter, itemgetter
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
@@ -23,7 +23,7 @@ from riskd.markets import Market
 from riskd.model import estimator, governor, parameters
 from riskd.model.governor import Conditions, GovernorState
 from riskd.overrides import Override
-from riskd.ticks import tick_fault
+from riskd.ticks import FAULTS, TickColumns, tick_fault, tick_faults
 
 DEFAULT_TICK_SIZE = 0.01
 ALL = slice(None)  # every market; else an index array
@@ -46,8 +46,36 @@ class IngestResult:
     jumps: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
 
-    def reject(self, reason: str) -> None:
-        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+    def reject(self, reason: str, n: int = 1) -> None:
+        self.rejected[reason] = self.rejected.get(reason, 0) + n
+
+
+class Columns(NamedTuple):
+    """Pending ticks as the estimator takes them (spec section 2: p is the mid when
+    there is a book, else the print)."""
+
+    idx: np.ndarray
+    t: np.ndarray
+    p: np.ndarray
+    half_spread: np.ndarray
+    depth: np.ndarray
+
+    @classmethod
+    def of_ticks(cls, run: list[tuple[int, Tick]]) -> Columns:
+        idx = np.fromiter(map(_FIRST, run), np.int64, len(run))
+        return cls(idx, *tick_arrays(list(map(_SECOND, run))))
+
+    @classmethod
+    def of(cls, idx: np.ndarray, cols: TickColumns, rows: np.ndarray) -> Columns:
+        bid, ask = cols.bid[rows], cols.ask[rows]
+        both = ~np.isnan(bid) & ~np.isnan(ask)
+        return cls(
+            idx,
+            cols.ts[rows],
+            np.where(both, 0.5 * (bid + ask), cols.price[rows]),
+            np.where(both, 0.5 * (ask - bid), 0.0),
+            cols.depth[rows],
+        )
 
 
 @dataclass
@@ -106,10 +134,12 @@ class Engine:
         self.scheduled = np.zeros(0, bool)  # the decisive event has a date (section 4)
         self.overrides = {}  # market id -> admin override
         self.now = float("-inf")  # the latest event time seen
-        # Ticks taken since the last cycle (`enqueue`), applied in one pass by `flush`,
-        # and the event time of each market's newest one.
-        self._pending: list[tuple[int, Tick]] = []
+        # Ticks taken since the last cycle (`enqueue`: runs of (row, Tick), or columns),
+        # applied in one pass by `flush`; each market's newest; `_feed_rows`.
+        self._pending: list[list[tuple[int, Tick]] | Columns] = []
+        self._pending_n = 0
         self._pending_t: dict[int, float] = {}
+        self._rows_of: dict[int, tuple[Sequence[str], np.ndarray]] = {}
         self._sweep = 0  # where the next slow re-evaluation of every market goes on
         self._last_cycle = float("nan")
         self.discovered = 0  # markets added without metadata (discovery)
@@ -128,6 +158,7 @@ class Engine:
 
     def add_markets(self, markets: list[tuple[str, Market | None]]) -> int:
         """Append markets (one array copy for all of them); returns the first's index."""
+        self._rows_of.clear()  # an id unknown until now may be one of these
         first = len(self.ids)
         self.est.grow(first + len(markets), self.settings.model, DEFAULT_TICK_SIZE)
         self.gov.grow(first + len(markets))
@@ -338,7 +369,7 @@ class Engine:
         result.jumps = self.flush()
         return result
 
-    def enqueue(self, ticks: list[Tick], now: float | None = None) -> IngestResult:
+    def enqueue(self, ticks: list[Tick] | TickColumns, now: float | None = None) -> IngestResult:
         """Check ticks and keep them for the next `flush` (the daemon's next cycle): the
         estimator then takes all of them in order, in one compiled pass, instead of
         one pass per feed message.
@@ -349,12 +380,24 @@ class Engine:
         passes None (its clock is the tape). Ticks of markets not listed are dropped
         (`unknown_market`) unless `[markets] discover`, up to `discover_max` markets
         (then `discover_limit`)."""
-        result = IngestResult()
-        if len(self._pending) + len(ticks) > MAX_PENDING:
+        if self._pending_n + len(ticks) > MAX_PENDING:
             self.flush()
-        index, pending, newest = self.index, self._pending, self._pending_t
-        applied_t = self.est.t
         latest = math.inf if now is None else now + self.settings.feed.max_future_s
+        if isinstance(ticks, TickColumns):
+            result = self._enqueue_columns(ticks, latest)
+            if result is not None:
+                return result
+            ticks = ticks.ticks()  # markets to discover: one by one, in order
+        return self._enqueue_ticks(ticks, latest)
+
+    def _enqueue_ticks(self, ticks: list[Tick], latest: float) -> IngestResult:
+        result = IngestResult()
+        index, newest = self.index, self._pending_t
+        pending = self._pending[-1] if self._pending else None
+        if not isinstance(pending, list):
+            pending = []
+            self._pending.append(pending)
+        applied_t = self.est.t
         for tick in ticks:
             fault = tick_fault(tick, latest)
             if fault is not None:
@@ -377,16 +420,72 @@ class Engine:
             newest[i] = ts
             pending.append((i, tick))
         result.accepted = len(ticks) - sum(result.rejected.values())
+        self._pending_n += result.accepted
         return result
+
+    def _enqueue_columns(self, cols: TickColumns, latest: float) -> IngestResult | None:
+        """`_enqueue_ticks` on columns, the checks vectorised (`tick_faults`); None when
+        a market is to be discovered (the caller takes the ticks one by one)."""
+        rows = self._feed_rows(cols.ids)[cols.market]
+        if self.discover and (rows == -1).any():
+            return None
+        faults = tick_faults(cols, rows == -2, latest)
+        unknown = len(FAULTS) + 1  # unknown_market, checked last
+        faults[(faults == 0) & (rows == -1)] = unknown
+        result = IngestResult()
+        for code, n in enumerate(np.bincount(faults, minlength=unknown + 1)[1:], 1):
+            if n:
+                reason = FAULTS[code - 1].reason if code < unknown else "unknown_market"
+                result.reject(reason, int(n))
+        ok = np.flatnonzero(faults == 0)
+        # Out of order against what is pending or applied, tick by tick (a market may
+        # come twice in one batch).
+        newest, applied_t = self._pending_t, self.est.t
+        keep = np.ones(len(ok), bool)
+        ts_ok = cols.ts[ok]
+        for k, (i, ts, applied) in enumerate(
+            zip(rows[ok].tolist(), ts_ok.tolist(), applied_t[rows[ok]].tolist(), strict=True)
+        ):
+            if ts < newest.get(i, applied):  # nan (no tick yet) compares false
+                keep[k] = False
+            else:
+                newest[i] = ts
+        if not keep.all():
+            result.reject("out_of_order", int(np.count_nonzero(~keep)))
+            ok = ok[keep]
+        if len(ok):
+            self._pending.append(Columns.of(rows[ok], cols, ok))
+        result.accepted = len(ok)
+        self._pending_n += len(ok)
+        return result
+
+    def _feed_rows(self, ids: Sequence[str]) -> np.ndarray:
+        """The engine row of each of a feed's market ids (-1 unknown, -2 empty), kept
+        until a market is added (a codec's list of ids does not change: new bindings
+        make a new list)."""
+        known = self._rows_of.get(id(ids))
+        if known is not None and known[0] is ids and len(known[1]) == len(ids):
+            return known[1]
+        if len(self._rows_of) >= 64:  # lists of bindings gone by
+            self._rows_of.clear()
+        get = self.index.get
+        rows = np.fromiter((get(m, -1) if m else -2 for m in ids), np.int64, len(ids))
+        self._rows_of[id(ids)] = (ids, rows)
+        return rows
 
     def flush(self) -> int:
         """Apply the enqueued ticks, in one pass; returns the number of jumps they carried."""
-        if not self._pending:
-            return 0
-        pending, self._pending = self._pending, []
+        runs, self._pending = [run for run in self._pending if len(run)], []
+        self._pending_n = 0
         self._pending_t.clear()
-        idx = np.fromiter(map(_FIRST, pending), np.int64, len(pending))
-        return int(self.apply(idx, *tick_arrays(list(map(_SECOND, pending)))).sum())
+        if not runs:
+            return 0
+        parts = [run if isinstance(run, Columns) else Columns.of_ticks(run) for run in runs]
+        if len(parts) == 1:
+            idx, t, p, half_spread, depth = parts[0]
+        else:
+            idx, t, p, half_spread, depth = (np.concatenate(c) for c in zip(*parts, strict=True))
+        return int(self.apply(idx, t, p, half_spread, depth).sum())
 
     def apply(
         self,

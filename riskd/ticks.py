@@ -1,12 +1,18 @@
 """The one check of a tick's values, for the tape reader and the engine (every feed's
-ticks pass the engine): what may reach the model, and the reason counted otherwise."""
+ticks pass the engine): what may reach the model, and the reason counted otherwise.
+Ticks come as Tick objects or, from the compiled Polymarket store, as columns
+(`TickColumns`); `tick_faults` is `tick_fault` over columns, in the same order."""
 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
-from riskd.feeds.base import MAX_DEPTH, Tick
+import numpy as np
+
+from riskd.feeds.base import MAX_DEPTH, Tick, make_tick
 
 # Unix seconds from ~year 5138 on are not a time (almost surely milliseconds).
 TS_MAX = 1e11
@@ -54,3 +60,99 @@ def tick_fault(tick: Tick, latest: float = math.inf) -> Fault | None:
     if depth is not None and not 0.0 <= depth <= MAX_DEPTH:
         return BAD_DEPTH
     return None
+
+
+# --- ticks as columns --------------------------------------------------------------
+
+# One tick as the compiled store packs it (riskd/feeds/polymarket/_store.c, `Row`).
+ROW = np.dtype(
+    [
+        ("market", "<i4"),
+        ("unused", "<i4"),
+        ("ts", "<f8"),
+        ("price", "<f8"),
+        ("bid", "<f8"),
+        ("ask", "<f8"),
+        ("depth", "<f8"),
+    ]
+)
+# Faults by code - 1, in tick_fault's order (code 0 is none).
+FAULTS = (BAD_TS, FUTURE_TS, BAD_MARKET, BAD_PRICE, BAD_BID, BAD_ASK, CROSSED, BAD_DEPTH)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class TickColumns:
+    """Ticks in arrival order as arrays, without a Python object per tick: `market`
+    indexes `ids`; nan in bid, ask or depth is a field not sent (None in a Tick).
+    Reads as a sequence of Ticks where something wants them one by one."""
+
+    ids: Sequence[str]
+    market: np.ndarray
+    ts: np.ndarray
+    price: np.ndarray
+    bid: np.ndarray
+    ask: np.ndarray
+    depth: np.ndarray
+
+    @classmethod
+    def of_rows(cls, ids: Sequence[str], rows: bytes) -> TickColumns:
+        a = np.frombuffer(rows, ROW)
+        return cls(ids, a["market"], a["ts"], a["price"], a["bid"], a["ask"], a["depth"])
+
+    def __len__(self) -> int:
+        return len(self.market)
+
+    def __getitem__(self, k: int) -> Tick:
+        return self.ticks(slice(k, k + 1 or None))[0]
+
+    def __iter__(self) -> Iterator[Tick]:
+        return iter(self.ticks())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, TickColumns | list | tuple):
+            return self.ticks() == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def ticks(self, rows: slice = slice(None)) -> list[Tick]:
+        ids = self.ids
+        columns: list[list[Any]] = [
+            self.market[rows].tolist(),
+            self.ts[rows].tolist(),
+            self.price[rows].tolist(),
+        ]
+        for a in (self.bid, self.ask, self.depth):
+            v = a[rows]
+            values = v.astype(object)
+            values[np.isnan(v)] = None  # not sent
+            columns.append(values.tolist())
+        return [
+            make_tick(ids[m], ts, p, b, a, d) for m, ts, p, b, a, d in zip(*columns, strict=True)
+        ]
+
+
+def tick_faults(cols: TickColumns, no_market: np.ndarray, latest: float = math.inf) -> np.ndarray:
+    """`tick_fault` of every tick of `cols` (`no_market`: its market id is empty): the
+    code of the first check that fails (FAULTS[code - 1]), 0 where none does."""
+    ts, price, bid, ask, depth = cols.ts, cols.price, cols.bid, cols.ask, cols.depth
+    has_bid, has_ask = ~np.isnan(bid), ~np.isnan(ask)
+    with np.errstate(invalid="ignore"):
+        checks = [
+            ~((ts > 0.0) & (ts < TS_MAX)),
+            ts > latest,
+            no_market,
+            ~((price >= 0.0) & (price <= 1.0)),
+            has_bid & ~((bid >= 0.0) & (bid <= 1.0)),
+            has_ask & ~((ask >= 0.0) & (ask <= 1.0)),
+            has_bid & has_ask & (bid > ask),
+            ~np.isnan(depth) & ~((depth >= 0.0) & (depth <= MAX_DEPTH)),
+        ]
+    code = np.zeros(len(ts), np.int8)
+    for k in range(len(checks), 0, -1):  # the first failing check wins
+        code[checks[k - 1]] = k
+    return code
+
+
+# A feed's batch of ticks.
+TickBatch = list[Tick] | TickColumns

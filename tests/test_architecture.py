@@ -102,6 +102,7 @@ CODEC_ALLOWED = {
     "riskd.feeds.base",
     "riskd.feeds.codec",
     "riskd.markets",
+    "riskd.ticks",
     "riskd.timeutil",
 }
 

@@ -14,9 +14,11 @@ import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from riskd.feeds.codec import Decoded
 from riskd.feeds.polymarket import store as stores
 from riskd.feeds.polymarket.codec import Binding, PolymarketCodec, PriceChangeEvent
 from riskd.markets import Market
+from riskd.ticks import TickColumns
 
 FUZZ = int(os.environ.get("RISKD_FUZZ_EXAMPLES", "0"))
 RECEIVED = 1_770_921_600.0
@@ -190,3 +192,56 @@ def test_depth_changes_under_a_steady_top_read_as_the_reference() -> None:
         depths += len(a.depths)
     assert _state(fast) == _state(slow)
     assert depths >= 2
+
+
+frame = st.one_of(event, st.lists(event, min_size=1, max_size=3)).map(json.dumps)
+
+
+@settings(max_examples=FUZZ or 200, derandomize=not FUZZ, deadline=None)
+@given(st.lists(st.lists(frame, min_size=1, max_size=6), min_size=1, max_size=6))
+def test_frames_read_together_read_as_one_by_one(groups: list[list[str]]) -> None:
+    """`decode_batch` (the compiled store: ticks as columns) against `decode` frame by
+    frame on the reference store: the same ticks in the same order, the same
+    rejections, freshness and books."""
+    batched = PolymarketCodec(dict(ASSETS))
+    single = PolymarketCodec(dict(ASSETS), compiled=False)
+    failed: list[Exception] = []
+    for k, group in enumerate(groups):
+        frames = [f.encode() for f in group]
+        a = batched.decode_batch(frames, RECEIVED + k, failed.append)
+        b = Decoded()
+        for f in frames:
+            b.extend(single.decode(f, RECEIVED + k))
+        assert isinstance(a.ticks, TickColumns)
+        assert a.ticks == b.ticks
+        a.ticks = b.ticks
+        assert a == b, group
+        assert _state(batched) == _state(single), group
+    assert not failed
+
+
+def test_a_frame_that_breaks_the_codec_costs_that_frame_only() -> None:
+    """A bug (here: a store that raises) on one frame of a batch: reported, counted,
+    and the frames around it are read."""
+    codec = PolymarketCodec(dict(ASSETS))
+    doc = {
+        "event_type": "price_change",
+        "timestamp": "1770921590000",
+        "price_changes": [_entry("111", "0.41", "100", "BUY", "0.41", "0.43")],
+    }
+    good = json.dumps(doc).encode()
+    other = json.dumps({**doc, "price_changes": [_entry("333", "0.41", "1", "BUY", "0.4", "0.5")]})
+    failed: list[Exception] = []
+    real = codec._price_changes
+    codec.store = stores.PyStore(codec.layout)  # a store that takes no event itself
+
+    def broken(event: Any) -> None:
+        if event.price_changes[0].asset_id == "111":
+            raise RuntimeError("a bug")
+        real(event)
+
+    codec._price_changes = broken  # type: ignore[method-assign]
+    out = codec.decode_batch([good, other.encode()], RECEIVED, failed.append)
+    assert [str(e) for e in failed] == ["a bug"]
+    assert out.rejected == ["decode_error"]
+    assert [t.market for t in out.ticks] == ["m2"]

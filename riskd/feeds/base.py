@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from riskd.markets import Market
+    from riskd.ticks import TickColumns
 
 
 # Depth (size at the top of the book, in contracts or shares) beyond this is absurd:
@@ -76,8 +77,8 @@ class Feed(Protocol):
 
     venue: str
 
-    def ticks(self) -> AsyncIterator[list[Tick]]:
-        """Yield batches of ticks in arrival order."""
+    def ticks(self) -> AsyncIterator[list[Tick] | TickColumns]:
+        """Yield batches of ticks in arrival order (a list, or columns)."""
         ...
 
     def rejected(self) -> dict[str, int]:

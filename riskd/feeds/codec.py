@@ -9,7 +9,7 @@ frame into ticks, venue events, rejection reasons and frames to send back.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -46,7 +46,7 @@ class BadMessage(ValueError):
 
 @dataclass(init=False, slots=True)
 class Decoded:
-    ticks: list[Tick]
+    ticks: list[Tick]  # or TickColumns, from a BatchCodec
     events: list[MarketEvent]
     rejected: list[str]
     replies: list[str]  # frames to send back
@@ -99,6 +99,17 @@ class Codec(Protocol):
 
     def decode(self, text: str | bytes, received: float) -> Decoded:
         """One received frame; `received` is the wall time it arrived."""
+        ...
+
+
+class BatchCodec(Codec, Protocol):
+    """A codec that reads frames received together at once (`decode_batch`)."""
+
+    def decode_batch(
+        self, frames: list[bytes], received: float, failed: Callable[[Exception], None]
+    ) -> Decoded:
+        """`decode` of each frame, in order, into one Decoded; a frame whose decoding
+        raises is reported to `failed` and counted as `decode_error`."""
         ...
 
 

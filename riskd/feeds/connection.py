@@ -39,6 +39,7 @@ from riskd.feeds.codec import Codec, Decoded, MarketCodec
 from riskd.feeds.metadata import Fetch, listing_events, look_up, merge
 from riskd.feeds.settings import ConnectionSettings
 from riskd.secrets import mask_url
+from riskd.ticks import TickBatch, TickColumns
 
 if TYPE_CHECKING:
     from riskd.markets import Market
@@ -62,6 +63,10 @@ SESSIONS = itertools.count()
 # daemon's checks per socket read, not per frame. A frame read when nothing else waits
 # is yielded at once; after this many the loop gets a turn (the cycle runs on time).
 COALESCE = 64
+# From this many frames read together on, a BatchCodec decodes them at once (ticks as
+# columns, checked by the engine in a few array operations: a fixed cost per batch,
+# which pays from about here); fewer are decoded one by one.
+BATCH_FROM = 16
 
 
 def queued(ws: ClientConnection) -> bool:
@@ -176,6 +181,7 @@ class WebsocketFeed:
         self.connections = 0  # successful connections since start
         self.last_error = ""
         self._rejected: dict[str, int] = {}
+        self._decode_errors = 0
         self._events: list[MarketEvent] = []
         self._prepared = False
         self._prepare_at = 0.0  # monotonic time of the next lookup attempt
@@ -249,7 +255,7 @@ class WebsocketFeed:
         connections); the feed's own codec alone by default."""
         return [self.codec]
 
-    async def ticks(self) -> AsyncIterator[list[Tick]]:
+    async def ticks(self) -> AsyncIterator[TickBatch]:
         self._set_connected()  # until the first handshake succeeds
         while True:
             if not self._prepared:
@@ -275,12 +281,12 @@ class WebsocketFeed:
                 self._links = []
                 self._set_connected()
 
-    async def _merged(self) -> AsyncGenerator[list[Tick]]:
+    async def _merged(self) -> AsyncGenerator[TickBatch]:
         """Every connection's batches, in arrival order. The queue is bounded, so a
         daemon that falls behind slows the reads (websocket flow control) instead of
         queueing without limit. A fatal error or a resubscription in one connection
         ends them all."""
-        queue: asyncio.Queue[list[Tick] | Exception] = asyncio.Queue(MERGE_QUEUE)
+        queue: asyncio.Queue[TickBatch | Exception] = asyncio.Queue(MERGE_QUEUE)
 
         async def pump(link: Link) -> None:
             # Connections open one after another: hundreds of handshakes at once would
@@ -308,7 +314,7 @@ class WebsocketFeed:
                 task.cancel()
             await asyncio.gather(*pumps, return_exceptions=True)
 
-    async def _link(self, link: Link) -> AsyncGenerator[list[Tick]]:
+    async def _link(self, link: Link) -> AsyncGenerator[TickBatch]:
         """One connection, reconnected after errors with backoff until the feed ends."""
         delays = self._backoff()
         at_once = True
@@ -375,7 +381,7 @@ class WebsocketFeed:
         elif not self._prepared and time.monotonic() >= self._prepare_at:
             self._lookup = asyncio.create_task(self._prepare(), name=f"{self.venue}-metadata")
 
-    async def _session(self, link: Link) -> AsyncGenerator[list[Tick]]:
+    async def _session(self, link: Link) -> AsyncGenerator[TickBatch]:
         s = self.settings
         async with connect(
             self.url,
@@ -395,14 +401,12 @@ class WebsocketFeed:
             watchdog = asyncio.create_task(
                 self._watchdog(ws, link, s.read_timeout_s), name=f"{self.venue}-read-timeout"
             )
-            held: list[Tick] | None = None  # ticks of the frames read, not yet yielded
-            frames = 0  # frames read since the last yield
             try:
                 while True:
                     link.waiting_since = loop.time()
                     try:
                         # Bytes: the codecs' JSON parser reads (and checks) UTF-8 itself.
-                        frame = await ws.recv(decode=False)
+                        frames = [await ws.recv(decode=False)]
                     except ConnectionClosed:
                         if watchdog.done():
                             raise SilentConnection(
@@ -410,24 +414,17 @@ class WebsocketFeed:
                             ) from None
                         raise
                     link.waiting_since = None
+                    while len(frames) < COALESCE and queued(ws):  # received with it
+                        frames.append(await ws.recv(decode=False))
                     received = link.life_t = time.time()
-                    decoded = self._decode(frame, link.codec, received)
+                    decoded = self._decode_frames(frames, link.codec, received)
                     for reply in decoded.replies:
                         await ws.send(reply)
                     batch = self._take(decoded, link.session, received)
                     if batch is not None:
-                        if held is None:
-                            held = batch
-                        else:
-                            held += batch  # the frame's own list, free to grow
-                    frames += 1
-                    if frames < COALESCE and queued(ws):
-                        continue
-                    if held is not None:
-                        yield held
-                    if frames >= COALESCE:
+                        yield batch
+                    if len(frames) >= COALESCE:
                         await asyncio.sleep(0)  # a saturated socket: the cycle runs on time
-                    held, frames = None, 0
                     self._check_lookup()
             finally:
                 await self._closed(link, pinger, watchdog)
@@ -466,20 +463,41 @@ class WebsocketFeed:
             return (codec or self.codec).decode(
                 frame, time.time() if received is None else received
             )
-        except Exception:  # noqa: BLE001 - one hostile frame must not stop the feed
-            errors = self._rejected.get("decode_error", 0) + 1
-            if errors in (1, 10, 100) or errors % 1000 == 0:
-                log.exception(
-                    "%s: could not decode a frame (%d so far)",
-                    self.venue,
-                    errors,
-                    extra={"venue": self.venue, "reason": "decode_error"},
-                )
+        except Exception as exc:  # noqa: BLE001 - one hostile frame must not stop the feed
+            self._failed(exc)
             return Decoded(rejected=["decode_error"])
+
+    def _decode_frames(self, frames: list[bytes], codec: Codec, received: float) -> Decoded:
+        """Frames received together, in order: by the codec at once when it can (the
+        Polymarket codec: ticks as columns), else one by one."""
+        decode_batch = getattr(codec, "decode_batch", None)  # a BatchCodec
+        if decode_batch is not None and len(frames) >= BATCH_FROM:
+            decoded: Decoded = decode_batch(frames, received, self._failed)
+            return decoded
+        if len(frames) == 1:
+            return self._decode(frames[0], codec, received)
+        out = Decoded()
+        for frame in frames:
+            out.extend(self._decode(frame, codec, received))
+        return out
+
+    def _failed(self, exc: Exception) -> None:
+        """A codec raised on a frame: logged at the 1st, 10th, 100th, then every
+        1,000th (the frame is counted as `decode_error` by the caller)."""
+        self._decode_errors += 1
+        errors = self._decode_errors
+        if errors in (1, 10, 100) or errors % 1000 == 0:
+            log.error(
+                "%s: could not decode a frame (%d so far)",
+                self.venue,
+                errors,
+                exc_info=exc,
+                extra={"venue": self.venue, "reason": "decode_error"},
+            )
 
     def _take(
         self, decoded: Decoded, session: int = -1, received: float = math.nan
-    ) -> list[Tick] | None:
+    ) -> list[Tick] | TickColumns | None:
         """The ticks to yield, or None when the frame changed nothing the daemon sees
         at once; what it says of freshness waits for `take_liveness`."""
         for reason in decoded.rejected:

@@ -39,6 +39,12 @@ typedef struct {
     uint8_t exists, has_top, complete;
 } Book;
 
+/* One tick of a batch handed over as columns (riskd/ticks.py ROW: the same layout). */
+typedef struct {
+    int32_t market, unused;
+    double ts, price, bid, ask, depth; /* NONE: not sent */
+} Row;
+
 typedef struct {
     PyObject_HEAD
     Py_ssize_t n_tokens, n_markets, max_levels;
@@ -56,6 +62,8 @@ typedef struct {
     int32_t *t_mkt, *t_tok;
     double *t_ts;
     Py_ssize_t t_n, t_cap;
+    Row *rows; /* ticks of the batch being decoded, when they are taken as columns */
+    Py_ssize_t r_n, r_cap;
     double received, max_future_s;
     PyObject *ids, *index, *prices, *unset, *make_tick, *complement;
     double c_key[CACHE], c_val[CACHE];
@@ -285,7 +293,30 @@ static int maker_depth(Store *st, int32_t m, double depth, Out *out) {
     return r;
 }
 
-/* TickMaker._emit */
+static int add_row(Store *st, int32_t m, double ts, double price, double bid, double ask,
+                   double depth) {
+    if (st->r_n == st->r_cap) {
+        Py_ssize_t cap = st->r_cap ? 2 * st->r_cap : 256;
+        Row *rows = PyMem_Realloc(st->rows, (size_t)cap * sizeof(Row));
+        if (rows == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        st->rows = rows;
+        st->r_cap = cap;
+    }
+    Row *r = &st->rows[st->r_n++];
+    r->market = m;
+    r->unused = 0;
+    r->ts = ts;
+    r->price = price;
+    r->bid = bid;
+    r->ask = ask;
+    r->depth = depth;
+    return 0;
+}
+
+/* TickMaker._emit: the tick into `out->ticks`, or a row when that is None */
 static int maker_emit(Store *st, int32_t m, double ts, double bid, double ask, double depth,
                       double last, Out *out) {
     double price;
@@ -313,6 +344,7 @@ static int maker_emit(Store *st, int32_t m, double ts, double bid, double ask, d
     st->last_bid[m] = bid;
     st->last_ask[m] = ask;
     if (!isnan(depth)) st->last_depth[m] = depth;
+    if (out->ticks == Py_None) return add_row(st, m, ts, price, bid, ask, depth);
     PyObject *args[6] = {PyList_GET_ITEM(st->ids, m), PyFloat_FromDouble(ts),
                          PyFloat_FromDouble(price), opt(bid), opt(ask), opt(depth)};
     PyObject *tick = NULL;
@@ -526,8 +558,10 @@ static int out_args(PyObject *const *args, Out *out) {
     out->ticks = args[0];
     out->rejected = args[1];
     out->depths = args[2];
-    if (!PyList_Check(out->ticks) || !PyList_Check(out->rejected) || !PyDict_Check(out->depths)) {
-        PyErr_SetString(PyExc_TypeError, "expected (ticks: list, rejected: list, depths: dict)");
+    if (!(PyList_Check(out->ticks) || out->ticks == Py_None) || !PyList_Check(out->rejected) ||
+        !PyDict_Check(out->depths)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "expected (ticks: list or None, rejected: list, depths: dict)");
         return -1;
     }
     return 0;
@@ -746,6 +780,21 @@ static PyObject *Store_last_trade(Store *st, PyObject *arg) {
 static PyObject *Store_set_last_trade(Store *st, PyObject *const *a, Py_ssize_t n) {
     return set_market_value(st, a, n, st->last_trade);
 }
+/* drop(): forget the markets touched by a frame whose decoding failed */
+static PyObject *Store_drop(Store *st, PyObject *Py_UNUSED(ignored)) {
+    for (Py_ssize_t i = 0; i < st->t_n; i++)
+        if (st->t_mkt[i] >= 0) st->touch_at[st->t_mkt[i]] = -1;
+    st->t_n = 0;
+    Py_RETURN_NONE;
+}
+
+/* take_rows(): the rows made since the last call (ticks given as None), as bytes */
+static PyObject *Store_take_rows(Store *st, PyObject *Py_UNUSED(ignored)) {
+    PyObject *b = PyBytes_FromStringAndSize((const char *)st->rows, st->r_n * (Py_ssize_t)sizeof(Row));
+    if (b != NULL) st->r_n = 0;
+    return b;
+}
+
 /* maker_state(market): (has_quote, bid, ask, depth, ts, last_trade), to carry a
  * market's tick-maker state into a store of new bindings */
 static PyObject *Store_maker_state(Store *st, PyObject *arg) {
@@ -888,7 +937,7 @@ static void Store_dealloc(Store *st) {
     void *arrays[] = {st->books, st->tok_market, st->tok_no, st->mkt_first, st->mkt_toks,
                       st->band, st->has_quote, st->last_bid, st->last_ask, st->last_ts,
                       st->last_depth, st->last_trade, st->touch_at, st->t_mkt, st->t_tok,
-                      st->t_ts};
+                      st->t_ts, st->rows};
     for (size_t i = 0; i < sizeof arrays / sizeof arrays[0]; i++) PyMem_Free(arrays[i]);
     Py_CLEAR(st->ids);
     Py_CLEAR(st->index);
@@ -926,6 +975,9 @@ static PyMethodDef Store_methods[] = {
     {"clear", (PyCFunction)Store_clear, METH_NOARGS, "A new connection."},
     {"last_trade", (PyCFunction)Store_last_trade, METH_O, NULL},
     {"set_last_trade", (PyCFunction)(void (*)(void))Store_set_last_trade, METH_FASTCALL, NULL},
+    {"drop", (PyCFunction)Store_drop, METH_NOARGS, "Forget the markets touched."},
+    {"take_rows", (PyCFunction)Store_take_rows, METH_NOARGS,
+     "The ticks made with ticks=None since the last call, packed as riskd.ticks.ROW."},
     {"maker_state", (PyCFunction)Store_maker_state, METH_O, NULL},
     {"set_maker_state", (PyCFunction)(void (*)(void))Store_set_maker_state, METH_FASTCALL,
      NULL},

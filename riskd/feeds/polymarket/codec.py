@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from array import array
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -20,7 +20,7 @@ import msgspec
 import orjson
 from msgspec import UNSET, UnsetType
 
-from riskd.feeds.base import MarketEvent
+from riskd.feeds.base import MarketEvent, Tick
 from riskd.feeds.codec import (
     DEFAULT_BAND,
     MAX_FUTURE_S,
@@ -34,8 +34,9 @@ from riskd.feeds.codec import (
     size,
     text,
 )
-from riskd.feeds.polymarket.store import Book, Layout, Store, carry, make_store
+from riskd.feeds.polymarket.store import Book, CStore, Layout, Store, carry, make_store
 from riskd.markets import Market
+from riskd.ticks import TickColumns
 
 # Known events riskd does not use.
 IGNORED_EVENTS = frozenset({"new_market"})
@@ -132,6 +133,7 @@ class PolymarketCodec:
         self.compiled = compiled  # False: the reference store (tests)
         self.layout = Layout([], {}, array("i"), bytearray(), [])
         self.store: Store = make_store(self.layout, max_future_s, compiled)
+        self._sink: list[Tick] | None = None  # where the frame's ticks go (None: rows)
         self._set_assets(assets, {})
         self.books = Books(self)
 
@@ -203,38 +205,73 @@ class PolymarketCodec:
 
     def decode(self, frame: str | bytes, received: float) -> Decoded:
         out = Decoded()
+        self.store.received = received
+        self._sink = out.ticks
+        self._frame(frame, out)
+        return out
+
+    def decode_batch(
+        self, frames: list[bytes], received: float, failed: Callable[[Exception], None]
+    ) -> Decoded:
+        """Frames received together, in order, into one Decoded whose ticks are columns
+        (`TickColumns`) when the store is compiled: no Python object per tick. A frame
+        whose decoding raises (a bug) is reported to `failed` and counted as
+        `decode_error`; the others are kept."""
+        out = Decoded()
+        self.store.received = received
+        compiled = self.store if isinstance(self.store, CStore) else None
+        self._sink = None if compiled is not None else out.ticks
+        for frame in frames:
+            try:
+                self._frame(frame, out)
+            except Exception as exc:  # noqa: BLE001 - one hostile frame costs that frame
+                failed(exc)
+                out.rejected.append("decode_error")
+        if compiled is not None:
+            out.ticks = TickColumns.of_rows(self.layout.ids, compiled.take_rows())  # type: ignore[assignment]
+        return out
+
+    def _frame(self, frame: str | bytes, out: Decoded) -> None:
+        """One frame's events, then the ticks of the markets it touched."""
         store = self.store
-        store.received = received
         if len(frame) < 16 and frame.strip() in PONG:
-            return out
+            return
         try:
             batch = PRICE_CHANGES.decode(frame)
         except msgspec.MsgspecError:
             batch = None
-        if batch is not None:
-            for event in batch if isinstance(batch, list) else (batch,):
-                if store.price_changes(event):  # compiled: the common case, done
-                    continue
-                try:
-                    self._price_changes(event)
-                except BadMessage as exc:
-                    out.rejected.append(exc.reason)
-        else:
+        try:
+            if batch is not None:
+                for event in batch if isinstance(batch, list) else (batch,):
+                    if store.price_changes(event):  # compiled: the common case, done
+                        continue
+                    try:
+                        self._price_changes(event)
+                    except BadMessage as exc:
+                        out.rejected.append(exc.reason)
+            elif not self._events(frame, out):
+                return
+            # The markets touched: a tick each where the top moved, then heard.
+            store.finish(self._sink, out.rejected, out.depths, out.heard)
+        except BaseException:
+            store.drop()  # what this frame touched is not news for the next
+            raise
+
+    def _events(self, frame: str | bytes, out: Decoded) -> bool:
+        """Any other frame, parsed by orjson: False if it is not JSON."""
+        try:
+            doc = orjson.loads(frame)  # surrounding whitespace is fine
+        except ValueError:
+            # Not JSON (or not UTF-8): the venue's plain-text errors ("INVALID
+            # OPERATION") or garbage.
+            out.rejected.append("bad_json")
+            return False
+        for event in doc if isinstance(doc, list) else [doc]:
             try:
-                doc = orjson.loads(frame)  # surrounding whitespace is fine
-            except ValueError:
-                # Not JSON (or not UTF-8): the venue's plain-text errors ("INVALID
-                # OPERATION") or garbage.
-                out.rejected.append("bad_json")
-                return out
-            for event in doc if isinstance(doc, list) else [doc]:
-                try:
-                    self._event(event, out)
-                except BadMessage as exc:
-                    out.rejected.append(exc.reason)
-        # The markets touched: a tick each where the top moved, then heard.
-        store.finish(out.ticks, out.rejected, out.depths, out.heard)
-        return out
+                self._event(event, out)
+            except BadMessage as exc:
+                out.rejected.append(exc.reason)
+        return True
 
     # --- one event ----------------------------------------------------------------
 
@@ -298,7 +335,7 @@ class PolymarketCodec:
         store.set_last_trade(market, yes_price)
         store.untouch(market)  # the trade tick carries the book too
         out.heard.append(self.layout.ids[market])
-        store.trade(market, ts, yes_price, store.quote(token), out.ticks, out.rejected, out.depths)
+        store.trade(market, ts, yes_price, store.quote(token), self._sink, out.rejected, out.depths)
 
     def _book(self, event: dict[str, Any], out: Decoded) -> None:
         token, market = self._binding(event)

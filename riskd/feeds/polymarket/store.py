@@ -118,18 +118,26 @@ class Store(Protocol):
 
     def price_changes(self, event: Any) -> bool: ...
     def finish(
-        self, ticks: list[Tick], rejected: list[str], depths: dict[str, float], heard: list[str]
-    ) -> None: ...
+        self,
+        ticks: list[Tick] | None,
+        rejected: list[str],
+        depths: dict[str, float],
+        heard: list[str],
+    ) -> None:
+        """The ticks of the markets touched since the last call, into `ticks` (the
+        compiled store: None, as rows for `take_rows`); then heard."""
+
     def trade(
         self,
         market: int,
         ts: float,
         price: float,
         quote: YesQuote | None,
-        ticks: list[Tick],
+        ticks: list[Tick] | None,
         rejected: list[str],
         depths: dict[str, float],
     ) -> None: ...
+    def drop(self) -> None: ...
     def quote(self, token: int) -> YesQuote | None: ...
     def touch(self, token: int, ts: float) -> None: ...
     def untouch(self, market: int) -> None: ...
@@ -198,8 +206,13 @@ class PyStore:
         return False  # the codec reads every event
 
     def finish(
-        self, ticks: list[Tick], rejected: list[str], depths: dict[str, float], heard: list[str]
+        self,
+        ticks: list[Tick] | None,
+        rejected: list[str],
+        depths: dict[str, float],
+        heard: list[str],
     ) -> None:
+        assert ticks is not None, "the reference store makes Tick objects"
         out = Decoded(ticks=ticks, rejected=rejected, depths=depths)
         ids = self.layout.ids
         for market, (ts, token) in self.touched.items():
@@ -215,10 +228,11 @@ class PyStore:
         ts: float,
         price: float,
         quote: YesQuote | None,
-        ticks: list[Tick],
+        ticks: list[Tick] | None,
         rejected: list[str],
         depths: dict[str, float],
     ) -> None:
+        assert ticks is not None, "the reference store makes Tick objects"
         out = Decoded(ticks=ticks, rejected=rejected, depths=depths)
         q = None if quote is None else Quote(*quote)
         self.maker.trade(self.layout.ids[market], ts, price, q, out)
@@ -246,6 +260,9 @@ class PyStore:
 
     def untouch(self, market: int) -> None:
         self.touched.pop(market, None)
+
+    def drop(self) -> None:
+        self.touched = {}
 
     def _book(self, token: int) -> Book:
         book = self.books.get(token)
