@@ -552,6 +552,63 @@ done:
     return result;
 }
 
+static int finish(Store *st, Out *out, PyObject *heard);
+static int out_args(PyObject *const *args, Out *out);
+
+/* frames(frames, start, decode, rejected, depths, heard): frames[start:] read
+ * together, ticks as rows, while each is a batched price_change the compiled path
+ * takes whole. Returns (k, events, at): frames before k are done; frame k (if k <
+ * len(frames)) is the codec's from its event `at` on, with `events` its decoded
+ * events (None: msgspec did not take it, or a short frame that may be a PONG). */
+static PyObject *Store_frames(Store *st, PyObject *const *args, Py_ssize_t nargs) {
+    Out out;
+    if (nargs != 6 || !PyList_CheckExact(args[0]) || !PyList_Check(args[5])) {
+        PyErr_SetString(PyExc_TypeError, "frames(frames, start, decode, rejected, depths, heard)");
+        return NULL;
+    }
+    PyObject *frames = args[0], *decode = args[2], *heard = args[5];
+    PyObject *none_ticks[3] = {Py_None, args[3], args[4]};
+    if (out_args(none_ticks, &out) < 0) return NULL;
+    Py_ssize_t k = PyLong_AsSsize_t(args[1]), n = PyList_GET_SIZE(frames);
+    if (k == -1 && PyErr_Occurred()) return NULL;
+    for (; k < n; k++) {
+        PyObject *frame = PyList_GET_ITEM(frames, k);
+        if (!PyBytes_CheckExact(frame) || PyBytes_GET_SIZE(frame) < 16)
+            return Py_BuildValue("(nOn)", k, Py_None, (Py_ssize_t)0);
+        PyObject *batch = PyObject_CallOneArg(decode, frame);
+        if (batch == NULL) { /* not typed: the codec parses it again its own way */
+            PyErr_Clear();
+            return Py_BuildValue("(nOn)", k, Py_None, (Py_ssize_t)0);
+        }
+        PyObject *events = batch;
+        Py_ssize_t m = 1;
+        if (PyList_CheckExact(batch)) m = PyList_GET_SIZE(batch);
+        for (Py_ssize_t i = 0; i < m; i++) {
+            PyObject *event = PyList_CheckExact(batch) ? PyList_GET_ITEM(batch, i) : batch;
+            PyObject *r = Store_price_changes(st, event);
+            if (r == NULL) {
+                Py_DECREF(batch);
+                return NULL;
+            }
+            Py_DECREF(r);
+            if (r != Py_True) {
+                if (!PyList_CheckExact(batch)) { /* the codec wants a sequence */
+                    events = PyList_New(1);
+                    if (events == NULL) {
+                        Py_DECREF(batch);
+                        return NULL;
+                    }
+                    PyList_SET_ITEM(events, 0, batch);
+                }
+                return Py_BuildValue("(nNn)", k, events, i);
+            }
+        }
+        Py_DECREF(batch);
+        if (finish(st, &out, heard) < 0) return NULL;
+    }
+    return Py_BuildValue("(nOn)", k, Py_None, (Py_ssize_t)0);
+}
+
 /* --- methods ------------------------------------------------------------------- */
 
 static int out_args(PyObject *const *args, Out *out) {
@@ -567,21 +624,15 @@ static int out_args(PyObject *const *args, Out *out) {
     return 0;
 }
 
-/* finish(ticks, rejected, depths, heard): the touched markets' ticks, then heard. */
-static PyObject *Store_finish(Store *st, PyObject *const *args, Py_ssize_t nargs) {
-    Out out;
-    if (nargs != 4 || out_args(args, &out) < 0 || !PyList_Check(args[3])) {
-        if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "finish(ticks, rejected, depths, heard)");
-        return NULL;
-    }
-    PyObject *heard = args[3];
+/* The touched markets' ticks, then heard; the touched are forgotten. */
+static int finish(Store *st, Out *out, PyObject *heard) {
     int failed = 0;
     for (Py_ssize_t i = 0; i < st->t_n && !failed; i++) {
         int32_t m = st->t_mkt[i];
         if (m < 0) continue;
         double bid, ask, depth;
         int q = yes_quote(st, st->t_tok[i], &bid, &ask, &depth);
-        if (q < 0 || (q > 0 && maker_quote(st, m, st->t_ts[i], bid, ask, depth, &out) < 0))
+        if (q < 0 || (q > 0 && maker_quote(st, m, st->t_ts[i], bid, ask, depth, out) < 0))
             failed = 1;
     }
     for (Py_ssize_t i = 0; i < st->t_n; i++) {
@@ -591,7 +642,17 @@ static PyObject *Store_finish(Store *st, PyObject *const *args, Py_ssize_t nargs
         if (!failed && PyList_Append(heard, PyList_GET_ITEM(st->ids, m)) < 0) failed = 1;
     }
     st->t_n = 0;
-    if (failed) return NULL;
+    return failed ? -1 : 0;
+}
+
+/* finish(ticks, rejected, depths, heard): `finish`, ticks into `ticks` (None: rows) */
+static PyObject *Store_finish(Store *st, PyObject *const *args, Py_ssize_t nargs) {
+    Out out;
+    if (nargs != 4 || out_args(args, &out) < 0 || !PyList_Check(args[3])) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "finish(ticks, rejected, depths, heard)");
+        return NULL;
+    }
+    if (finish(st, &out, args[3]) < 0) return NULL;
     Py_RETURN_NONE;
 }
 
@@ -961,6 +1022,8 @@ static int Store_traverse(Store *st, visitproc visit, void *arg) {
 static PyMethodDef Store_methods[] = {
     {"price_changes", (PyCFunction)Store_price_changes, METH_O,
      "Apply a typed batched price_change event; False: read it in Python."},
+    {"frames", (PyCFunction)(void (*)(void))Store_frames, METH_FASTCALL,
+     "Frames read together, as far as the compiled path takes them whole."},
     {"finish", (PyCFunction)(void (*)(void))Store_finish, METH_FASTCALL,
      "finish(ticks, rejected, depths, heard): the frame's ticks."},
     {"trade", (PyCFunction)(void (*)(void))Store_trade, METH_FASTCALL, "TickMaker.trade"},

@@ -221,28 +221,41 @@ class PolymarketCodec:
         self.store.received = received
         compiled = self.store if isinstance(self.store, CStore) else None
         self._sink = None if compiled is not None else out.ticks
-        for frame in frames:
+        k, events, at = 0, None, 0
+        while k < len(frames):
+            if compiled is not None:  # as far as it takes the frames whole
+                k, events, at = compiled.frames(
+                    frames, k, PRICE_CHANGES.decode, out.rejected, out.depths, out.heard
+                )
+                if k == len(frames):
+                    break
             try:
-                self._frame(frame, out)
+                self._frame(frames[k], out, events, at)
             except Exception as exc:  # noqa: BLE001 - one hostile frame costs that frame
                 failed(exc)
                 out.rejected.append("decode_error")
+            k += 1
         if compiled is not None:
             out.ticks = TickColumns.of_rows(self.layout.ids, compiled.take_rows())  # type: ignore[assignment]
         return out
 
-    def _frame(self, frame: str | bytes, out: Decoded) -> None:
-        """One frame's events, then the ticks of the markets it touched."""
+    def _frame(
+        self, frame: str | bytes, out: Decoded, events: list[Any] | None = None, at: int = 0
+    ) -> None:
+        """One frame's events (from `events[at]` on when the compiled store already
+        took the ones before), then the ticks of the markets it touched."""
         store = self.store
-        if len(frame) < 16 and frame.strip() in PONG:
-            return
+        if events is None:
+            if len(frame) < 16 and frame.strip() in PONG:
+                return
+            try:
+                batch = PRICE_CHANGES.decode(frame)
+            except msgspec.MsgspecError:
+                batch = None
+            events = None if batch is None else batch if isinstance(batch, list) else [batch]
         try:
-            batch = PRICE_CHANGES.decode(frame)
-        except msgspec.MsgspecError:
-            batch = None
-        try:
-            if batch is not None:
-                for event in batch if isinstance(batch, list) else (batch,):
+            if events is not None:
+                for event in events[at:]:
                     if store.price_changes(event):  # compiled: the common case, done
                         continue
                     try:
