@@ -48,7 +48,8 @@ RUN ln -s /opt/riskd/share/data data
 USER riskd
 # Compile the model's kernels into riskd's cache (~/.cache/riskd, riskd/jit.py) at build
 # time, so that a container start loads machine code instead of compiling it.
-RUN riskd backtest data/tapes/fed_dec2025 > /dev/null
+RUN riskd backtest data/tapes/fed_dec2025 > /dev/null \
+ && python -c "from riskd.config import Settings; from riskd.engine import compile_kernels; compile_kernels(Settings())"
 EXPOSE 8787
 # /healthz answers 200 while the daemon's loop runs. Another port: set RISKD_HEALTHCHECK_URL.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=15s --retries=3 \

@@ -23,7 +23,7 @@ from riskd.markets import Market
 from riskd.model import estimator, governor, parameters
 from riskd.model.governor import Conditions, GovernorState
 from riskd.overrides import Override
-from riskd.ticks import FAULTS, TickColumns, tick_fault, tick_faults
+from riskd.ticks import REASONS, ROW, TickColumns, take_columns, tick_fault
 
 DEFAULT_TICK_SIZE = 0.01
 ALL = slice(None)  # every market; else an index array
@@ -65,18 +65,6 @@ class Columns(NamedTuple):
         idx = np.fromiter(map(_FIRST, run), np.int64, len(run))
         return cls(idx, *tick_arrays(list(map(_SECOND, run))))
 
-    @classmethod
-    def of(cls, idx: np.ndarray, cols: TickColumns, rows: np.ndarray) -> Columns:
-        bid, ask = cols.bid[rows], cols.ask[rows]
-        both = ~np.isnan(bid) & ~np.isnan(ask)
-        return cls(
-            idx,
-            cols.ts[rows],
-            np.where(both, 0.5 * (bid + ask), cols.price[rows]),
-            np.where(both, 0.5 * (ask - bid), 0.0),
-            cols.depth[rows],
-        )
-
 
 @dataclass
 class CycleResult:
@@ -88,6 +76,10 @@ class CycleResult:
 
 class Engine:
     """Market registry + model + governor for all markets, vectorised."""
+
+    # Per market, grown with the others (`_grow_state`); columns are pending.
+    _newest = np.zeros(0)
+    _columns_pending = False
 
     def __init__(self, settings: Settings, markets: dict[str, Market], discover: bool) -> None:
         self.settings = settings
@@ -135,7 +127,7 @@ class Engine:
         self.overrides = {}  # market id -> admin override
         self.now = float("-inf")  # the latest event time seen
         # Ticks taken since the last cycle (`enqueue`: runs of (row, Tick), or columns),
-        # applied in one pass by `flush`; each market's newest; `_feed_rows`.
+        # applied in one pass by `flush`; the newest pending per market; `_feed_rows`.
         self._pending: list[list[tuple[int, Tick]] | Columns] = []
         self._pending_n = 0
         self._pending_t: dict[int, float] = {}
@@ -210,6 +202,7 @@ class Engine:
         grown("booked", False, bool)
         grown("book_since", np.nan)
         grown("broken", False, bool)
+        grown("_newest", np.nan)  # the event time of each market's newest pending column
         new = self.meta[len(self.meta) - k :]
         scheduled = [bool(meta is not None and meta.scheduled) for meta in new]
         self.scheduled = np.concatenate([self.scheduled, np.array(scheduled, bool)])
@@ -393,6 +386,8 @@ class Engine:
     def _enqueue_ticks(self, ticks: list[Tick], latest: float) -> IngestResult:
         result = IngestResult()
         index, newest = self.index, self._pending_t
+        # The columns' newest too, when some are pending (a market on two feeds).
+        columns = self._newest if self._columns_pending else None
         pending = self._pending[-1] if self._pending else None
         if not isinstance(pending, list):
             pending = []
@@ -414,7 +409,13 @@ class Engine:
                     continue
                 i = self.add_market(tick.market, None)
                 applied_t = self.est.t
-            if ts < newest.get(i, applied_t[i]):  # nan (no tick yet) compares false
+                columns = self._newest if self._columns_pending else None
+            last = newest.get(i)
+            if columns is not None:
+                other = columns[i]
+                if other == other and (last is None or other > last):
+                    last = other
+            if ts < (applied_t[i] if last is None else last):  # nan (none yet): false
                 result.reject("out_of_order")
                 continue
             newest[i] = ts
@@ -424,39 +425,28 @@ class Engine:
         return result
 
     def _enqueue_columns(self, cols: TickColumns, latest: float) -> IngestResult | None:
-        """`_enqueue_ticks` on columns, the checks vectorised (`tick_faults`); None when
-        a market is to be discovered (the caller takes the ticks one by one)."""
-        rows = self._feed_rows(cols.ids)[cols.market]
-        if self.discover and (rows == -1).any():
+        """`_enqueue_ticks` on columns, in one compiled pass (`ticks.take_columns`);
+        None when a market is to be discovered (the caller takes the ticks one by one)."""
+        rows_of = self._feed_rows(cols.ids)
+        if self.discover and (rows_of[cols.market] == -1).any():
             return None
-        faults = tick_faults(cols, rows == -2, latest)
-        unknown = len(FAULTS) + 1  # unknown_market, checked last
-        faults[(faults == 0) & (rows == -1)] = unknown
-        result = IngestResult()
-        for code, n in enumerate(np.bincount(faults, minlength=unknown + 1)[1:], 1):
-            if n:
-                reason = FAULTS[code - 1].reason if code < unknown else "unknown_market"
-                result.reject(reason, int(n))
-        ok = np.flatnonzero(faults == 0)
-        # Out of order against what is pending or applied, tick by tick (a market may
-        # come twice in one batch).
-        newest, applied_t = self._pending_t, self.est.t
-        keep = np.ones(len(ok), bool)
-        ts_ok = cols.ts[ok]
-        for k, (i, ts, applied) in enumerate(
-            zip(rows[ok].tolist(), ts_ok.tolist(), applied_t[rows[ok]].tolist(), strict=True)
-        ):
-            if ts < newest.get(i, applied):  # nan (no tick yet) compares false
-                keep[k] = False
-            else:
-                newest[i] = ts
-        if not keep.all():
-            result.reject("out_of_order", int(np.count_nonzero(~keep)))
-            ok = ok[keep]
-        if len(ok):
-            self._pending.append(Columns.of(rows[ok], cols, ok))
-        result.accepted = len(ok)
-        self._pending_n += len(ok)
+        if self._pending_t:  # Tick objects pending too (a market on two feeds)
+            keys = np.fromiter(self._pending_t, np.int64, len(self._pending_t))
+            np.fmax.at(self._newest, keys, np.fromiter(self._pending_t.values(), float))
+            self._pending_t.clear()
+        self._columns_pending = True
+        m, idx, t, p, half_spread, depth, code = take_columns(
+            cols.market, cols.ts, cols.price, cols.bid, cols.ask, cols.depth,
+            rows_of, self._newest, self.est.t, latest,
+        )  # fmt: skip
+        result = IngestResult(accepted=m)
+        if m < len(code):
+            for k, n in enumerate(np.bincount(code, minlength=len(REASONS)).tolist()):
+                if k and n:
+                    result.reject(REASONS[k], n)
+        if m:
+            self._pending.append(Columns(idx[:m], t[:m], p[:m], half_spread[:m], depth[:m]))
+        self._pending_n += m
         return result
 
     def _feed_rows(self, ids: Sequence[str]) -> np.ndarray:
@@ -478,6 +468,7 @@ class Engine:
         runs, self._pending = [run for run in self._pending if len(run)], []
         self._pending_n = 0
         self._pending_t.clear()
+        self._columns_pending = False
         if not runs:
             return 0
         parts = [run if isinstance(run, Columns) else Columns.of_ticks(run) for run in runs]
@@ -485,6 +476,7 @@ class Engine:
             idx, t, p, half_spread, depth = parts[0]
         else:
             idx, t, p, half_spread, depth = (np.concatenate(c) for c in zip(*parts, strict=True))
+        self._newest[idx] = np.nan
         return int(self.apply(idx, t, p, half_spread, depth).sum())
 
     def apply(
@@ -910,7 +902,13 @@ def compile_kernels(settings: Settings) -> None:
         settings, {"warm-up": Market("warm-up", t0 + 86_400, t0 + 86_400)}, discover=False
     )
     engine.ingest([Tick("warm-up", t0, 0.5, 0.49, 0.51, 100.0), Tick("warm-up", t0 + 60.0, 0.52)])
-    engine.cycle(t0 + 60.0)
+    # Ticks as columns, laid out as the compiled Polymarket store hands them over (two
+    # rows: one would be contiguous, another layout to compile).
+    rows = np.zeros(2, ROW)
+    rows[0] = (0, 0, t0 + 61.0, 0.5, 0.49, 0.51, 100.0)
+    rows[1] = (0, 0, t0 + 62.0, 0.5, 0.49, 0.51, 100.0)
+    engine.enqueue(TickColumns.of_rows(["warm-up"], rows.tobytes()), t0 + 62.0)
+    engine.cycle(t0 + 62.0)
 
 
 def tick_arrays(ticks: list[Tick]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

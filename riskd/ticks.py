@@ -1,7 +1,8 @@
 """The one check of a tick's values, for the tape reader and the engine (every feed's
 ticks pass the engine): what may reach the model, and the reason counted otherwise.
 Ticks come as Tick objects or, from the compiled Polymarket store, as columns
-(`TickColumns`); `tick_faults` is `tick_fault` over columns, in the same order."""
+(`TickColumns`); `take_columns` is `tick_fault` and the engine's other checks over
+columns, compiled (numpy's per-call cost would be most of a batch's)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from riskd.feeds.base import MAX_DEPTH, Tick, make_tick
+from riskd.jit import njit
 
 # Unix seconds from ~year 5138 on are not a time (almost surely milliseconds).
 TS_MAX = 1e11
@@ -132,26 +134,68 @@ class TickColumns:
         ]
 
 
-def tick_faults(cols: TickColumns, no_market: np.ndarray, latest: float = math.inf) -> np.ndarray:
-    """`tick_fault` of every tick of `cols` (`no_market`: its market id is empty): the
-    code of the first check that fails (FAULTS[code - 1]), 0 where none does."""
-    ts, price, bid, ask, depth = cols.ts, cols.price, cols.bid, cols.ask, cols.depth
-    has_bid, has_ask = ~np.isnan(bid), ~np.isnan(ask)
-    with np.errstate(invalid="ignore"):
-        checks = [
-            ~((ts > 0.0) & (ts < TS_MAX)),
-            ts > latest,
-            no_market,
-            ~((price >= 0.0) & (price <= 1.0)),
-            has_bid & ~((bid >= 0.0) & (bid <= 1.0)),
-            has_ask & ~((ask >= 0.0) & (ask <= 1.0)),
-            has_bid & has_ask & (bid > ask),
-            ~np.isnan(depth) & ~((depth >= 0.0) & (depth <= MAX_DEPTH)),
-        ]
-    code = np.zeros(len(ts), np.int8)
-    for k in range(len(checks), 0, -1):  # the first failing check wins
-        code[checks[k - 1]] = k
-    return code
+# Codes of `take_columns` beyond FAULTS', in the engine's order after tick_fault.
+UNKNOWN_MARKET, OUT_OF_ORDER = len(FAULTS) + 1, len(FAULTS) + 2
+REASONS = ("", *(f.reason for f in FAULTS), "unknown_market", "out_of_order")
+
+
+@njit
+def take_columns(
+    market: np.ndarray,
+    ts: np.ndarray,
+    price: np.ndarray,
+    bid: np.ndarray,
+    ask: np.ndarray,
+    depth: np.ndarray,
+    rows_of: np.ndarray,
+    newest: np.ndarray,
+    applied: np.ndarray,
+    latest: float,
+) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The engine's boundary for ticks as columns, in order: `tick_fault`'s checks,
+    then the market (`rows_of[market]`: its engine row, -1 unknown, -2 an empty id),
+    then out of order against the market's newest pending (`newest`, updated) else
+    applied time. Returns (m, idx, t, p, half_spread, depth) of the m ticks taken (p
+    the mid when there is a book, else the price: spec section 2) and each tick's code
+    (0 taken, else REASONS[code])."""
+    n = ts.shape[0]
+    code = np.zeros(n, np.int8)
+    idx = np.empty(n, np.int64)
+    t_out, p_out, hs_out, d_out = np.empty(n), np.empty(n), np.empty(n), np.empty(n)
+    m = 0
+    for k in range(n):
+        i, t, b, a, d = rows_of[market[k]], ts[k], bid[k], ask[k], depth[k]
+        if not (t > 0.0 and t < TS_MAX):
+            code[k] = 1
+        elif t > latest:
+            code[k] = 2
+        elif i == -2:
+            code[k] = 3
+        elif not (price[k] >= 0.0 and price[k] <= 1.0):
+            code[k] = 4
+        elif b == b and not (b >= 0.0 and b <= 1.0):  # nan: not sent
+            code[k] = 5
+        elif a == a and not (a >= 0.0 and a <= 1.0):
+            code[k] = 6
+        elif b > a:
+            code[k] = 7
+        elif d == d and not (d >= 0.0 and d <= MAX_DEPTH):
+            code[k] = 8
+        elif i == -1:
+            code[k] = UNKNOWN_MARKET
+        else:
+            last = newest[i]
+            if t < (applied[i] if last != last else last):  # nan (none yet): false
+                code[k] = OUT_OF_ORDER
+            else:
+                newest[i] = t
+                idx[m], t_out[m], d_out[m] = i, t, d
+                if b == b and a == a:
+                    p_out[m], hs_out[m] = 0.5 * (b + a), 0.5 * (a - b)
+                else:
+                    p_out[m], hs_out[m] = price[k], 0.0
+                m += 1
+    return m, idx, t_out, p_out, hs_out, d_out, code
 
 
 # A feed's batch of ticks.

@@ -91,11 +91,13 @@ from riskd.config import Settings
 from riskd.engine import Engine, compile_kernels
 from riskd.explain import explain
 from riskd.feeds.base import Tick
+from riskd.feeds.polymarket.codec import PolymarketCodec
 from riskd.markets import Market
 
 settings = Settings()
-if sys.argv[1] == "backtest":  # the image's build step (Dockerfile)
-    runner.run(Path(sys.argv[2]), settings)
+if sys.argv[1] == "image":  # the image's build step (Dockerfile): a backtest, then
+    runner.run(Path(sys.argv[2]), settings)  # the daemon's own kernels
+    compile_kernels(settings)
 else:  # a daemon's start
     compile_kernels(settings)
 
@@ -122,18 +124,30 @@ for n in range(40):
     engine.cycle(t + 59)
     if n % 10 == 0:  # the API's /v1/explain
         explain(engine, "m1", t + 59)
+# Frames read together from Polymarket: ticks as columns.
+codec = PolymarketCodec.for_markets(
+    [Market(f"m{k}", t0 + 86_400 * 9, t0 + 86_400 * 9, polymarket_yes_token=str(100 + k))
+     for k in range(5)]
+)
+frames = [(
+    '{"event_type":"price_change","timestamp":"%d","price_changes":[{"asset_id":"%d",'
+    '"price":"0.4","size":"5","side":"BUY","best_bid":"0.4","best_ask":"0.42"}]}'
+    % ((t + 3600 + j) * 1000, 100 + j % 5)
+).encode() for j in range(20)]
+engine.enqueue(codec.decode_batch(frames, t + 3600, print).ticks, t + 3600)
+engine.cycle(t + 3600)
 new = {name(k): sorted(map(str, set(k.signatures) - compiled[name(k)])) for k in jit.KERNELS}
 print({kernel: sigs for kernel, sigs in new.items() if sigs})
 """
 
 
-@pytest.mark.parametrize("first", ["compile_kernels", "backtest"])
+@pytest.mark.parametrize("first", ["compile_kernels", "image"])
 def test_kernels_compiled_up_front_are_what_the_live_cycle_runs(first: str) -> None:
     """A kernel type signature that only a live cycle uses is compiled in that cycle on
     a machine's first start: seconds with the feed streaming into a blocked loop. What
     is compiled up front: `compile_kernels` at the daemon's start, and the image's
-    build step, a backtest (Dockerfile). In a fresh process: this one's kernels already
-    have what other tests ran."""
+    build step, a backtest and the daemon's kernels (Dockerfile). In a fresh process:
+    this one's kernels already have what other tests ran."""
     out = subprocess.run(
         [sys.executable, "-c", LIVE_CYCLES, first, str(FED_TAPE)],
         capture_output=True,

@@ -16,7 +16,7 @@ from riskd.config import Settings
 from riskd.engine import Engine
 from riskd.feeds.base import Tick
 from riskd.markets import Market
-from riskd.ticks import FAULTS, TickColumns, tick_fault, tick_faults
+from riskd.ticks import FAULTS, OUT_OF_ORDER, TickColumns, take_columns, tick_fault
 
 FUZZ = int(os.environ.get("RISKD_FUZZ_EXAMPLES", "0"))
 T0 = 1_770_000_000.0
@@ -53,15 +53,30 @@ def test_columns_read_back_as_the_ticks_they_hold() -> None:
 
 @settings(max_examples=FUZZ or 300, derandomize=not FUZZ, deadline=None)
 @given(st.lists(tick, max_size=20))
-def test_the_vectorised_check_is_tick_fault(ticks: list[Tick]) -> None:
+def test_the_compiled_check_is_tick_fault(ticks: list[Tick]) -> None:
+    """Each tick's code is tick_fault's fault; past those checks, an unlisted market
+    is unknown, and a market's tick before its newest taken is out of order."""
     cols = columns(ticks)
     latest = T0 + 5.0
-    codes = tick_faults(cols, cols.market == IDS.index(""), latest)
-    for t, code in zip(ticks, codes.tolist(), strict=True):
+    rows_of = np.array([-1 if m == "zz" else -2 if not m else k for k, m in enumerate(IDS)])
+    nothing = np.full(len(IDS), np.nan)  # nothing applied yet
+    m, *_, code = take_columns(
+        cols.market, cols.ts, cols.price, cols.bid, cols.ask, cols.depth,
+        rows_of, nothing.copy(), nothing, latest,
+    )  # fmt: skip
+    newest: dict[str, float] = {}
+    for t, c in zip(ticks, code.tolist(), strict=True):
         fault = tick_fault(t, latest)
-        assert (code == 0) == (fault is None), t
         if fault is not None:
-            assert FAULTS[code - 1] == fault, t
+            assert c and FAULTS[c - 1] == fault, t
+        elif t.market == "zz":
+            assert c == len(FAULTS) + 1, t
+        elif t.ts < newest.get(t.market, -math.inf):
+            assert c == OUT_OF_ORDER, t
+        else:
+            assert c == 0, t
+            newest[t.market] = t.ts
+    assert m == int(np.count_nonzero(code == 0))
 
 
 @settings(max_examples=FUZZ or 60, derandomize=not FUZZ, deadline=None)
