@@ -23,7 +23,7 @@ from riskd.markets import Market
 from riskd.model import estimator, governor, parameters
 from riskd.model.governor import Conditions, GovernorState
 from riskd.overrides import Override
-from riskd.ticks import tick_fault
+from riskd.ticks import book_arrays, tick_fault
 
 DEFAULT_TICK_SIZE = 0.01
 ALL = slice(None)  # every market; else an index array
@@ -825,9 +825,7 @@ def tick_arrays(ticks: list[Tick]) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     bid = np.array(list(map(_BID, ticks)), np.float64)
     ask = np.array(list(map(_ASK, ticks)), np.float64)
     depth = np.array(list(map(_DEPTH, ticks)), np.float64)
-    both = ~np.isnan(bid) & ~np.isnan(ask)
-    p = np.where(both, 0.5 * (bid + ask), price)
-    half_spread = np.where(both, 0.5 * (ask - bid), 0.0)
+    p, half_spread = book_arrays(price, bid, ask)
     return t, p, half_spread, depth
 
 

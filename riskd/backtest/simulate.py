@@ -18,9 +18,8 @@ positions and tallies in arrays.
 
 from __future__ import annotations
 
-import math
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -32,6 +31,7 @@ from riskd.config import Settings
 from riskd.feeds.base import Tick
 from riskd.jit import njit
 from riskd.markets import Market
+from riskd.ticks import TickColumns
 
 COLLATERAL = 1.0
 
@@ -185,29 +185,20 @@ class Replay(NamedTuple):
     @classmethod
     def of(
         cls,
-        ticks: list[Tick],
+        ticks: Sequence[Tick] | TickColumns,
         ids: list[str],
         markets: dict[str, Market],
         settle: bool,
         rules: Rules,
     ) -> Replay:
+        cols = TickColumns.of(ticks)
         index = {m: i for i, m in enumerate(ids)}
-        n = len(ticks)
-        market = np.fromiter((index[tk.market] for tk in ticks), np.int64, n)
-        t = np.fromiter((tk.ts for tk in ticks), np.float64, n)
+        market = np.array([index[m] for m in cols.markets], np.int64)[cols.market]
+        t = cols.ts
         # The mid when there is a book, else the print.
-        p = np.fromiter(
-            (
-                tk.price if tk.bid is None or tk.ask is None else 0.5 * (tk.bid + tk.ask)
-                for tk in ticks
-            ),
-            np.float64,
-            n,
-        )
+        p, _ = cols.book()
         # Shares within max_slippage of the mid where the tape has a book (nan: unknown).
-        depth = np.fromiter(
-            (math.nan if tk.depth is None else tk.depth for tk in ticks), np.float64, n
-        )
+        depth = cols.depth
         resolve_t = np.array(
             [markets[m].resolves_at if m in markets else np.inf for m in ids], np.float64
         )
@@ -240,7 +231,7 @@ class Replay(NamedTuple):
 
 
 def simulate(
-    ticks: list[Tick],
+    ticks: Sequence[Tick] | TickColumns,
     ids: list[str],
     markets: dict[str, Market],
     policies: list[Policy],
@@ -252,13 +243,13 @@ def simulate(
 ) -> Simulation:
     """Each policy through the pass. With a `fund`, riskd's openings are capped by the
     open-interest caps (fund.GroupCaps) and every policy's bad debt goes through it."""
-    index = {m: i for i, m in enumerate(ids)}
-    replay = Replay.of(ticks, ids, markets, settle, rules)
+    cols = TickColumns.of(ticks)
+    replay = Replay.of(cols, ids, markets, settle, rules)
     market, t, p = replay.market, replay.t, replay.p
     live = ~(t >= replay.resolve_t[market])  # rows before resolution: trading has ended after
 
     for pol in policies:
-        pol.prepare(ticks)
+        pol.prepare(cols)
     tallies: dict[str, list[Tally]] = {}
     max_leverage: dict[str, np.ndarray] = {}
     fee = np.zeros(0)
@@ -280,8 +271,9 @@ def simulate(
     jump_times: list[list[float]] = [[] for _ in ids]
     for pol in policies:
         if isinstance(pol, Riskd):
-            for jump_row in np.flatnonzero(pol.jump).tolist():
-                jump_times[index[ticks[jump_row].market]].append(ticks[jump_row].ts)
+            rows = np.flatnonzero(pol.jump)
+            for i, jump_t in zip(market[rows].tolist(), t[rows].tolist(), strict=True):
+                jump_times[i].append(jump_t)
     return Simulation(
         ids=ids,
         tallies=tallies,
