@@ -13,6 +13,7 @@ import csv
 import dataclasses
 import gzip
 import heapq
+import itertools
 import json
 import math
 import re
@@ -417,43 +418,55 @@ def _admit(block: _Block, order: _Order, report: TapeReport) -> TickColumns:
     return accepted
 
 
-def _blocks(path: Path, report: TapeReport, whole: bool = False) -> Iterator[TickColumns]:
-    """A file's accepted rows, a block at a time (`whole`: all at once where the file
-    allows)."""
+def _blocks(path: Path, report: TapeReport, small: int = 0) -> Iterator[TickColumns]:
+    """A file's accepted rows, a block at a time; a plain CSV file of up to `small`
+    characters split at once (`_csv_at_once`), its first row a block of its own."""
     order = _Order()
     if tape_kind(path) == "jsonl":
         blocks = _jsonl_blocks(path)
     else:
-        blocks = (_parse(raw) for raw in _csv_blocks(path, whole))
+        raw = _csv_at_once(path, small) if small else None
+        raws = _csv_lines(path) if raw is None else raw.split(1)
+        blocks = (block for raw in raws for block in _parse(raw))
     for block in blocks:
         yield _admit(block, order, report)
 
 
+# A plain CSV file up to this many characters is split at once when a tape is iterated:
+# its columns take about the memory of a block.
+SMALL_FILE = 1 << 19
+
+
 def _ticks(path: Path, report: TapeReport) -> Iterator[Tick]:
-    for block in _blocks(path, report):
+    for block in _blocks(path, report, SMALL_FILE):
         yield from block.ticks()
-
-
-def _csv_blocks(path: Path, whole: bool) -> Iterator[_Raw]:
-    raw = _csv_at_once(path) if whole else None
-    if raw is not None:
-        yield raw
-    else:
-        yield from _csv_lines(path)
 
 
 @dataclasses.dataclass
 class _Raw:
-    """Rows of a CSV file as read: the fields of those to check, by header column
-    (`where`: the columns of ts, market, price, bid, ask, depth), with their lines
-    and places in the block; the rows already rejected; `rows` counts both."""
+    """Rows of CSV files of one header as read: the fields of those to check, by
+    header column (`where`: the columns of ts, market, price, bid, ask, depth), with
+    their lines and places in their block; per file, how many rows to check (`sizes`,
+    in order), the rows already rejected and the rows counted (`rows`)."""
 
     where: tuple[int | None, ...]
     columns: list[Sequence[str]]
     lines: np.ndarray
     places: np.ndarray
-    rejected: list[Rejected]
-    rows: int
+    sizes: list[int]
+    rejected: list[list[Rejected]]
+    rows: list[int]
+
+    def split(self, first: int) -> list[_Raw]:
+        """A file's first rows and the rest, as two blocks (none rejected yet)."""
+        assert self.sizes == self.rows
+        out = []
+        for part in (slice(0, first), slice(first, None)):
+            columns, n = [c[part] for c in self.columns], len(self.lines[part])
+            out.append(
+                _Raw(self.where, columns, self.lines[part], self.places[part], [n], [[]], [n])
+            )
+        return out
 
 
 def _where(names: list[str]) -> tuple[int | None, ...]:
@@ -508,8 +521,9 @@ def _raw(pending: _Pending, where: tuple[int | None, ...], ncols: int) -> _Raw:
         columns=list(zip(*rows, strict=True)) if rows else [()] * ncols,
         lines=np.array(pending.lines, np.int64),
         places=pending.places(),
-        rejected=pending.rejected,
-        rows=len(rows) + len(pending.rejected),
+        sizes=[len(rows)],
+        rejected=[pending.rejected],
+        rows=[len(rows) + len(pending.rejected)],
     )
 
 
@@ -529,17 +543,30 @@ def _misfit(row: list[str], ncols: int) -> tuple[str, str] | None:
     return _BLANK
 
 
-def _csv_at_once(path: Path) -> _Raw | None:
-    """A plain CSV file's rows at once, or None: the file is not plain (or not
-    readable), `_csv_lines` reads it. Plain: UTF-8 without quotes, NUL or a lone CR,
-    no line over the csv module's field limit, each line as wide as the header (the
-    last may be empty), so that splitting at commas and newlines is what the csv
-    module would read, line for line."""
+def _csv_at_once(path: Path, limit: int) -> _Raw | None:
+    """A plain CSV file's rows at once (`_plain`), or None: `_csv_lines` reads it."""
+    text = _plain(path, limit)
+    if text is None:
+        return None
+    names, body = text
+    raw, taken = _plain_rows(names, [body])
+    return raw if taken else None
+
+
+def _plain(path: Path, limit: int = -1) -> tuple[list[str], str] | None:
+    """A plain CSV file's header and its other lines (without the last newline), or
+    None: the file is not plain (or not readable, or over `limit` characters). Plain:
+    UTF-8 without quotes, NUL or a lone CR, the header's line within the csv module's
+    field limit, no blank line at the end; and, checked by `_plain_rows`, each line as
+    wide as the header and within the limit: splitting at commas and newlines is then
+    what the csv module reads, line for line."""
     seen = _replaced[0]
     try:
         with _open_text(path) as f:
-            text = f.read()
+            text = f.read(limit + 1 if limit >= 0 else -1)
     except _READ_ERRORS:
+        return None
+    if 0 <= limit < len(text):
         return None
     if _replaced[0] != seen or '"' in text or "\0" in text:
         return None
@@ -548,25 +575,35 @@ def _csv_at_once(path: Path) -> _Raw | None:
             return None
         text = text.replace("\r\n", "\n")
     head, _, body = text.partition("\n")
-    if not head or body.endswith("\n\n"):
+    if not head or body.endswith("\n\n") or len(head) > csv.field_size_limit():
         return None
-    body = body.removesuffix("\n")
     try:
-        names = _read_header(path, iter([head.split(",")]))
+        return _read_header(path, iter([head.split(",")])), body.removesuffix("\n")
     except TapeError:
         return None
-    n, ncols = body.count("\n") + 1 if body else 0, len(names)
-    if not _even(body, n, ncols) or len(head) > csv.field_size_limit():
-        return None
-    fields = body.replace("\n", ",").split(",") if n else []
+
+
+def _plain_rows(names: list[str], bodies: list[str]) -> tuple[_Raw, list[int]]:
+    """The rows of plain files of one header (`_plain`), split at once: of the files
+    whose every line is as wide as the header (their numbers: `taken`)."""
+    ncols = len(names)
+    counts = [body.count("\n") + 1 if body else 0 for body in bodies]
+    taken = list(range(len(bodies)))
+    if not _even("\n".join(b for b in bodies if b), sum(counts), ncols):
+        taken = [k for k in taken if _even(bodies[k], counts[k], ncols)]  # which are not
+    sizes = [counts[k] for k in taken]
+    text = "\n".join(bodies[k] for k in taken if counts[k])
+    fields = text.replace("\n", ",").split(",") if text else []
+    places = np.concatenate([np.arange(n) for n in sizes] + [np.zeros(0, np.int64)])
     return _Raw(
         where=_where(names),
         columns=[fields[k::ncols] for k in range(ncols)],
-        lines=np.arange(2, n + 2),
-        places=np.arange(n),
-        rejected=[],
-        rows=n,
-    )
+        lines=places + 2,  # after the header
+        places=places,
+        sizes=sizes,
+        rejected=[[] for _ in sizes],
+        rows=sizes,
+    ), taken
 
 
 def _even(body: str, n: int, ncols: int) -> bool:
@@ -583,57 +620,83 @@ def _even(body: str, n: int, ncols: int) -> bool:
     return bool((per_line == ncols - 1).all() and widths.max() <= csv.field_size_limit())
 
 
-def _parse(raw: _Raw) -> _Block:
-    """A block of CSV rows read, as columns: float() per number and ISO times on arrays
-    (`_times`, `_numbers`), the checks on the columns (`ticks.clean`). A row in any
-    doubt is read again by `_tick`, which reads what the fast way does not and names
-    the problem."""
-    n = raw.lines.shape[0]
-    i_ts, i_market, i_price, *i_book = raw.where
+def _parse(raw: _Raw) -> list[_Block]:
+    """CSV rows read, as columns (`_read`), split into a block per file."""
+    names, values, ok, rejected = _read(raw.where, raw.columns)
+    lines, places = raw.lines, raw.places
+    blocks, start = [], 0
+    for size, done, rows in zip(raw.sizes, raw.rejected, raw.rows, strict=True):
+        end = start + size
+        keep: slice | np.ndarray = slice(start, end)
+        mine = names[keep]
+        if not ok[keep].all():
+            keep = np.flatnonzero(ok[keep]) + start
+            mine = [names[k] for k in keep.tolist()]
+        index = {m: i for i, m in enumerate(dict.fromkeys(mine))}
+        market = (
+            np.zeros(len(mine), np.int64)
+            if len(index) == 1
+            else np.fromiter(map(index.__getitem__, mine), np.int64, len(mine))
+        )
+        cols = TickColumns(list(index), market, *(v[keep] for v in values))
+        bad = [(int(places[k]), int(lines[k]), r, d) for k, r, d in rejected if start <= k < end]
+        blocks.append(_Block(cols, lines[keep], places[keep], done + bad, rows))
+        start = end
+    return blocks
+
+
+def _read(
+    where: tuple[int | None, ...], columns: list[Sequence[str]]
+) -> tuple[list[str], list[np.ndarray], np.ndarray, list[tuple[int, str, str]]]:
+    """CSV rows as columns: float() per number and ISO times on arrays (`_times`,
+    `_numbers`), the checks on the columns (`ticks.clean`). A row in any doubt is read
+    again by `_tick`, which reads what the fast way does not and names the problem.
+    (market ids, [ts, price, bid, ask, depth], where a row is valid, (row, reason,
+    detail) of the others)."""
+    i_ts, i_market, i_price, *i_book = where
     assert i_ts is not None and i_market is not None and i_price is not None
-    ts, ok = _times(raw.columns[i_ts])
-    price, ok_price = _numbers(raw.columns[i_price])
-    names = list(map(str.strip, raw.columns[i_market]))
+    n = len(columns[i_ts])
+    ts, ok = _times(columns[i_ts])
+    price, ok_price = _numbers(columns[i_price])
+    names = list(map(str.strip, columns[i_market]))
     has_market = np.ones(n, bool) if "" not in names else np.array(list(map(bool, names)))
     ok &= ok_price
     book: list[np.ndarray | None] = []  # bid, ask, depth; None: no such column
     for i in i_book:
-        values, ok_values = (None, True) if i is None else _optional(raw.columns[i])
+        values, ok_values = (None, True) if i is None else _optional(columns[i])
         book.append(values)
         ok &= ok_values
     ok &= clean(ts, has_market, price, *book)
     bid, ask, depth = (np.full(n, math.nan) if v is None else v for v in book)
-    rejected = raw.rejected
+    rejected = []
     for k in np.flatnonzero(~ok).tolist():
         try:
-            tick = _tick(*(None if i is None else raw.columns[i][k] for i in raw.where))
+            tick = _tick(*(None if i is None else columns[i][k] for i in where))
         except _Bad as bad:
-            rejected.append((int(raw.places[k]), int(raw.lines[k]), bad.reason, bad.detail))
+            rejected.append((k, bad.reason, bad.detail))
             continue
         names[k], ts[k], price[k], ok[k] = tick.market, tick.ts, tick.price, True
         for values, v in zip((bid, ask, depth), (tick.bid, tick.ask, tick.depth), strict=True):
             values[k] = math.nan if v is None else v
-    index = {m: i for i, m in enumerate(dict.fromkeys(names))}
-    market = (
-        np.zeros(n, np.int64)
-        if len(index) == 1
-        else np.fromiter(map(index.__getitem__, names), np.int64, n)
-    )
-    rows = TickColumns(list(index), market, ts, price, bid, ask, depth)
-    if not ok.all():
-        rows = rows.take(ok)
-    return _Block(rows, raw.lines[ok], raw.places[ok], rejected, raw.rows)
+    return names, [ts, price, bid, ask, depth], ok, rejected
 
 
 def _numbers(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """float() of each text, and where it is a number."""
-    values, ok = _decimals(texts) if len(texts) >= 64 else _nothing(len(texts))
-    for k in np.flatnonzero(~ok).tolist():
-        try:
-            values[k] = float(texts[k])
-        except ValueError:
-            continue
-        ok[k] = True
+    n = len(texts)
+    values, ok = _decimals(texts) if n >= 64 else _nothing(n)
+    rest = np.flatnonzero(~ok)
+    others = texts if rest.shape[0] == n else [texts[k] for k in rest.tolist()]
+    try:
+        values[rest] = np.fromiter(map(float, others), np.float64, len(others))
+        ok[rest] = True
+    except ValueError:  # text by text: which are numbers
+        for k in rest.tolist():
+            try:
+                values[k] = float(texts[k])
+            except ValueError:
+                continue
+            ok[k] = True
     return values, ok
 
 
@@ -921,12 +984,8 @@ class Tape:
     def columns(self) -> list[TickColumns]:
         """Each file's ticks as columns, in file order (the rows of a file in its
         order); resets and refills `reports`. What the backtest reads: a plain CSV file
-        at once, with no Tick per row."""
-        self.reports = [TapeReport(str(p)) for p in self.files]
-        return [
-            TickColumns.concat(list(self._skipping(_blocks(p, r, whole=True), r)))
-            for p, r in zip(self.files, self.reports, strict=True)
-        ]
+        at once, with no Tick per row (`read_columns`)."""
+        return read_columns([self])[0]
 
     def _skipping(self, stream: Iterator[T], report: TapeReport) -> Iterator[T]:
         """`stream`, ended where its file stops being readable when `on_unreadable`
@@ -957,6 +1016,31 @@ class Tape:
     def summary(self) -> str:
         """The per-file summaries, one block per file."""
         return "\n".join(r.summary() for r in self.reports)
+
+
+def read_columns(tapes: Sequence[Tape]) -> list[list[TickColumns]]:
+    """`Tape.columns` of each tape. Plain CSV files (`_plain`) are read at once, and
+    those of one header, of all the tapes, split and checked together: the arrays'
+    work is paid once, not once per file."""
+    files: list[tuple[Tape, Path, TapeReport]] = []
+    for tape in tapes:
+        tape.reports = [TapeReport(str(p)) for p in tape.files]
+        files += [(tape, p, r) for p, r in zip(tape.files, tape.reports, strict=True)]
+    texts = [None if tape_kind(p) == "jsonl" else _plain(p) for _, p, _ in files]
+    plain: dict[int, _Block] = {}  # file number: its rows
+    numbers = [k for k, text in enumerate(texts) if text is not None]
+    for _, group in itertools.groupby(numbers, key=lambda k: texts[k][0]):  # type: ignore[index]
+        ks = list(group)
+        raw, taken = _plain_rows(texts[ks[0]][0], [texts[k][1] for k in ks])  # type: ignore[index]
+        plain.update(zip([ks[k] for k in taken], _parse(raw), strict=True))
+    out: dict[int, list[TickColumns]] = {id(tape): [] for tape in tapes}
+    for k, (tape, path, report) in enumerate(files):
+        if k in plain:
+            blocks = [_admit(plain[k], _Order(), report)]
+        else:
+            blocks = list(tape._skipping(_blocks(path, report), report))
+        out[id(tape)].append(TickColumns.concat(blocks))
+    return [out[id(tape)] for tape in tapes]
 
 
 def read_tape(path: str | Path) -> tuple[list[Tick], list[TapeReport]]:

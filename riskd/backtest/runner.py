@@ -12,7 +12,7 @@ from riskd.backtest.policies import all_policies
 from riskd.backtest.simulate import Rules, Simulation, Tally, simulate
 from riskd.config import Settings
 from riskd.markets import Market, MarketsError, load_markets
-from riskd.tape import Tape, TapeError, TapeReport, no_rows_error, tape_kind
+from riskd.tape import Tape, TapeError, TapeReport, no_rows_error, read_columns, tape_kind
 from riskd.ticks import TickColumns
 
 MARKETS_FILES = ("markets.json", "markets.toml")
@@ -135,7 +135,7 @@ def load(
         raise TapeError(f"{path}: no tape files (.csv, .jsonl, ...) in directory")
     # A file of a directory may be empty (its report says so); the whole may not.
     tapes = [Tape(f, require_rows=False) for f in files]
-    per_file = [tp.columns()[0] for tp in tapes]
+    per_file = [cols for (cols,) in read_columns(tapes)]
     if not any(len(cols) for cols in per_file):
         raise no_rows_error(path, [r for tp in tapes for r in tp.reports])
     return files, tapes, per_file, markets
