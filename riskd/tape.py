@@ -459,7 +459,7 @@ class _Raw:
 
     def split(self, first: int) -> list[_Raw]:
         """A file's first rows and the rest, as two blocks (none rejected yet)."""
-        assert self.sizes == self.rows
+        assert len(self.sizes) == 1 and not self.rejected[0]
         out = []
         for part in (slice(0, first), slice(first, None)):
             columns, n = [c[part] for c in self.columns], len(self.lines[part])
@@ -587,17 +587,21 @@ def _plain_rows(names: list[str], bodies: list[str]) -> tuple[_Raw, list[int]]:
     """The rows of plain files of one header (`_plain`), split at once: of the files
     whose every line is as wide as the header (their numbers: `taken`)."""
     ncols = len(names)
-    counts = [body.count("\n") + 1 if body else 0 for body in bodies]
-    taken = list(range(len(bodies)))
-    if not _even("\n".join(b for b in bodies if b), sum(counts), ncols):
-        taken = [k for k in taken if _even(bodies[k], counts[k], ncols)]  # which are not
-    sizes = [counts[k] for k in taken]
-    text = "\n".join(bodies[k] for k in taken if counts[k])
-    fields = text.replace("\n", ",").split(",") if text else []
+    columns: list[list[str]] = [[] for _ in names]
+    taken, sizes = [], []
+    for k, body in enumerate(bodies):
+        n = body.count("\n") + 1 if body else 0
+        if not _even(body, n, ncols):
+            continue
+        fields = body.replace("\n", ",").split(",") if n else []
+        for i, column in enumerate(columns):
+            column += fields[i::ncols]
+        taken.append(k)
+        sizes.append(n)
     places = np.concatenate([np.arange(n) for n in sizes] + [np.zeros(0, np.int64)])
     return _Raw(
         where=_where(names),
-        columns=[fields[k::ncols] for k in range(ncols)],
+        columns=list(columns),
         lines=places + 2,  # after the header
         places=places,
         sizes=sizes,
