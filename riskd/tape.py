@@ -4,6 +4,13 @@ Bad rows are never used: each is counted, and the first few are kept with their 
 number and a reason code so a user can find and fix them. A row with bytes that are not
 UTF-8 is one such row (`bad_encoding`), not a reason to stop reading. A tape with no
 usable row at all is an error (TapeError), never an empty stream.
+
+Rows are read and checked a block at a time, as columns: a plain CSV file (no quotes,
+each line as wide as the header) is split at once, numbers and ISO times of one width
+are read on arrays (exactly as float() and datetime.fromisoformat read them), and the
+checks run on the columns (`ticks.clean`, tick_fault's rules); a row in any doubt is
+read again on its own, which names what is wrong with it. Iterating a tape gives Ticks;
+the backtest takes the columns (`Tape.columns`, `read_columns`).
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ __all__ = [
     "TapeError",
     "TapeReport",
     "no_rows_error",
+    "read_columns",
     "read_tape",
     "tape_kind",
 ]
@@ -571,14 +579,17 @@ def _plain(path: Path, limit: int = -1) -> tuple[list[str], str] | None:
     if _replaced[0] != seen or '"' in text or "\0" in text:
         return None
     if "\r" in text:
-        if text.count("\r") != text.count("\r\n"):
-            return None
         text = text.replace("\r\n", "\n")
-    head, _, body = text.partition("\n")
-    if not head or body.endswith("\n\n") or len(head) > csv.field_size_limit():
+        if "\r" in text:  # a lone CR
+            return None
+    at = text.find("\n")
+    head = text if at < 0 else text[:at]
+    if not head or text.endswith("\n\n", at + 1) or len(head) > csv.field_size_limit():
         return None
+    # The other lines, without the last newline: one copy of a large text.
+    body = "" if at < 0 else text[at + 1 : len(text) - text.endswith("\n", at + 1)]
     try:
-        return _read_header(path, iter([head.split(",")])), body.removesuffix("\n")
+        return _read_header(path, iter([head.split(",")])), body
     except TapeError:
         return None
 

@@ -128,9 +128,9 @@ class TickColumns:
             ts=np.fromiter(map(_TS, ticks), np.float64, n),
             price=np.fromiter(map(_PRICE, ticks), np.float64, n),
             # None becomes nan.
-            bid=np.array(list(map(_BID, ticks)), np.float64).reshape(n),
-            ask=np.array(list(map(_ASK, ticks)), np.float64).reshape(n),
-            depth=np.array(list(map(_DEPTH, ticks)), np.float64).reshape(n),
+            bid=np.array(list(map(_BID, ticks)), np.float64),
+            ask=np.array(list(map(_ASK, ticks)), np.float64),
+            depth=np.array(list(map(_DEPTH, ticks)), np.float64),
         )
 
     @classmethod
@@ -180,17 +180,11 @@ class TickColumns:
     def ticks(self) -> Iterator[Tick]:
         """The rows as Ticks, made one at a time."""
         names, ts, price = self.names(), self.ts.tolist(), self.price.tolist()
-        sent = [self._sent(a) for a in (self.bid, self.ask, self.depth)]
-        if not any(sent):
+        book = (self.bid, self.ask, self.depth)
+        if all(np.isnan(a).all() for a in book):
             return map(make_tick, names, ts, price)
-        bid, ask, depth = (
-            [None if v != v else v for v in a.tolist()] for a in (self.bid, self.ask, self.depth)
-        )
+        bid, ask, depth = ([None if v != v else v for v in a.tolist()] for a in book)
         return map(make_tick, names, ts, price, bid, ask, depth)
-
-    @staticmethod
-    def _sent(a: np.ndarray) -> bool:
-        return bool(a.shape[0]) and not bool(np.isnan(a).all())
 
     def book(self) -> tuple[np.ndarray, np.ndarray]:
         """p and half_spread of each row (`book_arrays`)."""
