@@ -765,7 +765,7 @@ def _optional(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
 
 def _times(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """Unix seconds of each text read the plain way (ISO 8601 with an offset, or a
-    number), and where it is read so; the rest is left to `_ts`."""
+    number), and where it is read so; the rest is left to `_tick`."""
     # On arrays where there are enough rows to pay for it.
     ts, ok = _iso_times(texts) if len(texts) >= 64 else _nothing(len(texts))
     for k in np.flatnonzero(~ok).tolist():
