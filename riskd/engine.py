@@ -23,7 +23,7 @@ from riskd.markets import Market
 from riskd.model import estimator, governor, parameters
 from riskd.model.governor import Conditions, GovernorState
 from riskd.overrides import Override
-from riskd.ticks import REASONS, ROW, TickColumns, take_columns, tick_fault
+from riskd.ticks import REASONS, ROW, TickColumns, book_arrays, take_columns, tick_fault
 
 DEFAULT_TICK_SIZE = 0.01
 ALL = slice(None)  # every market; else an index array
@@ -380,7 +380,7 @@ class Engine:
             result = self._enqueue_columns(ticks, latest)
             if result is not None:
                 return result
-            ticks = ticks.ticks()  # markets to discover: one by one, in order
+            ticks = list(ticks.ticks())  # markets to discover: one by one, in order
         return self._enqueue_ticks(ticks, latest)
 
     def _enqueue_ticks(self, ticks: list[Tick], latest: float) -> IngestResult:
@@ -427,7 +427,7 @@ class Engine:
     def _enqueue_columns(self, cols: TickColumns, latest: float) -> IngestResult | None:
         """`_enqueue_ticks` on columns, in one compiled pass (`ticks.take_columns`);
         None when a market is to be discovered (the caller takes the ticks one by one)."""
-        rows_of = self._feed_rows(cols.ids)
+        rows_of = self._feed_rows(cols.markets)
         if self.discover and (rows_of[cols.market] == -1).any():
             return None
         if self._pending_t:  # Tick objects pending too (a market on two feeds)
@@ -922,9 +922,7 @@ def tick_arrays(ticks: list[Tick]) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     bid = np.array(list(map(_BID, ticks)), np.float64)
     ask = np.array(list(map(_ASK, ticks)), np.float64)
     depth = np.array(list(map(_DEPTH, ticks)), np.float64)
-    both = ~np.isnan(bid) & ~np.isnan(ask)
-    p = np.where(both, 0.5 * (bid + ask), price)
-    half_spread = np.where(both, 0.5 * (ask - bid), 0.0)
+    p, half_spread = book_arrays(price, bid, ask)
     return t, p, half_spread, depth
 
 

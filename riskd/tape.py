@@ -4,6 +4,13 @@ Bad rows are never used: each is counted, and the first few are kept with their 
 number and a reason code so a user can find and fix them. A row with bytes that are not
 UTF-8 is one such row (`bad_encoding`), not a reason to stop reading. A tape with no
 usable row at all is an error (TapeError), never an empty stream.
+
+Rows are read and checked a block at a time, as columns: a plain CSV file (no quotes,
+each line as wide as the header) is split at once, numbers and ISO times of one width
+are read on arrays (exactly as float() and datetime.fromisoformat read them), and the
+checks run on the columns (`ticks.clean`, tick_fault's rules); a row in any doubt is
+read again on its own, which names what is wrong with it. Iterating a tape gives Ticks;
+the backtest takes the columns (`Tape.columns`, `read_columns`).
 """
 
 from __future__ import annotations
@@ -13,17 +20,20 @@ import csv
 import dataclasses
 import gzip
 import heapq
+import itertools
 import json
 import math
 import re
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import IO
+from typing import IO, Any, TypeVar
+
+import numpy as np
 
 from riskd.feeds.base import MAX_DEPTH, Tick, make_tick
-from riskd.ticks import tick_fault
+from riskd.ticks import TickColumns, clean, tick_fault
 
 __all__ = [
     "MAX_EXAMPLES",
@@ -32,6 +42,7 @@ __all__ = [
     "TapeError",
     "TapeReport",
     "no_rows_error",
+    "read_columns",
     "read_tape",
     "tape_kind",
 ]
@@ -65,6 +76,7 @@ _JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".ndjson", ".ndjs
 _NOT_TAPES = frozenset({"markets.json", "markets.toml"})
 
 _fromisoformat = datetime.fromisoformat
+T = TypeVar("T")
 
 
 class TapeError(ValueError):
@@ -297,191 +309,605 @@ def _why(field: str, raw: object, tick: Tick) -> str:
     return f"{field} {raw!r} is outside [0, 1]"
 
 
-def _reject_order(report: TapeReport, line: int, tick: Tick, prev: float) -> None:
-    report.reject(
-        line,
-        "out_of_order",
-        f"ts {tick.ts} is earlier than the previous {prev} for market {tick.market!r}",
-    )
-
-
 class _Order:
-    """Per-market order check for one file."""
+    """Per-market order check for one file, a block of rows at a time: a row earlier
+    than an accepted row of its market before it is rejected (`out_of_order`); an
+    accepted row earlier than an accepted row of another market before it counts as
+    `unsorted`."""
 
-    __slots__ = ("last", "high", "report")
+    __slots__ = ("last", "high")
 
-    def __init__(self, report: TapeReport) -> None:
-        self.last: dict[str, float] = {}
+    def __init__(self) -> None:
+        self.last: dict[str, float] = {}  # per market, its latest accepted time
         self.high = -math.inf
-        self.report = report
 
-    def admit(self, tick: Tick, line: int) -> bool:
-        prev = self.last.get(tick.market)
-        if prev is not None and tick.ts < prev:
-            _reject_order(self.report, line, tick, prev)
-            return False
-        self.last[tick.market] = tick.ts
-        if tick.ts < self.high:
-            self.report.unsorted += 1
+    def admit(self, cols: TickColumns) -> tuple[np.ndarray, np.ndarray, int]:
+        """(accepted, each row's bound: the latest accepted time of its market before
+        it, rows counted unsorted) for rows that follow those admitted so far."""
+        floor = np.array([self.last.get(m, -math.inf) for m in cols.markets])
+        # A rejected row is below its bound, so it never raises it: the bound is the
+        # running maximum of all earlier rows of the market.
+        if len(floor) == 1:
+            bound = np.maximum.accumulate(np.concatenate((floor, cols.ts)))[:-1]
         else:
-            self.high = tick.ts
-        return True
+            bound = _running_max(cols.market, cols.ts, floor)
+        ok = ~(cols.ts < bound)
+        kept = cols.ts[ok]
+        if not kept.shape[0]:
+            return ok, bound, 0
+        high = np.maximum.accumulate(np.concatenate(([self.high], kept)))
+        self.high = float(high[-1])
+        np.maximum.at(floor, cols.market[ok], kept)
+        self.last.update(zip(cols.markets, floor.tolist(), strict=True))
+        return ok, bound, int(np.count_nonzero(kept < high[:-1]))
 
 
-def _iter_csv(path: Path, report: TapeReport) -> Iterator[Tick]:
+def _running_max(market: np.ndarray, ts: np.ndarray, floor: np.ndarray) -> np.ndarray:
+    """Each row's maximum of its market's `floor` and the earlier rows' ts."""
+    out = np.empty(ts.shape[0])
+    order = np.argsort(market, kind="stable")
+    for rows in np.split(order, np.flatnonzero(np.diff(market[order])) + 1):
+        if rows.shape[0]:
+            run = np.concatenate((floor[market[rows[:1]]], ts[rows]))
+            out[rows] = np.maximum.accumulate(run)[:-1]
+    return out
+
+
+# A rejected row: (its place in its block, line, reason, detail).
+Rejected = tuple[int, int, str, str]
+
+
+class _Pending:
+    """Rows read and not yet checked: the rows kept (CSV fields, or JSON Lines ticks)
+    and their lines, appended by the reader, and the rows rejected on the way."""
+
+    def __init__(self) -> None:
+        self.items: list[Any] = []
+        self.lines: list[int] = []
+        self.rejected: list[Rejected] = []
+
+    def reject(self, line: int, reason: str, detail: str) -> None:
+        self.rejected.append((len(self.items) + len(self.rejected), line, reason, detail))
+
+    def places(self) -> np.ndarray:
+        """Each kept row's place in the block, among the rows rejected."""
+        kept = np.arange(len(self.items))
+        if not self.rejected:
+            return kept
+        before = np.array([r[0] - j for j, r in enumerate(self.rejected)])  # rows kept before
+        return kept + np.searchsorted(before, kept, side="right")
+
+    def __bool__(self) -> bool:
+        return bool(self.items or self.rejected)
+
+
+@dataclasses.dataclass
+class _Block:
+    """Rows of a file, read and valid, before the order check, with each row's line
+    and place in the block; the block's rows rejected so far; `rows` counts both."""
+
+    cols: TickColumns
+    lines: np.ndarray
+    places: np.ndarray
+    rejected: list[Rejected]
+    rows: int
+
+
+# Rows checked at once. A file's first block is one row: the probe reads no further,
+# and a file's report starts to fill with its first row.
+BLOCK = 4096
+
+
+def _admit(block: _Block, order: _Order, report: TapeReport) -> TickColumns:
+    """The block's rows in order (`_Order`); rejections reported in the order of the
+    rows. The rows accepted."""
+    ok, bound, unsorted = order.admit(block.cols)
+    rejected = block.rejected
+    late = np.flatnonzero(~ok)
+    if late.shape[0]:
+        names = block.cols.names()
+        for k in late.tolist():
+            rejected.append(
+                (
+                    int(block.places[k]),
+                    int(block.lines[k]),
+                    "out_of_order",
+                    f"ts {block.cols.ts[k].item()} is earlier than the previous "
+                    f"{bound[k].item()} for market {names[k]!r}",
+                )
+            )
+    rejected.sort()
+    for _, line, reason, detail in rejected:
+        report.reject(line, reason, detail)
+    report.rows += block.rows
+    report.unsorted += unsorted
+    accepted = block.cols if not late.shape[0] else block.cols.take(ok)
+    report.accepted += len(accepted)
+    return accepted
+
+
+def _blocks(path: Path, report: TapeReport, small: int = 0) -> Iterator[TickColumns]:
+    """A file's accepted rows, a block at a time; a plain CSV file of up to `small`
+    characters split at once (`_csv_at_once`), its first row a block of its own."""
+    order = _Order()
+    if tape_kind(path) == "jsonl":
+        blocks = _jsonl_blocks(path)
+    else:
+        raw = _csv_at_once(path, small) if small else None
+        raws = _csv_lines(path) if raw is None else raw.split(1)
+        blocks = (block for raw in raws for block in _parse(raw))
+    for block in blocks:
+        yield _admit(block, order, report)
+
+
+# A plain CSV file up to this many characters is split at once when a tape is iterated:
+# its columns take about the memory of a block.
+SMALL_FILE = 1 << 19
+
+
+def _ticks(path: Path, report: TapeReport) -> Iterator[Tick]:
+    for block in _blocks(path, report, SMALL_FILE):
+        yield from block.ticks()
+
+
+@dataclasses.dataclass
+class _Raw:
+    """Rows of CSV files of one header as read: the fields of those to check, by
+    header column (`where`: the columns of ts, market, price, bid, ask, depth), with
+    their lines and places in their block; per file, how many rows to check (`sizes`,
+    in order), the rows already rejected and the rows counted (`rows`)."""
+
+    where: tuple[int | None, ...]
+    columns: list[Sequence[str]]
+    lines: np.ndarray
+    places: np.ndarray
+    sizes: list[int]
+    rejected: list[list[Rejected]]
+    rows: list[int]
+
+    def split(self, first: int) -> list[_Raw]:
+        """A file's first rows and the rest, as two blocks (none rejected yet)."""
+        assert len(self.sizes) == 1 and not self.rejected[0]
+        out = []
+        for part in (slice(0, first), slice(first, None)):
+            columns, n = [c[part] for c in self.columns], len(self.lines[part])
+            out.append(
+                _Raw(self.where, columns, self.lines[part], self.places[part], [n], [[]], [n])
+            )
+        return out
+
+
+def _where(names: list[str]) -> tuple[int | None, ...]:
+    return tuple(names.index(c) if c in names else None for c in (*REQUIRED, *OPTIONAL))
+
+
+def _csv_lines(path: Path) -> Iterator[_Raw]:
+    """A CSV file's rows in blocks, read line by line by the csv module. csv.Error
+    (e.g. a field over the size limit) costs its row: the reader goes on at the next
+    line. A file that cannot be read on ends with its rows read so far, then TapeError."""
     reader = None
     replaced, seen = _replaced, _replaced[0]
+    pending, size = _Pending(), 1
+    where: tuple[int | None, ...] = ()
+    ncols = 0
     try:
         with _open_text(path) as f:
             reader = csv.reader(f)
             names = _read_header(path, reader)
-            read, ncols = _row_reader(names), len(names)
-            order = _Order(report)
-            # csv.Error (e.g. a field over the size limit) costs its row: the reader
-            # goes on at the next line.
+            where, ncols = _where(names), len(names)
             while True:
                 try:
+                    rows, lines = pending.items, pending.lines
                     for row in reader:
-                        if (len(row) != ncols or replaced[0] != seen) and not _whole(
-                            row, ncols, reader.line_num, report
-                        ):
-                            continue
-                        report.rows += 1
-                        try:
-                            tick = read(row)
-                        except _Bad as bad:
-                            report.reject(reader.line_num, bad.reason, bad.detail)
-                            continue
-                        if order.admit(tick, reader.line_num):
-                            report.accepted += 1
-                            yield tick
+                        if len(row) != ncols or replaced[0] != seen:
+                            bad = _misfit(row, ncols)
+                            if bad is not None:
+                                if bad is not _BLANK:
+                                    pending.reject(reader.line_num, *bad)
+                                continue
+                        rows.append(row)
+                        lines.append(reader.line_num)
+                        if len(rows) == size:
+                            yield _raw(pending, where, ncols)
+                            pending, size = _Pending(), BLOCK
+                            rows, lines = pending.items, pending.lines
                     break
                 except csv.Error as exc:
-                    report.rows += 1
-                    report.reject(reader.line_num, "bad_row", f"not CSV: {exc}")
+                    pending.reject(reader.line_num, "bad_row", f"not CSV: {exc}")
     except (*_READ_ERRORS, csv.Error) as exc:
+        if pending:
+            yield _raw(pending, where, ncols)
         raise _fatal(path, exc, reader.line_num if reader else None) from exc
+    if pending:
+        yield _raw(pending, where, ncols)
 
 
-def _whole(row: list[str], ncols: int, line: int, report: TapeReport) -> bool:
-    """Whether a row that may not be (as wide as the header, or UTF-8) is one to read;
-    if not, it is rejected, unless it is a blank line (no row)."""
+def _raw(pending: _Pending, where: tuple[int | None, ...], ncols: int) -> _Raw:
+    rows = pending.items
+    return _Raw(
+        where=where,
+        columns=list(zip(*rows, strict=True)) if rows else [()] * ncols,
+        lines=np.array(pending.lines, np.int64),
+        places=pending.places(),
+        sizes=[len(rows)],
+        rejected=[pending.rejected],
+        rows=[len(rows) + len(pending.rejected)],
+    )
+
+
+_BLANK = ("", "")
+
+
+def _misfit(row: list[str], ncols: int) -> tuple[str, str] | None:
+    """Why a row that may not be (as wide as the header, or UTF-8) is not one to read:
+    (reason, detail), or _BLANK for a blank line (no row); None: it is."""
     why = _not_utf8(",".join(row))
     if why:
-        report.rows += 1
-        report.reject(line, "bad_encoding", why)
-        return False
+        return "bad_encoding", why
     if len(row) == ncols:
-        return True
+        return None
     if len(row) > 1 or (row and row[0].strip()):
-        report.rows += 1
-        report.reject(line, "bad_row", f"{len(row)} fields, header has {ncols}")
-    return False
+        return "bad_row", f"{len(row)} fields, header has {ncols}"
+    return _BLANK
 
 
-def _row_reader(names: list[str]) -> Callable[[list[str]], Tick]:
-    """row -> Tick for a header's columns; raises _Bad. A plainly valid row is read
-    with no more than float() per field (it runs for every row); any doubt goes to
-    `_tick`, which reads the row again and names the problem."""
-    i_ts, i_m, i_p = (names.index(c) for c in REQUIRED)
-    i_b, i_a, i_d = (names.index(c) if c in names else None for c in OPTIONAL)
-    has_opt = not (i_b is None and i_a is None and i_d is None)
-    fromiso, fault, tick_, float_ = _fromisoformat, tick_fault, make_tick, float
-    iso_text, iso_ts = "", 0.0  # the last ISO time and its value: one time, many markets
-
-    def read(row: list[str]) -> Tick:
-        nonlocal iso_text, iso_ts
-        try:
-            s = row[i_ts]
-            if s == iso_text:
-                ts = iso_ts
-            elif s[4] == "-":
-                dt = fromiso(s)
-                ts = dt.timestamp() if dt.tzinfo is not None else -1.0
-                iso_text, iso_ts = s, ts
-            else:
-                ts = float_(s)
-            if has_opt:
-                b = None if i_b is None else row[i_b]
-                a = None if i_a is None else row[i_a]
-                d = None if i_d is None else row[i_d]
-                tick = tick_(
-                    row[i_m].strip(),
-                    ts,
-                    float_(row[i_p]),
-                    float_(b) if b else None,
-                    float_(a) if a else None,
-                    float_(d) if d else None,
-                )
-            else:
-                tick = tick_(row[i_m].strip(), ts, float_(row[i_p]))
-            if fault(tick) is None:
-                return tick
-        except (ValueError, IndexError):
-            pass
-        return _tick(*(None if i is None else row[i] for i in (i_ts, i_m, i_p, i_b, i_a, i_d)))
-
-    return read
+def _csv_at_once(path: Path, limit: int) -> _Raw | None:
+    """A plain CSV file's rows at once (`_plain`), or None: `_csv_lines` reads it."""
+    text = _plain(path, limit)
+    if text is None:
+        return None
+    names, body = text
+    raw, taken = _plain_rows(names, [body])
+    return raw if taken else None
 
 
-def _iter_jsonl(path: Path, report: TapeReport) -> Iterator[Tick]:
-    line = 0
-    replaced, seen = _replaced, _replaced[0]
+def _plain(path: Path, limit: int = -1) -> tuple[list[str], str] | None:
+    """A plain CSV file's header and its other lines (without the last newline), or
+    None: the file is not plain (or not readable, or over `limit` characters). Plain:
+    UTF-8 without quotes, NUL or a lone CR, the header's line within the csv module's
+    field limit, no blank line at the end; and, checked by `_plain_rows`, each line as
+    wide as the header and within the limit: splitting at commas and newlines is then
+    what the csv module reads, line for line."""
+    seen = _replaced[0]
     try:
         with _open_text(path) as f:
-            order = _Order(report)
+            text = f.read(limit + 1 if limit >= 0 else -1)
+    except _READ_ERRORS:
+        return None
+    if 0 <= limit < len(text):
+        return None
+    if _replaced[0] != seen or '"' in text or "\0" in text:
+        return None
+    if "\r" in text:
+        text = text.replace("\r\n", "\n")
+        if "\r" in text:  # a lone CR
+            return None
+    at = text.find("\n")
+    head = text if at < 0 else text[:at]
+    if not head or text.endswith("\n\n", at + 1) or len(head) > csv.field_size_limit():
+        return None
+    # The other lines, without the last newline: one copy of a large text.
+    body = "" if at < 0 else text[at + 1 : len(text) - text.endswith("\n", at + 1)]
+    try:
+        return _read_header(path, iter([head.split(",")])), body
+    except TapeError:
+        return None
+
+
+def _plain_rows(names: list[str], bodies: list[str]) -> tuple[_Raw, list[int]]:
+    """The rows of plain files of one header (`_plain`), split at once: of the files
+    whose every line is as wide as the header (their numbers: `taken`)."""
+    ncols = len(names)
+    columns: list[list[str]] = [[] for _ in names]
+    taken, sizes = [], []
+    for k, body in enumerate(bodies):
+        n = body.count("\n") + 1 if body else 0
+        if not _even(body, n, ncols):
+            continue
+        fields = body.replace("\n", ",").split(",") if n else []
+        for i, column in enumerate(columns):
+            column += fields[i::ncols]
+        taken.append(k)
+        sizes.append(n)
+    places = np.concatenate([np.arange(n) for n in sizes] + [np.zeros(0, np.int64)])
+    return _Raw(
+        where=_where(names),
+        columns=list(columns),
+        lines=places + 2,  # after the header
+        places=places,
+        sizes=sizes,
+        rejected=[[] for _ in sizes],
+        rows=sizes,
+    ), taken
+
+
+def _even(body: str, n: int, ncols: int) -> bool:
+    """Whether each of the n lines of `body` has ncols fields, none over the field limit."""
+    if not n:
+        return True
+    data = np.frombuffer(body.encode("utf-8", "surrogatepass"), np.uint8)
+    ends = np.append(np.flatnonzero(data == 10), data.shape[0])
+    commas = np.flatnonzero(data == 44)
+    if commas.shape[0] != n * (ncols - 1):
+        return False
+    per_line = np.bincount(np.searchsorted(ends, commas), minlength=n)
+    widths = np.diff(ends, prepend=-1) - 1
+    return bool((per_line == ncols - 1).all() and widths.max() <= csv.field_size_limit())
+
+
+def _parse(raw: _Raw) -> list[_Block]:
+    """CSV rows read, as columns (`_read`), split into a block per file."""
+    names, values, ok, rejected = _read(raw.where, raw.columns)
+    lines, places = raw.lines, raw.places
+    blocks, start = [], 0
+    for size, done, rows in zip(raw.sizes, raw.rejected, raw.rows, strict=True):
+        end = start + size
+        keep: slice | np.ndarray = slice(start, end)
+        mine = names[keep]
+        if not ok[keep].all():
+            keep = np.flatnonzero(ok[keep]) + start
+            mine = [names[k] for k in keep.tolist()]
+        index = {m: i for i, m in enumerate(dict.fromkeys(mine))}
+        market = (
+            np.zeros(len(mine), np.int64)
+            if len(index) == 1
+            else np.fromiter(map(index.__getitem__, mine), np.int64, len(mine))
+        )
+        cols = TickColumns(list(index), market, *(v[keep] for v in values))
+        bad = [(int(places[k]), int(lines[k]), r, d) for k, r, d in rejected if start <= k < end]
+        blocks.append(_Block(cols, lines[keep], places[keep], done + bad, rows))
+        start = end
+    return blocks
+
+
+def _read(
+    where: tuple[int | None, ...], columns: list[Sequence[str]]
+) -> tuple[list[str], list[np.ndarray], np.ndarray, list[tuple[int, str, str]]]:
+    """CSV rows as columns: float() per number and ISO times on arrays (`_times`,
+    `_numbers`), the checks on the columns (`ticks.clean`). A row in any doubt is read
+    again by `_tick`, which reads what the fast way does not and names the problem.
+    (market ids, [ts, price, bid, ask, depth], where a row is valid, (row, reason,
+    detail) of the others)."""
+    i_ts, i_market, i_price, *i_book = where
+    assert i_ts is not None and i_market is not None and i_price is not None
+    n = len(columns[i_ts])
+    ts, ok = _times(columns[i_ts])
+    price, ok_price = _numbers(columns[i_price])
+    names = list(map(str.strip, columns[i_market]))
+    has_market = np.ones(n, bool) if "" not in names else np.array(list(map(bool, names)))
+    ok &= ok_price
+    book: list[np.ndarray | None] = []  # bid, ask, depth; None: no such column
+    for i in i_book:
+        values, ok_values = (None, True) if i is None else _optional(columns[i])
+        book.append(values)
+        ok &= ok_values
+    ok &= clean(ts, has_market, price, *book)
+    bid, ask, depth = (np.full(n, math.nan) if v is None else v for v in book)
+    rejected = []
+    for k in np.flatnonzero(~ok).tolist():
+        try:
+            tick = _tick(*(None if i is None else columns[i][k] for i in where))
+        except _Bad as bad:
+            rejected.append((k, bad.reason, bad.detail))
+            continue
+        names[k], ts[k], price[k], ok[k] = tick.market, tick.ts, tick.price, True
+        for values, v in zip((bid, ask, depth), (tick.bid, tick.ask, tick.depth), strict=True):
+            values[k] = math.nan if v is None else v
+    return names, [ts, price, bid, ask, depth], ok, rejected
+
+
+def _numbers(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """float() of each text, and where it is a number."""
+    n = len(texts)
+    values, ok = _decimals(texts) if n >= 64 else _nothing(n)
+    rest = np.flatnonzero(~ok)
+    others = texts if rest.shape[0] == n else [texts[k] for k in rest.tolist()]
+    try:
+        values[rest] = np.fromiter(map(float, others), np.float64, len(others))
+        ok[rest] = True
+    except ValueError:  # text by text: which are numbers
+        for k in rest.tolist():
+            try:
+                values[k] = float(texts[k])
+            except ValueError:
+                continue
+            ok[k] = True
+    return values, ok
+
+
+def _fixed(texts: Sequence[str]) -> np.ndarray | None:
+    """The texts' bytes, one row per text, when they are ASCII all of one width (the
+    first's): else None."""
+    n = len(texts)
+    width = len(texts[0]) if n else 0
+    joined = "\n".join(texts) + "\n"
+    if len(joined) != n * (width + 1) or not joined.isascii():
+        return None
+    chars = np.frombuffer(joined.encode("ascii"), np.uint8).reshape(n, width + 1)
+    # With a newline after each text at the same place, every text has that width.
+    if joined.count("\n") != n or not (chars[:, width] == 10).all():
+        return None
+    return chars[:, :width]
+
+
+def _decimals(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """float() of texts of one width written as plain decimals (digits with at most
+    one point, at most 15 digits), on arrays, and where a text is one. Exact: the
+    digits as an integer m < 2**53 over 10**k, both exact doubles, divide with one
+    rounding, as float() rounds the decimal once."""
+    n = len(texts)
+    chars = _fixed(texts)
+    if chars is None or not 0 < chars.shape[1] <= 16:
+        return _nothing(n)
+    digit = chars - ord("0")  # wraps below "0": a digit is 0..9
+    is_digit, is_point = digit <= 9, chars == ord(".")
+    digits, points = is_digit.sum(axis=1), is_point.sum(axis=1)
+    ok = (digits + points == chars.shape[1]) & (points <= 1) & (digits >= 1) & (digits <= 15)
+    mantissa = np.zeros(n)
+    for col in range(chars.shape[1]):
+        mantissa = np.where(is_digit[:, col], mantissa * 10.0 + digit[:, col], mantissa)
+    after_point = chars.shape[1] - 1 - np.argmax(is_point, axis=1)
+    values = mantissa / 10.0 ** np.where(points == 1, after_point, 0)
+    values[~ok] = math.nan
+    return values, ok
+
+
+def _optional(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """An optional column's numbers (nan: empty, not sent), and where they are plainly
+    numbers: a NaN sent is not (the columns cannot tell it from one not sent)."""
+    if "" not in texts:
+        values, ok = _numbers(texts)
+        return values, ok & ~np.isnan(values)
+    sent = np.array([text != "" for text in texts], bool)
+    values, ok = _numbers([text or "nan" for text in texts])
+    return values, ok & (~sent | ~np.isnan(values))
+
+
+def _times(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Unix seconds of each text read the plain way (ISO 8601 with an offset, or a
+    number), and where it is read so; the rest is left to `_tick`."""
+    # On arrays where there are enough rows to pay for it.
+    ts, ok = _iso_times(texts) if len(texts) >= 64 else _nothing(len(texts))
+    for k in np.flatnonzero(~ok).tolist():
+        text = texts[k]
+        try:
+            if text[4] == "-":
+                dt = _fromisoformat(text)
+                if dt.tzinfo is None:
+                    continue
+                ts[k] = dt.timestamp()
+            else:
+                ts[k] = float(text)
+        except (ValueError, IndexError):
+            continue
+        ok[k] = True
+    return ts, ok
+
+
+# YYYY-MM-DDTHH:MM:SS, a fraction of 0, 3 or 6 digits, Z: by the text's width.
+_ISO_FRACTION = {20: 0, 24: 3, 27: 6}
+_ISO_DIGITS = (0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18)
+_ISO_MARKS = ((4, "-"), (7, "-"), (10, "T"), (13, ":"), (16, ":"))
+_MONTH_DAYS = np.array([31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])
+
+
+def _iso_times(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Unix seconds of texts all written YYYY-MM-DDTHH:MM:SS[.fff[fff]]Z, on arrays:
+    what datetime.fromisoformat(text).timestamp() gives, and where the text is a valid
+    such time (nowhere when the texts are not all of one such width)."""
+    n = len(texts)
+    ts, ok = _nothing(n)
+    chars = _fixed(texts) if n and len(texts[0]) in _ISO_FRACTION else None
+    if chars is None:
+        return ts, ok
+    width = chars.shape[1]
+    places = _ISO_DIGITS + tuple(range(20, width - 1))
+    digits = chars[:, places].astype(np.int64) - ord("0")
+    ok = ((digits >= 0) & (digits <= 9)).all(axis=1) & (chars[:, width - 1] == ord("Z"))
+    for at, mark in _ISO_MARKS + (((19, "."),) if width > 20 else ()):
+        ok &= chars[:, at] == ord(mark)
+    century, year, month, day, hour, minute, second = (
+        digits[:, k] * 10 + digits[:, k + 1] for k in range(0, 14, 2)
+    )
+    year += century * 100
+    leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
+    days_in = _MONTH_DAYS[np.clip(month, 1, 12) - 1] + (leap & (month == 2))
+    ok &= (year >= 1) & (month >= 1) & (month <= 12) & (day >= 1) & (day <= days_in)
+    ok &= (hour <= 23) & (minute <= 59) & (second <= 59)
+    seconds = _days(year, month, day) * 86400 + hour * 3600 + minute * 60 + second
+    if width == 20:
+        ts[ok] = seconds[ok]
+        return ts, ok
+    fraction = np.zeros(n, np.int64)
+    for k in range(14, digits.shape[1]):
+        fraction = fraction * 10 + digits[:, k]
+    micros = seconds * 1_000_000 + fraction * 10 ** (6 - _ISO_FRACTION[width])
+    # timedelta.total_seconds(): microseconds / 10**6 rounded once, as here while exact.
+    ok &= np.abs(micros) < 2**53
+    ts[ok] = micros[ok] / 1e6
+    return ts, ok
+
+
+def _nothing(n: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.full(n, math.nan), np.zeros(n, bool)
+
+
+def _days(year: np.ndarray, month: np.ndarray, day: np.ndarray) -> np.ndarray:
+    """Days from 1970-01-01 to a proleptic Gregorian date (H. Hinnant's days_from_civil)."""
+    y = year - (month <= 2)
+    era = y // 400
+    yoe = y - era * 400
+    doy = (153 * ((month + 9) % 12) + 2) // 5 + day - 1
+    return era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
+
+
+def _jsonl_blocks(path: Path) -> Iterator[_Block]:
+    """A JSON Lines file's rows in blocks, each row read by `_tick`."""
+    line = 0
+    replaced, seen = _replaced, _replaced[0]
+    pending, size = _Pending(), 1
+    try:
+        with _open_text(path) as f:
             loads = json.loads
             for line, text in enumerate(f, 1):
                 if not text.strip():
                     continue
-                report.rows += 1
                 if replaced[0] != seen:
                     why = _not_utf8(text)
                     if why:
-                        report.reject(line, "bad_encoding", why)
+                        pending.reject(line, "bad_encoding", why)
                         continue
                 try:
                     obj = loads(text)
                 except ValueError as exc:
-                    report.reject(line, "bad_json", str(exc))
+                    pending.reject(line, "bad_json", str(exc))
                     continue
                 if not isinstance(obj, dict):
-                    report.reject(
-                        line, "bad_row", f"expected a JSON object, got {type(obj).__name__}"
-                    )
+                    kind = type(obj).__name__
+                    pending.reject(line, "bad_row", f"expected a JSON object, got {kind}")
                     continue
                 get = obj.get
                 missing = [k for k in REQUIRED if get(k) is None]
                 if missing:
-                    report.reject(line, "missing_field", f"missing or null: {', '.join(missing)}")
+                    pending.reject(line, "missing_field", f"missing or null: {', '.join(missing)}")
                     continue
                 try:
                     tick = _tick(
                         obj["ts"], obj["market"], obj["price"], get("bid"), get("ask"), get("depth")
                     )
                 except _Bad as bad:
-                    report.reject(line, bad.reason, bad.detail)
+                    pending.reject(line, bad.reason, bad.detail)
                     continue
-                if order.admit(tick, line):
-                    report.accepted += 1
-                    yield tick
+                pending.items.append(tick)
+                pending.lines.append(line)
+                if len(pending.items) == size:
+                    yield _block(pending)
+                    pending, size = _Pending(), BLOCK
     except _READ_ERRORS as exc:
+        if pending:
+            yield _block(pending)
         raise _fatal(path, exc, line or None) from exc
+    if pending:
+        yield _block(pending)
 
 
-_READERS: dict[str, Callable[[Path, TapeReport], Iterator[Tick]]] = {
-    "csv": _iter_csv,
-    "jsonl": _iter_jsonl,
-}
+def _block(pending: _Pending) -> _Block:
+    return _Block(
+        TickColumns.of(pending.items),
+        np.array(pending.lines, np.int64),
+        pending.places(),
+        pending.rejected,
+        len(pending.items) + len(pending.rejected),
+    )
 
 
 def _probe(path: Path) -> TapeReport:
     """Read a file up to its first usable row: fails early (TapeError) on unreadable files
     and bad CSV headers; `accepted` of the report is 0 if the file has no usable row."""
     report = TapeReport(str(path))
-    stream = _READERS[tape_kind(path) or "csv"](path, report)
+    stream = _blocks(path, report)
     try:
-        next(stream, None)
+        next((block for block in stream if len(block)), None)
     finally:
         getattr(stream, "close", lambda: None)()  # a generator: its file closes now
     return report
@@ -564,16 +990,29 @@ class Tape:
         """Ticks in event-time order; resets and refills `reports`."""
         self.reports = [TapeReport(str(p)) for p in self.files]
         streams = [
-            _READERS[tape_kind(p) or "csv"](p, r)
-            for p, r in zip(self.files, self.reports, strict=True)
+            self._skipping(_ticks(p, r), r) for p, r in zip(self.files, self.reports, strict=True)
         ]
-        if self.on_unreadable is not None:
-            streams = [self._skipping(s, r) for s, r in zip(streams, self.reports, strict=True)]
         if len(streams) == 1:
             return streams[0]
         return heapq.merge(*streams, key=_ts_key)
 
-    def _skipping(self, stream: Iterator[Tick], report: TapeReport) -> Iterator[Tick]:
+    def columns(self) -> list[TickColumns]:
+        """Each file's ticks as columns, in file order (the rows of a file in its
+        order); resets and refills `reports`. What the backtest reads: a plain CSV file
+        at once, with no Tick per row (`read_columns`)."""
+        return read_columns([self])[0]
+
+    def _skipping(self, stream: Iterator[T], report: TapeReport) -> Iterator[T]:
+        """`stream`, ended where its file stops being readable when `on_unreadable`
+        takes that (then an `unreadable` rejection)."""
+        if self.on_unreadable is None:
+            return stream
+        return self._skip(stream, report, self.on_unreadable)
+
+    @staticmethod
+    def _skip(
+        stream: Iterator[T], report: TapeReport, on_unreadable: Callable[[TapeError], None]
+    ) -> Iterator[T]:
         try:
             yield from stream
         except TapeError as exc:
@@ -582,8 +1021,7 @@ class Tape:
                 "unreadable",
                 f"cannot read on: {exc.cause}; the rest of the file is skipped",
             )
-            if self.on_unreadable is not None:
-                self.on_unreadable(exc)
+            on_unreadable(exc)
 
     @property
     def rejected_total(self) -> int:
@@ -593,6 +1031,31 @@ class Tape:
     def summary(self) -> str:
         """The per-file summaries, one block per file."""
         return "\n".join(r.summary() for r in self.reports)
+
+
+def read_columns(tapes: Sequence[Tape]) -> list[list[TickColumns]]:
+    """`Tape.columns` of each tape. Plain CSV files (`_plain`) are read at once, and
+    those of one header, of all the tapes, split and checked together: the arrays'
+    work is paid once, not once per file."""
+    files: list[tuple[Tape, Path, TapeReport]] = []
+    for tape in tapes:
+        tape.reports = [TapeReport(str(p)) for p in tape.files]
+        files += [(tape, p, r) for p, r in zip(tape.files, tape.reports, strict=True)]
+    texts = [None if tape_kind(p) == "jsonl" else _plain(p) for _, p, _ in files]
+    plain: dict[int, _Block] = {}  # file number: its rows
+    numbers = [k for k, text in enumerate(texts) if text is not None]
+    for _, group in itertools.groupby(numbers, key=lambda k: texts[k][0]):  # type: ignore[index]
+        ks = list(group)
+        raw, taken = _plain_rows(texts[ks[0]][0], [texts[k][1] for k in ks])  # type: ignore[index]
+        plain.update(zip([ks[k] for k in taken], _parse(raw), strict=True))
+    out: dict[int, list[TickColumns]] = {id(tape): [] for tape in tapes}
+    for k, (tape, path, report) in enumerate(files):
+        if k in plain:
+            blocks = [_admit(plain[k], _Order(), report)]
+        else:
+            blocks = list(tape._skipping(_blocks(path, report), report))
+        out[id(tape)].append(TickColumns.concat(blocks))
+    return [out[id(tape)] for tape in tapes]
 
 
 def read_tape(path: str | Path) -> tuple[list[Tick], list[TapeReport]]:

@@ -601,6 +601,31 @@ def test_tape_reader_survives_mutated_files(tape: tuple[str, bytes]) -> None:
     assert all(REASON.fullmatch(r) for r in report.by_reason)
 
 
+@budget(100)
+@given(tape=tape_bytes())
+def test_tape_columns_are_what_iterating_it_gives(tape: tuple[str, bytes]) -> None:
+    """The backtest's read (`Tape.columns`: a plain CSV file split at once, the rest
+    read as iterating does) has the ticks, the reports and the errors of iterating."""
+    name, data = tape
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        path.write_bytes(data)
+        try:
+            reader = Tape(path, require_rows=False)
+        except TapeError:
+            return
+        try:
+            ticks = list(reader)
+        except TapeError as exc:
+            with pytest.raises(TapeError, match=re.escape(str(exc))):
+                reader.columns()
+            return
+        reports = [vars(r).copy() for r in reader.reports]
+        (cols,) = reader.columns()
+        assert list(cols.ticks()) == ticks
+        assert [vars(r) for r in reader.reports] == reports
+
+
 # --- the engine boundary -----------------------------------------------------------------
 
 BASE_T = 1_770_000_000.0

@@ -1,16 +1,21 @@
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
+import math
+import random
 import shutil
 from collections import Counter
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from riskd.feeds.base import Tick
+from riskd.feeds.base import MAX_DEPTH, Tick
 from riskd.tape import MAX_EXAMPLES, Tape, TapeError, TapeReport, read_tape
+from riskd.ticks import TS_MAX, TickColumns, clean, tick_fault
 
 TAPES = Path(__file__).resolve().parent.parent / "data" / "tapes"
 MIDTERMS = TAPES / "polymarket_midterms_2022"
@@ -500,3 +505,121 @@ def test_a_file_cut_short_can_cost_only_the_rest_of_that_file(tmp_path: Path) ->
     assert "cut.csv.gz" in str(err) and "the rest of the file is skipped" in cut.summary()
     with pytest.raises(TapeError, match=r"cut\.csv\.gz: line \d+: cannot read tape"):
         list(Tape(tmp_path))  # without on_unreadable: an error, as before
+
+
+# --- the backtest's columns ------------------------------------------------------------
+
+
+def _read_both(path: Path) -> None:
+    """`Tape.columns` (a plain CSV read at once) has each file's ticks and reports as
+    iterating the file has."""
+    tape = Tape(path, require_rows=False)
+    ticks = list(tape)
+    reports = [dataclasses.asdict(r) for r in tape.reports]
+    (cols,) = tape.columns()
+    assert list(cols.ticks()) == ticks
+    assert [dataclasses.asdict(r) for r in tape.reports] == reports
+
+
+def test_columns_are_the_ticks_of_the_shipped_tapes() -> None:
+    for path in [FED, *sorted(MIDTERMS.glob("*.csv"))[:8]]:
+        _read_both(path)
+
+
+def test_columns_are_the_ticks_whatever_the_rows(tmp_path: Path) -> None:
+    rng = random.Random(3)
+    good = [f"{T0 + i:.1f},{rng.choice('ab')},0.{rng.randint(1000, 9999)}" for i in range(300)]
+    bad = [f"{T0},a,1.5", f"{T0},,0.5", "x,a,0.5", f"{T0},a", "", f"{T0},a,0.5,7", "  "]
+    rows = good[:]
+    for at in rng.sample(range(300), 40):  # bad rows, and rows out of order
+        rows[at] = rng.choice([*bad, f"{T0 - 1:.1f},a,0.5"])
+    body = "ts,market,price\n" + "\n".join(rows) + "\n"
+    files = {
+        "plain.csv": body,
+        "crlf.csv": body.replace("\n", "\r\n"),
+        "quoted.csv": body.replace(",b,", ',"b",'),
+        "blank_end.csv": body + "\n\n",
+        "no_newline.csv": body.rstrip("\n"),
+        "one_market.csv": f"ts,market,price\n{T0 + 5},a,0.5\n{T0 + 1},a,0.5\n"
+        + "".join(f"{T0 + i},a,0.5\n" for i in range(99)),
+        "book.csv": "ts,market,price,bid,ask,depth\n"
+        + "".join(
+            f"{T0 + i},a,0.5,{rng.choice(['0.4', '', '0.6', 'nan'])},0.55,7\n" for i in range(99)
+        ),
+    }
+    for name, text in files.items():
+        path = tmp_path / name
+        path.write_bytes(text.encode())
+        _read_both(path)
+        _read_both(_gzip(path))
+
+
+def test_columns_keep_the_rows_of_a_file_cut_short(tmp_path: Path) -> None:
+    body = "ts,market,price\n" + "".join(f"{T0 + i},a,0.5\n" for i in range(20000))
+    data = gzip.compress(body.encode())
+    (tmp_path / "cut.csv.gz").write_bytes(data[: len(data) // 2])
+    seen: list[TapeError] = []
+    tape = Tape(tmp_path / "cut.csv.gz", on_unreadable=seen.append)
+    ticks = list(tape)
+    (cols,) = tape.columns()
+    assert list(cols.ticks()) == ticks and len(seen) == 2 and str(seen[0]) == str(seen[1])
+    assert tape.reports[0].by_reason == {"unreadable": 1}
+    with pytest.raises(TapeError, match=r"cut\.csv\.gz: line \d+: cannot read tape"):
+        Tape(tmp_path / "cut.csv.gz").columns()
+
+
+@pytest.mark.parametrize("fraction", ["", ".123", ".123456"])
+def test_times_and_prices_of_one_width_are_read_as_python_reads_them(
+    tmp_path: Path, fraction: str
+) -> None:
+    # Enough rows of one width that the reader takes them on arrays; among them dates
+    # that do not exist, times out of range and prices that are not plain decimals.
+    rng = random.Random(5)
+    rows, expected = [], []
+    for k in range(2000):
+        ts = datetime.fromtimestamp(T0 + 37 * k, UTC).isoformat(timespec="seconds")
+        ts = f"{ts[:19]}{fraction}Z"
+        if rng.random() < 0.05:
+            at = rng.randrange(len(ts))
+            ts = ts[:at] + rng.choice("0912:-TZ x") + ts[at + 1 :]
+        if rng.random() < 0.05:
+            day = rng.choice(["2023-02-29", "2024-02-29", "2100-02-29", "2000-02-29", "2100-03-01"])
+            ts = day + ts[10:]
+        if rng.random() < 0.02:
+            time = rng.choice(["24:00:00", "23:59:60", "23:60:59", "00:00:00"])
+            ts = ts[:11] + time + ts[19:]
+        price = f"{rng.randint(0, 10**6) / 10**6:.6f}"
+        if rng.random() < 0.05:
+            at = rng.randrange(len(price))
+            price = price[:at] + rng.choice("05.-e ") + price[at + 1 :]
+        rows.append(f"{ts},m,{price}")
+        try:
+            when = datetime.fromisoformat(ts)
+            tick = Tick("m", when.timestamp() if when.tzinfo else -1.0, float(price))
+        except ValueError:
+            continue
+        if tick_fault(tick) is None and (not expected or tick.ts >= expected[-1].ts):
+            expected.append(tick)
+    p = write(tmp_path / "t.csv", "ts,market,price\n" + "\n".join(rows) + "\n")
+    ticks, (report,) = read_tape(p)
+    assert ticks == expected and report.rejected == 2000 - len(expected) > 100
+    _read_both(p)
+
+
+def test_the_columns_check_is_tick_fault() -> None:
+    values = [None, -math.inf, -1.0, -0.0, 0.0, 0.5, 1.0, 1.5, 7.0, MAX_DEPTH, 2e12, math.inf]
+    times = [-1.0, 0.0, 1.0, T0, TS_MAX - 1, TS_MAX, math.inf, math.nan]
+    ticks = [
+        Tick(m, t, p, b, a, d)
+        for m in ("", "a")
+        for t in times
+        for p in [0.5, 2.0, math.nan]
+        for b in values[:7:3]
+        for a in values[::2]
+        for d in values
+    ] + [Tick("a", T0, 0.5, b, a) for b in values for a in values]
+    cols = TickColumns.of(ticks)
+    has_market = np.array([bool(t.market) for t in ticks])
+    ok = clean(cols.ts, has_market, cols.price, cols.bid, cols.ask, cols.depth)
+    assert ok.tolist() == [tick_fault(t) is None for t in ticks]
+    assert 0 < ok.sum() < len(ticks)

@@ -16,6 +16,7 @@ trader simulation (simulate.py), on riskd's policy alone.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,9 +27,9 @@ from riskd.backtest import runner, synthetic
 from riskd.backtest.policies import Riskd
 from riskd.backtest.simulate import Rules, Tally, simulate
 from riskd.config import Settings
-from riskd.engine import tick_arrays
 from riskd.feeds.base import Tick
 from riskd.markets import Market
+from riskd.ticks import TickColumns
 
 # A row is "after a jump" when riskd's estimator detected one within this long before
 # it: long enough to hold the jump cool-down and the loosening back up to the cap.
@@ -341,17 +342,22 @@ class SetResult:
 
 
 def calibrate(
-    name: str, ticks: list[Tick], markets: dict[str, Market], settings: Settings, settle: bool
+    name: str,
+    ticks: Sequence[Tick] | TickColumns,
+    markets: dict[str, Market],
+    settings: Settings,
+    settle: bool,
 ) -> SetResult:
     """The margin backtest of one tape set (ticks in time order)."""
-    ids = list(dict.fromkeys(tick.market for tick in ticks))
+    cols = TickColumns.of(ticks)
+    ids = list(cols.markets)
     pol = Riskd(settings, markets)
     # The simulation prepares the policy (the backtest's passes) and tallies the lender.
-    sim = simulate(ticks, ids, markets, [pol], settle=settle, rules=Rules.of(settings))
+    sim = simulate(cols, ids, markets, [pol], settle=settle, rules=Rules.of(settings))
     lender = Tally()
     for tally in sim.tallies[pol.name]:
         lender.add(tally)
-    t, p, _, _ = tick_arrays(ticks)
+    t, (p, _) = cols.ts, cols.book()
     obs = observe(pol, settings, t, p)
     rate = 1.0 - settings.model.confidence
     coverage = {}
@@ -362,7 +368,7 @@ def calibrate(
         }
     return SetResult(
         name=name,
-        rows=len(ticks),
+        rows=len(cols),
         markets=len(ids),
         expected_rate=rate,
         coverage=coverage,

@@ -31,8 +31,8 @@ from riskd.backtest.simulate import (
     Traders,
 )
 from riskd.config import ModelSettings, Settings
-from riskd.feeds.base import Tick
 from riskd.markets import Market
+from riskd.ticks import TickColumns
 
 TRADERS = ("max", "cohort")
 # The cohort: this many traders per market side, each with its own seeded draws;
@@ -58,7 +58,7 @@ class TapeSet:
     """Tapes replayed together; their figures are summed, and kept per tape file too."""
 
     name: str
-    ticks: list[Tick]
+    ticks: TickColumns
     ids: list[str]
     markets: dict[str, Market]
     tapes: list[str]  # tape file names
@@ -71,9 +71,9 @@ def load_set(path: Path, markets_file: Path | None = None, settle: bool | None =
         settle = (markets_file or runner.find_markets_file(path)) is not None
     files, _, per_file, markets = runner.load(path, markets_file, settle)
     owner: dict[str, int] = {}
-    for k, ticks in enumerate(per_file):
-        for tick in ticks:
-            owner.setdefault(tick.market, k)
+    for k, cols in enumerate(per_file):
+        for market in cols.markets:
+            owner.setdefault(market, k)
     return TapeSet(
         path.name,
         runner.merge(per_file),
@@ -90,7 +90,7 @@ def synthetic_set(n: int = 200, seed: int = 7, days: float = 3.0) -> TapeSet:
     ids = sorted(markets)
     return TapeSet(
         f"ensemble_{n}_seed{seed}",
-        ticks,
+        TickColumns.of(ticks),
         ids,
         markets,
         [f"ensemble_{n}"],
@@ -180,7 +180,7 @@ def _figures(table: np.ndarray, owner: np.ndarray, ntapes: int) -> Figures:
 
 def cohorts(tapes: TapeSet) -> dict[str, list[Traders]]:
     """Each trader model's traders per market side: one at the max, or the cohort."""
-    ids = [tk.market for tk in tapes.ticks]
+    ids = tapes.ticks.names()
     return {
         "max": [Traders.at_max(len(ids))],
         "cohort": [Traders.cohort(ids, seed) for seed in range(COHORT_TRADERS)],

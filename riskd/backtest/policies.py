@@ -12,19 +12,21 @@ policy (simulate.Rules).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Protocol
 
 import numpy as np
 
 from riskd.config import Settings
-from riskd.engine import Engine, tick_arrays
+from riskd.engine import Engine
 from riskd.feeds.base import Tick
 from riskd.jit import njit
 from riskd.markets import Market
 from riskd.model.estimator import EstimatorState
 from riskd.model.governor import NORMAL, GovernorState
 from riskd.model.parameters import BIT
+from riskd.ticks import TickColumns
 
 # The perpetual-futures interest baseline: 0.01% per 8 hours (0.125 bp an hour), the
 # default funding rate Binance and Bybit use and dYdX's governance proposed for its
@@ -79,7 +81,7 @@ class Offers:
 class Policy(Protocol):
     name: str
 
-    def prepare(self, ticks: list[Tick]) -> None:
+    def prepare(self, ticks: Sequence[Tick] | TickColumns) -> None:
         """See the whole tape once before the simulation (time order)."""
         ...
 
@@ -95,7 +97,7 @@ class Static:
         self.name = name
         self.leverage, self.fee = leverage, fee_hourly
 
-    def prepare(self, ticks: list[Tick]) -> None:
+    def prepare(self, ticks: Sequence[Tick] | TickColumns) -> None:
         return None
 
     def offers(self, t: np.ndarray, p: np.ndarray) -> Offers:
@@ -118,7 +120,7 @@ class OpenInterestScaled:
         self.lower_cap, self.upper_cap, self.base_imf = lower_cap, upper_cap, base_imf
         self.fee = fee_hourly
 
-    def prepare(self, ticks: list[Tick]) -> None:
+    def prepare(self, ticks: Sequence[Tick] | TickColumns) -> None:
         return None
 
     def offers(self, t: np.ndarray, p: np.ndarray) -> Offers:
@@ -161,7 +163,7 @@ class D8XEntropy:
     def __init__(self, scale: float = 1.0, name: str = "d8x_entropy") -> None:
         self.scale, self.name = scale, name
 
-    def prepare(self, ticks: list[Tick]) -> None:
+    def prepare(self, ticks: Sequence[Tick] | TickColumns) -> None:
         return None
 
     def offers(self, t: np.ndarray, p: np.ndarray) -> Offers:
@@ -192,13 +194,14 @@ class Riskd:
         self.ratio = settings.model.maintenance_ratio
         self.stale_after_s = settings.governor.stale_after_s
 
-    def prepare(self, ticks: list[Tick]) -> None:
+    def prepare(self, ticks: Sequence[Tick] | TickColumns) -> None:
         eng = self.engine
-        n = len(ticks)
-        markets = [tick.market for tick in ticks]
+        cols = TickColumns.of(ticks)
+        n = len(cols)
         # Markets the tape holds and the markets file does not, in order of appearance.
-        eng.add_markets([(m, None) for m in dict.fromkeys(markets) if m not in eng.index])
-        idx = self._idx = np.fromiter(map(eng.index.__getitem__, markets), np.int64, n)
+        eng.add_markets([(m, None) for m in cols.markets if m not in eng.index])
+        slot = np.array([eng.index[m] for m in cols.markets], np.int64)
+        idx = self._idx = slot[cols.market]
         # What was in force after each row, as published (mode -1: nothing yet).
         published = GovernorState.empty(n)
         self.leverage, self.fee, self.slippage = (
@@ -213,7 +216,7 @@ class Riskd:
         self.last_jump_t = np.full(n, np.nan)
         if n == 0:
             return
-        t, p, half_spread, depth = tick_arrays(ticks)
+        t, (p, half_spread), depth = cols.ts, cols.book(), cols.depth
         # Pass 1, one compiled pass in time order: the estimator, recording each market's
         # state right after each of its ticks.
         rec = EstimatorState(

@@ -11,9 +11,9 @@ from riskd.backtest.fund import Fund
 from riskd.backtest.policies import all_policies
 from riskd.backtest.simulate import Rules, Simulation, Tally, simulate
 from riskd.config import Settings
-from riskd.feeds.base import Tick
 from riskd.markets import Market, MarketsError, load_markets
-from riskd.tape import Tape, TapeError, TapeReport, no_rows_error, tape_kind
+from riskd.tape import Tape, TapeError, TapeReport, no_rows_error, read_columns, tape_kind
+from riskd.ticks import TickColumns
 
 MARKETS_FILES = ("markets.json", "markets.toml")
 
@@ -73,11 +73,11 @@ def run(
     files, tapes, per_file, markets = load(path, markets_file, settle)
     ids: list[str] = []
     owner: dict[str, int] = {}
-    for k, ticks in enumerate(per_file):
-        for tick in ticks:
-            if tick.market not in owner:
-                owner[tick.market] = k
-                ids.append(tick.market)
+    for k, cols in enumerate(per_file):
+        for market in cols.markets:
+            if market not in owner:
+                owner[market] = k
+                ids.append(market)
     merged = merge(per_file)
     policies = all_policies(settings, markets)
     started = time.perf_counter()
@@ -116,7 +116,7 @@ def run(
 
 def load(
     path: Path, markets_file: Path | None = None, settle: bool = False
-) -> tuple[list[Path], list[Tape], list[list[Tick]], dict[str, Market]]:
+) -> tuple[list[Path], list[Tape], list[TickColumns], dict[str, Market]]:
     """A tape, or every tape of a directory: (files, tapes, ticks per file, markets), the
     markets from `markets_file` or the file beside the tape (none: no markets)."""
     if markets_file is None:
@@ -135,15 +135,15 @@ def load(
         raise TapeError(f"{path}: no tape files (.csv, .jsonl, ...) in directory")
     # A file of a directory may be empty (its report says so); the whole may not.
     tapes = [Tape(f, require_rows=False) for f in files]
-    per_file: list[list[Tick]] = [list(tp) for tp in tapes]
-    if not any(per_file):
+    per_file = [cols for (cols,) in read_columns(tapes)]
+    if not any(len(cols) for cols in per_file):
         raise no_rows_error(path, [r for tp in tapes for r in tp.reports])
     return files, tapes, per_file, markets
 
 
-def merge(per_file: list[list[Tick]]) -> list[Tick]:
-    """The ticks of several tapes in one time order."""
-    return sorted((tick for ticks in per_file for tick in ticks), key=lambda tk: tk.ts)
+def merge(per_file: list[TickColumns]) -> TickColumns:
+    """The ticks of several tapes in one time order (ties: in file, then row order)."""
+    return TickColumns.concat(per_file).in_time_order()
 
 
 def totals(results: list[TapeResult]) -> dict[str, Tally]:

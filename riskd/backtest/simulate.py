@@ -18,9 +18,8 @@ positions and tallies in arrays.
 
 from __future__ import annotations
 
-import math
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -32,6 +31,7 @@ from riskd.config import Settings
 from riskd.feeds.base import Tick
 from riskd.jit import njit
 from riskd.markets import Market
+from riskd.ticks import TickColumns
 
 COLLATERAL = 1.0
 
@@ -185,29 +185,20 @@ class Replay(NamedTuple):
     @classmethod
     def of(
         cls,
-        ticks: list[Tick],
+        ticks: Sequence[Tick] | TickColumns,
         ids: list[str],
         markets: dict[str, Market],
         settle: bool,
         rules: Rules,
     ) -> Replay:
+        cols = TickColumns.of(ticks)
         index = {m: i for i, m in enumerate(ids)}
-        n = len(ticks)
-        market = np.fromiter((index[tk.market] for tk in ticks), np.int64, n)
-        t = np.fromiter((tk.ts for tk in ticks), np.float64, n)
+        market = np.array([index[m] for m in cols.markets], np.int64)[cols.market]
+        t = cols.ts
         # The mid when there is a book, else the print.
-        p = np.fromiter(
-            (
-                tk.price if tk.bid is None or tk.ask is None else 0.5 * (tk.bid + tk.ask)
-                for tk in ticks
-            ),
-            np.float64,
-            n,
-        )
+        p, _ = cols.book()
         # Shares within max_slippage of the mid where the tape has a book (nan: unknown).
-        depth = np.fromiter(
-            (math.nan if tk.depth is None else tk.depth for tk in ticks), np.float64, n
-        )
+        depth = cols.depth
         resolve_t = np.array(
             [markets[m].resolves_at if m in markets else np.inf for m in ids], np.float64
         )
@@ -240,7 +231,7 @@ class Replay(NamedTuple):
 
 
 def simulate(
-    ticks: list[Tick],
+    ticks: Sequence[Tick] | TickColumns,
     ids: list[str],
     markets: dict[str, Market],
     policies: list[Policy],
@@ -252,13 +243,13 @@ def simulate(
 ) -> Simulation:
     """Each policy through the pass. With a `fund`, riskd's openings are capped by the
     open-interest caps (fund.GroupCaps) and every policy's bad debt goes through it."""
-    index = {m: i for i, m in enumerate(ids)}
-    replay = Replay.of(ticks, ids, markets, settle, rules)
+    cols = TickColumns.of(ticks)
+    replay = Replay.of(cols, ids, markets, settle, rules)
     market, t, p = replay.market, replay.t, replay.p
     live = ~(t >= replay.resolve_t[market])  # rows before resolution: trading has ended after
 
     for pol in policies:
-        pol.prepare(ticks)
+        pol.prepare(cols)
     tallies: dict[str, list[Tally]] = {}
     max_leverage: dict[str, np.ndarray] = {}
     fee = np.zeros(0)
@@ -280,8 +271,9 @@ def simulate(
     jump_times: list[list[float]] = [[] for _ in ids]
     for pol in policies:
         if isinstance(pol, Riskd):
-            for jump_row in np.flatnonzero(pol.jump).tolist():
-                jump_times[index[ticks[jump_row].market]].append(ticks[jump_row].ts)
+            rows = np.flatnonzero(pol.jump)
+            for i, jump_t in zip(market[rows].tolist(), t[rows].tolist(), strict=True):
+                jump_times[i].append(jump_t)
     return Simulation(
         ids=ids,
         tallies=tallies,
@@ -600,37 +592,35 @@ def _trade(  # type: ignore[no-untyped-def]
             if q >= 0:
                 dt = t[r] - last_t[i]
                 live = expires_after[q] if expires_after[q] < dt else dt
-                _accrue(held[i], debt[i], fee[q], live, tally[i])
-                lev = _max(leverage[q])
+                _accrue(book, i, fee, q, live, tally)
+                lev = _max(leverage, q)
                 if dt <= live:
                     _step(
-                        held[i],
-                        shares[i],
-                        debt[i],
-                        armed[i],
+                        book,
+                        i,
                         values,
                         depth[r],
-                        maintenance[q],
+                        maintenance,
+                        q,
                         slippage,
                         deleverage[q] or frozen,
-                        tally[i],
+                        tally,
                     )
                     lev_now = lev
                 else:  # no price for expires_after: the fallback for the rest
-                    _accrue(held[i], debt[i], fallback.fee_hourly[q], dt - live, tally[i])
+                    _accrue(book, i, fallback.fee_hourly, q, dt - live, tally)
                     _step(
-                        held[i],
-                        shares[i],
-                        debt[i],
-                        armed[i],
+                        book,
+                        i,
                         values,
                         depth[r],
-                        fallback.maintenance[q],
+                        fallback.maintenance,
+                        q,
                         slippage,
                         fallback.deleverage[q] or frozen,
-                        tally[i],
+                        tally,
                     )
-                    lev_now = _max(fallback.leverage[q])
+                    lev_now = _max(fallback.leverage, q)
                 tally[i, LEVERAGE_TIME] += lev * live + lev_now * (dt - live)
                 tally[i, LEVERAGED_TIME] += live if lev > 1.0 else 0.0
                 tally[i, TIME] += dt
@@ -695,7 +685,7 @@ def _trade(  # type: ignore[no-untyped-def]
         for s in range(2):
             if held[i, s]:
                 value = p_end if s == 0 else 1.0 - p_end
-                _loss(tally[i], debt[i, s] - shares[i, s] * value)
+                _loss(tally, i, debt[i, s] - shares[i, s] * value)
         _log(
             log,
             resolve_t[i] if resolve_t[i] < np.inf else last_t[i],
@@ -714,92 +704,73 @@ def _log(log, t, market, amount):  # type: ignore[no-untyped-def]
 
 
 @njit
-def _max(pair: np.ndarray) -> float:
-    return pair[1] if pair[1] > pair[0] else pair[0]
+def _max(pairs: np.ndarray, k: int) -> float:
+    return pairs[k, 1] if pairs[k, 1] > pairs[k, 0] else pairs[k, 0]
 
 
 @njit
-def _loss(tally: np.ndarray, amount: float) -> None:
+def _loss(tally: np.ndarray, i: int, amount: float) -> None:
     if amount > 0.0:
-        tally[BAD_DEBT] += amount
-        if amount > tally[WORST_JUMP_LOSS]:
-            tally[WORST_JUMP_LOSS] = amount
+        tally[i, BAD_DEBT] += amount
+        if amount > tally[i, WORST_JUMP_LOSS]:
+            tally[i, WORST_JUMP_LOSS] = amount
 
 
 @njit
-def _accrue(
-    held: np.ndarray, debt: np.ndarray, fee_hourly: np.ndarray, dt: float, tally: np.ndarray
-) -> None:
-    """The fee in force on what is lent, for dt seconds; unpaid fees add to the debt."""
+def _accrue(book, i, fee_hourly, q, dt, tally):  # type: ignore[no-untyped-def]
+    """The fee in force (row q of fee_hourly) on what market i lends, for dt seconds;
+    unpaid fees add to the debt."""
+    held, debt = book.held, book.debt
     for s in range(2):
-        if held[s] and dt > 0.0 and debt[s] > 0.0:
-            tally[BORROWED_HOURS] += debt[s] * dt / 3600.0
-            fee = fee_hourly[s] * debt[s] * dt / 3600.0
-            debt[s] += fee
-            tally[FEES] += fee
+        if held[i, s] and dt > 0.0 and debt[i, s] > 0.0:
+            tally[i, BORROWED_HOURS] += debt[i, s] * dt / 3600.0
+            fee = fee_hourly[q, s] * debt[i, s] * dt / 3600.0
+            debt[i, s] += fee
+            tally[i, FEES] += fee
 
 
 @njit
-def _step(
-    held: np.ndarray,
-    shares: np.ndarray,
-    debt: np.ndarray,
-    armed: np.ndarray,
-    values: np.ndarray,
-    depth: float,
-    maintenance: np.ndarray,
-    slippage: float,
-    deleverage: bool,
-    tally: np.ndarray,
-) -> None:
-    """Liquidation fills and triggers at this price (the row's depth: `depth`)."""
+def _step(book, i, values, depth, maintenance, q, slippage, deleverage, tally):  # type: ignore[no-untyped-def]
+    """Liquidation fills and triggers of market i at this price (the row's depth:
+    `depth`; the maintenance in force: row q of `maintenance`)."""
+    held, shares, debt, armed = book.held, book.shares, book.debt, book.armed
     for s in range(2):
-        if not held[s]:
+        if not held[i, s]:
             continue
         value = values[s]
-        if armed[s] == armed[s]:  # an order is out
-            if abs(value - armed[s]) <= slippage + 1e-12:
-                _close(held, shares, debt, s, value, tally)
+        if armed[i, s] == armed[i, s]:  # an order is out
+            if abs(value - armed[i, s]) <= slippage + 1e-12:
+                _close(book, i, s, value, tally)
             else:
-                armed[s] = value  # no fill within the limit: the order is re-priced
-                _take_book(held, shares, debt, s, value, depth, slippage, tally)
+                armed[i, s] = value  # no fill within the limit: the order is re-priced
+                _take_book(book, i, s, value, depth, slippage, tally)
             continue
-        equity = shares[s] * value - debt[s]
-        if equity < maintenance[s] * shares[s] * value or (deleverage and debt[s] > 0):
-            armed[s] = value  # what the book does not take fills at the next price
-            _take_book(held, shares, debt, s, value, depth, slippage, tally)
+        equity = shares[i, s] * value - debt[i, s]
+        if equity < maintenance[q, s] * shares[i, s] * value or (deleverage and debt[i, s] > 0):
+            armed[i, s] = value  # what the book does not take fills at the next price
+            _take_book(book, i, s, value, depth, slippage, tally)
 
 
 @njit
-def _take_book(
-    held: np.ndarray,
-    shares: np.ndarray,
-    debt: np.ndarray,
-    s: int,
-    value: float,
-    depth: float,
-    slippage: float,
-    tally: np.ndarray,
-) -> None:
+def _take_book(book, i, s, value, depth, slippage, tally):  # type: ignore[no-untyped-def]
     """An order going out at `value` sells into the book's depth (shares within slippage
     of the mid, nan unknown), walking a linear book: x of d shares fill on average
     slippage * x / (2 d) below the price."""
     if not depth > 0.0:
         return
-    x = shares[s] if shares[s] < depth else depth
+    shares, debt = book.shares, book.debt
+    x = shares[i, s] if shares[i, s] < depth else depth
     price = value - slippage * x / (2.0 * depth)
     price = price if price > 0.0 else 0.0
-    debt[s] -= x * price
-    shares[s] -= x
-    if shares[s] <= 0.0:
-        _close(held, shares, debt, s, 0.0, tally)
+    debt[i, s] -= x * price
+    shares[i, s] -= x
+    if shares[i, s] <= 0.0:
+        _close(book, i, s, 0.0, tally)
 
 
 @njit
-def _close(
-    held: np.ndarray, shares: np.ndarray, debt: np.ndarray, s: int, value: float, tally: np.ndarray
-) -> None:
+def _close(book, i, s, value, tally):  # type: ignore[no-untyped-def]
     """The rest of the position fills at `value`: a liquidation, a loss if short of debt."""
-    _loss(tally, debt[s] - shares[s] * value)
-    tally[LIQUIDATIONS] += 1
-    held[s] = False
+    _loss(tally, i, book.debt[i, s] - book.shares[i, s] * value)
+    tally[i, LIQUIDATIONS] += 1
+    book.held[i, s] = False

@@ -359,9 +359,7 @@ def _margins_and_fees(inp, limits, nodes, cfg, out):  # type: ignore[no-untyped-
         )
         # The fee's scenarios: the same prices, weighted by the hazard a position can
         # meet (a scheduled event lies after the freeze: only early news counts).
-        scenarios.fill(
-            p[i], x[i], sigma[i], lam[i], J[i], h[i], q_fee[i], z, w, p_h, p_h_no, prob_fee, spare
-        )
+        scenarios.weigh(p[i], lam[i], h[i], q_fee[i], w, prob_fee, spare)
         h_hours = h0[i] / 3600.0
         for side in range(2):
             value = p[i] if side == LONG else 1.0 - p[i]

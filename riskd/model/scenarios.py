@@ -99,53 +99,45 @@ def fill(
     # A jump is never narrower than the diffusion over the same horizon: then more
     # jump intensity always means more tail risk (property 4 holds by construction).
     jump_scale = max(J, diff_scale)
-    p_jump_liquid = -np.expm1(-lam * h)
-    p_jump = (1.0 - q) * p_jump_liquid
-    p_diff = (1.0 - q) - p_jump
-    p_h[0], p_h_no[0], prob[0], prob_liquid[0] = 1.0, 0.0, q * p, 0.0
-    p_h[1], p_h_no[1], prob[1], prob_liquid[1] = 0.0, 1.0, q * (1.0 - p), 0.0
+    p_h[0], p_h_no[0] = 1.0, 0.0
+    p_h[1], p_h_no[1] = 0.0, 1.0
     for k in range(n):
-        _node(
-            x + jump_scale * z[k],
-            p_jump * w[k],
-            p_jump_liquid * w[k],
-            2 + k,
-            p_h,
-            p_h_no,
-            prob,
-            prob_liquid,
-        )
-        _node(
-            x + diff_scale * z[k],
-            p_diff * w[k],
-            (1.0 - p_jump_liquid) * w[k],
-            2 + n + k,
-            p_h,
-            p_h_no,
-            prob,
-            prob_liquid,
-        )
+        _node(x + jump_scale * z[k], 2 + k, p_h, p_h_no)
+        _node(x + diff_scale * z[k], 2 + n + k, p_h, p_h_no)
+    weigh(p, lam, h, q, w, prob, prob_liquid)
 
 
 @njit
-def _node(
-    x_h: float,
-    mass: float,
-    liquid: float,
-    col: int,
-    p_h: np.ndarray,
-    p_h_no: np.ndarray,
+def weigh(
+    p: float,
+    lam: float,
+    h: float,
+    q: float,
+    w: np.ndarray,
     prob: np.ndarray,
     prob_liquid: np.ndarray,
 ) -> None:
+    """The probabilities of `fill`'s scenarios for a probability q of the resolution
+    event within h (the prices do not depend on q)."""
+    n = w.shape[0]
+    p_jump_liquid = -np.expm1(-lam * h)
+    p_jump = (1.0 - q) * p_jump_liquid
+    p_diff = (1.0 - q) - p_jump
+    prob[0], prob_liquid[0] = q * p, 0.0
+    prob[1], prob_liquid[1] = q * (1.0 - p), 0.0
+    for k in range(n):
+        prob[2 + k], prob_liquid[2 + k] = p_jump * w[k], p_jump_liquid * w[k]
+        prob[2 + n + k], prob_liquid[2 + n + k] = p_diff * w[k], (1.0 - p_jump_liquid) * w[k]
+
+
+@njit
+def _node(x_h: float, col: int, p_h: np.ndarray, p_h_no: np.ndarray) -> None:
     # YES and NO values from one exp of -|x_h|: each side's value is a quotient
     # without cancellation, exact in relative terms at both ends, so long NO at p is
     # long YES at 1 - p to rounding (property 6.2).
     e = np.exp(-abs(x_h))
     big, small = 1.0 / (1.0 + e), e / (1.0 + e)
     p_h[col], p_h_no[col] = (big, small) if x_h >= 0.0 else (small, big)
-    prob[col] = mass
-    prob_liquid[col] = liquid
 
 
 @njit
