@@ -29,7 +29,7 @@ from riskd.explain import explain
 from riskd.feeds.base import Feed, Replayed
 from riskd.feeds.replay import ReplayFeed
 from riskd.lifecycle import Lifecycle
-from riskd.markets import Market, load_markets, parse_markets
+from riskd.markets import Market, MarketTable, load_markets, parse_markets
 from riskd.metrics import Metrics
 from riskd.overrides import Override, OverrideError, OverrideStore
 from riskd.pipeline import Pipeline
@@ -43,7 +43,7 @@ from riskd.timeutil import parse_iso
 log = logging.getLogger("riskd")
 
 
-def load_market_table(settings: Settings) -> dict[str, Market]:
+def load_market_table(settings: Settings) -> MarketTable:
     """Inline tables, then the markets file on top: the file wins (interfaces.md)."""
     markets = (
         parse_markets(settings.markets.inline, "[markets] inline")
@@ -52,11 +52,13 @@ def load_market_table(settings: Settings) -> dict[str, Market]:
     )
     if settings.markets.file is not None:
         markets.update(load_markets(settings.markets.file))
-    return markets
+    return MarketTable(markets.values())
 
 
 def make_feeds(
-    settings: Settings, metrics: Metrics | None = None, markets: dict[str, Market] | None = None
+    settings: Settings,
+    metrics: Metrics | None = None,
+    markets: Mapping[str, Market] | None = None,
 ) -> list[Feed]:
     """The feeds of `[feed] kind`: a replay, or one or more live venues."""
     cfg = settings.feed
