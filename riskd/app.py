@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import mmap
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from riskd import health, wire
+from riskd import health, heap, wire
 from riskd.clock import Clock, iso_or_empty
 from riskd.config import ConfigError, Settings, describe_source, load_settings
 from riskd.engine import Engine
@@ -28,7 +29,7 @@ from riskd.explain import explain
 from riskd.feeds.base import Feed, Replayed
 from riskd.feeds.replay import ReplayFeed
 from riskd.lifecycle import Lifecycle
-from riskd.markets import Market, load_markets, parse_markets
+from riskd.markets import Market, MarketTable, load_markets, parse_markets
 from riskd.metrics import Metrics
 from riskd.overrides import Override, OverrideError, OverrideStore
 from riskd.pipeline import Pipeline
@@ -42,7 +43,7 @@ from riskd.timeutil import parse_iso
 log = logging.getLogger("riskd")
 
 
-def load_market_table(settings: Settings) -> dict[str, Market]:
+def load_market_table(settings: Settings) -> MarketTable:
     """Inline tables, then the markets file on top: the file wins (interfaces.md)."""
     markets = (
         parse_markets(settings.markets.inline, "[markets] inline")
@@ -51,11 +52,13 @@ def load_market_table(settings: Settings) -> dict[str, Market]:
     )
     if settings.markets.file is not None:
         markets.update(load_markets(settings.markets.file))
-    return markets
+    return MarketTable(markets.values())
 
 
 def make_feeds(
-    settings: Settings, metrics: Metrics | None = None, markets: dict[str, Market] | None = None
+    settings: Settings,
+    metrics: Metrics | None = None,
+    markets: Mapping[str, Market] | None = None,
 ) -> list[Feed]:
     """The feeds of `[feed] kind`: a replay, or one or more live venues."""
     cfg = settings.feed
@@ -309,10 +312,24 @@ class Daemon:
                 await asyncio.wait_for(self.stop.wait(), self.settings.state.snapshot_interval_s)
             except TimeoutError:
                 if self.store is not None:
-                    captured = self._capture()
-                    self._snapshot_done(await asyncio.to_thread(self._try_write, captured))
+                    await self._snapshot_in_thread()
 
-    def _capture(self) -> dict[str, Any]:
+    async def _snapshot_in_thread(self) -> None:
+        """The capture's copies (~230 bytes per market) in memory of their own, made
+        resident in a thread, filled on the loop and handed back to the OS by the
+        writer thread (riskd/heap.py): in the C heap they would stay in RSS, freed,
+        between snapshots."""
+        assert self.store is not None
+        buffer = await asyncio.to_thread(heap.mapped, self.store.capture_bytes(self.engine))
+        held = [self._capture(buffer)]
+        del buffer  # the copies hold it; when they go, it goes
+        self._snapshot_done(await asyncio.to_thread(self._write_held, held))
+
+    def _write_held(self, held: list[dict[str, Any]]) -> OSError | None:
+        captured = held.pop()  # the last reference: the copies die in this thread
+        return self._try_write(captured)
+
+    def _capture(self, buffer: mmap.mmap | None = None) -> dict[str, Any]:
         assert self.store is not None
         self.engine.flush()  # the snapshot holds every tick taken before its clock
         return self.store.capture(
@@ -321,6 +338,7 @@ class Daemon:
             publisher_seqs(self.seq, self.publishers),
             self.pipeline.stamped,
             exchange=self.exchange.copy(),
+            buffer=buffer,
         )
 
     def _try_write(self, captured: dict[str, Any]) -> OSError | None:

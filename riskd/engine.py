@@ -19,7 +19,7 @@ from riskd.caps import ExchangeSource, OpenInterestCaps, cap_moved, take
 from riskd.config import Settings
 from riskd.feeds.base import Liveness, Tick
 from riskd.jit import configure_cache
-from riskd.markets import Market
+from riskd.markets import Market, MarketRows, MarketTable
 from riskd.model import estimator, governor, parameters
 from riskd.model.governor import Conditions, GovernorState
 from riskd.overrides import Override
@@ -81,12 +81,11 @@ class Engine:
     _newest = np.zeros(0)
     _columns_pending = False
 
-    def __init__(self, settings: Settings, markets: dict[str, Market], discover: bool) -> None:
+    def __init__(self, settings: Settings, markets: Mapping[str, Market], discover: bool) -> None:
         self.settings = settings
         self.discover = discover
         self.ids: list[str] = []
         self.index: dict[str, int] = {}
-        self.meta: list[Market | None] = []
         cfg = settings.model
         self.est = estimator.EstimatorState.empty(0, cfg)
         self.gov = GovernorState.empty(0)
@@ -126,8 +125,7 @@ class Engine:
         self.scheduled = np.zeros(0, bool)  # the decisive event has a date (section 4)
         self.overrides = {}  # market id -> admin override
         self.now = float("-inf")  # the latest event time seen
-        # Ticks taken since the last cycle (`enqueue`: runs of (row, Tick), or columns),
-        # applied in one pass by `flush`; the newest pending per market; `_feed_rows`.
+        # Ticks taken since the last cycle (`enqueue`), applied by `flush`.
         self._pending: list[list[tuple[int, Tick]] | Columns] = []
         self._pending_n = 0
         self._pending_t: dict[int, float] = {}
@@ -140,7 +138,9 @@ class Engine:
         self.exchange: ExchangeSource | None = None
         self.caps = _make_caps(settings)
         self.published_cap = np.zeros((0, 2))
-        self.add_markets([(m.id, m) for m in markets.values()])
+        # Metadata column by column: no Market object per market is kept (riskd/markets.py).
+        self.meta = MarketRows(MarketTable.of(markets))
+        self._grow(self.meta.table.ids)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -150,30 +150,35 @@ class Engine:
 
     def add_markets(self, markets: list[tuple[str, Market | None]]) -> int:
         """Append markets (one array copy for all of them); returns the first's index."""
-        self._rows_of.clear()  # an id unknown until now may be one of these
-        first = len(self.ids)
-        self.est.grow(first + len(markets), self.settings.model, DEFAULT_TICK_SIZE)
-        self.gov.grow(first + len(markets))
-        for k, (market_id, meta) in enumerate(markets, first):
+        for _, meta in markets:
             if meta is None:
                 self.discovered += 1
-            self.ids.append(market_id)
-            self.index[market_id] = k
             self.meta.append(meta)
-            if meta is not None and meta.tick_size:
-                self.est.tick_size[k] = meta.tick_size
-        for name, values in self._static_columns([meta for _, meta in markets]).items():
+        return self._grow([market_id for market_id, _ in markets])
+
+    def _grow(self, ids: list[str]) -> int:
+        """Rows for the markets `ids`, whose metadata `meta` holds as its last rows."""
+        self._rows_of.clear()  # an id unknown until now may be one of these
+        first, k = len(self.ids), len(ids)
+        self.est.grow(first + k, self.settings.model, DEFAULT_TICK_SIZE)
+        self.gov.grow(first + k)
+        self.ids += ids
+        self.index.update(zip(ids, range(first, first + k), strict=True))
+        for i, tick_size in enumerate(self.meta.column("tick_size", first), first):
+            if tick_size:
+                self.est.tick_size[i] = tick_size
+        for name, values in self._static_columns(first).items():
             setattr(self, name, np.concatenate([getattr(self, name), values]))
-        self._grow_state(len(markets))
+        self._grow_state(k)
         return first
 
-    def _static_columns(self, metas: list[Market | None]) -> dict[str, list[float]]:
-        """Per-market settings: the markets file's value, else the config's."""
+    def _static_columns(self, first: int) -> dict[str, list[float]]:
+        """Per-market settings of the rows from `first` on: the markets file's value,
+        else the config's."""
         lim, model = self.settings.limits, self.settings.model
 
         def column(field: str, default: float) -> list[float]:
-            values = [None if meta is None else getattr(meta, field) for meta in metas]
-            return [default if v is None else v for v in values]
+            return [default if v is None else v for v in self.meta.column(field, first)]
 
         return {
             "event_t": column("event_at", np.nan),
@@ -203,8 +208,7 @@ class Engine:
         grown("book_since", np.nan)
         grown("broken", False, bool)
         grown("_newest", np.nan)  # the event time of each market's newest pending column
-        new = self.meta[len(self.meta) - k :]
-        scheduled = [bool(meta is not None and meta.scheduled) for meta in new]
+        scheduled = [bool(v) for v in self.meta.column("scheduled", len(self.meta) - k)]
         self.scheduled = np.concatenate([self.scheduled, np.array(scheduled, bool)])
 
     @property
@@ -254,18 +258,16 @@ class Engine:
 
     def reconfigure(self, settings: Settings) -> None:
         """Take new settings (SIGHUP); per-market overrides from the markets file stay."""
-        lim = settings.limits
-        for i, meta in enumerate(self.meta):
-            self.max_leverage[i] = (
-                meta.max_leverage if meta and meta.max_leverage else lim.max_leverage
-            )
-            self.max_slippage[i] = (
-                meta.max_slippage if meta and meta.max_slippage else lim.max_slippage
-            )
-            ff = meta.fee_floor_hourly if meta else None
-            self.fee_floor[i] = lim.fee_floor_hourly if ff is None else ff
-            ln = meta.liquidation_notional if meta else None
-            self.notional[i] = settings.model.liquidation_notional if ln is None else ln
+        lim, meta = settings.limits, self.meta
+        self.max_leverage[:] = [v or lim.max_leverage for v in meta.column("max_leverage")]
+        self.max_slippage[:] = [v or lim.max_slippage for v in meta.column("max_slippage")]
+        self.fee_floor[:] = [
+            lim.fee_floor_hourly if v is None else v for v in meta.column("fee_floor_hourly")
+        ]
+        notional = settings.model.liquidation_notional
+        self.notional[:] = [
+            notional if v is None else v for v in meta.column("liquidation_notional")
+        ]
         if (settings.insurance, settings.exchange.max_age_s) != (
             self.settings.insurance,
             self.settings.exchange.max_age_s,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import mmap
 import os
 import re
 import threading
@@ -81,10 +82,12 @@ class StateStore:
         seqs: dict[str, int],
         published: float = float("-inf"),
         exchange: ExchangeStore | None = None,
+        buffer: mmap.mmap | None = None,
     ) -> dict[str, Any]:
         """The snapshot's contents, copied: the engine may move on while `write` runs
         (in a thread: at 100k markets the file and its fsyncs take 40-100 ms, too long
-        for the event loop)."""
+        for the event loop). The arrays are copied into `buffer` while they fit
+        (`capture_bytes`; riskd/heap.py `mapped`), else on the heap."""
         header = {
             "schema": SCHEMA,
             "written_at": time.time(),
@@ -94,18 +97,18 @@ class StateStore:
             "ids": list(engine.ids),
         }
         self._captured += 1
-        arrays: dict[str, Any] = {
-            "capture": self._captured,
-            "header": header,
-            "first_t": engine.first_t.copy(),
-        }
+        arrays: dict[str, Any] = {"capture": self._captured, "header": header}
         if exchange is not None:
             arrays["exchange"] = exchange.copy()  # rendered in `write`, off the event loop
-        for f in fields(engine.est):
-            arrays["est_" + f.name] = getattr(engine.est, f.name).copy()
-        for f in fields(engine.gov):
-            arrays["gov_" + f.name] = getattr(engine.gov, f.name).copy()
+        copy = _Copier(buffer)
+        for name, array in _engine_arrays(engine):
+            arrays[name] = copy(array)
         return arrays
+
+    @staticmethod
+    def capture_bytes(engine: Engine) -> int:
+        """The size of a `capture`'s array copies, as laid out in a buffer."""
+        return sum(_Copier.span(array) for _, array in _engine_arrays(engine))
 
     def write(self, captured: dict[str, Any]) -> None:
         """Write what `capture` took, atomically; raises OSError. One write at a time,
@@ -210,6 +213,38 @@ class StateStore:
             f"{self.path}: corrupt snapshot ({why}); {where}; starting conservatively",
             floor=_wall_ms(),
         )
+
+
+def _engine_arrays(engine: Engine) -> list[tuple[str, np.ndarray]]:
+    """The engine arrays a snapshot holds, by their names in the file."""
+    out = [("first_t", engine.first_t)]
+    out += [("est_" + f.name, getattr(engine.est, f.name)) for f in fields(engine.est)]
+    out += [("gov_" + f.name, getattr(engine.gov, f.name)) for f in fields(engine.gov)]
+    return out
+
+
+class _Copier:
+    """Copies of arrays, one after another in a buffer while they fit, else on the heap."""
+
+    ALIGN = 64
+
+    def __init__(self, buffer: mmap.mmap | None) -> None:
+        self.buffer = buffer
+        self.offset = 0
+
+    @classmethod
+    def span(cls, array: np.ndarray) -> int:
+        return -(-array.nbytes // cls.ALIGN) * cls.ALIGN
+
+    def __call__(self, array: np.ndarray) -> np.ndarray:
+        end = self.offset + self.span(array)
+        if self.buffer is None or end > len(self.buffer):
+            return array.copy()
+        out = np.frombuffer(self.buffer, array.dtype, array.size, self.offset)
+        out = out.reshape(array.shape)
+        out[...] = array
+        self.offset = end
+        return out
 
 
 def _exchange(header: dict[str, Any]) -> dict[str, Any] | None:

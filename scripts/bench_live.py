@@ -59,6 +59,11 @@ sys.path.insert(0, str(ROOT))  # the fakes of tests/support, run as `python scri
 from tests.support import PolymarketServer, Receiver, free_port  # noqa: E402
 
 RISKD = Path(sys.executable).with_name("riskd")
+# How the daemon is started, and what runs once its RSS at the end is read (with its
+# pid): scripts/memory_breakdown.py starts it through itself and asks it where its
+# memory goes.
+RISKD_COMMAND = [str(RISKD)]
+AT_END: Callable[[int], None] | None = None
 MARKET_COUNTS = (1_000, 10_000, 100_000)
 CHUNK = 64  # frames per socket write at saturation
 PROBE_JUMP = (79, 81)  # YES bid/ask in cents of a probe's jump (from 49/51)
@@ -534,7 +539,7 @@ async def run_riskd(
     log = (folder / "riskd.log").open("wb")
     started = time.monotonic()
     proc = subprocess.Popen(
-        [str(RISKD), "run", "-c", str(config)], cwd=folder, stdout=log, stderr=subprocess.STDOUT
+        [*RISKD_COMMAND, "run", "-c", str(config)], cwd=folder, stdout=log, stderr=subprocess.STDOUT
     )
     profiler = None
     try:
@@ -629,6 +634,8 @@ async def run_riskd(
             p99_lat = lat[min(len(lat) - 1, int(0.99 * len(lat)))]
             result.latency_ms = (statistics.median(lat) * 1e3, p99_lat * 1e3, lat[-1] * 1e3)
         result.rss = rss_bytes(proc.pid)
+        if AT_END is not None:
+            AT_END(proc.pid)
     finally:
         if profiler is not None and profiler.poll() is None:
             profiler.kill()

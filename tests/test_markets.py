@@ -1,11 +1,26 @@
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
+from dataclasses import fields
 from pathlib import Path
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from riskd.markets import Market, MarketsError, load_markets, parse_markets
+from riskd.config import Settings
+from riskd.engine import Engine
+from riskd.markets import (
+    RELATIONS,
+    Market,
+    MarketsError,
+    MarketTable,
+    load_markets,
+    parse_markets,
+)
 
 TAPES = Path(__file__).resolve().parent.parent / "data" / "tapes"
 
@@ -270,3 +285,108 @@ resolves_at = "2022-11-10T00:00:00Z"
 def test_bad_group_or_relation_names_the_key(kw: dict[str, object], expect: str) -> None:
     with pytest.raises(MarketsError, match=rf"^m\.json: markets\[0\] \(id 'm'\): {expect}"):
         parse_markets([entry(**kw)], "m.json")
+
+
+# --- MarketTable: the markets column by column ------------------------------------
+
+TOKEN = "71321045679252212594626385532706912750332728571942532289631379312455583992563"
+
+tokens = st.one_of(
+    st.none(),
+    st.just(TOKEN),
+    st.integers(0, 2**256 - 1).map(str),
+    st.integers(2**256, 10**78 - 1).map(str),  # a decimal number too large to pack
+    st.sampled_from(["", "0", "007", "01", "abc", "\u0661\u0662", " 12"]),
+)
+floats = st.floats(allow_nan=True, allow_infinity=True)
+maybe_floats = st.one_of(st.none(), floats, st.integers(-5, 5))
+
+
+@st.composite
+def markets(draw: st.DrawFn) -> list[Market]:
+    ids = draw(st.lists(st.text(min_size=1, max_size=8), unique=True, max_size=12))
+    return [
+        Market(
+            id=market_id,
+            resolves_at=draw(st.one_of(floats, st.integers(0, 2**40))),
+            event_at=draw(floats),
+            outcome=draw(st.sampled_from([None, 0, 1, 2])),
+            tick_size=draw(maybe_floats),
+            title=draw(st.text(max_size=5)),
+            polymarket_yes_token=draw(tokens),
+            polymarket_no_token=draw(tokens),
+            kalshi_ticker=draw(st.one_of(st.none(), st.text(max_size=6))),
+            max_leverage=draw(maybe_floats),
+            max_slippage=draw(maybe_floats),
+            fee_floor_hourly=draw(maybe_floats),
+            liquidation_notional=draw(maybe_floats),
+            scheduled=draw(st.booleans()),
+            group=draw(st.one_of(st.none(), st.text(max_size=4))),
+            relation=draw(st.sampled_from(RELATIONS)),
+        )
+        for market_id in ids
+    ]
+
+
+def same(a: object, b: object) -> bool:
+    """Equal and of one type, nan equal to nan."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a):
+        return math.isnan(b)
+    return a == b
+
+
+@given(markets())
+@settings(max_examples=200, deadline=None)
+def test_a_market_table_reads_every_market_back_as_given(given_markets: list[Market]) -> None:
+    table = MarketTable(given_markets)
+    assert list(table) == [m.id for m in given_markets] and len(table) == len(given_markets)
+    names = [f.name for f in fields(Market)]
+    for k, m in enumerate(given_markets):
+        for back in (table[m.id], table.at(k), list(table.values())[k], dict(table.items())[m.id]):
+            assert all(same(getattr(back, n), getattr(m, n)) for n in names), (m, back)
+        assert m.id in table and table.get(m.id) is not None
+    for n in names:
+        assert all(map(same, table.column(n), [getattr(m, n) for m in given_markets]))
+        assert table.present(n) == [bool(getattr(m, n)) for m in given_markets]
+    assert "no such market" not in table and None not in table
+    assert table.select([m.id for m in given_markets]) is table
+    part = [m.id for m in given_markets[::2]]
+    assert list(table.select(part)) == part
+
+
+def test_a_market_table_refuses_an_id_twice() -> None:
+    with pytest.raises(ValueError, match="duplicate market id 'm'"):
+        MarketTable([Market("m", 1.0, 1.0), Market("m", 2.0, 2.0)])
+
+
+def test_the_engine_reads_its_metadata_from_the_table() -> None:
+    """The engine's per-market settings and `meta` are the same whether it is given a
+    dict of Markets or a table; markets added later (a venue's listing, discovery)
+    follow them."""
+    given_markets = load_markets(TAPES / "polymarket_midterms_2022" / "markets.json")
+    first = next(iter(given_markets.values()))
+    given_markets[first.id] = dataclasses.replace(
+        first, max_leverage=3.0, max_slippage=0.02, fee_floor_hourly=0.0, liquidation_notional=5.0
+    )
+    config = Settings()
+    from_dict = Engine(config, given_markets, discover=True)
+    from_table = Engine(config, MarketTable(given_markets.values()), discover=True)
+    listed = Market("listed", T0, T0, tick_size=0.05, max_leverage=2.0, scheduled=True)
+    for engine in (from_dict, from_table):
+        engine.add_market("listed", listed)
+        engine.add_market("discovered", None)
+        assert list(engine.meta) == [*given_markets.values(), listed, None]
+        assert engine.meta[-2] == listed and engine.meta[0].max_leverage == 3.0
+    for name in ("event_t", "resolve_t", "max_leverage", "max_slippage", "fee_floor", "notional"):
+        assert np.array_equal(getattr(from_dict, name), getattr(from_table, name), equal_nan=True)
+    assert from_table.max_leverage[0] == 3.0 and from_table.max_leverage[-2] == 2.0
+    assert from_table.est.tick_size[-2] == 0.05 and from_table.scheduled[-2]
+    # A reload keeps the markets file's own limits; the rest follow the new config.
+    reloaded = Settings.model_validate({"limits": {"max_leverage": 4.0, "max_slippage": 0.03}})
+    from_table.reconfigure(reloaded)
+    assert from_table.max_leverage[0] == 3.0 and from_table.max_leverage[-2] == 2.0
+    assert from_table.max_leverage[1] == 4.0 and from_table.max_leverage[-1] == 4.0
+    assert from_table.max_slippage[0] == 0.02 and from_table.max_slippage[1] == 0.03
+    assert from_table.fee_floor[0] == 0.0 and from_table.notional[0] == 5.0

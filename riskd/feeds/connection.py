@@ -20,7 +20,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +38,7 @@ from riskd.feeds.base import Liveness, MarketEvent, Tick
 from riskd.feeds.codec import Codec, Decoded, MarketCodec
 from riskd.feeds.metadata import Fetch, listing_events, look_up, merge
 from riskd.feeds.settings import ConnectionSettings
+from riskd.markets import MarketTable
 from riskd.secrets import mask_url
 from riskd.ticks import TickBatch, TickColumns
 
@@ -551,14 +552,15 @@ class LookupFeed(WebsocketFeed):
         url: str,
         codec: MarketCodec,
         settings: ConnectionSettings,
-        markets: dict[str, Market],
+        markets: Mapping[str, Market],
         *,
         metadata: bool,
         metrics: Metrics | None,
         **connection: Any,
     ) -> None:
         super().__init__(venue, url, codec, settings, metrics, **connection)
-        self.markets = dict(markets)
+        # Column by column, shared with the engine where it is the daemon's own table.
+        self.markets: Mapping[str, Market] = MarketTable.of(markets)
         self.metadata = metadata
 
     def lookup(self) -> Fetch | None:

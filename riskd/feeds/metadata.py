@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 
 from riskd.feeds.base import MarketEvent
-from riskd.markets import Market
+from riskd.markets import Market, MarketTable
 from riskd.secrets import mask_url, mask_urls
 
 UNKNOWN = math.nan  # an unknown time: the engine treats nan as "not known"
@@ -69,12 +69,12 @@ def parse_entries(entries: Iterable[Any], parse: Callable[[Any], Market], lookup
             lookup.reject("metadata_bad_entry")
 
 
-def merge(file_markets: dict[str, Market], found: Iterable[Market]) -> dict[str, Market]:
+def merge(file_markets: Mapping[str, Market], found: Iterable[Market]) -> MarketTable:
     """The markets file with the venue's markets added; for a market in both (same id
     or the same venue id) the file's values win and the venue fills what it lacks."""
-    out = dict(file_markets)
+    out = dict(file_markets.items())
     by_venue_id: dict[str, str] = {}
-    for m in file_markets.values():
+    for m in out.values():
         for vid in (m.polymarket_yes_token, m.polymarket_no_token, m.kalshi_ticker):
             if vid:
                 by_venue_id[vid] = m.id
@@ -97,11 +97,11 @@ def merge(file_markets: dict[str, Market], found: Iterable[Market]) -> dict[str,
             polymarket_no_token=have.polymarket_no_token or m.polymarket_no_token,
             kalshi_ticker=have.kalshi_ticker or m.kalshi_ticker,
         )
-    return out
+    return MarketTable(out.values())
 
 
 def listing_events(
-    old: dict[str, Market], merged: dict[str, Market], ts: float
+    old: Mapping[str, Market], merged: Mapping[str, Market], ts: float
 ) -> list[MarketEvent]:
     """What the daemon must learn from a lookup: the new markets, and the tick sizes
     the markets file left open."""

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, cast
 
 from riskd.config import ConfigError, Settings
 from riskd.feeds.connection import WebsocketFeed
-from riskd.markets import Market
+from riskd.markets import Market, MarketTable
 
 if TYPE_CHECKING:
     from riskd.feeds.nats.feed import NatsFeed
@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
     LiveFeed = WebsocketFeed | NatsFeed
 
-Builder = Callable[[Settings, dict[str, Market], str, "Metrics | None"], "LiveFeed"]
+Builder = Callable[[Settings, MarketTable, str, "Metrics | None"], "LiveFeed"]
 
 
 def _something_to_follow(venue: str, some: bool, binding: str) -> None:
@@ -28,7 +28,7 @@ def _something_to_follow(venue: str, some: bool, binding: str) -> None:
 
 
 def _polymarket(
-    settings: Settings, markets: dict[str, Market], url: str, metrics: Metrics | None
+    settings: Settings, markets: MarketTable, url: str, metrics: Metrics | None
 ) -> WebsocketFeed:
     from riskd.feeds.polymarket.feed import PolymarketFeed
 
@@ -40,7 +40,8 @@ def _polymarket(
     )
     return PolymarketFeed(
         cfg.polymarket,
-        markets,
+        # It only reads them (a Mapping); the table is not copied into a dict.
+        cast("dict[str, Market]", markets),
         url=url,
         metadata=cfg.metadata,
         metrics=metrics,
@@ -50,7 +51,7 @@ def _polymarket(
 
 
 def _kalshi(
-    settings: Settings, markets: dict[str, Market], url: str, metrics: Metrics | None
+    settings: Settings, markets: MarketTable, url: str, metrics: Metrics | None
 ) -> WebsocketFeed:
     from riskd.feeds.kalshi.auth import BadKey
     from riskd.feeds.kalshi.feed import KalshiFeed
@@ -75,7 +76,7 @@ def _kalshi(
 
 
 def _websocket(
-    settings: Settings, markets: dict[str, Market], url: str, metrics: Metrics | None
+    settings: Settings, markets: MarketTable, url: str, metrics: Metrics | None
 ) -> WebsocketFeed:
     from riskd.feeds.websocket.feed import GenericWebsocketFeed
 
@@ -87,9 +88,7 @@ def _websocket(
     return feed
 
 
-def _nats(
-    settings: Settings, markets: dict[str, Market], url: str, metrics: Metrics | None
-) -> NatsFeed:
+def _nats(settings: Settings, markets: MarketTable, url: str, metrics: Metrics | None) -> NatsFeed:
     from riskd.feeds.nats.feed import NatsFeed
 
     return NatsFeed(
@@ -106,16 +105,16 @@ BUILDERS: dict[str, Builder] = {
 
 # Which markets a venue can serve: those with its ids. The generic feed sends its
 # own market ids, so nothing is bound to it.
-BINDS: dict[str, Callable[[Market], bool]] = {
-    "polymarket": lambda m: bool(m.polymarket_yes_token or m.polymarket_no_token),
-    "kalshi": lambda m: bool(m.kalshi_ticker),
-    "websocket": lambda m: False,
-    "nats": lambda m: False,
+BINDS: dict[str, tuple[str, ...]] = {
+    "polymarket": ("polymarket_yes_token", "polymarket_no_token"),
+    "kalshi": ("kalshi_ticker",),
+    "websocket": (),
+    "nats": (),
 }
 
 
 def live_feeds(
-    settings: Settings, markets: dict[str, Market], metrics: Metrics | None = None
+    settings: Settings, markets: Mapping[str, Market], metrics: Metrics | None = None
 ) -> list[LiveFeed]:
     """One feed per live kind; a market with ids on several venues goes to the first."""
     cfg = settings.feed
@@ -124,11 +123,21 @@ def live_feeds(
     unknown = sorted(follow - markets.keys())
     if unknown:
         raise ConfigError(f"feed.markets: not in the markets file: {', '.join(unknown)}")
-    pool = {mid: m for mid, m in markets.items() if not follow or mid in follow}
+    # The feeds share the daemon's table (each its part of it), not a dict of Markets.
+    table = MarketTable.of(markets)
+    free = [not follow or market_id in follow for market_id in table.ids]
     feeds: list[LiveFeed] = []
-    taken: set[str] = set()
     for kind in kinds:
-        bound = {mid: m for mid, m in pool.items() if mid not in taken and BINDS[kind](m)}
-        taken |= bound.keys()
-        feeds.append(BUILDERS[kind](settings, bound, cfg.url if len(kinds) == 1 else "", metrics))
+        has_ids = [table.present(name) for name in BINDS[kind]]
+        bound = [k for k in range(len(table)) if free[k] and any(ids[k] for ids in has_ids)]
+        for k in bound:
+            free[k] = False
+        feeds.append(
+            BUILDERS[kind](
+                settings,
+                table.select([table.ids[k] for k in bound]),
+                cfg.url if len(kinds) == 1 else "",
+                metrics,
+            )
+        )
     return feeds

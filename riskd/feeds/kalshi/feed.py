@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import random
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -27,7 +28,7 @@ class KalshiFeed(LookupFeed):
     def __init__(
         self,
         settings: KalshiSettings,
-        markets: dict[str, Market],
+        markets: Mapping[str, Market],
         *,
         url: str = "",
         metadata: bool = True,
