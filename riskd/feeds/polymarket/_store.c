@@ -8,7 +8,9 @@
  * reference's, in its order; anything the fast path cannot settle (a price never
  * seen, a bad field) returns False and the codec reads the event in Python, where
  * the checks name the rejection. tests/test_polymarket_store.py runs both stores
- * on the same frames.
+ * on the same frames. Memory comes from malloc (PyMem_Raw*), not Python's small-object
+ * pools: books that live for days must not pin pools that short-lived objects (a
+ * start-up's hundred thousand published sets) used to fill.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -90,7 +92,7 @@ static void side_del(Side *s, int32_t i) {
 static int side_append(Side *s, double price, double qty) {
     if (s->n == s->cap) {
         int32_t cap = s->cap ? 2 * s->cap : 2;
-        Level *v = PyMem_Realloc(s->v, (size_t)cap * sizeof(Level));
+        Level *v = PyMem_RawRealloc(s->v, (size_t)cap * sizeof(Level));
         if (v == NULL) {
             PyErr_NoMemory();
             return -1;
@@ -105,7 +107,7 @@ static int side_append(Side *s, double price, double qty) {
 }
 
 static void side_free(Side *s) {
-    PyMem_Free(s->v);
+    PyMem_RawFree(s->v);
     s->v = NULL;
     s->n = s->cap = 0;
 }
@@ -297,7 +299,7 @@ static int add_row(Store *st, int32_t m, double ts, double price, double bid, do
                    double depth) {
     if (st->r_n == st->r_cap) {
         Py_ssize_t cap = st->r_cap ? 2 * st->r_cap : 256;
-        Row *rows = PyMem_Realloc(st->rows, (size_t)cap * sizeof(Row));
+        Row *rows = PyMem_RawRealloc(st->rows, (size_t)cap * sizeof(Row));
         if (rows == NULL) {
             PyErr_NoMemory();
             return -1;
@@ -378,11 +380,11 @@ static int touch(Store *st, int32_t m, double ts, int32_t tok) {
     }
     if (st->t_n == st->t_cap) {
         Py_ssize_t cap = st->t_cap ? 2 * st->t_cap : 64;
-        int32_t *a = PyMem_Realloc(st->t_mkt, (size_t)cap * sizeof(int32_t));
+        int32_t *a = PyMem_RawRealloc(st->t_mkt, (size_t)cap * sizeof(int32_t));
         if (a) st->t_mkt = a;
-        int32_t *b = PyMem_Realloc(st->t_tok, (size_t)cap * sizeof(int32_t));
+        int32_t *b = PyMem_RawRealloc(st->t_tok, (size_t)cap * sizeof(int32_t));
         if (b) st->t_tok = b;
-        double *c = PyMem_Realloc(st->t_ts, (size_t)cap * sizeof(double));
+        double *c = PyMem_RawRealloc(st->t_ts, (size_t)cap * sizeof(double));
         if (c) st->t_ts = c;
         if (!a || !b || !c) {
             PyErr_NoMemory();
@@ -530,7 +532,7 @@ static PyObject *Store_price_changes(Store *st, PyObject *event) {
     ts /= 1000.0;
     if (!attr(event, s_price_changes, &changes) || !PyList_CheckExact(changes)) goto done;
     Py_ssize_t n = PyList_GET_SIZE(changes);
-    if (n > 8 && (entries = PyMem_Malloc((size_t)n * sizeof(Entry))) == NULL) {
+    if (n > 8 && (entries = PyMem_RawMalloc((size_t)n * sizeof(Entry))) == NULL) {
         entries = small;
         PyErr_NoMemory();
         result = NULL;
@@ -545,7 +547,7 @@ static PyObject *Store_price_changes(Store *st, PyObject *event) {
         }
     result = Py_True;
 done:
-    if (entries != small) PyMem_Free(entries);
+    if (entries != small) PyMem_RawFree(entries);
     Py_XDECREF(stamp);
     Py_XDECREF(changes);
     Py_XINCREF(result);
@@ -904,7 +906,7 @@ static int int_list(PyObject *list, int32_t *out, Py_ssize_t n, Py_ssize_t bound
 }
 
 static void *zalloc(size_t n, size_t size) {
-    void *p = PyMem_Calloc(n ? n : 1, size);
+    void *p = PyMem_RawCalloc(n ? n : 1, size);
     if (p == NULL) PyErr_NoMemory();
     return p;
 }
@@ -999,7 +1001,7 @@ static void Store_dealloc(Store *st) {
                       st->band, st->has_quote, st->last_bid, st->last_ask, st->last_ts,
                       st->last_depth, st->last_trade, st->touch_at, st->t_mkt, st->t_tok,
                       st->t_ts, st->rows};
-    for (size_t i = 0; i < sizeof arrays / sizeof arrays[0]; i++) PyMem_Free(arrays[i]);
+    for (size_t i = 0; i < sizeof arrays / sizeof arrays[0]; i++) PyMem_RawFree(arrays[i]);
     Py_CLEAR(st->ids);
     Py_CLEAR(st->index);
     Py_CLEAR(st->prices);
