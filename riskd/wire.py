@@ -7,6 +7,7 @@ the stream's snapshot and the API send what this module makes of them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,7 +122,7 @@ def batch(
     instance: str,
     seq: int,
     generated_at: str,
-    params: list[dict[str, Any]],
+    params: Sequence[dict[str, Any] | orjson.Fragment],
     snapshot: bool = False,
     fence: dict[str, int] | None = None,
 ) -> bytes:

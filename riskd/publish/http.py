@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
+import orjson
 
 from riskd import wire
 from riskd.publish.base import Batch, PublishStats
@@ -47,6 +48,8 @@ if TYPE_CHECKING:
     from riskd.config import HttpPublisherSettings
 
 log = logging.getLogger(__name__)
+# A set waiting to be sent: its version, and the set as JSON (embedded as it is).
+Pending = tuple[int, orjson.Fragment]
 
 BODY_LOG_CHARS = 500
 
@@ -114,7 +117,10 @@ class HttpPublisher:
         self.policy = policy or DeliveryPolicy()
         self.seq = 0  # the last seq sent; restored from the state snapshot before start
         # market -> newest set not yet delivered; at most one per market.
-        self._pending: dict[str, dict[str, Any]] = {}
+        # market -> (version, the set as JSON): serialised when it arrives, so that a
+        # start-up's hundred thousand sets wait as bytes, not as dicts of floats that
+        # would leave Python's small-object pools fragmented once sent.
+        self._pending: dict[str, Pending] = {}
         # Pending markets whose newest set tightened (an ordered set): sent first.
         self._tight: dict[str, None] = {}
         # market -> highest version delivered: a set not newer is never sent.
@@ -158,9 +164,10 @@ class HttpPublisher:
         self._generated_at = batch.generated_at  # the daemon clock: event time in replay
         for entry in batch.params:
             market = entry["market"]
-            if entry["version"] <= self._delivered.get(market, 0):
+            version = entry["version"]
+            if version <= self._delivered.get(market, 0):
                 continue
-            self._pending[market] = entry
+            self._pending[market] = (version, orjson.Fragment(orjson.dumps(entry)))
             # Sticky until sent: a newer set replacing a tightening one may be looser
             # than it, but is still tighter than what the exchange holds.
             if market in batch.tightened:
@@ -198,7 +205,7 @@ class HttpPublisher:
 
     # --- the sender -------------------------------------------------------------
 
-    def _take(self) -> dict[str, dict[str, Any]]:
+    def _take(self) -> dict[str, Pending]:
         """Up to max_batch pending markets, tightened ones first, oldest waiting first."""
         limit = self.policy.max_batch
         order: list[str] = list(self._tight)[:limit]
@@ -213,7 +220,7 @@ class HttpPublisher:
             self._tight.pop(market, None)
         return taken
 
-    def _put_back(self, taken: dict[str, dict[str, Any]], tight: set[str]) -> None:
+    def _put_back(self, taken: dict[str, Pending], tight: set[str]) -> None:
         """After a retryable failure: what nothing newer replaced meanwhile waits again."""
         for market, entry in taken.items():
             if market not in self._pending:
@@ -274,10 +281,8 @@ class HttpPublisher:
                     extra={"publisher": self.name, "reason": "circuit_closed"},
                 )
             if attempt.outcome is Outcome.DELIVERED:
-                for market, entry in taken.items():
-                    self._delivered[market] = max(
-                        self._delivered.get(market, 0), int(entry["version"])
-                    )
+                for market, (version, _) in taken.items():
+                    self._delivered[market] = max(self._delivered.get(market, 0), int(version))
 
     # Clustered (riskd/cluster.py): the shard and the leader's epoch this publisher
     # sends for, in every body and as X-Riskd-Epoch. None: not clustered.
@@ -286,12 +291,11 @@ class HttpPublisher:
     def fence_headers(self) -> dict[str, str]:
         return {} if self.fence is None else {"X-Riskd-Epoch": str(self.fence["epoch"])}
 
-    async def _post(self, taken: dict[str, dict[str, Any]], tightens: bool) -> Attempt:
+    async def _post(self, taken: dict[str, Pending], tightens: bool) -> Attempt:
         assert self._session is not None
         self.seq += 1
-        body = wire.batch(
-            self.instance, self.seq, self._generated_at, list(taken.values()), fence=self.fence
-        )
+        sets = [entry for _, entry in taken.values()]
+        body = wire.batch(self.instance, self.seq, self._generated_at, sets, fence=self.fence)
         extra: dict[str, Any] = {
             "publisher": self.name,
             "seq": self.seq,
