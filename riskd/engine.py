@@ -466,6 +466,15 @@ class Engine:
             **self._override_conditions(idx),
         )
 
+    def _positions(self, idx: Index) -> np.ndarray:
+        """The market numbers `idx` stands for (ALL: every market), checked: the
+        compiled passes read the engine's arrays at them."""
+        n = len(self.ids)
+        if isinstance(idx, np.ndarray) and idx.dtype == np.int64 and idx.ndim == 1:
+            if not idx.size or (idx.min() >= 0 and idx.max() < n):
+                return np.ascontiguousarray(idx)
+        return np.arange(n)[idx]
+
     def _overridden(self, idx: Index) -> list[tuple[int, Override]]:
         """(row of `idx`, override) for each market of `idx` with an admin override."""
         if not self.overrides:
@@ -523,7 +532,7 @@ class Engine:
         else:
             confirmed, booked = self.freshness(idx) if fresh is None else fresh
         return parameters.risk_inputs(
-            self._estimator_at(idx, est),
+            self.est if est is None else est,
             now,
             self.event_t[idx],
             self.settings.model,
@@ -532,6 +541,8 @@ class Engine:
             self.notional[idx],
             self.scheduled[idx],
             self.long_jump_rate(now, idx, est),
+            # The engine's rows of the markets; the backtest's record is row by row.
+            rows=self._positions(idx) if est is None else None,
         )
 
     def long_jump_rate(
@@ -543,7 +554,8 @@ class Engine:
         pool as it stood at each row, from the rows before it."""
         cfg = self.settings.model
         if est is None:
-            exposure_all = np.maximum(np.nan_to_num(now - self.first_t, nan=0.0), 0.0)
+            exposure_all = now - self.first_t
+            estimator.elapsed(exposure_all, out=exposure_all)
             own = exposure_all[idx]
             return parameters.pooled_jump_rate(
                 self.est.jumps[idx].astype(np.float64),

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
+from riskd.jit import maximum as _max
+from riskd.jit import minimum as _min
 from riskd.jit import njit
 from riskd.model.parameters import BIT, Targets
 
@@ -418,17 +420,6 @@ def _looser(lev, lev_ref, fee, fee_ref):  # type: ignore[no-untyped-def]
     a = _max(lev[0] / lev_ref[0] - 1.0, fee_ref[0] / fee[0] - 1.0)
     b = _max(lev[1] / lev_ref[1] - 1.0, fee_ref[1] / fee[1] - 1.0)
     return _max(a, b)
-
-
-@njit
-def _max(a: float, b: float) -> float:
-    """numpy's maximum: nan if either is."""
-    return a + b if np.isnan(a) or np.isnan(b) else max(a, b)
-
-
-@njit
-def _min(a: float, b: float) -> float:
-    return a + b if np.isnan(a) or np.isnan(b) else min(a, b)
 
 
 def loosening_anchor(
