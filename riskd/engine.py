@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Iterator, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from itertools import chain, repeat
 from operator import attrgetter, itemgetter
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
@@ -38,7 +38,6 @@ MAX_PENDING = 200_000
 Index = slice | np.ndarray
 # (confirmed_t, live_book) of some markets: `Engine.freshness`.
 Freshness = tuple[np.ndarray, np.ndarray | None]
-S = TypeVar("S", estimator.EstimatorState, GovernorState)
 
 
 @dataclass
@@ -418,15 +417,6 @@ class Engine:
         self.now = max(self.now, float(t.max()))
         return jumps
 
-    def _estimator_at(
-        self, idx: Index, est: estimator.EstimatorState | None
-    ) -> estimator.EstimatorState:
-        """The estimator state of the markets `idx`, row by row: the current one, or
-        `est` (the backtest's record of each row's state, from `apply`)."""
-        if est is not None:
-            return est
-        return self.est if idx is ALL else _take(self.est, idx)
-
     def conditions(
         self,
         now: float | np.ndarray,
@@ -434,35 +424,40 @@ class Engine:
         est: estimator.EstimatorState | None = None,
         fresh: Freshness | None = None,
     ) -> Conditions:
-        cfg = self.settings.model
-        state = self._estimator_at(idx, est)
-        warm = (state.ticks >= cfg.warmup_ticks) & (now - self.first_t[idx] >= cfg.warmup_s)
-        if est is not None:
-            confirmed, booked = state.t, None
-        else:
+        """The governor's conditions of markets `idx` at `now`; with `est` (the
+        backtest), of the rows of its record. Live (without `est`), they carry when
+        each market's warm-up ends: the cycle schedules with them."""
+        rows = self._positions(idx)
+        if est is None:
             confirmed, booked = self.freshness(idx) if fresh is None else fresh
-        if booked is not None:
-            # A book snapshot and warmup_s of confirmed liveness: warm, however seldom
-            # its top moved (section 5).
-            warm |= booked & (state.ticks >= 1) & (now - self.book_since[idx] >= cfg.warmup_s)
-        gaps = self.settings.governor.stale_after_gaps
-        limit = None
-        if gaps > 0.0:
-            # A trade tape's rule: a few of its own gaps (section 5); a live book keeps
-            # stale_after_s.
-            limit = np.fmax(
-                self.settings.governor.stale_after_s, gaps * np.nan_to_num(state.gap, nan=0.0)
-            )
-            if booked is not None:
-                limit = np.where(booked, self.settings.governor.stale_after_s, limit)
-        return Conditions(
-            stale_limit=limit,
-            last_tick_t=confirmed,
-            last_jump_t=state.last_jump_t,
-            event_t=self.event_t[idx],
-            resolve_t=self.resolve_t[idx],
-            warm=warm,
-            fee_floor=self.fee_floor[idx],
+            state, estimator_rows = self.est, rows
+        else:
+            confirmed, booked = est.t, None
+            state, estimator_rows = est, np.arange(len(rows))
+        gov, model = self.settings.governor, self.settings.model
+        return governor.conditions(
+            now,
+            rows,
+            estimator_rows,
+            governor.MarketColumns(
+                ticks=state.ticks,
+                gap=state.gap,
+                last_jump_t=state.last_jump_t,
+                first_t=self.first_t,
+                book_since=self.book_since,
+                event_t=self.event_t,
+                resolve_t=self.resolve_t,
+                fee_floor=self.fee_floor,
+            ),
+            confirmed,
+            booked,
+            governor.ConditionSettings(
+                warmup_ticks=model.warmup_ticks,
+                warmup_s=float(model.warmup_s),
+                stale_after_s=float(gov.stale_after_s),
+                stale_after_gaps=float(gov.stale_after_gaps),
+                scheduling=est is None,
+            ),
             **self._override_conditions(idx),
         )
 
@@ -621,7 +616,7 @@ class Engine:
         inp, tg = computed if computed is not None else self.targets(now, idx)
         if cond is None:
             cond = self.conditions(now, idx)
-        rows = None if idx is ALL else np.arange(len(self.ids))[idx]
+        rows = None if idx is ALL else self._positions(idx)
         return inp, governor.step(self.gov, self.settings.governor, now, tg, cond, rows, record)
 
     def cycle(self, now: float, idx: Index | None = None) -> CycleResult:
@@ -656,15 +651,19 @@ class Engine:
             )
             inp, decision = self.govern(now, part, computed=computed, cond=cond)
             published = part[decision.publish]
-            self.published[published] = True
-            if caps is not None:
-                self.published_cap[published] = caps.cap[published]
-            self.published_inputs[published] = np.stack(
-                [getattr(inp, name)[decision.publish] for name in INPUTS], axis=1
-            )
-            entries += self.render(published)
+            if published.size:
+                self.published[published] = True
+                if caps is not None:
+                    self.published_cap[published] = caps.cap[published]
+                self.published_inputs[published] = np.stack(
+                    [getattr(inp, name)[decision.publish] for name in INPUTS], axis=1
+                )
+                entries += self.render(published)
             tightened += [self.ids[i] for i in part[decision.tightened].tolist()]
-            self._schedule(now, part, cond, fresh[1])
+            # When each must be evaluated again (`governor.next_change`).
+            assert decision.due is not None
+            self.due_t[part] = decision.due
+            self.idle[part] = self.gov.idle_at[part] == now
         if caps is not None and caps.left_over:
             self.due_t[caps.pending()] = -np.inf  # their caps at the next cycle
         markets = frozenset(tightened)
@@ -729,24 +728,6 @@ class Engine:
                 due[: stop - n] = True
             self._sweep = stop % n
         return np.flatnonzero(due)
-
-    def _schedule(
-        self, now: float, rows: np.ndarray, cond: Conditions, booked: np.ndarray | None
-    ) -> None:
-        """After evaluating `rows` at `now`: when each must be evaluated again."""
-        cfg = self.settings.model
-        ticks = self.est.ticks[rows]
-        warm_at = np.where(ticks >= cfg.warmup_ticks, self.first_t[rows] + cfg.warmup_s, np.nan)
-        if booked is not None:
-            warm_at = np.fmin(
-                warm_at,
-                np.where(booked & (ticks >= 1), self.book_since[rows] + cfg.warmup_s, np.nan),
-            )
-        gov = _take(self.gov, rows)
-        self.due_t[rows] = governor.next_change(
-            gov, self.settings.governor, now, cond, warm_at, rows
-        )
-        self.idle[rows] = gov.idle_at == now
 
     def render(self, rows: np.ndarray) -> list[dict[str, Any]]:
         """The sets markets `rows` last published (riskd/wire.py): the governor state
@@ -854,8 +835,3 @@ _TS, _PRICE, _BID, _ASK, _DEPTH = (
     attrgetter(name) for name in ("ts", "price", "bid", "ask", "depth")
 )
 _FIRST, _SECOND = itemgetter(0), itemgetter(1)
-
-
-def _take(state: S, idx: Index) -> S:
-    """A copy of the rows `idx` of a struct-of-arrays state."""
-    return type(state)(**{f.name: getattr(state, f.name)[idx] for f in fields(state)})
