@@ -7,10 +7,11 @@ and turns one cycle's model output into the published JSON entries. No I/O.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from itertools import chain, repeat
 from operator import attrgetter, itemgetter
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -37,7 +38,6 @@ MAX_PENDING = 200_000
 Index = slice | np.ndarray
 # (confirmed_t, live_book) of some markets: `Engine.freshness`.
 Freshness = tuple[np.ndarray, np.ndarray | None]
-S = TypeVar("S", estimator.EstimatorState, GovernorState)
 
 
 @dataclass
@@ -296,7 +296,6 @@ class Engine:
                 ended = np.asarray(live.ended, np.int64)
                 self.life[ended] = np.nan
                 self.due_t[np.isin(self.link, ended)] = -np.inf  # stale at once
-        index = self.index
         if live.heard:
             i, sid, t = self._rows(live.heard)
             moved = self.link[i] != sid
@@ -313,24 +312,31 @@ class Engine:
             self.heard_t[i] = np.where(broke, self.heard_t[i], np.fmax(self.heard_t[i], t))
             self.due_t[i] = -np.inf
         if live.depths:
-            known = [(index[m], d) for m, d in live.depths.items() if m in index]
-            if known:
-                rows = np.fromiter((k for k, _ in known), np.int64, len(known))
-                self.est.depth[rows] = np.fromiter((d for _, d in known), np.float64, len(known))
-                self.due_t[rows] = -np.inf
+            rows = self._lookup(live.depths)
+            depths = np.fromiter(live.depths.values(), np.float64, len(rows))
+            known = rows >= 0
+            self.est.depth[rows[known]] = depths[known]
+            self.due_t[rows[known]] = -np.inf
 
     def _rows(
         self, table: Mapping[str, tuple[int, float]]
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(rows, sessions, times) of a {market: (session, time)} report, known markets only."""
-        index = self.index
-        known = [(index[m], sid, t) for m, (sid, t) in table.items() if m in index]
-        n = len(known)
-        return (
-            np.fromiter((k[0] for k in known), np.int64, n),
-            np.fromiter((k[1] for k in known), np.int64, n),
-            np.fromiter((k[2] for k in known), np.float64, n),
-        )
+        """(rows, sessions, times) of a {market: (session, time)} report, known markets
+        only. The pairs are read as one float array (sessions are small integers)."""
+        rows = self._lookup(table)
+        n = len(rows)
+        pairs = np.fromiter(chain.from_iterable(table.values()), np.float64, 2 * n)
+        pairs = pairs.reshape(n, 2)
+        known = rows >= 0
+        if not known.all():
+            rows, pairs = rows[known], pairs[known]
+        return rows, pairs[:, 0].astype(np.int64), pairs[:, 1]
+
+    def _lookup(self, markets: Collection[str]) -> np.ndarray:
+        """The rows of `markets` (-1: not known), looked up in a C loop: a report names
+        hundreds of markets per cycle."""
+        n = len(markets)
+        return np.fromiter(map(self.index.get, markets, repeat(-1, n)), np.int64, n)
 
     def freshness(self, idx: Index = ALL) -> Freshness:
         """(confirmed_t, live_book) of markets `idx` (section 5, freshness): when each
@@ -504,15 +510,6 @@ class Engine:
         self.now = max(self.now, float(t.max()))
         return jumps
 
-    def _estimator_at(
-        self, idx: Index, est: estimator.EstimatorState | None
-    ) -> estimator.EstimatorState:
-        """The estimator state of the markets `idx`, row by row: the current one, or
-        `est` (the backtest's record of each row's state, from `apply`)."""
-        if est is not None:
-            return est
-        return self.est if idx is ALL else _take(self.est, idx)
-
     def conditions(
         self,
         now: float | np.ndarray,
@@ -520,37 +517,51 @@ class Engine:
         est: estimator.EstimatorState | None = None,
         fresh: Freshness | None = None,
     ) -> Conditions:
-        cfg = self.settings.model
-        state = self._estimator_at(idx, est)
-        warm = (state.ticks >= cfg.warmup_ticks) & (now - self.first_t[idx] >= cfg.warmup_s)
-        if est is not None:
-            confirmed, booked = state.t, None
-        else:
+        """The governor's conditions of markets `idx` at `now`; with `est` (the
+        backtest), of the rows of its record. Live (without `est`), they carry when
+        each market's warm-up ends: the cycle schedules with them."""
+        rows = self._positions(idx)
+        if est is None:
             confirmed, booked = self.freshness(idx) if fresh is None else fresh
-        if booked is not None:
-            # A book snapshot and warmup_s of confirmed liveness: warm, however seldom
-            # its top moved (section 5).
-            warm |= booked & (state.ticks >= 1) & (now - self.book_since[idx] >= cfg.warmup_s)
-        gaps = self.settings.governor.stale_after_gaps
-        limit = None
-        if gaps > 0.0:
-            # A trade tape's rule: a few of its own gaps (section 5); a live book keeps
-            # stale_after_s.
-            limit = np.fmax(
-                self.settings.governor.stale_after_s, gaps * np.nan_to_num(state.gap, nan=0.0)
-            )
-            if booked is not None:
-                limit = np.where(booked, self.settings.governor.stale_after_s, limit)
-        return Conditions(
-            stale_limit=limit,
-            last_tick_t=confirmed,
-            last_jump_t=state.last_jump_t,
-            event_t=self.event_t[idx],
-            resolve_t=self.resolve_t[idx],
-            warm=warm,
-            fee_floor=self.fee_floor[idx],
+            state, estimator_rows = self.est, rows
+        else:
+            confirmed, booked = est.t, None
+            state, estimator_rows = est, np.arange(len(rows))
+        gov, model = self.settings.governor, self.settings.model
+        return governor.conditions(
+            now,
+            rows,
+            estimator_rows,
+            governor.MarketColumns(
+                ticks=state.ticks,
+                gap=state.gap,
+                last_jump_t=state.last_jump_t,
+                first_t=self.first_t,
+                book_since=self.book_since,
+                event_t=self.event_t,
+                resolve_t=self.resolve_t,
+                fee_floor=self.fee_floor,
+            ),
+            confirmed,
+            booked,
+            governor.ConditionSettings(
+                warmup_ticks=model.warmup_ticks,
+                warmup_s=float(model.warmup_s),
+                stale_after_s=float(gov.stale_after_s),
+                stale_after_gaps=float(gov.stale_after_gaps),
+                scheduling=est is None,
+            ),
             **self._override_conditions(idx),
         )
+
+    def _positions(self, idx: Index) -> np.ndarray:
+        """The market numbers `idx` stands for (ALL: every market), checked: the
+        compiled passes read the engine's arrays at them."""
+        n = len(self.ids)
+        if isinstance(idx, np.ndarray) and idx.dtype == np.int64 and idx.ndim == 1:
+            if not idx.size or (idx.min() >= 0 and idx.max() < n):
+                return np.ascontiguousarray(idx)
+        return np.arange(n)[idx]
 
     def _overridden(self, idx: Index) -> list[tuple[int, Override]]:
         """(row of `idx`, override) for each market of `idx` with an admin override."""
@@ -609,7 +620,7 @@ class Engine:
         else:
             confirmed, booked = self.freshness(idx) if fresh is None else fresh
         return parameters.risk_inputs(
-            self._estimator_at(idx, est),
+            self.est if est is None else est,
             now,
             self.event_t[idx],
             self.settings.model,
@@ -618,6 +629,8 @@ class Engine:
             self.notional[idx],
             self.scheduled[idx],
             self.long_jump_rate(now, idx, est),
+            # The engine's rows of the markets; the backtest's record is row by row.
+            rows=self._positions(idx) if est is None else None,
         )
 
     def long_jump_rate(
@@ -629,7 +642,8 @@ class Engine:
         pool as it stood at each row, from the rows before it."""
         cfg = self.settings.model
         if est is None:
-            exposure_all = np.maximum(np.nan_to_num(now - self.first_t, nan=0.0), 0.0)
+            exposure_all = now - self.first_t
+            estimator.elapsed(exposure_all, out=exposure_all)
             own = exposure_all[idx]
             return parameters.pooled_jump_rate(
                 self.est.jumps[idx].astype(np.float64),
@@ -695,7 +709,7 @@ class Engine:
         inp, tg = computed if computed is not None else self.targets(now, idx)
         if cond is None:
             cond = self.conditions(now, idx)
-        rows = None if idx is ALL else np.arange(len(self.ids))[idx]
+        rows = None if idx is ALL else self._positions(idx)
         return inp, governor.step(self.gov, self.settings.governor, now, tg, cond, rows, record)
 
     def cycle(self, now: float, idx: Index | None = None) -> CycleResult:
@@ -730,15 +744,19 @@ class Engine:
             )
             inp, decision = self.govern(now, part, computed=computed, cond=cond)
             published = part[decision.publish]
-            self.published[published] = True
-            if caps is not None:
-                self.published_cap[published] = caps.cap[published]
-            self.published_inputs[published] = np.stack(
-                [getattr(inp, name)[decision.publish] for name in INPUTS], axis=1
-            )
-            entries += self.render(published)
+            if published.size:
+                self.published[published] = True
+                if caps is not None:
+                    self.published_cap[published] = caps.cap[published]
+                self.published_inputs[published] = np.stack(
+                    [getattr(inp, name)[decision.publish] for name in INPUTS], axis=1
+                )
+                entries += self.render(published)
             tightened += [self.ids[i] for i in part[decision.tightened].tolist()]
-            self._schedule(now, part, cond, fresh[1])
+            # When each must be evaluated again (`governor.next_change`).
+            assert decision.due is not None
+            self.due_t[part] = decision.due
+            self.idle[part] = self.gov.idle_at[part] == now
         if caps is not None and caps.left_over:
             self.due_t[caps.pending()] = -np.inf  # their caps at the next cycle
         markets = frozenset(tightened)
@@ -803,24 +821,6 @@ class Engine:
                 due[: stop - n] = True
             self._sweep = stop % n
         return np.flatnonzero(due)
-
-    def _schedule(
-        self, now: float, rows: np.ndarray, cond: Conditions, booked: np.ndarray | None
-    ) -> None:
-        """After evaluating `rows` at `now`: when each must be evaluated again."""
-        cfg = self.settings.model
-        ticks = self.est.ticks[rows]
-        warm_at = np.where(ticks >= cfg.warmup_ticks, self.first_t[rows] + cfg.warmup_s, np.nan)
-        if booked is not None:
-            warm_at = np.fmin(
-                warm_at,
-                np.where(booked & (ticks >= 1), self.book_since[rows] + cfg.warmup_s, np.nan),
-            )
-        gov = _take(self.gov, rows)
-        self.due_t[rows] = governor.next_change(
-            gov, self.settings.governor, now, cond, warm_at, rows
-        )
-        self.idle[rows] = gov.idle_at == now
 
     def render(self, rows: np.ndarray) -> list[dict[str, Any]]:
         """The sets markets `rows` last published (riskd/wire.py): the governor state
@@ -932,8 +932,3 @@ _TS, _PRICE, _BID, _ASK, _DEPTH = (
     attrgetter(name) for name in ("ts", "price", "bid", "ask", "depth")
 )
 _FIRST, _SECOND = itemgetter(0), itemgetter(1)
-
-
-def _take(state: S, idx: Index) -> S:
-    """A copy of the rows `idx` of a struct-of-arrays state."""
-    return type(state)(**{f.name: getattr(state, f.name)[idx] for f in fields(state)})

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numba
+import numpy as np
 
 PACKAGE = Path(__file__).resolve().parent
 
@@ -98,3 +99,51 @@ def njit(fn: Callable[..., Any]) -> Any:
     if _configured and _configured[0] is not None:
         kernel.enable_caching()
     return kernel
+
+
+# numpy's float functions on one value, for the kernels' per-market loops: the same
+# result as the numpy call on an array, nan and infinities included (a zero's sign
+# aside: numpy's own loops differ there).
+MAX_FLOAT = float(np.finfo(np.float64).max)
+
+
+@njit
+def maximum(a: float, b: float) -> float:
+    """np.maximum: nan if either is."""
+    return a + b if np.isnan(a) or np.isnan(b) else max(a, b)
+
+
+@njit
+def minimum(a: float, b: float) -> float:
+    """np.minimum: nan if either is."""
+    return a + b if np.isnan(a) or np.isnan(b) else min(a, b)
+
+
+@njit
+def fmax(a: float, b: float) -> float:
+    """np.fmax: the other one if one is nan."""
+    if np.isnan(a):
+        return b
+    return a if np.isnan(b) else max(a, b)
+
+
+@njit
+def clip(x: float, low: float, high: float) -> float:
+    """np.clip: nan if any is."""
+    return minimum(maximum(x, low), high)
+
+
+@njit
+def nan_to_zero(x: float) -> float:
+    """np.nan_to_num(x, nan=0.0): infinities become the largest finite floats."""
+    if np.isnan(x):
+        return 0.0
+    return min(max(x, -MAX_FLOAT), MAX_FLOAT)
+
+
+@njit
+def fmin(a: float, b: float) -> float:
+    """np.fmin: the other one if one is nan."""
+    if np.isnan(a):
+        return b
+    return a if np.isnan(b) else min(a, b)

@@ -47,57 +47,73 @@ class SetRows:
     oi_cap: np.ndarray | None = None
 
 
+# `param_sets` rounds one array, columns: leverage (2), initial margin (2),
+# maintenance margin (2), fee (2), slippage, the inputs (INPUTS order); the decimal
+# places of the columns rounded to places (the others: 6 significant digits).
+_INPUT_COLUMN = 9
+_PLACES = {
+    0: _LEVERAGE_PLACES,
+    1: _LEVERAGE_PLACES,
+    **{_INPUT_COLUMN + INPUTS.index(name): places for name, places in _INPUT_PLACES.items()},
+}
+
+
 def param_sets(rows: SetRows) -> list[dict[str, Any]]:
-    """The published sets of `rows`. The numbers are rounded for all rows at once; the
-    loop only builds the dicts (it runs for every market that changed)."""
+    """The published sets of `rows`. The numbers are rounded for all rows at once, in
+    one pass over one array (each number's rounding is its own: the pass's cost is
+    per call); the loop only builds the dicts (it runs for every market that changed)."""
     long, short = SIDES
-    lev = round_places(rows.leverage, _LEVERAGE_PLACES).tolist()
-    margins = round_sig(
-        np.concatenate([rows.initial_margin, rows.maintenance_margin], axis=1)
-    ).tolist()
-    fee = round_sig(rows.fee_hourly).tolist()
-    slip = round_sig(rows.slippage).tolist()
-    inputs = round_sig(rows.inputs)
-    for name, places in _INPUT_PLACES.items():
-        k = INPUTS.index(name)
-        inputs[:, k] = round_places(rows.inputs[:, k], places)
+    values = np.concatenate(
+        [
+            rows.leverage,
+            rows.initial_margin,
+            rows.maintenance_margin,
+            rows.fee_hourly,
+            rows.slippage[:, None],
+            rows.inputs,
+        ],
+        axis=1,
+    )
+    places = _significant_places(values)
+    for column, fixed in _PLACES.items():
+        places[:, column] = fixed
+    rounded = round_places(values, places).tolist()
     caps = _caps(rows.oi_cap, len(rows.markets))
+    until = rows.valid_until.tolist()
+    until_text = {t: _iso(t) for t in set(until)}  # the sets of a cycle share their expiry
+    reasons = rows.reasons.tolist()
+    names = {mask: _reason_names(mask) for mask in set(reasons)}
     out = []
-    for market, version, mode, lev_i, margin_i, fee_i, slip_i, until, reasons, inp_i, cap_i in zip(
+    for market, version, mode, v, cap, t, mask in zip(
         rows.markets,
         rows.version.tolist(),
         rows.mode.tolist(),
-        lev,
-        margins,
-        fee,
-        slip,
-        rows.valid_until.tolist(),
-        rows.reasons.tolist(),
-        inputs.tolist(),
+        rounded,
         caps,
+        until,
+        reasons,
         strict=True,
     ):
-        p, tau, sigma, lam, jump, h = inp_i
         out.append(
             {
                 "market": market,
                 "version": version,
                 "mode": MODES[mode],
-                "max_leverage": {long: lev_i[0], short: lev_i[1]},
-                "initial_margin": {long: margin_i[0], short: margin_i[1]},
-                "maintenance_margin": {long: margin_i[2], short: margin_i[3]},
-                "fee_rate_hourly": {long: fee_i[0], short: fee_i[1]},
-                "max_slippage": slip_i,
-                "oi_cap": cap_i,
-                "valid_until": _iso(until),
-                "reasons": _reason_names(reasons),
+                "max_leverage": {long: v[0], short: v[1]},
+                "initial_margin": {long: v[2], short: v[3]},
+                "maintenance_margin": {long: v[4], short: v[5]},
+                "fee_rate_hourly": {long: v[6], short: v[7]},
+                "max_slippage": v[8],
+                "oi_cap": cap,
+                "valid_until": until_text[t],
+                "reasons": list(names[mask]),
                 "inputs": {
-                    "p": p,
-                    "tau_s": tau,
-                    "sigma": sigma,
-                    "lambda": lam,
-                    "J": jump,
-                    "h_s": h,
+                    "p": v[9],
+                    "tau_s": v[10],
+                    "sigma": v[11],
+                    "lambda": v[12],
+                    "J": v[13],
+                    "h_s": v[14],
                 },
             }
         )
@@ -177,10 +193,14 @@ def round_sig(x: np.ndarray, digits: int = 6) -> np.ndarray:
     """float(f"{v:.{digits}g}") of every value: rounded to significant digits, for a
     readable payload (values are already governed)."""
     x = np.asarray(x, dtype=np.float64)
+    return round_places(x, _significant_places(x, digits))
+
+
+def _significant_places(x: np.ndarray, digits: int = 6) -> np.ndarray:
+    """The decimal places that round each value to `digits` significant digits."""
     with np.errstate(divide="ignore", invalid="ignore"):
         exponent = np.floor(np.log10(np.abs(x)))
-    places = np.where(np.isfinite(exponent), digits - 1 - exponent, 0).astype(np.int64)
-    return round_places(x, places)
+    return np.where(np.isfinite(exponent), digits - 1 - exponent, 0).astype(np.int64)
 
 
 def _iso(t: float, cache: dict[float, str] = {}) -> str:  # noqa: B006 - a cache on purpose
@@ -193,8 +213,8 @@ def _iso(t: float, cache: dict[float, str] = {}) -> str:  # noqa: B006 - a cache
     return text
 
 
-def _reason_names(mask: int, cache: dict[int, tuple[str, ...]] = {}) -> list[str]:  # noqa: B006
+def _reason_names(mask: int, cache: dict[int, tuple[str, ...]] = {}) -> tuple[str, ...]:  # noqa: B006
     names = cache.get(mask)
     if names is None:
         names = cache[mask] = tuple(reason_names(mask))
-    return list(names)
+    return names

@@ -3,14 +3,17 @@ front is what the daemon runs."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from riskd import jit
+from riskd.model import estimator
 
 FED_TAPE = Path(__file__).resolve().parents[1] / "data" / "tapes" / "fed_dec2025"
 
@@ -155,3 +158,30 @@ def test_kernels_compiled_up_front_are_what_the_live_cycle_runs(first: str) -> N
         check=True,
     )
     assert out.stdout.strip() == "{}"
+
+
+BIG = float(np.finfo(np.float64).max)
+SPECIAL = [np.nan, np.inf, -np.inf, 0.0, -0.0, 5e-324, 0.5, 1.0, -1.0, BIG, -BIG]
+
+
+def test_the_kernels_float_helpers_are_numpys() -> None:
+    """The kernels' per-value helpers give numpy's results, nan and infinities included:
+    the glue moved into kernels computes what numpy computed."""
+    a, b = np.array(list(itertools.product(SPECIAL, repeat=2))).T
+    for helper, ufunc in [
+        (jit.maximum, np.maximum),
+        (jit.minimum, np.minimum),
+        (jit.fmax, np.fmax),
+        (jit.fmin, np.fmin),
+    ]:
+        got = np.array([helper(x, y) for x, y in zip(a, b, strict=True)])
+        assert np.array_equal(got, ufunc(a, b), equal_nan=True), helper
+    x, low, high = np.array(list(itertools.product(SPECIAL, repeat=3))).T
+    got = np.array([jit.clip(*v) for v in zip(x, low, high, strict=True)])
+    assert np.array_equal(got, np.clip(x, low, high), equal_nan=True)
+    values = np.array(SPECIAL)
+    got = np.array([jit.nan_to_zero(v) for v in values])
+    assert np.array_equal(got, np.nan_to_num(values, nan=0.0))
+    assert np.array_equal(
+        estimator.elapsed(values.copy()), np.maximum(np.nan_to_num(values, nan=0.0), 0.0)
+    )

@@ -88,9 +88,14 @@ class EstimatorState:
             dtype = np.int64 if name in ("ticks", "jumps") else np.float64
             setattr(self, name, np.concatenate([cur.astype(dtype), np.full(k, value, dtype)]))
 
-    def lambda_at(self, now: float | np.ndarray, cfg: ModelSettings) -> np.ndarray:
-        """Jump intensity decayed to `now` (step 6: decays with elapsed time only)."""
-        return _decayed(self.lam, self.lam_t, now, cfg.jump_halflife_s)
+    def lambda_at(
+        self, now: float | np.ndarray, cfg: ModelSettings, rows: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Jump intensity decayed to `now` (step 6: decays with elapsed time only), of
+        the markets `rows` (default: all)."""
+        if rows is None:
+            return _decayed(self.lam, self.lam_t, now, cfg.jump_halflife_s)
+        return _decayed(self.lam[rows], self.lam_t[rows], now, cfg.jump_halflife_s)
 
 
 def update(
@@ -326,5 +331,14 @@ def _expit(x: float) -> float:
 def _decayed(
     value: np.ndarray, since: np.ndarray, now: float | np.ndarray, halflife: float
 ) -> np.ndarray:
-    elapsed = np.maximum(np.nan_to_num(now - since, nan=0.0), 0.0)
-    return value * np.exp(-LN2 * elapsed / halflife)
+    return value * np.exp(-LN2 * elapsed(now - since) / halflife)
+
+
+MAX_FLOAT = float(np.finfo(np.float64).max)
+
+
+def elapsed(dt: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """np.maximum(np.nan_to_num(dt, nan=0.0), 0.0) in two passes: a time since that is
+    unknown or negative counts as 0, an infinite one as the largest float. Into `out`
+    if given (it may be `dt`)."""
+    return np.minimum(np.fmax(dt, 0.0, out=out), MAX_FLOAT, out=out)

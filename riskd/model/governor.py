@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from riskd.jit import njit
+from riskd.jit import MAX_FLOAT, fmax, fmin, njit
+from riskd.jit import maximum as _max
+from riskd.jit import minimum as _min
 from riskd.model.parameters import BIT, Targets
 
 if TYPE_CHECKING:
@@ -86,12 +88,125 @@ class Conditions:
     # Per market, how long without a confirmation makes it stale (None: stale_after_s
     # for all): a trade tape's market may wait a few of its own gaps (section 5).
     stale_limit: np.ndarray | None = None
+    # When each market's warm-up ends (nan: not known yet); with it, `step` says when
+    # each row must be evaluated again (`next_change`).
+    warm_at: np.ndarray | None = None
+
+
+class MarketColumns(NamedTuple):
+    """What `conditions` reads: the estimator's columns at `estimator_rows`, and the
+    engine's per-market ones at `rows`."""
+
+    ticks: np.ndarray  # int64
+    gap: np.ndarray
+    last_jump_t: np.ndarray
+    first_t: np.ndarray
+    book_since: np.ndarray
+    event_t: np.ndarray
+    resolve_t: np.ndarray
+    fee_floor: np.ndarray
+
+
+class ConditionSettings(NamedTuple):
+    warmup_ticks: int
+    warmup_s: float
+    stale_after_s: float
+    stale_after_gaps: float
+    scheduling: bool  # with when each market's warm-up ends
+
+
+class ConditionOut(NamedTuple):
+    warm: np.ndarray  # bool
+    warm_at: np.ndarray  # empty: not scheduling
+    stale_limit: np.ndarray  # empty: stale_after_s for all
+    last_jump_t: np.ndarray
+    event_t: np.ndarray
+    resolve_t: np.ndarray
+    fee_floor: np.ndarray
+
+
+def conditions(
+    now: float | np.ndarray,
+    rows: np.ndarray,
+    estimator_rows: np.ndarray,
+    columns: MarketColumns,
+    confirmed: np.ndarray,
+    live_book: np.ndarray | None,
+    cfg: ConditionSettings,
+    **overrides: np.ndarray,
+) -> Conditions:
+    """Section 5's facts of markets `rows` at `now` (one time, or one per row), in one
+    compiled pass: warm (warmup_ticks and warmup_s since the first tick, or a book
+    snapshot and warmup_s of confirmed liveness) and, when scheduling, when the warm-up
+    ends; how long without a confirmation makes each stale (a few of its own gaps, a
+    live book stale_after_s). `confirmed`: when each price was last confirmed;
+    `live_book`: the book is held on a live connection (None: no live books)."""
+    n = rows.shape[0]
+    out = ConditionOut(
+        warm=np.empty(n, np.bool_),
+        warm_at=np.empty(n if cfg.scheduling else 0),
+        stale_limit=np.empty(n if cfg.stale_after_gaps > 0.0 else 0),
+        last_jump_t=np.empty(n),
+        event_t=np.empty(n),
+        resolve_t=np.empty(n),
+        fee_floor=np.empty(n),
+    )
+    at = np.full(n, now, np.float64) if np.ndim(now) == 0 else np.ascontiguousarray(now, np.float64)
+    books = _NO_BOOKS if live_book is None else np.ascontiguousarray(live_book, np.bool_)
+    _conditions(rows, estimator_rows, at, columns, books, cfg, out)
+    return Conditions(
+        last_tick_t=confirmed,
+        last_jump_t=out.last_jump_t,
+        event_t=out.event_t,
+        resolve_t=out.resolve_t,
+        warm=out.warm,
+        fee_floor=out.fee_floor,
+        stale_limit=out.stale_limit if cfg.stale_after_gaps > 0.0 else None,
+        warm_at=out.warm_at if cfg.scheduling else None,
+        **overrides,
+    )
+
+
+_NO_BOOKS = np.zeros(0, np.bool_)
+
+
+@njit
+def _conditions(rows, estimator_rows, now, col, live_book, cfg, out):  # type: ignore[no-untyped-def]
+    books = live_book.shape[0] > 0
+    for k in range(rows.shape[0]):
+        i, j, t = rows[k], estimator_rows[k], now[k]
+        ticks = col.ticks[j]
+        first_t = col.first_t[i]
+        warmed = ticks >= cfg.warmup_ticks
+        warm = warmed and t - first_t >= cfg.warmup_s
+        warm_at = first_t + cfg.warmup_s if warmed else np.nan
+        live = books and live_book[k]
+        if live and ticks >= 1:
+            # A book snapshot and warmup_s of confirmed liveness: warm, however seldom
+            # its top moved.
+            book_since = col.book_since[i]
+            warm = warm or t - book_since >= cfg.warmup_s
+            warm_at = fmin(warm_at, book_since + cfg.warmup_s)
+        out.warm[k] = warm
+        if cfg.scheduling:
+            out.warm_at[k] = warm_at
+        if cfg.stale_after_gaps > 0.0:
+            # A trade tape's rule: a few of its own gaps (a gap unknown counts 0: fmax
+            # drops the nan); a live book keeps stale_after_s.
+            gaps = cfg.stale_after_gaps * _min(col.gap[j], MAX_FLOAT)
+            out.stale_limit[k] = cfg.stale_after_s if live else fmax(cfg.stale_after_s, gaps)
+        out.last_jump_t[k] = col.last_jump_t[j]
+        out.event_t[k] = col.event_t[i]
+        out.resolve_t[k] = col.resolve_t[i]
+        out.fee_floor[k] = col.fee_floor[i]
 
 
 @dataclass(frozen=True)
 class Decision:
     publish: np.ndarray  # bool (m,)
     tightened: np.ndarray  # bool (m,): some value got tighter this cycle
+    # (m,) with the conditions' `warm_at`: when each row must be evaluated again.
+    due: np.ndarray | None = None
 
 
 def step(
@@ -109,7 +224,9 @@ def step(
     Row k of `targets`, `cond` and `now` (one time, or one per row) is about market
     idx[k]. A market may appear several times: its rows apply one after the other
     (the backtest's whole tape in one call). With `record` (a GovernorState of as
-    many rows), row k receives what is in force for market idx[k] right after row k."""
+    many rows), row k receives what is in force for market idx[k] right after row k.
+    With the conditions' `warm_at`, the decision carries when each row must be
+    evaluated again (`next_change`, right after its step)."""
     n = len(targets.reasons)
     rows = np.arange(n) if idx is None else np.asarray(idx, np.int64)
     # One layout for every caller (a C-contiguous array of its own): a broadcast scalar
@@ -117,43 +234,30 @@ def step(
     at = np.full(n, now, np.float64) if np.ndim(now) == 0 else np.ascontiguousarray(now, np.float64)
     if at.shape != (n,):
         raise ValueError(f"now: {at.shape[0]} times for {n} rows")
-    mode_floor = np.zeros(n, np.int64) if cond.mode_floor is None else cond.mode_floor
-    cap = np.full((n, 2), np.inf) if cond.leverage_cap is None else cond.leverage_cap
-    stale_limit = (
-        np.full(n, cfg.stale_after_s)
-        if cond.stale_limit is None
-        else np.ascontiguousarray(cond.stale_limit, np.float64)
-    )
     out = StepOut(
         publish=np.zeros(n, np.bool_),
         tightened=np.zeros(n, np.bool_),
         recording=record is not None,
         record=_NO_RECORD if record is None else StateArrays.of(record),
+        scheduling=cond.warm_at is not None,
+        due=_NO_TIMES if cond.warm_at is None else np.empty(n),
     )
     _step(
         StateArrays.of(state),
-        StepRows(market=rows, now=at, margin=refresh_margin(cfg, rows)),
+        StepRows(market=rows, now=at),
         TargetArrays(
             leverage=targets.max_leverage,
             fee=targets.fee_rate_hourly,
             slippage=targets.max_slippage,
             reasons=targets.reasons,
         ),
-        ConditionArrays(
-            last_tick_t=cond.last_tick_t,
-            last_jump_t=cond.last_jump_t,
-            event_t=cond.event_t,
-            resolve_t=cond.resolve_t,
-            warm=np.asarray(cond.warm, np.bool_),
-            fee_floor=cond.fee_floor,
-            mode_floor=mode_floor,
-            leverage_cap=cap,
-            stale_limit=stale_limit,
-        ),
+        ConditionArrays.of(cond, cfg, n),
         GovernorLimits.of(cfg),
         out,
     )
-    return Decision(publish=out.publish, tightened=out.tightened)
+    return Decision(
+        publish=out.publish, tightened=out.tightened, due=out.due if out.scheduling else None
+    )
 
 
 class StateArrays(NamedTuple):
@@ -172,15 +276,14 @@ class StateArrays(NamedTuple):
 
     @classmethod
     def of(cls, state: GovernorState) -> StateArrays:
-        return cls(**{name: getattr(state, name) for name in cls._fields})
+        return cls._make(map(state.__getattribute__, cls._fields))
 
 
 class StepRows(NamedTuple):
-    """Row k is about market market[k] at now[k], refreshed `margin[k]` before expiry."""
+    """Row k is about market market[k] at now[k]."""
 
     market: np.ndarray  # int64
     now: np.ndarray
-    margin: np.ndarray
 
 
 class TargetArrays(NamedTuple):
@@ -204,6 +307,28 @@ class ConditionArrays(NamedTuple):
     mode_floor: np.ndarray  # int64
     leverage_cap: np.ndarray  # (n, 2)
     stale_limit: np.ndarray
+    warm_at: np.ndarray  # empty: not scheduling
+
+    @classmethod
+    def of(cls, cond: Conditions, cfg: GovernorSettings, n: int) -> ConditionArrays:
+        return cls(
+            last_tick_t=cond.last_tick_t,
+            last_jump_t=cond.last_jump_t,
+            event_t=cond.event_t,
+            resolve_t=cond.resolve_t,
+            warm=np.asarray(cond.warm, np.bool_),
+            fee_floor=cond.fee_floor,
+            mode_floor=np.zeros(n, np.int64) if cond.mode_floor is None else cond.mode_floor,
+            leverage_cap=np.full((n, 2), np.inf)
+            if cond.leverage_cap is None
+            else cond.leverage_cap,
+            stale_limit=np.full(n, cfg.stale_after_s)
+            if cond.stale_limit is None
+            else np.ascontiguousarray(cond.stale_limit, np.float64),
+            warm_at=_NO_TIMES
+            if cond.warm_at is None
+            else np.ascontiguousarray(cond.warm_at, np.float64),
+        )
 
 
 class GovernorLimits(NamedTuple):
@@ -216,6 +341,7 @@ class GovernorLimits(NamedTuple):
     max_loosen_step: float
     deadband: float
     ttl_s: float
+    publish_interval_s: float
 
     @classmethod
     def of(cls, cfg: GovernorSettings) -> GovernorLimits:
@@ -227,23 +353,28 @@ class GovernorLimits(NamedTuple):
             max_loosen_step=cfg.max_loosen_step,
             deadband=cfg.deadband,
             ttl_s=cfg.ttl_s,
+            publish_interval_s=cfg.publish_interval_s,
         )
 
 
 class StepOut(NamedTuple):
     """What the pass writes besides the state: per row whether it published and
-    tightened, and with `recording` what is in force right after it (leverage, fee,
-    slippage, mode and reasons of `record`'s row k)."""
+    tightened, with `recording` what is in force right after it (leverage, fee,
+    slippage, mode and reasons of `record`'s row k), with `scheduling` when it must
+    be evaluated again."""
 
     publish: np.ndarray  # bool
     tightened: np.ndarray  # bool
     recording: bool
     record: StateArrays
+    scheduling: bool
+    due: np.ndarray
 
 
 if StateArrays._fields != tuple(f.name for f in fields(GovernorState)):
     raise TypeError("StateArrays must name GovernorState's fields, in order")
 _NO_RECORD = StateArrays.of(GovernorState.empty(0))
+_NO_TIMES = np.zeros(0)
 # Bits of the reasons the governor itself sets.
 _STALE, _WARMING, _BROKEN = BIT["stale_feed"], BIT["warming_up"], BIT["model_error"]
 _RESOLVED, _FROZEN, _COOLDOWN = BIT["resolved"], BIT["near_resolution"], BIT["jump_detected"]
@@ -373,7 +504,8 @@ def _step(state, rows, targets, cond, cfg, out):  # type: ignore[no-untyped-def]
                 fee_new[s] = _max(fee_new[s], prev_fee[s])
             slip_new = _min(slip_new, prev_slip)
 
-        expiring = not (valid_until[i] - now > rows.margin[k])
+        margin = refresh_margin(i, cfg.publish_interval_s, ttl_s)
+        expiring = not (valid_until[i] - now > margin)
         publish = (
             first
             or tightened
@@ -410,6 +542,8 @@ def _step(state, rows, targets, cond, cfg, out):  # type: ignore[no-untyped-def]
         if out.recording:
             rec.leverage[k], rec.fee[k], rec.slippage[k] = leverage[i], fee[i], slippage[i]
             rec.mode[k], rec.reasons[k] = mode[i], reasons_pub[i]
+        if out.scheduling:
+            out.due[k] = next_change(state, i, now, cond, k, cfg)
 
 
 @njit
@@ -418,17 +552,6 @@ def _looser(lev, lev_ref, fee, fee_ref):  # type: ignore[no-untyped-def]
     a = _max(lev[0] / lev_ref[0] - 1.0, fee_ref[0] / fee[0] - 1.0)
     b = _max(lev[1] / lev_ref[1] - 1.0, fee_ref[1] / fee[1] - 1.0)
     return _max(a, b)
-
-
-@njit
-def _max(a: float, b: float) -> float:
-    """numpy's maximum: nan if either is."""
-    return a + b if np.isnan(a) or np.isnan(b) else max(a, b)
-
-
-@njit
-def _min(a: float, b: float) -> float:
-    return a + b if np.isnan(a) or np.isnan(b) else min(a, b)
 
 
 def loosening_anchor(
@@ -441,50 +564,45 @@ def loosening_anchor(
 GOLDEN = (5**0.5 - 1) / 2
 
 
-def refresh_margin(cfg: GovernorSettings, idx: np.ndarray) -> np.ndarray:
+@njit
+def refresh_margin(market: int, publish_interval_s: float, ttl_s: float) -> float:
     """A set is republished when less than this is left of its validity: between an
     eighth and a quarter of the ttl, spread over markets (by index, golden-ratio
     spaced), never under two publish intervals. Markets first published together
     (at start-up: all of them) would otherwise refresh together, in one long cycle
     every ttl - margin seconds."""
-    spread = np.modf(np.asarray(idx, np.float64) * GOLDEN)[0]
-    return np.maximum(2.0 * cfg.publish_interval_s, cfg.ttl_s / 4.0 * (1.0 - spread / 2.0))
+    x = float(market) * GOLDEN
+    spread = x - np.trunc(x)  # the fractional part, exactly
+    return _max(2.0 * publish_interval_s, ttl_s / 4.0 * (1.0 - spread / 2.0))
 
 
-def next_change(
-    state: GovernorState,
-    cfg: GovernorSettings,
-    now: float,
-    cond: Conditions,
-    warm_at: np.ndarray,
-    idx: np.ndarray,
-) -> np.ndarray:
-    """Right after `step` at `now`: the first time after `now` at which `step` could decide
-    otherwise for the same targets and conditions (inf: never). These are the time-driven
-    rules of section 5: staleness, the end of warm-up (`warm_at`), the resolution freeze,
-    resolution, the end of a jump cool-down or halt, the refresh before valid_until, and
-    the next loosening step of a market that waits to loosen. A caller may skip a market
-    until then, or until its targets move (a tick, or the slow drift of tau and lambda).
-    `idx`: the markets' indices (each has its own refresh margin)."""
-    with np.errstate(invalid="ignore"):
-        waiting = state.idle_at != now
-        anchor = loosening_anchor(state, cond.last_jump_t, cfg.jump_cooldown_s)
-        steps = np.floor((now - anchor) / cfg.loosen_interval_s) + 1.0
-        limit = cfg.stale_after_s if cond.stale_limit is None else cond.stale_limit
-        times = (
-            cond.last_tick_t + limit,
-            warm_at,
-            cond.event_t - cfg.freeze_before_resolution_s,
-            cond.resolve_t,
-            cond.last_jump_t + cfg.jump_cooldown_s,
-            cond.last_jump_t + cfg.halt_after_jump_s,
-            np.where(waiting, anchor + steps * cfg.loosen_interval_s, np.nan),
-            state.valid_until - refresh_margin(cfg, idx),
-        )
-        due = np.full(len(state), np.inf)
-        for t in times:
-            due = np.where(t > now, np.fmin(due, t), due)
-    return due
+@njit
+def next_change(state, i, now, cond, k, cfg):  # type: ignore[no-untyped-def]
+    """Right after `step` of row k (market i) at `now`: the first time after `now` at which
+    `step` could decide otherwise for the same targets and conditions (inf: never). These
+    are the time-driven rules of section 5: staleness, the end of warm-up (`warm_at`), the
+    resolution freeze, resolution, the end of a jump cool-down or halt, the refresh before
+    valid_until, and the next loosening step of a market that waits to loosen. A caller
+    may skip a market until then, or until its targets move (a tick, or the slow drift of
+    tau and lambda)."""
+    last_jump_t = cond.last_jump_t[k]
+    anchor = fmax(fmax(state.changed_at[i], state.idle_at[i]), last_jump_t + cfg.cooldown_s)
+    steps = np.floor((now - anchor) / cfg.loosen_interval_s) + 1.0
+    waiting = state.idle_at[i] != now
+    first = np.inf
+    for t in (
+        cond.last_tick_t[k] + cond.stale_limit[k],
+        cond.warm_at[k],
+        cond.event_t[k] - cfg.freeze_s,
+        cond.resolve_t[k],
+        last_jump_t + cfg.cooldown_s,
+        last_jump_t + cfg.halt_s,
+        anchor + steps * cfg.loosen_interval_s if waiting else np.nan,
+        state.valid_until[i] - refresh_margin(i, cfg.publish_interval_s, cfg.ttl_s),
+    ):
+        if t > now and t < first:
+            first = t
+    return first
 
 
 @njit

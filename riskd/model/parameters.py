@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from riskd.jit import njit
+from riskd.jit import clip, fmax, maximum, minimum, nan_to_zero, njit
 from riskd.model import scenarios
 from riskd.model.estimator import EstimatorState, expit
+from riskd.model.scenarios import dated_probability, uniform_probability
 
 if TYPE_CHECKING:
     from riskd.config import ModelSettings
@@ -82,6 +83,7 @@ def risk_inputs(
     notional: np.ndarray | float | None = None,
     scheduled: np.ndarray | None = None,
     lam_long: np.ndarray | None = None,
+    rows: np.ndarray | None = None,
 ) -> RiskInputs:
     """Effective values at `now` (section 3 end, section 4 horizon, section 2 tau).
 
@@ -90,67 +92,183 @@ def risk_inputs(
     default: the last tick, the tape rule). `live_book`: the market's book arrived as
     a snapshot on a connection that is still up, so silence there means "no change"
     and the time between its ticks says nothing about liquidity. `notional`: the
-    reference position (default `cfg.liquidation_notional`)."""
-    p = np.clip(expit(state.x), cfg.eps, 1.0 - cfg.eps)
-    # Unknown resolution time -> default_tau_s; after the decisive event tau is 0.
-    tau = np.where(np.isnan(event_t), cfg.default_tau_s, np.maximum(event_t - now, 0.0))
-    sigma = np.maximum(np.sqrt(state.sigma2), cfg.sigma_floor)
-    # The hot rate (a jump says "this market is moving now") or the market's long-run
-    # rate shrunk toward the pool of all markets (`pooled_jump_rate`), the larger.
-    lam = np.maximum(state.lambda_at(now, cfg), cfg.lambda_prior if lam_long is None else lam_long)
-    J = np.maximum(np.sqrt(state.J2), cfg.J_floor)
-    # The silence since the price was last confirmed is evidence about the wait for
-    # the next one.
-    last = state.t if confirmed_t is None else confirmed_t
-    since = np.maximum(np.nan_to_num(now - last, nan=0.0), 0.0)
-    gap = np.fmax(state.gap, since)
-    if live_book is not None:
-        gap = np.where(live_book, since, gap)
-    h0 = np.maximum(cfg.liquidation_horizon_s, cfg.k_liquidity * np.nan_to_num(gap, nan=0.0))
-    depth, ratio, h_book = book_horizon(
-        state.depth, p, cfg, cfg.liquidation_notional if notional is None else notional
+    reference position (default `cfg.liquidation_notional`). `rows`: the markets'
+    rows of `state` (default: all, in order); the other arguments are per market.
+
+    The transcendental functions run in numpy, the rest per market in one compiled
+    pass (`_effective_inputs`)."""
+    at = np.arange(state.x.shape[0]) if rows is None else np.ascontiguousarray(rows, np.int64)
+    n = at.shape[0]
+    x = state.x if rows is None else state.x[at]
+    out = EffectiveInputs(*np.empty((len(EffectiveInputs._fields), n)))
+    _effective_inputs(
+        EstimatorColumns.of(state, at),
+        MarketRows(
+            now=_per_row(now, n),
+            event_t=_f64(event_t),
+            p=expit(x),
+            lam=_f64(state.lambda_at(now, cfg, rows)),
+            lam_long=_per_row(cfg.lambda_prior if lam_long is None else lam_long, n),
+            confirmed_t=_NO_TIMES if confirmed_t is None else _f64(confirmed_t),
+            live_book=_bools(live_book),
+            notional=_per_row(cfg.liquidation_notional if notional is None else notional, n),
+        ),
+        InputSettings.of(cfg),
+        out,
     )
-    h = np.where(np.isnan(depth), h0, np.maximum(h0, h_book))
-    # A margin-call window is waited through before the liquidation starts: both
-    # horizons carry it (0 by default: adding 0.0 leaves them bit for bit).
-    h0 = h0 + cfg.margin_call_window_s
-    h = h + cfg.margin_call_window_s
+    p = out.p
     return RiskInputs(
         p=p,
         x=np.log(p) - np.log1p(-p),
-        tau=tau,
-        sigma=sigma,
-        lam=lam,
-        J=J,
-        gap=gap,
-        h=h,
-        half_spread=state.half_spread,
-        tick=state.tick_size,
-        h0=h0,
-        depth=depth,
-        book_ratio=ratio,
+        tau=out.tau,
+        sigma=out.sigma,
+        lam=out.lam,
+        J=out.J,
+        gap=out.gap,
+        h=out.h,
+        half_spread=out.half_spread,
+        tick=out.tick,
+        h0=out.h0,
+        depth=out.depth,
+        book_ratio=out.book_ratio,
         scheduled=scheduled,
     )
 
 
-def book_horizon(
-    depth: np.ndarray, p: np.ndarray, cfg: ModelSettings, notional: np.ndarray | float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Section 4, liquidity from the book: (depth, ratio, horizon).
+class EstimatorColumns(NamedTuple):
+    """The estimator's columns `risk_inputs` reads, at `rows`."""
+
+    rows: np.ndarray  # int64
+    t: np.ndarray
+    sigma2: np.ndarray
+    J2: np.ndarray
+    gap: np.ndarray
+    depth: np.ndarray
+    half_spread: np.ndarray
+    tick_size: np.ndarray
+
+    @classmethod
+    def of(cls, state: EstimatorState, rows: np.ndarray) -> EstimatorColumns:
+        return cls(rows, *(_f64(getattr(state, name)) for name in cls._fields[1:]))
+
+
+class MarketRows(NamedTuple):
+    """Per market: what `risk_inputs` was given, and the numpy-computed values."""
+
+    now: np.ndarray
+    event_t: np.ndarray
+    p: np.ndarray  # expit(x), before the clip to [eps, 1 - eps]
+    # The jump rate is the hot rate (a jump says "this market is moving now"),
+    # decayed to now, or the market's long-run rate shrunk toward the pool of all
+    # markets (`pooled_jump_rate`), the larger.
+    lam: np.ndarray
+    lam_long: np.ndarray
+    confirmed_t: np.ndarray  # empty: the last tick
+    live_book: np.ndarray  # bool; empty: no live books
+    notional: np.ndarray
+
+
+class InputSettings(NamedTuple):
+    eps: float
+    default_tau_s: float
+    sigma_floor: float
+    J_floor: float
+    liquidation_horizon_s: float
+    k_liquidity: float
+    book_refill_s: float
+    margin_call_window_s: float
+
+    @classmethod
+    def of(cls, cfg: ModelSettings) -> InputSettings:
+        return cls(*(float(getattr(cfg, name)) for name in cls._fields))
+
+
+class EffectiveInputs(NamedTuple):
+    """What `_effective_inputs` writes, per market (RiskInputs' fields)."""
+
+    p: np.ndarray
+    tau: np.ndarray
+    sigma: np.ndarray
+    lam: np.ndarray
+    J: np.ndarray
+    gap: np.ndarray
+    h: np.ndarray
+    h0: np.ndarray
+    book_ratio: np.ndarray
+    half_spread: np.ndarray
+    tick: np.ndarray
+    depth: np.ndarray
+
+
+# Optional columns that were not given.
+_NOT_GIVEN = np.zeros(0, np.bool_)
+_NO_TIMES = np.zeros(0)
+
+
+@njit
+def _effective_inputs(est, market, cfg, out):  # type: ignore[no-untyped-def]
+    """Section 2 and 4's inputs per market, as numpy computed them: into `out`."""
+    books = market.live_book.shape[0] > 0
+    confirmed = market.confirmed_t.shape[0] > 0
+    for k in range(est.rows.shape[0]):
+        i = est.rows[k]
+        now = market.now[k]
+        p = clip(market.p[k], cfg.eps, 1.0 - cfg.eps)
+        event_t = market.event_t[k]
+        # Unknown resolution time -> default_tau_s; after the decisive event tau is 0.
+        tau = cfg.default_tau_s if np.isnan(event_t) else maximum(event_t - now, 0.0)
+        # The silence since the price was last confirmed is evidence about the wait for
+        # the next one.
+        last = market.confirmed_t[k] if confirmed else est.t[i]
+        since = maximum(nan_to_zero(now - last), 0.0)
+        gap = since if books and market.live_book[k] else fmax(est.gap[i], since)
+        h0 = maximum(cfg.liquidation_horizon_s, cfg.k_liquidity * nan_to_zero(gap))
+        depth = est.depth[i]
+        ratio, h_book = book_horizon(depth, p, cfg, market.notional[k])
+        h = h0 if np.isnan(depth) else maximum(h0, h_book)
+        out.p[k] = p
+        out.tau[k] = tau
+        out.sigma[k] = maximum(np.sqrt(est.sigma2[i]), cfg.sigma_floor)
+        out.lam[k] = maximum(market.lam[k], market.lam_long[k])
+        out.J[k] = maximum(np.sqrt(est.J2[i]), cfg.J_floor)
+        out.gap[k] = gap
+        # A margin-call window is waited through before the liquidation starts: both
+        # horizons carry it (0 by default: adding 0.0 leaves them bit for bit).
+        out.h[k] = h + cfg.margin_call_window_s
+        out.h0[k] = h0 + cfg.margin_call_window_s
+        out.book_ratio[k] = ratio
+        out.half_spread[k] = est.half_spread[i]
+        out.tick[k] = est.tick_size[i]
+        out.depth[k] = depth
+
+
+@njit
+def book_horizon(depth, p, cfg, notional):  # type: ignore[no-untyped-def]
+    """Section 4, liquidity from the book: (ratio, horizon) of one market.
 
     A position of `notional` is `notional / value` shares (value p long, 1 - p
     short): the larger count, on the cheaper side, is the one that meets the book.
     What the visible depth within max_slippage of the mid covers goes at once (the
     base horizon); each further depth's worth waits for the book to rebuild, one
     `book_refill_s` each. Nan where no book is known."""
-    depth = np.asarray(depth, np.float64)
     # A depth near zero (even subnormal) overflows the ratio to inf: the longest horizon.
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        ratio = np.asarray(notional, np.float64) / (np.minimum(p, 1.0 - p) * depth)
-    waits = np.maximum(ratio - 1.0, 0.0)
-    extra = cfg.book_refill_s * waits if cfg.book_refill_s > 0.0 else np.zeros_like(waits)
-    h_book = np.minimum(cfg.liquidation_horizon_s + extra, H_MAX_S)
-    return depth, ratio, h_book
+    ratio = notional / (minimum(p, 1.0 - p) * depth)
+    extra = cfg.book_refill_s * maximum(ratio - 1.0, 0.0) if cfg.book_refill_s > 0.0 else 0.0
+    return ratio, minimum(cfg.liquidation_horizon_s + extra, H_MAX_S)
+
+
+def _bools(a: np.ndarray | None) -> np.ndarray:
+    """An optional bool column as the kernels take it (empty: not given)."""
+    return _NOT_GIVEN if a is None else np.ascontiguousarray(a, np.bool_)
+
+
+def _per_row(a: np.ndarray | float, n: int) -> np.ndarray:
+    """`a` for each of n rows, as the kernels take it (a C-contiguous float array)."""
+    if isinstance(a, np.ndarray) and a.shape == (n,):
+        return _f64(a)
+    if np.ndim(a) == 0:
+        return np.full(n, a, np.float64)
+    return np.ascontiguousarray(np.broadcast_to(np.asarray(a, np.float64), (n,)))
 
 
 @dataclass(frozen=True)
@@ -178,13 +296,17 @@ def compute(
     detail: bool = False,
     leverage_pin: np.ndarray | None = None,
 ) -> Targets:
-    """Section 4 for all markets at once: margins, leverage and fee per market and side
-    in one compiled pass (`_margins_and_fees`), slippage and reasons vectorised."""
-    q = scenarios.resolution_probability(inp.h, inp.tau, cfg.h_min_s)
-    q_fee = scenarios.resolution_probability(
-        inp.h, inp.tau, cfg.h_min_s, inp.scheduled, cfg.early_news_rate, cfg.early_news_share
-    )
+    """Section 4 for all markets at once, in two compiled passes: the resolution
+    probabilities, slippage and reasons (`_market_terms`), then margins, leverage and
+    fee per market and side (`_margins_and_fees`)."""
     m = inp.p.shape[0]
+    pin = np.full(m, np.nan) if leverage_pin is None else _f64(leverage_pin)
+    terms = MarketTerms(
+        q=np.empty(m), q_fee=np.empty(m), slippage=np.empty(m), reasons=np.empty(m, np.int64)
+    )
+    _market_terms(
+        _term_inputs(inp, cfg, _per_row(max_slippage, m), pin), TermSettings.of(cfg), terms
+    )
     z, w = scenarios.gauss_hermite(cfg.nodes)
     out = MarginOut(
         detail=detail,
@@ -195,69 +317,138 @@ def compute(
         es_by_group=np.zeros((m if detail else 0, 2, 3)),
         fee_by_group=np.zeros((m if detail else 0, 2, 3)),
     )
-
-    def per_market(a: np.ndarray) -> np.ndarray:
-        return np.broadcast_to(np.asarray(a, np.float64), (m,)).copy()
-
     _margins_and_fees(
-        MarketInputs.of(inp, q, q_fee),
+        MarketInputs.of(inp, terms.q, terms.q_fee),
         MarketLimits(
-            max_leverage=per_market(max_leverage),
-            fee_floor=per_market(fee_floor),
-            pin=_f64(np.full(m, np.nan) if leverage_pin is None else leverage_pin),
+            max_leverage=_per_row(max_leverage, m), fee_floor=_per_row(fee_floor, m), pin=pin
         ),
         ScenarioNodes(z=z, w=w, group=scenarios.groups(cfg.nodes)),
         MarginSettings(confidence=cfg.confidence, m_floor=cfg.m_floor, fee_loading=cfg.fee_loading),
         out,
     )
-
-    slip = _slippage(inp, cfg, max_slippage)
-    reasons = _reasons(inp, cfg, leverage_pin)
     return Targets(
         max_leverage=out.leverage,
         initial_margin=out.initial_margin,
         maintenance_margin=cfg.maintenance_ratio * out.initial_margin,
         fee_rate_hourly=out.fee,
-        max_slippage=slip,
-        q=q,
-        reasons=reasons,
+        max_slippage=terms.slippage,
+        q=terms.q,
+        reasons=terms.reasons,
         es=out.es,
         es_by_group=out.es_by_group if detail else None,
         fee_by_group=out.fee_by_group if detail else None,
     )
 
 
-def _slippage(inp: RiskInputs, cfg: ModelSettings, max_slippage: np.ndarray) -> np.ndarray:
-    """Section 4, max slippage: the price's move over the execution time, the half
+def _term_inputs(
+    inp: RiskInputs, cfg: ModelSettings, max_slippage: np.ndarray, pin: np.ndarray
+) -> TermInputs:
+    m = inp.p.shape[0]
+    dated = _bools(inp.scheduled)
+    early = (
+        scenarios.early_news(inp.h, inp.tau, cfg.early_news_rate, cfg.early_news_share)
+        if dated.any()
+        else _NO_TIMES
+    )
+    return TermInputs(
+        p=_f64(inp.p),
+        sigma=_f64(inp.sigma),
+        tau=_f64(inp.tau),
+        h=_f64(inp.h),
+        half_spread=_per_row(inp.half_spread, m),
+        tick=_per_row(inp.tick, m),
+        book_ratio=_NO_TIMES if inp.book_ratio is None else _f64(inp.book_ratio),
+        scheduled=dated,
+        early=_f64(early),
+        max_slippage=max_slippage,
+        pin=pin,
+    )
+
+
+class TermInputs(NamedTuple):
+    """Per market: what the resolution probabilities, slippage and reasons need."""
+
+    p: np.ndarray
+    sigma: np.ndarray
+    tau: np.ndarray
+    h: np.ndarray
+    half_spread: np.ndarray
+    tick: np.ndarray
+    book_ratio: np.ndarray  # empty: no book known
+    scheduled: np.ndarray  # bool; empty: none
+    early: np.ndarray  # `scenarios.early_news`; empty: no market is scheduled
+    max_slippage: np.ndarray
+    pin: np.ndarray  # an override's leverage pin, nan: none
+
+
+class TermSettings(NamedTuple):
+    h_min_s: float
+    z_slip: float
+    sqrt_h_exec: float
+    sigma_prior: float
+    liquidation_horizon_s: float
+    margin_call_window_s: float
+
+    @classmethod
+    def of(cls, cfg: ModelSettings) -> TermSettings:
+        return cls(
+            h_min_s=float(cfg.h_min_s),
+            z_slip=float(cfg.z_slip),
+            sqrt_h_exec=float(np.sqrt(cfg.h_exec_s)),
+            sigma_prior=float(cfg.sigma_prior),
+            liquidation_horizon_s=float(cfg.liquidation_horizon_s),
+            margin_call_window_s=float(cfg.margin_call_window_s),
+        )
+
+
+class MarketTerms(NamedTuple):
+    q: np.ndarray  # the probability of the resolution event within h
+    q_fee: np.ndarray  # q as a position meets it (the fee's scenarios)
+    slippage: np.ndarray
+    reasons: np.ndarray  # int64 bitmask
+
+
+_EXTREME, _VOLATILE = BIT["extreme_probability"], BIT["high_volatility"]
+_THIN, _PINNED = BIT["thin_market"], BIT["config_override"]
+
+
+@njit
+def _market_terms(inp, cfg, out):  # type: ignore[no-untyped-def]
+    """Per market: q and q_fee (section 4.1, `scenarios`), the max slippage and the
+    model's reason bits, into `out`.
+
+    Max slippage (section 4): the price's move over the execution time, the half
     spread and, with a book, the reference position's own impact: the depth within
     max_slippage of the mid taken as spread evenly over that band, unwinding a share
     of it moves the price by that share of the band (all of it when the book is too
     shallow)."""
-    price_vol = inp.p * (1.0 - inp.p) * inp.sigma
-    impact = (
-        0.0
-        if inp.book_ratio is None
-        else max_slippage * np.nan_to_num(np.minimum(inp.book_ratio, 1.0), nan=0.0)
-    )
-    return np.clip(
-        cfg.z_slip * price_vol * np.sqrt(cfg.h_exec_s) + inp.half_spread + impact,
-        inp.tick,
-        max_slippage,
-    )
-
-
-def _reasons(inp: RiskInputs, cfg: ModelSettings, leverage_pin: np.ndarray | None) -> np.ndarray:
-    """The model's reason bits per market."""
-    reasons = np.zeros(inp.p.shape[0], dtype=np.int64)
-    reasons |= np.where(np.minimum(inp.p, 1 - inp.p) < 0.05, BIT["extreme_probability"], 0)
-    reasons |= np.where(inp.sigma > 4.0 * cfg.sigma_prior, BIT["high_volatility"], 0)
-    # Sparse prices or a thin book, not the margin-call window every market waits.
-    reasons |= np.where(
-        inp.h > cfg.liquidation_horizon_s + cfg.margin_call_window_s, BIT["thin_market"], 0
-    )
-    if leverage_pin is not None:
-        reasons |= np.where(np.isnan(leverage_pin), 0, BIT["config_override"])
-    return reasons
+    books = inp.book_ratio.shape[0] > 0
+    dated = inp.scheduled.shape[0] > 0
+    for i in range(inp.p.shape[0]):
+        p, h, tau, max_slippage = inp.p[i], inp.h[i], inp.tau[i], inp.max_slippage[i]
+        q = uniform_probability(h, tau, cfg.h_min_s)
+        out.q[i] = q
+        out.q_fee[i] = (
+            dated_probability(h, tau, q, inp.early[i]) if dated and inp.scheduled[i] else q
+        )
+        price_vol = p * (1.0 - p) * inp.sigma[i]
+        slip = cfg.z_slip * price_vol * cfg.sqrt_h_exec + inp.half_spread[i]
+        if books:
+            slip = slip + max_slippage * nan_to_zero(minimum(inp.book_ratio[i], 1.0))
+        else:
+            slip = slip + 0.0
+        out.slippage[i] = clip(slip, inp.tick[i], max_slippage)
+        reasons = 0
+        if minimum(p, 1 - p) < 0.05:
+            reasons |= _EXTREME
+        if inp.sigma[i] > 4.0 * cfg.sigma_prior:
+            reasons |= _VOLATILE
+        # Sparse prices or a thin book, not the margin-call window every market waits.
+        if h > cfg.liquidation_horizon_s + cfg.margin_call_window_s:
+            reasons |= _THIN
+        if not np.isnan(inp.pin[i]):
+            reasons |= _PINNED
+        out.reasons[i] = reasons
 
 
 class MarketInputs(NamedTuple):

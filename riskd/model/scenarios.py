@@ -16,7 +16,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from riskd.jit import njit
+from riskd.jit import maximum, minimum, njit
 
 RESOLUTION, JUMP, DIFFUSION = 0, 1, 2
 GROUP_NAMES = ("resolution", "jump", "diffusion")
@@ -56,16 +56,47 @@ def resolution_probability(
     early decisive news can, at `early_rate` per second.
     h_min only guards the division: within h of the event q is 1 even when h < h_min
     (section 2: tau 0 is the riskiest state; property 6.3 needs q -> 1 as tau -> 0).
+    Per market: `uniform_probability`, `dated_probability`.
     """
-    uniform = np.minimum(1.0, h / np.maximum(tau, np.minimum(h_min, h)))
-    if scheduled is None:
-        return uniform
-    # tau 0 (or subnormal, overflowing): q is 1 below.
+    h, tau = (np.ascontiguousarray(a, np.float64) for a in np.broadcast_arrays(h, tau))
+    dated = (
+        np.zeros(h.shape, np.bool_) if scheduled is None else np.broadcast_to(scheduled, h.shape)
+    )
+    dated = np.ascontiguousarray(dated, np.bool_)
+    # Read only where dated.
+    early = early_news(h, tau, early_rate, early_share) if dated.any() else h
+    q = np.empty(h.shape)
+    _probabilities(h.ravel(), tau.ravel(), h_min, dated.ravel(), early.ravel(), q.ravel())
+    return q
+
+
+def early_news(h: np.ndarray, tau: np.ndarray, rate: float, share: float) -> np.ndarray:
+    """The probability of early decisive news within h, at `rate` plus `share` / tau per
+    second (numpy's expm1, as every transcendental function outside the kernels)."""
+    # tau 0 (or subnormal, overflowing): q is 1 (`dated_probability`).
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        hazard = early_rate + early_share / tau
-    # Never above the uniform hazard: a date can only make the news later.
-    early = np.where(tau <= h, 1.0, np.minimum(-np.expm1(-hazard * h), uniform))
-    return np.where(scheduled, early, uniform)
+        hazard = rate + share / tau
+        return -np.expm1(-hazard * h)
+
+
+@njit
+def _probabilities(h, tau, h_min, dated, early, q):  # type: ignore[no-untyped-def]
+    for i in range(h.shape[0]):
+        uniform = uniform_probability(h[i], tau[i], h_min)
+        q[i] = dated_probability(h[i], tau[i], uniform, early[i]) if dated[i] else uniform
+
+
+@njit
+def uniform_probability(h: float, tau: float, h_min: float) -> float:
+    """q of an unscheduled market: h over the remaining life."""
+    return minimum(1.0, h / maximum(tau, minimum(h_min, h)))
+
+
+@njit
+def dated_probability(h: float, tau: float, uniform: float, early: float) -> float:
+    """q of a scheduled market: 1 within h of the event, else the early news (never
+    above the uniform hazard: a date can only make the news later)."""
+    return 1.0 if tau <= h else minimum(early, uniform)
 
 
 @njit
