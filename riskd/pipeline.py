@@ -136,12 +136,17 @@ class Pipeline:
     # --- the cycle --------------------------------------------------------------
 
     async def cycles(self) -> None:
-        # A plain sleep: one wake-up, however busy the loop (waiting on the stop event
-        # with a timeout takes several turns of the loop, each behind a burst of feed
-        # messages). Shutdown cancels this task.
+        # Cycles start on a grid of `publish_interval_s` (`next_cycle`): a tick waits at
+        # most one interval for the next cycle, whatever the cycles take. A plain sleep:
+        # one wake-up, however busy the loop (waiting on the stop event with a timeout
+        # takes several turns of the loop, each behind a burst of feed messages).
+        # Shutdown cancels this task.
+        due = time.monotonic()
         while not self.stop.is_set():
             self.cycle()
-            await asyncio.sleep(self.settings.governor.publish_interval_s)
+            now = time.monotonic()
+            due = next_cycle(due, self.settings.governor.publish_interval_s, now)
+            await asyncio.sleep(due - now)
 
     def cycle(self) -> None:
         """Compute and publish once at the daemon clock."""
@@ -249,6 +254,17 @@ class Pipeline:
         if self._unpublished_since is not None:
             self.metrics.tick_to_publish.observe(time.time() - self._unpublished_since)
             self._unpublished_since = None
+
+
+def next_cycle(due: float, interval: float, ended: float) -> float:
+    """When the next cycle starts, given when the last one was due and when it ended:
+    one interval after it was due, so that the cycles' durations do not add up into
+    the period; but never sooner after its end than it ended after its due time, up to
+    one interval. A cycle that started late or ran long means a busy loop (a loaded
+    machine, a feed catching up, a mass publish): a whole interval after each cycle,
+    as before the grid, is what lets the feed keep up then. Missed cycles are
+    skipped, never run back to back."""
+    return max(due + interval, ended + min(ended - due, interval))
 
 
 class FeedTally:
