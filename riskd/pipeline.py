@@ -20,6 +20,7 @@ from riskd.engine import Engine
 from riskd.feeds.base import EventSource, Feed, LivenessSource, MarketEvent, Replayed
 from riskd.metrics import Metrics
 from riskd.publish.base import Batch, Publisher
+from riskd.ticks import last_ts
 from riskd.timeutil import iso
 
 if TYPE_CHECKING:
@@ -52,6 +53,8 @@ class Pipeline:
         self.settings = settings
         self.engine = engine
         self.feeds = feeds
+        # Checked once: a runtime Protocol check costs tens of microseconds per call.
+        self._liveness = [f for f in feeds if isinstance(f, LivenessSource)]
         self.publishers = publishers  # shared with the daemon: one list
         self.metrics = metrics
         self.now: Clock = clock
@@ -120,7 +123,7 @@ class Pipeline:
                     if self._unpublished_since is None:
                         self._unpublished_since = received
                     # Feeds yield ticks in arrival order.
-                    tally.took(result.accepted, received, batch[-1].ts, self.now())
+                    tally.took(result.accepted, received, last_ts(batch), self.now())
                 if result.rejected:
                     tally.rejected(result.rejected)
         finally:
@@ -157,10 +160,9 @@ class Pipeline:
         for tally in self._tallies.values():
             self._flush_tally(tally)
         started = time.perf_counter()
-        for feed in self.feeds:
-            if isinstance(feed, LivenessSource):
-                self.engine.confirm(feed.take_liveness())
-                self.metrics.feed_heard(feed.venue, feed.heard_at)
+        for feed in self._liveness:
+            self.engine.confirm(feed.take_liveness())
+            self.metrics.feed_heard(feed.venue, feed.heard_at)
         result = self.engine.cycle(now)
         self.metrics.cycle.observe(time.perf_counter() - started)
         self.metrics.markets.set(len(self.engine))

@@ -323,3 +323,10 @@ _TS, _PRICE, _BID, _ASK, _DEPTH = (
 
 # A feed's batch of ticks.
 TickBatch = list[Tick] | TickColumns
+
+
+def last_ts(batch: TickBatch) -> float:
+    """The time of a batch's last tick (of columns: without making a Tick)."""
+    if isinstance(batch, TickColumns):
+        return float(batch.ts[-1])
+    return batch[-1].ts
