@@ -13,7 +13,9 @@ For each market count N, in one process (this one) run:
 Against it, in separate processes:
 
 1. the raw transport limit: a bare client that only receives the stream and parses
-   every frame with orjson (riskd's parser), on the same event loop riskd would use;
+   every frame with orjson (riskd's parser), on the same event loop riskd would use:
+   with websockets (`raw/s`, the yardstick of issue 18) and with aiohttp, the
+   websocket client riskd's feeds use (`aio/s`);
 2. `riskd run` (kind "polymarket", metadata off, markets file binding the tokens,
    HTTP publisher, publish_interval_s = 0.01): after a warm-up,
    - saturated: the venue writes as fast as riskd reads; sustained ticks/s from
@@ -439,6 +441,7 @@ level = "info"
 class Result:
     markets: int
     raw_per_s: float = float("nan")
+    raw_aio_per_s: float = float("nan")
     ticks_per_s: float = float("nan")
     cpu_per_million: float = float("nan")
     paced_per_s: float = float("nan")
@@ -473,6 +476,7 @@ class Result:
         return Result(
             markets=self.markets,
             raw_per_s=hi(self.raw_per_s, other.raw_per_s),
+            raw_aio_per_s=hi(self.raw_aio_per_s, other.raw_aio_per_s),
             ticks_per_s=hi(self.ticks_per_s, other.ticks_per_s),
             cpu_per_million=lo(self.cpu_per_million, other.cpu_per_million),
             paced_per_s=hi(self.paced_per_s, other.paced_per_s),
@@ -488,7 +492,7 @@ class Result:
         )
 
 
-async def raw_limit(url: str, warm_s: float, seconds: float) -> float:
+async def raw_limit(url: str, warm_s: float, seconds: float, client: str = "websockets") -> float:
     """Frames per second a bare client receives and parses (another process)."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -497,6 +501,7 @@ async def raw_limit(url: str, warm_s: float, seconds: float) -> float:
         url,
         str(warm_s),
         str(seconds),
+        client,
         stdout=subprocess.PIPE,
     )
     out, _ = await proc.communicate()
@@ -517,6 +522,30 @@ async def raw_client(url: str, warm_s: float, seconds: float) -> None:
         frames, start = 0, loop.time()
         while True:
             loads(await ws.recv(decode=False))
+            frames += 1
+            if frames % 256 == 0 and loop.time() - start >= seconds:
+                break
+        elapsed = loop.time() - start
+    print(json.dumps({"frames_per_s": frames / elapsed}))
+
+
+async def raw_client_aiohttp(url: str, warm_s: float, seconds: float) -> None:
+    """The same on aiohttp's websocket client, riskd's own transport."""
+    import aiohttp
+
+    loads = orjson.loads
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(url, max_msg_size=256 * 2**20, decode_text=False) as ws,
+    ):
+        await ws.send_str('{"assets_ids": [], "type": "market"}')
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        while loop.time() - start < warm_s:
+            loads((await ws.receive()).data)
+        frames, start = 0, loop.time()
+        while True:
+            loads((await ws.receive()).data)
             frames += 1
             if frames % 256 == 0 and loop.time() - start >= seconds:
                 break
@@ -671,6 +700,7 @@ async def one_size(
             # The raw limit first: the same venue, the same frames.
             venue.set_mode("saturate")
             result.raw_per_s = await raw_limit(venue.url, 1.0, raw_seconds)
+            result.raw_aio_per_s = await raw_limit(venue.url, 1.0, raw_seconds, "aiohttp")
             venue.set_mode("idle")
             venue.subscribed.clear()
             venue.sent = 0
@@ -740,7 +770,8 @@ def _short(frame: str) -> str:
 
 def table(results: list[Result], base_rss: int) -> str:
     head = (
-        f"{'markets':>8} {'raw/s':>9} {'riskd/s':>9} {'ratio':>6} {'CPU s/Mtick':>11} "
+        f"{'markets':>8} {'raw/s':>9} {'riskd/s':>9} {'ratio':>6} {'aio/s':>9} {'ratio':>6} "
+        f"{'CPU s/Mtick':>11} "
         f"{'paced/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'probes':>9} "
         f"{'cycle ms':>9} {'sat cyc':>8} {'sets/s':>8} {'RSS MiB':>8} {'B/market':>9}"
     )
@@ -749,7 +780,8 @@ def table(results: list[Result], base_rss: int) -> str:
         per_market = (r.rss - base_rss) / r.markets if r.rss else float("nan")
         lines.append(
             f"{r.markets:>8,} {r.raw_per_s:>9,.0f} {r.ticks_per_s:>9,.0f} "
-            f"{r.ticks_per_s / r.raw_per_s:>6.0%} {r.cpu_per_million:>11.1f} "
+            f"{r.ticks_per_s / r.raw_per_s:>6.0%} {r.raw_aio_per_s:>9,.0f} "
+            f"{r.ticks_per_s / r.raw_aio_per_s:>6.0%} {r.cpu_per_million:>11.1f} "
             f"{r.paced_per_s:>8,.0f} {r.latency_ms[0]:>7.1f} {r.latency_ms[1]:>7.1f} "
             f"{r.latency_ms[2]:>7.1f} {r.probes[0]:>4}/{r.probes[1]:<4} "
             f"{r.cycle_ms[0]:>4.1f}/{_bound(r.cycle_ms[1]):<4} {r.cycle_sat_ms[0]:>8.1f} "
@@ -789,7 +821,8 @@ async def main_async(args: argparse.Namespace) -> list[Result]:
             r = await one_size(n, args.seconds, args.raw_seconds, profile, args.load)
             best = r if best is None else best.better(r)
             print(
-                f"  {n:,} markets, run {k + 1}: raw {r.raw_per_s:,.0f}/s, riskd "
+                f"  {n:,} markets, run {k + 1}: raw {r.raw_per_s:,.0f}/s (aiohttp "
+                f"{r.raw_aio_per_s:,.0f}/s), riskd "
                 f"{r.ticks_per_s:,.0f}/s, p99 {r.latency_ms[1]:.1f} ms (riskd's own "
                 f"{_bound(r.histogram_p99_ms)}), paced CPU {r.paced_cpu:.0%}, "
                 f"startup {r.startup_s:.1f} s",
@@ -807,7 +840,8 @@ async def main_async(args: argparse.Namespace) -> list[Result]:
     print()
     print(
         "raw/s: frames/s a bare websockets+orjson client takes; riskd/s: ticks/s riskd "
-        "sustains, saturated; ratio = riskd/raw;\nCPU s/Mtick: riskd's CPU over the "
+        "sustains, saturated; ratio = riskd/raw;\naio/s: the same bare client on aiohttp "
+        "(riskd's websocket client), and riskd's ratio to it;\nCPU s/Mtick: riskd's CPU over the "
         "saturated window; paced/s: the load of the latency phase (--load x riskd/s);\n"
         "p50/p99/max: venue write of a jump -> exchange receipt of the HTTP request "
         "carrying it (probes seen/sent);\ncycle ms: riskd_cycle_seconds mean/p99 bucket "
@@ -868,7 +902,8 @@ def main() -> None:
         return
     if len(sys.argv) > 1 and sys.argv[1] == "raw-client":
         loop_policy()
-        asyncio.run(raw_client(sys.argv[2], float(sys.argv[3]), float(sys.argv[4])))
+        client = raw_client_aiohttp if sys.argv[5:] == ["aiohttp"] else raw_client
+        asyncio.run(client(sys.argv[2], float(sys.argv[3]), float(sys.argv[4])))
         return
     run(parse_args(sys.argv[1:]))
 

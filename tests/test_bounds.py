@@ -2,9 +2,9 @@
 per market constant, no growth from market ids a feed makes up.
 
 The queues and their policies (docs/reliability.md has the table):
-- venue socket -> codec: the websocket library's receive buffer (`max_queue` frames of
-  at most `max_message_bytes`); a bigger frame closes the connection (counted
-  `message_too_big`) and the feed reconnects.
+- venue socket -> codec: the websocket reader's buffer (it stops reading the socket
+  at 512 KiB of messages, each at most `max_message_bytes`); a bigger frame closes the
+  connection (counted `message_too_big`) and the feed reconnects.
 - feed -> engine: `Engine.enqueue` keeps ticks for the next cycle, at most MAX_PENDING;
   beyond, it applies them at once (no tick dropped: the jump detector sees them all).
 - engine -> HTTP exchange: one pending set per market, the newest wins (coalesced).

@@ -24,14 +24,8 @@ from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import (
-    ConnectionClosed,
-    InvalidHandshake,
-    InvalidStatus,
-    InvalidURI,
-)
-from websockets.frames import Frame, Opcode
+import aiohttp
+from aiohttp import ClientWebSocketResponse, WSMsgType
 
 from riskd.backoff import backoff
 from riskd.feeds.base import Liveness, MarketEvent, Tick
@@ -39,7 +33,7 @@ from riskd.feeds.codec import Codec, Decoded, MarketCodec
 from riskd.feeds.metadata import Fetch, listing_events, look_up, merge
 from riskd.feeds.settings import ConnectionSettings
 from riskd.markets import MarketTable
-from riskd.secrets import mask_url
+from riskd.secrets import mask_url, mask_urls
 from riskd.ticks import TickBatch, TickColumns
 
 if TYPE_CHECKING:
@@ -70,25 +64,18 @@ COALESCE = 64
 BATCH_FROM = 4
 
 
-def queued(ws: ClientConnection) -> bool:
-    """Whether frames wait in the connection's buffer (the next `recv` will not wait).
-    websockets keeps them in `recv_messages.frames`; without it, nothing waits."""
-    frames = getattr(getattr(ws, "recv_messages", None), "frames", None)
-    return bool(frames)
+def queued(ws: ClientWebSocketResponse) -> bool:
+    """Whether messages wait in the connection's buffer (the next `receive` will not
+    wait). aiohttp keeps them in its reader's `_buffer`; without it, nothing waits."""
+    return bool(getattr(getattr(ws, "_reader", None), "_buffer", None))
 
 
-class HeartbeatConnection(ClientConnection):
-    """A client connection that notes when the venue last pinged us (see `heartbeat`
-    of WebsocketFeed; only there, as this runs for every frame)."""
+class ConnectionClosed(Exception):
+    """The connection ended: closed by the venue (`code`), or lost."""
 
-    pinged_at = -math.inf  # loop time of the venue's last ping
-    pinged_wall = -math.inf  # and its wall time: a sign of the connection's life
-
-    def process_event(self, event: Any) -> None:
-        super().process_event(event)
-        if isinstance(event, Frame) and event.opcode is Opcode.PING:
-            self.pinged_at = self.loop.time()
-            self.pinged_wall = time.time()
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass
@@ -100,11 +87,10 @@ class Link:
     label: str = ""  # for logs: " 2/40", or nothing for a feed's only connection
     connections: int = 0  # successful handshakes
     connected: bool = False
-    # Loop time `_session` began waiting for the next message (None: not waiting).
-    waiting_since: float | None = None
     session: int = -1  # the current connection's number (SESSIONS), -1 while down
     life_t: float = math.nan  # wall time of the last frame received on it
-    ws: ClientConnection | None = None
+    pinged_wall: float = -math.inf  # wall time of the venue's last ping on it
+    ws: ClientWebSocketResponse | None = None
 
 
 class FeedError(RuntimeError):
@@ -124,22 +110,27 @@ def classify(exc: BaseException) -> str | None:
     if isinstance(exc, SilentConnection):
         return "read_timeout"
     if isinstance(exc, ConnectionClosed):
-        frame = exc.rcvd or exc.sent
-        if frame is not None and frame.code == MESSAGE_TOO_BIG:
-            return "message_too_big"
-        return "connection_closed"
-    if isinstance(exc, InvalidStatus):
-        status = exc.response.status_code
-        return f"http_{status}" if status in RETRY_STATUSES else None
-    if isinstance(exc, InvalidURI):
+        return "message_too_big" if exc.code == MESSAGE_TOO_BIG else "connection_closed"
+    if isinstance(exc, aiohttp.WSServerHandshakeError):
+        # A status other than 101: refused (credentials, a wrong path) unless it is
+        # one that says "later"; 101 with a bad upgrade: a broken handshake.
+        if exc.status == 101:
+            return "handshake"
+        return f"http_{exc.status}" if exc.status in RETRY_STATUSES else None
+    if isinstance(exc, aiohttp.InvalidURL):
         return None
-    if isinstance(exc, InvalidHandshake):
-        return "handshake"
     if isinstance(exc, TimeoutError):
         return "open_timeout"
-    if isinstance(exc, OSError):
+    if isinstance(exc, OSError | aiohttp.ClientConnectionError):
         return "network"
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return "handshake"
     return None
+
+
+def describe(exc: BaseException) -> str:
+    """An error for logs and status: its type and text, any URL in it masked."""
+    return mask_urls(f"{type(exc).__name__}: {exc}")
 
 
 class WebsocketFeed:
@@ -215,9 +206,7 @@ class WebsocketFeed:
         for link in self._links:
             if link.session < 0:
                 continue
-            life = link.life_t
-            if isinstance(link.ws, HeartbeatConnection):
-                life = max(life, link.ws.pinged_wall)
+            life = max(link.life_t, link.pinged_wall) if self.heartbeat else link.life_t
             live.sessions[link.session] = life
             if life > self.heard_at or math.isnan(self.heard_at):
                 self.heard_at = life
@@ -336,7 +325,7 @@ class WebsocketFeed:
                 raise
             except Exception as exc:
                 reason = classify(exc)
-                self.last_error = f"{type(exc).__name__}: {exc}"
+                self.last_error = describe(exc)
                 if reason is None:
                     raise FeedError(
                         f"{self.venue} feed at {mask_url(self.url)}: {self.last_error}"
@@ -384,53 +373,90 @@ class WebsocketFeed:
 
     async def _session(self, link: Link) -> AsyncGenerator[TickBatch]:
         s = self.settings
-        async with connect(
-            self.url,
-            additional_headers=self.headers(),
-            open_timeout=s.open_timeout_s,
-            ping_interval=s.keepalive_s,
-            ping_timeout=s.keepalive_s,
-            close_timeout=1.0,
-            max_size=s.max_message_bytes,
-            create_connection=HeartbeatConnection if self.heartbeat else ClientConnection,
-        ) as ws:
-            await self._opened(link, ws)
-            pinger = None
-            if self.ping_text and self.ping_interval_s > 0:
-                pinger = asyncio.create_task(self._ping(ws), name=f"{self.venue}-ping")
-            loop = asyncio.get_running_loop()
-            watchdog = asyncio.create_task(
-                self._watchdog(ws, link, s.read_timeout_s), name=f"{self.venue}-read-timeout"
-            )
-            try:
-                while True:
-                    link.waiting_since = loop.time()
-                    try:
-                        # Bytes: the codecs' JSON parser reads (and checks) UTF-8 itself.
-                        frames = [await ws.recv(decode=False)]
-                    except ConnectionClosed:
-                        if watchdog.done():
-                            raise SilentConnection(
-                                f"nothing received for {s.read_timeout_s:g}s"
-                            ) from None
-                        raise
-                    link.waiting_since = None
-                    while len(frames) < COALESCE and queued(ws):  # received with it
-                        frames.append(await ws.recv(decode=False))
-                    received = link.life_t = time.time()
-                    decoded = self._decode_frames(frames, link.codec, received)
-                    for reply in decoded.replies:
-                        await ws.send(reply)
-                    batch = self._take(decoded, link.session, received)
-                    if batch is not None:
-                        yield batch
-                    if len(frames) >= COALESCE:
-                        await asyncio.sleep(0)  # a saturated socket: the cycle runs on time
-                    self._check_lookup()
-            finally:
-                await self._closed(link, pinger, watchdog)
+        # Proxies from the environment, as a browser or curl would take them; no
+        # timeout of the session's own: the handshake has `open_timeout_s`, the
+        # connection's life `read_timeout_s` and the keepalive.
+        async with aiohttp.ClientSession(
+            trust_env=True, timeout=aiohttp.ClientTimeout(total=None)
+        ) as http:
+            async with asyncio.timeout(s.open_timeout_s):
+                ws = await self._connect(http)
+            async with ws:
+                async for batch in self._frames(link, ws):
+                    yield batch
 
-    async def _opened(self, link: Link, ws: ClientConnection) -> None:
+    async def _frames(self, link: Link, ws: ClientWebSocketResponse) -> AsyncGenerator[TickBatch]:
+        """One open connection: subscribe, then read, decode and yield until it ends."""
+        await self._opened(link, ws)
+        pinger = None
+        if self.ping_text and self.ping_interval_s > 0:
+            pinger = asyncio.create_task(self._ping(ws), name=f"{self.venue}-ping")
+        try:
+            while True:
+                frames = await self._read(ws, link)
+                received = link.life_t = time.time()
+                decoded = self._decode_frames(frames, link.codec, received)
+                for reply in decoded.replies:
+                    await _send(ws, reply)
+                batch = self._take(decoded, link.session, received)
+                if batch is not None:
+                    yield batch
+                if len(frames) >= COALESCE:
+                    await asyncio.sleep(0)  # a saturated socket: the cycle runs on time
+                self._check_lookup()
+        finally:
+            await self._closed(link, pinger)
+
+    def _connect(self, http: aiohttp.ClientSession) -> Any:
+        """The opening handshake. Keepalive: our pings every `keepalive_s`, the
+        connection dropped when a pong is late. The venue's pings are answered by
+        `_read`, which also tells them apart from its messages (`heartbeat`)."""
+        s = self.settings
+        return http.ws_connect(
+            self.url,
+            headers=self.headers(),
+            timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=1.0),
+            heartbeat=s.keepalive_s,
+            autoping=False,
+            max_msg_size=s.max_message_bytes,
+            compress=15,  # offered; the venue decides
+            decode_text=False,  # bytes: the codecs' JSON parser checks UTF-8 itself
+        )
+
+    async def _read(self, ws: ClientWebSocketResponse, link: Link) -> list[bytes]:
+        """The next message and those received with it (at most COALESCE). The read
+        timeout: no message for `read_timeout_s` (nor a ping, where the venue's pings
+        are its heartbeat) drops the connection. A timer only when a read must wait."""
+        limit = self.settings.read_timeout_s
+        loop = asyncio.get_running_loop()
+        since = loop.time()
+        frames: list[bytes] = []
+        while True:
+            waits = not queued(ws)
+            if waits and frames:
+                return frames
+            timeout = since + limit - loop.time() if waits else None
+            if timeout is not None and timeout <= 0:
+                raise SilentConnection(f"nothing received for {limit:g}s")
+            try:
+                msg = await ws.receive(timeout)
+            except TimeoutError:
+                raise SilentConnection(f"nothing received for {limit:g}s") from None
+            kind = msg.type
+            if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
+                frames.append(msg.data)
+                if len(frames) >= COALESCE:
+                    return frames
+            elif kind is WSMsgType.PING:
+                await ws.pong(msg.data)
+                if self.heartbeat:
+                    since, link.pinged_wall = loop.time(), time.time()
+            elif kind is not WSMsgType.PONG:
+                if frames:  # what came before the end first
+                    return frames
+                raise _ended(ws, msg)
+
+    async def _opened(self, link: Link, ws: ClientWebSocketResponse) -> None:
         """A connection is up: count it and subscribe."""
         # Life is what the venue sends: a handshake alone confirms nothing.
         link.session, link.life_t, link.ws = next(SESSIONS), math.nan, ws
@@ -441,7 +467,7 @@ class WebsocketFeed:
             self.metrics.reconnects.labels(self.venue).inc()
         log.info("%s: connected%s to %s", self.venue, link.label, mask_url(self.url))
         for subscription in link.codec.on_connect():
-            await ws.send(subscription)
+            await _send(ws, subscription)
 
     async def _closed(self, link: Link, *tasks: asyncio.Task[None] | None) -> None:
         """A connection ended: its session, and the tasks that served it."""
@@ -517,26 +543,31 @@ class WebsocketFeed:
             return decoded.ticks
         return None
 
-    async def _watchdog(self, ws: ClientConnection, link: Link, timeout: float) -> None:
-        """The read timeout: drops the connection once a wait for a message lasted
-        `timeout` seconds with no ping from the venue either (`_session` then raises
-        SilentConnection). One timer per timeout period, not one per message."""
-        loop = asyncio.get_running_loop()
-        while True:
-            since = link.waiting_since
-            if since is not None and isinstance(ws, HeartbeatConnection):
-                since = max(since, ws.pinged_at)
-            silent = 0.0 if since is None else loop.time() - since
-            if silent >= timeout:
-                break
-            await asyncio.sleep(timeout - silent)
-        ws.transport.abort()
-
-    async def _ping(self, ws: ClientConnection) -> None:
-        with contextlib.suppress(ConnectionClosed):
-            while True:
+    async def _ping(self, ws: ClientWebSocketResponse) -> None:
+        with contextlib.suppress(ConnectionError, aiohttp.ClientError):
+            while not ws.closed:
                 await asyncio.sleep(self.ping_interval_s)
-                await ws.send(self.ping_text)
+                await ws.send_str(self.ping_text)
+
+
+async def _send(ws: ClientWebSocketResponse, message: str | bytes) -> None:
+    if isinstance(message, str):
+        await ws.send_str(message)
+    else:
+        await ws.send_bytes(message)
+
+
+def _ended(ws: ClientWebSocketResponse, msg: aiohttp.WSMessage) -> ConnectionClosed:
+    """Why a connection ended, from the message that said so: a close by the venue
+    (its code), our own close for an error (a message too big: 1009), or a loss."""
+    if msg.type is WSMsgType.ERROR:
+        # aiohttp's WebSocketError carries the close code it closed with.
+        return ConnectionClosed(f"connection failed: {msg.data}", getattr(msg.data, "code", None))
+    if msg.type is WSMsgType.CLOSE:
+        return ConnectionClosed(
+            f"closed by the venue: code {msg.data} {msg.extra or ''}".strip(), msg.data
+        )
+    return ConnectionClosed(f"connection closed (code {ws.close_code})", ws.close_code)
 
 
 class LookupFeed(WebsocketFeed):
