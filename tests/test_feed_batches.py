@@ -3,6 +3,7 @@ most COALESCE frames), every tick kept, in order."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 
@@ -13,7 +14,7 @@ from riskd.feeds.base import Tick
 from riskd.feeds.connection import WebsocketFeed
 from riskd.feeds.polymarket.codec import Binding, PolymarketCodec
 from riskd.feeds.settings import ConnectionSettings
-from tests.support import PolymarketServer
+from tests.support import PolymarketServer, until
 
 FRAMES = 500
 T0_MS = 1_770_921_600_000
@@ -52,3 +53,40 @@ async def test_frames_read_together_are_one_batch_and_no_tick_is_lost() -> None:
     assert [t.ts for t in ticks] == [(T0_MS + k) / 1000 for k in range(FRAMES)]
     assert len(batches) < FRAMES, len(batches)  # some reads held several frames
     assert max(map(len, batches)) <= connection.COALESCE
+
+
+async def test_a_close_right_behind_frames_loses_none_of_them() -> None:
+    """The venue sends a burst and closes at once (the close frame in the same socket
+    reads as the last frames): every tick is yielded, then the feed reconnects,
+    saying how the connection ended."""
+    closes: list[int] = []
+
+    async def burst_then_close(conn: ServerConnection, assets: list[str]) -> None:
+        if closes:
+            return  # the reconnection: nothing more
+        closes.append(1001)
+        for k in range(FRAMES):
+            await conn.send(_frame(k))
+        await conn.close(1001, "going away")
+
+    venue = PolymarketServer(dump=False, stream=burst_then_close)
+    await venue.start()
+    codec = PolymarketCodec({"111": Binding("m", no=False)})
+    settings = ConnectionSettings(backoff_initial_s=0.01, backoff_max_s=0.05)
+    feed = WebsocketFeed("polymarket", venue.url, codec, settings)
+    ticks: list[Tick] = []
+
+    async def take() -> None:
+        async for batch in feed.ticks():
+            ticks.extend(batch)
+
+    task = asyncio.create_task(take())
+    try:
+        await until(lambda: feed.connections >= 2, what="the reconnection")
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await venue.close()
+    assert [t.ts for t in ticks] == [(T0_MS + k) / 1000 for k in range(FRAMES)]
+    assert "1001" in feed.last_error, feed.last_error

@@ -20,7 +20,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, Sized
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -64,10 +64,12 @@ COALESCE = 64
 BATCH_FROM = 4
 
 
-def queued(ws: ClientWebSocketResponse) -> bool:
-    """Whether messages wait in the connection's buffer (the next `receive` will not
-    wait). aiohttp keeps them in its reader's `_buffer`; without it, nothing waits."""
-    return bool(getattr(getattr(ws, "_reader", None), "_buffer", None))
+def waiting_on(ws: ClientWebSocketResponse) -> Sized:
+    """The messages received on `ws` and not yet read, as a sized collection (true
+    while the next `receive` will not wait). aiohttp keeps them in its reader's
+    `_buffer`; without one, nothing is taken as waiting: frames are read one by one."""
+    buffer = getattr(getattr(ws, "_reader", None), "_buffer", None)
+    return buffer if isinstance(buffer, Sized) else ()
 
 
 class ConnectionClosed(Exception):
@@ -91,6 +93,10 @@ class Link:
     life_t: float = math.nan  # wall time of the last frame received on it
     pinged_wall: float = -math.inf  # wall time of the venue's last ping on it
     ws: ClientWebSocketResponse | None = None
+    # The connection's received messages waiting to be read (`waiting_on`), and the
+    # message that ended it, kept while the ones before it are decoded.
+    waiting: Sized = ()
+    end: aiohttp.WSMessage | None = None
 
 
 class FeedError(RuntimeError):
@@ -424,42 +430,60 @@ class WebsocketFeed:
         )
 
     async def _read(self, ws: ClientWebSocketResponse, link: Link) -> list[bytes]:
-        """The next message and those received with it (at most COALESCE). The read
-        timeout: no message for `read_timeout_s` (nor a ping, where the venue's pings
-        are its heartbeat) drops the connection. A timer only when a read must wait."""
+        """The next message and those received with it (at most COALESCE)."""
+        frames = [await self._first(ws, link)]
+        waiting = link.waiting
+        receive, text, binary = ws.receive, WSMsgType.TEXT, WSMsgType.BINARY
+        while waiting and len(frames) < COALESCE:
+            msg = await receive()
+            if msg.type is text or msg.type is binary:
+                frames.append(msg.data)
+            elif not await self._control(ws, link, msg):
+                link.end = msg  # after the messages before it
+                break
+        return frames
+
+    async def _first(self, ws: ClientWebSocketResponse, link: Link) -> bytes:
+        """The next message. The read timeout: no message for `read_timeout_s` (nor a
+        ping, where the venue's pings are its heartbeat) drops the connection; a timer
+        only when the read must wait."""
         limit = self.settings.read_timeout_s
         loop = asyncio.get_running_loop()
         since = loop.time()
-        frames: list[bytes] = []
         while True:
-            waits = not queued(ws)
-            if waits and frames:
-                return frames
-            timeout = since + limit - loop.time() if waits else None
+            if link.end is not None:
+                raise _ended(ws, link.end)
+            timeout = None if link.waiting else since + limit - loop.time()
             if timeout is not None and timeout <= 0:
                 raise SilentConnection(f"nothing received for {limit:g}s")
             try:
                 msg = await ws.receive(timeout)
             except TimeoutError:
                 raise SilentConnection(f"nothing received for {limit:g}s") from None
-            kind = msg.type
-            if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
-                frames.append(msg.data)
-                if len(frames) >= COALESCE:
-                    return frames
-            elif kind is WSMsgType.PING:
-                await ws.pong(msg.data)
-                if self.heartbeat:
-                    since, link.pinged_wall = loop.time(), time.time()
-            elif kind is not WSMsgType.PONG:
-                if frames:  # what came before the end first
-                    return frames
-                raise _ended(ws, msg)
+            if msg.type is WSMsgType.TEXT or msg.type is WSMsgType.BINARY:
+                return msg.data
+            if not await self._control(ws, link, msg):
+                link.end = msg
+            elif msg.type is WSMsgType.PING and self.heartbeat:
+                since = loop.time()
+
+    async def _control(
+        self, ws: ClientWebSocketResponse, link: Link, msg: aiohttp.WSMessage
+    ) -> bool:
+        """A ping answered (and noted, where it is the venue's heartbeat), a pong
+        ignored: True; anything else ends the connection: False."""
+        if msg.type is WSMsgType.PING:
+            await ws.pong(msg.data)
+            if self.heartbeat:
+                link.pinged_wall = time.time()
+            return True
+        return msg.type is WSMsgType.PONG
 
     async def _opened(self, link: Link, ws: ClientWebSocketResponse) -> None:
         """A connection is up: count it and subscribe."""
         # Life is what the venue sends: a handshake alone confirms nothing.
         link.session, link.life_t, link.ws = next(SESSIONS), math.nan, ws
+        link.waiting, link.end = waiting_on(ws), None
         self._set_connected(link, True)
         self.connections += 1
         link.connections += 1
@@ -472,7 +496,7 @@ class WebsocketFeed:
     async def _closed(self, link: Link, *tasks: asyncio.Task[None] | None) -> None:
         """A connection ended: its session, and the tasks that served it."""
         self._live.ended.append(link.session)
-        link.session, link.ws = -1, None
+        link.session, link.ws, link.waiting, link.end = -1, None, (), None
         for task in (*tasks, self._lookup):
             if task is not None:
                 task.cancel()
