@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from riskd import heap
 from riskd.config import Settings
 from riskd.engine import Engine
 from riskd.feeds.base import Tick
@@ -76,6 +77,35 @@ def test_a_capture_is_a_copy_and_an_older_one_never_lands_last(tmp_path: Path) -
     store.write(store.capture(engine, engine.now, {"batch": 3}))
     assert store.load(Engine(Settings(), {}, discover=True)).seqs == {"batch": 3}
     assert older["est_sigma2"][0] != 123.0  # captured before the change, a copy
+
+
+def test_a_capture_into_mapped_memory_round_trips_and_lets_it_go(tmp_path: Path) -> None:
+    """The daemon's periodic capture copies the arrays into memory mapped for it
+    (riskd/heap.py `mapped`): zeroed when it comes, the arrays in it copies that the
+    engine's later changes do not reach, the snapshot written from them the same as
+    one from the heap, and the memory closable once the copies are gone."""
+    engine = _engine()
+    store = StateStore(tmp_path, max_age_s=60)
+    nbytes = store.capture_bytes(engine)
+    assert nbytes > 0
+    buffer = heap.mapped(nbytes)
+    assert len(buffer) >= nbytes and not any(buffer[:nbytes])
+    captured = store.capture(engine, engine.now, {"batch": 4}, buffer=buffer)
+    sigma2 = engine.est.sigma2.copy()
+    engine.est.sigma2[:] = 7.0  # after the capture
+    assert not np.shares_memory(captured["est_sigma2"], engine.est.sigma2)
+    on_map = np.frombuffer(buffer, np.uint8)
+    assert np.shares_memory(captured["est_sigma2"], on_map)  # copied into the map
+    del on_map
+    store.write(captured)
+    fresh = Engine(Settings(), {}, discover=True)
+    assert store.load(fresh).seqs == {"batch": 4}
+    np.testing.assert_array_equal(fresh.est.sigma2, sigma2)
+    np.testing.assert_array_equal(fresh.gov.leverage, engine.gov.leverage)
+    with pytest.raises(BufferError):
+        buffer.close()  # the copies still use it
+    del captured
+    buffer.close()
 
 
 def test_corrupt_snapshot_is_moved_aside_and_nothing_restored(tmp_path: Path) -> None:
