@@ -46,10 +46,12 @@ PONG = frozenset({"PONG", "pong", b"PONG", b"pong"})
 SIDES = ("BUY", "SELL")
 
 
-class PriceChangeEntry(msgspec.Struct, forbid_unknown_fields=True):
+class PriceChangeEntry(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     """One entry of a batched `price_change`, every field a string as the venue sends
     it. Anything else (a number, null, another field) fails msgspec's validation and
-    the frame takes the general path, whose checks name the rejection."""
+    the frame takes the general path, whose checks name the rejection. Outside the
+    garbage collector's lists (`gc=False`): strings alone cannot make a cycle, and
+    hundreds of thousands of them a second would set off its collections."""
 
     asset_id: str
     price: str
@@ -60,8 +62,9 @@ class PriceChangeEntry(msgspec.Struct, forbid_unknown_fields=True):
     best_ask: str | UnsetType = UNSET
 
 
-class PriceChangeEvent(msgspec.Struct, forbid_unknown_fields=True):
-    """The batched `price_change` event (since Sept 2025): nearly every frame."""
+class PriceChangeEvent(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """The batched `price_change` event (since Sept 2025): nearly every frame. Its
+    list holds entries only, so no cycle either."""
 
     event_type: Literal["price_change"]
     timestamp: str
