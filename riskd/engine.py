@@ -642,13 +642,12 @@ class Engine:
         pool as it stood at each row, from the rows before it."""
         cfg = self.settings.model
         if est is None:
-            exposure_all = now - self.first_t
-            estimator.elapsed(exposure_all, out=exposure_all)
-            own = exposure_all[idx]
+            # The pool's totals: one pass over every market (its time is one `now`).
+            jumps, exposure_all = parameters.pool_exposure(self.est.jumps, self.first_t, float(now))
             return parameters.pooled_jump_rate(
                 self.est.jumps[idx].astype(np.float64),
-                own,
-                float(self.est.jumps.sum()),
+                exposure_all[idx],
+                float(jumps),
                 float(exposure_all.sum()),
                 cfg,
             )
