@@ -19,7 +19,7 @@ from riskd import wire
 from riskd.caps import ExchangeSource, OpenInterestCaps, cap_moved, take
 from riskd.config import Settings
 from riskd.feeds.base import Liveness, Tick
-from riskd.jit import configure_cache
+from riskd.jit import configure_cache, fmax, fmin, njit
 from riskd.markets import Market, MarketRows, MarketTable
 from riskd.model import estimator, governor, parameters
 from riskd.model.governor import Conditions, GovernorState
@@ -343,6 +343,22 @@ class Engine:
         price was last confirmed (nan: not at all, e.g. its connection is down or its
         book broke), and whether its book is held on a live connection. Markets never
         heard on a live connection (a tape): the last tick, and None."""
+        if isinstance(idx, np.ndarray) and idx.dtype == np.int64 and idx.ndim == 1:
+            # A cycle's rows: one compiled pass (`_freshness`), the same values.
+            n = idx.shape[0]
+            confirmed, booked = np.empty(n), np.empty(n, np.bool_)
+            live = _freshness(
+                np.ascontiguousarray(idx), self.link, self.est.t, self.life, self.broken,
+                self.booked, self.heard_t, confirmed, booked,
+            )  # fmt: skip
+            if live == 0:
+                return confirmed, None
+            if live == 1:
+                return confirmed, booked
+        return self._freshness_of(idx)
+
+    def _freshness_of(self, idx: Index) -> Freshness:
+        """`freshness` in numpy: any `idx`."""
         link = self.link[idx]
         t = self.est.t[idx]
         live = link >= 0
@@ -498,12 +514,9 @@ class Engine:
     ) -> np.ndarray:
         """The ticks (idx[k], ...) in order, a market possibly several times; returns the
         jump mask (`record`: see `estimator.update`)."""
-        first = idx[~self._seen[idx]]
-        if first.size:
-            self._seen[first] = True
-            self.ticked += int(np.unique(first).size)
-        np.fmin.at(self.first_t, idx, t)
-        self.due_t[idx] = -np.inf
+        self.ticked += _mark_ticked(
+            np.ascontiguousarray(idx, np.int64), _float64(t), self._seen, self.first_t, self.due_t
+        )
         jumps = estimator.update(
             self.est, self.settings.model, idx, t, p, half_spread, depth, record=record
         )
@@ -910,6 +923,49 @@ def compile_kernels(settings: Settings) -> None:
     rows[1] = (0, 0, t0 + 62.0, 0.5, 0.49, 0.51, 100.0)
     engine.enqueue(TickColumns.of_rows(["warm-up"], rows.tobytes()), t0 + 62.0)
     engine.cycle(t0 + 62.0)
+
+
+@njit
+def _mark_ticked(idx, t, seen, first_t, due_t):  # type: ignore[no-untyped-def]
+    """Ticks (idx[k], t[k]) applied: each market seen, its first tick's time, due at
+    the next cycle. Returns how many markets ticked for the first time."""
+    new = 0
+    for k in range(idx.shape[0]):
+        i = idx[k]
+        if not seen[i]:
+            seen[i] = True
+            new += 1
+        first_t[i] = fmin(first_t[i], t[k])
+        due_t[i] = -np.inf
+    return new
+
+
+@njit
+def _freshness(rows, link, t, life, broken, booked, heard_t, confirmed, live_book):  # type: ignore[no-untyped-def]
+    """`Engine.freshness` of `rows` into `confirmed` and `live_book`, row by row.
+    Returns 0 if none of them is on a live connection, 1 if some are, 2 if a
+    connection has no life reported (the numpy version's error, which it raises)."""
+    live = 0
+    for k in range(rows.shape[0]):
+        i = rows[k]
+        session = link[i]
+        confirmed[k] = t[i]
+        live_book[k] = False
+        if session < 0:
+            continue
+        if session >= life.shape[0]:
+            return 2
+        live = 1
+        up = not np.isnan(life[session]) and not broken[i]
+        held = booked[i] and up
+        heard = fmax(heard_t[i], t[i])
+        confirmed[k] = (fmax(heard, life[session]) if held else heard) if up else np.nan
+        live_book[k] = held
+    return live
+
+
+def _float64(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a, np.float64)
 
 
 def tick_arrays(ticks: list[Tick]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
