@@ -80,6 +80,7 @@ class Engine:
     # Per market, grown with the others (`_grow_state`); columns are pending.
     _newest = np.zeros(0)
     _columns_pending = False
+    _valid_rows: np.ndarray | None = None  # the rows `_positions` checked last
 
     def __init__(self, settings: Settings, markets: Mapping[str, Market], discover: bool) -> None:
         self.settings = settings
@@ -501,7 +502,7 @@ class Engine:
         else:
             idx, t, p, half_spread, depth = (np.concatenate(c) for c in zip(*parts, strict=True))
         self._newest[idx] = np.nan
-        return int(self.apply(idx, t, p, half_spread, depth).sum())
+        return int(np.count_nonzero(self.apply(idx, t, p, half_spread, depth)))
 
     def apply(
         self,
@@ -570,10 +571,13 @@ class Engine:
     def _positions(self, idx: Index) -> np.ndarray:
         """The market numbers `idx` stands for (ALL: every market), checked: the
         compiled passes read the engine's arrays at them."""
+        if idx is self._valid_rows:  # a cycle's chunk, checked once for its three passes
+            return idx
         n = len(self.ids)
         if isinstance(idx, np.ndarray) and idx.dtype == np.int64 and idx.ndim == 1:
             if not idx.size or (idx.min() >= 0 and idx.max() < n):
-                return np.ascontiguousarray(idx)
+                self._valid_rows = rows = np.ascontiguousarray(idx)
+                return rows
         return np.arange(n)[idx]
 
     def _overridden(self, idx: Index) -> list[tuple[int, Override]]:
@@ -824,15 +828,13 @@ class Engine:
         """The markets to evaluate at `now`: those due, and the sweep's share (every
         market at least every `reevaluate_s`: tau and lambda drift without ticks)."""
         n = len(self.ids)
-        due = self.due_t <= now
+        start = stop = 0
         if math.isfinite(previous) and now > previous:
             share = min(n, math.ceil(n * (now - previous) / self.settings.governor.reevaluate_s))
-            stop = self._sweep + share
-            due[self._sweep : stop] = True
-            if stop > n:
-                due[: stop - n] = True
+            start, stop = self._sweep, self._sweep + share
             self._sweep = stop % n
-        return np.flatnonzero(due)
+        rows = np.empty(n, np.int64)
+        return rows[: _due_rows(self.due_t, float(now), start, stop, rows)]
 
     def render(self, rows: np.ndarray) -> list[dict[str, Any]]:
         """The sets markets `rows` last published (riskd/wire.py): the governor state
@@ -938,6 +940,19 @@ def _mark_ticked(idx, t, seen, first_t, due_t):  # type: ignore[no-untyped-def]
         first_t[i] = fmin(first_t[i], t[k])
         due_t[i] = -np.inf
     return new
+
+
+@njit
+def _due_rows(due_t, now, start, stop, rows):  # type: ignore[no-untyped-def]
+    """Into `rows`, in order, the markets due at `now` and those of the sweep's share
+    [start, stop) (modulo the market count); returns how many."""
+    n = due_t.shape[0]
+    m = 0
+    for i in range(n):
+        if due_t[i] <= now or start <= i < stop or i < stop - n:
+            rows[m] = i
+            m += 1
+    return m
 
 
 @njit
