@@ -297,12 +297,9 @@ class Engine:
                 ended = np.asarray(live.ended, np.int64)
                 self.life[ended] = np.nan
                 self.due_t[np.isin(self.link, ended)] = -np.inf  # stale at once
-        if live.heard:
-            i, sid, t = self._rows(live.heard)
-            moved = self.link[i] != sid
-            self.booked[i[moved]] = False  # a book belongs to the session it came on
-            self.link[i] = sid
-            self.heard_t[i] = np.fmax(self.heard_t[i], t)
+        if live.heard:  # a book belongs to the session it came on (`_heard`)
+            rows, pairs = self._pairs(live.heard)
+            _heard(rows, pairs, self.link, self.booked, self.heard_t)
         if live.books:
             i, sid, t = self._rows(live.books)
             broke = sid < 0
@@ -315,23 +312,26 @@ class Engine:
         if live.depths:
             rows = self._lookup(live.depths)
             depths = np.fromiter(live.depths.values(), np.float64, len(rows))
-            known = rows >= 0
-            self.est.depth[rows[known]] = depths[known]
-            self.due_t[rows[known]] = -np.inf
+            _depths(rows, depths, self.est.depth, self.due_t)
 
     def _rows(
         self, table: Mapping[str, tuple[int, float]]
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(rows, sessions, times) of a {market: (session, time)} report, known markets
         only. The pairs are read as one float array (sessions are small integers)."""
-        rows = self._lookup(table)
-        n = len(rows)
-        pairs = np.fromiter(chain.from_iterable(table.values()), np.float64, 2 * n)
-        pairs = pairs.reshape(n, 2)
+        rows, pairs = self._pairs(table)
         known = rows >= 0
         if not known.all():
             rows, pairs = rows[known], pairs[known]
         return rows, pairs[:, 0].astype(np.int64), pairs[:, 1]
+
+    def _pairs(self, table: Mapping[str, tuple[int, float]]) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, pairs) of a {market: (session, time)} report: rows -1 for markets not
+        known, the pairs as one (n, 2) float array."""
+        rows = self._lookup(table)
+        n = len(rows)
+        pairs = np.fromiter(chain.from_iterable(table.values()), np.float64, 2 * n)
+        return rows, pairs.reshape(n, 2)
 
     def _lookup(self, markets: Collection[str]) -> np.ndarray:
         """The rows of `markets` (-1: not known), looked up in a C loop: a report names
@@ -924,6 +924,10 @@ def compile_kernels(settings: Settings) -> None:
     rows[0] = (0, 0, t0 + 61.0, 0.5, 0.49, 0.51, 100.0)
     rows[1] = (0, 0, t0 + 62.0, 0.5, 0.49, 0.51, 100.0)
     engine.enqueue(TickColumns.of_rows(["warm-up"], rows.tobytes()), t0 + 62.0)
+    # A live feed's report: what it heard, on a session, and a depth.
+    engine.confirm(
+        Liveness(heard={"warm-up": (0, t0 + 62.0)}, depths={"warm-up": 90.0}, sessions={0: t0})
+    )
     engine.cycle(t0 + 62.0)
 
 
@@ -940,6 +944,31 @@ def _mark_ticked(idx, t, seen, first_t, due_t):  # type: ignore[no-untyped-def]
         first_t[i] = fmin(first_t[i], t[k])
         due_t[i] = -np.inf
     return new
+
+
+@njit
+def _heard(rows, pairs, link, booked, heard_t):  # type: ignore[no-untyped-def]
+    """`Engine.confirm`'s markets heard: (session, time) pairs of the rows (-1: not
+    known, skipped; each row once). A market heard on another session loses its book."""
+    for k in range(rows.shape[0]):
+        i = rows[k]
+        if i < 0:
+            continue
+        session = np.int64(pairs[k, 0])
+        if link[i] != session:
+            booked[i] = False
+        link[i] = session
+        heard_t[i] = fmax(heard_t[i], pairs[k, 1])
+
+
+@njit
+def _depths(rows, depths, depth, due_t):  # type: ignore[no-untyped-def]
+    """`Engine.confirm`'s depth changes (rows -1: not known, skipped): due at once."""
+    for k in range(rows.shape[0]):
+        i = rows[k]
+        if i >= 0:
+            depth[i] = depths[k]
+            due_t[i] = -np.inf
 
 
 @njit
