@@ -19,7 +19,7 @@ from riskd import wire
 from riskd.caps import ExchangeSource, OpenInterestCaps, cap_moved, take
 from riskd.config import Settings
 from riskd.feeds.base import Liveness, Tick
-from riskd.jit import configure_cache
+from riskd.jit import configure_cache, fmax, fmin, njit
 from riskd.markets import Market, MarketRows, MarketTable
 from riskd.model import estimator, governor, parameters
 from riskd.model.governor import Conditions, GovernorState
@@ -80,6 +80,7 @@ class Engine:
     # Per market, grown with the others (`_grow_state`); columns are pending.
     _newest = np.zeros(0)
     _columns_pending = False
+    _valid_rows: np.ndarray | None = None  # the rows `_positions` checked last
 
     def __init__(self, settings: Settings, markets: Mapping[str, Market], discover: bool) -> None:
         self.settings = settings
@@ -296,12 +297,9 @@ class Engine:
                 ended = np.asarray(live.ended, np.int64)
                 self.life[ended] = np.nan
                 self.due_t[np.isin(self.link, ended)] = -np.inf  # stale at once
-        if live.heard:
-            i, sid, t = self._rows(live.heard)
-            moved = self.link[i] != sid
-            self.booked[i[moved]] = False  # a book belongs to the session it came on
-            self.link[i] = sid
-            self.heard_t[i] = np.fmax(self.heard_t[i], t)
+        if live.heard:  # a book belongs to the session it came on (`_heard`)
+            rows, pairs = self._pairs(live.heard)
+            _heard(rows, pairs, self.link, self.booked, self.heard_t)
         if live.books:
             i, sid, t = self._rows(live.books)
             broke = sid < 0
@@ -314,23 +312,26 @@ class Engine:
         if live.depths:
             rows = self._lookup(live.depths)
             depths = np.fromiter(live.depths.values(), np.float64, len(rows))
-            known = rows >= 0
-            self.est.depth[rows[known]] = depths[known]
-            self.due_t[rows[known]] = -np.inf
+            _depths(rows, depths, self.est.depth, self.due_t)
 
     def _rows(
         self, table: Mapping[str, tuple[int, float]]
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(rows, sessions, times) of a {market: (session, time)} report, known markets
         only. The pairs are read as one float array (sessions are small integers)."""
-        rows = self._lookup(table)
-        n = len(rows)
-        pairs = np.fromiter(chain.from_iterable(table.values()), np.float64, 2 * n)
-        pairs = pairs.reshape(n, 2)
+        rows, pairs = self._pairs(table)
         known = rows >= 0
         if not known.all():
             rows, pairs = rows[known], pairs[known]
         return rows, pairs[:, 0].astype(np.int64), pairs[:, 1]
+
+    def _pairs(self, table: Mapping[str, tuple[int, float]]) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, pairs) of a {market: (session, time)} report: rows -1 for markets not
+        known, the pairs as one (n, 2) float array."""
+        rows = self._lookup(table)
+        n = len(rows)
+        pairs = np.fromiter(chain.from_iterable(table.values()), np.float64, 2 * n)
+        return rows, pairs.reshape(n, 2)
 
     def _lookup(self, markets: Collection[str]) -> np.ndarray:
         """The rows of `markets` (-1: not known), looked up in a C loop: a report names
@@ -343,6 +344,22 @@ class Engine:
         price was last confirmed (nan: not at all, e.g. its connection is down or its
         book broke), and whether its book is held on a live connection. Markets never
         heard on a live connection (a tape): the last tick, and None."""
+        if isinstance(idx, np.ndarray) and idx.dtype == np.int64 and idx.ndim == 1:
+            # A cycle's rows: one compiled pass (`_freshness`), the same values.
+            n = idx.shape[0]
+            confirmed, booked = np.empty(n), np.empty(n, np.bool_)
+            live = _freshness(
+                np.ascontiguousarray(idx), self.link, self.est.t, self.life, self.broken,
+                self.booked, self.heard_t, confirmed, booked,
+            )  # fmt: skip
+            if live == 0:
+                return confirmed, None
+            if live == 1:
+                return confirmed, booked
+        return self._freshness_of(idx)
+
+    def _freshness_of(self, idx: Index) -> Freshness:
+        """`freshness` in numpy: any `idx`."""
         link = self.link[idx]
         t = self.est.t[idx]
         live = link >= 0
@@ -485,7 +502,7 @@ class Engine:
         else:
             idx, t, p, half_spread, depth = (np.concatenate(c) for c in zip(*parts, strict=True))
         self._newest[idx] = np.nan
-        return int(self.apply(idx, t, p, half_spread, depth).sum())
+        return int(np.count_nonzero(self.apply(idx, t, p, half_spread, depth)))
 
     def apply(
         self,
@@ -498,12 +515,9 @@ class Engine:
     ) -> np.ndarray:
         """The ticks (idx[k], ...) in order, a market possibly several times; returns the
         jump mask (`record`: see `estimator.update`)."""
-        first = idx[~self._seen[idx]]
-        if first.size:
-            self._seen[first] = True
-            self.ticked += int(np.unique(first).size)
-        np.fmin.at(self.first_t, idx, t)
-        self.due_t[idx] = -np.inf
+        self.ticked += _mark_ticked(
+            np.ascontiguousarray(idx, np.int64), _float64(t), self._seen, self.first_t, self.due_t
+        )
         jumps = estimator.update(
             self.est, self.settings.model, idx, t, p, half_spread, depth, record=record
         )
@@ -557,10 +571,13 @@ class Engine:
     def _positions(self, idx: Index) -> np.ndarray:
         """The market numbers `idx` stands for (ALL: every market), checked: the
         compiled passes read the engine's arrays at them."""
+        if idx is self._valid_rows:  # a cycle's chunk, checked once for its three passes
+            return idx
         n = len(self.ids)
         if isinstance(idx, np.ndarray) and idx.dtype == np.int64 and idx.ndim == 1:
             if not idx.size or (idx.min() >= 0 and idx.max() < n):
-                return np.ascontiguousarray(idx)
+                self._valid_rows = rows = np.ascontiguousarray(idx)
+                return rows
         return np.arange(n)[idx]
 
     def _overridden(self, idx: Index) -> list[tuple[int, Override]]:
@@ -642,13 +659,12 @@ class Engine:
         pool as it stood at each row, from the rows before it."""
         cfg = self.settings.model
         if est is None:
-            exposure_all = now - self.first_t
-            estimator.elapsed(exposure_all, out=exposure_all)
-            own = exposure_all[idx]
+            # The pool's totals: one pass over every market (its time is one `now`).
+            jumps, exposure_all = parameters.pool_exposure(self.est.jumps, self.first_t, float(now))
             return parameters.pooled_jump_rate(
                 self.est.jumps[idx].astype(np.float64),
-                own,
-                float(self.est.jumps.sum()),
+                exposure_all[idx],
+                float(jumps),
                 float(exposure_all.sum()),
                 cfg,
             )
@@ -812,15 +828,13 @@ class Engine:
         """The markets to evaluate at `now`: those due, and the sweep's share (every
         market at least every `reevaluate_s`: tau and lambda drift without ticks)."""
         n = len(self.ids)
-        due = self.due_t <= now
+        start = stop = 0
         if math.isfinite(previous) and now > previous:
             share = min(n, math.ceil(n * (now - previous) / self.settings.governor.reevaluate_s))
-            stop = self._sweep + share
-            due[self._sweep : stop] = True
-            if stop > n:
-                due[: stop - n] = True
+            start, stop = self._sweep, self._sweep + share
             self._sweep = stop % n
-        return np.flatnonzero(due)
+        rows = np.empty(n, np.int64)
+        return rows[: _due_rows(self.due_t, float(now), start, stop, rows)]
 
     def render(self, rows: np.ndarray) -> list[dict[str, Any]]:
         """The sets markets `rows` last published (riskd/wire.py): the governor state
@@ -910,7 +924,92 @@ def compile_kernels(settings: Settings) -> None:
     rows[0] = (0, 0, t0 + 61.0, 0.5, 0.49, 0.51, 100.0)
     rows[1] = (0, 0, t0 + 62.0, 0.5, 0.49, 0.51, 100.0)
     engine.enqueue(TickColumns.of_rows(["warm-up"], rows.tobytes()), t0 + 62.0)
+    # A live feed's report: what it heard, on a session, and a depth.
+    engine.confirm(
+        Liveness(heard={"warm-up": (0, t0 + 62.0)}, depths={"warm-up": 90.0}, sessions={0: t0})
+    )
     engine.cycle(t0 + 62.0)
+
+
+@njit
+def _mark_ticked(idx, t, seen, first_t, due_t):  # type: ignore[no-untyped-def]
+    """Ticks (idx[k], t[k]) applied: each market seen, its first tick's time, due at
+    the next cycle. Returns how many markets ticked for the first time."""
+    new = 0
+    for k in range(idx.shape[0]):
+        i = idx[k]
+        if not seen[i]:
+            seen[i] = True
+            new += 1
+        first_t[i] = fmin(first_t[i], t[k])
+        due_t[i] = -np.inf
+    return new
+
+
+@njit
+def _heard(rows, pairs, link, booked, heard_t):  # type: ignore[no-untyped-def]
+    """`Engine.confirm`'s markets heard: (session, time) pairs of the rows (-1: not
+    known, skipped; each row once). A market heard on another session loses its book."""
+    for k in range(rows.shape[0]):
+        i = rows[k]
+        if i < 0:
+            continue
+        session = np.int64(pairs[k, 0])
+        if link[i] != session:
+            booked[i] = False
+        link[i] = session
+        heard_t[i] = fmax(heard_t[i], pairs[k, 1])
+
+
+@njit
+def _depths(rows, depths, depth, due_t):  # type: ignore[no-untyped-def]
+    """`Engine.confirm`'s depth changes (rows -1: not known, skipped): due at once."""
+    for k in range(rows.shape[0]):
+        i = rows[k]
+        if i >= 0:
+            depth[i] = depths[k]
+            due_t[i] = -np.inf
+
+
+@njit
+def _due_rows(due_t, now, start, stop, rows):  # type: ignore[no-untyped-def]
+    """Into `rows`, in order, the markets due at `now` and those of the sweep's share
+    [start, stop) (modulo the market count); returns how many."""
+    n = due_t.shape[0]
+    m = 0
+    for i in range(n):
+        if due_t[i] <= now or start <= i < stop or i < stop - n:
+            rows[m] = i
+            m += 1
+    return m
+
+
+@njit
+def _freshness(rows, link, t, life, broken, booked, heard_t, confirmed, live_book):  # type: ignore[no-untyped-def]
+    """`Engine.freshness` of `rows` into `confirmed` and `live_book`, row by row.
+    Returns 0 if none of them is on a live connection, 1 if some are, 2 if a
+    connection has no life reported (the numpy version's error, which it raises)."""
+    live = 0
+    for k in range(rows.shape[0]):
+        i = rows[k]
+        session = link[i]
+        confirmed[k] = t[i]
+        live_book[k] = False
+        if session < 0:
+            continue
+        if session >= life.shape[0]:
+            return 2
+        live = 1
+        up = not np.isnan(life[session]) and not broken[i]
+        held = booked[i] and up
+        heard = fmax(heard_t[i], t[i])
+        confirmed[k] = (fmax(heard, life[session]) if held else heard) if up else np.nan
+        live_book[k] = held
+    return live
+
+
+def _float64(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a, np.float64)
 
 
 def tick_arrays(ticks: list[Tick]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

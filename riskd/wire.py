@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from riskd.jit import njit
 from riskd.model.governor import MODES
 from riskd.model.parameters import SIDES, reason_names
 from riskd.timeutil import iso
@@ -169,24 +170,49 @@ def round_places(x: np.ndarray, places: int | np.ndarray) -> np.ndarray:
 
     Scaled by a power of ten, rounded and scaled back, which is exact (the quotient or
     product of two exact numbers, correctly rounded) except where the scaled value lies
-    within rounding error of a half: those few go through round() itself."""
+    within rounding error of a half: those few go through round() itself. One compiled
+    pass (`_round_scaled`): a cycle's sets are rounded in one call, whose cost was its
+    dozen numpy calls."""
     x = np.asarray(x, dtype=np.float64)
     places = np.broadcast_to(np.asarray(places, dtype=np.int64), x.shape)
-    out = x.copy()
-    regular = np.isfinite(x) & (x != 0.0)
-    exact = regular & (np.abs(places) <= 22)  # 10**22 is the largest exact power of ten
-    for sign in (1, -1):
-        mask = exact & (places * sign >= 0)
-        if not mask.any():
+    values = np.ascontiguousarray(x).reshape(-1)
+    digits = np.ascontiguousarray(places).reshape(-1)
+    out = np.empty_like(values)
+    slow = np.empty(values.shape, np.bool_)
+    if _round_scaled(values, digits, _POWERS_OF_TEN, out, slow):
+        out[slow] = [
+            round(v, p) for v, p in zip(values[slow].tolist(), digits[slow].tolist(), strict=True)
+        ]
+    return out.reshape(x.shape)
+
+
+# 10 ** k as numpy's power gives it, k = 0 .. 22 (each exact: 10**22 is the largest).
+_POWERS_OF_TEN = 10.0 ** np.arange(23)
+
+
+@njit
+def _round_scaled(x, places, powers, out, slow):  # type: ignore[no-untyped-def]
+    """`round_places`' exact values into `out`, and `slow`: the values round() must
+    take (a power of ten beyond 10**22, or a scaled value within rounding of a half).
+    Returns whether there is any. Zeros, infinities and nan are kept as they are."""
+    any_slow = False
+    for k in range(x.shape[0]):
+        v, p = x[k], places[k]
+        out[k] = v
+        slow[k] = False
+        if not np.isfinite(v) or v == 0.0:
             continue
-        scale = 10.0 ** (sign * places[mask])
-        y = x[mask] * scale if sign > 0 else x[mask] / scale
-        near_half = np.abs(y - np.floor(y) - 0.5) <= np.abs(y) * 4e-16
+        if abs(p) > 22:
+            slow[k] = any_slow = True
+            continue
+        scale = powers[abs(p)]
+        y = v * scale if p >= 0 else v / scale
+        if np.abs(y - np.floor(y) - 0.5) <= np.abs(y) * 4e-16:
+            slow[k] = any_slow = True
+            continue
         rounded = np.rint(y)
-        out[mask] = np.where(near_half, np.nan, rounded / scale if sign > 0 else rounded * scale)
-    slow = regular & (~exact | np.isnan(out))
-    out[slow] = [round(v, p) for v, p in zip(x[slow].tolist(), places[slow].tolist(), strict=True)]
-    return out
+        out[k] = rounded / scale if p >= 0 else rounded * scale
+    return any_slow
 
 
 def round_sig(x: np.ndarray, digits: int = 6) -> np.ndarray:

@@ -397,11 +397,14 @@ def _step(state, rows, targets, cond, cfg, out):  # type: ignore[no-untyped-def]
     loosen_interval_s, max_loosen_step = cfg.loosen_interval_s, cfg.max_loosen_step
     deadband, ttl_s = cfg.deadband, cfg.ttl_s
     rec = out.record
+    # Per side, reused from row to row (an allocation per row cost more than the row).
+    lev_t, fee_t, prev_lev, prev_fee = np.empty(2), np.empty(2), np.empty(2), np.empty(2)
+    lev_new, fee_new = np.empty(2), np.empty(2)
     for k in range(rows.market.shape[0]):
         i = rows.market[k]
         now = rows.now[k]
-        lev_t = targets.leverage[k].copy()
-        fee_t = targets.fee[k].copy()
+        lev_t[0], lev_t[1] = targets.leverage[k, 0], targets.leverage[k, 1]
+        fee_t[0], fee_t[1] = targets.fee[k, 0], targets.fee[k, 1]
         slip_t = targets.slippage[k]
         reasons = targets.reasons[k]
 
@@ -450,8 +453,8 @@ def _step(state, rows, targets, cond, cfg, out):  # type: ignore[no-untyped-def]
         slip_t = _max(np.floor(slip_t / SLIPPAGE_STEP + 1e-9) * SLIPPAGE_STEP, SLIPPAGE_STEP)
 
         first = mode[i] < 0
-        prev_lev = leverage[i].copy()
-        prev_fee = fee[i].copy()
+        prev_lev[0], prev_lev[1] = leverage[i, 0], leverage[i, 1]
+        prev_fee[0], prev_fee[1] = fee[i, 0], fee[i, 1]
         prev_slip = slippage[i]
         # Loosening: one bounded step per interval, counted from the last change, the
         # end of a jump cool-down or the last cycle at which nothing waited to loosen,
@@ -463,8 +466,6 @@ def _step(state, rows, targets, cond, cfg, out):  # type: ignore[no-untyped-def]
         steps = 0.0 if cooldown or np.isnan(steps) else min(max(np.floor(steps), 0.0), 64.0)
         grow = (1.0 + max_loosen_step) ** steps
 
-        lev_new = np.empty(2)
-        fee_new = np.empty(2)
         for s in range(2):
             if first:  # a first publish takes the targets
                 lev_new[s] = lev_t[s]

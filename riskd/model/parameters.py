@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from riskd.jit import clip, fmax, maximum, minimum, nan_to_zero, njit
+from riskd.jit import MAX_FLOAT, clip, fmax, maximum, minimum, nan_to_zero, njit
 from riskd.model import scenarios
 from riskd.model.estimator import EstimatorState, expit
 from riskd.model.scenarios import dated_probability, uniform_probability
@@ -617,3 +617,20 @@ def pooled_jump_rate(
         pool_exposure + cfg.jump_pool_prior_s
     )
     return (jumps + pool * cfg.jump_shrinkage_s) / (exposure + cfg.jump_shrinkage_s)
+
+
+def pool_exposure(jumps: np.ndarray, first_t: np.ndarray, now: float) -> tuple[int, np.ndarray]:
+    """Section 3, the pool of `pooled_jump_rate` at `now`: every market's jump count
+    summed, and each market's time since its first tick (`estimator.elapsed` of
+    now - first_t), in one compiled pass over the markets."""
+    exposure = np.empty(first_t.shape[0])
+    return _pool_exposure(jumps, first_t, now, exposure), exposure
+
+
+@njit
+def _pool_exposure(jumps, first_t, now, exposure):  # type: ignore[no-untyped-def]
+    total = 0
+    for i in range(first_t.shape[0]):
+        exposure[i] = minimum(fmax(now - first_t[i], 0.0), MAX_FLOAT)
+        total += jumps[i]
+    return total
