@@ -33,6 +33,7 @@ from typing import IO, Any, TypeVar
 import numpy as np
 
 from riskd.feeds.base import MAX_DEPTH, Tick, make_tick
+from riskd.jit import njit
 from riskd.ticks import TickColumns, clean, tick_fault
 
 __all__ = [
@@ -579,8 +580,8 @@ def _plain(path: Path, limit: int = -1) -> tuple[list[str], str] | None:
     if _replaced[0] != seen or '"' in text or "\0" in text:
         return None
     if "\r" in text:
-        text = text.replace("\r\n", "\n")
-        if "\r" in text:  # a lone CR
+        text = _lf(text)
+        if text is None:  # a lone CR
             return None
     at = text.find("\n")
     head = text if at < 0 else text[:at]
@@ -594,25 +595,43 @@ def _plain(path: Path, limit: int = -1) -> tuple[list[str], str] | None:
         return None
 
 
+def _lf(text: str) -> str | None:
+    """`text` with each CRLF as LF, or None if it has a lone CR. ASCII on its bytes,
+    where deleting every CR is one fast pass."""
+    if not text.isascii():
+        text = text.replace("\r\n", "\n")
+        return None if "\r" in text else text
+    raw = text.encode("ascii")
+    data = np.frombuffer(raw, np.uint8)
+    after = np.flatnonzero(data == 13) + 1
+    if after.shape[0] and (after[-1] == data.shape[0] or (data[after] != 10).any()):
+        return None
+    return raw.replace(b"\r", b"").decode("ascii")
+
+
 def _plain_rows(names: list[str], bodies: list[str]) -> tuple[_Raw, list[int]]:
     """The rows of plain files of one header (`_plain`), split at once: of the files
-    whose every line is as wide as the header (their numbers: `taken`)."""
+    whose every line is as wide as the header (their numbers: `taken`). ASCII files
+    are split on their bytes (`_Fields`), others at commas into strings."""
     ncols = len(names)
-    columns: list[list[str]] = [[] for _ in names]
-    taken, sizes = [], []
+    taken, sizes, bounds = [], [], []
     for k, body in enumerate(bodies):
         n = body.count("\n") + 1 if body else 0
-        if not _even(body, n, ncols):
+        seps = _even(body, n, ncols)
+        if seps is None:
             continue
-        fields = body.replace("\n", ",").split(",") if n else []
-        for i, column in enumerate(columns):
-            column += fields[i::ncols]
         taken.append(k)
         sizes.append(n)
+        bounds.append(seps)
+    kept = [bodies[k] for k in taken]
+    if all(map(str.isascii, kept)):
+        columns: list[Sequence[str]] = _fields(kept, bounds, ncols)
+    else:
+        columns = _split(kept, ncols)
     places = np.concatenate([np.arange(n) for n in sizes] + [np.zeros(0, np.int64)])
     return _Raw(
         where=_where(names),
-        columns=list(columns),
+        columns=columns,
         lines=places + 2,  # after the header
         places=places,
         sizes=sizes,
@@ -621,18 +640,133 @@ def _plain_rows(names: list[str], bodies: list[str]) -> tuple[_Raw, list[int]]:
     ), taken
 
 
-def _even(body: str, n: int, ncols: int) -> bool:
-    """Whether each of the n lines of `body` has ncols fields, none over the field limit."""
+def _split(bodies: list[str], ncols: int) -> list[Sequence[str]]:
+    """The fields of plain bodies, column by column, as strings."""
+    columns: list[list[str]] = [[] for _ in range(ncols)]
+    for body in bodies:
+        fields = body.replace("\n", ",").split(",") if body else []
+        for i, column in enumerate(columns):
+            column += fields[i::ncols]
+    return list(columns)
+
+
+def _fields(bodies: list[str], bounds: list[np.ndarray], ncols: int) -> list[Sequence[str]]:
+    """The fields of plain ASCII bodies, column by column, as where each starts and
+    ends in the bodies joined (`bounds`: each body's commas and newlines, `_even`)."""
+    text = "".join(bodies)
+    starts, ends, offset = [np.zeros((0, ncols), np.int64)], [np.zeros((0, ncols), np.int64)], 0
+    for body, seps in zip(bodies, bounds, strict=True):
+        if body:
+            end = np.append(seps, len(body)) + offset
+            # A field starts after the separator before it, a body's first at its start.
+            starts.append(np.concatenate(([offset], end[:-1] + 1)).reshape(-1, ncols))
+            ends.append(end.reshape(-1, ncols))
+        offset += len(body)
+    start, end = np.concatenate(starts), np.concatenate(ends)
+    data = np.frombuffer(text.encode("ascii"), np.uint8)
+    return [_Fields(text, data, start[:, i].copy(), end[:, i].copy()) for i in range(ncols)]
+
+
+class _Fields(Sequence[str]):
+    """A column of plain ASCII CSV text as where each field starts and ends in it:
+    numbers and times are read from its bytes (`_fixed`, `_decimals`), strings are
+    made where asked for, once per run of equal fields (`texts`)."""
+
+    def __init__(self, text: str, data: np.ndarray, start: np.ndarray, end: np.ndarray) -> None:
+        self.text, self.data, self.start, self.end = text, data, start, end
+        self._texts: list[str] | None = None
+
+    def __len__(self) -> int:
+        return int(self.start.shape[0])
+
+    def __getitem__(self, k):  # type: ignore[no-untyped-def, override]
+        if isinstance(k, slice):
+            return _Fields(self.text, self.data, self.start[k], self.end[k])
+        return self.text[self.start[k] : self.end[k]]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.texts())
+
+    def __contains__(self, item: object) -> bool:
+        if item == "":
+            return bool((self.end == self.start).any())
+        return item in self.texts()
+
+    def texts(self) -> list[str]:
+        """Every field as a string; a field equal to one of the few distinct ones
+        before it is that string (`_same_as`)."""
+        if self._texts is None:
+            same = _same_as(self.data, self.start, self.end)
+            made = np.flatnonzero(same == np.arange(same.shape[0]))
+            strings = np.empty(same.shape[0], object)
+            text, ends = self.text, self.end[made].tolist()
+            strings[made] = [
+                text[s:e] for s, e in zip(self.start[made].tolist(), ends, strict=True)
+            ]
+            self._texts = strings[same].tolist()
+        return self._texts
+
+    def chars(self) -> np.ndarray | None:
+        """The fields' bytes, one row per field, when all are of one width: else None."""
+        width = self.end - self.start
+        if not width.shape[0] or (width != width[0]).any():
+            return None
+        return self.data[self.start[:, None] + np.arange(int(width[0]))]
+
+
+# Distinct fields a field is compared with (`_same_as`): a tape's market column holds
+# a few markets, often taking turns.
+RECENT = 8
+
+
+@njit
+def _same_as(data, start, end):  # type: ignore[no-untyped-def]
+    """For each field, the first earlier field of the same bytes among the RECENT
+    distinct ones seen last, else itself."""
+    n = start.shape[0]
+    out = np.empty(n, np.int64)
+    recent = np.full(RECENT, -1, np.int64)
+    nxt = 0
+    for k in range(n):
+        out[k] = k
+        width = end[k] - start[k]
+        for j in range(RECENT):
+            r = recent[j]
+            if r < 0 or end[r] - start[r] != width:
+                continue
+            equal = True
+            for c in range(width):
+                if data[start[r] + c] != data[start[k] + c]:
+                    equal = False
+                    break
+            if equal:
+                out[k] = r
+                break
+        if out[k] == k:
+            recent[nxt] = k
+            nxt = (nxt + 1) % RECENT
+    return out
+
+
+def _even(body: str, n: int, ncols: int) -> np.ndarray | None:
+    """Whether each of the n lines of `body` has ncols fields, none over the field limit:
+    the places of its commas and newlines in order if so, else None."""
     if not n:
-        return True
+        return np.zeros(0, np.int64)
     data = np.frombuffer(body.encode("utf-8", "surrogatepass"), np.uint8)
-    ends = np.append(np.flatnonzero(data == 10), data.shape[0])
-    commas = np.flatnonzero(data == 44)
-    if commas.shape[0] != n * (ncols - 1):
-        return False
-    per_line = np.bincount(np.searchsorted(ends, commas), minlength=n)
-    widths = np.diff(ends, prepend=-1) - 1
-    return bool((per_line == ncols - 1).all() and widths.max() <= csv.field_size_limit())
+    seps = np.flatnonzero((data == 10) | (data == 44))
+    if seps.shape[0] != n * ncols - 1:
+        return None
+    # Each line's last field ends at a newline (the last line's at the end), the others
+    # at a comma.
+    ends = np.append(seps, data.shape[0]).reshape(n, ncols)
+    line_ends = ends[:, -1]
+    if line_ends.shape[0] > 1 and (data[line_ends[:-1]] != 10).any():
+        return None
+    widths = np.diff(line_ends, prepend=-1) - 1
+    if widths.max() > csv.field_size_limit():
+        return None
+    return seps
 
 
 def _parse(raw: _Raw) -> list[_Block]:
@@ -718,6 +852,8 @@ def _numbers(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
 def _fixed(texts: Sequence[str]) -> np.ndarray | None:
     """The texts' bytes, one row per text, when they are ASCII all of one width (the
     first's): else None."""
+    if isinstance(texts, _Fields):
+        return texts.chars()
     n = len(texts)
     width = len(texts[0]) if n else 0
     joined = "\n".join(texts) + "\n"
@@ -736,6 +872,8 @@ def _decimals(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     digits as an integer m < 2**53 over 10**k, both exact doubles, divide with one
     rounding, as float() rounds the decimal once."""
     n = len(texts)
+    if isinstance(texts, _Fields):
+        return _field_decimals(texts.data, texts.start, texts.end)
     chars = _fixed(texts)
     if chars is None or not 0 < chars.shape[1] <= 16:
         return _nothing(n)
@@ -749,6 +887,38 @@ def _decimals(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     after_point = chars.shape[1] - 1 - np.argmax(is_point, axis=1)
     values = mantissa / 10.0 ** np.where(points == 1, after_point, 0)
     values[~ok] = math.nan
+    return values, ok
+
+
+@njit
+def _field_decimals(data, start, end):  # type: ignore[no-untyped-def]
+    """`_decimals` of fields of any widths, from their bytes: the same digits, the same
+    mantissa and the same one division, hence the same values."""
+    n = start.shape[0]
+    values = np.full(n, np.nan)
+    ok = np.zeros(n, np.bool_)
+    for k in range(n):
+        width = end[k] - start[k]
+        if width < 1 or width > 16:
+            continue
+        digits, points, after_point = 0, 0, 0
+        mantissa = 0.0
+        for c in range(start[k], end[k]):
+            ch = data[c]
+            if 48 <= ch <= 57:
+                digits += 1
+                mantissa = mantissa * 10.0 + (ch - 48)
+                after_point += 1
+            elif ch == 46:
+                points += 1
+                after_point = 0
+            else:
+                points = 2  # not a plain decimal
+                break
+        if points > 1 or digits < 1 or digits > 15:
+            continue
+        values[k] = mantissa / 10.0 ** (after_point if points == 1 else 0)
+        ok[k] = True
     return values, ok
 
 
