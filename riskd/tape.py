@@ -956,53 +956,79 @@ def _times(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
 
 # YYYY-MM-DDTHH:MM:SS, a fraction of 0, 3 or 6 digits, Z: by the text's width.
 _ISO_FRACTION = {20: 0, 24: 3, 27: 6}
-_ISO_DIGITS = (0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18)
-_ISO_MARKS = ((4, "-"), (7, "-"), (10, "T"), (13, ":"), (16, ":"))
+_ISO_DIGITS = np.array([0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18])
 _MONTH_DAYS = np.array([31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])
 
 
 def _iso_times(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Unix seconds of texts all written YYYY-MM-DDTHH:MM:SS[.fff[fff]]Z, on arrays:
-    what datetime.fromisoformat(text).timestamp() gives, and where the text is a valid
-    such time (nowhere when the texts are not all of one such width)."""
+    """Unix seconds of texts all written YYYY-MM-DDTHH:MM:SS[.fff[fff]]Z, from their
+    bytes: what datetime.fromisoformat(text).timestamp() gives, and where the text is
+    a valid such time (nowhere when the texts are not all of one such width)."""
     n = len(texts)
-    ts, ok = _nothing(n)
     chars = _fixed(texts) if n and len(texts[0]) in _ISO_FRACTION else None
     if chars is None:
-        return ts, ok
-    width = chars.shape[1]
-    places = _ISO_DIGITS + tuple(range(20, width - 1))
-    digits = chars[:, places].astype(np.int64) - ord("0")
-    ok = ((digits >= 0) & (digits <= 9)).all(axis=1) & (chars[:, width - 1] == ord("Z"))
-    for at, mark in _ISO_MARKS + (((19, "."),) if width > 20 else ()):
-        ok &= chars[:, at] == ord(mark)
-    century, year, month, day, hour, minute, second = (
-        digits[:, k] * 10 + digits[:, k + 1] for k in range(0, 14, 2)
-    )
-    year += century * 100
-    leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
-    days_in = _MONTH_DAYS[np.clip(month, 1, 12) - 1] + (leap & (month == 2))
-    ok &= (year >= 1) & (month >= 1) & (month <= 12) & (day >= 1) & (day <= days_in)
-    ok &= (hour <= 23) & (minute <= 59) & (second <= 59)
-    seconds = _days(year, month, day) * 86400 + hour * 3600 + minute * 60 + second
-    if width == 20:
-        ts[ok] = seconds[ok]
-        return ts, ok
-    fraction = np.zeros(n, np.int64)
-    for k in range(14, digits.shape[1]):
-        fraction = fraction * 10 + digits[:, k]
-    micros = seconds * 1_000_000 + fraction * 10 ** (6 - _ISO_FRACTION[width])
-    # timedelta.total_seconds(): microseconds / 10**6 rounded once, as here while exact.
-    ok &= np.abs(micros) < 2**53
-    ts[ok] = micros[ok] / 1e6
+        return _nothing(n)
+    return _iso_chars(np.ascontiguousarray(chars), _ISO_FRACTION[chars.shape[1]])
+
+
+@njit
+def _iso_chars(chars, fraction_digits):  # type: ignore[no-untyped-def]
+    """`_iso_times` of texts' bytes, one row per text."""
+    n, width = chars.shape
+    ts, ok = np.full(n, np.nan), np.zeros(n, np.bool_)
+    for k in range(n):
+        row = chars[k]
+        if not _iso_marks(row, width):
+            continue
+        bad = False
+        for at in _ISO_DIGITS:
+            bad = bad or not 48 <= row[at] <= 57
+        for at in range(20, width - 1):
+            bad = bad or not 48 <= row[at] <= 57
+        if bad:
+            continue
+        year = _two(row, 0) * 100 + _two(row, 2)
+        month, day = _two(row, 5), _two(row, 8)
+        hour, minute, second = _two(row, 11), _two(row, 14), _two(row, 17)
+        leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+        days_in = _MONTH_DAYS[min(max(month, 1), 12) - 1] + (1 if leap and month == 2 else 0)
+        if year < 1 or month < 1 or month > 12 or day < 1 or day > days_in:
+            continue
+        if hour > 23 or minute > 59 or second > 59:
+            continue
+        seconds = _days(year, month, day) * 86400 + hour * 3600 + minute * 60 + second
+        if width == 20:
+            ts[k], ok[k] = seconds, True
+            continue
+        fraction = 0
+        for at in range(20, width - 1):
+            fraction = fraction * 10 + (np.int64(row[at]) - 48)
+        micros = seconds * 1_000_000 + fraction * 10 ** (6 - fraction_digits)
+        # timedelta.total_seconds(): microseconds / 10**6 rounded once, as here while exact.
+        if abs(micros) < 2**53:
+            ts[k], ok[k] = micros / 1e6, True
     return ts, ok
+
+
+@njit
+def _iso_marks(row, width):  # type: ignore[no-untyped-def]
+    """Whether the text has the marks of YYYY-MM-DDTHH:MM:SS[.f]Z (by its width)."""
+    marks = row[4] == 45 and row[7] == 45 and row[10] == 84 and row[13] == 58
+    marks = marks and row[16] == 58 and row[width - 1] == 90
+    return marks and (width == 20 or row[19] == 46)
+
+
+@njit
+def _two(row, at):  # type: ignore[no-untyped-def]
+    return (np.int64(row[at]) - 48) * 10 + (np.int64(row[at + 1]) - 48)
 
 
 def _nothing(n: int) -> tuple[np.ndarray, np.ndarray]:
     return np.full(n, math.nan), np.zeros(n, bool)
 
 
-def _days(year: np.ndarray, month: np.ndarray, day: np.ndarray) -> np.ndarray:
+@njit
+def _days(year: int, month: int, day: int) -> int:
     """Days from 1970-01-01 to a proleptic Gregorian date (H. Hinnant's days_from_civil)."""
     y = year - (month <= 2)
     era = y // 400
