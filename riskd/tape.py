@@ -669,7 +669,7 @@ def _fields(bodies: list[str], bounds: list[np.ndarray], ncols: int) -> list[Seq
 
 class _Fields(Sequence[str]):
     """A column of plain ASCII CSV text as where each field starts and ends in it:
-    numbers and times are read from its bytes (`_fixed`, `_decimals`), strings are
+    numbers and times are read from its bytes (`_decimals`, `_iso_times`), strings are
     made where asked for, once per run of equal fields (`texts`)."""
 
     def __init__(self, text: str, data: np.ndarray, start: np.ndarray, end: np.ndarray) -> None:
@@ -705,13 +705,6 @@ class _Fields(Sequence[str]):
             ]
             self._texts = strings[same].tolist()
         return self._texts
-
-    def chars(self) -> np.ndarray | None:
-        """The fields' bytes, one row per field, when all are of one width: else None."""
-        width = self.end - self.start
-        if not width.shape[0] or (width != width[0]).any():
-            return None
-        return self.data[self.start[:, None] + np.arange(int(width[0]))]
 
 
 # Distinct fields a field is compared with (`_same_as`): a tape's market column holds
@@ -852,8 +845,6 @@ def _numbers(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
 def _fixed(texts: Sequence[str]) -> np.ndarray | None:
     """The texts' bytes, one row per text, when they are ASCII all of one width (the
     first's): else None."""
-    if isinstance(texts, _Fields):
-        return texts.chars()
     n = len(texts)
     width = len(texts[0]) if n else 0
     joined = "\n".join(texts) + "\n"
@@ -965,19 +956,28 @@ def _iso_times(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     bytes: what datetime.fromisoformat(text).timestamp() gives, and where the text is
     a valid such time (nowhere when the texts are not all of one such width)."""
     n = len(texts)
-    chars = _fixed(texts) if n and len(texts[0]) in _ISO_FRACTION else None
-    if chars is None:
+    width = len(texts[0]) if n else 0
+    if width not in _ISO_FRACTION:
         return _nothing(n)
-    return _iso_chars(np.ascontiguousarray(chars), _ISO_FRACTION[chars.shape[1]])
+    if isinstance(texts, _Fields):
+        if ((texts.end - texts.start) != width).any():
+            return _nothing(n)
+        data, start = texts.data, texts.start
+    else:
+        chars = _fixed(texts)
+        if chars is None:
+            return _nothing(n)
+        data, start = np.ascontiguousarray(chars).ravel(), np.arange(n) * width
+    return _iso_bytes(data, start, width, _ISO_FRACTION[width])
 
 
 @njit
-def _iso_chars(chars, fraction_digits):  # type: ignore[no-untyped-def]
-    """`_iso_times` of texts' bytes, one row per text."""
-    n, width = chars.shape
+def _iso_bytes(data, start, width, fraction_digits):  # type: ignore[no-untyped-def]
+    """`_iso_times` of the texts of `width` bytes from each of `start` in `data`."""
+    n = start.shape[0]
     ts, ok = np.full(n, np.nan), np.zeros(n, np.bool_)
     for k in range(n):
-        row = chars[k]
+        row = data[start[k] : start[k] + width]
         if not _iso_marks(row, width):
             continue
         bad = False
