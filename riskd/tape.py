@@ -580,9 +580,10 @@ def _plain(path: Path, limit: int = -1) -> tuple[list[str], str] | None:
     if _replaced[0] != seen or '"' in text or "\0" in text:
         return None
     if "\r" in text:
-        text = _lf(text)
-        if text is None:  # a lone CR
+        lf = _lf(text)
+        if lf is None:  # a lone CR
             return None
+        text = lf
     at = text.find("\n")
     head = text if at < 0 else text[:at]
     if not head or text.endswith("\n\n", at + 1) or len(head) > csv.field_size_limit():
@@ -679,7 +680,7 @@ class _Fields(Sequence[str]):
     def __len__(self) -> int:
         return int(self.start.shape[0])
 
-    def __getitem__(self, k):  # type: ignore[no-untyped-def, override]
+    def __getitem__(self, k):  # type: ignore[no-untyped-def]
         if isinstance(k, slice):
             return _Fields(self.text, self.data, self.start[k], self.end[k])
         return self.text[self.start[k] : self.end[k]]

@@ -199,7 +199,9 @@ class Riskd:
         cols = TickColumns.of(ticks)
         n = len(cols)
         # Markets the tape holds and the markets file does not, in order of appearance.
-        unknown = [(m, None) for m in cols.markets if m not in eng.index]
+        unknown: list[tuple[str, Market | None]] = [
+            (m, None) for m in cols.markets if m not in eng.index
+        ]
         if unknown:  # growing by none would copy every array of the engine for nothing
             eng.add_markets(unknown)
         slot = np.array([eng.index[m] for m in cols.markets], np.int64)
