@@ -562,6 +562,18 @@ def _csv_at_once(path: Path, limit: int) -> _Raw | None:
     return raw if taken else None
 
 
+def _read_text(path: Path, limit: int) -> str:
+    """The file's text as `_open_text` reads it, up to limit + 1 characters; all of it
+    (limit < 0) decoded at once, which is what reading it through the text layer gives."""
+    if limit >= 0:
+        with _open_text(path) as f:
+            return f.read(limit + 1)
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rb") as raw:
+        data = raw.read()
+    return data.decode("utf-8-sig", _DECODE_ERRORS)
+
+
 def _plain(path: Path, limit: int = -1) -> tuple[list[str], str] | None:
     """A plain CSV file's header and its other lines (without the last newline), or
     None: the file is not plain (or not readable, or over `limit` characters). Plain:
@@ -571,8 +583,7 @@ def _plain(path: Path, limit: int = -1) -> tuple[list[str], str] | None:
     what the csv module reads, line for line."""
     seen = _replaced[0]
     try:
-        with _open_text(path) as f:
-            text = f.read(limit + 1 if limit >= 0 else -1)
+        text = _read_text(path, limit)
     except _READ_ERRORS:
         return None
     if 0 <= limit < len(text):
