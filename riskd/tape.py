@@ -33,6 +33,7 @@ from typing import IO, Any, TypeVar
 import numpy as np
 
 from riskd.feeds.base import MAX_DEPTH, Tick, make_tick
+from riskd.jit import njit
 from riskd.ticks import TickColumns, clean, tick_fault
 
 __all__ = [
@@ -561,6 +562,18 @@ def _csv_at_once(path: Path, limit: int) -> _Raw | None:
     return raw if taken else None
 
 
+def _read_text(path: Path, limit: int) -> str:
+    """The file's text as `_open_text` reads it, up to limit + 1 characters; all of it
+    (limit < 0) decoded at once, which is what reading it through the text layer gives."""
+    if limit >= 0:
+        with _open_text(path) as f:
+            return f.read(limit + 1)
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rb") as raw:
+        data = raw.read()
+    return data.decode("utf-8-sig", _DECODE_ERRORS)
+
+
 def _plain(path: Path, limit: int = -1) -> tuple[list[str], str] | None:
     """A plain CSV file's header and its other lines (without the last newline), or
     None: the file is not plain (or not readable, or over `limit` characters). Plain:
@@ -570,8 +583,7 @@ def _plain(path: Path, limit: int = -1) -> tuple[list[str], str] | None:
     what the csv module reads, line for line."""
     seen = _replaced[0]
     try:
-        with _open_text(path) as f:
-            text = f.read(limit + 1 if limit >= 0 else -1)
+        text = _read_text(path, limit)
     except _READ_ERRORS:
         return None
     if 0 <= limit < len(text):
@@ -579,9 +591,10 @@ def _plain(path: Path, limit: int = -1) -> tuple[list[str], str] | None:
     if _replaced[0] != seen or '"' in text or "\0" in text:
         return None
     if "\r" in text:
-        text = text.replace("\r\n", "\n")
-        if "\r" in text:  # a lone CR
+        lf = _lf(text)
+        if lf is None:  # a lone CR
             return None
+        text = lf
     at = text.find("\n")
     head = text if at < 0 else text[:at]
     if not head or text.endswith("\n\n", at + 1) or len(head) > csv.field_size_limit():
@@ -594,25 +607,43 @@ def _plain(path: Path, limit: int = -1) -> tuple[list[str], str] | None:
         return None
 
 
+def _lf(text: str) -> str | None:
+    """`text` with each CRLF as LF, or None if it has a lone CR. ASCII on its bytes,
+    where deleting every CR is one fast pass."""
+    if not text.isascii():
+        text = text.replace("\r\n", "\n")
+        return None if "\r" in text else text
+    raw = text.encode("ascii")
+    data = np.frombuffer(raw, np.uint8)
+    after = np.flatnonzero(data == 13) + 1
+    if after.shape[0] and (after[-1] == data.shape[0] or (data[after] != 10).any()):
+        return None
+    return raw.replace(b"\r", b"").decode("ascii")
+
+
 def _plain_rows(names: list[str], bodies: list[str]) -> tuple[_Raw, list[int]]:
     """The rows of plain files of one header (`_plain`), split at once: of the files
-    whose every line is as wide as the header (their numbers: `taken`)."""
+    whose every line is as wide as the header (their numbers: `taken`). ASCII files
+    are split on their bytes (`_Fields`), others at commas into strings."""
     ncols = len(names)
-    columns: list[list[str]] = [[] for _ in names]
-    taken, sizes = [], []
+    taken, sizes, bounds = [], [], []
     for k, body in enumerate(bodies):
         n = body.count("\n") + 1 if body else 0
-        if not _even(body, n, ncols):
+        seps = _even(body, n, ncols)
+        if seps is None:
             continue
-        fields = body.replace("\n", ",").split(",") if n else []
-        for i, column in enumerate(columns):
-            column += fields[i::ncols]
         taken.append(k)
         sizes.append(n)
+        bounds.append(seps)
+    kept = [bodies[k] for k in taken]
+    if all(map(str.isascii, kept)):
+        columns: list[Sequence[str]] = _fields(kept, bounds, ncols)
+    else:
+        columns = _split(kept, ncols)
     places = np.concatenate([np.arange(n) for n in sizes] + [np.zeros(0, np.int64)])
     return _Raw(
         where=_where(names),
-        columns=list(columns),
+        columns=columns,
         lines=places + 2,  # after the header
         places=places,
         sizes=sizes,
@@ -621,18 +652,126 @@ def _plain_rows(names: list[str], bodies: list[str]) -> tuple[_Raw, list[int]]:
     ), taken
 
 
-def _even(body: str, n: int, ncols: int) -> bool:
-    """Whether each of the n lines of `body` has ncols fields, none over the field limit."""
+def _split(bodies: list[str], ncols: int) -> list[Sequence[str]]:
+    """The fields of plain bodies, column by column, as strings."""
+    columns: list[list[str]] = [[] for _ in range(ncols)]
+    for body in bodies:
+        fields = body.replace("\n", ",").split(",") if body else []
+        for i, column in enumerate(columns):
+            column += fields[i::ncols]
+    return list(columns)
+
+
+def _fields(bodies: list[str], bounds: list[np.ndarray], ncols: int) -> list[Sequence[str]]:
+    """The fields of plain ASCII bodies, column by column, as where each starts and
+    ends in the bodies joined (`bounds`: each body's commas and newlines, `_even`)."""
+    text = "".join(bodies)
+    starts, ends, offset = [np.zeros((0, ncols), np.int64)], [np.zeros((0, ncols), np.int64)], 0
+    for body, seps in zip(bodies, bounds, strict=True):
+        if body:
+            end = np.append(seps, len(body)) + offset
+            # A field starts after the separator before it, a body's first at its start.
+            starts.append(np.concatenate(([offset], end[:-1] + 1)).reshape(-1, ncols))
+            ends.append(end.reshape(-1, ncols))
+        offset += len(body)
+    start, end = np.concatenate(starts), np.concatenate(ends)
+    data = np.frombuffer(text.encode("ascii"), np.uint8)
+    return [_Fields(text, data, start[:, i].copy(), end[:, i].copy()) for i in range(ncols)]
+
+
+class _Fields(Sequence[str]):
+    """A column of plain ASCII CSV text as where each field starts and ends in it:
+    numbers and times are read from its bytes (`_decimals`, `_iso_times`), strings are
+    made where asked for, once per run of equal fields (`texts`)."""
+
+    def __init__(self, text: str, data: np.ndarray, start: np.ndarray, end: np.ndarray) -> None:
+        self.text, self.data, self.start, self.end = text, data, start, end
+        self._texts: list[str] | None = None
+
+    def __len__(self) -> int:
+        return int(self.start.shape[0])
+
+    def __getitem__(self, k):  # type: ignore[no-untyped-def]
+        if isinstance(k, slice):
+            return _Fields(self.text, self.data, self.start[k], self.end[k])
+        return self.text[self.start[k] : self.end[k]]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.texts())
+
+    def __contains__(self, item: object) -> bool:
+        if item == "":
+            return bool((self.end == self.start).any())
+        return item in self.texts()
+
+    def texts(self) -> list[str]:
+        """Every field as a string; a field equal to one of the few distinct ones
+        before it is that string (`_same_as`)."""
+        if self._texts is None:
+            same = _same_as(self.data, self.start, self.end)
+            made = np.flatnonzero(same == np.arange(same.shape[0]))
+            strings = np.empty(same.shape[0], object)
+            text, ends = self.text, self.end[made].tolist()
+            strings[made] = [
+                text[s:e] for s, e in zip(self.start[made].tolist(), ends, strict=True)
+            ]
+            self._texts = strings[same].tolist()
+        return self._texts
+
+
+# Distinct fields a field is compared with (`_same_as`): a tape's market column holds
+# a few markets, often taking turns.
+RECENT = 8
+
+
+@njit
+def _same_as(data, start, end):  # type: ignore[no-untyped-def]
+    """For each field, the first earlier field of the same bytes among the RECENT
+    distinct ones seen last, else itself."""
+    n = start.shape[0]
+    out = np.empty(n, np.int64)
+    recent = np.full(RECENT, -1, np.int64)
+    nxt = 0
+    for k in range(n):
+        out[k] = k
+        width = end[k] - start[k]
+        for j in range(RECENT):
+            r = recent[j]
+            if r < 0 or end[r] - start[r] != width:
+                continue
+            equal = True
+            for c in range(width):
+                if data[start[r] + c] != data[start[k] + c]:
+                    equal = False
+                    break
+            if equal:
+                out[k] = r
+                break
+        if out[k] == k:
+            recent[nxt] = k
+            nxt = (nxt + 1) % RECENT
+    return out
+
+
+def _even(body: str, n: int, ncols: int) -> np.ndarray | None:
+    """Whether each of the n lines of `body` has ncols fields, none over the field limit:
+    the places of its commas and newlines in order if so, else None."""
     if not n:
-        return True
+        return np.zeros(0, np.int64)
     data = np.frombuffer(body.encode("utf-8", "surrogatepass"), np.uint8)
-    ends = np.append(np.flatnonzero(data == 10), data.shape[0])
-    commas = np.flatnonzero(data == 44)
-    if commas.shape[0] != n * (ncols - 1):
-        return False
-    per_line = np.bincount(np.searchsorted(ends, commas), minlength=n)
-    widths = np.diff(ends, prepend=-1) - 1
-    return bool((per_line == ncols - 1).all() and widths.max() <= csv.field_size_limit())
+    seps = np.flatnonzero((data == 10) | (data == 44))
+    if seps.shape[0] != n * ncols - 1:
+        return None
+    # Each line's last field ends at a newline (the last line's at the end), the others
+    # at a comma.
+    ends = np.append(seps, data.shape[0]).reshape(n, ncols)
+    line_ends = ends[:, -1]
+    if line_ends.shape[0] > 1 and (data[line_ends[:-1]] != 10).any():
+        return None
+    widths = np.diff(line_ends, prepend=-1) - 1
+    if widths.max() > csv.field_size_limit():
+        return None
+    return seps
 
 
 def _parse(raw: _Raw) -> list[_Block]:
@@ -736,6 +875,8 @@ def _decimals(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     digits as an integer m < 2**53 over 10**k, both exact doubles, divide with one
     rounding, as float() rounds the decimal once."""
     n = len(texts)
+    if isinstance(texts, _Fields):
+        return _field_decimals(texts.data, texts.start, texts.end)
     chars = _fixed(texts)
     if chars is None or not 0 < chars.shape[1] <= 16:
         return _nothing(n)
@@ -749,6 +890,38 @@ def _decimals(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     after_point = chars.shape[1] - 1 - np.argmax(is_point, axis=1)
     values = mantissa / 10.0 ** np.where(points == 1, after_point, 0)
     values[~ok] = math.nan
+    return values, ok
+
+
+@njit
+def _field_decimals(data, start, end):  # type: ignore[no-untyped-def]
+    """`_decimals` of fields of any widths, from their bytes: the same digits, the same
+    mantissa and the same one division, hence the same values."""
+    n = start.shape[0]
+    values = np.full(n, np.nan)
+    ok = np.zeros(n, np.bool_)
+    for k in range(n):
+        width = end[k] - start[k]
+        if width < 1 or width > 16:
+            continue
+        digits, points, after_point = 0, 0, 0
+        mantissa = 0.0
+        for c in range(start[k], end[k]):
+            ch = data[c]
+            if 48 <= ch <= 57:
+                digits += 1
+                mantissa = mantissa * 10.0 + (ch - 48)
+                after_point += 1
+            elif ch == 46:
+                points += 1
+                after_point = 0
+            else:
+                points = 2  # not a plain decimal
+                break
+        if points > 1 or digits < 1 or digits > 15:
+            continue
+        values[k] = mantissa / 10.0 ** (after_point if points == 1 else 0)
+        ok[k] = True
     return values, ok
 
 
@@ -786,53 +959,88 @@ def _times(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
 
 # YYYY-MM-DDTHH:MM:SS, a fraction of 0, 3 or 6 digits, Z: by the text's width.
 _ISO_FRACTION = {20: 0, 24: 3, 27: 6}
-_ISO_DIGITS = (0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18)
-_ISO_MARKS = ((4, "-"), (7, "-"), (10, "T"), (13, ":"), (16, ":"))
+_ISO_DIGITS = np.array([0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18])
 _MONTH_DAYS = np.array([31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])
 
 
 def _iso_times(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Unix seconds of texts all written YYYY-MM-DDTHH:MM:SS[.fff[fff]]Z, on arrays:
-    what datetime.fromisoformat(text).timestamp() gives, and where the text is a valid
-    such time (nowhere when the texts are not all of one such width)."""
+    """Unix seconds of texts all written YYYY-MM-DDTHH:MM:SS[.fff[fff]]Z, from their
+    bytes: what datetime.fromisoformat(text).timestamp() gives, and where the text is
+    a valid such time (nowhere when the texts are not all of one such width)."""
     n = len(texts)
-    ts, ok = _nothing(n)
-    chars = _fixed(texts) if n and len(texts[0]) in _ISO_FRACTION else None
-    if chars is None:
-        return ts, ok
-    width = chars.shape[1]
-    places = _ISO_DIGITS + tuple(range(20, width - 1))
-    digits = chars[:, places].astype(np.int64) - ord("0")
-    ok = ((digits >= 0) & (digits <= 9)).all(axis=1) & (chars[:, width - 1] == ord("Z"))
-    for at, mark in _ISO_MARKS + (((19, "."),) if width > 20 else ()):
-        ok &= chars[:, at] == ord(mark)
-    century, year, month, day, hour, minute, second = (
-        digits[:, k] * 10 + digits[:, k + 1] for k in range(0, 14, 2)
-    )
-    year += century * 100
-    leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
-    days_in = _MONTH_DAYS[np.clip(month, 1, 12) - 1] + (leap & (month == 2))
-    ok &= (year >= 1) & (month >= 1) & (month <= 12) & (day >= 1) & (day <= days_in)
-    ok &= (hour <= 23) & (minute <= 59) & (second <= 59)
-    seconds = _days(year, month, day) * 86400 + hour * 3600 + minute * 60 + second
-    if width == 20:
-        ts[ok] = seconds[ok]
-        return ts, ok
-    fraction = np.zeros(n, np.int64)
-    for k in range(14, digits.shape[1]):
-        fraction = fraction * 10 + digits[:, k]
-    micros = seconds * 1_000_000 + fraction * 10 ** (6 - _ISO_FRACTION[width])
-    # timedelta.total_seconds(): microseconds / 10**6 rounded once, as here while exact.
-    ok &= np.abs(micros) < 2**53
-    ts[ok] = micros[ok] / 1e6
+    width = len(texts[0]) if n else 0
+    if width not in _ISO_FRACTION:
+        return _nothing(n)
+    if isinstance(texts, _Fields):
+        if ((texts.end - texts.start) != width).any():
+            return _nothing(n)
+        data, start = texts.data, texts.start
+    else:
+        chars = _fixed(texts)
+        if chars is None:
+            return _nothing(n)
+        data, start = np.ascontiguousarray(chars).ravel(), np.arange(n) * width
+    return _iso_bytes(data, start, width, _ISO_FRACTION[width])
+
+
+@njit
+def _iso_bytes(data, start, width, fraction_digits):  # type: ignore[no-untyped-def]
+    """`_iso_times` of the texts of `width` bytes from each of `start` in `data`."""
+    n = start.shape[0]
+    ts, ok = np.full(n, np.nan), np.zeros(n, np.bool_)
+    for k in range(n):
+        row = data[start[k] : start[k] + width]
+        if not _iso_marks(row, width):
+            continue
+        bad = False
+        for at in _ISO_DIGITS:
+            bad = bad or not 48 <= row[at] <= 57
+        for at in range(20, width - 1):
+            bad = bad or not 48 <= row[at] <= 57
+        if bad:
+            continue
+        year = _two(row, 0) * 100 + _two(row, 2)
+        month, day = _two(row, 5), _two(row, 8)
+        hour, minute, second = _two(row, 11), _two(row, 14), _two(row, 17)
+        leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+        days_in = _MONTH_DAYS[min(max(month, 1), 12) - 1] + (1 if leap and month == 2 else 0)
+        if year < 1 or month < 1 or month > 12 or day < 1 or day > days_in:
+            continue
+        if hour > 23 or minute > 59 or second > 59:
+            continue
+        seconds = _days(year, month, day) * 86400 + hour * 3600 + minute * 60 + second
+        if width == 20:
+            ts[k], ok[k] = seconds, True
+            continue
+        fraction = 0
+        for at in range(20, width - 1):
+            fraction = fraction * 10 + (np.int64(row[at]) - 48)
+        micros = seconds * 1_000_000 + fraction * 10 ** (6 - fraction_digits)
+        # timedelta.total_seconds(): microseconds / 10**6 rounded once, as here while exact.
+        if abs(micros) < 2**53:
+            ts[k], ok[k] = micros / 1e6, True
     return ts, ok
+
+
+@njit
+def _iso_marks(row, width):  # type: ignore[no-untyped-def]
+    """Whether the text has the marks of YYYY-MM-DDTHH:MM:SS[.f]Z (by its width)."""
+    marks = row[4] == 45 and row[7] == 45 and row[10] == 84 and row[13] == 58
+    marks = marks and row[16] == 58 and row[width - 1] == 90
+    return marks and (width == 20 or row[19] == 46)
+
+
+@njit
+def _two(row, at):  # type: ignore[no-untyped-def]
+    return (np.int64(row[at]) - 48) * 10 + (np.int64(row[at + 1]) - 48)
 
 
 def _nothing(n: int) -> tuple[np.ndarray, np.ndarray]:
     return np.full(n, math.nan), np.zeros(n, bool)
 
 
-def _days(year: np.ndarray, month: np.ndarray, day: np.ndarray) -> np.ndarray:
+@njit
+def _days(year: int, month: int, day: int) -> int:
     """Days from 1970-01-01 to a proleptic Gregorian date (H. Hinnant's days_from_civil)."""
     y = year - (month <= 2)
     era = y // 400

@@ -199,7 +199,11 @@ class Riskd:
         cols = TickColumns.of(ticks)
         n = len(cols)
         # Markets the tape holds and the markets file does not, in order of appearance.
-        eng.add_markets([(m, None) for m in cols.markets if m not in eng.index])
+        unknown: list[tuple[str, Market | None]] = [
+            (m, None) for m in cols.markets if m not in eng.index
+        ]
+        if unknown:  # growing by none would copy every array of the engine for nothing
+            eng.add_markets(unknown)
         slot = np.array([eng.index[m] for m in cols.markets], np.int64)
         idx = self._idx = slot[cols.market]
         # What was in force after each row, as published (mode -1: nothing yet).
