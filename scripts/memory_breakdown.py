@@ -36,6 +36,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_live  # noqa: E402
 
+from riskd import heap  # noqa: E402
+
 DUMP = "memory.json"  # beside the config, in the bench's folder
 SKIP = (
     type,
@@ -156,9 +158,30 @@ def dump(daemon: Any, path: Path) -> None:
     sizes = [(name, deep_size(obj, seen)) for name, obj in parts(daemon)]
     doc["parts"] = {name: size for name, size in sizes if size}
     doc["markets"] = len(daemon.engine)
+    doc["kernels"] = kernel_signatures()
+    # Then what the allocator gives back at once: the rest of RSS is what is held
+    # (riskd/heap.py). Measured after the rest, as it changes the heap.
+    started = time.perf_counter()
+    heap.trim()
+    doc["trim_s"], doc["rss_trimmed"] = time.perf_counter() - started, rss()
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(doc))
     tmp.replace(path)
+
+
+def kernel_signatures() -> dict[str, int]:
+    """How many signatures each of riskd's compiled kernels has loaded: one that a
+    larger riskd loads and the baseline did not holds LLVM's memory for it (several
+    MiB, outside malloc's heap)."""
+    from numba.core.registry import CPUDispatcher
+
+    out: dict[str, int] = {}
+    for name, module in list(sys.modules.items()):
+        if name.startswith("riskd"):
+            for attr, value in vars(module).items():
+                if isinstance(value, CPUDispatcher):
+                    out[f"{name}.{attr}"] = len(value.signatures)
+    return out
 
 
 def daemon_main(argv: list[str]) -> None:
@@ -213,8 +236,10 @@ def report(base: dict[str, Any], full: dict[str, Any], floor: float = 1.0) -> st
         f"{full['markets']:,} markets; bytes per market above the "
         f"{base['markets']}-market baseline",
         f"{per('rss'):8.0f}  RSS",
+        f"{per('rss_trimmed'):8.0f}  RSS after malloc_trim ({full['trim_s'] * 1e3:.1f} ms)",
         f"{per('in_use', 'glibc'):8.0f}  glibc heap in use (numpy arrays, dict tables, bytes)",
         f"{per('free', 'glibc'):8.0f}  glibc heap free (of which its top {top:.0f})",
+        f"{per('mapped', 'glibc'):8.0f}  glibc blocks mapped on their own (large arrays)",
         f"{per('in_use', 'pymalloc'):8.0f}  Python objects in pymalloc's blocks",
         f"{per('unused_pools', 'pymalloc'):8.0f}  pymalloc unused pools (in arenas still used)",
         f"{per('free_blocks', 'pymalloc'):8.0f}  pymalloc free blocks in used pools",
@@ -226,6 +251,11 @@ def report(base: dict[str, Any], full: dict[str, Any], floor: float = 1.0) -> st
         if size / n >= floor:
             lines.append(f"{size / n:8.0f}  {name}")
     lines.append(f"{total / n:8.0f}  all parts, above the baseline's")
+    for name, count in sorted(full["kernels"].items()):
+        if count != base["kernels"].get(name, 0):
+            lines.append(
+                f"kernel {name}: {count} signatures (baseline {base['kernels'].get(name, 0)})"
+            )
     return "\n".join(lines)
 
 

@@ -100,3 +100,24 @@ def test_the_engine_counts_markets_at_their_first_tick_once() -> None:
     engine.add_market("m5", None)
     apply([5, 4, 5])
     assert engine.ticked == 5
+
+
+async def test_each_periodic_snapshot_hands_freed_memory_back(
+    tmp_path: Path, in_process: Any
+) -> None:
+    """After writing a periodic snapshot, the writer thread trims the heap: what the
+    daemon freed since goes back to the OS instead of staying resident for reuse."""
+    trims: list[bool] = []
+    real_trim = heap.trim
+
+    def counted() -> bool:  # the real trim, counted
+        trims.append(True)
+        return real_trim()
+
+    with mock.patch.object(heap, "trim", counted):
+        d = await in_process(base_config(tmp_path, 0, state={"snapshot_interval_s": 0.2}))
+        d.start()
+        # One trim at start-up (the Fed tape's two markets make no mass publish).
+        await wait_until(lambda: len(trims) >= 3, what="trims after snapshots")
+        assert await d.stop() == 0
+    assert (tmp_path / "state" / "snapshot.npz").exists()
