@@ -128,6 +128,7 @@ class Daemon:
             self.stream_snapshot,
             self.stream_message,
             frame,
+            rows=self.engine.index,
         )
         pubs = make_publishers(settings.publisher, context)
         # /v1/stream is served by the websocket publisher (riskd/server.py).

@@ -115,7 +115,9 @@ class Lifecycle:
         daemon.publishers[:] = [p for p in daemon.publishers if p.name not in FENCED]
 
         def fenced(instance: str) -> list[Publisher]:
-            context = PublishContext(daemon.metrics, instance, daemon.stream_snapshot)
+            context = PublishContext(
+                daemon.metrics, instance, daemon.stream_snapshot, rows=daemon.engine.index
+            )
             return make_publishers(publisher, context, only=FENCED)
 
         daemon.pipeline.cluster = self.cluster = Cluster(

@@ -19,7 +19,9 @@ from riskd.config import Settings
 from riskd.engine import Engine
 from riskd.feeds.base import EventSource, Feed, LivenessSource, MarketEvent, Replayed
 from riskd.metrics import Metrics
+from riskd.model.governor import MODES
 from riskd.publish.base import Batch, Publisher
+from riskd.rows import RowValues
 from riskd.ticks import last_ts
 from riskd.timeutil import iso
 
@@ -35,6 +37,9 @@ YIELD_EVERY = 64
 # reconnect) leaves tens of MiB freed in the heap; as many markets ticking for the
 # first time leave their books, there to stay (`_settle_memory`).
 MASS_PUBLISH = 10_000
+# A market's published mode by code, 0 before its first set (`Pipeline._modes`).
+MODE_NAMES: tuple[str | None, ...] = (None, *MODES)
+MODE_CODES = {name: code for code, name in enumerate(MODE_NAMES)}
 
 
 class Pipeline:
@@ -67,7 +72,8 @@ class Pipeline:
         self.stamped = self.stamp_floor = -math.inf
         # Receive time of the oldest tick whose effect is not yet published.
         self._unpublished_since: float | None = None
-        self._modes: dict[str, str] = {}  # market -> published mode, for change events
+        # market -> code of its published mode (MODE_NAMES), for change events.
+        self._modes = RowValues(engine.index, "b", 0)
         self._settled_at = 0  # engine.ticked at the last _settle_memory
         self._tallies: dict[str, FeedTally] = {}  # venue -> what came since the last cycle
         # `[cluster]`: batches go by shard to the leases this replica holds.
@@ -221,9 +227,9 @@ class Pipeline:
         """One event per market whose published mode changed, with its reasons."""
         for entry in entries:
             market, mode = entry["market"], entry["mode"]
-            before = self._modes.get(market)
+            before = MODE_NAMES[self._modes.get(market)]
             if mode != before:
-                self._modes[market] = mode
+                self._modes.set(market, MODE_CODES[mode])
                 log.info(
                     "market %s: mode %s",
                     market,

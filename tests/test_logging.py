@@ -10,11 +10,22 @@ import logging
 import signal
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from riskd import logs
-from tests.support import Riskd, base_config, free_port, merge, metric_samples, wait_for
+from riskd.overrides import Override
+from tests.support import (
+    InProcessDaemon,
+    Riskd,
+    base_config,
+    free_port,
+    merge,
+    metric_samples,
+    wait_for,
+    wait_until,
+)
 
 SECRET = "hmac-secret-9f3b1c77"
 ADMIN_TOKEN = "admin-token-51d0e2aa"
@@ -121,3 +132,46 @@ def test_the_daemon_logs_json_events_without_secrets(tmp_path: Path) -> None:
         assert {"ts", "level", "logger", "msg"} <= set(event), event
     assert any({"market", "reason"} <= set(e) for e in parsed)
     assert any({"publisher", "reason"} <= set(e) for e in parsed)
+
+
+POLY = "fed-dec2025-nochange-poly"
+
+
+async def test_mode_change_events_carry_the_previous_mode(
+    tmp_path: Path, in_process: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One event per change of a market's published mode: its first set's mode (no
+    previous), then each change with the mode before it, reasons and leverage; an
+    override halting a market and its removal are two changes."""
+    caplog.set_level(logging.INFO, logger="riskd")
+    d: InProcessDaemon = await in_process(base_config(tmp_path, 0))
+    d.start()
+    current = d.daemon.engine.current
+
+    async def mode_is(market: str, wanted: bool, mode: str) -> bool:
+        return market in current and (current[market]["mode"] == mode) is wanted
+
+    await wait_until(lambda: mode_is(POLY, False, "halted"), what="a first set")
+    d.daemon.set_override(POLY, Override(mode="halted"), "test", None)
+    await wait_until(lambda: mode_is(POLY, True, "halted"), what="the market halted")
+    d.daemon.set_override(POLY, None, "test", None)
+    await wait_until(lambda: mode_is(POLY, False, "halted"), what="the override lifted")
+    await d.stop()
+
+    changes: dict[str, list[tuple[str, str | None]]] = {}
+    for record in caplog.records:
+        if hasattr(record, "previous_mode"):
+            fields = vars(record)
+            assert isinstance(fields["reason"], str) and fields["max_leverage"] > 0
+            changes.setdefault(fields["market"], []).append(
+                (fields["mode"], fields["previous_mode"])
+            )
+    assert set(changes) == set(current)
+    for market, chain in changes.items():
+        modes = [mode for mode, _ in chain]
+        assert [previous for _, previous in chain] == [None, *modes[:-1]], market
+        assert all(a != b for a, b in zip(modes, modes[1:], strict=False)), market
+        assert modes[-1] == current[market]["mode"], market
+    # The event that lifted the halt names it as the previous mode (the chain above).
+    poly = [mode for mode, _ in changes[POLY]]
+    assert "halted" in poly and poly[-1] != "halted"

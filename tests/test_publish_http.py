@@ -355,6 +355,47 @@ async def test_seq_restored_before_start_continues(exchange: Receiver) -> None:
     assert message.headers["Idempotency-Key"] == "riskd-test:42"
 
 
+@pytest.mark.parametrize("with_rows", [False, True])
+async def test_a_set_not_newer_than_the_delivered_one_is_not_sent(
+    exchange: Receiver, with_rows: bool
+) -> None:
+    """Per market, the highest version delivered bars older and equal ones: markets
+    kept by their engine row, one the rows do not hold yet (kept aside until it gets
+    a row), and without rows at all."""
+    rows = {"m0": 0, "m1": 1} if with_rows else None
+    pub = HttpPublisher(
+        exchange.url,
+        SECRET.encode(),
+        "riskd-test",
+        Metrics(CollectorRegistry()),
+        2.0,
+        rows=rows,
+    )
+    stamp = "2026-01-01T00:00:00.000Z"
+    batches = [
+        [entry("m0", 5), entry("m1", 300), entry("m2", 7)],
+        [entry("m0", 4), entry("m1", 300), entry("m2", 7), entry("m3", 1)],
+        [entry("m0", 6), entry("m1", 299), entry("m2", 6)],
+        [entry("m1", 301), entry("m2", 8), entry("m3", 1)],
+    ]
+    await pub.start()
+    try:
+        for seq, params in enumerate(batches, 1):
+            if seq == 3 and rows is not None:
+                rows["m2"] = 2  # discovered by the engine after its set was delivered
+            pub.submit(Batch("riskd-test", seq, stamp, params))
+            await pub.drain(5.0)
+    finally:
+        await pub.close()
+    sent = [[(e["market"], e["version"]) for e in b["params"]] for b in exchange.attempts]
+    assert sent == [
+        [("m0", 5), ("m1", 300), ("m2", 7)],
+        [("m3", 1)],
+        [("m0", 6)],
+        [("m1", 301), ("m2", 8)],
+    ]
+
+
 async def _true(value: bool) -> bool:
     return value
 

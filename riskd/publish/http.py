@@ -24,7 +24,7 @@ import hashlib
 import hmac
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +42,7 @@ from riskd.publish.retry import (
     retry_after,
     retry_delays,
 )
+from riskd.rows import RowValues
 from riskd.secrets import mask_url
 
 if TYPE_CHECKING:
@@ -108,6 +109,7 @@ class HttpPublisher:
         stats: PublishStats,
         timeout_s: float = 5.0,
         policy: DeliveryPolicy | None = None,
+        rows: Mapping[str, int] | None = None,
     ) -> None:
         self.url = url
         self._secret = secret
@@ -123,8 +125,9 @@ class HttpPublisher:
         self._pending: dict[str, Pending] = {}
         # Pending markets whose newest set tightened (an ordered set): sent first.
         self._tight: dict[str, None] = {}
-        # market -> highest version delivered: a set not newer is never sent.
-        self._delivered: dict[str, int] = {}
+        # market -> highest version delivered (0: none): a set not newer is never
+        # sent. Kept at the market's row of `rows` (the engine's id -> row).
+        self._delivered = RowValues(rows, "q", 0)
         self.breaker = CircuitBreaker(
             self.policy.circuit_failures,
             self.policy.circuit_reset_s,
@@ -165,7 +168,7 @@ class HttpPublisher:
         for entry in batch.params:
             market = entry["market"]
             version = entry["version"]
-            if version <= self._delivered.get(market, 0):
+            if version <= self._delivered.get(market):
                 continue
             self._pending[market] = (version, orjson.Fragment(orjson.dumps(entry)))
             # Sticky until sent: a newer set replacing a tightening one may be looser
@@ -281,8 +284,9 @@ class HttpPublisher:
                     extra={"publisher": self.name, "reason": "circuit_closed"},
                 )
             if attempt.outcome is Outcome.DELIVERED:
+                delivered = self._delivered
                 for market, (version, _) in taken.items():
-                    self._delivered[market] = max(self._delivered.get(market, 0), int(version))
+                    delivered.set(market, max(delivered.get(market), int(version)))
 
     # Clustered (riskd/cluster.py): the shard and the leader's epoch this publisher
     # sends for, in every body and as X-Riskd-Epoch. None: not clustered.

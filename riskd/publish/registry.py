@@ -3,7 +3,7 @@ section and what every publisher may need of the daemon (`PublishContext`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +31,9 @@ class PublishContext:
     # A stream client's message (an exchange state report) and its answer frame.
     on_message: Callable[[str], bytes | None] | None = None
     max_message_bytes: int = 4096  # the largest message a stream client may send
+    # The engine's market id -> row (`Engine.index`, grown in place, rows never move):
+    # per-market values a publisher keeps by row rather than in a dict (riskd/rows.py).
+    rows: Mapping[str, int] | None = None
 
 
 Builder = Callable[[Any, PublishContext], Publisher]
@@ -48,6 +51,7 @@ def _http(cfg: HttpPublisherSettings, ctx: PublishContext) -> Publisher:
         ctx.metrics,
         cfg.timeout_s,
         DeliveryPolicy.from_settings(cfg),
+        ctx.rows,
     )
 
 
