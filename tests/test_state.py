@@ -417,3 +417,24 @@ async def test_kill_9_mid_replay_never_stamps_a_batch_earlier(
     assert all(b >= a for a, b in zip(stamps, stamps[1:], strict=False))
     seqs = [b["seq"] for b in batches]
     assert all(b > a for a, b in zip(seqs, seqs[1:], strict=False))
+
+
+def test_the_header_json_reads_back_as_the_header() -> None:
+    """The snapshot's header: ids by one encoder, the rest by another; what json reads
+    back is the header, ids of any text and the exchange state's infinities included."""
+    from riskd.state import header_json
+
+    ids = ["m1", 'q"uote', "back\\slash", "naïve", "\u2028", "tab\tnew\nline", "0x" + "a" * 64]
+    header = {
+        "schema": SCHEMA,
+        "written_at": 1.5,
+        "clock": None,
+        "seqs": {"batch": 3},
+        "ids": ids,
+        "exchange": {"received": float("-inf"), "fund": float("inf")},
+    }
+    assert json.loads(header_json(header).decode()) == header
+    assert json.loads(header_json({"ids": []}).decode()) == {"ids": []}
+    # Not a list of strings: json alone, as before.
+    odd = {"ids": [1, 2], "x": 1}
+    assert json.loads(header_json(odd).decode()) == odd
