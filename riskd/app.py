@@ -15,6 +15,7 @@ import logging
 import mmap
 import time
 from collections.abc import Mapping
+from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ from riskd.publish.base import Publisher
 from riskd.publish.registry import PublishContext, make_publishers
 from riskd.publish.websocket import WebsocketPublisher
 from riskd.state import Loaded, StateStore, publisher_seqs, resume, seq_gap
-from riskd.supervise import Fatal, Supervisor
+from riskd.supervise import Fatal, Supervisor, background_thread
 from riskd.timeutil import parse_iso
 
 log = logging.getLogger("riskd")
@@ -307,24 +308,34 @@ class Daemon:
 
     async def snapshots(self) -> None:
         """Every snapshot_interval_s: captured on the event loop (copies), written in a
-        thread (the file and its fsyncs)."""
-        while not self.stop.is_set():
-            try:
-                await asyncio.wait_for(self.stop.wait(), self.settings.state.snapshot_interval_s)
-            except TimeoutError:
-                if self.store is not None:
-                    await self._snapshot_in_thread()
+        thread of its own at the lowest priority (the file and its fsyncs)."""
+        writer = background_thread("riskd-snapshot")
+        try:
+            while not self.stop.is_set():
+                try:
+                    await asyncio.wait_for(
+                        self.stop.wait(), self.settings.state.snapshot_interval_s
+                    )
+                except TimeoutError:
+                    if self.store is not None:
+                        await self._snapshot_in_thread(writer)
+        finally:
+            # A write under way finishes in its thread; the shutdown's own snapshot
+            # waits for it (StateStore.write).
+            writer.shutdown(wait=False)
 
-    async def _snapshot_in_thread(self) -> None:
+    async def _snapshot_in_thread(self, writer: Executor) -> None:
         """The capture's copies (~230 bytes per market) in memory of their own, made
-        resident in a thread, filled on the loop and handed back to the OS by the
-        writer thread (riskd/heap.py): in the C heap they would stay in RSS, freed,
-        between snapshots."""
+        resident in the writer's thread, filled on the loop and handed back to the OS
+        there (riskd/heap.py): in the C heap they would stay in RSS, freed, between
+        snapshots."""
         assert self.store is not None
-        buffer = await asyncio.to_thread(heap.mapped, self.store.capture_bytes(self.engine))
+        loop = asyncio.get_running_loop()
+        size = self.store.capture_bytes(self.engine)
+        buffer = await loop.run_in_executor(writer, heap.mapped, size)
         held = [self._capture(buffer)]
         del buffer  # the copies hold it; when they go, it goes
-        self._snapshot_done(await asyncio.to_thread(self._write_held, held))
+        self._snapshot_done(await loop.run_in_executor(writer, self._write_held, held))
 
     def _write_held(self, held: list[dict[str, Any]]) -> OSError | None:
         captured = held.pop()  # the last reference: the copies die in this thread

@@ -42,11 +42,25 @@ def trim() -> bool:
     return True
 
 
+# Linux 5.14+; Python's mmap module does not name it.
+MADV_POPULATE_WRITE = 23
+POPULATE_STEP = 1 << 20
+
+
 def mapped(nbytes: int) -> mmap.mmap:
     """`nbytes` of zeroed memory straight from the OS, resident at once (faulting tens
     of MiB in takes milliseconds: do it off the event loop); it goes back to the OS
-    when the last array on it is gone."""
+    when the last array on it is gone. Made resident a MiB at a time: in one call
+    (MAP_POPULATE, 15-30 ms at 100k markets) the event loop stalled beside it."""
     flags = getattr(mmap, "MAP_PRIVATE", 0) | getattr(mmap, "MAP_ANONYMOUS", 0)
+    size = max(nbytes, 1)
     if not flags:  # not a POSIX system: a plain anonymous map
-        return mmap.mmap(-1, max(nbytes, 1))
-    return mmap.mmap(-1, max(nbytes, 1), flags=flags | getattr(mmap, "MAP_POPULATE", 0))
+        return mmap.mmap(-1, size)
+    buffer = mmap.mmap(-1, size, flags=flags)
+    try:
+        for start in range(0, size, POPULATE_STEP):
+            buffer.madvise(MADV_POPULATE_WRITE, start, min(POPULATE_STEP, size - start))
+    except (OSError, AttributeError):  # an older kernel, or no madvise: all at once
+        buffer.close()
+        return mmap.mmap(-1, size, flags=flags | getattr(mmap, "MAP_POPULATE", 0))
+    return buffer

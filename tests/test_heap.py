@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ctypes.util
 import gc
+import os
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -106,12 +108,17 @@ async def test_each_periodic_snapshot_hands_freed_memory_back(
     tmp_path: Path, in_process: Any
 ) -> None:
     """After writing a periodic snapshot, the writer thread trims the heap: what the
-    daemon freed since goes back to the OS instead of staying resident for reuse."""
+    daemon freed since goes back to the OS instead of staying resident for reuse. The
+    writer is a thread of its own, at the lowest priority (Linux: its nice value)."""
     trims: list[bool] = []
+    where: list[tuple[str, int]] = []
     real_trim = heap.trim
 
-    def counted() -> bool:  # the real trim, counted
+    def counted() -> bool:  # the real trim, counted, and where it ran
         trims.append(True)
+        thread = threading.current_thread()
+        if thread is not threading.main_thread():
+            where.append((thread.name, os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
         return real_trim()
 
     with mock.patch.object(heap, "trim", counted):
@@ -121,3 +128,20 @@ async def test_each_periodic_snapshot_hands_freed_memory_back(
         await wait_until(lambda: len(trims) >= 3, what="trims after snapshots")
         assert await d.stop() == 0
     assert (tmp_path / "state" / "snapshot.npz").exists()
+    assert len(where) >= 2 and all(name.startswith("riskd-snapshot") for name, _ in where)
+    if sys.platform.startswith("linux"):
+        assert {nice for _, nice in where} == {19}
+
+
+@pytest.mark.parametrize("advice", [heap.MADV_POPULATE_WRITE, 9999])
+def test_mapped_memory_is_zeroed_and_resident_when_it_comes(advice: int) -> None:
+    """The capture's buffer is resident before the event loop copies into it (no page
+    faults on the loop), made so a MiB at a time; where the kernel refuses the advice
+    (9999: none), all at once."""
+    nbytes = 48 << 20
+    before = rss_mib()
+    with mock.patch.object(heap, "MADV_POPULATE_WRITE", advice):
+        buffer = heap.mapped(nbytes + 123)
+    assert rss_mib() - before >= 46
+    assert len(buffer) == nbytes + 123 and not any(buffer[:: 1 << 12])
+    buffer.close()
