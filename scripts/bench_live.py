@@ -322,8 +322,10 @@ class Exchange:
 
 def py_spy(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
     """py-spy sampling riskd for one phase (BENCH_PROFILE), raw stacks to `out`."""
+    # The venv's own (the dev extra), whether or not the venv is on PATH.
+    beside = Path(sys.executable).parent / "py-spy"
     return subprocess.Popen(
-        ["py-spy", "record", "-p", str(pid), "-d", str(int(seconds)), "-r", "200"]
+        [str(beside) if beside.exists() else "py-spy", "record", "-p", str(pid), "-d", str(int(seconds)), "-r", "200"]
         + ["-f", "raw", "-o", str(out)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
