@@ -325,7 +325,16 @@ def py_spy(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
     # The venv's own (the dev extra), whether or not the venv is on PATH.
     beside = Path(sys.executable).parent / "py-spy"
     return subprocess.Popen(
-        [str(beside) if beside.exists() else "py-spy", "record", "-p", str(pid), "-d", str(int(seconds)), "-r", "200"]
+        [
+            str(beside) if beside.exists() else "py-spy",
+            "record",
+            "-p",
+            str(pid),
+            "-d",
+            str(int(seconds)),
+            "-r",
+            "200",
+        ]
         + ["-f", "raw", "-o", str(out)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
