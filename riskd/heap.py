@@ -19,16 +19,24 @@ import ctypes
 import ctypes.util
 import mmap
 from collections.abc import Callable
+from typing import Any
+
+
+def _libc(name: str, *argtypes: Any) -> Any:
+    """A C library function, or None where there is none (not glibc: musl, macOS).
+    Called through ctypes, it runs without the GIL: the event loop goes on beside it."""
+    try:
+        fn = getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
+    except (OSError, AttributeError):
+        return None
+    if argtypes:
+        fn.argtypes, fn.restype = list(argtypes), ctypes.c_int
+    return fn
 
 
 def _malloc_trim() -> Callable[[int], int] | None:
-    try:
-        fn: Callable[[int], int] = ctypes.CDLL(
-            ctypes.util.find_library("c") or "libc.so.6"
-        ).malloc_trim
-        return fn
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to hand back
-        return None
+    fn: Callable[[int], int] | None = _libc("malloc_trim")
+    return fn
 
 
 _TRIM = _malloc_trim()
@@ -45,22 +53,34 @@ def trim() -> bool:
 # Linux 5.14+; Python's mmap module does not name it.
 MADV_POPULATE_WRITE = 23
 POPULATE_STEP = 1 << 20
+_MADVISE = _libc("madvise", ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
 
 
 def mapped(nbytes: int) -> mmap.mmap:
     """`nbytes` of zeroed memory straight from the OS, resident at once (faulting tens
     of MiB in takes milliseconds: do it off the event loop); it goes back to the OS
-    when the last array on it is gone. Made resident a MiB at a time: in one call
-    (MAP_POPULATE, 15-30 ms at 100k markets) the event loop stalled beside it."""
+    when the last array on it is gone. Made resident a MiB at a time by the C
+    library's madvise, without the GIL: in one call (MAP_POPULATE, 15-30 ms at 100k
+    markets) the event loop stalled beside it, and so it did behind Python's own
+    `mmap.madvise`, which holds the GIL."""
     flags = getattr(mmap, "MAP_PRIVATE", 0) | getattr(mmap, "MAP_ANONYMOUS", 0)
     size = max(nbytes, 1)
     if not flags:  # not a POSIX system: a plain anonymous map
         return mmap.mmap(-1, size)
     buffer = mmap.mmap(-1, size, flags=flags)
+    if _MADVISE is not None and _populate(buffer, size):
+        return buffer
+    buffer.close()  # an older kernel, or no madvise: all at once
+    return mmap.mmap(-1, size, flags=flags | getattr(mmap, "MAP_POPULATE", 0))
+
+
+def _populate(buffer: mmap.mmap, size: int) -> bool:
+    view = (ctypes.c_char * size).from_buffer(buffer)
     try:
-        for start in range(0, size, POPULATE_STEP):
-            buffer.madvise(MADV_POPULATE_WRITE, start, min(POPULATE_STEP, size - start))
-    except (OSError, AttributeError):  # an older kernel, or no madvise: all at once
-        buffer.close()
-        return mmap.mmap(-1, size, flags=flags | getattr(mmap, "MAP_POPULATE", 0))
-    return buffer
+        start = ctypes.addressof(view)
+        for offset in range(0, size, POPULATE_STEP):
+            if _MADVISE(start + offset, min(POPULATE_STEP, size - offset), MADV_POPULATE_WRITE):
+                return False
+        return True
+    finally:
+        del view  # the map can close only when nothing points into it
