@@ -1,10 +1,11 @@
 """The daemon's lifecycle: start-up, serving, shutdown; signals.
 
 Start-up: the API, the publishers, the snapshot, then the supervised tasks (feed,
-cycle, snapshots, each publisher's sender). Shutdown, on SIGTERM or SIGINT: stop the
-feed, publish the final batch, drain the publishers within `[server]
-shutdown_deadline_s`, write the snapshot, close the API. A second signal cuts the
-drain at once and exits 1 (uvicorn's convention); a third exits without cleanup.
+cycle, snapshots, each publisher's sender, the event loop's lag). Shutdown, on
+SIGTERM or SIGINT: stop the feed, publish the final batch, drain the publishers
+within `[server] shutdown_deadline_s`, write the snapshot, close the API. A second
+signal cuts the drain at once and exits 1 (uvicorn's convention); a third exits
+without cleanup.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import gc
 import logging
 import os
 import signal
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -23,6 +25,7 @@ from riskd.config import ConfigError
 from riskd.engine import compile_kernels
 from riskd.publish.base import Publisher, background_task
 from riskd.server import serve
+from riskd.supervise import watch_loop
 
 if TYPE_CHECKING:
     from riskd.app import Daemon
@@ -138,6 +141,9 @@ class Lifecycle:
             # served on.
             sup.spawn("feed", daemon.pipeline.consume, restart=False, may_end=True),
             sup.spawn("cycle", daemon.pipeline.cycles, restart=True),
+            sup.spawn(
+                "loop-lag", partial(watch_loop, daemon.metrics.loop_lag.observe), restart=True
+            ),
         ]
 
     def _watch(self, pub: Publisher) -> None:

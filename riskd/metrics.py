@@ -152,6 +152,13 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        self.loop_lag = Histogram(
+            "riskd_event_loop_lag_seconds",
+            "How late the event loop woke a task due every 10 ms: what ticks, cycles "
+            "and requests waited behind",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
         self.markets = Gauge("riskd_markets", "Markets tracked", registry=registry)
         self.reloads = Counter(
             "riskd_config_reloads", "Config reloads", ["result"], registry=registry

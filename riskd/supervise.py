@@ -41,6 +41,23 @@ def background_thread(name: str) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(1, thread_name_prefix=name, initializer=_lowest_priority)
 
 
+LOOP_LAG_INTERVAL_S = 0.01
+
+
+async def watch_loop(
+    observe: Callable[[float], None], interval: float = LOOP_LAG_INTERVAL_S
+) -> None:
+    """How late the event loop wakes a task that sleeps `interval`, observed at each
+    wake-up: everything the loop runs (a tick's decoding, a cycle, a request) waits
+    behind whatever holds it, so a stall shows here whatever its cause (a long
+    callback, the GIL held by a thread, the CPU taken by another process)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        due = loop.time() + interval
+        await asyncio.sleep(interval)
+        observe(max(loop.time() - due, 0.0))
+
+
 def _lowest_priority() -> None:
     # Linux gives each thread its own nice value (PRIO_PROCESS with the thread's id);
     # elsewhere that call would take the id for a process's, so it is left alone.

@@ -367,6 +367,7 @@ def scrape(port: int) -> dict[str, float]:
                 "riskd_publishes_total",
                 "riskd_publish_latency_seconds",
                 "riskd_feed_lag_seconds",
+                "riskd_event_loop_lag_seconds",
             )
         ):
             name, value = line.rsplit(" ", 1)
@@ -465,6 +466,7 @@ class Result:
     rss: int = 0
     startup_s: float = float("nan")
     histogram_p99_ms: float = float("nan")  # riskd_tick_to_publish_seconds (paced)
+    loop_lag_p99_ms: float = float("nan")  # riskd_event_loop_lag_seconds (paced)
     paced_cpu: float = float("nan")  # riskd's CPU share during the paced phase
 
     def better(self, other: Result) -> Result:
@@ -500,6 +502,7 @@ class Result:
             rss=min(self.rss, other.rss) if self.rss and other.rss else self.rss or other.rss,
             startup_s=lo(self.startup_s, other.startup_s),
             histogram_p99_ms=lo(self.histogram_p99_ms, other.histogram_p99_ms),
+            loop_lag_p99_ms=lo(self.loop_lag_p99_ms, other.loop_lag_p99_ms),
             paced_cpu=lo(self.paced_cpu, other.paced_cpu),
         )
 
@@ -660,6 +663,8 @@ async def run_riskd(
             )
         _, p99, _ = histogram(before, after, "riskd_tick_to_publish_seconds")
         result.histogram_p99_ms = p99 * 1e3
+        _, lag_p99, _ = histogram(before, after, "riskd_event_loop_lag_seconds")
+        result.loop_lag_p99_ms = lag_p99 * 1e3
         timeline = sorted(
             (t, exchange.probe_seen[m] - t)
             for m, t in venue.probe_sent.items()
@@ -842,7 +847,8 @@ async def main_async(args: argparse.Namespace) -> list[Result]:
                 f"  {n:,} markets, run {k + 1}: raw {r.raw_per_s:,.0f}/s (aiohttp "
                 f"{r.raw_aio_per_s:,.0f}/s), riskd "
                 f"{r.ticks_per_s:,.0f}/s, p99 {r.latency_ms[1]:.1f} ms (riskd's own "
-                f"{_bound(r.histogram_p99_ms)}), paced CPU {r.paced_cpu:.0%}, "
+                f"{_bound(r.histogram_p99_ms)}, its loop's lag {_bound(r.loop_lag_p99_ms)}), "
+                f"paced CPU {r.paced_cpu:.0%}, "
                 f"startup {r.startup_s:.1f} s",
                 flush=True,
             )

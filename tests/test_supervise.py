@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from riskd.metrics import Metrics
 from riskd.publish.base import Batch
-from riskd.supervise import Fatal, Supervisor
+from riskd.supervise import Fatal, Supervisor, watch_loop
 from tests.support import base_config, http_get, metric_samples, wait_until
 
 
@@ -82,7 +83,7 @@ async def test_a_crashing_publisher_task_is_logged_counted_shown_and_restarted(
 
     await wait_until(lambda: _at_least(failures, 1), 15.0, what="the sender's failure counted")
     _, _, text = await http_get(d.url + "/metrics")
-    for task in ("feed", "cycle", "snapshots"):
+    for task in ("feed", "cycle", "snapshots", "loop-lag"):
         assert ("riskd_task_failures_total", frozenset({("task", task)})) in metric_samples(text), (
             task
         )
@@ -221,3 +222,19 @@ async def test_a_loop_that_returns_because_the_daemon_stops_is_no_failure() -> N
     await asyncio.wait_for(task, 2.0)
     assert _sample(metrics, "riskd_task_failures_total", "cycle") == 0
     assert not fatal and sup.reasons() == []
+
+
+async def test_the_loop_watcher_sees_a_stall_as_it_was() -> None:
+    """riskd_event_loop_lag_seconds: a callback that holds the loop 150 ms shows as one
+    wake-up at least that late; the wake-ups around it are observed too, and none is
+    negative."""
+    seen: list[float] = []
+    watcher = asyncio.create_task(watch_loop(seen.append, interval=0.01))
+    await wait_until(lambda: len(seen) >= 3, 5.0, what="wake-ups before the stall")
+    before = len(seen)
+    time.sleep(0.15)  # holds the event loop, as a long callback would
+    await wait_until(lambda: len(seen) >= before + 3, 5.0, what="wake-ups after the stall")
+    watcher.cancel()
+    await asyncio.gather(watcher, return_exceptions=True)
+    assert max(seen[before:]) >= 0.14, seen
+    assert min(seen) >= 0.0
