@@ -34,12 +34,7 @@ def _libc(name: str, *argtypes: Any) -> Any:
     return fn
 
 
-def _malloc_trim() -> Callable[[int], int] | None:
-    fn: Callable[[int], int] | None = _libc("malloc_trim")
-    return fn
-
-
-_TRIM = _malloc_trim()
+_TRIM: Callable[[int], int] | None = _libc("malloc_trim")
 
 
 def trim() -> bool:
