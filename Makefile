@@ -9,9 +9,9 @@ STAMP := $(VENV)/.installed
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# setup.py builds the compiled store (riskd/feeds/polymarket/_store.c): a change to it
+# setup.py builds the compiled store (riskd/feeds/polymarket/_*.c): a change to it
 # installs again, which rebuilds it in place.
-$(STAMP): pyproject.toml setup.py riskd/feeds/polymarket/_store.c | $(BIN)/python
+$(STAMP): pyproject.toml setup.py $(wildcard riskd/feeds/polymarket/_*.[ch]) | $(BIN)/python
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test,plot,dev,fast]'
 	touch $(STAMP)

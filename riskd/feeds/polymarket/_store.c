@@ -19,6 +19,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "_scan.h"
+
 #define HAIR 1e-9          /* codec.HAIR */
 #define DEPTH_CHANGE 0.05  /* codec.DEPTH_CHANGE */
 #define TS_TOLERANCE 1.0   /* codec.TS_TOLERANCE_S */
@@ -70,6 +72,13 @@ typedef struct {
     PyObject *ids, *index, *prices, *unset, *make_tick, *complement;
     double c_key[CACHE], c_val[CACHE];
     uint8_t c_set[CACHE];
+    /* frames read from their bytes (_scan.c): the token ids, the entries as sent and
+     * as read; `scan` off: msgspec's structs only */
+    TokenTable tokens;
+    RawEntries raw;
+    struct Entry *entries;
+    Py_ssize_t e_cap;
+    char scan;
 } Store;
 
 static PyObject *s_asset_id, *s_price, *s_size, *s_side, *s_best_bid, *s_best_ask,
@@ -410,10 +419,11 @@ static void untouch(Store *st, int32_t m) {
 
 /* --- the batched price_change, typed ------------------------------------------- */
 
-typedef struct {
+typedef struct Entry {
     int32_t tok;
     uint8_t buy, top;
     double price, qty, bid, ask;
+    double ts; /* its event's time in seconds (read from bytes only) */
 } Entry;
 
 /* A float from a str the way float() reads it; 0 when it is not one. Digits alone
@@ -569,6 +579,108 @@ done:
     return result;
 }
 
+/* --- the same entries, read from the frame's bytes (_scan.c) ----------------------- */
+
+static const double POW10[16] = {1e0, 1e1, 1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
+                                 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15};
+
+/* Digits alone, 1 to 15 of them: str_float's own exact case. */
+static int text_digits(const Text *t, double *x) {
+    if (t->n < 1 || t->n > 15) return 0;
+    int64_t v = 0;
+    for (Py_ssize_t i = 0; i < t->n; i++) {
+        if (t->s[i] < '0' || t->s[i] > '9') return 0;
+        v = 10 * v + (t->s[i] - '0');
+    }
+    *x = (double)v;
+    return 1;
+}
+
+/* Digits with at most one '.', 1 to 15 digits in all: float() of the text, exactly.
+ * The digits' integer (below 2^53) and the power of ten (at most 1e15) are both exact
+ * doubles, and IEEE division rounds their quotient correctly, as float() rounds the
+ * decimal. Signs, exponents and longer texts are left to float(). */
+static int text_decimal(const Text *t, double *x) {
+    int64_t v = 0;
+    int digits = 0, frac = -1;
+    for (Py_ssize_t i = 0; i < t->n; i++) {
+        char ch = t->s[i];
+        if (ch >= '0' && ch <= '9') {
+            if (++digits > 15) return 0;
+            v = 10 * v + (ch - '0');
+            if (frac >= 0) frac++;
+        } else if (ch == '.' && frac < 0) {
+            frac = 0;
+        } else {
+            return 0;
+        }
+    }
+    if (digits == 0) return 0;
+    *x = (double)v / POW10[frac < 0 ? 0 : frac];
+    return 1;
+}
+
+/* A price: what `probability` gives for the text (known_price's table holds exactly
+ * those), when it is a plain decimal in [0, 1]. */
+static int text_price(const Text *t, double *x) {
+    return text_decimal(t, x) && *x >= 0.0 && *x <= 1.0;
+}
+
+static int text_is(const Text *t, const char *s, Py_ssize_t n) {
+    return t->n == n && memcmp(t->s, s, (size_t)n) == 0;
+}
+
+/* One entry as sent, checked as read_entry checks the typed one: 1 if it passed, 0 if
+ * the frame must take the typed path (which may hand it on to the codec). */
+static int scan_entry(Store *st, const RawEntry *r, Entry *e) {
+    double ts;
+    if (!text_digits(&r->timestamp, &ts) || !(ts > 0)) return 0;
+    e->ts = ts / 1000.0;
+    if (r->asset_id.n == 0) return 0;
+    if (text_is(&r->side, "BUY", 3))
+        e->buy = 1;
+    else if (text_is(&r->side, "SELL", 4))
+        e->buy = 0;
+    else
+        return 0;
+    if (!text_price(&r->price, &e->price)) return 0;
+    if (!text_decimal(&r->size, &e->qty) || fabs(e->qty) > MAX_DEPTH) return 0;
+    e->top = r->best_bid.n >= 0 || r->best_ask.n >= 0;
+    e->bid = e->ask = NONE;
+    double x;
+    if (r->best_bid.n > 0) {
+        if (!text_price(&r->best_bid, &x)) return 0;
+        if (x != 0.0) e->bid = x; /* 0: no bid */
+    }
+    if (r->best_ask.n > 0) {
+        if (!text_price(&r->best_ask, &x)) return 0;
+        if (x < 1.0 && x != 0.0) e->ask = x; /* 1 (or 0): no ask */
+    }
+    e->tok = tokens_find(&st->tokens, r->asset_id.s, r->asset_id.n);
+    return 1;
+}
+
+/* The frame read from its bytes and applied, all or nothing: 1 taken, 0 not (nothing
+ * changed: the typed path reads it), -1 out of memory. */
+static int scan_take(Store *st, PyObject *frame) {
+    int r = scan_frame(PyBytes_AS_STRING(frame), PyBytes_GET_SIZE(frame), &st->raw);
+    if (r <= 0) return r;
+    if (st->raw.n > st->e_cap) {
+        Entry *e = PyMem_RawRealloc(st->entries, (size_t)st->raw.cap * sizeof(Entry));
+        if (e == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        st->entries = e;
+        st->e_cap = st->raw.cap;
+    }
+    for (Py_ssize_t i = 0; i < st->raw.n; i++)
+        if (!scan_entry(st, &st->raw.v[i], &st->entries[i])) return 0;
+    for (Py_ssize_t i = 0; i < st->raw.n; i++)
+        if (apply_entry(st, &st->entries[i], st->entries[i].ts) < 0) return -1;
+    return 1;
+}
+
 static int finish(Store *st, Out *out, PyObject *heard);
 static int out_args(PyObject *const *args, Out *out);
 
@@ -592,6 +704,14 @@ static PyObject *Store_frames(Store *st, PyObject *const *args, Py_ssize_t nargs
         PyObject *frame = PyList_GET_ITEM(frames, k);
         if (!PyBytes_CheckExact(frame) || PyBytes_GET_SIZE(frame) < 16)
             return Py_BuildValue("(nOn)", k, Py_None, (Py_ssize_t)0);
+        if (st->scan) {
+            int r = scan_take(st, frame);
+            if (r < 0) return NULL;
+            if (r > 0) {
+                if (finish(st, &out, heard) < 0) return NULL;
+                continue;
+            }
+        }
         PyObject *batch = PyObject_CallOneArg(decode, frame);
         if (batch == NULL) { /* not typed: the codec parses it again its own way */
             PyErr_Clear();
@@ -1005,6 +1125,12 @@ static int Store_init(Store *st, PyObject *args, PyObject *kwds) {
         PyErr_SetString(PyExc_TypeError, "PRICES must be a dict");
         return -1;
     }
+    /* str hashes are salted per process (PYTHONHASHSEED): so is the token table. */
+    Py_hash_t salt = PyObject_Hash(s_asset_id);
+    if (salt == -1) return -1;
+    if (tokens_init(&st->tokens, index, nt, (uint64_t)salt ^ (uint64_t)(uintptr_t)st) < 0)
+        return -1;
+    st->scan = 1;
     return 0;
 }
 
@@ -1017,6 +1143,9 @@ static void Store_dealloc(Store *st) {
                       st->last_depth, st->last_trade, st->touch_at, st->t_mkt, st->t_tok,
                       st->t_ts, st->rows};
     for (size_t i = 0; i < sizeof arrays / sizeof arrays[0]; i++) PyMem_RawFree(arrays[i]);
+    tokens_free(&st->tokens);
+    PyMem_RawFree(st->raw.v);
+    PyMem_RawFree(st->entries);
     Py_CLEAR(st->ids);
     Py_CLEAR(st->index);
     Py_CLEAR(st->prices);
@@ -1069,6 +1198,8 @@ static PyMemberDef Store_members[] = {
     {"max_future_s", T_DOUBLE, offsetof(Store, max_future_s), 0, NULL},
     {"n_markets", T_PYSSIZET, offsetof(Store, n_markets), READONLY, NULL},
     {"n_tokens", T_PYSSIZET, offsetof(Store, n_tokens), READONLY, NULL},
+    {"scan", T_BOOL, offsetof(Store, scan), 0,
+     "read plain batched price_change frames from their bytes (False: typed path only)"},
     {NULL, 0, 0, 0, NULL},
 };
 

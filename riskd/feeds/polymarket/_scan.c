@@ -1,0 +1,275 @@
+/* The batched `price_change` frame read straight from its bytes.
+ *
+ * Nearly every frame the venue sends is one shape: an event (or a list of them) of
+ * string fields, with a list of entries of string fields. msgspec decodes it into
+ * structs, but it must make a Python str for each of ~25 values (77-digit token ids,
+ * 40-digit hashes) that the store then reads back, hashes and drops: half of the
+ * frame's decoding time (docs/performance.md, sixth round). This reader takes that
+ * shape only, in the form the venue writes it, and gives the store the values' text
+ * in place:
+ * - objects with the known keys only, each at most once, in any order, between JSON
+ *   whitespace;
+ * - every value a string of printable ASCII without escapes;
+ * - `event_type` exactly "price_change", at least one entry, at least one event.
+ * Anything else (an escape, a number, null, another key, a repeated key, non-ASCII,
+ * an empty list, trailing bytes) returns 0 and the frame goes to msgspec as before:
+ * this reader never decides what a frame means, it only declines what it does not
+ * know. Every frame it takes is valid JSON that msgspec's structs decode to the same
+ * strings (tests/test_polymarket_scan.py checks both on the same frames). */
+#include "_scan.h"
+
+#include <string.h>
+
+typedef struct {
+    const char *p, *end;
+} Cur;
+
+static void skip_ws(Cur *c) {
+    while (c->p < c->end && (*c->p == ' ' || *c->p == '\n' || *c->p == '\r' || *c->p == '\t'))
+        c->p++;
+}
+
+/* The next byte (after whitespace) is `ch`: taken. */
+static int eat(Cur *c, char ch) {
+    skip_ws(c);
+    if (c->p < c->end && *c->p == ch) {
+        c->p++;
+        return 1;
+    }
+    return 0;
+}
+
+#define ONES 0x0101010101010101ull
+#define HIGHS 0x8080808080808080ull
+/* Some byte of w is zero (exact), or below n for n <= 128 (exact where no byte has
+ * its high bit set, which the caller checks besides). */
+#define HAS_ZERO(w) (((w) - ONES) & ~(w) & HIGHS)
+#define HAS_LESS(w, n) (((w) - ONES * (n)) & ~(w) & HIGHS)
+
+/* A string of printable ASCII without escapes: its text. Eight bytes at a time while
+ * none is a quote, a backslash or outside 0x20..0x7e; byte by byte where one is. */
+static int plain_string(Cur *c, Text *t) {
+    skip_ws(c);
+    if (c->p >= c->end || *c->p != '"') return 0;
+    const char *s = ++c->p, *q = s;
+    for (;;) {
+        const char *stop = c->end;
+        if (c->end - q >= 8) {
+            uint64_t w;
+            memcpy(&w, q, 8);
+            uint64_t odd = (w & HIGHS) | HAS_LESS(w, 0x20) | HAS_ZERO(w ^ (ONES * 0x7f)) |
+                           HAS_ZERO(w ^ (ONES * '"')) | HAS_ZERO(w ^ (ONES * '\\'));
+            if (!odd) {
+                q += 8;
+                continue;
+            }
+            stop = q + 8;
+        }
+        if (q >= c->end) return 0;
+        for (; q < stop; q++) {
+            unsigned char ch = (unsigned char)*q;
+            if (ch == '"') {
+                t->s = s;
+                t->n = q - s;
+                c->p = q + 1;
+                return 1;
+            }
+            if (ch < 0x20 || ch > 0x7e || ch == '\\') return 0;
+        }
+    }
+}
+
+typedef struct {
+    const char *s;
+    Py_ssize_t n;
+} Name;
+#define NAME(s) {s, sizeof s - 1}
+
+static int is(const Text *t, const Name *name) {
+    return t->n == name->n && memcmp(t->s, name->s, (size_t)name->n) == 0;
+}
+
+/* `"key":` with the key among `names`: its position (the bit of `seen` it takes),
+ * -1 for any other key or a repeated one. */
+static int field(Cur *c, const Name *names, int count, unsigned *seen) {
+    Text key;
+    if (!plain_string(c, &key) || !eat(c, ':')) return -1;
+    for (int i = 0; i < count; i++)
+        if (is(&key, &names[i])) {
+            if (*seen & (1u << i)) return -1;
+            *seen |= 1u << i;
+            return i;
+        }
+    return -1;
+}
+
+static const Name ENTRY_KEYS[] = {NAME("asset_id"), NAME("price"),    NAME("size"),
+                                  NAME("side"),     NAME("hash"),     NAME("best_bid"),
+                                  NAME("best_ask")};
+enum { E_ASSET, E_PRICE, E_SIZE, E_SIDE, E_HASH, E_BID, E_ASK };
+#define ENTRY_NEEDS ((1u << E_ASSET) | (1u << E_PRICE) | (1u << E_SIZE) | (1u << E_SIDE))
+
+static int entry(Cur *c, RawEntry *e) {
+    if (!eat(c, '{')) return 0;
+    unsigned seen = 0;
+    e->best_bid.n = e->best_ask.n = -1;
+    do {
+        Text v;
+        int k = field(c, ENTRY_KEYS, 7, &seen);
+        if (k < 0 || !plain_string(c, &v)) return 0;
+        Text *slot[] = {&e->asset_id, &e->price, &e->size, &e->side, NULL, &e->best_bid,
+                        &e->best_ask};
+        if (slot[k] != NULL) *slot[k] = v;
+    } while (eat(c, ','));
+    return eat(c, '}') && (seen & ENTRY_NEEDS) == ENTRY_NEEDS;
+}
+
+static int grow(RawEntries *out) {
+    Py_ssize_t cap = out->cap ? 2 * out->cap : 16;
+    RawEntry *v = PyMem_RawRealloc(out->v, (size_t)cap * sizeof(RawEntry));
+    if (v == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    out->v = v;
+    out->cap = cap;
+    return 0;
+}
+
+static const Name EVENT_KEYS[] = {NAME("event_type"), NAME("timestamp"), NAME("price_changes"),
+                                  NAME("market")};
+static const Name PRICE_CHANGE = NAME("price_change");
+enum { V_TYPE, V_TS, V_CHANGES, V_MARKET };
+#define EVENT_NEEDS ((1u << V_TYPE) | (1u << V_TS) | (1u << V_CHANGES))
+
+/* One event: its entries appended to `out`. */
+static int event(Cur *c, RawEntries *out) {
+    if (!eat(c, '{')) return 0;
+    unsigned seen = 0;
+    Py_ssize_t first = out->n;
+    Text ts = {NULL, -1};
+    do {
+        Text v;
+        int k = field(c, EVENT_KEYS, 4, &seen);
+        if (k < 0) return 0;
+        if (k == V_CHANGES) {
+            if (!eat(c, '[')) return 0;
+            do {
+                if (out->n == out->cap && grow(out) < 0) return -1;
+                if (!entry(c, &out->v[out->n])) return 0;
+                out->n++;
+            } while (eat(c, ','));
+            if (!eat(c, ']')) return 0;
+            continue;
+        }
+        if (!plain_string(c, &v)) return 0;
+        if (k == V_TYPE && !is(&v, &PRICE_CHANGE)) return 0;
+        if (k == V_TS) ts = v;
+    } while (eat(c, ','));
+    if (!eat(c, '}') || (seen & EVENT_NEEDS) != EVENT_NEEDS) return 0;
+    for (Py_ssize_t i = first; i < out->n; i++) out->v[i].timestamp = ts;
+    return 1;
+}
+
+int scan_frame(const char *s, Py_ssize_t n, RawEntries *out) {
+    Cur c = {s, s + n};
+    int r;
+    out->n = 0;
+    if (eat(&c, '[')) {
+        do
+            if ((r = event(&c, out)) <= 0) return r;
+        while (eat(&c, ','));
+        if (!eat(&c, ']')) return 0;
+    } else if ((r = event(&c, out)) <= 0) {
+        return r;
+    }
+    skip_ws(&c);
+    return c.p == c.end;
+}
+
+/* --- token ids ------------------------------------------------------------------ */
+
+/* A 64-bit mix of the bytes, eight at a time, keyed by a per-process seed (a venue
+ * that names tokens cannot aim them at one slot). */
+static uint64_t hash_bytes(const char *s, Py_ssize_t n, uint64_t seed) {
+    uint64_t h = seed ^ ((uint64_t)n * 0x9e3779b97f4a7c15ull);
+    for (; n >= 8; s += 8, n -= 8) {
+        uint64_t w;
+        memcpy(&w, s, 8);
+        h = (h ^ w) * 0xbf58476d1ce4e5b9ull;
+        h ^= h >> 31;
+    }
+    if (n > 0) {
+        uint64_t w = 0;
+        memcpy(&w, s, (size_t)n);
+        h = (h ^ w) * 0x94d049bb133111ebull;
+    }
+    h ^= h >> 29;
+    h *= 0xbf58476d1ce4e5b9ull;
+    return h ^ (h >> 32);
+}
+
+void tokens_free(TokenTable *t) {
+    if (t->key != NULL)
+        for (Py_ssize_t k = 0; k < t->n_keys; k++) Py_XDECREF(t->key[k]);
+    PyMem_RawFree(t->tok);
+    PyMem_RawFree(t->tag);
+    PyMem_RawFree(t->key);
+    t->tok = NULL;
+    t->tag = NULL;
+    t->key = NULL;
+    t->slots = t->n_keys = 0;
+}
+
+int32_t tokens_find(const TokenTable *t, const char *s, Py_ssize_t n) {
+    if (t->slots == 0) return -1;
+    uint64_t h = hash_bytes(s, n, t->seed);
+    uint32_t tag = (uint32_t)(h >> 32);
+    for (Py_ssize_t i = (Py_ssize_t)(h & (uint64_t)(t->slots - 1));; i = (i + 1) & (t->slots - 1)) {
+        int32_t k = t->tok[i];
+        if (k < 0) return -1;
+        if (t->tag[i] == tag) {
+            PyObject *key = t->key[k];
+            if (PyUnicode_GET_LENGTH(key) == n && memcmp(PyUnicode_DATA(key), s, (size_t)n) == 0)
+                return k;
+        }
+    }
+}
+
+int tokens_init(TokenTable *t, PyObject *index, Py_ssize_t n_tokens, uint64_t seed) {
+    memset(t, 0, sizeof *t);
+    t->seed = seed;
+    Py_ssize_t slots = 16;
+    while (slots < 2 * PyDict_GET_SIZE(index)) slots *= 2; /* at most half full */
+    t->n_keys = n_tokens;
+    if (!(t->tok = PyMem_RawMalloc((size_t)slots * sizeof(int32_t))) ||
+        !(t->tag = PyMem_RawMalloc((size_t)slots * sizeof(uint32_t))) ||
+        !(t->key = PyMem_RawCalloc((size_t)(n_tokens ? n_tokens : 1), sizeof(PyObject *)))) {
+        tokens_free(t);
+        PyErr_NoMemory();
+        return -1;
+    }
+    t->slots = slots;
+    memset(t->tok, 0xff, (size_t)slots * sizeof(int32_t)); /* -1: empty */
+    Py_ssize_t pos = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(index, &pos, &key, &value)) {
+        Py_ssize_t k = PyLong_Check(value) ? PyLong_AsSsize_t(value) : -1;
+        if (!PyUnicode_CheckExact(key) || k < 0 || k >= n_tokens || t->key[k] != NULL) {
+            PyErr_Clear();
+            tokens_free(t);
+            PyErr_SetString(PyExc_ValueError, "the token index must map distinct str to 0..n-1");
+            return -1;
+        }
+        t->key[k] = Py_NewRef(key);
+        /* Only plain ASCII text is looked up: any other id cannot equal it. */
+        if (!PyUnicode_IS_ASCII(key)) continue;
+        Py_ssize_t n = PyUnicode_GET_LENGTH(key);
+        uint64_t h = hash_bytes(PyUnicode_DATA(key), n, seed);
+        Py_ssize_t i = (Py_ssize_t)(h & (uint64_t)(slots - 1));
+        while (t->tok[i] >= 0) i = (i + 1) & (slots - 1);
+        t->tok[i] = (int32_t)k;
+        t->tag[i] = (uint32_t)(h >> 32);
+    }
+    return 0;
+}

@@ -1,0 +1,49 @@
+/* The batched `price_change` frame read from its bytes (_scan.c), and the token
+ * table the store looks its asset ids up in. See _scan.c for why and for what the
+ * reader takes. */
+#ifndef RISKD_POLYMARKET_SCAN_H
+#define RISKD_POLYMARKET_SCAN_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+
+/* A string's text inside the frame (no quotes, no escapes); n < 0: not sent. */
+typedef struct {
+    const char *s;
+    Py_ssize_t n;
+} Text;
+
+/* One entry of `price_changes[]` as sent, with its event's timestamp text. */
+typedef struct {
+    Text asset_id, price, size, side, best_bid, best_ask, timestamp;
+} RawEntry;
+
+/* Entries read so far (grown by scan_frame). */
+typedef struct {
+    RawEntry *v;
+    Py_ssize_t n, cap;
+} RawEntries;
+
+/* 1: the frame is batched price_change events in the plain form, its entries in
+ * `out` (replacing what was there); 0: it is not (the caller decodes it the general
+ * way); -1: out of memory (exception set). */
+int scan_frame(const char *s, Py_ssize_t n, RawEntries *out);
+
+/* Token ids -> token index: open addressing over (hash, index) slots. */
+typedef struct {
+    int32_t *tok;   /* per slot: token index, or -1 (empty) */
+    uint32_t *tag;  /* per slot: the high half of the key's hash */
+    PyObject **key; /* per token index: its id (a str, held) */
+    Py_ssize_t slots, n_keys;
+    uint64_t seed;
+} TokenTable;
+
+/* Built from the codec's index (str -> int in [0, n_tokens)); -1: out of memory or
+ * an index the table cannot stand for (exception set). */
+int tokens_init(TokenTable *t, PyObject *index, Py_ssize_t n_tokens, uint64_t seed);
+void tokens_free(TokenTable *t);
+/* The token index of these bytes, or -1 when the index has no such token. */
+int32_t tokens_find(const TokenTable *t, const char *s, Py_ssize_t n);
+
+#endif
