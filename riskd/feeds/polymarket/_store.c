@@ -100,7 +100,9 @@ static void side_del(Side *s, int32_t i) {
 
 static int side_append(Side *s, double price, double qty) {
     if (s->n == s->cap) {
-        int32_t cap = s->cap ? 2 * s->cap : 2;
+        /* By half, not double: the books' levels are most of the store's memory, and
+         * the slack of a side that stopped growing is at most a third, not a half. */
+        int32_t cap = s->cap ? s->cap + (s->cap + 1) / 2 : 2;
         Level *v = PyMem_RawRealloc(s->v, (size_t)cap * sizeof(Level));
         if (v == NULL) {
             PyErr_NoMemory();
