@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from riskd.feeds.polymarket import codec as polymarket
 from riskd.feeds.polymarket import store as stores
 from riskd.feeds.polymarket.codec import Binding, PolymarketCodec
+from tests.test_polymarket_store import codec_state
 
 FUZZ = int(os.environ.get("RISKD_FUZZ_EXAMPLES", "0"))
 RECEIVED = 1_770_921_600.0
@@ -31,15 +32,6 @@ ASSETS = {
     "\u0661\u0662": Binding("m4", no=False),  # not ASCII: never read from bytes
 }
 PLAIN_TOKENS = ["111", "222", "333", "444", "11", "999", "1111"]  # 999, 1111: not followed
-
-
-def _state(codec: PolymarketCodec) -> tuple[Any, ...]:
-    books = {
-        token: (dict(b.bids), dict(b.asks), b.has_top, b.top_bid, b.top_ask, b.complete)
-        for token, b in codec.books.items()
-    }
-    makers = [codec.store.maker_state(k) for k in range(len(codec.layout.ids))]
-    return books, codec.last_trade, makers
 
 
 def _pair(assets: dict[str, Binding]) -> tuple[PolymarketCodec, PolymarketCodec]:
@@ -57,7 +49,7 @@ def _same(groups: list[list[bytes]], assets: dict[str, Binding] = ASSETS) -> Non
         b = typed.decode_batch(frames, RECEIVED + k, failed.append)
         assert a.ticks == b.ticks, frames
         assert a == b, frames
-        assert _state(scanned) == _state(typed), frames
+        assert codec_state(scanned) == codec_state(typed), frames
     assert not failed
 
 
@@ -211,7 +203,7 @@ def test_only_the_plain_form_is_read_from_bytes(text: str, read_from_bytes: bool
         a = scanned.decode_batch([text.encode()], RECEIVED, pytest.fail)
     assert (counting.frames == 0) is read_from_bytes
     assert a == typed.decode_batch([text.encode()], RECEIVED, pytest.fail)
-    assert _state(scanned) == _state(typed)
+    assert codec_state(scanned) == codec_state(typed)
 
 
 def test_many_tokens_each_find_their_market() -> None:

@@ -124,7 +124,7 @@ step = st.one_of(
 )
 
 
-def _state(codec: PolymarketCodec) -> tuple[Any, ...]:
+def codec_state(codec: PolymarketCodec) -> tuple[Any, ...]:
     books = {
         token: (dict(b.bids), dict(b.asks), b.has_top, b.top_bid, b.top_ask, b.complete)
         for token, b in codec.books.items()
@@ -155,7 +155,7 @@ def test_the_compiled_store_decodes_as_the_reference(steps: list[str]) -> None:
             a = fast.decode(text, RECEIVED + k)
             b = slow.decode(text, RECEIVED + k)
             assert a == b, text
-        assert _state(fast) == _state(slow), text
+        assert codec_state(fast) == codec_state(slow), text
 
 
 def test_the_compiled_store_takes_the_common_frame_itself() -> None:
@@ -195,7 +195,7 @@ def test_depth_changes_under_a_steady_top_read_as_the_reference() -> None:
         a, b = fast.decode(text, RECEIVED + k), slow.decode(text, RECEIVED + k)
         assert a == b, text
         depths += len(a.depths)
-    assert _state(fast) == _state(slow)
+    assert codec_state(fast) == codec_state(slow)
     assert depths >= 2
 
 
@@ -221,7 +221,7 @@ def test_frames_read_together_read_as_one_by_one(groups: list[list[str]]) -> Non
         assert a.ticks == b.ticks
         a.ticks = b.ticks
         assert a == b, group
-        assert _state(batched) == _state(single), group
+        assert codec_state(batched) == codec_state(single), group
     assert not failed
 
 

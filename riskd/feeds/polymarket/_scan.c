@@ -124,18 +124,6 @@ static int entry(Cur *c, RawEntry *e) {
     return eat(c, '}') && (seen & ENTRY_NEEDS) == ENTRY_NEEDS;
 }
 
-static int grow(RawEntries *out) {
-    Py_ssize_t cap = out->cap ? 2 * out->cap : 16;
-    RawEntry *v = PyMem_RawRealloc(out->v, (size_t)cap * sizeof(RawEntry));
-    if (v == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    out->v = v;
-    out->cap = cap;
-    return 0;
-}
-
 static const Name EVENT_KEYS[] = {NAME("event_type"), NAME("timestamp"), NAME("price_changes"),
                                   NAME("market")};
 static const Name PRICE_CHANGE = NAME("price_change");
@@ -155,7 +143,9 @@ static int event(Cur *c, RawEntries *out) {
         if (k == V_CHANGES) {
             if (!eat(c, '[')) return 0;
             do {
-                if (out->n == out->cap && grow(out) < 0) return -1;
+                if (out->n == out->cap &&
+                    grow_items((void **)&out->v, &out->cap, sizeof(RawEntry), 16) < 0)
+                    return -1;
                 if (!entry(c, &out->v[out->n])) return 0;
                 out->n++;
             } while (eat(c, ','));

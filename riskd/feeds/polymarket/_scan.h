@@ -8,6 +8,21 @@
 #include <Python.h>
 #include <stdint.h>
 
+/* Room for at least one more item in a growing array (*v, holding *cap items of
+ * `size` bytes; `first` items when empty, then twice as many): 0, or -1 when out of
+ * memory (exception set). */
+static inline int grow_items(void **v, Py_ssize_t *cap, size_t size, Py_ssize_t first) {
+    Py_ssize_t n = *cap ? 2 * *cap : first;
+    void *grown = PyMem_RawRealloc(*v, (size_t)n * size);
+    if (grown == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    *v = grown;
+    *cap = n;
+    return 0;
+}
+
 /* A string's text inside the frame (no quotes, no escapes); n < 0: not sent. */
 typedef struct {
     const char *s;

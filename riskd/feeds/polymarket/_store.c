@@ -308,16 +308,8 @@ static int maker_depth(Store *st, int32_t m, double depth, Out *out) {
 
 static int add_row(Store *st, int32_t m, double ts, double price, double bid, double ask,
                    double depth) {
-    if (st->r_n == st->r_cap) {
-        Py_ssize_t cap = st->r_cap ? 2 * st->r_cap : 256;
-        Row *rows = PyMem_RawRealloc(st->rows, (size_t)cap * sizeof(Row));
-        if (rows == NULL) {
-            PyErr_NoMemory();
-            return -1;
-        }
-        st->rows = rows;
-        st->r_cap = cap;
-    }
+    if (st->r_n == st->r_cap && grow_items((void **)&st->rows, &st->r_cap, sizeof(Row), 256) < 0)
+        return -1;
     Row *r = &st->rows[st->r_n++];
     r->market = m;
     r->unused = 0;
