@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -225,3 +226,23 @@ def test_many_tokens_each_find_their_market() -> None:
     scanned, _ = _pair(assets)
     out = scanned.decode_batch(frames[: len(tokens)], RECEIVED, pytest.fail)
     assert [t.market for t in out.ticks] == [assets[tok].market for tok in tokens]
+
+
+def test_the_venues_batched_frame_is_read_from_bytes() -> None:
+    """The batched price_change of tests/fixtures/ws (the venue's documented shape, as
+    sent and pretty-printed like Polymarket's own samples) skips msgspec."""
+    fixture = Path(__file__).parent / "fixtures" / "ws" / "polymarket_events.jsonl"
+    line = next(t for t in fixture.read_text().splitlines() if '"price_changes"' in t)
+    doc = json.loads(line)
+    tokens = [c["asset_id"] for c in doc["price_changes"]]
+    assets = {tok: Binding("m1", no=k > 0) for k, tok in enumerate(dict.fromkeys(tokens))}
+    for text in (line, json.dumps(doc, indent=2)):
+        counting = Counting()
+        scanned, typed = _pair(assets)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(polymarket, "PRICE_CHANGES", counting)
+            a = scanned.decode_batch([text.encode()], RECEIVED, pytest.fail)
+        assert counting.frames == 0
+        assert a == typed.decode_batch([text.encode()], RECEIVED, pytest.fail)
+        assert len(a.ticks) == 1
+        assert codec_state(scanned) == codec_state(typed)
