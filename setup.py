@@ -1,5 +1,6 @@
 """The one compiled part of riskd beside the numba kernels: the Polymarket codec's
-store (riskd/feeds/polymarket/_store.c) and its frame reader (_scan.c). Everything else is in pyproject.toml."""
+store (riskd/feeds/polymarket/_store.c) and its frame reader (_scan.c). Everything
+else is in pyproject.toml."""
 
 from setuptools import Extension, setup
 

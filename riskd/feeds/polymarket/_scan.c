@@ -79,23 +79,13 @@ static int plain_string(Cur *c, Text *t) {
     }
 }
 
-typedef struct {
-    const char *s;
-    Py_ssize_t n;
-} Name;
-#define NAME(s) {s, sizeof s - 1}
-
-static int is(const Text *t, const Name *name) {
-    return t->n == name->n && memcmp(t->s, name->s, (size_t)name->n) == 0;
-}
-
 /* `"key":` with the key among `names`: its position (the bit of `seen` it takes),
  * -1 for any other key or a repeated one. */
 static int field(Cur *c, const Name *names, int count, unsigned *seen) {
     Text key;
     if (!plain_string(c, &key) || !eat(c, ':')) return -1;
     for (int i = 0; i < count; i++)
-        if (is(&key, &names[i])) {
+        if (text_is(&key, &names[i])) {
             if (*seen & (1u << i)) return -1;
             *seen |= 1u << i;
             return i;
@@ -153,7 +143,7 @@ static int event(Cur *c, RawEntries *out) {
             continue;
         }
         if (!plain_string(c, &v)) return 0;
-        if (k == V_TYPE && !is(&v, &PRICE_CHANGE)) return 0;
+        if (k == V_TYPE && !text_is(&v, &PRICE_CHANGE)) return 0;
         if (k == V_TS) ts = v;
     } while (eat(c, ','));
     if (!eat(c, '}') || (seen & EVENT_NEEDS) != EVENT_NEEDS) return 0;

@@ -7,6 +7,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <string.h>
 
 /* Room for at least one more item in a growing array (*v, holding *cap items of
  * `size` bytes; `first` items when empty, then twice as many): 0, or -1 when out of
@@ -28,6 +29,17 @@ typedef struct {
     const char *s;
     Py_ssize_t n;
 } Text;
+
+/* A text known in advance (a key, a side), with its length. */
+typedef struct {
+    const char *s;
+    Py_ssize_t n;
+} Name;
+#define NAME(s) {s, sizeof s - 1}
+
+static inline int text_is(const Text *t, const Name *name) {
+    return t->n == name->n && memcmp(t->s, name->s, (size_t)name->n) == 0;
+}
 
 /* One entry of `price_changes[]` as sent, with its event's timestamp text. */
 typedef struct {

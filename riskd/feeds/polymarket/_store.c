@@ -420,6 +420,19 @@ typedef struct Entry {
     double ts; /* its event's time in seconds (read from bytes only) */
 } Entry;
 
+/* Digits alone, 1 to 15 of them: exactly as float() reads them (the text of
+ * `str_float`'s own case and of a scanned timestamp). */
+static int text_digits(const Text *t, double *x) {
+    if (t->n < 1 || t->n > 15) return 0;
+    int64_t v = 0;
+    for (Py_ssize_t i = 0; i < t->n; i++) {
+        if (t->s[i] < '0' || t->s[i] > '9') return 0;
+        v = 10 * v + (t->s[i] - '0');
+    }
+    *x = (double)v;
+    return 1;
+}
+
 /* A float from a str the way float() reads it; 0 when it is not one. Digits alone
  * (a timestamp in ms, a whole size), at most 15 of them, are read here: their value
  * is an integer below 2^53, which float() gives exactly too; anything else goes to
@@ -427,16 +440,9 @@ typedef struct Entry {
  * the FPU's control word). */
 static int str_float(PyObject *s, double *x) {
     if (!PyUnicode_CheckExact(s)) return 0;
-    Py_ssize_t n = PyUnicode_GET_LENGTH(s);
-    if (PyUnicode_IS_ASCII(s) && n > 0 && n <= 15) {
-        const char *c = (const char *)PyUnicode_DATA(s);
-        int64_t v = 0;
-        Py_ssize_t i = 0;
-        for (; i < n && c[i] >= '0' && c[i] <= '9'; i++) v = 10 * v + (c[i] - '0');
-        if (i == n) {
-            *x = (double)v;
-            return 1;
-        }
+    if (PyUnicode_IS_ASCII(s)) {
+        Text t = {(const char *)PyUnicode_DATA(s), PyUnicode_GET_LENGTH(s)};
+        if (text_digits(&t, x)) return 1;
     }
     PyObject *f = PyFloat_FromString(s);
     if (f == NULL) {
@@ -578,18 +584,6 @@ done:
 static const double POW10[16] = {1e0, 1e1, 1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
                                  1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15};
 
-/* Digits alone, 1 to 15 of them: str_float's own exact case. */
-static int text_digits(const Text *t, double *x) {
-    if (t->n < 1 || t->n > 15) return 0;
-    int64_t v = 0;
-    for (Py_ssize_t i = 0; i < t->n; i++) {
-        if (t->s[i] < '0' || t->s[i] > '9') return 0;
-        v = 10 * v + (t->s[i] - '0');
-    }
-    *x = (double)v;
-    return 1;
-}
-
 /* Digits with at most one '.', 1 to 15 digits in all: float() of the text, exactly.
  * The digits' integer (below 2^53) and the power of ten (at most 1e15) are both exact
  * doubles, and IEEE division rounds their quotient correctly, as float() rounds the
@@ -620,9 +614,7 @@ static int text_price(const Text *t, double *x) {
     return text_decimal(t, x) && *x >= 0.0 && *x <= 1.0;
 }
 
-static int text_is(const Text *t, const char *s, Py_ssize_t n) {
-    return t->n == n && memcmp(t->s, s, (size_t)n) == 0;
-}
+static const Name BUY = NAME("BUY"), SELL = NAME("SELL");
 
 /* One entry as sent, checked as read_entry checks the typed one: 1 if it passed, 0 if
  * the frame must take the typed path (which may hand it on to the codec). */
@@ -631,9 +623,9 @@ static int scan_entry(Store *st, const RawEntry *r, Entry *e) {
     if (!text_digits(&r->timestamp, &ts) || !(ts > 0)) return 0;
     e->ts = ts / 1000.0;
     if (r->asset_id.n == 0) return 0;
-    if (text_is(&r->side, "BUY", 3))
+    if (text_is(&r->side, &BUY))
         e->buy = 1;
-    else if (text_is(&r->side, "SELL", 4))
+    else if (text_is(&r->side, &SELL))
         e->buy = 0;
     else
         return 0;
