@@ -18,7 +18,7 @@ import numpy as np
 from riskd import wire
 from riskd.caps import ExchangeSource, OpenInterestCaps, cap_moved, take
 from riskd.config import Settings
-from riskd.feeds.base import Liveness, Tick
+from riskd.feeds.base import Heard, HeardRows, Liveness, Tick
 from riskd.jit import configure_cache, fmax, fmin, njit
 from riskd.markets import Market, MarketRows, MarketTable
 from riskd.model import estimator, governor, parameters
@@ -298,8 +298,7 @@ class Engine:
                 self.life[ended] = np.nan
                 self.due_t[np.isin(self.link, ended)] = -np.inf  # stale at once
         if live.heard:  # a book belongs to the session it came on (`_heard`)
-            rows, pairs = self._pairs(live.heard)
-            _heard(rows, pairs, self.link, self.booked, self.heard_t)
+            _heard(*self._heard_rows(live.heard), self.link, self.booked, self.heard_t)
         if live.books:
             i, sid, t = self._rows(live.books)
             broke = sid < 0
@@ -324,6 +323,20 @@ class Engine:
         if not known.all():
             rows, pairs = rows[known], pairs[known]
         return rows, pairs[:, 0].astype(np.int64), pairs[:, 1]
+
+    def _heard_rows(self, heard: list[Heard]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(rows, sessions, times) of the markets of `heard`'s reports, in order (rows
+        -1 or -2 for markets not known): named by id, or as rows of a codec's ids
+        (`HeardRows`, mapped as its ticks are)."""
+        parts = [
+            self._feed_rows(m.ids)[m.rows] if isinstance(m, HeardRows) else self._lookup(m)
+            for _, _, m in heard
+        ]
+        counts = [len(part) for part in parts]
+        rows = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        sessions = np.repeat(np.array([r[0] for r in heard], np.int64), counts)
+        times = np.repeat(np.array([r[1] for r in heard], np.float64), counts)
+        return rows, sessions, times
 
     def _pairs(self, table: Mapping[str, tuple[int, float]]) -> tuple[np.ndarray, np.ndarray]:
         """(rows, pairs) of a {market: (session, time)} report: rows -1 for markets not
@@ -926,7 +939,7 @@ def compile_kernels(settings: Settings) -> None:
     engine.enqueue(TickColumns.of_rows(["warm-up"], rows.tobytes()), t0 + 62.0)
     # A live feed's report: what it heard, on a session, and a depth.
     engine.confirm(
-        Liveness(heard={"warm-up": (0, t0 + 62.0)}, depths={"warm-up": 90.0}, sessions={0: t0})
+        Liveness(heard=[(0, t0 + 62.0, ["warm-up"])], depths={"warm-up": 90.0}, sessions={0: t0})
     )
     engine.cycle(t0 + 62.0)
 
@@ -947,18 +960,20 @@ def _mark_ticked(idx, t, seen, first_t, due_t):  # type: ignore[no-untyped-def]
 
 
 @njit
-def _heard(rows, pairs, link, booked, heard_t):  # type: ignore[no-untyped-def]
-    """`Engine.confirm`'s markets heard: (session, time) pairs of the rows (-1: not
-    known, skipped; each row once). A market heard on another session loses its book."""
-    for k in range(rows.shape[0]):
+def _heard(rows, sessions, times, link, booked, heard_t):  # type: ignore[no-untyped-def]
+    """`Engine.confirm`'s markets heard, in report order (rows < 0: not known,
+    skipped): each market once, with the (session, time) of its last report. A market
+    heard on another session loses its book."""
+    done = np.zeros(link.shape[0], np.bool_)
+    for k in range(rows.shape[0] - 1, -1, -1):
         i = rows[k]
-        if i < 0:
+        if i < 0 or done[i]:
             continue
-        session = np.int64(pairs[k, 0])
-        if link[i] != session:
+        done[i] = True
+        if link[i] != sessions[k]:
             booked[i] = False
-        link[i] = session
-        heard_t[i] = fmax(heard_t[i], pairs[k, 1])
+        link[i] = sessions[k]
+        heard_t[i] = fmax(heard_t[i], times[k])
 
 
 @njit

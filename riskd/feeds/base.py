@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import MemberDescriptorType
-from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, overload, runtime_checkable
+
+import numpy as np
 
 if TYPE_CHECKING:
     from riskd.markets import Market
@@ -123,6 +125,47 @@ class EventSource(Protocol):
         ...
 
 
+class HeardRows(Sequence[str]):
+    """Markets heard, as rows of a codec's list of market ids (`ids`): the compiled
+    Polymarket store's, with no str per market. A sequence of the ids all the same."""
+
+    __slots__ = ("ids", "rows")
+
+    def __init__(self, ids: Sequence[str], rows: np.ndarray) -> None:
+        self.ids = ids
+        self.rows = rows  # int32
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @overload
+    def __getitem__(self, k: int) -> str: ...
+    @overload
+    def __getitem__(self, k: slice) -> list[str]: ...
+    def __getitem__(self, k: int | slice) -> str | list[str]:
+        if isinstance(k, slice):
+            return [self.ids[i] for i in self.rows[k].tolist()]
+        return self.ids[int(self.rows[k])]
+
+    def __iter__(self) -> Iterator[str]:
+        ids = self.ids
+        return (ids[i] for i in self.rows.tolist())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sequence) and not isinstance(other, str):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"HeardRows({list(self)!r})"
+
+
+# A report of markets heard: (session, time, markets), as `Liveness.heard` keeps them.
+Heard = tuple[int, float, Sequence[str]]
+
+
 @dataclass
 class Liveness:
     """What a live feed heard since its last report, for freshness (docs/model.md
@@ -130,7 +173,9 @@ class Liveness:
     book arrived as a snapshot on a connection, by every sign of that connection's
     life. Sessions are connections, numbered uniquely in the process."""
 
-    heard: dict[str, tuple[int, float]] = field(default_factory=dict)  # market -> (session, t)
+    # Markets heard, report by report in arrival order: the last report naming a
+    # market is its (session, time), as in a dict updated report by report.
+    heard: list[Heard] = field(default_factory=list)
     # market -> (session, t) of a book snapshot; session -1: its book broke (a
     # sequence gap), stale until the next snapshot.
     books: dict[str, tuple[int, float]] = field(default_factory=dict)

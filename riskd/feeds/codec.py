@@ -53,7 +53,7 @@ class Decoded:
     # Freshness (docs/model.md section 5): markets a message was about, markets whose
     # book arrived as a snapshot, markets whose book broke (stale until the next
     # snapshot), and depth changes that came without a tick.
-    heard: list[str]
+    heard: list[str]  # or HeardRows, from a BatchCodec
     books: list[str]
     broken: list[str]
     depths: dict[str, float]

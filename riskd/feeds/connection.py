@@ -556,7 +556,7 @@ class WebsocketFeed:
         self._events += decoded.events
         live = self._live
         if decoded.heard:
-            live.heard.update(dict.fromkeys(decoded.heard, (session, received)))
+            live.heard.append((session, received, decoded.heard))
         if decoded.broken:
             live.books.update(dict.fromkeys(decoded.broken, (-1, received)))
         if decoded.books:

@@ -188,7 +188,8 @@ class NatsFeed:
                 self._count(reason)
             if session >= 0 and session == self._session:
                 self._life = received
-            live.heard.update(dict.fromkeys(decoded.heard, (session, received)))
+            if decoded.heard:
+                live.heard.append((session, received, decoded.heard))
             live.books.update(dict.fromkeys(decoded.books, (session, received)))
             ticks += decoded.ticks
             changed = changed or bool(decoded.ticks or decoded.rejected)

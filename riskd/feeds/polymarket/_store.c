@@ -68,6 +68,8 @@ typedef struct {
     Py_ssize_t t_n, t_cap;
     Row *rows; /* ticks of the batch being decoded, when they are taken as columns */
     Py_ssize_t r_n, r_cap;
+    int32_t *heard; /* markets heard in that batch, by row, when heard is taken so */
+    Py_ssize_t h_n, h_cap;
     double received, max_future_s;
     PyObject *ids, *index, *prices, *unset, *make_tick, *complement;
     double c_key[CACHE], c_val[CACHE];
@@ -403,6 +405,14 @@ static int touch(Store *st, int32_t m, double ts, int32_t tok) {
     return 0;
 }
 
+/* A market heard in a batch whose heard markets are taken as rows (`take_heard`). */
+static int hear(Store *st, int32_t m) {
+    if (st->h_n == st->h_cap && grow_items((void **)&st->heard, &st->h_cap, sizeof(int32_t), 256) < 0)
+        return -1;
+    st->heard[st->h_n++] = m;
+    return 0;
+}
+
 static void untouch(Store *st, int32_t m) {
     int32_t at = st->touch_at[m];
     if (at >= 0) {
@@ -671,17 +681,17 @@ static int finish(Store *st, Out *out, PyObject *heard);
 static int out_args(PyObject *const *args, Out *out);
 
 /* frames(frames, start, decode, rejected, depths, heard): frames[start:] read
- * together, ticks as rows, while each is a batched price_change the compiled path
+ * together, ticks as rows (heard too when heard is None: `take_heard`), while each is a batched price_change the compiled path
  * takes whole. Returns (k, events, at): frames before k are done; frame k (if k <
  * len(frames)) is the codec's from its event `at` on, with `events` its decoded
  * events (None: msgspec did not take it, or a short frame that may be a PONG). */
 static PyObject *Store_frames(Store *st, PyObject *const *args, Py_ssize_t nargs) {
     Out out;
-    if (nargs != 6 || !PyList_CheckExact(args[0]) || !PyList_Check(args[5])) {
+    if (nargs != 6 || !PyList_CheckExact(args[0]) || !(PyList_Check(args[5]) || args[5] == Py_None)) {
         PyErr_SetString(PyExc_TypeError, "frames(frames, start, decode, rejected, depths, heard)");
         return NULL;
     }
-    PyObject *frames = args[0], *decode = args[2], *heard = args[5];
+    PyObject *frames = args[0], *decode = args[2], *heard = args[5] == Py_None ? NULL : args[5];
     PyObject *none_ticks[3] = {Py_None, args[3], args[4]};
     if (out_args(none_ticks, &out) < 0) return NULL;
     Py_ssize_t k = PyLong_AsSsize_t(args[1]), n = PyList_GET_SIZE(frames);
@@ -747,7 +757,8 @@ static int out_args(PyObject *const *args, Out *out) {
     return 0;
 }
 
-/* The touched markets' ticks, then heard; the touched are forgotten. */
+/* The touched markets' ticks, then heard (NULL: their rows, for `take_heard`); the
+ * touched are forgotten. */
 static int finish(Store *st, Out *out, PyObject *heard) {
     int failed = 0;
     for (Py_ssize_t i = 0; i < st->t_n && !failed; i++) {
@@ -762,20 +773,27 @@ static int finish(Store *st, Out *out, PyObject *heard) {
         int32_t m = st->t_mkt[i];
         if (m < 0) continue;
         st->touch_at[m] = -1;
-        if (!failed && PyList_Append(heard, PyList_GET_ITEM(st->ids, m)) < 0) failed = 1;
+        if (failed)
+            continue;
+        if (heard != NULL) {
+            if (PyList_Append(heard, PyList_GET_ITEM(st->ids, m)) < 0) failed = 1;
+        } else if (hear(st, m) < 0) {
+            failed = 1;
+        }
     }
     st->t_n = 0;
     return failed ? -1 : 0;
 }
 
-/* finish(ticks, rejected, depths, heard): `finish`, ticks into `ticks` (None: rows) */
+/* finish(ticks, rejected, depths, heard): `finish`, ticks into `ticks`, heard into
+ * `heard` (None: rows, for take_rows and take_heard) */
 static PyObject *Store_finish(Store *st, PyObject *const *args, Py_ssize_t nargs) {
     Out out;
-    if (nargs != 4 || out_args(args, &out) < 0 || !PyList_Check(args[3])) {
+    if (nargs != 4 || out_args(args, &out) < 0 || !(PyList_Check(args[3]) || args[3] == Py_None)) {
         if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "finish(ticks, rejected, depths, heard)");
         return NULL;
     }
-    if (finish(st, &out, args[3]) < 0) return NULL;
+    if (finish(st, &out, args[3] == Py_None ? NULL : args[3]) < 0) return NULL;
     Py_RETURN_NONE;
 }
 
@@ -979,6 +997,23 @@ static PyObject *Store_take_rows(Store *st, PyObject *Py_UNUSED(ignored)) {
     return b;
 }
 
+/* hear(market): a market heard, named by its row (`take_heard`), as `finish` names
+ * them when given heard=None */
+static PyObject *Store_hear(Store *st, PyObject *arg) {
+    Py_ssize_t m = PyLong_AsSsize_t(arg);
+    if ((m == -1 && PyErr_Occurred()) || check_market(st, m) < 0 || hear(st, (int32_t)m) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* take_heard(): the rows of the markets heard since the last call (heard given as
+ * None), in order, as bytes of int32 */
+static PyObject *Store_take_heard(Store *st, PyObject *Py_UNUSED(ignored)) {
+    PyObject *b = PyBytes_FromStringAndSize((const char *)st->heard, st->h_n * (Py_ssize_t)sizeof(int32_t));
+    if (b != NULL) st->h_n = 0;
+    return b;
+}
+
 /* maker_state(market): (has_quote, bid, ask, depth, ts, last_trade), to carry a
  * market's tick-maker state into a store of new bindings */
 static PyObject *Store_maker_state(Store *st, PyObject *arg) {
@@ -1127,7 +1162,7 @@ static void Store_dealloc(Store *st) {
     void *arrays[] = {st->books, st->tok_market, st->tok_no, st->mkt_first, st->mkt_toks,
                       st->band, st->has_quote, st->last_bid, st->last_ask, st->last_ts,
                       st->last_depth, st->last_trade, st->touch_at, st->t_mkt, st->t_tok,
-                      st->t_ts, st->rows};
+                      st->t_ts, st->rows, st->heard};
     for (size_t i = 0; i < sizeof arrays / sizeof arrays[0]; i++) PyMem_RawFree(arrays[i]);
     tokens_free(&st->tokens);
     PyMem_RawFree(st->raw.v);
@@ -1173,6 +1208,9 @@ static PyMethodDef Store_methods[] = {
     {"drop", (PyCFunction)Store_drop, METH_NOARGS, "Forget the markets touched."},
     {"take_rows", (PyCFunction)Store_take_rows, METH_NOARGS,
      "The ticks made with ticks=None since the last call, packed as riskd.ticks.ROW."},
+    {"hear", (PyCFunction)Store_hear, METH_O, "A market heard, as a row for take_heard."},
+    {"take_heard", (PyCFunction)Store_take_heard, METH_NOARGS,
+     "The rows of the markets heard with heard=None since the last call (int32)."},
     {"maker_state", (PyCFunction)Store_maker_state, METH_O, NULL},
     {"set_maker_state", (PyCFunction)(void (*)(void))Store_set_maker_state, METH_FASTCALL,
      NULL},

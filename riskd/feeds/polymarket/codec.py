@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import msgspec
+import numpy as np
 import orjson
 from msgspec import UNSET, UnsetType
 
-from riskd.feeds.base import MarketEvent, Tick
+from riskd.feeds.base import HeardRows, MarketEvent, Tick
 from riskd.feeds.codec import (
     DEFAULT_BAND,
     MAX_FUTURE_S,
@@ -217,7 +218,8 @@ class PolymarketCodec:
         self, frames: list[bytes], received: float, failed: Callable[[Exception], None]
     ) -> Decoded:
         """Frames received together, in order, into one Decoded whose ticks are columns
-        (`TickColumns`) when the store is compiled: no Python object per tick. A frame
+        (`TickColumns`) and markets heard rows (`HeardRows`) when the store is
+        compiled: no Python object per tick. A frame
         whose decoding raises (a bug) is reported to `failed` and counted as
         `decode_error`; the others are kept."""
         out = Decoded()
@@ -228,7 +230,7 @@ class PolymarketCodec:
         while k < len(frames):
             if compiled is not None:  # as far as it takes the frames whole
                 k, events, at = compiled.frames(
-                    frames, k, PRICE_CHANGES.decode, out.rejected, out.depths, out.heard
+                    frames, k, PRICE_CHANGES.decode, out.rejected, out.depths, None
                 )
                 if k == len(frames):
                     break
@@ -239,7 +241,9 @@ class PolymarketCodec:
                 out.rejected.append("decode_error")
             k += 1
         if compiled is not None:
-            out.ticks = TickColumns.of_rows(self.layout.ids, compiled.take_rows())  # type: ignore[assignment]
+            ids = self.layout.ids
+            out.ticks = TickColumns.of_rows(ids, compiled.take_rows())  # type: ignore[assignment]
+            out.heard = HeardRows(ids, np.frombuffer(compiled.take_heard(), np.int32))  # type: ignore[assignment]
         return out
 
     def _frame(
@@ -268,7 +272,9 @@ class PolymarketCodec:
             elif not self._events(frame, out):
                 return
             # The markets touched: a tick each where the top moved, then heard.
-            store.finish(self._sink, out.rejected, out.depths, out.heard)
+            # A batch on the compiled store (no sink): heard as rows, as the ticks.
+            heard = out.heard if self._sink is not None else None
+            store.finish(self._sink, out.rejected, out.depths, heard)
         except BaseException:
             store.drop()  # what this frame touched is not news for the next
             raise
@@ -350,7 +356,10 @@ class PolymarketCodec:
         store = self.store
         store.set_last_trade(market, yes_price)
         store.untouch(market)  # the trade tick carries the book too
-        out.heard.append(self.layout.ids[market])
+        if self._sink is not None:
+            out.heard.append(self.layout.ids[market])
+        else:  # a batch on the compiled store: heard as rows (`decode_batch`)
+            store.hear(market)
         store.trade(market, ts, yes_price, store.quote(token), self._sink, out.rejected, out.depths)
 
     def _book(self, event: dict[str, Any], out: Decoded) -> None:

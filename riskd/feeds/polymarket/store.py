@@ -122,10 +122,14 @@ class Store(Protocol):
         ticks: list[Tick] | None,
         rejected: list[str],
         depths: dict[str, float],
-        heard: list[str],
+        heard: list[str] | None,
     ) -> None:
         """The ticks of the markets touched since the last call, into `ticks` (the
-        compiled store: None, as rows for `take_rows`); then heard."""
+        compiled store: None, as rows for `take_rows`); then heard (the compiled store:
+        None, as rows for `take_heard`)."""
+
+    def hear(self, market: int) -> None:
+        """A market heard, as a row for `take_heard` (the compiled store only)."""
 
     def trade(
         self,
@@ -210,9 +214,9 @@ class PyStore:
         ticks: list[Tick] | None,
         rejected: list[str],
         depths: dict[str, float],
-        heard: list[str],
+        heard: list[str] | None,
     ) -> None:
-        assert ticks is not None, "the reference store makes Tick objects"
+        assert ticks is not None and heard is not None, "the reference store makes objects"
         out = Decoded(ticks=ticks, rejected=rejected, depths=depths)
         ids = self.layout.ids
         for market, (ts, token) in self.touched.items():
@@ -221,6 +225,9 @@ class PyStore:
                 self.maker.quote(ids[market], ts, Quote(*quote), self.trades.get(market), out)
         heard += [ids[m] for m in self.touched]
         self.touched = {}
+
+    def hear(self, market: int) -> None:
+        raise NotImplementedError("the reference store names the markets heard")
 
     def trade(
         self,
