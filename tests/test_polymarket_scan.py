@@ -246,3 +246,29 @@ def test_the_venues_batched_frame_is_read_from_bytes() -> None:
         assert a == typed.decode_batch([text.encode()], RECEIVED, pytest.fail)
         assert len(a.ticks) == 1
         assert codec_state(scanned) == codec_state(typed)
+
+
+def _raw(doc: dict[str, Any], bent: str) -> bytes:
+    """The frame of `doc` in the venue's compact form, `bent` in it as is (unescaped)."""
+    text = json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+    return text.replace(json.dumps(bent, ensure_ascii=False)[1:-1], bent).encode()
+
+
+@pytest.mark.parametrize("odd", ['"', "\\", "\x1f", "\x7f", "\u00e9", "\t"])
+def test_an_odd_byte_anywhere_in_a_string_is_seen(odd: str) -> None:
+    """The reader looks at a string 16 or 8 bytes at a time while that many are left in
+    the frame, then byte by byte: a quote, a backslash, a control byte, DEL or non-ASCII
+    at any place of a 77-digit id (in the middle of the frame) or of a market id of any
+    length up to 40 (the frame's last value: its end falls in each of those steps) is
+    seen there, and the frame reads as on the typed path. An unescaped quote or control
+    byte is not JSON: both paths reject that frame alike."""
+    tok = "4" * 77
+    assets = ASSETS | {tok: Binding("m5", no=False)}
+    frames = [_raw(_plain(tok[:at] + odd + tok[at:]), odd) for at in range(78)]
+    for n in range(41):
+        for at in range(n + 1):
+            doc = _plain(tok, market="4" * at + odd + "4" * (n - at))
+            last = {k: doc[k] for k in ("event_type", "timestamp", "price_changes", "market")}
+            frames.append(_raw(last, odd))
+    frames.append(json.dumps(_plain(tok, market=tok), separators=(",", ":")).encode())
+    _same([frames[i : i + 8] for i in range(0, len(frames), 8)], assets)

@@ -38,7 +38,22 @@ typedef struct {
 #define NAME(s) {s, sizeof s - 1}
 
 static inline int text_is(const Text *t, const Name *name) {
-    return t->n == name->n && memcmp(t->s, name->s, (size_t)name->n) == 0;
+    Py_ssize_t n = name->n;
+    if (t->n != n) return 0;
+    /* Keys and sides are 4 to 16 bytes: two overlapping loads, no call. */
+    if (n >= 8 && n <= 16) {
+        uint64_t a, b, c, d;
+        memcpy(&a, t->s, 8), memcpy(&b, name->s, 8);
+        memcpy(&c, t->s + n - 8, 8), memcpy(&d, name->s + n - 8, 8);
+        return a == b && c == d;
+    }
+    if (n >= 4 && n < 8) {
+        uint32_t a, b, c, d;
+        memcpy(&a, t->s, 4), memcpy(&b, name->s, 4);
+        memcpy(&c, t->s + n - 4, 4), memcpy(&d, name->s + n - 4, 4);
+        return a == b && c == d;
+    }
+    return memcmp(t->s, name->s, (size_t)n) == 0;
 }
 
 /* One entry of `price_changes[]` as sent, with its event's timestamp text. */
