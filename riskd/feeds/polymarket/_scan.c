@@ -215,28 +215,27 @@ static uint64_t hash_bytes(const char *s, Py_ssize_t n, uint64_t seed) {
 }
 
 void tokens_free(TokenTable *t) {
-    if (t->key != NULL)
-        for (Py_ssize_t k = 0; k < t->n_keys; k++) Py_XDECREF(t->key[k]);
-    PyMem_RawFree(t->tok);
-    PyMem_RawFree(t->tag);
-    PyMem_RawFree(t->key);
-    t->tok = NULL;
-    t->tag = NULL;
-    t->key = NULL;
-    t->slots = t->n_keys = 0;
+    if (t->slot != NULL)
+        for (Py_ssize_t i = 0; i < t->slots; i++) Py_XDECREF(t->slot[i].key);
+    PyMem_RawFree(t->slot);
+    t->slot = NULL;
+    t->slots = 0;
 }
 
-int32_t tokens_find(const TokenTable *t, const char *s, Py_ssize_t n) {
+uint64_t tokens_hash(const TokenTable *t, const char *s, Py_ssize_t n) {
+    return hash_bytes(s, n, t->seed);
+}
+
+int32_t tokens_find_hashed(const TokenTable *t, const char *s, Py_ssize_t n, uint64_t h) {
     if (t->slots == 0) return -1;
-    uint64_t h = hash_bytes(s, n, t->seed);
     uint32_t tag = (uint32_t)(h >> 32);
     for (Py_ssize_t i = (Py_ssize_t)(h & (uint64_t)(t->slots - 1));; i = (i + 1) & (t->slots - 1)) {
-        int32_t k = t->tok[i];
-        if (k < 0) return -1;
-        if (t->tag[i] == tag) {
-            PyObject *key = t->key[k];
+        const Slot *slot = &t->slot[i];
+        if (slot->tok < 0) return -1;
+        if (slot->tag == tag) {
+            PyObject *key = slot->key;
             if (PyUnicode_GET_LENGTH(key) == n && memcmp(PyUnicode_DATA(key), s, (size_t)n) == 0)
-                return k;
+                return slot->tok;
         }
     }
 }
@@ -245,38 +244,41 @@ int tokens_init(TokenTable *t, PyObject *index, Py_ssize_t n_tokens, uint64_t se
     memset(t, 0, sizeof *t);
     t->seed = seed;
     Py_ssize_t slots = 16;
-    /* At most 4/5 full: 10-20 bytes a token, and a lookup that finds its token (nearly
+    /* At most 4/5 full: 20-40 bytes a token, and a lookup that finds its token (nearly
      * all do) probes about three slots, next to each other. */
     while (slots * 4 < 5 * PyDict_GET_SIZE(index)) slots *= 2;
-    t->n_keys = n_tokens;
-    if (!(t->tok = PyMem_RawMalloc((size_t)slots * sizeof(int32_t))) ||
-        !(t->tag = PyMem_RawMalloc((size_t)slots * sizeof(uint32_t))) ||
-        !(t->key = PyMem_RawCalloc((size_t)(n_tokens ? n_tokens : 1), sizeof(PyObject *)))) {
-        tokens_free(t);
+    if (!(t->slot = PyMem_RawMalloc((size_t)slots * sizeof(Slot)))) {
         PyErr_NoMemory();
         return -1;
     }
     t->slots = slots;
-    memset(t->tok, 0xff, (size_t)slots * sizeof(int32_t)); /* -1: empty */
+    for (Py_ssize_t i = 0; i < slots; i++) t->slot[i] = (Slot){0, -1, NULL};
+    char *seen = PyMem_RawCalloc((size_t)(n_tokens ? n_tokens : 1), 1);
+    if (seen == NULL) {
+        tokens_free(t);
+        PyErr_NoMemory();
+        return -1;
+    }
     Py_ssize_t pos = 0;
     PyObject *key, *value;
     while (PyDict_Next(index, &pos, &key, &value)) {
         Py_ssize_t k = PyLong_Check(value) ? PyLong_AsSsize_t(value) : -1;
-        if (!PyUnicode_CheckExact(key) || k < 0 || k >= n_tokens || t->key[k] != NULL) {
+        if (!PyUnicode_CheckExact(key) || k < 0 || k >= n_tokens || seen[k]) {
             PyErr_Clear();
+            PyMem_RawFree(seen);
             tokens_free(t);
             PyErr_SetString(PyExc_ValueError, "the token index must map distinct str to 0..n-1");
             return -1;
         }
-        t->key[k] = Py_NewRef(key);
+        seen[k] = 1;
         /* Only plain ASCII text is looked up: any other id cannot equal it. */
         if (!PyUnicode_IS_ASCII(key)) continue;
         Py_ssize_t n = PyUnicode_GET_LENGTH(key);
         uint64_t h = hash_bytes(PyUnicode_DATA(key), n, seed);
         Py_ssize_t i = (Py_ssize_t)(h & (uint64_t)(slots - 1));
-        while (t->tok[i] >= 0) i = (i + 1) & (slots - 1);
-        t->tok[i] = (int32_t)k;
-        t->tag[i] = (uint32_t)(h >> 32);
+        while (t->slot[i].tok >= 0) i = (i + 1) & (slots - 1);
+        t->slot[i] = (Slot){(uint32_t)(h >> 32), (int32_t)k, Py_NewRef(key)};
     }
+    PyMem_RawFree(seen);
     return 0;
 }

@@ -59,6 +59,7 @@ static inline int text_is(const Text *t, const Name *name) {
 /* One entry of `price_changes[]` as sent, with its event's timestamp text. */
 typedef struct {
     Text asset_id, price, size, side, best_bid, best_ask, timestamp;
+    uint64_t hash; /* of asset_id, where the store computed it ahead (`tokens_hash`) */
 } RawEntry;
 
 /* Entries read so far (grown by scan_frame). */
@@ -72,12 +73,17 @@ typedef struct {
  * way); -1: out of memory (exception set). */
 int scan_frame(const char *s, Py_ssize_t n, RawEntries *out);
 
-/* Token ids -> token index: open addressing over (hash, index) slots. */
+/* Token ids -> token index: open addressing over slots of one 16-byte line each, so
+ * that a lookup reads its slot, then its key: two places in memory, not four. */
 typedef struct {
-    int32_t *tok;   /* per slot: token index, or -1 (empty) */
-    uint32_t *tag;  /* per slot: the high half of the key's hash */
-    PyObject **key; /* per token index: its id (a str, held) */
-    Py_ssize_t slots, n_keys;
+    uint32_t tag;  /* the high half of the key's hash */
+    int32_t tok;   /* token index, or -1 (empty) */
+    PyObject *key; /* its id (a str of ASCII, held) */
+} Slot;
+
+typedef struct {
+    Slot *slot;
+    Py_ssize_t slots;
     uint64_t seed;
 } TokenTable;
 
@@ -85,7 +91,13 @@ typedef struct {
  * an index the table cannot stand for (exception set). */
 int tokens_init(TokenTable *t, PyObject *index, Py_ssize_t n_tokens, uint64_t seed);
 void tokens_free(TokenTable *t);
+/* The hash of these bytes in `t` (for tokens_find_hashed and tokens_prefetch). */
+uint64_t tokens_hash(const TokenTable *t, const char *s, Py_ssize_t n);
 /* The token index of these bytes, or -1 when the index has no such token. */
-int32_t tokens_find(const TokenTable *t, const char *s, Py_ssize_t n);
+int32_t tokens_find_hashed(const TokenTable *t, const char *s, Py_ssize_t n, uint64_t h);
+/* Ask the CPU for the slot a lookup of this hash starts at, ahead of the lookup. */
+static inline void tokens_prefetch(const TokenTable *t, uint64_t h) {
+    if (t->slots) __builtin_prefetch(&t->slot[h & (uint64_t)(t->slots - 1)]);
+}
 
 #endif

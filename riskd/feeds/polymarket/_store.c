@@ -77,7 +77,7 @@ typedef struct {
     /* frames read from their bytes (_scan.c): the token ids, the entries as sent and
      * as read; `scan` off: msgspec's structs only */
     TokenTable tokens;
-    RawEntries raw;
+    RawEntries raw, ahead; /* the frame being applied, and the next one read ahead */
     struct Entry *entries;
     Py_ssize_t e_cap;
     char scan;
@@ -652,15 +652,27 @@ static int scan_entry(Store *st, const RawEntry *r, Entry *e) {
         if (!text_price(&r->best_ask, &x)) return 0;
         if (x < 1.0 && x != 0.0) e->ask = x; /* 1 (or 0): no ask */
     }
-    e->tok = tokens_find(&st->tokens, r->asset_id.s, r->asset_id.n);
+    e->tok = tokens_find_hashed(&st->tokens, r->asset_id.s, r->asset_id.n, r->hash);
     return 1;
 }
 
-/* The frame read from its bytes and applied, all or nothing: 1 taken, 0 not (nothing
- * changed: the typed path reads it), -1 out of memory. */
-static int scan_take(Store *st, PyObject *frame) {
-    int r = scan_frame(PyBytes_AS_STRING(frame), PyBytes_GET_SIZE(frame), &st->raw);
-    if (r <= 0) return r;
+/* A frame's entries read from its bytes into `raw` (scan_frame's result), each
+ * token's slot asked of the memory at once: a batch reads the next frame while it
+ * applies this one, so the slots arrive meanwhile. */
+static int scan_read(Store *st, PyObject *frame, RawEntries *raw) {
+    int r = scan_frame(PyBytes_AS_STRING(frame), PyBytes_GET_SIZE(frame), raw);
+    if (r > 0)
+        for (Py_ssize_t i = 0; i < raw->n; i++) {
+            RawEntry *e = &raw->v[i];
+            e->hash = tokens_hash(&st->tokens, e->asset_id.s, e->asset_id.n);
+            tokens_prefetch(&st->tokens, e->hash);
+        }
+    return r;
+}
+
+/* The frame read into st->raw (`scan_read`) applied, all or nothing: 1 taken, 0 not
+ * (nothing changed: the typed path reads it), -1 out of memory. */
+static int scan_apply(Store *st) {
     if (st->raw.n > st->e_cap) {
         Entry *e = PyMem_RawRealloc(st->entries, (size_t)st->raw.cap * sizeof(Entry));
         if (e == NULL) {
@@ -696,13 +708,34 @@ static PyObject *Store_frames(Store *st, PyObject *const *args, Py_ssize_t nargs
     if (out_args(none_ticks, &out) < 0) return NULL;
     Py_ssize_t k = PyLong_AsSsize_t(args[1]), n = PyList_GET_SIZE(frames);
     if (k == -1 && PyErr_Occurred()) return NULL;
+    enum { NOT_READ = -2 };
+    int ahead = NOT_READ; /* frames[k] read ahead (scan_read's result) */
     for (; k < n; k++) {
         PyObject *frame = PyList_GET_ITEM(frames, k);
         if (!PyBytes_CheckExact(frame) || PyBytes_GET_SIZE(frame) < 16)
             return Py_BuildValue("(nOn)", k, Py_None, (Py_ssize_t)0);
         if (st->scan) {
-            int r = scan_take(st, frame);
+            int r = ahead;
+            if (r == NOT_READ)
+                r = scan_read(st, frame, &st->raw);
+            else { /* read ahead: its entries are in st->ahead */
+                RawEntries swap = st->raw;
+                st->raw = st->ahead;
+                st->ahead = swap;
+            }
+            ahead = NOT_READ;
             if (r < 0) return NULL;
+            if (r > 0 && k + 1 < n) {
+                PyObject *next = PyList_GET_ITEM(frames, k + 1);
+                if (PyBytes_CheckExact(next) && PyBytes_GET_SIZE(next) >= 16) {
+                    ahead = scan_read(st, next, &st->ahead);
+                    if (ahead < 0) { /* out of memory: read again in its turn */
+                        PyErr_Clear();
+                        ahead = NOT_READ;
+                    }
+                }
+            }
+            if (r > 0 && (r = scan_apply(st)) < 0) return NULL;
             if (r > 0) {
                 if (finish(st, &out, heard) < 0) return NULL;
                 continue;
@@ -1166,6 +1199,7 @@ static void Store_dealloc(Store *st) {
     for (size_t i = 0; i < sizeof arrays / sizeof arrays[0]; i++) PyMem_RawFree(arrays[i]);
     tokens_free(&st->tokens);
     PyMem_RawFree(st->raw.v);
+    PyMem_RawFree(st->ahead.v);
     PyMem_RawFree(st->entries);
     Py_CLEAR(st->ids);
     Py_CLEAR(st->index);
