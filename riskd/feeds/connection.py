@@ -65,8 +65,12 @@ SESSIONS = itertools.count()
 # Frames already received when one is decoded are decoded with it, up to this many,
 # and their ticks yielded as one batch: one pass through the generators and the
 # daemon's checks per socket read, not per frame. A frame read when nothing else waits
-# is yielded at once; after this many the loop gets a turn (the cycle runs on time).
-COALESCE = 64
+# is yielded at once; after this many the loop gets a turn (the cycle runs on time:
+# 256 of Polymarket's batched frames take under a millisecond). At saturation the
+# per-batch work (~50 us: the generators, the engine's checks, a turn of the loop) is
+# spread over that many: 64 cost 0.8 us a tick more (docs/performance.md, seventh
+# round). aiohttp holds up to 512 KiB of messages before it stops reading.
+COALESCE = 256
 # From this many frames read together on, a BatchCodec decodes them at once (ticks as
 # columns, checked by the engine in one compiled pass: a fixed cost of ~10 us per
 # batch, which pays from about here); fewer are decoded one by one.
