@@ -46,9 +46,14 @@ def mostly(good: list[str], bad: list[str]) -> st.SearchStrategy[str]:
 
 token = mostly(list(TOKENS), ["999"])
 # Prices seen before and not (each fresh text is parsed once, then remembered), the
-# venue's "no price" forms, and prices that are not prices.
-price = mostly(["0.41", "0.42", "0.59", "0.5", "0.4100"], ["0", "1", "1.5", "-0.1", "x"]) | (
-    st.integers(1, 9999).map(lambda k: f"{k / 10000:.4f}")
+# venue's "no price" forms, and prices that are not prices. Off the 0.0001 grid the
+# compiled store keeps a side's prices as doubles, not ticks: such prices, and -0,
+# among the others (the next double above 0.41 too).
+off_grid = ["0.12345", "0.41000000000000003", "-0", "0.333333333333", "1e-5"]
+price = (
+    mostly(["0.41", "0.42", "0.59", "0.5", "0.4100"], ["0", "1", "1.5", "-0.1", "x"])
+    | st.integers(1, 9999).map(lambda k: f"{k / 10000:.4f}")
+    | mostly(["0.41", "0.4200"], off_grid)
 )
 top = mostly(["absent", "0.41", "0.59", "0.43", "0.42"], ["", "0", "1", "1.5"])
 # Digits alone are read by the compiled store itself (up to 15): the forms around

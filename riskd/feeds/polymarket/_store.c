@@ -32,10 +32,42 @@ typedef struct {
     double price, qty;
 } Level;
 
+/* One side's levels, in insertion order. Narrow (the venue's prices: multiples of
+ * 0.0001, as nearly all are) keeps sizes as doubles, then prices as ticks of 0.0001
+ * (uint16): 10 bytes a level, not 16; the books' levels are most of the store's
+ * memory. A price off that grid, or -0.0, turns the side wide: Level[cap]. A tick
+ * reads back as the very double it came from (`on_grid`). */
 typedef struct {
-    Level *v;
-    int32_t n, cap;
+    void *v;
+    int32_t n;
+    uint32_t cap : 31, wide : 1;
 } Side;
+
+#define TICKS 10000.0
+
+/* The price's tick, or -1 when `tick / TICKS` would not give back this very double. */
+static int32_t on_grid(double price) {
+    if (!(price >= 0.0 && price <= 65535.0 / TICKS) || signbit(price)) return -1;
+    int32_t k = (int32_t)lrint(price * TICKS);
+    return k >= 0 && k <= 65535 && (double)k / TICKS == price ? k : -1;
+}
+
+static inline double *side_qty(const Side *s) { return (double *)s->v; }
+static inline uint16_t *side_ticks(const Side *s) {
+    return (uint16_t *)((double *)s->v + s->cap);
+}
+static inline double level_price(const Side *s, int32_t i) {
+    return s->wide ? ((Level *)s->v)[i].price : (double)side_ticks(s)[i] / TICKS;
+}
+static inline double level_qty(const Side *s, int32_t i) {
+    return s->wide ? ((Level *)s->v)[i].qty : side_qty(s)[i];
+}
+static inline void set_qty(Side *s, int32_t i, double qty) {
+    if (s->wide)
+        ((Level *)s->v)[i].qty = qty;
+    else
+        side_qty(s)[i] = qty;
+}
 
 typedef struct {
     Side bids, asks;
@@ -90,31 +122,82 @@ static PyObject *s_asset_id, *s_price, *s_size, *s_side, *s_best_bid, *s_best_as
 /* --- one side of a book: levels in insertion order, as a dict keeps them ---------- */
 
 static int side_find(const Side *s, double price) {
+    if (s->wide) {
+        const Level *v = s->v;
+        for (int32_t i = 0; i < s->n; i++)
+            if (v[i].price == price) return i;
+        return -1;
+    }
+    /* -0.0 equals 0.0, as a dict's key and the wide side compare them */
+    int32_t k = on_grid(price == 0.0 ? 0.0 : price);
+    if (k < 0) return -1; /* off the grid: not among a narrow side's prices */
+    const uint16_t *ticks = side_ticks(s);
     for (int32_t i = 0; i < s->n; i++)
-        if (s->v[i].price == price) return i;
+        if (ticks[i] == k) return i;
     return -1;
 }
 
 static void side_del(Side *s, int32_t i) {
-    memmove(&s->v[i], &s->v[i + 1], (size_t)(s->n - i - 1) * sizeof(Level));
+    size_t after = (size_t)(s->n - i - 1);
+    if (s->wide) {
+        Level *v = s->v;
+        memmove(&v[i], &v[i + 1], after * sizeof(Level));
+    } else {
+        memmove(&side_qty(s)[i], &side_qty(s)[i + 1], after * sizeof(double));
+        memmove(&side_ticks(s)[i], &side_ticks(s)[i + 1], after * sizeof(uint16_t));
+    }
     s->n--;
 }
 
-static int side_append(Side *s, double price, double qty) {
-    if (s->n == s->cap) {
-        /* By half, not double: the books' levels are most of the store's memory, and
-         * the slack of a side that stopped growing is at most a third, not a half. */
-        int32_t cap = s->cap ? s->cap + (s->cap + 1) / 2 : 2;
+/* Room for `cap` levels, wide or not, the levels kept in order; 0, or -1 when out of
+ * memory (the side unchanged). */
+static int side_resize(Side *s, uint32_t cap, int wide) {
+    if (wide && !s->wide) { /* every level into a new array of Level */
+        Level *v = PyMem_RawMalloc((size_t)cap * sizeof(Level));
+        if (v == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        for (int32_t i = 0; i < s->n; i++) v[i] = (Level){level_price(s, i), level_qty(s, i)};
+        PyMem_RawFree(s->v);
+        s->v = v;
+        s->wide = 1;
+    } else if (s->wide) {
         Level *v = PyMem_RawRealloc(s->v, (size_t)cap * sizeof(Level));
         if (v == NULL) {
             PyErr_NoMemory();
             return -1;
         }
         s->v = v;
-        s->cap = cap;
+    } else { /* narrow: the ticks move up behind the sizes' new room */
+        void *v = PyMem_RawRealloc(s->v, (size_t)cap * (sizeof(double) + sizeof(uint16_t)));
+        if (v == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        memmove((double *)v + cap, (double *)v + s->cap, (size_t)s->n * sizeof(uint16_t));
+        s->v = v;
     }
-    s->v[s->n].price = price;
-    s->v[s->n].qty = qty;
+    s->cap = cap;
+    return 0;
+}
+
+static int side_append(Side *s, double price, double qty) {
+    int32_t k = s->wide ? -1 : on_grid(price);
+    int wide = s->wide || k < 0;
+    if ((uint32_t)s->n == s->cap || wide != s->wide) {
+        /* By half, not double: the books' levels are most of the store's memory, and
+         * the slack of a side that stopped growing is at most a third, not a half. */
+        uint32_t cap = s->cap;
+        if ((uint32_t)s->n == cap) cap = cap ? cap + (cap + 1) / 2 : 2;
+        if (side_resize(s, cap, wide) < 0) return -1;
+    }
+    if (s->wide) {
+        ((Level *)s->v)[s->n] = (Level){price, qty};
+    } else {
+        side_qty(s)[s->n] = qty;
+        side_ticks(s)[s->n] = (uint16_t)k;
+    }
     s->n++;
     return 0;
 }
@@ -122,7 +205,9 @@ static int side_append(Side *s, double price, double qty) {
 static void side_free(Side *s) {
     PyMem_RawFree(s->v);
     s->v = NULL;
-    s->n = s->cap = 0;
+    s->n = 0;
+    s->cap = 0;
+    s->wide = 0;
 }
 
 /* codec.put_level: qty <= 0 removes; when full, a better level replaces the worst. */
@@ -133,14 +218,15 @@ static int put_level(Side *s, double price, double qty, int bids, Py_ssize_t max
         return 0;
     }
     if (i >= 0) {
-        s->v[i].qty = qty;
+        set_qty(s, i, qty);
         return 0;
     }
     if (s->n >= max_levels && s->n > 0) {
         int32_t w = 0;
         for (int32_t k = 1; k < s->n; k++)
-            if (bids ? s->v[k].price < s->v[w].price : s->v[k].price > s->v[w].price) w = k;
-        double worst = s->v[w].price;
+            if (bids ? level_price(s, k) < level_price(s, w) : level_price(s, k) > level_price(s, w))
+                w = k;
+        double worst = level_price(s, w);
         if (bids ? price <= worst : price >= worst) return 0;
         side_del(s, w);
     }
@@ -154,7 +240,7 @@ static double band_depth(const Side *s, double edge, int bids) {
     double c = 0.0; /* sum() of floats is compensated (Neumaier) since 3.12 */
 #endif
     for (int32_t i = 0; i < s->n; i++) {
-        double p = s->v[i].price, x = s->v[i].qty;
+        double p = level_price(s, i), x = level_qty(s, i);
         if (bids ? !(p >= edge) : !(p <= edge)) continue;
 #if PY_VERSION_HEX >= 0x030C0000
         double t = total + x;
@@ -182,10 +268,10 @@ static int book_quote(const Book *b, double band, double *bid, double *ask, doub
     } else if (b->complete) {
         *bid = NONE;
         for (int32_t i = 0; i < b->bids.n; i++)
-            if (isnan(*bid) || b->bids.v[i].price > *bid) *bid = b->bids.v[i].price;
+            if (isnan(*bid) || level_price(&b->bids, i) > *bid) *bid = level_price(&b->bids, i);
         *ask = NONE;
         for (int32_t i = 0; i < b->asks.n; i++)
-            if (isnan(*ask) || b->asks.v[i].price < *ask) *ask = b->asks.v[i].price;
+            if (isnan(*ask) || level_price(&b->asks, i) < *ask) *ask = level_price(&b->asks, i);
     } else {
         return 0;
     }
@@ -955,7 +1041,7 @@ static PyObject *Store_set_top(Store *st, PyObject *const *args, Py_ssize_t narg
 static PyObject *levels_dict(const Side *s) {
     PyObject *d = PyDict_New();
     for (int32_t i = 0; d && i < s->n; i++) {
-        PyObject *p = PyFloat_FromDouble(s->v[i].price), *q = PyFloat_FromDouble(s->v[i].qty);
+        PyObject *p = PyFloat_FromDouble(level_price(s, i)), *q = PyFloat_FromDouble(level_qty(s, i));
         if (!p || !q || PyDict_SetItem(d, p, q) < 0) Py_CLEAR(d);
         Py_XDECREF(p);
         Py_XDECREF(q);
