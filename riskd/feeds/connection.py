@@ -20,16 +20,7 @@ import logging
 import math
 import random
 import time
-from collections import deque
-from collections.abc import (
-    AsyncGenerator,
-    AsyncIterator,
-    Awaitable,
-    Callable,
-    Iterator,
-    Mapping,
-    Sized,
-)
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, Sized
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -85,19 +76,6 @@ def waiting_on(ws: ClientWebSocketResponse) -> Sized:
     return buffer if isinstance(buffer, Sized) else ()
 
 
-def data_read(ws: ClientWebSocketResponse) -> Callable[[], Awaitable[Any]] | None:
-    """aiohttp's own read of the next received message, for `_read` to take the text
-    and binary messages it sees waiting without `receive`: `receive` adds only checks
-    and the handling of control messages, which `_read` leaves to it for every other
-    message (saving ~0.25 us a message, a tenth of a tick's cost at saturation). None
-    where aiohttp's reader is not laid out as this expects: every message then goes
-    through `receive` (tests/test_feed_batches.py checks which one runs)."""
-    read = getattr(getattr(ws, "_reader", None), "read", None)
-    buffer = waiting_on(ws)
-    known = isinstance(buffer, deque) and hasattr(ws, "_closing") and hasattr(ws, "_closed")
-    return read if known and callable(read) else None
-
-
 class ConnectionClosed(Exception):
     """The connection ended: closed by the venue (`code`), or lost."""
 
@@ -123,7 +101,6 @@ class Link:
     # message that ended it, kept while the ones before it are decoded.
     waiting: Sized = ()
     end: aiohttp.WSMessage | None = None
-    read: Callable[[], Awaitable[Any]] | None = None  # `data_read`
 
 
 class FeedError(RuntimeError):
@@ -459,16 +436,9 @@ class WebsocketFeed:
     async def _read(self, ws: ClientWebSocketResponse, link: Link) -> list[bytes]:
         """The next message and those received with it (at most COALESCE)."""
         frames = [await self._first(ws, link)]
-        waiting, read = link.waiting, link.read
+        waiting = link.waiting
         receive, text, binary = ws.receive, WSMsgType.TEXT, WSMsgType.BINARY
         while waiting and len(frames) < COALESCE:
-            if read is not None:
-                # aiohttp's queue holds (message, size): a text or binary message on
-                # an open connection is what `receive` would return, as it is.
-                head = waiting[0][0]  # type: ignore[index]
-                if (head.type is text or head.type is binary) and not (ws._closed or ws._closing):
-                    frames.append((await read()).data)
-                    continue
             msg = await receive()
             if msg.type is text or msg.type is binary:
                 frames.append(msg.data)
@@ -517,7 +487,7 @@ class WebsocketFeed:
         """A connection is up: count it and subscribe."""
         # Life is what the venue sends: a handshake alone confirms nothing.
         link.session, link.life_t, link.ws = next(SESSIONS), math.nan, ws
-        link.waiting, link.end, link.read = waiting_on(ws), None, data_read(ws)
+        link.waiting, link.end = waiting_on(ws), None
         self._set_connected(link, True)
         self.connections += 1
         link.connections += 1
@@ -530,7 +500,7 @@ class WebsocketFeed:
     async def _closed(self, link: Link, *tasks: asyncio.Task[None] | None) -> None:
         """A connection ended: its session, and the tasks that served it."""
         self._live.ended.append(link.session)
-        link.session, link.ws, link.waiting, link.end, link.read = -1, None, (), None, None
+        link.session, link.ws, link.waiting, link.end = -1, None, (), None
         for task in (*tasks, self._lookup):
             if task is not None:
                 task.cancel()
