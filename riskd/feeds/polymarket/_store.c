@@ -778,18 +778,26 @@ static int scan_apply(Store *st) {
 static int finish(Store *st, Out *out, PyObject *heard);
 static int out_args(PyObject *const *args, Out *out);
 
+/* The `heard` argument of frames() and finish(): a list, or None for rows (NULL);
+ * 0, or -1 for anything else (no exception set). */
+static int heard_arg(PyObject *arg, PyObject **heard) {
+    *heard = arg == Py_None ? NULL : arg;
+    return arg == Py_None || PyList_Check(arg) ? 0 : -1;
+}
+
 /* frames(frames, start, decode, rejected, depths, heard): frames[start:] read
- * together, ticks as rows (heard too when heard is None: `take_heard`), while each is a batched price_change the compiled path
- * takes whole. Returns (k, events, at): frames before k are done; frame k (if k <
+ * together, ticks as rows (heard too when heard is None: `take_heard`), while each
+ * is a batched price_change the compiled path takes whole. Returns (k, events, at): frames before k are done; frame k (if k <
  * len(frames)) is the codec's from its event `at` on, with `events` its decoded
  * events (None: msgspec did not take it, or a short frame that may be a PONG). */
 static PyObject *Store_frames(Store *st, PyObject *const *args, Py_ssize_t nargs) {
     Out out;
-    if (nargs != 6 || !PyList_CheckExact(args[0]) || !(PyList_Check(args[5]) || args[5] == Py_None)) {
+    PyObject *heard;
+    if (nargs != 6 || !PyList_CheckExact(args[0]) || heard_arg(args[5], &heard) < 0) {
         PyErr_SetString(PyExc_TypeError, "frames(frames, start, decode, rejected, depths, heard)");
         return NULL;
     }
-    PyObject *frames = args[0], *decode = args[2], *heard = args[5] == Py_None ? NULL : args[5];
+    PyObject *frames = args[0], *decode = args[2];
     PyObject *none_ticks[3] = {Py_None, args[3], args[4]};
     if (out_args(none_ticks, &out) < 0) return NULL;
     Py_ssize_t k = PyLong_AsSsize_t(args[1]), n = PyList_GET_SIZE(frames);
@@ -908,11 +916,12 @@ static int finish(Store *st, Out *out, PyObject *heard) {
  * `heard` (None: rows, for take_rows and take_heard) */
 static PyObject *Store_finish(Store *st, PyObject *const *args, Py_ssize_t nargs) {
     Out out;
-    if (nargs != 4 || out_args(args, &out) < 0 || !(PyList_Check(args[3]) || args[3] == Py_None)) {
+    PyObject *heard;
+    if (nargs != 4 || out_args(args, &out) < 0 || heard_arg(args[3], &heard) < 0) {
         if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "finish(ticks, rejected, depths, heard)");
         return NULL;
     }
-    if (finish(st, &out, args[3] == Py_None ? NULL : args[3]) < 0) return NULL;
+    if (finish(st, &out, heard) < 0) return NULL;
     Py_RETURN_NONE;
 }
 
@@ -1109,11 +1118,16 @@ static PyObject *Store_drop(Store *st, PyObject *Py_UNUSED(ignored)) {
     Py_RETURN_NONE;
 }
 
+/* The first `*n` items of `size` bytes at `v` as bytes, and `*n` back to 0. */
+static PyObject *take_bytes(const void *v, Py_ssize_t *n, size_t size) {
+    PyObject *b = PyBytes_FromStringAndSize((const char *)v, *n * (Py_ssize_t)size);
+    if (b != NULL) *n = 0;
+    return b;
+}
+
 /* take_rows(): the rows made since the last call (ticks given as None), as bytes */
 static PyObject *Store_take_rows(Store *st, PyObject *Py_UNUSED(ignored)) {
-    PyObject *b = PyBytes_FromStringAndSize((const char *)st->rows, st->r_n * (Py_ssize_t)sizeof(Row));
-    if (b != NULL) st->r_n = 0;
-    return b;
+    return take_bytes(st->rows, &st->r_n, sizeof(Row));
 }
 
 /* hear(market): a market heard, named by its row (`take_heard`), as `finish` names
@@ -1128,9 +1142,7 @@ static PyObject *Store_hear(Store *st, PyObject *arg) {
 /* take_heard(): the rows of the markets heard since the last call (heard given as
  * None), in order, as bytes of int32 */
 static PyObject *Store_take_heard(Store *st, PyObject *Py_UNUSED(ignored)) {
-    PyObject *b = PyBytes_FromStringAndSize((const char *)st->heard, st->h_n * (Py_ssize_t)sizeof(int32_t));
-    if (b != NULL) st->h_n = 0;
-    return b;
+    return take_bytes(st->heard, &st->h_n, sizeof(int32_t));
 }
 
 /* maker_state(market): (has_quote, bid, ask, depth, ts, last_trade), to carry a
