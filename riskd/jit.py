@@ -92,9 +92,15 @@ def configure_cache() -> Path | None:
     return _configured[0]
 
 
-def njit(fn: Callable[..., Any]) -> Any:
-    """numba.njit with numpy's float error semantics, cached once `configure_cache` ran."""
-    kernel = numba.njit(error_model="numpy")(fn)
+def njit(fn: Callable[..., Any] | None = None, *, inline: bool = False) -> Any:
+    """numba.njit with numpy's float error semantics, cached once `configure_cache` ran.
+
+    `inline=True` puts a helper's body into each caller (numba's inline="always"): a
+    compiled call that takes arrays pays two atomic reference-count updates per array
+    and call, more than the body of a short per-row helper costs."""
+    if fn is None:
+        return lambda f: njit(f, inline=inline)
+    kernel = numba.njit(error_model="numpy", inline="always" if inline else "never")(fn)
     KERNELS.append(kernel)
     if _configured and _configured[0] is not None:
         kernel.enable_caching()

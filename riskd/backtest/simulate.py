@@ -729,7 +729,7 @@ def _accrue(book, i, fee_hourly, q, dt, tally):  # type: ignore[no-untyped-def]
             tally[i, FEES] += fee
 
 
-@njit
+@njit(inline=True)
 def _step(book, i, values, depth, maintenance, q, slippage, deleverage, tally):  # type: ignore[no-untyped-def]
     """Liquidation fills and triggers of market i at this price (the row's depth:
     `depth`; the maintenance in force: row q of `maintenance`)."""

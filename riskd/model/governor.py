@@ -540,8 +540,10 @@ def _step(state, rows, targets, cond, cfg, out):  # type: ignore[no-untyped-def]
         want = _max(_looser(lev_t, leverage[i], fee_t, fee[i]), slip_t / slippage[i] - 1.0)
         if not (want > 0.0 and want >= deadband):
             idle_at[i] = now
-        if out.recording:
-            rec.leverage[k], rec.fee[k], rec.slippage[k] = leverage[i], fee[i], slippage[i]
+        if out.recording:  # element by element: a row copy allocates and counts references
+            for s in range(2):
+                rec.leverage[k, s], rec.fee[k, s] = leverage[i, s], fee[i, s]
+            rec.slippage[k] = slippage[i]
             rec.mode[k], rec.reasons[k] = mode[i], reasons_pub[i]
         if out.scheduling:
             out.due[k] = next_change(state, i, now, cond, k, cfg)

@@ -105,7 +105,7 @@ def expit(x: float) -> float:
     return np.exp(-np.logaddexp(0.0, -x))
 
 
-@njit
+@njit(inline=True)
 def fill(
     p: float,
     x: float,
@@ -138,7 +138,7 @@ def fill(
     weigh(p, lam, h, q, w, prob, prob_liquid)
 
 
-@njit
+@njit(inline=True)
 def weigh(
     p: float,
     lam: float,
@@ -161,7 +161,7 @@ def weigh(
         prob[2 + n + k], prob_liquid[2 + n + k] = p_diff * w[k], (1.0 - p_jump_liquid) * w[k]
 
 
-@njit
+@njit(inline=True)
 def _node(x_h: float, col: int, p_h: np.ndarray, p_h_no: np.ndarray) -> None:
     # YES and NO values from one exp of -|x_h|: each side's value is a quotient
     # without cancellation, exact in relative terms at both ends, so long NO at p is
@@ -171,7 +171,7 @@ def _node(x_h: float, col: int, p_h: np.ndarray, p_h_no: np.ndarray) -> None:
     p_h[col], p_h_no[col] = (big, small) if x_h >= 0.0 else (small, big)
 
 
-@njit
+@njit(inline=True)
 def worst_first(loss: np.ndarray, order: np.ndarray) -> None:
     """Scenario columns by descending loss, ties in column order (a stable sort).
 
@@ -206,7 +206,7 @@ def worst_first(loss: np.ndarray, order: np.ndarray) -> None:
         order[b + 1] = col
 
 
-@njit
+@njit(inline=True)
 def tail_weights(prob: np.ndarray, order: np.ndarray, alpha: float, weights: np.ndarray) -> None:
     """Weight of each scenario in the worst (1 - alpha) of the distribution, summing to 1.
 
