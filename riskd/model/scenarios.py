@@ -176,7 +176,7 @@ def worst_first(loss: np.ndarray, order: np.ndarray) -> None:
     """Scenario columns by descending loss, ties in column order (a stable sort).
 
     Insertion sort from the order the scenarios' structure predicts (each group is
-    monotone in z), so it is linear unless rounding reorders neighbours."""
+    monotone in z), run only where rounding put neighbours out of that order."""
     n = (loss.shape[0] - 2) // 2
     # The prediction: the larger-loss resolution atom, the jump and diffusion nodes
     # merged by loss, the other atom.
@@ -184,17 +184,25 @@ def worst_first(loss: np.ndarray, order: np.ndarray) -> None:
     order[0] = first
     j, d, k = 0, 0, 1
     down = loss[2] >= loss[1 + n] if n > 0 else True  # losses fall with z: long YES
+    # Whether a neighbour pair is out of order: the one thing the sort below acts on.
+    prev, prev_col, moved = loss[first], first, False
     while j < n or d < n:
         jc = 2 + (j if down else n - 1 - j)
         dc = 2 + n + (d if down else n - 1 - d)
         if d >= n or (j < n and loss[jc] >= loss[dc]):
-            order[k] = jc
+            col = jc
             j += 1
         else:
-            order[k] = dc
+            col = dc
             d += 1
+        order[k] = col
         k += 1
+        moved = moved or prev < loss[col] or (prev == loss[col] and prev_col > col)
+        prev, prev_col = loss[col], col
     order[k] = last
+    moved = moved or prev < loss[last] or (prev == loss[last] and prev_col > last)
+    if not moved:
+        return
     for a in range(1, order.shape[0]):
         col = order[a]
         b = a - 1
