@@ -318,7 +318,9 @@ class Engine:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(rows, sessions, times) of a {market: (session, time)} report, known markets
         only. The pairs are read as one float array (sessions are small integers)."""
-        rows, pairs = self._pairs(table)
+        rows = self._lookup(table)
+        n = len(rows)
+        pairs = np.fromiter(chain.from_iterable(table.values()), np.float64, 2 * n).reshape(n, 2)
         known = rows >= 0
         if not known.all():
             rows, pairs = rows[known], pairs[known]
@@ -337,14 +339,6 @@ class Engine:
         sessions = np.repeat(np.array([r[0] for r in heard], np.int64), counts)
         times = np.repeat(np.array([r[1] for r in heard], np.float64), counts)
         return rows, sessions, times
-
-    def _pairs(self, table: Mapping[str, tuple[int, float]]) -> tuple[np.ndarray, np.ndarray]:
-        """(rows, pairs) of a {market: (session, time)} report: rows -1 for markets not
-        known, the pairs as one (n, 2) float array."""
-        rows = self._lookup(table)
-        n = len(rows)
-        pairs = np.fromiter(chain.from_iterable(table.values()), np.float64, 2 * n)
-        return rows, pairs.reshape(n, 2)
 
     def _lookup(self, markets: Collection[str]) -> np.ndarray:
         """The rows of `markets` (-1: not known), looked up in a C loop: a report names
